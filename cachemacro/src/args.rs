@@ -1,0 +1,163 @@
+//! The attribute's arguments, parsed into a typed struct.
+
+use proc_macro2::Span;
+use syn::parse::{Parse, ParseStream};
+use syn::spanned::Spanned;
+use syn::{bracketed, Expr, Ident, LitInt, LitStr, Token};
+
+/// Attribute names, in one place.
+pub const KEY: &str = "key";
+pub const TTL: &str = "ttl";
+pub const VARY: &str = "vary";
+pub const CACHE: &str = "cache";
+pub const VERSION: &str = "version";
+pub const ALL: &[&str] = &[KEY, TTL, VARY, CACHE, VERSION];
+
+/// `ttl = 3600` or `ttl = "10m"`.
+pub enum TtlArg {
+    Seconds(LitInt),
+    Text(LitStr),
+}
+
+impl TtlArg {
+    pub fn span(&self) -> Span {
+        match self {
+            TtlArg::Seconds(l) => l.span(),
+            TtlArg::Text(l) => l.span(),
+        }
+    }
+}
+
+/// Everything `#[cached(...)]` can say. Values are syntactically checked
+/// here; their meaning against the function is checked in `valid`.
+#[derive(Default)]
+pub struct Args {
+    pub key: Option<LitStr>,
+    pub ttl: Option<TtlArg>,
+    pub vary: Option<(Span, Vec<Ident>)>,
+    pub cache: Option<Expr>,
+    pub version: Option<LitInt>,
+    /// Problems that do not stop parsing (unknown or duplicate names, wrong
+    /// value kinds), reported together with the validation errors.
+    pub errors: Vec<syn::Error>,
+}
+
+/// Stores a value once; a second one is an error at its name.
+fn set_once<T>(slot: &mut Option<T>, value: T, name: &Ident, errors: &mut Vec<syn::Error>) {
+    if slot.is_some() {
+        errors.push(syn::Error::new(
+            name.span(),
+            format!("duplicate `{name}`: give it once"),
+        ));
+    } else {
+        *slot = Some(value);
+    }
+}
+
+impl Parse for Args {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let mut args = Args::default();
+        while !input.is_empty() {
+            let name: Ident = input.call(syn::ext::IdentExt::parse_any)?;
+            let known = ALL.contains(&name.to_string().as_str());
+            if !input.peek(Token![=]) {
+                let msg = if known {
+                    format!("`{name}` needs a value: {}", example(&name.to_string()))
+                } else {
+                    unknown(&name)
+                };
+                args.errors.push(syn::Error::new(name.span(), msg));
+                if !input.is_empty() && !input.peek(Token![,]) {
+                    return Err(input.error("expected `,` or `= value`"));
+                }
+            } else {
+                input.parse::<Token![=]>()?;
+                match name.to_string().as_str() {
+                    KEY => match input.parse::<Expr>()? {
+                        Expr::Lit(syn::ExprLit {
+                            lit: syn::Lit::Str(s),
+                            ..
+                        }) => set_once(&mut args.key, s, &name, &mut args.errors),
+                        other => args.errors.push(syn::Error::new(
+                            other.span(),
+                            "`key` must be a string literal: `key = \"author:{author_id}:top_books\"`",
+                        )),
+                    },
+                    TTL => match input.parse::<Expr>()? {
+                        Expr::Lit(syn::ExprLit {
+                            lit: syn::Lit::Int(i),
+                            ..
+                        }) => set_once(&mut args.ttl, TtlArg::Seconds(i), &name, &mut args.errors),
+                        Expr::Lit(syn::ExprLit {
+                            lit: syn::Lit::Str(s),
+                            ..
+                        }) => set_once(&mut args.ttl, TtlArg::Text(s), &name, &mut args.errors),
+                        other => args.errors.push(syn::Error::new(
+                            other.span(),
+                            "`ttl` must be seconds or a duration string: `ttl = 3600` or `ttl = \"1h\"`",
+                        )),
+                    },
+                    VARY => {
+                        let span = name.span();
+                        let idents = if input.peek(syn::token::Bracket) {
+                            let content;
+                            bracketed!(content in input);
+                            content
+                                .parse_terminated(Ident::parse, Token![,])?
+                                .into_iter()
+                                .collect()
+                        } else {
+                            vec![input.parse::<Ident>().map_err(|e| {
+                                syn::Error::new(
+                                    e.span(),
+                                    "`vary` takes an argument name or a list: `vary = user_id` or `vary = [user_id, locale]`",
+                                )
+                            })?]
+                        };
+                        set_once(&mut args.vary, (span, idents), &name, &mut args.errors);
+                    }
+                    CACHE => {
+                        let expr: Expr = input.parse()?;
+                        set_once(&mut args.cache, expr, &name, &mut args.errors);
+                    }
+                    VERSION => match input.parse::<Expr>()? {
+                        Expr::Lit(syn::ExprLit {
+                            lit: syn::Lit::Int(i),
+                            ..
+                        }) => set_once(&mut args.version, i, &name, &mut args.errors),
+                        other => args.errors.push(syn::Error::new(
+                            other.span(),
+                            "`version` must be an integer: `version = 2`",
+                        )),
+                    },
+                    _ => {
+                        let _skipped: Expr = input.parse()?;
+                        args.errors.push(syn::Error::new(name.span(), unknown(&name)));
+                    }
+                }
+            }
+            if input.is_empty() {
+                break;
+            }
+            input.parse::<Token![,]>()?;
+        }
+        Ok(args)
+    }
+}
+
+fn unknown(name: &Ident) -> String {
+    format!(
+        "unknown #[cached] option `{name}`; expected one of: {}",
+        ALL.join(", ")
+    )
+}
+
+fn example(name: &str) -> &'static str {
+    match name {
+        KEY => "`key = \"author:{author_id}:top_books\"`",
+        TTL => "`ttl = 3600` or `ttl = \"1h\"`",
+        VARY => "`vary = user_id` or `vary = [user_id, locale]`",
+        CACHE => "`cache = MY_CACHE` (anything `&(...)` turns into `&Cache`)",
+        _ => "`version = 2`",
+    }
+}

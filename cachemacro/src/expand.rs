@@ -1,0 +1,349 @@
+//! Code generation: a thin wrapper around the original body that calls
+//! `::cacheruntime::__private`, plus two helpers per function.
+
+use std::collections::HashSet;
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned;
+use syn::visit::Visit;
+use syn::{GenericParam, Ident, ItemFn, ReturnType, WherePredicate};
+
+use crate::args::Args;
+use crate::template::Piece;
+use crate::valid::{self, KeyPlan, Plan};
+
+pub fn cached(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let func: ItemFn = match syn::parse2(item.clone()) {
+        Ok(f) => f,
+        Err(e) => {
+            let msg = syn::Error::new(
+                e.span(),
+                format!("#[cached] goes on an `async fn` with a body: {e}"),
+            )
+            .to_compile_error();
+            return quote!(#msg #item);
+        }
+    };
+    let out = syn::parse2::<Args>(attr)
+        .and_then(|args| valid::check(args, &func))
+        .map(|plan| generate(&func, &plan))
+        // On error keep the function as written, so its callers do not
+        // drown the real message in "cannot find function" errors.
+        .unwrap_or_else(|e| {
+            let e = e.to_compile_error();
+            quote!(#e #func)
+        });
+    if std::env::var_os("CACHEMACRO_DEBUG").is_some() {
+        eprintln!("{out}");
+    }
+    out
+}
+
+/// How the default key's prefix is spelled in generated code.
+enum DefaultPrefix {
+    /// The function's `Site` static (computed once).
+    Site,
+    /// Computed on the spot (the helpers, which cannot see the static).
+    Fresh(String),
+}
+
+fn render_key(plan: &Plan, prefix: DefaultPrefix, with_vary: bool) -> TokenStream {
+    let mut steps = Vec::new();
+    let mut capacity = 8usize;
+    match &plan.key {
+        KeyPlan::Template(pieces, span) => {
+            for piece in pieces {
+                match piece {
+                    Piece::Literal(text) if text.is_empty() => {}
+                    Piece::Literal(text) => {
+                        capacity += text.len();
+                        steps.push(quote!(__cachemacro_k.literal(#text);));
+                    }
+                    Piece::Placeholder { root, path } => {
+                        capacity += 12;
+                        let expr = placeholder_expr(root, path, *span);
+                        steps.push(quote_spanned! {*span=>
+                            __cachemacro_k.value(::cacheruntime::__private::display(&#expr));
+                        });
+                    }
+                }
+            }
+        }
+        KeyPlan::Default => {
+            capacity += 32;
+            steps.push(match prefix {
+                DefaultPrefix::Site => quote!(__cachemacro_k.literal(__CACHEMACRO_SITE.default_prefix());),
+                DefaultPrefix::Fresh(name) => quote! {
+                    __cachemacro_k.literal(&::cacheruntime::__private::default_prefix(::core::module_path!(), #name));
+                },
+            });
+            for p in &plan.params {
+                let ident = &p.ident;
+                capacity += 12;
+                steps.push(quote_spanned! {ident.span()=>
+                    __cachemacro_k.segment(::cacheruntime::__private::display(&#ident));
+                });
+            }
+        }
+    }
+    if with_vary {
+        for v in &plan.vary {
+            capacity += 12;
+            steps.push(quote_spanned! {v.span()=>
+                __cachemacro_k.segment(::cacheruntime::__private::display(&#v));
+            });
+        }
+    }
+    quote! {{
+        let mut __cachemacro_k = ::cacheruntime::__private::KeyBuilder::with_capacity(#capacity);
+        #(#steps)*
+        __cachemacro_k.finish()
+    }}
+}
+
+fn placeholder_expr(root: &str, path: &[String], span: Span) -> TokenStream {
+    let mut expr = if root == "self" {
+        quote_spanned!(span=> self)
+    } else {
+        Ident::new(root, span).into_token_stream()
+    };
+    for field in path {
+        if let Ok(index) = field.parse::<u32>() {
+            let index = syn::Index {
+                index,
+                span,
+            };
+            expr = quote!(#expr.#index);
+        } else {
+            let field = Ident::new(field, span);
+            expr = quote!(#expr.#field);
+        }
+    }
+    expr
+}
+
+fn cache_ref(plan: &Plan) -> TokenStream {
+    match &plan.cache {
+        Some(expr) => quote_spanned!(expr.span()=> &(#expr)),
+        None => quote!(::cacheruntime::__private::default_cache()),
+    }
+}
+
+fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = func;
+    let name = sig.ident.to_string();
+    let generic = sig
+        .generics
+        .params
+        .iter()
+        .any(|p| !matches!(p, GenericParam::Lifetime(_)));
+    let ttl = plan.ttl_ms.map(|ms| quote!(.ttl(::core::time::Duration::from_millis(#ms))));
+    let version = plan.version;
+    let policy = quote!(::cacheruntime::__private::Policy::new() #ttl .version(#version));
+    let cache = cache_ref(plan);
+    let key = render_key(plan, DefaultPrefix::Site, true);
+    let ret = match &sig.output {
+        ReturnType::Type(_, ty) => ty.to_token_stream(),
+        ReturnType::Default => quote!(()),
+    };
+    let entry = if plan.fallible {
+        quote!(cached_result)
+    } else {
+        quote!(cached_value)
+    };
+    let storable = plan.value_ty.as_ref().map(|ty| {
+        quote_spanned! {ty.span()=>
+            let _ = ::cacheruntime::__private::assert_cacheable::<#ty>;
+        }
+    });
+    // The "fake return edge" (tracing-attributes): pins the async block's
+    // output to the declared return type, so `?` and `.into()` in the body
+    // infer as they did, and type errors point at the signature.
+    let body = quote_spanned! {block.span()=>
+        async move {
+            #[allow(
+                unreachable_code,
+                clippy::diverging_sub_expression,
+                clippy::let_unit_value,
+                clippy::unreachable,
+                clippy::empty_loop,
+                clippy::needless_return
+            )]
+            if false {
+                let __cachemacro_fake_return: #ret = loop {};
+                return __cachemacro_fake_return;
+            }
+            #block
+        }
+    };
+    let helpers = helpers(func, plan);
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #storable
+            static __CACHEMACRO_SITE: ::cacheruntime::__private::Site =
+                ::cacheruntime::__private::Site::new(#name, ::core::module_path!(), #policy, #generic);
+            let __cachemacro_cache: &::cacheruntime::Cache = #cache;
+            let __cachemacro_key: ::std::string::String = #key;
+            ::cacheruntime::__private::#entry(__cachemacro_cache, &__CACHEMACRO_SITE, __cachemacro_key, #body).await
+        }
+        #helpers
+    }
+}
+
+/// `<fn>_cache_key(..)` and `<fn>_invalidate(..)`, taking only the
+/// arguments the key (and the `cache` expression) use.
+fn helpers(func: &ItemFn, plan: &Plan) -> TokenStream {
+    let sig = &func.sig;
+    let vis = &func.vis;
+    let name = sig.ident.to_string();
+    let key_fn = format_ident!("{}_cache_key", sig.ident);
+    let invalidate_fn = format_ident!("{}_invalidate", sig.ident);
+
+    // Which arguments the helpers need.
+    let mut used: HashSet<String> = HashSet::new();
+    let mut uses_self = plan.key_uses_self;
+    match &plan.key {
+        KeyPlan::Template(pieces, _) => {
+            for p in pieces {
+                if let Piece::Placeholder { root, .. } = p {
+                    used.insert(root.clone());
+                }
+            }
+        }
+        KeyPlan::Default => used.extend(plan.params.iter().map(|p| p.ident.to_string())),
+    }
+    if let Some(expr) = &plan.cache {
+        let mut idents = IdentCollector::default();
+        idents.visit_expr(expr);
+        uses_self |= idents.idents.contains("self");
+        used.extend(idents.idents);
+    }
+    let uses_self = uses_self && plan.has_receiver;
+    let params: Vec<_> = plan
+        .params
+        .iter()
+        .filter(|p| used.contains(&p.ident.to_string()))
+        .collect();
+
+    // Generics the kept argument types mention.
+    let mut mentioned = IdentCollector::default();
+    for p in &params {
+        mentioned.visit_type(&p.ty);
+    }
+    let mut generics = sig.generics.clone();
+    let kept: Vec<GenericParam> = generics
+        .params
+        .iter()
+        .filter(|g| match g {
+            GenericParam::Type(t) => mentioned.idents.contains(&t.ident.to_string()),
+            GenericParam::Const(c) => mentioned.idents.contains(&c.ident.to_string()),
+            GenericParam::Lifetime(l) => mentioned.lifetimes.contains(&l.lifetime.ident.to_string()),
+        })
+        .cloned()
+        .collect();
+    let dropped: HashSet<String> = generics
+        .params
+        .iter()
+        .filter(|g| !kept.contains(g))
+        .map(|g| match g {
+            GenericParam::Type(t) => t.ident.to_string(),
+            GenericParam::Const(c) => c.ident.to_string(),
+            GenericParam::Lifetime(l) => l.lifetime.ident.to_string(),
+        })
+        .collect();
+    generics.params = kept.into_iter().collect();
+    if let Some(wc) = &mut generics.where_clause {
+        wc.predicates = wc
+            .predicates
+            .iter()
+            .filter(|pred| {
+                let mut c = IdentCollector::default();
+                match pred {
+                    WherePredicate::Type(t) => c.visit_type(&t.bounded_ty),
+                    WherePredicate::Lifetime(l) => {
+                        c.lifetimes.insert(l.lifetime.ident.to_string());
+                    }
+                    _ => {}
+                }
+                !c.idents.iter().chain(&c.lifetimes).any(|i| dropped.contains(i))
+            })
+            .cloned()
+            .collect();
+    }
+    let (_, _, where_clause) = generics.split_for_impl();
+    let receiver = uses_self.then(|| quote!(&self,));
+    let args = params.iter().map(|p| {
+        let (ident, ty) = (&p.ident, &p.ty);
+        quote!(#ident: #ty)
+    });
+    let args = quote!(#receiver #(#args),*);
+    let base_key = render_key(plan, DefaultPrefix::Fresh(name.clone()), false);
+    let cache = cache_ref(plan);
+    let (invalidate, what) = if plan.vary.is_empty() {
+        (
+            quote!(__cachemacro_cache.delete(&__cachemacro_key).await),
+            "the entry",
+        )
+    } else {
+        (
+            quote!(__cachemacro_cache
+                .invalidate_prefix(&::cacheruntime::__private::variants_prefix(&__cachemacro_key))
+                .await),
+            "every `vary` variant of the entry",
+        )
+    };
+    let key_doc = format!(
+        "The cache key of [`{name}`] for these arguments{}. Generated by `#[cached]`.",
+        if plan.vary.is_empty() {
+            ""
+        } else {
+            " (its `vary` variants are stored under this key followed by `:`)"
+        }
+    );
+    let invalidate_doc =
+        format!("Drops {what} of [`{name}`] for these arguments. Generated by `#[cached]`.");
+    quote! {
+        #[doc = #key_doc]
+        #[allow(dead_code, clippy::needless_lifetimes)]
+        #vis fn #key_fn #generics (#args) -> ::std::string::String #where_clause {
+            #base_key
+        }
+
+        #[doc = #invalidate_doc]
+        #[allow(dead_code, clippy::needless_lifetimes)]
+        #vis async fn #invalidate_fn #generics (#args) -> ::core::result::Result<(), ::cacheruntime::Error> #where_clause {
+            let __cachemacro_cache: &::cacheruntime::Cache = #cache;
+            let __cachemacro_key: ::std::string::String = #base_key;
+            #invalidate
+        }
+    }
+}
+
+/// Every identifier and lifetime name in a piece of syntax.
+#[derive(Default)]
+struct IdentCollector {
+    idents: HashSet<String>,
+    lifetimes: HashSet<String>,
+}
+
+impl<'ast> Visit<'ast> for IdentCollector {
+    fn visit_ident(&mut self, i: &'ast Ident) {
+        self.idents.insert(i.to_string());
+    }
+    fn visit_lifetime(&mut self, l: &'ast syn::Lifetime) {
+        self.lifetimes.insert(l.ident.to_string());
+    }
+    fn visit_expr_path(&mut self, p: &'ast syn::ExprPath) {
+        if let Some(i) = p.path.get_ident() {
+            self.idents.insert(i.to_string());
+        }
+        syn::visit::visit_expr_path(self, p);
+    }
+}

@@ -1,0 +1,146 @@
+//! `key` templates: literal text with `{arg}` / `{arg.field}` placeholders.
+//!
+//! Like thiserror's `fmt.rs`: the literal is scanned once into pieces, and
+//! every problem is reported at the literal's span with what to write.
+
+/// One piece of a template.
+#[derive(Debug)]
+pub enum Piece {
+    /// Text kept verbatim (with `{{`/`}}` unescaped).
+    Literal(String),
+    /// `{root.a.b}`: `root` is an argument name or `self`.
+    Placeholder { root: String, path: Vec<String> },
+}
+
+/// Splits a template, or explains every problem found.
+pub fn parse(template: &str) -> Result<Vec<Piece>, Vec<String>> {
+    let mut pieces = Vec::new();
+    let mut errors = Vec::new();
+    let mut literal = String::new();
+    let mut chars = template.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '{' if chars.peek().map(|&(_, c)| c) == Some('{') => {
+                chars.next();
+                literal.push('{');
+            }
+            '}' if chars.peek().map(|&(_, c)| c) == Some('}') => {
+                chars.next();
+                literal.push('}');
+            }
+            '}' => errors.push(format!(
+                "unmatched `}}` at byte {i}; write `}}}}` for a literal brace"
+            )),
+            '{' => {
+                let Some(end) = template[i + 1..].find('}') else {
+                    errors.push(format!(
+                        "unclosed `{{` at byte {i}; close the placeholder with `}}` or write `{{{{` for a literal brace"
+                    ));
+                    break;
+                };
+                let inner = &template[i + 1..i + 1 + end];
+                for _ in 0..=end {
+                    chars.next();
+                }
+                match placeholder(inner) {
+                    Ok((root, path)) => {
+                        if !literal.is_empty() || pieces.is_empty() {
+                            pieces.push(Piece::Literal(std::mem::take(&mut literal)));
+                        }
+                        pieces.push(Piece::Placeholder { root, path });
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            c => literal.push(c),
+        }
+    }
+    if !literal.is_empty() {
+        pieces.push(Piece::Literal(literal));
+    }
+    // Two placeholders must be separated by text containing ':' (escaped
+    // values never contain one), or ("1", "23") and ("12", "3") collide.
+    let mut last_placeholder: Option<&str> = None;
+    let mut separated = true;
+    for p in &pieces {
+        match p {
+            Piece::Literal(text) => separated |= text.contains(':'),
+            Piece::Placeholder { root, .. } => {
+                if let (Some(prev), false) = (last_placeholder, separated) {
+                    errors.push(format!(
+                        "placeholders `{{{prev}}}` and `{{{root}}}` must be separated by `:` so that \
+                         different arguments can never render the same key; write `{{{prev}}}:{{{root}}}`"
+                    ));
+                }
+                last_placeholder = Some(root);
+                separated = false;
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(pieces)
+    } else {
+        Err(errors)
+    }
+}
+
+fn placeholder(inner: &str) -> Result<(String, Vec<String>), String> {
+    let trimmed = inner.trim();
+    if trimmed.is_empty() {
+        return Err(
+            "empty placeholder `{}`; name an argument: `{author_id}` or `{book.id}`".into(),
+        );
+    }
+    if let Some((name, spec)) = trimmed.split_once(':') {
+        return Err(format!(
+            "format spec `:{spec}` in `{{{inner}}}` is not supported: keys use `Display`; write `{{{name}}}`"
+        ));
+    }
+    let mut parts = trimmed.split('.');
+    let root = parts.next().unwrap_or_default().to_owned();
+    let path: Vec<String> = parts.map(str::to_owned).collect();
+    let ident_ok = |s: &str| {
+        let mut cs = s.chars();
+        cs.next()
+            .is_some_and(|c| c == '_' || c.is_alphabetic())
+            && cs.all(|c| c == '_' || c.is_alphanumeric())
+    };
+    let field_ok = |s: &str| ident_ok(s) || (!s.is_empty() && s.chars().all(|c| c.is_ascii_digit()));
+    if !ident_ok(&root) || !path.iter().all(|p| field_ok(p)) {
+        return Err(format!(
+            "`{{{inner}}}` is not an argument or a field path; write `{{arg}}` or `{{arg.field.sub}}`"
+        ));
+    }
+    Ok((root, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_literals_and_placeholders() {
+        let p = parse("author:{author_id}:top_{{x}}:{book.id}").unwrap();
+        assert_eq!(p.len(), 4);
+        assert!(matches!(&p[1], Piece::Placeholder { root, .. } if root == "author_id"));
+        assert!(matches!(&p[2], Piece::Literal(t) if t == ":top_{x}:"));
+        assert!(matches!(&p[3], Piece::Placeholder { root, path } if root == "book" && path == &["id"]));
+    }
+
+    #[test]
+    fn adjacent_placeholders_are_rejected() {
+        assert!(parse("{a}{b}").is_err());
+        assert!(parse("{a}-{b}").is_err());
+        assert!(parse("{a}:{b}").is_ok());
+        assert!(parse("x{a}").is_ok());
+    }
+
+    #[test]
+    fn malformed_placeholders_are_explained() {
+        assert!(parse("a:{").unwrap_err()[0].contains("unclosed"));
+        assert!(parse("a:{}").unwrap_err()[0].contains("empty"));
+        assert!(parse("a:{x:?}").unwrap_err()[0].contains("format spec"));
+        assert!(parse("a}").unwrap_err()[0].contains("unmatched"));
+        assert!(parse("a:{x-y}").unwrap_err()[0].contains("not an argument"));
+    }
+}

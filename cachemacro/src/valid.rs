@@ -1,0 +1,297 @@
+//! Every semantic rule of `#[cached]`, checked in one pass that reports all
+//! problems at once, each at its span.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+
+use crate::args::{Args, TtlArg};
+use crate::template::{self, Piece};
+
+/// A named argument of the function.
+pub struct Param {
+    pub ident: Ident,
+    pub ty: Type,
+}
+
+pub enum KeyPlan {
+    /// A `key = "..."` template, with its literal's span.
+    Template(Vec<Piece>, Span),
+    /// No template: module path, function name and every argument.
+    Default,
+}
+
+/// What `expand` needs, all checked.
+pub struct Plan {
+    pub key: KeyPlan,
+    pub ttl_ms: Option<u64>,
+    pub version: u32,
+    pub vary: Vec<Ident>,
+    pub cache: Option<syn::Expr>,
+    /// Returns `Result<T, E>`: only `Ok` is cached.
+    pub fallible: bool,
+    /// The stored type (`T` of `Result<T, E>`, or the return type).
+    pub value_ty: Option<Type>,
+    pub params: Vec<Param>,
+    pub has_receiver: bool,
+    pub key_uses_self: bool,
+}
+
+/// Collects errors; combines them into one `syn::Error` at the end.
+#[derive(Default)]
+struct Errors(Vec<syn::Error>);
+
+impl Errors {
+    fn at(&mut self, span: Span, msg: impl std::fmt::Display) {
+        self.0.push(syn::Error::new(span, msg));
+    }
+
+    fn finish(self) -> Result<(), syn::Error> {
+        let mut it = self.0.into_iter();
+        match it.next() {
+            None => Ok(()),
+            Some(mut first) => {
+                first.extend(it);
+                Err(first)
+            }
+        }
+    }
+}
+
+pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
+    let mut errs = Errors(args.errors);
+    let sig = &func.sig;
+    let fn_name = &sig.ident;
+
+    if sig.asyncness.is_none() {
+        errs.at(
+            sig.fn_token.span(),
+            "#[cached] works on `async fn` only; make the function `async` (its callers then `.await` it)",
+        );
+    }
+    if let Some(v) = &sig.variadic {
+        errs.at(v.span(), "#[cached] functions cannot be variadic");
+    }
+
+    // Arguments.
+    let mut params = Vec::new();
+    let mut unnamed = Vec::new();
+    let mut has_receiver = false;
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(r) => {
+                has_receiver = true;
+                if r.reference.is_none() || r.colon_token.is_some() {
+                    errs.at(
+                        r.span(),
+                        "#[cached] methods must take `&self`: the cached call cannot consume `self`",
+                    );
+                }
+            }
+            FnArg::Typed(pt) => match &*pt.pat {
+                Pat::Ident(pi) if pi.subpat.is_none() => params.push(Param {
+                    ident: pi.ident.clone(),
+                    ty: (*pt.ty).clone(),
+                }),
+                other => unnamed.push(other.span()),
+            },
+        }
+    }
+    let names: Vec<String> = params.iter().map(|p| p.ident.to_string()).collect();
+    let listing = if names.is_empty() {
+        "it has no named arguments".to_owned()
+    } else {
+        format!("its arguments are: {}", names.join(", "))
+    };
+
+    // Key.
+    let mut key_uses_self = false;
+    let key = match &args.key {
+        Some(lit) => match template::parse(&lit.value()) {
+            Ok(pieces) => {
+                for p in &pieces {
+                    if let Piece::Placeholder { root, .. } = p {
+                        if root == "self" {
+                            key_uses_self = true;
+                            if !has_receiver {
+                                errs.at(lit.span(), format!(
+                                    "`{{self...}}` in the key, but `{fn_name}` has no `&self` receiver"
+                                ));
+                            }
+                        } else if !names.contains(root) {
+                            errs.at(lit.span(), format!(
+                                "`{{{root}}}` in the key does not name an argument of `{fn_name}`; {listing}"
+                            ));
+                        }
+                    }
+                }
+                KeyPlan::Template(pieces, lit.span())
+            }
+            Err(problems) => {
+                for p in problems {
+                    errs.at(lit.span(), p);
+                }
+                KeyPlan::Default
+            }
+        },
+        None => {
+            for span in &unnamed {
+                errs.at(
+                    *span,
+                    "without `key = \"...\"` every argument goes into the key, so each needs a name; \
+                     bind it to a name or write a key template",
+                );
+            }
+            KeyPlan::Default
+        }
+    };
+
+    // Vary.
+    let mut vary = Vec::new();
+    if let Some((_, idents)) = args.vary {
+        for ident in idents {
+            let s = ident.to_string();
+            if vary.iter().any(|v: &Ident| *v == ident) {
+                errs.at(ident.span(), format!("`{s}` is listed twice in `vary`"));
+            } else if !names.contains(&s) {
+                errs.at(
+                    ident.span(),
+                    format!("`vary = {s}` does not name an argument of `{fn_name}`; {listing}"),
+                );
+            }
+            vary.push(ident);
+        }
+    }
+
+    // TTL.
+    let ttl_ms = match &args.ttl {
+        None => None,
+        Some(ttl) => match ttl_millis(ttl) {
+            Ok(ms) => Some(ms),
+            Err(msg) => {
+                errs.at(ttl.span(), msg);
+                None
+            }
+        },
+    };
+
+    let version = match &args.version {
+        None => 0,
+        Some(lit) => match lit.base10_parse::<u32>() {
+            Ok(v) => v,
+            Err(_) => {
+                errs.at(lit.span(), "`version` must fit in a u32: `version = 2`");
+                0
+            }
+        },
+    };
+
+    // Return type.
+    let (fallible, value_ty) = match &sig.output {
+        ReturnType::Default => {
+            errs.at(
+                sig.ident.span(),
+                format!("`{fn_name}` returns nothing, so there is nothing to cache; return the value"),
+            );
+            (false, None)
+        }
+        ReturnType::Type(_, ty) => {
+            if let Type::ImplTrait(it) = &**ty {
+                errs.at(
+                    it.span(),
+                    "#[cached] needs a concrete return type to store, not `impl Trait`",
+                );
+            }
+            match result_ok_type(ty) {
+                Some(ok) => (true, ok),
+                None => (false, Some((**ty).clone())),
+            }
+        }
+    };
+
+    errs.finish()?;
+    Ok(Plan {
+        key,
+        ttl_ms,
+        version,
+        vary,
+        cache: args.cache,
+        fallible,
+        value_ty,
+        params,
+        has_receiver,
+        key_uses_self,
+    })
+}
+
+/// `Some(Some(T))` for `Result<T, ..>` (`Some(None)` when `T` cannot be
+/// named), `None` for anything else.
+fn result_ok_type(ty: &Type) -> Option<Option<Type>> {
+    let Type::Path(tp) = ty else { return None };
+    let last = tp.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let ok = match &last.arguments {
+        PathArguments::AngleBracketed(a) => a.args.iter().find_map(|arg| match arg {
+            GenericArgument::Type(t) => Some(t.clone()),
+            _ => None,
+        }),
+        _ => None,
+    };
+    Some(ok)
+}
+
+fn ttl_millis(ttl: &TtlArg) -> Result<u64, String> {
+    let ms = match ttl {
+        TtlArg::Seconds(lit) => lit
+            .base10_parse::<u64>()
+            .ok()
+            .and_then(|s| s.checked_mul(1000))
+            .ok_or_else(|| "`ttl` must be a whole number of seconds, e.g. `ttl = 3600`".to_owned())?,
+        TtlArg::Text(lit) => parse_duration_ms(&lit.value()).ok_or_else(|| {
+            format!(
+                "`{}` is not a duration; write seconds (`ttl = 3600`) or a string like \"90s\", \"10m\", \"1h\", \"1h30m\", \"500ms\"",
+                lit.value()
+            )
+        })?,
+    };
+    if ms == 0 {
+        return Err("`ttl` must be greater than zero; to switch caching off use `Cache::disabled()`".into());
+    }
+    Ok(ms)
+}
+
+/// The runtime's duration grammar (`cacheruntime::url::parse_duration`),
+/// checked here at compile time.
+fn parse_duration_ms(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return secs.checked_mul(1000);
+    }
+    if text.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let per = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(per)?)?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}

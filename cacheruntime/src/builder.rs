@@ -1,0 +1,181 @@
+//! [`CacheBuilder`]: every setting of a [`Cache`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::Backend;
+use crate::backends::{DisabledBackend, MemoryBackend};
+use crate::cache::{Cache, Parts};
+use crate::clock::Clock;
+use crate::codec::AnyCodec;
+use crate::Error;
+
+/// Builds a [`Cache`]. Start from [`Cache::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use cacheruntime::{Cache, backends::MemoryBackend};
+///
+/// let cache = Cache::builder()
+///     .backend(MemoryBackend::new(16 << 20))
+///     .namespace("shop")
+///     .default_ttl(Duration::from_secs(600))
+///     .op_timeout(Duration::from_millis(100))
+///     .build()
+///     .unwrap();
+/// # let _ = cache;
+/// ```
+#[must_use]
+#[derive(Debug)]
+pub struct CacheBuilder {
+    backend: Option<Arc<dyn Backend>>,
+    enabled: bool,
+    namespace: String,
+    default_ttl: Duration,
+    op_timeout: Duration,
+    codec: AnyCodec,
+    max_entry_bytes: usize,
+    clock: Clock,
+    breaker_threshold: u32,
+    breaker_cool_down: Duration,
+}
+
+impl Default for CacheBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CacheBuilder {
+    /// Defaults: 64 MiB memory backend, no namespace, 5 min TTL, 250 ms op
+    /// timeout, bincode, 1 MiB max entry, breaker opening after 5
+    /// consecutive store failures for 1 s.
+    pub fn new() -> Self {
+        CacheBuilder {
+            backend: None,
+            enabled: true,
+            namespace: String::new(),
+            default_ttl: Duration::from_secs(300),
+            op_timeout: Duration::from_millis(250),
+            codec: AnyCodec::default(),
+            max_entry_bytes: 1 << 20,
+            clock: Clock::system(),
+            breaker_threshold: 5,
+            breaker_cool_down: Duration::from_secs(1),
+        }
+    }
+
+    /// The store. Any [`Backend`], including an `Arc` of one you keep.
+    pub fn backend(mut self, backend: impl Backend) -> Self {
+        self.backend = Some(Arc::new(backend));
+        self.enabled = true;
+        self
+    }
+
+    /// A bounded in-memory store of `max_bytes`.
+    pub fn memory(self, max_bytes: u64) -> Self {
+        let clock = self.clock.clone();
+        self.backend(MemoryBackend::with_clock(max_bytes, clock))
+    }
+
+    /// Store nothing; every call computes.
+    pub fn disabled(mut self) -> Self {
+        self.backend = Some(Arc::new(DisabledBackend));
+        self.enabled = false;
+        self
+    }
+
+    /// Prefix every key with `namespace:`, so several apps or versions can
+    /// share a store. Letters, digits and `._-` only.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// TTL for calls that do not set one.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// Upper bound on every store call; past it the call counts as failed
+    /// and the value is computed.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// The value codec.
+    pub fn codec(mut self, codec: impl Into<AnyCodec>) -> Self {
+        self.codec = codec.into();
+        self
+    }
+
+    /// Encoded entries larger than this are not stored (the value is still
+    /// returned) and count in `Stats::oversize`.
+    pub fn max_entry_bytes(mut self, bytes: usize) -> Self {
+        self.max_entry_bytes = bytes;
+        self
+    }
+
+    /// Open the circuit after `threshold` consecutive store failures, for
+    /// `cool_down`, then probe with one call.
+    pub fn circuit_breaker(mut self, threshold: u32, cool_down: Duration) -> Self {
+        self.breaker_threshold = threshold;
+        self.breaker_cool_down = cool_down;
+        self
+    }
+
+    /// The clock for entry deadlines (tests use [`Clock::manual`]). Set it
+    /// before [`memory`](Self::memory) to share it with the memory store.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Checks the settings and builds the cache. Never connects anywhere.
+    pub fn build(self) -> Result<Cache, Error> {
+        if let Some(bad) = self
+            .namespace
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(Error::Config(format!(
+                "namespace {:?} contains {bad:?}; use letters, digits and `._-` only",
+                self.namespace
+            )));
+        }
+        if self.default_ttl.is_zero() {
+            return Err(Error::Config(
+                "default_ttl must be greater than zero".into(),
+            ));
+        }
+        if self.op_timeout.is_zero() {
+            return Err(Error::Config("op_timeout must be greater than zero".into()));
+        }
+        if self.max_entry_bytes == 0 {
+            return Err(Error::Config(
+                "max_entry_bytes must be greater than zero".into(),
+            ));
+        }
+        let backend = match self.backend {
+            Some(b) => b,
+            None => Arc::new(MemoryBackend::with_clock(
+                MemoryBackend::DEFAULT_MAX_BYTES,
+                self.clock.clone(),
+            )),
+        };
+        Ok(Cache::from_parts(Parts {
+            backend,
+            enabled: self.enabled,
+            namespace: self.namespace,
+            default_ttl: self.default_ttl,
+            op_timeout: self.op_timeout,
+            codec: self.codec,
+            max_entry_bytes: self.max_entry_bytes,
+            clock: self.clock,
+            breaker_threshold: self.breaker_threshold,
+            breaker_cool_down: self.breaker_cool_down,
+        }))
+    }
+}

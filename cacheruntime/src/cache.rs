@@ -1,0 +1,679 @@
+//! The [`Cache`] handle and its get-or-compute core.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::backend::{Backend, BoxFuture, Ticket};
+use crate::backends::MemoryBackend;
+use crate::breaker::Breaker;
+use crate::builder::CacheBuilder;
+use crate::clock::Clock;
+use crate::codec::{AnyCodec, Codec};
+use crate::envelope::{self, Header};
+use crate::errlog::ErrorLog;
+use crate::flight::{self, Flights, Landing, Role};
+use crate::policy::Policy;
+use crate::site::Site;
+use crate::stats::{Counters, FunctionStats, Stats};
+use crate::{key, Error};
+
+/// A handle on a cache: cheap to clone (one `Arc`), `Send + Sync + 'static`.
+///
+/// # Contents
+/// - Building: [`Cache::memory`], [`Cache::disabled`], [`Cache::from_url`],
+///   [`Cache::from_env`], [`Cache::builder`].
+/// - Direct use: [`get`](Cache::get), [`set`](Cache::set),
+///   [`delete`](Cache::delete), [`invalidate_prefix`](Cache::invalidate_prefix).
+/// - Get-or-compute: [`get_or_compute`](Cache::get_or_compute),
+///   [`try_get_or_compute`](Cache::try_get_or_compute) (what `#[cached]` calls).
+/// - Watching: [`stats`](Cache::stats).
+///
+/// # When the store fails
+/// Get-or-compute never fails because of the cache: a store error, a timeout
+/// (every store call is bounded by the op timeout), an undecodable entry or
+/// an oversize value make the call compute and return its own value. The
+/// failure is counted in [`Stats::errors`] and logged (rate-limited). After
+/// repeated store failures a circuit breaker skips the store for a cool-down,
+/// so a dead store costs the computation alone, not a timeout per call.
+///
+/// # Concurrent calls on the same key
+/// Within a process, callers that miss the same key while it is being
+/// computed wait for that one computation (single-flight) and each decode
+/// their own copy of its value. If the computing caller is dropped, a waiter
+/// takes over. If the computation returns `Err` (never cached), each waiter
+/// computes for itself, as it would have without a cache.
+///
+/// # Runtime
+/// Store calls are bounded with `tokio::time::timeout`, so they must run
+/// inside a Tokio runtime with the time driver enabled. Building a memory or
+/// disabled cache needs no runtime (they can live in a `static LazyLock`).
+#[derive(Clone)]
+pub struct Cache {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    id: u64,
+    backend: Arc<dyn Backend>,
+    enabled: bool,
+    /// `""` or `"namespace:"`.
+    namespace: Box<str>,
+    default_ttl: Duration,
+    op_timeout: Duration,
+    codec: AnyCodec,
+    max_entry_bytes: usize,
+    clock: Clock,
+    flights: Flights,
+    counters: Counters,
+    breaker: Breaker,
+    errlog: ErrorLog,
+    functions: Mutex<Vec<&'static Site>>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("backend", &self.inner.backend)
+            .field("enabled", &self.inner.enabled)
+            .field("namespace", &self.inner.namespace)
+            .field("default_ttl", &self.inner.default_ttl)
+            .field("op_timeout", &self.inner.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parts a [`CacheBuilder`] hands over.
+pub(crate) struct Parts {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) enabled: bool,
+    pub(crate) namespace: String,
+    pub(crate) default_ttl: Duration,
+    pub(crate) op_timeout: Duration,
+    pub(crate) codec: AnyCodec,
+    pub(crate) max_entry_bytes: usize,
+    pub(crate) clock: Clock,
+    pub(crate) breaker_threshold: u32,
+    pub(crate) breaker_cool_down: Duration,
+}
+
+/// What a get-or-compute call returns, and which part of it is cached.
+///
+/// `Result<T, E>` caches `Ok` only; [`Always<T>`] caches every value,
+/// `None` included (negative caching).
+pub trait Outcome: Sized {
+    /// The stored type.
+    type Value: Serialize + DeserializeOwned;
+    /// The part to store, if any.
+    fn cacheable(&self) -> Option<&Self::Value>;
+    /// Rebuilds the outcome from a stored value.
+    fn from_cached(value: Self::Value) -> Self;
+}
+
+impl<T: Serialize + DeserializeOwned, E> Outcome for Result<T, E> {
+    type Value = T;
+    #[inline]
+    fn cacheable(&self) -> Option<&T> {
+        self.as_ref().ok()
+    }
+    #[inline]
+    fn from_cached(value: T) -> Self {
+        Ok(value)
+    }
+}
+
+/// An outcome that is always cached.
+#[derive(Debug)]
+pub struct Always<T>(pub T);
+
+impl<T: Serialize + DeserializeOwned> Outcome for Always<T> {
+    type Value = T;
+    #[inline]
+    fn cacheable(&self) -> Option<&T> {
+        Some(&self.0)
+    }
+    #[inline]
+    fn from_cached(value: T) -> Self {
+        Always(value)
+    }
+}
+
+enum Read<V> {
+    Hit(V),
+    Miss(Option<Ticket>),
+}
+
+/// Milliseconds on a monotonic clock, for the breaker and the error log,
+/// which must not stand still under a manual test clock.
+fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+impl Cache {
+    /// A builder for every setting: backend, namespace, default TTL, op
+    /// timeout, codec, max entry size, circuit breaker, clock.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::new()
+    }
+
+    /// An in-process cache bounded to 64 MiB, with the default settings.
+    /// Needs no runtime, so it can initialise a `static LazyLock`.
+    pub fn memory() -> Cache {
+        Cache::builder()
+            .backend(MemoryBackend::new(MemoryBackend::DEFAULT_MAX_BYTES))
+            .build()
+            .expect("the default configuration is valid")
+    }
+
+    /// A cache that stores nothing: every call computes. For running an app
+    /// with caching switched off (`CACHE_URL=none://`).
+    pub fn disabled() -> Cache {
+        Cache::builder()
+            .disabled()
+            .build()
+            .expect("the default configuration is valid")
+    }
+
+    /// Builds a cache from a URL: `memory://?max_bytes=67108864`, `none://`,
+    /// and the remote backends enabled by features. Query parameters common
+    /// to all: `namespace`, `default_ttl`, `op_timeout`, `max_entry_bytes`
+    /// (durations as `300`, `"90s"`, `"10m"`, `"250ms"`). See [`crate::url`].
+    pub async fn from_url(url: &str) -> Result<Cache, Error> {
+        crate::url::build(url).await
+    }
+
+    /// Builds a cache from the `CACHE_URL` environment variable, or an
+    /// in-memory cache when it is unset or empty.
+    pub async fn from_env() -> Result<Cache, Error> {
+        match std::env::var("CACHE_URL") {
+            Ok(url) if !url.trim().is_empty() => Cache::from_url(url.trim()).await,
+            _ => Ok(Cache::memory()),
+        }
+    }
+
+    pub(crate) fn from_parts(p: Parts) -> Cache {
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        let namespace = if p.namespace.is_empty() {
+            String::new()
+        } else {
+            format!("{}:", p.namespace)
+        };
+        Cache {
+            inner: Arc::new(Inner {
+                id: IDS.fetch_add(1, Ordering::Relaxed),
+                backend: p.backend,
+                enabled: p.enabled,
+                namespace: namespace.into_boxed_str(),
+                default_ttl: p.default_ttl,
+                op_timeout: p.op_timeout,
+                codec: p.codec,
+                max_entry_bytes: p.max_entry_bytes,
+                clock: p.clock,
+                flights: Flights::default(),
+                counters: Counters::default(),
+                breaker: Breaker::new(p.breaker_threshold, p.breaker_cool_down),
+                errlog: ErrorLog::new(10_000),
+                functions: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Whether the cache stores anything (false for [`Cache::disabled`]).
+    pub fn is_enabled(&self) -> bool {
+        self.inner.enabled
+    }
+
+    /// The backend's name (`memory`, `disabled`, `redis`, ...).
+    pub fn backend_name(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+
+    /// The TTL used when a call does not give one.
+    pub fn default_ttl(&self) -> Duration {
+        self.inner.default_ttl
+    }
+
+    /// A snapshot of the counters, with the per-function counters of the
+    /// `#[cached]` functions that used this cache.
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        let functions = self
+            .inner
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| FunctionStats {
+                name: s.qualified_name(),
+                hits: s.hits.get(),
+                misses: s.misses.get(),
+            })
+            .collect();
+        Stats {
+            hits: c.hits.get(),
+            misses: c.misses.get(),
+            stale_hits: c.stale_hits.get(),
+            errors: c.errors.get(),
+            computations: c.computations.get(),
+            coalesced: c.coalesced.get(),
+            decode_failures: c.decode_failures.get(),
+            oversize: c.oversize.get(),
+            circuit_skips: c.circuit_skips.get(),
+            functions,
+        }
+    }
+
+    /// Reads `key`. `Ok(None)` for a miss, an expired entry, or an entry that
+    /// does not decode as `T` (which also counts in `Stats::decode_failures`).
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        key::check_key(key)?;
+        let fp = envelope::fingerprint(std::any::type_name::<T>(), 0);
+        let full = self.full_key(key);
+        match self.read::<T>(&full, fp, None).await? {
+            Read::Hit(v) => Ok(Some(v)),
+            Read::Miss(_) => Ok(None),
+        }
+    }
+
+    /// Stores `value` under `key` for `ttl`.
+    pub async fn set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Duration,
+    ) -> Result<(), Error> {
+        key::check_key(key)?;
+        if !self.inner.enabled {
+            return Ok(());
+        }
+        let fp = envelope::fingerprint(std::any::type_name::<T>(), 0);
+        let bytes = self.seal(value, ttl, fp, 0)?;
+        let full = self.full_key(key);
+        self.write(&full, bytes, ttl, None).await
+    }
+
+    /// Removes `key`.
+    pub async fn delete(&self, key: &str) -> Result<(), Error> {
+        key::check_key(key)?;
+        if !self.inner.enabled {
+            return Ok(());
+        }
+        let full = self.full_key(key);
+        let backend = &*self.inner.backend;
+        self.guarded("delete", backend.delete(&full)).await
+    }
+
+    /// Invalidates every entry whose key starts with `prefix`.
+    ///
+    /// Prefixes are whole `:`-separated segments: `"author:42:"` reaches
+    /// `author:42:top_books` (and every `vary` variant of it) but not
+    /// `author:420:...`. A prefix that does not end with `:` is rejected
+    /// with [`Error::InvalidPrefix`] instead of matching fewer keys than
+    /// asked; `""` invalidates everything in this cache's namespace.
+    ///
+    /// Entries being computed while this runs are not stored visibly: after
+    /// it returns, no reader gets a value computed before it.
+    pub async fn invalidate_prefix(&self, prefix: &str) -> Result<(), Error> {
+        key::check_prefix(prefix)?;
+        if !self.inner.enabled {
+            return Ok(());
+        }
+        let full = self.full_key(prefix);
+        let backend = &*self.inner.backend;
+        self.guarded("invalidate_prefix", backend.invalidate_prefix(&full))
+            .await
+    }
+
+    /// Returns the cached value of `key`, or runs `compute`, caches its value
+    /// and returns it. Every value is cached, `None` included.
+    pub async fn get_or_compute<T, F, Fut>(&self, key: &str, policy: &Policy, compute: F) -> T
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let fp = envelope::fingerprint(std::any::type_name::<T>(), policy.version);
+        self.fetch(key, policy, fp, None, async move { Always(compute().await) })
+            .await
+            .0
+    }
+
+    /// Like [`get_or_compute`](Self::get_or_compute) for fallible
+    /// computations: `Ok` values are cached, `Err` never is.
+    pub async fn try_get_or_compute<T, E, F, Fut>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        compute: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let fp = envelope::fingerprint(std::any::type_name::<T>(), policy.version);
+        self.fetch(key, policy, fp, None, compute()).await
+    }
+
+    #[inline]
+    fn full_key<'k>(&self, key: &'k str) -> Cow<'k, str> {
+        if self.inner.namespace.is_empty() {
+            Cow::Borrowed(key)
+        } else {
+            Cow::Owned(format!("{}{key}", self.inner.namespace))
+        }
+    }
+
+    /// The get-or-compute core; see the type docs for its guarantees.
+    pub(crate) async fn fetch<O, F>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        fp: u64,
+        site: Option<&'static Site>,
+        compute: F,
+    ) -> O
+    where
+        O: Outcome,
+        F: Future<Output = O>,
+    {
+        let inner = &*self.inner;
+        if let Some(site) = site {
+            self.register(site);
+        }
+        if !inner.enabled || key.is_empty() {
+            inner.counters.misses.incr();
+            inner.counters.computations.incr();
+            if let Some(site) = site {
+                site.misses.incr();
+            }
+            return compute.await;
+        }
+        let key = self.full_key(key);
+        let mut compute = Some(compute);
+        let mut counted = false;
+        loop {
+            let ticket = match self.read::<O::Value>(&key, fp, site).await {
+                Ok(Read::Hit(v)) => return O::from_cached(v),
+                Ok(Read::Miss(ticket)) => ticket,
+                Err(e) => {
+                    self.failed("get", &e);
+                    None
+                }
+            };
+            if !counted {
+                counted = true;
+                inner.counters.misses.incr();
+                if let Some(site) = site {
+                    site.misses.incr();
+                }
+            }
+            match inner.flights.join(&key) {
+                Role::Leader(guard) => {
+                    // A flight that landed between our read and our join
+                    // already stored the value: read once more when that is
+                    // free (in-process stores) instead of computing twice.
+                    if let Some(Ok(found)) = inner.backend.get_now(&key) {
+                        if let Some(bytes) = found.value {
+                            if let Ok(Some(v)) = self.open_checked::<O::Value>(&bytes, fp) {
+                                guard.publish(Landing::Entry(bytes));
+                                return O::from_cached(v);
+                            }
+                        }
+                    }
+                    let compute = compute.take().expect("computed at most once");
+                    return self.lead(guard, &key, ticket, policy, fp, compute).await;
+                }
+                Role::Waiter(rx) => {
+                    inner.counters.coalesced.incr();
+                    match flight::wait(rx).await {
+                        Some(Landing::Entry(bytes)) => {
+                            if let Ok(Some(v)) = self.open_checked::<O::Value>(&bytes, fp) {
+                                return O::from_cached(v);
+                            }
+                        }
+                        Some(Landing::Nothing | Landing::Pending) => {}
+                        // The leader went away: try again, maybe as leader.
+                        None => continue,
+                    }
+                    // Nothing shareable: compute our own, as without a cache.
+                    inner.counters.computations.incr();
+                    let compute = compute.take().expect("computed at most once");
+                    return compute.await;
+                }
+            }
+        }
+    }
+
+    async fn lead<O, F>(
+        &self,
+        guard: flight::LeaderGuard<'_>,
+        key: &str,
+        ticket: Option<Ticket>,
+        policy: &Policy,
+        fp: u64,
+        compute: F,
+    ) -> O
+    where
+        O: Outcome,
+        F: Future<Output = O>,
+    {
+        let inner = &*self.inner;
+        inner.counters.computations.incr();
+        let started = Instant::now();
+        let out = compute.await;
+        let Some(value) = out.cacheable() else {
+            guard.publish(Landing::Nothing);
+            return out;
+        };
+        let ttl = policy.ttl.unwrap_or(inner.default_ttl);
+        let compute_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
+        match self.seal(value, ttl, fp, compute_ms) {
+            Ok(bytes) => {
+                // Waiters (and callers arriving until the store finishes)
+                // get the value now; the guard's drop ends the flight.
+                guard.publish(Landing::Entry(bytes.clone()));
+                if bytes.len() > inner.max_entry_bytes {
+                    inner.counters.oversize.incr();
+                    self.failed(
+                        "set",
+                        &Error::TooLarge {
+                            size: bytes.len(),
+                            limit: inner.max_entry_bytes,
+                        },
+                    );
+                } else if let Err(e) = self.write(key, bytes, ttl, ticket).await {
+                    self.failed("set", &e);
+                }
+            }
+            Err(e) => {
+                guard.publish(Landing::Nothing);
+                self.failed("encode", &e);
+            }
+        }
+        out
+    }
+
+    /// Counts and logs a failure the caller recovers from.
+    fn failed(&self, op: &'static str, err: &Error) {
+        let inner = &*self.inner;
+        match err {
+            Error::CircuitOpen { .. } => {}
+            Error::Decode { .. } => inner.counters.decode_failures.incr(),
+            Error::TooLarge { .. } => {}
+            _ => inner.counters.errors.incr(),
+        }
+        if !matches!(err, Error::CircuitOpen { .. }) {
+            inner
+                .errlog
+                .report(monotonic_ms(), inner.backend.name(), op, err);
+        }
+    }
+
+    fn register(&self, site: &'static Site) {
+        if site.last_cache.load(Ordering::Relaxed) == self.inner.id {
+            return;
+        }
+        let mut fns = self
+            .inner
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !fns.iter().any(|s| std::ptr::eq(*s, site)) {
+            fns.push(site);
+        }
+        site.last_cache.store(self.inner.id, Ordering::Relaxed);
+    }
+
+    /// Reads and opens an entry, counting hits and misses. Store failures
+    /// are returned; undecodable entries are misses (counted).
+    async fn read<V: DeserializeOwned>(
+        &self,
+        key: &str,
+        fp: u64,
+        site: Option<&'static Site>,
+    ) -> Result<Read<V>, Error> {
+        let inner = &*self.inner;
+        if !inner.enabled {
+            return Ok(Read::Miss(None));
+        }
+        let lookup = match inner.backend.get_now(key) {
+            Some(found) => found?,
+            None => {
+                let backend = &*inner.backend;
+                self.guarded("get", backend.get(key)).await?
+            }
+        };
+        if let Some(bytes) = lookup.value {
+            match self.open_checked::<V>(&bytes, fp) {
+                Ok(Some(v)) => {
+                    inner.counters.hits.incr();
+                    if let Some(site) = site {
+                        site.hits.incr();
+                    }
+                    return Ok(Read::Hit(v));
+                }
+                Ok(None) => {}
+                Err(e) => self.failed("decode", &e),
+            }
+        }
+        Ok(Read::Miss(lookup.ticket))
+    }
+
+    /// `Ok(None)` when the entry is past its deadline.
+    #[inline]
+    fn open_checked<V: DeserializeOwned>(&self, bytes: &[u8], fp: u64) -> Result<Option<V>, Error> {
+        let (header, payload) = Header::read(bytes)?;
+        if header.codec != self.inner.codec.id() {
+            return Err(Error::decode(format!(
+                "entry written by codec {} but this cache uses {}",
+                header.codec,
+                self.inner.codec.name()
+            )));
+        }
+        if header.fingerprint != fp {
+            return Err(Error::decode(
+                "entry stored under another type or version for the same key",
+            ));
+        }
+        if self.inner.clock.now_ms() >= header.stale_until_ms {
+            return Ok(None);
+        }
+        self.inner.codec.decode(payload).map(Some)
+    }
+
+    fn seal<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        ttl: Duration,
+        fp: u64,
+        compute_ms: u32,
+    ) -> Result<Bytes, Error> {
+        let now = self.inner.clock.now_ms();
+        let fresh_until = now.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
+        let mut out = Vec::with_capacity(64);
+        Header {
+            codec: self.inner.codec.id(),
+            fingerprint: fp,
+            fresh_until_ms: fresh_until,
+            stale_until_ms: fresh_until,
+            compute_ms,
+        }
+        .write(&mut out);
+        self.inner.codec.encode(value, &mut out)?;
+        Ok(Bytes::from(out))
+    }
+
+    async fn write(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        ttl: Duration,
+        ticket: Option<Ticket>,
+    ) -> Result<(), Error> {
+        if bytes.len() > self.inner.max_entry_bytes {
+            self.inner.counters.oversize.incr();
+            return Err(Error::TooLarge {
+                size: bytes.len(),
+                limit: self.inner.max_entry_bytes,
+            });
+        }
+        let backend = &*self.inner.backend;
+        self.guarded("set", backend.set(key, bytes, ttl, ticket))
+            .await
+    }
+
+    /// Runs one store call under the circuit breaker and the op timeout.
+    async fn guarded<T>(
+        &self,
+        op: &'static str,
+        call: BoxFuture<'_, Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let inner = &*self.inner;
+        let backend = inner.backend.name();
+        if !inner.breaker.allow(monotonic_ms()) {
+            inner.counters.circuit_skips.incr();
+            return Err(Error::CircuitOpen { backend });
+        }
+        let result = match tokio::time::timeout(inner.op_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                backend,
+                timeout: inner.op_timeout,
+            }),
+        };
+        match &result {
+            Ok(_) => inner.breaker.success(),
+            Err(e) if e.is_store_failure() => {
+                if inner.breaker.failure(monotonic_ms()) {
+                    tracing::warn!(
+                        backend,
+                        op,
+                        "cache store failing repeatedly; circuit open, calls skip it for a cool-down"
+                    );
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_is_send_sync_static_and_cheap_to_clone() {
+        fn assert_bounds<T: Send + Sync + Clone + 'static>() {}
+        assert_bounds::<Cache>();
+        assert_eq!(std::mem::size_of::<Cache>(), std::mem::size_of::<usize>());
+    }
+}

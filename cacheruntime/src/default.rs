@@ -1,0 +1,40 @@
+//! The process-wide cache `#[cached]` uses when no `cache = ...` is given.
+
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use crate::Cache;
+
+static DEFAULT: AtomicPtr<Cache> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Installs the cache that `#[cached]` functions without `cache = ...` use.
+///
+/// Call it once at startup, before serving: until then (or if it is never
+/// called) they use a process-wide [`Cache::memory`]. Replacing an installed
+/// cache works, but the replaced handle is leaked (a few bytes; the store
+/// itself is dropped only if no other handle holds it), since callers may
+/// still hold a reference to it.
+pub fn set_default(cache: Cache) {
+    let new = Box::into_raw(Box::new(cache));
+    DEFAULT.swap(new, Ordering::AcqRel);
+}
+
+/// The cache installed by [`set_default`], or the process-wide memory cache.
+#[inline]
+pub fn default_cache() -> &'static Cache {
+    let p = DEFAULT.load(Ordering::Acquire);
+    if !p.is_null() {
+        // SAFETY: pointers stored in DEFAULT come from Box::into_raw and are
+        // never freed, so they are valid for 'static.
+        return unsafe { &*p };
+    }
+    let fresh = Box::into_raw(Box::new(Cache::memory()));
+    match DEFAULT.compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+        // SAFETY: as above; we just stored it.
+        Ok(_) => unsafe { &*fresh },
+        Err(current) => {
+            // SAFETY: `fresh` was never shared; `current` is a leaked Box.
+            drop(unsafe { Box::from_raw(fresh) });
+            unsafe { &*current }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The envelope around every stored value.
+//!
+//! ```text
+//! offset size field
+//! 0      1    format version (FORMAT_VERSION)
+//! 1      1    codec id
+//! 2      1    flags (reserved, 0)
+//! 3      8    fingerprint: hash of the value's type name and `version = N`
+//! 11     8    fresh until, ms since the Unix epoch
+//! 19     8    stale until, ms since the Unix epoch (>= fresh until)
+//! 27     4    measured computation time, ms
+//! 31     ..   codec payload
+//! ```
+//!
+//! Anything that does not match (short input, another format or codec,
+//! another type) is a miss that gets overwritten, never a wrong value.
+
+use crate::Error;
+
+/// Bumped whenever the layout above changes.
+pub const FORMAT_VERSION: u8 = 1;
+/// Size of the fixed header.
+pub const HEADER_LEN: usize = 31;
+
+/// The decoded fixed part of an envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Codec that wrote the payload.
+    pub codec: u8,
+    /// Type-and-version fingerprint.
+    pub fingerprint: u64,
+    /// Fresh until this wall-clock ms.
+    pub fresh_until_ms: u64,
+    /// Servable (stale) until this wall-clock ms.
+    pub stale_until_ms: u64,
+    /// How long the value took to compute.
+    pub compute_ms: u32,
+}
+
+impl Header {
+    /// Writes the header to the front of `out` (which must be empty).
+    pub fn write(&self, out: &mut Vec<u8>) {
+        debug_assert!(out.is_empty());
+        out.push(FORMAT_VERSION);
+        out.push(self.codec);
+        out.push(0);
+        out.extend_from_slice(&self.fingerprint.to_le_bytes());
+        out.extend_from_slice(&self.fresh_until_ms.to_le_bytes());
+        out.extend_from_slice(&self.stale_until_ms.to_le_bytes());
+        out.extend_from_slice(&self.compute_ms.to_le_bytes());
+    }
+
+    /// Splits an entry into its header and payload.
+    #[inline]
+    pub fn read(bytes: &[u8]) -> Result<(Header, &[u8]), Error> {
+        if bytes.len() < HEADER_LEN {
+            return Err(Error::decode("entry shorter than the envelope header"));
+        }
+        if bytes[0] != FORMAT_VERSION {
+            return Err(Error::decode(format!(
+                "entry has format version {}, this build reads {FORMAT_VERSION}",
+                bytes[0]
+            )));
+        }
+        let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
+        let header = Header {
+            codec: bytes[1],
+            fingerprint: u64_at(3),
+            fresh_until_ms: u64_at(11),
+            stale_until_ms: u64_at(19),
+            compute_ms: u32::from_le_bytes(bytes[27..31].try_into().unwrap()),
+        };
+        if header.stale_until_ms < header.fresh_until_ms {
+            return Err(Error::decode("entry's stale deadline precedes its fresh one"));
+        }
+        Ok((header, &bytes[HEADER_LEN..]))
+    }
+}
+
+/// FNV-1a over the type name and the user's version: stable across processes
+/// and builds of the same code, unlike `DefaultHasher`.
+pub fn fingerprint(type_name: &str, version: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in type_name.bytes().chain(version.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_and_rejects_garbage() {
+        let h = Header {
+            codec: 1,
+            fingerprint: 42,
+            fresh_until_ms: 10,
+            stale_until_ms: 20,
+            compute_ms: 7,
+        };
+        let mut out = Vec::new();
+        h.write(&mut out);
+        out.extend_from_slice(b"xyz");
+        let (back, payload) = Header::read(&out).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(payload, b"xyz");
+        assert!(Header::read(&out[..10]).is_err());
+        out[0] = 9;
+        assert!(Header::read(&out).is_err());
+    }
+
+    #[test]
+    fn fingerprint_depends_on_type_and_version() {
+        assert_ne!(fingerprint("Vec<i64>", 0), fingerprint("Vec<i32>", 0));
+        assert_ne!(fingerprint("Vec<i64>", 0), fingerprint("Vec<i64>", 1));
+        assert_eq!(fingerprint("Vec<i64>", 3), fingerprint("Vec<i64>", 3));
+    }
+}

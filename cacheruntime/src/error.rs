@@ -1,0 +1,129 @@
+//! The one error type of the crate.
+//!
+//! Messages say what to do about the problem. None of them ever carries a
+//! password, a token or a signing key: URLs are redacted before they reach an
+//! error (see [`crate::url::redact`]).
+
+use std::time::Duration;
+
+/// Everything that can go wrong in a cache call.
+///
+/// `#[cached]` functions never see these: a failing cache makes them compute
+/// and return their own value, and the error is counted in
+/// [`Stats::errors`](crate::Stats) and logged. The direct API (`get`, `set`,
+/// `invalidate_prefix`, ...) returns them so that callers can decide.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store answered with an error or the connection failed.
+    #[error("cache backend `{backend}` failed: {message}")]
+    Backend {
+        /// The backend's name (`memory`, `redis`, ...).
+        backend: &'static str,
+        /// What the backend said, without secrets.
+        message: String,
+    },
+    /// The store did not answer within the op timeout.
+    #[error(
+        "cache backend `{backend}` did not answer within {timeout:?}; if the store is \
+         just slow, raise the limit with `Cache::builder().op_timeout(..)`"
+    )]
+    Timeout {
+        /// The backend's name.
+        backend: &'static str,
+        /// The op timeout that ran out.
+        timeout: Duration,
+    },
+    /// Calls skip the store for a while after repeated failures.
+    #[error(
+        "cache backend `{backend}` is skipped after repeated failures (circuit open); \
+         it is tried again on its own after the cool-down"
+    )]
+    CircuitOpen {
+        /// The backend's name.
+        backend: &'static str,
+    },
+    /// The value could not be serialized by the codec.
+    #[error("could not encode the value with the {codec} codec: {message}")]
+    Encode {
+        /// The codec's name.
+        codec: &'static str,
+        /// The serializer's message.
+        message: String,
+    },
+    /// A stored entry could not be read back (corrupt, another type, another
+    /// format version). The entry is treated as a miss and overwritten.
+    #[error("could not decode the cached entry: {message}")]
+    Decode {
+        /// Why the entry was rejected.
+        message: String,
+    },
+    /// The encoded value is larger than the cache accepts; it is not stored.
+    #[error(
+        "the encoded value is {size} bytes, over the max entry size of {limit} bytes; it was \
+         not stored (raise the limit with `Cache::builder().max_entry_bytes(..)`)"
+    )]
+    TooLarge {
+        /// Encoded size of the entry.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A prefix that this cache cannot invalidate exactly.
+    #[error("invalid prefix {prefix:?}: {reason}")]
+    InvalidPrefix {
+        /// The prefix as given.
+        prefix: String,
+        /// Why, and what to pass instead.
+        reason: &'static str,
+    },
+    /// A key that no backend can store.
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key as given.
+        key: String,
+        /// Why, and what to pass instead.
+        reason: &'static str,
+    },
+    /// A malformed or unsupported cache URL (secrets redacted).
+    #[error("invalid cache URL `{url}`: {message}")]
+    InvalidUrl {
+        /// The URL with any password replaced by `***`.
+        url: String,
+        /// What is wrong and what to write instead.
+        message: String,
+    },
+    /// A builder setting out of range.
+    #[error("invalid cache configuration: {0}")]
+    Config(String),
+    /// The backend has no such operation.
+    #[error("the `{backend}` backend does not support {operation}")]
+    Unsupported {
+        /// The backend's name.
+        backend: &'static str,
+        /// The missing operation.
+        operation: &'static str,
+    },
+}
+
+impl Error {
+    /// Shorthand for a backend failure.
+    pub fn backend(backend: &'static str, message: impl Into<String>) -> Self {
+        Error::Backend {
+            backend,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn decode(message: impl Into<String>) -> Self {
+        Error::Decode {
+            message: message.into(),
+        }
+    }
+
+    /// Whether this error says the store itself is unhealthy (as opposed to
+    /// one bad value), which is what the circuit breaker counts.
+    pub(crate) fn is_store_failure(&self) -> bool {
+        matches!(self, Error::Backend { .. } | Error::Timeout { .. })
+    }
+}

@@ -1,0 +1,166 @@
+//! Rendering keys from templates, and what a prefix may be.
+//!
+//! A key is the template's literal text, kept verbatim, with every
+//! interpolated value escaped: `%` becomes `%25`, `:` becomes `%3A`, and
+//! whitespace and control characters become `%XX` of their UTF-8 bytes. Since
+//! an escaped value never contains `:`, and the macro requires a `:` between
+//! any two placeholders, two different argument lists never render the same
+//! key: `pair:{a}:{b}` gives `pair:1%3A2:3` for `("1:2", "3")` and
+//! `pair:1:2%3A3` for `("1", "2:3")`.
+//!
+//! Prefixes are whole `:`-separated segments. `invalidate_prefix("author:42:")`
+//! reaches `author:42:top_books` and `author:42:bio` but not `author:420:...`;
+//! a prefix that does not end with `:` (other than the empty prefix, which
+//! means everything) is rejected rather than silently matching fewer keys
+//! than a character-wise prefix would.
+
+use std::borrow::Cow;
+use std::fmt::{self, Display, Write};
+
+use crate::Error;
+
+#[inline]
+fn needs_escape(b: u8) -> bool {
+    b == b'%' || b == b':' || b <= b' ' || b == 0x7f
+}
+
+/// Escapes one interpolated value the way `#[cached]` keys do, for building a
+/// prefix by hand: `format!("embed:{}:", escape(url))`.
+pub fn escape(value: &str) -> Cow<'_, str> {
+    if !value.bytes().any(needs_escape) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    push_escaped(&mut out, value);
+    Cow::Owned(out)
+}
+
+fn push_escaped(out: &mut String, s: &str) {
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if needs_escape(b) {
+            out.push_str(&s[start..i]);
+            let _ = write!(out, "%{b:02X}");
+            start = i + 1;
+        }
+    }
+    out.push_str(&s[start..]);
+}
+
+struct Escaping<'a>(&'a mut String);
+
+impl Write for Escaping<'_> {
+    #[inline]
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if s.bytes().any(needs_escape) {
+            push_escaped(self.0, s);
+        } else {
+            self.0.push_str(s);
+        }
+        Ok(())
+    }
+}
+
+/// Builds a key piece by piece; what `#[cached]` expands to.
+#[derive(Debug)]
+pub struct KeyBuilder {
+    buf: String,
+}
+
+impl KeyBuilder {
+    /// An empty key with room for `capacity` bytes.
+    #[inline]
+    pub fn with_capacity(capacity: usize) -> Self {
+        KeyBuilder {
+            buf: String::with_capacity(capacity),
+        }
+    }
+
+    /// Appends template text verbatim.
+    #[inline]
+    pub fn literal(&mut self, text: &str) -> &mut Self {
+        self.buf.push_str(text);
+        self
+    }
+
+    /// Appends an interpolated value, escaped.
+    #[inline]
+    pub fn value<T: Display + ?Sized>(&mut self, value: &T) -> &mut Self {
+        let _ = write!(Escaping(&mut self.buf), "{value}");
+        self
+    }
+
+    /// Appends `:` and an escaped value: how `vary` arguments and the
+    /// arguments of a default key are added.
+    #[inline]
+    pub fn segment<T: Display + ?Sized>(&mut self, value: &T) -> &mut Self {
+        self.buf.push(':');
+        self.value(value)
+    }
+
+    /// The rendered key.
+    #[inline]
+    pub fn finish(self) -> String {
+        self.buf
+    }
+}
+
+/// Checks that `prefix` is one `invalidate_prefix` can honour exactly.
+pub fn check_prefix(prefix: &str) -> Result<(), Error> {
+    if prefix.is_empty() || prefix.ends_with(':') {
+        Ok(())
+    } else {
+        Err(Error::InvalidPrefix {
+            prefix: prefix.to_owned(),
+            reason: "prefixes are whole ':'-separated segments and must end with ':' \
+                     (write \"author:42:\", not \"author:42\" or \"author:4\"); \
+                     to drop a single key use `delete`",
+        })
+    }
+}
+
+/// Checks that a key is usable: not empty, and no longer than the hard cap.
+pub fn check_key(key: &str) -> Result<(), Error> {
+    if key.is_empty() {
+        return Err(Error::InvalidKey {
+            key: String::new(),
+            reason: "keys must not be empty",
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(parts: &[&str]) -> String {
+        let mut k = KeyBuilder::with_capacity(16);
+        k.literal("pair:");
+        k.value(parts[0]);
+        k.literal(":");
+        k.value(parts[1]);
+        k.finish()
+    }
+
+    #[test]
+    fn colon_in_values_cannot_collide() {
+        assert_ne!(render(&["1:2", "3"]), render(&["1", "2:3"]));
+        assert_eq!(render(&["1:2", "3"]), "pair:1%3A2:3");
+    }
+
+    #[test]
+    fn percent_and_whitespace_are_escaped() {
+        assert_eq!(escape("a%3Ab"), "a%253Ab");
+        assert_eq!(escape("a b\n"), "a%20b%0A");
+        assert!(matches!(escape("plain"), Cow::Borrowed("plain")));
+    }
+
+    #[test]
+    fn prefixes_must_be_whole_segments() {
+        assert!(check_prefix("").is_ok());
+        assert!(check_prefix("author:42:").is_ok());
+        let err = check_prefix("author:4").unwrap_err().to_string();
+        assert!(err.contains("must end with ':'"), "{err}");
+    }
+}

@@ -1,0 +1,275 @@
+//! Cache URLs: `Cache::from_url` and `CACHE_URL`.
+//!
+//! | URL | store |
+//! |---|---|
+//! | `memory://` or `memory://?max_bytes=16777216` | bounded in-process memory |
+//! | `none://` (also `disabled://`) | nothing; every call computes |
+//!
+//! Query parameters every scheme accepts: `namespace`, `default_ttl`,
+//! `op_timeout` (durations: `300` seconds, or `"90s"`, `"10m"`, `"1h"`,
+//! `"250ms"`), `max_entry_bytes`. Unknown parameters are errors, so a typo
+//! does not silently fall back to a default.
+
+use std::time::Duration;
+
+use crate::builder::CacheBuilder;
+use crate::{Cache, Error};
+
+/// Replaces the password of `scheme://user:password@host` with `***`, for
+/// errors and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked = if userinfo.contains(':') || !user.is_empty() {
+                format!("{user}:***")
+            } else {
+                String::new()
+            };
+            format!("{scheme}://{masked}@{}{tail}", &authority[at + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Parses `300`, `"90s"`, `"10m"`, `"1h30m"`, `"250ms"`, `"1d"`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60)?),
+            "h" => Duration::from_secs(n.checked_mul(3600)?),
+            "d" => Duration::from_secs(n.checked_mul(86_400)?),
+            _ => return None,
+        };
+        total = total.checked_add(unit)?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', h, l]) => hex(*h).zip(hex(*l)).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A parsed cache URL: scheme, the part between `://` and `?`, and the
+/// query parameters, each taken at most once.
+pub(crate) struct CacheUrl<'a> {
+    pub(crate) raw: &'a str,
+    pub(crate) scheme: &'a str,
+    pub(crate) rest: &'a str,
+    params: Vec<(String, String, bool)>,
+}
+
+impl<'a> CacheUrl<'a> {
+    pub(crate) fn parse(raw: &'a str) -> Result<Self, Error> {
+        let Some((scheme, after)) = raw.split_once("://") else {
+            return Err(Error::InvalidUrl {
+                url: redact(raw),
+                message: "expected `scheme://...`, e.g. `memory://` or `redis://host:6379/0`".into(),
+            });
+        };
+        let (rest, query) = after.split_once('?').unwrap_or((after, ""));
+        let mut params = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let k = percent_decode(k);
+            if params.iter().any(|(seen, _, _)| *seen == k) {
+                return Err(Error::InvalidUrl {
+                    url: redact(raw),
+                    message: format!("query parameter `{k}` is given twice"),
+                });
+            }
+            params.push((k, percent_decode(v), false));
+        }
+        Ok(CacheUrl {
+            raw,
+            scheme,
+            rest,
+            params,
+        })
+    }
+
+    pub(crate) fn error(&self, message: impl Into<String>) -> Error {
+        Error::InvalidUrl {
+            url: redact(self.raw),
+            message: message.into(),
+        }
+    }
+
+    /// Takes a parameter's value, marking it used.
+    pub(crate) fn take(&mut self, name: &str) -> Option<String> {
+        self.params
+            .iter_mut()
+            .find(|(k, _, used)| k == name && !*used)
+            .map(|(_, v, used)| {
+                *used = true;
+                v.clone()
+            })
+    }
+
+    pub(crate) fn take_parsed<T: std::str::FromStr>(&mut self, name: &str, what: &str) -> Result<Option<T>, Error> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| self.error(format!("`{name}={v}` is not {what}"))),
+        }
+    }
+
+    pub(crate) fn take_duration(&mut self, name: &str) -> Result<Option<Duration>, Error> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(v) => parse_duration(&v).map(Some).ok_or_else(|| {
+                self.error(format!(
+                    "`{name}={v}` is not a duration; write seconds (`300`) or `90s`, `10m`, `1h`, `250ms`"
+                ))
+            }),
+        }
+    }
+
+    /// Applies the parameters every scheme shares.
+    pub(crate) fn common(&mut self, mut b: CacheBuilder) -> Result<CacheBuilder, Error> {
+        if let Some(ns) = self.take("namespace") {
+            b = b.namespace(ns);
+        }
+        if let Some(ttl) = self.take_duration("default_ttl")? {
+            b = b.default_ttl(ttl);
+        }
+        if let Some(t) = self.take_duration("op_timeout")? {
+            b = b.op_timeout(t);
+        }
+        if let Some(n) = self.take_parsed::<usize>("max_entry_bytes", "a byte count")? {
+            b = b.max_entry_bytes(n);
+        }
+        Ok(b)
+    }
+
+    /// Fails on any parameter nothing took.
+    pub(crate) fn finish(&self, known: &str) -> Result<(), Error> {
+        match self.params.iter().find(|(_, _, used)| !used) {
+            None => Ok(()),
+            Some((k, _, _)) => Err(self.error(format!(
+                "unknown query parameter `{k}`; `{}://` accepts {known}, namespace, default_ttl, op_timeout, max_entry_bytes",
+                self.scheme
+            ))),
+        }
+    }
+}
+
+pub(crate) async fn build(raw: &str) -> Result<Cache, Error> {
+    let mut url = CacheUrl::parse(raw)?;
+    match url.scheme {
+        "memory" | "mem" => {
+            if !url.rest.is_empty() {
+                return Err(url.error("`memory://` takes no host or path; size it with `?max_bytes=`"));
+            }
+            let mut b = Cache::builder();
+            if let Some(n) = url.take_parsed::<u64>("max_bytes", "a byte count")? {
+                b = b.memory(n);
+            } else {
+                b = b.memory(crate::backends::MemoryBackend::DEFAULT_MAX_BYTES);
+            }
+            let b = url.common(b)?;
+            url.finish("max_bytes")?;
+            b.build()
+        }
+        "none" | "disabled" | "dummy" => {
+            let b = url.common(Cache::builder().disabled())?;
+            url.finish("no backend parameters")?;
+            b.build()
+        }
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => Err(url.error(
+            "Redis support is not built into this version of cacheruntime; use `memory://` or `none://`",
+        )),
+        "postgres" | "postgresql" | "sqlite" | "memcached" | "memcache" => Err(url.error(format!(
+            "`{}://` is not built into this version of cacheruntime; use `memory://` or `none://`",
+            url.scheme
+        ))),
+        other => Err(url.error(format!(
+            "unknown scheme `{other}`; expected `memory://` or `none://`"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_every_documented_form() {
+        assert_eq!(parse_duration("300"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1x"), None);
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("h"), None);
+    }
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        assert_eq!(
+            redact("redis://user:s3cret@host:6379/0?x=1"),
+            "redis://user:***@host:6379/0?x=1"
+        );
+        assert_eq!(redact("redis://:s3cret@host"), "redis://:***@host");
+        assert_eq!(redact("memory://?max_bytes=1"), "memory://?max_bytes=1");
+    }
+
+    #[test]
+    fn percent_decoding_handles_edges() {
+        assert_eq!(percent_decode("a%20b"), "a b");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%4"), "%4");
+    }
+}
