@@ -110,10 +110,7 @@ fn placeholder_expr(root: &str, path: &[String], span: Span) -> TokenStream {
     };
     for field in path {
         if let Ok(index) = field.parse::<u32>() {
-            let index = syn::Index {
-                index,
-                span,
-            };
+            let index = syn::Index { index, span };
             expr = quote!(#expr.#index);
         } else {
             let field = Ident::new(field, span);
@@ -143,7 +140,9 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
         .params
         .iter()
         .any(|p| !matches!(p, GenericParam::Lifetime(_)));
-    let ttl = plan.ttl_ms.map(|ms| quote!(.ttl(::core::time::Duration::from_millis(#ms))));
+    let ttl = plan
+        .ttl_ms
+        .map(|ms| quote!(.ttl(::core::time::Duration::from_millis(#ms))));
     let version = plan.version;
     let policy = quote!(::cacheruntime::__private::Policy::new() #ttl .version(#version));
     let cache = cache_ref(plan);
@@ -206,84 +205,29 @@ fn helpers(func: &ItemFn, plan: &Plan) -> TokenStream {
     let key_fn = format_ident!("{}_cache_key", sig.ident);
     let invalidate_fn = format_ident!("{}_invalidate", sig.ident);
 
-    // Which arguments the helpers need.
-    let mut used: HashSet<String> = HashSet::new();
-    let mut uses_self = plan.key_uses_self;
+    // Which arguments the helpers need: the key's, plus (for the
+    // invalidation, which needs the cache) the `cache` expression's.
+    let mut key_args: HashSet<String> = HashSet::new();
     match &plan.key {
         KeyPlan::Template(pieces, _) => {
             for p in pieces {
                 if let Piece::Placeholder { root, .. } = p {
-                    used.insert(root.clone());
+                    key_args.insert(root.clone());
                 }
             }
         }
-        KeyPlan::Default => used.extend(plan.params.iter().map(|p| p.ident.to_string())),
+        KeyPlan::Default => key_args.extend(plan.params.iter().map(|p| p.ident.to_string())),
     }
+    let mut cache_args = key_args.clone();
     if let Some(expr) = &plan.cache {
         let mut idents = IdentCollector::default();
         idents.visit_expr(expr);
-        uses_self |= idents.idents.contains("self");
-        used.extend(idents.idents);
+        cache_args.extend(idents.idents);
     }
-    let uses_self = uses_self && plan.has_receiver;
-    let params: Vec<_> = plan
-        .params
-        .iter()
-        .filter(|p| used.contains(&p.ident.to_string()))
-        .collect();
-
-    // Generics the kept argument types mention.
-    let mut mentioned = IdentCollector::default();
-    for p in &params {
-        mentioned.visit_type(&p.ty);
-    }
-    let mut generics = sig.generics.clone();
-    let kept: Vec<GenericParam> = generics
-        .params
-        .iter()
-        .filter(|g| match g {
-            GenericParam::Type(t) => mentioned.idents.contains(&t.ident.to_string()),
-            GenericParam::Const(c) => mentioned.idents.contains(&c.ident.to_string()),
-            GenericParam::Lifetime(l) => mentioned.lifetimes.contains(&l.lifetime.ident.to_string()),
-        })
-        .cloned()
-        .collect();
-    let dropped: HashSet<String> = generics
-        .params
-        .iter()
-        .filter(|g| !kept.contains(g))
-        .map(|g| match g {
-            GenericParam::Type(t) => t.ident.to_string(),
-            GenericParam::Const(c) => c.ident.to_string(),
-            GenericParam::Lifetime(l) => l.lifetime.ident.to_string(),
-        })
-        .collect();
-    generics.params = kept.into_iter().collect();
-    if let Some(wc) = &mut generics.where_clause {
-        wc.predicates = wc
-            .predicates
-            .iter()
-            .filter(|pred| {
-                let mut c = IdentCollector::default();
-                match pred {
-                    WherePredicate::Type(t) => c.visit_type(&t.bounded_ty),
-                    WherePredicate::Lifetime(l) => {
-                        c.lifetimes.insert(l.lifetime.ident.to_string());
-                    }
-                    _ => {}
-                }
-                !c.idents.iter().chain(&c.lifetimes).any(|i| dropped.contains(i))
-            })
-            .cloned()
-            .collect();
-    }
-    let (_, _, where_clause) = generics.split_for_impl();
-    let receiver = uses_self.then(|| quote!(&self,));
-    let args = params.iter().map(|p| {
-        let (ident, ty) = (&p.ident, &p.ty);
-        quote!(#ident: #ty)
-    });
-    let args = quote!(#receiver #(#args),*);
+    let (key_generics, key_params) = helper_signature(plan, &sig.generics, &key_args);
+    let (inv_generics, inv_params) = helper_signature(plan, &sig.generics, &cache_args);
+    let (_, _, key_where) = key_generics.split_for_impl();
+    let (_, _, inv_where) = inv_generics.split_for_impl();
     let base_key = render_key(plan, DefaultPrefix::Fresh(name.clone()), false);
     let cache = cache_ref(plan);
     let (invalidate, what) = if plan.vary.is_empty() {
@@ -293,9 +237,13 @@ fn helpers(func: &ItemFn, plan: &Plan) -> TokenStream {
         )
     } else {
         (
-            quote!(__cachemacro_cache
-                .invalidate_prefix(&::cacheruntime::__private::variants_prefix(&__cachemacro_key))
-                .await),
+            quote!(
+                __cachemacro_cache
+                    .invalidate_prefix(&::cacheruntime::__private::variants_prefix(
+                        &__cachemacro_key
+                    ))
+                    .await
+            ),
             "every `vary` variant of the entry",
         )
     };
@@ -312,18 +260,87 @@ fn helpers(func: &ItemFn, plan: &Plan) -> TokenStream {
     quote! {
         #[doc = #key_doc]
         #[allow(dead_code, clippy::needless_lifetimes)]
-        #vis fn #key_fn #generics (#args) -> ::std::string::String #where_clause {
+        #vis fn #key_fn #key_generics (#key_params) -> ::std::string::String #key_where {
             #base_key
         }
 
         #[doc = #invalidate_doc]
         #[allow(dead_code, clippy::needless_lifetimes)]
-        #vis async fn #invalidate_fn #generics (#args) -> ::core::result::Result<(), ::cacheruntime::Error> #where_clause {
+        #vis async fn #invalidate_fn #inv_generics (#inv_params) -> ::core::result::Result<(), ::cacheruntime::Error> #inv_where {
             let __cachemacro_cache: &::cacheruntime::Cache = #cache;
             let __cachemacro_key: ::std::string::String = #base_key;
             #invalidate
         }
     }
+}
+
+/// A helper's generics and parameters: the receiver and arguments named in
+/// `used`, and the generic parameters (and where-predicates) their types
+/// mention, so no unused generic makes the helper uncallable.
+fn helper_signature(
+    plan: &Plan,
+    generics: &syn::Generics,
+    used: &HashSet<String>,
+) -> (syn::Generics, TokenStream) {
+    let uses_self = plan.has_receiver && used.contains("self");
+    let params: Vec<_> = plan
+        .params
+        .iter()
+        .filter(|p| used.contains(&p.ident.to_string()))
+        .collect();
+    let mut mentioned = IdentCollector::default();
+    for p in &params {
+        mentioned.visit_type(&p.ty);
+    }
+    let name_of = |g: &GenericParam| match g {
+        GenericParam::Type(t) => t.ident.to_string(),
+        GenericParam::Const(c) => c.ident.to_string(),
+        GenericParam::Lifetime(l) => l.lifetime.ident.to_string(),
+    };
+    let is_kept = |g: &GenericParam| match g {
+        GenericParam::Lifetime(l) => mentioned.lifetimes.contains(&l.lifetime.ident.to_string()),
+        other => mentioned.idents.contains(&name_of(other)),
+    };
+    let mut generics = generics.clone();
+    let dropped: HashSet<String> = generics
+        .params
+        .iter()
+        .filter(|g| !is_kept(g))
+        .map(name_of)
+        .collect();
+    generics.params = generics
+        .params
+        .iter()
+        .filter(|g| is_kept(g))
+        .cloned()
+        .collect();
+    if let Some(wc) = &mut generics.where_clause {
+        wc.predicates = wc
+            .predicates
+            .iter()
+            .filter(|pred| {
+                let mut c = IdentCollector::default();
+                match pred {
+                    WherePredicate::Type(t) => c.visit_type(&t.bounded_ty),
+                    WherePredicate::Lifetime(l) => {
+                        c.lifetimes.insert(l.lifetime.ident.to_string());
+                    }
+                    _ => {}
+                }
+                !c.idents
+                    .iter()
+                    .chain(&c.lifetimes)
+                    .any(|i| dropped.contains(i))
+            })
+            .cloned()
+            .collect();
+    }
+    let receiver = uses_self.then(|| quote!(&self,));
+    let args = params.iter().map(|p| {
+        let (ident, ty) = (&p.ident, &p.ty);
+        quote!(#ident: #ty)
+    });
+    (generics, quote!(#receiver #(#args),*))
 }
 
 /// Every identifier and lifetime name in a piece of syntax.

@@ -101,11 +101,11 @@ fn placeholder(inner: &str) -> Result<(String, Vec<String>), String> {
     let path: Vec<String> = parts.map(str::to_owned).collect();
     let ident_ok = |s: &str| {
         let mut cs = s.chars();
-        cs.next()
-            .is_some_and(|c| c == '_' || c.is_alphabetic())
+        cs.next().is_some_and(|c| c == '_' || c.is_alphabetic())
             && cs.all(|c| c == '_' || c.is_alphanumeric())
     };
-    let field_ok = |s: &str| ident_ok(s) || (!s.is_empty() && s.chars().all(|c| c.is_ascii_digit()));
+    let field_ok =
+        |s: &str| ident_ok(s) || (!s.is_empty() && s.chars().all(|c| c.is_ascii_digit()));
     if !ident_ok(&root) || !path.iter().all(|p| field_ok(p)) {
         return Err(format!(
             "`{{{inner}}}` is not an argument or a field path; write `{{arg}}` or `{{arg.field.sub}}`"
@@ -124,7 +124,9 @@ mod tests {
         assert_eq!(p.len(), 4);
         assert!(matches!(&p[1], Piece::Placeholder { root, .. } if root == "author_id"));
         assert!(matches!(&p[2], Piece::Literal(t) if t == ":top_{x}:"));
-        assert!(matches!(&p[3], Piece::Placeholder { root, path } if root == "book" && path == &["id"]));
+        assert!(
+            matches!(&p[3], Piece::Placeholder { root, path } if root == "book" && path == &["id"])
+        );
     }
 
     #[test]

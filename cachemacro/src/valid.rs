@@ -34,7 +34,6 @@ pub struct Plan {
     pub value_ty: Option<Type>,
     pub params: Vec<Param>,
     pub has_receiver: bool,
-    pub key_uses_self: bool,
 }
 
 /// Collects errors; combines them into one `syn::Error` at the end.
@@ -105,14 +104,12 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
     };
 
     // Key.
-    let mut key_uses_self = false;
     let key = match &args.key {
         Some(lit) => match template::parse(&lit.value()) {
             Ok(pieces) => {
                 for p in &pieces {
                     if let Piece::Placeholder { root, .. } = p {
                         if root == "self" {
-                            key_uses_self = true;
                             if !has_receiver {
                                 errs.at(lit.span(), format!(
                                     "`{{self...}}` in the key, but `{fn_name}` has no `&self` receiver"
@@ -191,7 +188,9 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
         ReturnType::Default => {
             errs.at(
                 sig.ident.span(),
-                format!("`{fn_name}` returns nothing, so there is nothing to cache; return the value"),
+                format!(
+                    "`{fn_name}` returns nothing, so there is nothing to cache; return the value"
+                ),
             );
             (false, None)
         }
@@ -220,7 +219,6 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
         value_ty,
         params,
         has_receiver,
-        key_uses_self,
     })
 }
 
@@ -257,7 +255,9 @@ fn ttl_millis(ttl: &TtlArg) -> Result<u64, String> {
         })?,
     };
     if ms == 0 {
-        return Err("`ttl` must be greater than zero; to switch caching off use `Cache::disabled()`".into());
+        return Err(
+            "`ttl` must be greater than zero; to switch caching off use `Cache::disabled()`".into(),
+        );
     }
     Ok(ms)
 }
@@ -275,13 +275,17 @@ fn parse_duration_ms(text: &str) -> Option<u64> {
     let mut total: u64 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
         let n: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let per = match &rest[..unit_len] {
             "ms" => 1,
             "s" => 1000,

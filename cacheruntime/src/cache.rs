@@ -144,6 +144,32 @@ impl<T: Serialize + DeserializeOwned> Outcome for Always<T> {
     }
 }
 
+/// The fingerprint of entries written by [`Cache::set`]: the direct API
+/// checks values with the codec only, so `set(k, &"text")` reads back as
+/// `get::<String>(k)`. Typed calls (`#[cached]`, `get_or_compute`) see such
+/// an entry as another type's: a miss.
+const UNTYPED: u64 = 0;
+
+/// Which fingerprints a read accepts.
+#[derive(Clone, Copy)]
+enum Accept {
+    /// Exactly this one (typed calls).
+    Exactly(u64),
+    /// `Cache::get`: entries from `Cache::set`, or typed entries of `T`
+    /// at version 0.
+    Direct(u64),
+}
+
+impl Accept {
+    #[inline]
+    fn admits(self, fp: u64) -> bool {
+        match self {
+            Accept::Exactly(want) => fp == want,
+            Accept::Direct(typed) => fp == UNTYPED || fp == typed,
+        }
+    }
+}
+
 enum Read<V> {
     Hit(V),
     Miss(Option<Ticket>),
@@ -274,9 +300,9 @@ impl Cache {
     /// does not decode as `T` (which also counts in `Stats::decode_failures`).
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
         key::check_key(key)?;
-        let fp = envelope::fingerprint(std::any::type_name::<T>(), 0);
+        let typed = envelope::fingerprint(std::any::type_name::<T>(), 0);
         let full = self.full_key(key);
-        match self.read::<T>(&full, fp, None).await? {
+        match self.read::<T>(&full, Accept::Direct(typed), None).await? {
             Read::Hit(v) => Ok(Some(v)),
             Read::Miss(_) => Ok(None),
         }
@@ -293,8 +319,7 @@ impl Cache {
         if !self.inner.enabled {
             return Ok(());
         }
-        let fp = envelope::fingerprint(std::any::type_name::<T>(), 0);
-        let bytes = self.seal(value, ttl, fp, 0)?;
+        let bytes = self.seal(value, ttl, UNTYPED, 0)?;
         let full = self.full_key(key);
         self.write(&full, bytes, ttl, None).await
     }
@@ -307,7 +332,7 @@ impl Cache {
         }
         let full = self.full_key(key);
         let backend = &*self.inner.backend;
-        self.guarded("delete", backend.delete(&full)).await
+        self.guarded("delete", || backend.delete(&full)).await
     }
 
     /// Invalidates every entry whose key starts with `prefix`.
@@ -327,7 +352,7 @@ impl Cache {
         }
         let full = self.full_key(prefix);
         let backend = &*self.inner.backend;
-        self.guarded("invalidate_prefix", backend.invalidate_prefix(&full))
+        self.guarded("invalidate_prefix", || backend.invalidate_prefix(&full))
             .await
     }
 
@@ -340,9 +365,15 @@ impl Cache {
         Fut: Future<Output = T>,
     {
         let fp = envelope::fingerprint(std::any::type_name::<T>(), policy.version);
-        self.fetch(key, policy, fp, None, async move { Always(compute().await) })
-            .await
-            .0
+        self.fetch(
+            key,
+            policy,
+            fp,
+            None,
+            async move { Always(compute().await) },
+        )
+        .await
+        .0
     }
 
     /// Like [`get_or_compute`](Self::get_or_compute) for fallible
@@ -400,7 +431,7 @@ impl Cache {
         let mut compute = Some(compute);
         let mut counted = false;
         loop {
-            let ticket = match self.read::<O::Value>(&key, fp, site).await {
+            let ticket = match self.read::<O::Value>(&key, Accept::Exactly(fp), site).await {
                 Ok(Read::Hit(v)) => return O::from_cached(v),
                 Ok(Read::Miss(ticket)) => ticket,
                 Err(e) => {
@@ -422,7 +453,9 @@ impl Cache {
                     // free (in-process stores) instead of computing twice.
                     if let Some(Ok(found)) = inner.backend.get_now(&key) {
                         if let Some(bytes) = found.value {
-                            if let Ok(Some(v)) = self.open_checked::<O::Value>(&bytes, fp) {
+                            if let Ok(Some(v)) =
+                                self.open_checked::<O::Value>(&bytes, Accept::Exactly(fp))
+                            {
                                 guard.publish(Landing::Entry(bytes));
                                 return O::from_cached(v);
                             }
@@ -435,7 +468,9 @@ impl Cache {
                     inner.counters.coalesced.incr();
                     match flight::wait(rx).await {
                         Some(Landing::Entry(bytes)) => {
-                            if let Ok(Some(v)) = self.open_checked::<O::Value>(&bytes, fp) {
+                            if let Ok(Some(v)) =
+                                self.open_checked::<O::Value>(&bytes, Accept::Exactly(fp))
+                            {
                                 return O::from_cached(v);
                             }
                         }
@@ -537,7 +572,7 @@ impl Cache {
     async fn read<V: DeserializeOwned>(
         &self,
         key: &str,
-        fp: u64,
+        fp: Accept,
         site: Option<&'static Site>,
     ) -> Result<Read<V>, Error> {
         let inner = &*self.inner;
@@ -548,7 +583,7 @@ impl Cache {
             Some(found) => found?,
             None => {
                 let backend = &*inner.backend;
-                self.guarded("get", backend.get(key)).await?
+                self.guarded("get", || backend.get(key)).await?
             }
         };
         if let Some(bytes) = lookup.value {
@@ -569,7 +604,11 @@ impl Cache {
 
     /// `Ok(None)` when the entry is past its deadline.
     #[inline]
-    fn open_checked<V: DeserializeOwned>(&self, bytes: &[u8], fp: u64) -> Result<Option<V>, Error> {
+    fn open_checked<V: DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+        fp: Accept,
+    ) -> Result<Option<V>, Error> {
         let (header, payload) = Header::read(bytes)?;
         if header.codec != self.inner.codec.id() {
             return Err(Error::decode(format!(
@@ -578,7 +617,7 @@ impl Cache {
                 self.inner.codec.name()
             )));
         }
-        if header.fingerprint != fp {
+        if !fp.admits(header.fingerprint) {
             return Err(Error::decode(
                 "entry stored under another type or version for the same key",
             ));
@@ -626,15 +665,15 @@ impl Cache {
             });
         }
         let backend = &*self.inner.backend;
-        self.guarded("set", backend.set(key, bytes, ttl, ticket))
+        self.guarded("set", || backend.set(key, bytes, ttl, ticket))
             .await
     }
 
     /// Runs one store call under the circuit breaker and the op timeout.
-    async fn guarded<T>(
+    async fn guarded<'b, T>(
         &self,
         op: &'static str,
-        call: BoxFuture<'_, Result<T, Error>>,
+        call: impl FnOnce() -> BoxFuture<'b, Result<T, Error>>,
     ) -> Result<T, Error> {
         let inner = &*self.inner;
         let backend = inner.backend.name();
@@ -642,7 +681,8 @@ impl Cache {
             inner.counters.circuit_skips.incr();
             return Err(Error::CircuitOpen { backend });
         }
-        let result = match tokio::time::timeout(inner.op_timeout, call).await {
+        // The call is made only now, so an open circuit costs no store work.
+        let result = match tokio::time::timeout(inner.op_timeout, call()).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout {
                 backend,

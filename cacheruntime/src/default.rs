@@ -28,7 +28,12 @@ pub fn default_cache() -> &'static Cache {
         return unsafe { &*p };
     }
     let fresh = Box::into_raw(Box::new(Cache::memory()));
-    match DEFAULT.compare_exchange(std::ptr::null_mut(), fresh, Ordering::AcqRel, Ordering::Acquire) {
+    match DEFAULT.compare_exchange(
+        std::ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
         // SAFETY: as above; we just stored it.
         Ok(_) => unsafe { &*fresh },
         Err(current) => {

@@ -71,7 +71,9 @@ impl Header {
             compute_ms: u32::from_le_bytes(bytes[27..31].try_into().unwrap()),
         };
         if header.stale_until_ms < header.fresh_until_ms {
-            return Err(Error::decode("entry's stale deadline precedes its fresh one"));
+            return Err(Error::decode(
+                "entry's stale deadline precedes its fresh one",
+            ));
         }
         Ok((header, &bytes[HEADER_LEN..]))
     }

@@ -30,7 +30,12 @@ impl ErrorLog {
         if now_ms >= next
             && self
                 .next_ms
-                .compare_exchange(next, now_ms + self.interval_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(
+                    next,
+                    now_ms + self.interval_ms,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
         {
             let suppressed = self.suppressed.swap(0, Ordering::Relaxed);

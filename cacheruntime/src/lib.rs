@@ -39,7 +39,14 @@ pub use stats::{FunctionStats, Stats};
 /// show their new values and deleted rows disappear.
 pub trait CacheId {
     /// The id stored in the cache.
-    type Id: serde::Serialize + serde::de::DeserializeOwned + Clone + Eq + std::hash::Hash + Send + Sync + 'static;
+    type Id: serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + Eq
+        + std::hash::Hash
+        + Send
+        + Sync
+        + 'static;
     /// This object's id.
     fn cache_id(&self) -> Self::Id;
 }

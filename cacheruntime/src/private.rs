@@ -5,11 +5,11 @@ use std::future::Future;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::cache::Always;
 pub use crate::default::default_cache;
 pub use crate::key::KeyBuilder;
 pub use crate::policy::Policy;
 pub use crate::site::Site;
-use crate::cache::Always;
 use crate::Cache;
 
 /// A `#[cached]` function whose every return value is cached.
@@ -21,7 +21,9 @@ where
 {
     let fp = site.fingerprint::<T>();
     cache
-        .fetch(&key, &site.policy, fp, Some(site), async move { Always(body.await) })
+        .fetch(&key, &site.policy, fp, Some(site), async move {
+            Always(body.await)
+        })
         .await
         .0
 }

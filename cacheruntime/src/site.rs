@@ -26,7 +26,12 @@ pub struct Site {
 
 impl Site {
     #[doc(hidden)]
-    pub const fn new(name: &'static str, module: &'static str, policy: Policy, generic: bool) -> Self {
+    pub const fn new(
+        name: &'static str,
+        module: &'static str,
+        policy: Policy,
+        generic: bool,
+    ) -> Self {
         Site {
             name,
             module,

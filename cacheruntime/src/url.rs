@@ -50,13 +50,17 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         return None;
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
         let n: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -113,7 +117,8 @@ impl<'a> CacheUrl<'a> {
         let Some((scheme, after)) = raw.split_once("://") else {
             return Err(Error::InvalidUrl {
                 url: redact(raw),
-                message: "expected `scheme://...`, e.g. `memory://` or `redis://host:6379/0`".into(),
+                message: "expected `scheme://...`, e.g. `memory://` or `redis://host:6379/0`"
+                    .into(),
             });
         };
         let (rest, query) = after.split_once('?').unwrap_or((after, ""));
@@ -155,7 +160,11 @@ impl<'a> CacheUrl<'a> {
             })
     }
 
-    pub(crate) fn take_parsed<T: std::str::FromStr>(&mut self, name: &str, what: &str) -> Result<Option<T>, Error> {
+    pub(crate) fn take_parsed<T: std::str::FromStr>(
+        &mut self,
+        name: &str,
+        what: &str,
+    ) -> Result<Option<T>, Error> {
         match self.take(name) {
             None => Ok(None),
             Some(v) => v

@@ -129,10 +129,7 @@ impl MemoryBackend {
                 .get(p)
                 .is_some_and(|inv| inv.seq > entry_seq)
         };
-        newer("")
-            || key
-                .match_indices(':')
-                .any(|(i, _)| newer(&key[..=i]))
+        newer("") || key.match_indices(':').any(|(i, _)| newer(&key[..=i]))
     }
 
     #[inline]
@@ -299,7 +296,13 @@ mod tests {
     #[test]
     fn prefix_invalidation_reaches_exactly_whole_segments() {
         let m = MemoryBackend::new(1 << 20);
-        for k in ["author:42:top", "author:42:bio", "author:420:top", "author:4", "book:1"] {
+        for k in [
+            "author:42:top",
+            "author:42:bio",
+            "author:420:top",
+            "author:4",
+            "book:1",
+        ] {
             m.store(k, bytes(k), Duration::from_secs(60), None);
         }
         m.invalidate("author:42:");
@@ -327,7 +330,12 @@ mod tests {
         let m = MemoryBackend::new(256 << 10);
         let value = Bytes::from(vec![7u8; 1000]);
         for i in 0..10_000 {
-            m.store(&format!("k:{i}"), value.clone(), Duration::from_secs(60), None);
+            m.store(
+                &format!("k:{i}"),
+                value.clone(),
+                Duration::from_secs(60),
+                None,
+            );
             assert!(m.used_bytes() <= m.max_bytes(), "over the bound at {i}");
         }
         assert!(m.len() < 300, "{} entries kept in 256 KiB", m.len());
@@ -345,7 +353,11 @@ mod tests {
         for i in 0..2000 {
             m.invalidate(&format!("team:{i}:"));
         }
-        assert!(m.invalidation_records() <= 2100, "{}", m.invalidation_records());
+        assert!(
+            m.invalidation_records() <= 2100,
+            "{}",
+            m.invalidation_records()
+        );
     }
 
     #[tokio::test]

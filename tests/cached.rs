@@ -1,0 +1,801 @@
+//! Behaviour of `#[cached]` functions and the `Cache` handle on the memory
+//! backend and on failing test backends. One binary for the whole area.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cacheruntime::backend::{Backend, BoxFuture, Lookup, Ticket};
+use cacheruntime::backends::MemoryBackend;
+use cacheruntime::{cached, Cache, Clock, Error, Policy};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, PartialEq)]
+struct MyError(String);
+
+fn fresh() -> Cache {
+    Cache::builder().memory(8 << 20).build().unwrap()
+}
+
+// ---------------------------------------------------------------- hits, misses
+
+static TOP_BOOKS_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(key = "author:{author_id}:top_books", ttl = 3600, cache = cache)]
+async fn top_books(cache: &Cache, author_id: i64) -> Result<Vec<i64>, MyError> {
+    TOP_BOOKS_RUNS.fetch_add(1, Ordering::SeqCst);
+    Ok(vec![author_id, author_id + 1])
+}
+
+#[tokio::test]
+async fn second_call_is_a_hit_and_skips_the_body() {
+    let cache = fresh();
+    let before = TOP_BOOKS_RUNS.load(Ordering::SeqCst);
+    assert_eq!(top_books(&cache, 7).await, Ok(vec![7, 8]));
+    assert_eq!(top_books(&cache, 7).await, Ok(vec![7, 8]));
+    assert_eq!(TOP_BOOKS_RUNS.load(Ordering::SeqCst) - before, 1);
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses, stats.errors), (1, 1, 0));
+    let f = stats
+        .functions
+        .iter()
+        .find(|f| f.name.ends_with("::top_books"))
+        .expect("per-function stats");
+    assert!(f.hits >= 1 && f.misses >= 1);
+    // The key is the template, verbatim.
+    assert_eq!(top_books_cache_key(7), "author:7:top_books");
+    assert_eq!(
+        cache.get::<Vec<i64>>("author:7:top_books").await.unwrap(),
+        Some(vec![7, 8])
+    );
+}
+
+// ---------------------------------------------------------------- ttl
+
+static CLOCKED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(key = "clocked:{id}", ttl = "1m", cache = cache)]
+async fn clocked(cache: &Cache, id: u32) -> u32 {
+    CLOCKED_RUNS.fetch_add(1, Ordering::SeqCst) as u32 + id
+}
+
+#[tokio::test]
+async fn entries_expire_after_their_ttl() {
+    let clock = Clock::manual();
+    let cache = Cache::builder()
+        .clock(clock.clone())
+        .memory(1 << 20)
+        .build()
+        .unwrap();
+    let first = clocked(&cache, 1).await;
+    clock.advance(Duration::from_secs(59));
+    assert_eq!(clocked(&cache, 1).await, first, "fresh for 59 s");
+    clock.advance(Duration::from_secs(1));
+    assert_ne!(clocked(&cache, 1).await, first, "recomputed at 60 s");
+}
+
+#[tokio::test]
+async fn default_ttl_applies_when_the_attribute_has_none() {
+    #[cached(key = "no_ttl:{x}", cache = cache)]
+    async fn no_ttl(cache: &Cache, x: u8) -> (u8, u64) {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        (x, N.fetch_add(1, Ordering::SeqCst) as u64)
+    }
+    let clock = Clock::manual();
+    let cache = Cache::builder()
+        .clock(clock.clone())
+        .memory(1 << 20)
+        .default_ttl(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let a = no_ttl(&cache, 1).await;
+    clock.advance(Duration::from_secs(9));
+    assert_eq!(no_ttl(&cache, 1).await, a);
+    clock.advance(Duration::from_secs(2));
+    assert_ne!(no_ttl(&cache, 1).await, a);
+}
+
+// ---------------------------------------------------------------- vary
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Embed {
+    html: String,
+}
+
+#[cached(key = "embed:{url}", ttl = 86400, vary = user_id, cache = cache)]
+async fn embed(cache: &Cache, url: &str, user_id: u64) -> Result<Embed, MyError> {
+    Ok(Embed {
+        html: format!("{url} for user {user_id}"),
+    })
+}
+
+#[tokio::test]
+async fn vary_isolates_users_and_one_prefix_clears_every_variant() {
+    let cache = fresh();
+    let a = embed(&cache, "https://x.test/a", 1).await.unwrap();
+    let b = embed(&cache, "https://x.test/a", 2).await.unwrap();
+    assert_eq!(a.html, "https://x.test/a for user 1");
+    assert_eq!(b.html, "https://x.test/a for user 2");
+    assert_eq!(embed(&cache, "https://x.test/a", 1).await.unwrap(), a);
+    assert_eq!(cache.stats().hits, 1);
+
+    embed_invalidate(&cache, "https://x.test/a").await.unwrap();
+    let key1 = format!("{}:1", embed_cache_key("https://x.test/a"));
+    let key2 = format!("{}:2", embed_cache_key("https://x.test/a"));
+    assert_eq!(cache.get::<Embed>(&key1).await.unwrap(), None);
+    assert_eq!(cache.get::<Embed>(&key2).await.unwrap(), None);
+}
+
+// ---------------------------------------------------------------- key injectivity
+
+#[cached(key = "pair:{a}:{b}", ttl = 60, cache = cache)]
+async fn pair(cache: &Cache, a: &str, b: &str) -> String {
+    format!("{a}|{b}")
+}
+
+#[tokio::test]
+async fn different_arguments_never_share_a_key() {
+    let cache = fresh();
+    assert_eq!(pair(&cache, "1:2", "3").await, "1:2|3");
+    assert_eq!(pair(&cache, "1", "2:3").await, "1|2:3");
+    assert_eq!(pair(&cache, "1%3A2", "3").await, "1%3A2|3");
+    assert_eq!(pair(&cache, "1 2", "3").await, "1 2|3");
+    let keys = [
+        pair_cache_key("1:2", "3"),
+        pair_cache_key("1", "2:3"),
+        pair_cache_key("1%3A2", "3"),
+        pair_cache_key("1 2", "3"),
+    ];
+    let unique: std::collections::HashSet<_> = keys.iter().collect();
+    assert_eq!(unique.len(), keys.len(), "{keys:?}");
+    assert!(keys.iter().all(|k| !k.contains(' ')), "{keys:?}");
+    assert_eq!(cache.stats().hits, 0);
+}
+
+// ---------------------------------------------------------------- Err, None
+
+static FLAKY_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(key = "flaky:{n}", ttl = 60, cache = cache)]
+async fn flaky(cache: &Cache, n: u32) -> Result<u32, MyError> {
+    let run = FLAKY_RUNS.fetch_add(1, Ordering::SeqCst);
+    if run == 0 {
+        return Err(MyError("upstream down".into()));
+    }
+    let doubled: u32 = "2".parse::<u32>().map_err(|e| MyError(e.to_string()))? * n;
+    Ok(doubled)
+}
+
+#[tokio::test]
+async fn err_is_never_cached() {
+    let cache = fresh();
+    assert_eq!(flaky(&cache, 5).await, Err(MyError("upstream down".into())));
+    assert_eq!(flaky(&cache, 5).await, Ok(10));
+    assert_eq!(flaky(&cache, 5).await, Ok(10));
+    assert_eq!(FLAKY_RUNS.load(Ordering::SeqCst), 2);
+}
+
+static LOOKUP_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(key = "user:{email}", ttl = 60, cache = cache)]
+async fn lookup_user(cache: &Cache, email: String) -> Option<u64> {
+    LOOKUP_RUNS.fetch_add(1, Ordering::SeqCst);
+    (email == "known@x.test").then_some(1)
+}
+
+#[tokio::test]
+async fn none_is_cached() {
+    let cache = fresh();
+    assert_eq!(lookup_user(&cache, "nobody@x.test".into()).await, None);
+    assert_eq!(lookup_user(&cache, "nobody@x.test".into()).await, None);
+    assert_eq!(LOOKUP_RUNS.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.stats().hits, 1);
+}
+
+// ---------------------------------------------------------------- failing stores
+
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Error,
+    Stall,
+}
+
+/// A store that always fails, the way a dead or wedged Redis would.
+#[derive(Debug)]
+struct BrokenBackend {
+    failure: Failure,
+    calls: AtomicUsize,
+}
+
+impl BrokenBackend {
+    fn new(failure: Failure) -> Arc<Self> {
+        Arc::new(BrokenBackend {
+            failure,
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    fn fail<'a, T: Send + 'a>(&'a self) -> BoxFuture<'a, Result<T, Error>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let failure = self.failure;
+        Box::pin(async move {
+            match failure {
+                Failure::Error => Err(Error::backend("broken", "connection refused")),
+                Failure::Stall => std::future::pending().await,
+            }
+        })
+    }
+}
+
+impl Backend for BrokenBackend {
+    fn name(&self) -> &'static str {
+        "broken"
+    }
+    fn get<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
+        self.fail()
+    }
+    fn set<'a>(
+        &'a self,
+        _key: &'a str,
+        _value: Bytes,
+        _ttl: Duration,
+        _ticket: Option<Ticket>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        self.fail()
+    }
+    fn delete<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        self.fail()
+    }
+    fn invalidate_prefix<'a>(&'a self, _prefix: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        self.fail()
+    }
+}
+
+#[cached(key = "price:{id}", ttl = 60, cache = cache)]
+async fn price(cache: &Cache, id: u32) -> Result<u32, MyError> {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Ok(id * 100)
+}
+
+#[tokio::test]
+async fn erroring_store_falls_back_to_computing_and_counts_errors() {
+    let store = BrokenBackend::new(Failure::Error);
+    let cache = Cache::builder()
+        .backend(store.clone())
+        .circuit_breaker(1000, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(price(&cache, 4).await, Ok(400));
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.errors, 6, "a failed get and a failed set per call");
+    assert_eq!(stats.hits, 0);
+    // The direct API reports the failure instead.
+    assert!(matches!(
+        cache.get::<u32>("price:4").await,
+        Err(Error::Backend { .. })
+    ));
+}
+
+#[tokio::test]
+async fn stalled_store_costs_at_most_the_op_timeout_per_call() {
+    let store = BrokenBackend::new(Failure::Stall);
+    let cache = Cache::builder()
+        .backend(store.clone())
+        .op_timeout(Duration::from_millis(50))
+        .circuit_breaker(1000, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(price(&cache, 3).await, Ok(300));
+    let took = started.elapsed();
+    // get (50 ms timeout) + compute (20 ms) + set (50 ms timeout), with slack.
+    assert!(took < Duration::from_millis(400), "{took:?}");
+    assert!(matches!(
+        cache.get::<u32>("price:3").await,
+        Err(Error::Timeout { .. })
+    ));
+}
+
+#[tokio::test]
+async fn open_circuit_skips_a_dead_store_until_the_cool_down() {
+    let store = BrokenBackend::new(Failure::Stall);
+    let cache = Cache::builder()
+        .backend(store.clone())
+        .op_timeout(Duration::from_millis(30))
+        .circuit_breaker(2, Duration::from_secs(60))
+        .build()
+        .unwrap();
+    assert_eq!(price(&cache, 1).await, Ok(100)); // get + set time out: open
+    let calls = store.calls.load(Ordering::SeqCst);
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(price(&cache, 1).await, Ok(100));
+    }
+    assert_eq!(
+        store.calls.load(Ordering::SeqCst),
+        calls,
+        "store not called"
+    );
+    // 20 computations of 20 ms, no timeouts.
+    assert!(started.elapsed() < Duration::from_millis(20 * 20 + 300));
+    assert!(cache.stats().circuit_skips >= 40);
+}
+
+// ---------------------------------------------------------------- single-flight
+
+static SLOW_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(key = "slow:{id}", ttl = 60, cache = cache)]
+async fn slow(cache: &Cache, id: u32) -> Result<u64, MyError> {
+    SLOW_RUNS.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(u64::from(id) * 3)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_misses_compute_once() {
+    static CACHE: LazyLock<Cache> =
+        LazyLock::new(|| Cache::builder().memory(1 << 20).build().unwrap());
+    let before = SLOW_RUNS.load(Ordering::SeqCst);
+    let tasks: Vec<_> = (0..500)
+        .map(|_| tokio::spawn(async { slow(&CACHE, 9).await }))
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Ok(27));
+    }
+    assert_eq!(SLOW_RUNS.load(Ordering::SeqCst) - before, 1);
+    let stats = CACHE.stats();
+    assert_eq!(stats.computations, 1);
+    assert_eq!(stats.coalesced, 499);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_leader_hands_the_computation_to_a_waiter() {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    #[cached(key = "cancel:{id}", ttl = 60, cache = cache)]
+    async fn guarded(cache: &Cache, id: u32) -> u32 {
+        RUNS.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        id + 1
+    }
+    let cache = fresh();
+    let leader = {
+        let cache = cache.clone();
+        tokio::spawn(async move { guarded(&cache, 1).await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let waiter = {
+        let cache = cache.clone();
+        tokio::spawn(async move { guarded(&cache, 1).await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    let got = tokio::time::timeout(Duration::from_secs(2), waiter)
+        .await
+        .expect("waiter is not stuck")
+        .unwrap();
+    assert_eq!(got, 2);
+    assert_eq!(RUNS.load(Ordering::SeqCst), 2, "the waiter took over");
+    assert_eq!(guarded(&cache, 1).await, 2);
+    assert_eq!(RUNS.load(Ordering::SeqCst), 2, "and its value was stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_compute_their_own_value_when_the_leader_errs() {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    #[cached(key = "errs:{id}", ttl = 60, cache = cache)]
+    async fn errs(cache: &Cache, id: u32) -> Result<u32, MyError> {
+        let run = RUNS.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if run == 0 {
+            Err(MyError("first fails".into()))
+        } else {
+            Ok(id)
+        }
+    }
+    let cache = fresh();
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { errs(&cache, 3).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
+    assert_eq!(results.iter().filter(|r| **r == Ok(3)).count(), 4);
+}
+
+// ---------------------------------------------------------------- prefixes
+
+#[cached(key = "author:{author_id}:bio", ttl = 600, cache = cache)]
+async fn bio(cache: &Cache, author_id: i64) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("bio {author_id} #{}", N.fetch_add(1, Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn prefix_invalidation_reaches_exactly_the_right_keys() {
+    let cache = fresh();
+    let _ = top_books(&cache, 42).await;
+    let bio42 = bio(&cache, 42).await;
+    let bio420 = bio(&cache, 420).await;
+    let bio4 = bio(&cache, 4).await;
+    cache
+        .set("author:42", &"exact", Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    cache.invalidate_prefix("author:42:").await.unwrap();
+
+    assert_eq!(
+        cache.get::<Vec<i64>>("author:42:top_books").await.unwrap(),
+        None
+    );
+    assert_ne!(bio(&cache, 42).await, bio42, "recomputed");
+    assert_eq!(bio(&cache, 420).await, bio420, "author:420 untouched");
+    assert_eq!(bio(&cache, 4).await, bio4, "author:4 untouched");
+    assert_eq!(
+        cache.get::<String>("author:42").await.unwrap().as_deref(),
+        Some("exact")
+    );
+
+    let err = cache.invalidate_prefix("author:4").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidPrefix { .. }));
+    assert!(err.to_string().contains("must end with ':'"), "{err}");
+
+    cache.invalidate_prefix("").await.unwrap();
+    assert_eq!(cache.get::<String>("author:42").await.unwrap(), None);
+    assert_ne!(bio(&cache, 420).await, bio420);
+}
+
+#[tokio::test]
+async fn namespaces_keep_caches_on_one_store_apart() {
+    let store = Arc::new(MemoryBackend::new(1 << 20));
+    let a = Cache::builder()
+        .backend(store.clone())
+        .namespace("a")
+        .build()
+        .unwrap();
+    let b = Cache::builder()
+        .backend(store.clone())
+        .namespace("b")
+        .build()
+        .unwrap();
+    a.set("k", &1u8, Duration::from_secs(60)).await.unwrap();
+    b.set("k", &2u8, Duration::from_secs(60)).await.unwrap();
+    a.invalidate_prefix("").await.unwrap();
+    assert_eq!(a.get::<u8>("k").await.unwrap(), None);
+    assert_eq!(b.get::<u8>("k").await.unwrap(), Some(2));
+    assert!(Cache::builder().namespace("has space").build().is_err());
+}
+
+// ---------------------------------------------------------------- memory bound
+
+#[tokio::test]
+async fn memory_cap_holds_under_a_stream_of_distinct_keys() {
+    #[cached(key = "blob:{i}", ttl = 600, cache = cache)]
+    async fn blob(cache: &Cache, i: u32) -> Vec<u8> {
+        vec![(i % 251) as u8; 2000]
+    }
+    let store = Arc::new(MemoryBackend::new(512 << 10));
+    let cache = Cache::builder().backend(store.clone()).build().unwrap();
+    for i in 0..5000 {
+        assert_eq!(blob(&cache, i).await.len(), 2000);
+        assert!(
+            store.used_bytes() <= 512 << 10,
+            "{} bytes at {i}",
+            store.used_bytes()
+        );
+    }
+    assert!(store.len() < 300, "{} entries in 512 KiB", store.len());
+    // Recent entries are still served.
+    let hits = cache.stats().hits;
+    let _ = blob(&cache, 4999).await;
+    assert_eq!(cache.stats().hits, hits + 1);
+}
+
+// ---------------------------------------------------------------- bad entries
+
+#[tokio::test]
+async fn corrupt_and_foreign_entries_are_misses_that_get_overwritten() {
+    let store = Arc::new(MemoryBackend::new(1 << 20));
+    let cache = Cache::builder().backend(store.clone()).build().unwrap();
+    let ttl = Duration::from_secs(60);
+    // Random bytes, a truncated envelope, and another type under the key.
+    store
+        .set(
+            "author:1:top_books",
+            Bytes::from_static(b"garbage"),
+            ttl,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(top_books(&cache, 1).await, Ok(vec![1, 2]));
+    assert_eq!(cache.stats().decode_failures, 1);
+    assert_eq!(top_books(&cache, 1).await, Ok(vec![1, 2]));
+    assert_eq!(cache.stats().hits, 1, "overwritten with a good entry");
+
+    cache
+        .set("author:2:top_books", &"a string", ttl)
+        .await
+        .unwrap();
+    assert_eq!(top_books(&cache, 2).await, Ok(vec![2, 3]));
+    assert_eq!(cache.stats().decode_failures, 2);
+
+    let good = store
+        .get("author:2:top_books")
+        .await
+        .unwrap()
+        .value
+        .unwrap();
+    store
+        .set(
+            "author:3:top_books",
+            good.slice(..good.len() - 1),
+            ttl,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(top_books(&cache, 3).await, Ok(vec![3, 4]));
+    assert_eq!(cache.stats().decode_failures, 3);
+}
+
+#[tokio::test]
+async fn version_bump_turns_old_entries_into_misses() {
+    #[cached(key = "shape:{id}", ttl = 60, cache = cache)]
+    async fn v1(cache: &Cache, id: u8) -> u8 {
+        id
+    }
+    #[cached(key = "shape:{id}", ttl = 60, version = 2, cache = cache)]
+    async fn v2(cache: &Cache, id: u8) -> u8 {
+        id + 100
+    }
+    let cache = fresh();
+    assert_eq!(v1(&cache, 1).await, 1);
+    assert_eq!(v2(&cache, 1).await, 101, "not the version-0 entry");
+}
+
+#[tokio::test]
+async fn oversize_values_are_returned_but_not_stored() {
+    #[cached(key = "big:{n}", ttl = 60, cache = cache)]
+    async fn big(cache: &Cache, n: usize) -> Vec<u8> {
+        vec![1; n]
+    }
+    let cache = Cache::builder()
+        .memory(8 << 20)
+        .max_entry_bytes(1000)
+        .build()
+        .unwrap();
+    assert_eq!(big(&cache, 5000).await.len(), 5000);
+    assert_eq!(big(&cache, 5000).await.len(), 5000);
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.oversize), (0, 2));
+    assert_eq!(big(&cache, 10).await.len(), 10);
+    assert_eq!(big(&cache, 10).await.len(), 10);
+    assert_eq!(cache.stats().hits, 1);
+}
+
+// ---------------------------------------------------------------- shapes of functions
+
+struct Catalog {
+    shop_id: u32,
+    cache: Cache,
+}
+
+impl Catalog {
+    #[cached(key = "shop:{self.shop_id}:count:{kind}", ttl = 60, cache = self.cache)]
+    async fn count(&self, kind: &str) -> usize {
+        kind.len() + self.shop_id as usize
+    }
+}
+
+#[tokio::test]
+async fn methods_key_on_self_fields() {
+    let catalog = Catalog {
+        shop_id: 3,
+        cache: fresh(),
+    };
+    assert_eq!(catalog.count("books").await, 8);
+    assert_eq!(catalog.count("books").await, 8);
+    assert_eq!(catalog.cache.stats().hits, 1);
+    assert_eq!(catalog.count_cache_key("books"), "shop:3:count:books");
+    catalog.count_invalidate("books").await.unwrap();
+    assert_eq!(
+        catalog
+            .cache
+            .get::<usize>("shop:3:count:books")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[cached(key = "generic:{id}", ttl = 60, cache = cache)]
+async fn generic_default<T: Default + Serialize + serde::de::DeserializeOwned>(
+    cache: &Cache,
+    id: u32,
+) -> T {
+    let _ = id;
+    T::default()
+}
+
+#[tokio::test]
+async fn generic_functions_keep_types_apart() {
+    let cache = fresh();
+    let n: u64 = generic_default(&cache, 1).await;
+    let s: String = generic_default(&cache, 1).await;
+    assert_eq!((n, s.as_str()), (0, ""));
+    let n: u64 = generic_default(&cache, 1).await;
+    assert_eq!(n, 0);
+    assert!(
+        cache.stats().decode_failures >= 1,
+        "same key, other type: a miss"
+    );
+}
+
+mod defaults {
+    use super::*;
+
+    #[derive(Clone, Copy)]
+    pub struct Point {
+        pub x: i32,
+        pub y: i32,
+    }
+
+    #[cached(key = "point:{p.x}:{p.y}", ttl = 60)]
+    pub async fn norm(p: Point) -> i64 {
+        i64::from(p.x * p.x + p.y * p.y)
+    }
+
+    #[cached(ttl = 60)]
+    pub async fn area(w: u32, h: u32) -> u64 {
+        u64::from(w) * u64::from(h)
+    }
+}
+
+static SHARED: LazyLock<Arc<Cache>> = LazyLock::new(|| Arc::new(fresh()));
+static THIRD_PARTY: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+
+#[cached(key = "arc:{x}", ttl = 60, cache = SHARED)]
+async fn via_arc(x: u8) -> u8 {
+    x
+}
+
+#[cached(key = "feed:{feed_id}", ttl = 600, cache = THIRD_PARTY.get().unwrap())]
+async fn feed(feed_id: u32) -> Result<String, MyError> {
+    Ok(format!("<rss id={feed_id}/>"))
+}
+
+#[tokio::test]
+async fn cache_expression_accepts_cache_refs_and_arcs() {
+    assert_eq!(via_arc(1).await, 1);
+    assert_eq!(via_arc(1).await, 1);
+    assert_eq!(SHARED.stats().hits, 1);
+    let _ = THIRD_PARTY.set(fresh());
+    assert_eq!(feed(5).await.unwrap(), "<rss id=5/>");
+    assert_eq!(feed(5).await.unwrap(), "<rss id=5/>");
+    assert_eq!(THIRD_PARTY.get().unwrap().stats().hits, 1);
+}
+
+#[tokio::test]
+async fn disabled_cache_computes_every_call() {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    #[cached(key = "off:{x}", ttl = 60, cache = cache)]
+    async fn off(cache: &Cache, x: u8) -> u8 {
+        N.fetch_add(1, Ordering::SeqCst);
+        x
+    }
+    let cache = Cache::disabled();
+    for _ in 0..3 {
+        assert_eq!(off(&cache, 1).await, 1);
+    }
+    assert_eq!(N.load(Ordering::SeqCst), 3);
+    cache.set("k", &1u8, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(cache.get::<u8>("k").await.unwrap(), None);
+}
+
+// ---------------------------------------------------------------- direct API and URLs
+
+#[tokio::test]
+async fn get_or_compute_serves_code_without_the_macro() {
+    let cache = fresh();
+    let policy = Policy::new().ttl(Duration::from_secs(30));
+    let v: Vec<String> = cache
+        .get_or_compute("tags:1", &policy, || async { vec!["a".to_string()] })
+        .await;
+    let again: Vec<String> = cache
+        .get_or_compute("tags:1", &policy, || async { unreachable!("cached") })
+        .await;
+    assert_eq!(v, again);
+    let err: Result<u8, &str> = cache
+        .try_get_or_compute("t:2", &policy, || async { Err("no") })
+        .await;
+    assert_eq!(err, Err("no"));
+    let ok: Result<u8, &str> = cache
+        .try_get_or_compute("t:2", &policy, || async { Ok(2) })
+        .await;
+    assert_eq!(ok, Ok(2));
+    cache.delete("t:2").await.unwrap();
+    assert_eq!(cache.get::<u8>("t:2").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn urls_build_caches_and_reject_mistakes_with_the_fix() {
+    let c = Cache::from_url("memory://?max_bytes=1048576&namespace=app&default_ttl=90s")
+        .await
+        .unwrap();
+    assert_eq!(c.backend_name(), "memory");
+    assert_eq!(c.default_ttl(), Duration::from_secs(90));
+    assert!(!Cache::from_url("none://").await.unwrap().is_enabled());
+
+    let err = Cache::from_url("memory://?max_byte=1")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown query parameter `max_byte`") && err.contains("max_bytes"),
+        "{err}"
+    );
+    let err = Cache::from_url("memory://?op_timeout=soon")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a duration"), "{err}");
+    let err = Cache::from_url("ftp://x").await.unwrap_err().to_string();
+    assert!(err.contains("unknown scheme"), "{err}");
+    let err = Cache::from_url("redis://user:hunter2@localhost:6379")
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
+}
+
+#[tokio::test]
+async fn from_env_defaults_to_memory() {
+    // CACHE_URL is not set in the test environment.
+    if std::env::var_os("CACHE_URL").is_none() {
+        assert_eq!(Cache::from_env().await.unwrap().backend_name(), "memory");
+    }
+}
+
+#[tokio::test]
+async fn default_cache_and_default_key_work_until_set_default_replaces_them() {
+    // One test, since set_default changes process-wide state.
+    use defaults::*;
+    assert_eq!(norm(Point { x: 3, y: 4 }).await, 25);
+    assert_eq!(norm(Point { x: 3, y: 4 }).await, 25);
+    assert_eq!(area(2, 3).await, 6);
+    assert_eq!(area(2, 3).await, 6);
+    // Stable across processes: module path, name and Display of each arg.
+    assert_eq!(area_cache_key(2, 3), "cached.defaults.area:2:3");
+    assert_eq!(norm_cache_key(Point { x: 3, y: 4 }), "point:3:4");
+    let process_cache = cacheruntime::__private::default_cache();
+    assert_eq!(
+        process_cache
+            .get::<u64>("cached.defaults.area:2:3")
+            .await
+            .unwrap(),
+        Some(6)
+    );
+    assert!(process_cache.stats().hits >= 2);
+
+    let mine = Cache::memory();
+    cacheruntime::set_default(mine.clone());
+    assert_eq!(area(7, 7).await, 49);
+    assert_eq!(area(7, 7).await, 49);
+    assert_eq!((mine.stats().hits, mine.stats().misses), (1, 1));
+    area_invalidate(7, 7).await.unwrap();
+    assert_eq!(
+        mine.get::<u64>("cached.defaults.area:7:7").await.unwrap(),
+        None
+    );
+}
