@@ -1,0 +1,8 @@
+use cacheruntime::cached;
+
+#[cached(key = "user:{id:?}", ttl = 60)]
+async fn user(id: u64) -> String {
+    id.to_string()
+}
+
+fn main() {}
