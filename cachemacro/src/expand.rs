@@ -48,30 +48,32 @@ enum DefaultPrefix {
     Fresh(String),
 }
 
-fn render_key(plan: &Plan, prefix: DefaultPrefix, with_vary: bool) -> TokenStream {
+/// Statements building the key in a local `__cachemacro_k`, in place (no
+/// moves of the inline buffer): from `start` (a `KeyBuilder` expression),
+/// the template or default pieces, then (if `with_vary`) the `vary` segments.
+fn render_key(
+    plan: &Plan,
+    start: TokenStream,
+    prefix: DefaultPrefix,
+    with_vary: bool,
+) -> TokenStream {
     let mut steps = Vec::new();
-    let mut capacity = 8usize;
     match &plan.key {
         KeyPlan::Template(pieces, span) => {
             for piece in pieces {
                 match piece {
                     Piece::Literal(text) if text.is_empty() => {}
                     Piece::Literal(text) => {
-                        capacity += text.len();
                         steps.push(quote!(__cachemacro_k.literal(#text);));
                     }
                     Piece::Placeholder { root, path } => {
-                        capacity += 12;
                         let expr = placeholder_expr(root, path, *span);
-                        steps.push(quote_spanned! {*span=>
-                            __cachemacro_k.value(::cacheruntime::__private::display(&#expr));
-                        });
+                        steps.push(push_value(quote!(), &expr, *span));
                     }
                 }
             }
         }
         KeyPlan::Default => {
-            capacity += 32;
             steps.push(match prefix {
                 DefaultPrefix::Site => quote!(__cachemacro_k.literal(__CACHEMACRO_SITE.default_prefix());),
                 DefaultPrefix::Fresh(name) => quote! {
@@ -80,26 +82,41 @@ fn render_key(plan: &Plan, prefix: DefaultPrefix, with_vary: bool) -> TokenStrea
             });
             for p in &plan.params {
                 let ident = &p.ident;
-                capacity += 12;
-                steps.push(quote_spanned! {ident.span()=>
-                    __cachemacro_k.segment(::cacheruntime::__private::display(&#ident));
-                });
+                steps.push(push_value(
+                    quote!(__cachemacro_k.literal(":");),
+                    &ident.to_token_stream(),
+                    ident.span(),
+                ));
             }
         }
     }
     if with_vary {
         for v in &plan.vary {
-            capacity += 12;
-            steps.push(quote_spanned! {v.span()=>
-                __cachemacro_k.segment(::cacheruntime::__private::display(&#v));
-            });
+            steps.push(push_value(
+                quote!(__cachemacro_k.literal(":");),
+                &v.to_token_stream(),
+                v.span(),
+            ));
         }
     }
-    quote! {{
-        let mut __cachemacro_k = ::cacheruntime::__private::KeyBuilder::with_capacity(#capacity);
+    quote! {
+        let mut __cachemacro_k: ::cacheruntime::__private::KeyBuilder = #start;
         #(#steps)*
-        __cachemacro_k.finish()
-    }}
+    }
+}
+
+/// Appends one escaped value (after `before`), checked for `Display` at
+/// `span` so a missing impl is reported at the argument.
+fn push_value(before: TokenStream, expr: &TokenStream, span: Span) -> TokenStream {
+    let arg = quote_spanned!(span=> ::cacheruntime::__private::display(&#expr));
+    quote! {
+        #before
+        {
+            #[allow(unused_imports)]
+            use ::cacheruntime::__private::{KeyDisplay as _, KeyInt as _};
+            (&&#arg).push_to(&mut __cachemacro_k);
+        }
+    }
 }
 
 fn placeholder_expr(root: &str, path: &[String], span: Span) -> TokenStream {
@@ -146,15 +163,23 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
     let version = plan.version;
     let policy = quote!(::cacheruntime::__private::Policy::new() #ttl .version(#version));
     let cache = cache_ref(plan);
-    let key = render_key(plan, DefaultPrefix::Site, true);
+    let key = render_key(
+        plan,
+        quote!(::cacheruntime::__private::key_for(__cachemacro_cache)),
+        DefaultPrefix::Site,
+        true,
+    );
     let ret = match &sig.output {
         ReturnType::Type(_, ty) => ty.to_token_stream(),
         ReturnType::Default => quote!(()),
     };
-    let entry = if plan.fallible {
-        quote!(cached_result)
+    let (entry, hit) = if plan.fallible {
+        (
+            quote!(cached_result),
+            quote!(::core::result::Result::Ok(__cachemacro_value)),
+        )
     } else {
-        quote!(cached_value)
+        (quote!(cached_value), quote!(__cachemacro_value))
     };
     let storable = plan.value_ty.as_ref().map(|ty| {
         quote_spanned! {ty.span()=>
@@ -164,6 +189,9 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
     // The "fake return edge" (tracing-attributes): pins the async block's
     // output to the declared return type, so `?` and `.into()` in the body
     // infer as they did, and type errors point at the signature.
+    // The body's statements go straight into the async block (not as a
+    // nested block, which would trip `unused_braces` on one-line bodies).
+    let stmts = &block.stmts;
     let body = quote_spanned! {block.span()=>
         async move {
             #[allow(
@@ -178,8 +206,18 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
                 let __cachemacro_fake_return: #ret = loop {};
                 return __cachemacro_fake_return;
             }
-            #block
+            #(#stmts)*
         }
+    };
+    // Autoref specialisation: values that are `Clone` get the in-process
+    // decoded-value memo, others are decoded on every hit.
+    let memo = match &plan.value_ty {
+        Some(ty) => quote! {{
+            #[allow(unused_imports)]
+            use ::cacheruntime::__private::{ViaClone as _, ViaDecode as _};
+            (&&::cacheruntime::__private::Probe::<#ty>::new()).memo()
+        }},
+        None => quote!(::cacheruntime::__private::Memo::decode_only()),
     };
     let helpers = helpers(func, plan);
     quote! {
@@ -189,8 +227,28 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
             static __CACHEMACRO_SITE: ::cacheruntime::__private::Site =
                 ::cacheruntime::__private::Site::new(#name, ::core::module_path!(), #policy, #generic);
             let __cachemacro_cache: &::cacheruntime::Cache = #cache;
-            let __cachemacro_key: ::std::string::String = #key;
-            ::cacheruntime::__private::#entry(__cachemacro_cache, &__CACHEMACRO_SITE, __cachemacro_key, #body).await
+            #key
+            let __cachemacro_memo = #memo;
+            // In-process hits return here, synchronously; everything else
+            // goes through the boxed async path.
+            let __cachemacro_first = match ::cacheruntime::__private::local_hit(
+                __cachemacro_cache,
+                &__CACHEMACRO_SITE,
+                &__cachemacro_k,
+                __cachemacro_memo,
+            ) {
+                ::cacheruntime::__private::Fast::Hit(__cachemacro_value) => return #hit,
+                __cachemacro_other => __cachemacro_other,
+            };
+            ::std::boxed::Box::pin(::cacheruntime::__private::#entry(
+                __cachemacro_cache,
+                &__CACHEMACRO_SITE,
+                __cachemacro_k,
+                __cachemacro_memo,
+                __cachemacro_first,
+                #body,
+            ))
+            .await
         }
         #helpers
     }
@@ -228,7 +286,12 @@ fn helpers(func: &ItemFn, plan: &Plan) -> TokenStream {
     let (inv_generics, inv_params) = helper_signature(plan, &sig.generics, &cache_args);
     let (_, _, key_where) = key_generics.split_for_impl();
     let (_, _, inv_where) = inv_generics.split_for_impl();
-    let base_key = render_key(plan, DefaultPrefix::Fresh(name.clone()), false);
+    let base_key = render_key(
+        plan,
+        quote!(::cacheruntime::__private::KeyBuilder::new()),
+        DefaultPrefix::Fresh(name.clone()),
+        false,
+    );
     let cache = cache_ref(plan);
     let (invalidate, what) = if plan.vary.is_empty() {
         (
@@ -262,13 +325,15 @@ fn helpers(func: &ItemFn, plan: &Plan) -> TokenStream {
         #[allow(dead_code, clippy::needless_lifetimes)]
         #vis fn #key_fn #key_generics (#key_params) -> ::std::string::String #key_where {
             #base_key
+            __cachemacro_k.finish()
         }
 
         #[doc = #invalidate_doc]
         #[allow(dead_code, clippy::needless_lifetimes)]
         #vis async fn #invalidate_fn #inv_generics (#inv_params) -> ::core::result::Result<(), ::cacheruntime::Error> #inv_where {
             let __cachemacro_cache: &::cacheruntime::Cache = #cache;
-            let __cachemacro_key: ::std::string::String = #base_key;
+            #base_key
+            let __cachemacro_key: ::std::string::String = __cachemacro_k.finish();
             #invalidate
         }
     }

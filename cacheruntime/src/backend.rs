@@ -9,10 +9,12 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::memo::Decoded;
 use crate::Error;
 
 /// A boxed, `Send` future, the return type of [`Backend`] methods.
@@ -55,6 +57,71 @@ impl Lookup {
     }
 }
 
+/// An entry held in process memory, shared by reference count, with a slot
+/// where the cache keeps the decoded value of hot `Clone` types (see
+/// [`Backend::get_local`]).
+pub struct LocalEntry {
+    bytes: Bytes,
+    expires_ms: u64,
+    tag: u64,
+    pub(crate) decoded: OnceLock<Decoded>,
+}
+
+impl fmt::Debug for LocalEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalEntry")
+            .field("len", &self.bytes.len())
+            .field("expires_ms", &self.expires_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalEntry {
+    /// An entry of `bytes` live until `expires_ms`; `tag` is the backend's.
+    pub fn new(bytes: Bytes, expires_ms: u64, tag: u64) -> Self {
+        LocalEntry {
+            bytes,
+            expires_ms,
+            tag,
+            decoded: OnceLock::new(),
+        }
+    }
+
+    /// The stored bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Wall-clock ms after which the entry is gone.
+    pub fn expires_ms(&self) -> u64 {
+        self.expires_ms
+    }
+
+    /// The backend's own number for the entry (the memory store's sequence).
+    pub fn tag(&self) -> u64 {
+        self.tag
+    }
+}
+
+/// The answer of [`Backend::get_local`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct LocalLookup {
+    /// The entry, if any, not yet checked for expiry: the caller compares
+    /// [`LocalEntry::expires_ms`] with the clock it reads anyway (one clock
+    /// read per hit instead of two).
+    pub entry: Option<Arc<LocalEntry>>,
+    /// As in [`Lookup::ticket`].
+    pub ticket: Ticket,
+}
+
+impl LocalLookup {
+    /// A read that found `entry` (or nothing) under `ticket`.
+    pub fn new(entry: Option<Arc<LocalEntry>>, ticket: Ticket) -> Self {
+        LocalLookup { entry, ticket }
+    }
+}
+
 /// A store of bytes under string keys, with TTLs and prefix invalidation.
 ///
 /// Keys arrive fully formed (namespace included). Prefixes passed to
@@ -75,6 +142,13 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// timeout, which is most of the cost of a memory hit. Remote backends
     /// keep the default (`None`).
     fn get_now(&self, _key: &str) -> Option<Result<Lookup, Error>> {
+        None
+    }
+
+    /// For in-process stores: the entry itself, without copying its bytes,
+    /// so the cache can keep the decoded value beside it. This is the memory
+    /// hit path; everything else uses [`get`](Backend::get).
+    fn get_local(&self, _key: &str) -> Option<LocalLookup> {
         None
     }
 
@@ -144,6 +218,10 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     #[inline]
     fn get_now(&self, key: &str) -> Option<Result<Lookup, Error>> {
         (**self).get_now(key)
+    }
+    #[inline]
+    fn get_local(&self, key: &str) -> Option<LocalLookup> {
+        (**self).get_local(key)
     }
     fn set<'a>(
         &'a self,

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::backend::{Backend, BoxFuture, Ticket};
+use crate::backend::{Backend, BoxFuture, LocalEntry, Ticket};
 use crate::backends::MemoryBackend;
 use crate::breaker::Breaker;
 use crate::builder::CacheBuilder;
@@ -19,6 +19,7 @@ use crate::codec::{AnyCodec, Codec};
 use crate::envelope::{self, Header};
 use crate::errlog::ErrorLog;
 use crate::flight::{self, Flights, Landing, Role};
+use crate::memo::Memo;
 use crate::policy::Policy;
 use crate::site::Site;
 use crate::stats::{Counters, FunctionStats, Stats};
@@ -152,7 +153,7 @@ const UNTYPED: u64 = 0;
 
 /// Which fingerprints a read accepts.
 #[derive(Clone, Copy)]
-enum Accept {
+pub(crate) enum Accept {
     /// Exactly this one (typed calls).
     Exactly(u64),
     /// `Cache::get`: entries from `Cache::set`, or typed entries of `T`
@@ -173,6 +174,17 @@ impl Accept {
 enum Read<V> {
     Hit(V),
     Miss(Option<Ticket>),
+}
+
+/// What the synchronous in-process read found. Not public API.
+#[doc(hidden)]
+pub enum Fast<V> {
+    /// A live entry, decoded.
+    Hit(V),
+    /// Nothing usable; the ticket of the read.
+    Miss(Option<Ticket>),
+    /// The store is remote: read it asynchronously.
+    Remote,
 }
 
 /// Milliseconds on a monotonic clock, for the breaker and the error log,
@@ -302,7 +314,10 @@ impl Cache {
         key::check_key(key)?;
         let typed = envelope::fingerprint(std::any::type_name::<T>(), 0);
         let full = self.full_key(key);
-        match self.read::<T>(&full, Accept::Direct(typed), None).await? {
+        match self
+            .read::<T>(&full, Accept::Direct(typed), None, Memo::decode_only())
+            .await?
+        {
             Read::Hit(v) => Ok(Some(v)),
             Read::Miss(_) => Ok(None),
         }
@@ -365,13 +380,11 @@ impl Cache {
         Fut: Future<Output = T>,
     {
         let fp = envelope::fingerprint(std::any::type_name::<T>(), policy.version);
-        self.fetch(
-            key,
-            policy,
-            fp,
-            None,
-            async move { Always(compute().await) },
-        )
+        let full = self.full_key(key);
+        let memo = Memo::decode_only();
+        self.fetch(&full, policy, fp, None, memo, Fast::Remote, async move {
+            Always(compute().await)
+        })
         .await
         .0
     }
@@ -390,7 +403,15 @@ impl Cache {
         Fut: Future<Output = Result<T, E>>,
     {
         let fp = envelope::fingerprint(std::any::type_name::<T>(), policy.version);
-        self.fetch(key, policy, fp, None, compute()).await
+        let full = self.full_key(key);
+        let memo = Memo::decode_only();
+        self.fetch(&full, policy, fp, None, memo, Fast::Remote, compute())
+            .await
+    }
+
+    /// `""` or `"namespace:"`, what every stored key starts with.
+    pub(crate) fn namespace_prefix(&self) -> &str {
+        &self.inner.namespace
     }
 
     #[inline]
@@ -403,12 +424,16 @@ impl Cache {
     }
 
     /// The get-or-compute core; see the type docs for its guarantees.
+    ///
+    /// `key` already carries the namespace.
     pub(crate) async fn fetch<O, F>(
         &self,
         key: &str,
         policy: &Policy,
         fp: u64,
         site: Option<&'static Site>,
+        memo: Memo<O::Value>,
+        first: Fast<O::Value>,
         compute: F,
     ) -> O
     where
@@ -419,6 +444,11 @@ impl Cache {
         if let Some(site) = site {
             self.register(site);
         }
+        let mut first = match first {
+            Fast::Hit(v) => return O::from_cached(v),
+            Fast::Miss(ticket) => Some(ticket),
+            Fast::Remote => None,
+        };
         if !inner.enabled || key.is_empty() {
             inner.counters.misses.incr();
             inner.counters.computations.incr();
@@ -427,11 +457,17 @@ impl Cache {
             }
             return compute.await;
         }
-        let key = self.full_key(key);
         let mut compute = Some(compute);
         let mut counted = false;
         loop {
-            let ticket = match self.read::<O::Value>(&key, Accept::Exactly(fp), site).await {
+            let read = match first.take() {
+                Some(ticket) => Ok(Read::Miss(ticket)),
+                None => {
+                    self.read::<O::Value>(key, Accept::Exactly(fp), site, memo)
+                        .await
+                }
+            };
+            let ticket = match read {
                 Ok(Read::Hit(v)) => return O::from_cached(v),
                 Ok(Read::Miss(ticket)) => ticket,
                 Err(e) => {
@@ -446,12 +482,12 @@ impl Cache {
                     site.misses.incr();
                 }
             }
-            match inner.flights.join(&key) {
+            match inner.flights.join(key) {
                 Role::Leader(guard) => {
                     // A flight that landed between our read and our join
                     // already stored the value: read once more when that is
                     // free (in-process stores) instead of computing twice.
-                    if let Some(Ok(found)) = inner.backend.get_now(&key) {
+                    if let Some(Ok(found)) = inner.backend.get_now(key) {
                         if let Some(bytes) = found.value {
                             if let Ok(Some(v)) =
                                 self.open_checked::<O::Value>(&bytes, Accept::Exactly(fp))
@@ -462,7 +498,7 @@ impl Cache {
                         }
                     }
                     let compute = compute.take().expect("computed at most once");
-                    return self.lead(guard, &key, ticket, policy, fp, compute).await;
+                    return self.lead(guard, key, ticket, policy, fp, compute).await;
                 }
                 Role::Waiter(rx) => {
                     inner.counters.coalesced.incr();
@@ -552,6 +588,7 @@ impl Cache {
         }
     }
 
+    #[inline]
     fn register(&self, site: &'static Site) {
         if site.last_cache.load(Ordering::Relaxed) == self.inner.id {
             return;
@@ -574,10 +611,16 @@ impl Cache {
         key: &str,
         fp: Accept,
         site: Option<&'static Site>,
+        memo: Memo<V>,
     ) -> Result<Read<V>, Error> {
         let inner = &*self.inner;
         if !inner.enabled {
             return Ok(Read::Miss(None));
+        }
+        match self.local_read(key, fp, site, memo) {
+            Fast::Hit(v) => return Ok(Read::Hit(v)),
+            Fast::Miss(ticket) => return Ok(Read::Miss(ticket)),
+            Fast::Remote => {}
         }
         let lookup = match inner.backend.get_now(key) {
             Some(found) => found?,
@@ -602,6 +645,68 @@ impl Cache {
         Ok(Read::Miss(lookup.ticket))
     }
 
+    /// The synchronous read of in-process stores; `Fast::Remote` for others.
+    #[inline]
+    pub(crate) fn local_read<V: DeserializeOwned>(
+        &self,
+        key: &str,
+        fp: Accept,
+        site: Option<&'static Site>,
+        memo: Memo<V>,
+    ) -> Fast<V> {
+        let inner = &*self.inner;
+        if let Some(site) = site {
+            self.register(site);
+        }
+        let Some(found) = inner.backend.get_local(key) else {
+            return Fast::Remote;
+        };
+        if let Some(entry) = found.entry {
+            match self.open_local(&entry, fp, memo) {
+                Ok(Some(v)) => {
+                    inner.counters.hits.incr();
+                    if let Some(site) = site {
+                        site.hits.incr();
+                    }
+                    return Fast::Hit(v);
+                }
+                Ok(None) => {}
+                Err(e) => self.failed("decode", &e),
+            }
+        }
+        Fast::Miss(Some(found.ticket))
+    }
+
+    /// Opens an in-process entry, serving (and keeping) the decoded copy
+    /// when `memo` allows. The header is checked first either way, so a
+    /// memoised value is never served past its deadline or to a caller
+    /// expecting another fingerprint.
+    #[inline]
+    fn open_local<V: DeserializeOwned>(
+        &self,
+        entry: &LocalEntry,
+        fp: Accept,
+        memo: Memo<V>,
+    ) -> Result<Option<V>, Error> {
+        let now = self.inner.clock.now_ms();
+        if entry.expires_ms() <= now {
+            return Ok(None);
+        }
+        let Some(payload) = self.check_header_at(entry.bytes(), fp, now)? else {
+            return Ok(None);
+        };
+        if let (Some(get), Some(decoded)) = (memo.get, entry.decoded.get()) {
+            if let Some(v) = get(decoded) {
+                return Ok(Some(v));
+            }
+        }
+        let value = self.inner.codec.decode(payload)?;
+        if let Some(put) = memo.put {
+            let _ = entry.decoded.set(put(&value));
+        }
+        Ok(Some(value))
+    }
+
     /// `Ok(None)` when the entry is past its deadline.
     #[inline]
     fn open_checked<V: DeserializeOwned>(
@@ -609,6 +714,26 @@ impl Cache {
         bytes: &[u8],
         fp: Accept,
     ) -> Result<Option<V>, Error> {
+        match self.check_header(bytes, fp)? {
+            Some(payload) => self.inner.codec.decode(payload).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The payload of a live entry that `fp` admits; `Ok(None)` past its
+    /// deadline.
+    #[inline]
+    fn check_header<'b>(&self, bytes: &'b [u8], fp: Accept) -> Result<Option<&'b [u8]>, Error> {
+        self.check_header_at(bytes, fp, self.inner.clock.now_ms())
+    }
+
+    #[inline]
+    fn check_header_at<'b>(
+        &self,
+        bytes: &'b [u8],
+        fp: Accept,
+        now: u64,
+    ) -> Result<Option<&'b [u8]>, Error> {
         let (header, payload) = Header::read(bytes)?;
         if header.codec != self.inner.codec.id() {
             return Err(Error::decode(format!(
@@ -622,10 +747,10 @@ impl Cache {
                 "entry stored under another type or version for the same key",
             ));
         }
-        if self.inner.clock.now_ms() >= header.stale_until_ms {
+        if now >= header.stale_until_ms {
             return Ok(None);
         }
-        self.inner.codec.decode(payload).map(Some)
+        Ok(Some(payload))
     }
 
     fn seal<T: Serialize + ?Sized>(

@@ -17,6 +17,8 @@
 use std::borrow::Cow;
 use std::fmt::{self, Display, Write};
 
+use arrayvec::ArrayString;
+
 use crate::Error;
 
 #[inline]
@@ -47,46 +49,78 @@ fn push_escaped(out: &mut String, s: &str) {
     out.push_str(&s[start..]);
 }
 
-struct Escaping<'a>(&'a mut String);
+struct Escaping<'a>(&'a mut KeyBuilder);
 
 impl Write for Escaping<'_> {
     #[inline]
     fn write_str(&mut self, s: &str) -> fmt::Result {
         if s.bytes().any(needs_escape) {
-            push_escaped(self.0, s);
+            let mut escaped = String::with_capacity(s.len() + 8);
+            push_escaped(&mut escaped, s);
+            self.0.push(&escaped);
         } else {
-            self.0.push_str(s);
+            self.0.push(s);
         }
         Ok(())
     }
 }
 
+/// Keys up to this many bytes are rendered without a heap allocation.
+const INLINE: usize = 64;
+
 /// Builds a key piece by piece; what `#[cached]` expands to.
-#[derive(Debug)]
+///
+/// Short keys live in an inline buffer (a hit then allocates nothing for
+/// its key); longer ones spill to a `String`.
+#[derive(Debug, Default)]
 pub struct KeyBuilder {
-    buf: String,
+    inline: ArrayString<INLINE>,
+    heap: Option<String>,
 }
 
 impl KeyBuilder {
-    /// An empty key with room for `capacity` bytes.
+    /// An empty key.
+    #[inline]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty key; `capacity` is a hint for keys that outgrow the inline
+    /// buffer.
     #[inline]
     pub fn with_capacity(capacity: usize) -> Self {
         KeyBuilder {
-            buf: String::with_capacity(capacity),
+            inline: ArrayString::new(),
+            heap: (capacity > INLINE).then(|| String::with_capacity(capacity)),
+        }
+    }
+
+    #[inline(always)]
+    fn push(&mut self, s: &str) {
+        match &mut self.heap {
+            Some(h) => h.push_str(s),
+            None => {
+                if self.inline.try_push_str(s).is_err() {
+                    let mut h = String::with_capacity(self.inline.len() + s.len() + 32);
+                    h.push_str(&self.inline);
+                    h.push_str(s);
+                    self.heap = Some(h);
+                }
+            }
         }
     }
 
     /// Appends template text verbatim.
     #[inline]
     pub fn literal(&mut self, text: &str) -> &mut Self {
-        self.buf.push_str(text);
+        self.push(text);
         self
     }
 
     /// Appends an interpolated value, escaped.
     #[inline]
     pub fn value<T: Display + ?Sized>(&mut self, value: &T) -> &mut Self {
-        let _ = write!(Escaping(&mut self.buf), "{value}");
+        let _ = write!(Escaping(self), "{value}");
         self
     }
 
@@ -94,14 +128,25 @@ impl KeyBuilder {
     /// arguments of a default key are added.
     #[inline]
     pub fn segment<T: Display + ?Sized>(&mut self, value: &T) -> &mut Self {
-        self.buf.push(':');
+        self.push(":");
         self.value(value)
     }
 
-    /// The rendered key.
+    /// The key so far.
     #[inline]
+    pub fn as_str(&self) -> &str {
+        match &self.heap {
+            Some(h) => h,
+            None => &self.inline,
+        }
+    }
+
+    /// The rendered key.
     pub fn finish(self) -> String {
-        self.buf
+        match self.heap {
+            Some(h) => h,
+            None => self.inline.as_str().to_owned(),
+        }
     }
 }
 
@@ -135,7 +180,7 @@ mod tests {
     use super::*;
 
     fn render(parts: &[&str]) -> String {
-        let mut k = KeyBuilder::with_capacity(16);
+        let mut k = KeyBuilder::new();
         k.literal("pair:");
         k.value(parts[0]);
         k.literal(":");
@@ -147,6 +192,16 @@ mod tests {
     fn colon_in_values_cannot_collide() {
         assert_ne!(render(&["1:2", "3"]), render(&["1", "2:3"]));
         assert_eq!(render(&["1:2", "3"]), "pair:1%3A2:3");
+    }
+
+    #[test]
+    fn long_keys_spill_to_the_heap_intact() {
+        let mut k = KeyBuilder::new();
+        k.literal("long:");
+        let value = "x:".repeat(100);
+        k.value(&value);
+        assert_eq!(k.as_str(), format!("long:{}", escape(&value)));
+        assert_eq!(k.finish().len(), 5 + 400);
     }
 
     #[test]

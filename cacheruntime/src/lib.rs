@@ -15,6 +15,7 @@ mod errlog;
 mod error;
 mod flight;
 pub mod key;
+mod memo;
 mod policy;
 mod site;
 mod stats;

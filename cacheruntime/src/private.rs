@@ -5,25 +5,64 @@ use std::future::Future;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::cache::Always;
+pub use crate::cache::Fast;
+use crate::cache::{Accept, Always};
 pub use crate::default::default_cache;
 pub use crate::key::KeyBuilder;
+pub use crate::memo::{Memo, Probe, ViaClone, ViaDecode};
 pub use crate::policy::Policy;
 pub use crate::site::Site;
 use crate::Cache;
 
+/// A key builder that starts with the cache's namespace.
+#[inline]
+pub fn key_for(cache: &Cache) -> KeyBuilder {
+    let mut k = KeyBuilder::new();
+    k.literal(cache.namespace_prefix());
+    k
+}
+
+/// The synchronous hit path `#[cached]` tries first: in-process stores
+/// answer here without building the async machinery.
+#[inline]
+pub fn local_hit<T: DeserializeOwned>(
+    cache: &Cache,
+    site: &'static Site,
+    key: &KeyBuilder,
+    memo: Memo<T>,
+) -> Fast<T> {
+    if !cache.is_enabled() {
+        return Fast::Remote;
+    }
+    let fp = site.fingerprint::<T>();
+    cache.local_read(key.as_str(), Accept::Exactly(fp), Some(site), memo)
+}
+
 /// A `#[cached]` function whose every return value is cached.
 #[inline]
-pub async fn cached_value<T, F>(cache: &Cache, site: &'static Site, key: String, body: F) -> T
+pub async fn cached_value<T, F>(
+    cache: &Cache,
+    site: &'static Site,
+    key: KeyBuilder,
+    memo: Memo<T>,
+    first: Fast<T>,
+    body: F,
+) -> T
 where
     T: Serialize + DeserializeOwned,
     F: Future<Output = T>,
 {
     let fp = site.fingerprint::<T>();
     cache
-        .fetch(&key, &site.policy, fp, Some(site), async move {
-            Always(body.await)
-        })
+        .fetch(
+            key.as_str(),
+            &site.policy,
+            fp,
+            Some(site),
+            memo,
+            first,
+            async move { Always(body.await) },
+        )
         .await
         .0
 }
@@ -33,7 +72,9 @@ where
 pub async fn cached_result<T, E, F>(
     cache: &Cache,
     site: &'static Site,
-    key: String,
+    key: KeyBuilder,
+    memo: Memo<T>,
+    first: Fast<T>,
     body: F,
 ) -> Result<T, E>
 where
@@ -41,7 +82,17 @@ where
     F: Future<Output = Result<T, E>>,
 {
     let fp = site.fingerprint::<T>();
-    cache.fetch(&key, &site.policy, fp, Some(site), body).await
+    cache
+        .fetch(
+            key.as_str(),
+            &site.policy,
+            fp,
+            Some(site),
+            memo,
+            first,
+            body,
+        )
+        .await
 }
 
 /// The key prefix covering every variant of one rendered key.
@@ -51,8 +102,44 @@ pub fn variants_prefix(key: &str) -> String {
 
 /// Checks at the argument's span that a key placeholder is `Display`.
 #[inline(always)]
-pub fn display<T: std::fmt::Display + ?Sized>(value: &T) -> &T {
-    value
+pub fn display<T: std::fmt::Display + ?Sized>(value: &T) -> KeyArg<'_, T> {
+    KeyArg(value)
+}
+
+/// One interpolated key value. `(&&KeyArg(v)).push_to(k)` writes integers
+/// with `itoa` (they never need escaping) and everything else through
+/// `Display` with escaping: autoref specialisation, resolved at compile time.
+pub struct KeyArg<'a, T: ?Sized>(pub &'a T);
+
+/// Integers: formatted without `fmt` machinery.
+pub trait KeyInt {
+    /// Appends the value to the key.
+    fn push_to(&self, key: &mut KeyBuilder);
+}
+
+macro_rules! key_ints {
+    ($($t:ty),*) => {$(
+        impl KeyInt for &KeyArg<'_, $t> {
+            #[inline]
+            fn push_to(&self, key: &mut KeyBuilder) {
+                key.literal(itoa::Buffer::new().format(*self.0));
+            }
+        }
+    )*};
+}
+key_ints!(i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize);
+
+/// Everything else: `Display`, escaped.
+pub trait KeyDisplay {
+    /// Appends the value to the key.
+    fn push_to(&self, key: &mut KeyBuilder);
+}
+
+impl<T: std::fmt::Display + ?Sized> KeyDisplay for KeyArg<'_, T> {
+    #[inline]
+    fn push_to(&self, key: &mut KeyBuilder) {
+        key.value(self.0);
+    }
 }
 
 /// Checks at the return type's span that the cached value is storable.

@@ -13,14 +13,21 @@
 //! lookup per key segment, only for entries older than the newest
 //! invalidation; it does not depend on how many other keys exist. Records
 //! are dropped once every entry they could hide has expired.
+//!
+//! An entry is charged twice its encoded size: once for its bytes and once
+//! as the estimate of the decoded copy the cache keeps beside hot entries
+//! of `Clone` types (so that a hit clones instead of decoding). The decoded
+//! size of an arbitrary type cannot be known; for strings and byte blobs it
+//! is close to the encoded size, for lists of small integers it is larger.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
 
-use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
+use crate::backend::{Backend, BoxFuture, LocalEntry, LocalLookup, Lookup, Ticket};
 use crate::clock::Clock;
 use crate::Error;
 
@@ -28,19 +35,14 @@ use crate::Error;
 /// boxed key's header and quick_cache's slot.
 const ENTRY_OVERHEAD: u64 = 96;
 
-#[derive(Clone, Debug)]
-struct Entry {
-    value: Bytes,
-    expires_ms: u64,
-    seq: u64,
-}
+type Entry = Arc<LocalEntry>;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct EntryWeight;
 
 impl quick_cache::Weighter<Box<str>, Entry> for EntryWeight {
     fn weight(&self, key: &Box<str>, val: &Entry) -> u64 {
-        key.len() as u64 + val.value.len() as u64 + ENTRY_OVERHEAD
+        key.len() as u64 + 2 * val.bytes().len() as u64 + ENTRY_OVERHEAD
     }
 }
 
@@ -132,16 +134,22 @@ impl MemoryBackend {
         newer("") || key.match_indices(':').any(|(i, _)| newer(&key[..=i]))
     }
 
+    /// The entry under `key` unless invalidated; expiry left to the caller.
     #[inline]
-    fn lookup(&self, key: &str) -> Lookup {
+    fn local(&self, key: &str) -> LocalLookup {
         let ticket = Ticket(self.seq.load(Ordering::Acquire));
-        let value = match self.entries.get(key) {
-            Some(e) if e.expires_ms > self.clock.now_ms() && !self.hidden(key, e.seq) => {
-                Some(e.value)
-            }
-            _ => None,
-        };
-        Lookup::new(value).with_ticket(ticket)
+        let entry = self.entries.get(key).filter(|e| !self.hidden(key, e.tag()));
+        LocalLookup::new(entry, ticket)
+    }
+
+    fn lookup(&self, key: &str) -> Lookup {
+        let local = self.local(key);
+        let now = self.clock.now_ms();
+        let value = local
+            .entry
+            .filter(|e| e.expires_ms() > now)
+            .map(|e| e.bytes().clone());
+        Lookup::new(value).with_ticket(local.ticket)
     }
 
     fn store(&self, key: &str, value: Bytes, ttl: Duration, ticket: Option<Ticket>) {
@@ -155,12 +163,11 @@ impl MemoryBackend {
         }
         let ttl_ms = ttl.as_millis().min(u64::MAX as u128) as u64;
         self.longest_ttl_ms.fetch_max(ttl_ms, Ordering::Relaxed);
-        let entry = Entry {
-            value,
-            expires_ms: self.clock.now_ms().saturating_add(ttl_ms),
-            seq,
-        };
-        self.entries.insert(key.into(), entry);
+        let expires_ms = self.clock.now_ms().saturating_add(ttl_ms);
+        self.entries.insert(
+            key.into(),
+            Arc::new(LocalEntry::new(value, expires_ms, seq)),
+        );
     }
 
     fn invalidate(&self, prefix: &str) {
@@ -211,6 +218,11 @@ impl Backend for MemoryBackend {
     #[inline]
     fn get_now(&self, key: &str) -> Option<Result<Lookup, Error>> {
         Some(Ok(self.lookup(key)))
+    }
+
+    #[inline]
+    fn get_local(&self, key: &str) -> Option<LocalLookup> {
+        Some(self.local(key))
     }
 
     fn set<'a>(
