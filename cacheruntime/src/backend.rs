@@ -162,6 +162,19 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         ticket: Option<Ticket>,
     ) -> BoxFuture<'a, Result<(), Error>>;
 
+    /// Stores without a future when the backend is in-process (the memory
+    /// store), so a miss does not arm a timer for an operation that cannot
+    /// block. Remote backends keep the default (`None`).
+    fn set_now(
+        &self,
+        _key: &str,
+        _value: &Bytes,
+        _ttl: Duration,
+        _ticket: Option<Ticket>,
+    ) -> Option<Result<(), Error>> {
+        None
+    }
+
     /// Removes the entry under `key`, if any.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>>;
 
@@ -231,6 +244,15 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
         ticket: Option<Ticket>,
     ) -> BoxFuture<'a, Result<(), Error>> {
         (**self).set(key, value, ttl, ticket)
+    }
+    fn set_now(
+        &self,
+        key: &str,
+        value: &Bytes,
+        ttl: Duration,
+        ticket: Option<Ticket>,
+    ) -> Option<Result<(), Error>> {
+        (**self).set_now(key, value, ttl, ticket)
     }
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         (**self).delete(key)

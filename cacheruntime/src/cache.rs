@@ -510,7 +510,7 @@ impl Cache {
                                 return O::from_cached(v);
                             }
                         }
-                        Some(Landing::Nothing | Landing::Pending) => {}
+                        Some(Landing::Nothing | Landing::Pending | Landing::Abandoned) => {}
                         // The leader went away: try again, maybe as leader.
                         None => continue,
                     }
@@ -790,6 +790,9 @@ impl Cache {
             });
         }
         let backend = &*self.inner.backend;
+        if let Some(done) = backend.set_now(key, &bytes, ttl, ticket) {
+            return done;
+        }
         self.guarded("set", || backend.set(key, bytes, ttl, ticket))
             .await
     }

@@ -1,21 +1,26 @@
 //! In-process single-flight: one computation per key at a time.
 //!
 //! The first caller to miss a key becomes the leader and computes; callers
-//! that miss while it runs wait on a `watch` channel for the encoded entry
-//! and decode their own copy (so values need not be `Clone`). If the leader's
-//! result is not cacheable (an `Err`) the waiters compute for themselves, as
-//! they would have without a cache. If the leader is dropped mid-computation
-//! its guard removes the flight, the channel closes, and a waiter takes over:
-//! nothing stays locked.
+//! that miss while it runs wait for the encoded entry and decode their own
+//! copy (so values need not be `Clone`). If the leader's result is not
+//! cacheable (an `Err`) the waiters compute for themselves, as they would
+//! have without a cache. If the leader is dropped mid-computation its guard
+//! marks the flight abandoned and a waiter takes over: nothing stays locked.
+//!
+//! A flight is a mutex-guarded state plus one `Notify`, and the leader only
+//! notifies when someone waits: most misses have no waiter, and waking
+//! nobody should cost nothing (tokio's `watch` notified eight `Notify`s on
+//! every send and close, half the cost of a memory miss).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
-/// What a finished flight left for its waiters.
+/// What a flight left for its waiters.
 #[derive(Clone, Debug)]
 pub(crate) enum Landing {
     /// Still computing.
@@ -24,11 +29,32 @@ pub(crate) enum Landing {
     Entry(Bytes),
     /// Nothing shareable: waiters compute their own value.
     Nothing,
+    /// The leader went away without a result.
+    Abandoned,
 }
 
 #[derive(Debug)]
-struct Flight {
-    tx: watch::Sender<Landing>,
+pub(crate) struct Flight {
+    state: Mutex<Landing>,
+    notify: Notify,
+    waiters: AtomicUsize,
+}
+
+impl Flight {
+    fn land(&self, landing: Landing, only_if_pending: bool) {
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if only_if_pending && !matches!(*state, Landing::Pending) {
+                return;
+            }
+            *state = landing;
+        }
+        // Ordered by the mutex: a waiter that counted itself before our
+        // unlock is notified; one that counts itself after sees the state.
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.notify.notify_waiters();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -38,16 +64,19 @@ pub(crate) struct Flights {
 
 pub(crate) enum Role<'a> {
     Leader(LeaderGuard<'a>),
-    Waiter(watch::Receiver<Landing>),
+    Waiter(Arc<Flight>),
 }
 
 impl Flights {
     pub(crate) fn join<'a>(&'a self, key: &str) -> Role<'a> {
         match self.map.entry(key.into()) {
-            Entry::Occupied(e) => Role::Waiter(e.get().tx.subscribe()),
+            Entry::Occupied(e) => Role::Waiter(e.get().clone()),
             Entry::Vacant(e) => {
-                let (tx, _) = watch::channel(Landing::Pending);
-                let flight = Arc::new(Flight { tx });
+                let flight = Arc::new(Flight {
+                    state: Mutex::new(Landing::Pending),
+                    notify: Notify::new(),
+                    waiters: AtomicUsize::new(0),
+                });
                 e.insert(flight.clone());
                 Role::Leader(LeaderGuard {
                     flights: self,
@@ -66,7 +95,7 @@ impl Flights {
 
 /// Held by the computing caller. Dropping it ends the flight: after a
 /// [`publish`](Self::publish) late callers find the store instead; without
-/// one (cancellation, panic) a waiter takes over.
+/// one (cancellation, panic) the waiters are told to try again.
 pub(crate) struct LeaderGuard<'a> {
     flights: &'a Flights,
     key: Box<str>,
@@ -77,7 +106,7 @@ impl LeaderGuard<'_> {
     /// Hands the outcome to current waiters and to callers that join until
     /// the guard is dropped (while the leader is still storing the value).
     pub(crate) fn publish(&self, landing: Landing) {
-        self.flight.tx.send_replace(landing);
+        self.flight.land(landing, false);
     }
 }
 
@@ -86,18 +115,39 @@ impl Drop for LeaderGuard<'_> {
         self.flights
             .map
             .remove_if(&self.key, |_, f| Arc::ptr_eq(f, &self.flight));
+        self.flight.land(Landing::Abandoned, true);
+    }
+}
+
+/// Counts a waiter for as long as it waits, cancellation included.
+struct Waiting<'a>(&'a Flight);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Waits for the leader. `None` means the leader went away without landing:
 /// the caller should try again (and may become the leader).
-pub(crate) async fn wait(mut rx: watch::Receiver<Landing>) -> Option<Landing> {
-    let landed = rx
-        .wait_for(|l| !matches!(l, Landing::Pending))
-        .await
-        .ok()
-        .map(|l| l.clone());
-    landed
+pub(crate) async fn wait(flight: Arc<Flight>) -> Option<Landing> {
+    flight.waiters.fetch_add(1, Ordering::Relaxed);
+    let _waiting = Waiting(&flight);
+    loop {
+        let notified = flight.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        let state = flight
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match state {
+            Landing::Pending => notified.await,
+            Landing::Abandoned => return None,
+            done => return Some(done),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -111,27 +161,35 @@ mod tests {
             Role::Leader(g) => g,
             Role::Waiter(_) => panic!("first caller must lead"),
         };
-        let rx = match flights.join("k") {
-            Role::Waiter(rx) => rx,
+        let flight = match flights.join("k") {
+            Role::Waiter(f) => f,
             Role::Leader(_) => panic!("second caller must wait"),
         };
+        let waiter = tokio::spawn(wait(flight));
+        tokio::task::yield_now().await;
         drop(leader);
-        assert!(wait(rx).await.is_none());
+        assert!(waiter.await.unwrap().is_none());
         assert_eq!(flights.len(), 0);
         assert!(matches!(flights.join("k"), Role::Leader(_)));
     }
 
     #[tokio::test]
-    async fn landed_entry_reaches_late_subscribers_before_removal() {
+    async fn published_entry_reaches_waiters_before_and_after_publication() {
         let flights = Flights::default();
         let Role::Leader(leader) = flights.join("k") else {
             panic!()
         };
-        let Role::Waiter(rx) = flights.join("k") else {
+        let Role::Waiter(early) = flights.join("k") else {
             panic!()
         };
+        let early = tokio::spawn(wait(early));
+        tokio::task::yield_now().await;
         leader.publish(Landing::Entry(Bytes::from_static(b"v")));
+        let Role::Waiter(late) = flights.join("k") else {
+            panic!("the flight lasts until the guard drops")
+        };
         drop(leader);
-        assert!(matches!(wait(rx).await, Some(Landing::Entry(b)) if &b[..] == b"v"));
+        assert!(matches!(early.await.unwrap(), Some(Landing::Entry(b)) if &b[..] == b"v"));
+        assert!(matches!(wait(late).await, Some(Landing::Entry(b)) if &b[..] == b"v"));
     }
 }

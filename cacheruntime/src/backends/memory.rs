@@ -236,6 +236,17 @@ impl Backend for MemoryBackend {
         Box::pin(async { Ok(()) })
     }
 
+    fn set_now(
+        &self,
+        key: &str,
+        value: &Bytes,
+        ttl: Duration,
+        ticket: Option<Ticket>,
+    ) -> Option<Result<(), Error>> {
+        self.store(key, value.clone(), ttl, ticket);
+        Some(Ok(()))
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         self.entries.remove(key);
         Box::pin(async { Ok(()) })
