@@ -112,7 +112,7 @@ fn push_value(before: TokenStream, expr: &TokenStream, span: Span) -> TokenStrea
     quote! {
         #before
         {
-            #[allow(unused_imports)]
+            #[allow(unused_imports, clippy::needless_borrow)]
             use ::cacheruntime::__private::{KeyDisplay as _, KeyInt as _};
             (&&#arg).push_to(&mut __cachemacro_k);
         }
@@ -213,7 +213,7 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
     // decoded-value memo, others are decoded on every hit.
     let memo = match &plan.value_ty {
         Some(ty) => quote! {{
-            #[allow(unused_imports)]
+            #[allow(unused_imports, clippy::needless_borrow)]
             use ::cacheruntime::__private::{ViaClone as _, ViaDecode as _};
             (&&::cacheruntime::__private::Probe::<#ty>::new()).memo()
         }},

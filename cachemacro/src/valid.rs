@@ -148,7 +148,7 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
     if let Some((_, idents)) = args.vary {
         for ident in idents {
             let s = ident.to_string();
-            if vary.iter().any(|v: &Ident| *v == ident) {
+            if vary.contains(&ident) {
                 errs.at(ident.span(), format!("`{s}` is listed twice in `vary`"));
             } else if !names.contains(&s) {
                 errs.at(

@@ -176,6 +176,30 @@ enum Read<V> {
     Miss(Option<Ticket>),
 }
 
+/// What one get-or-compute call knows about its value.
+pub(crate) struct Call<'p, V> {
+    policy: &'p Policy,
+    fp: u64,
+    site: Option<&'static Site>,
+    memo: Memo<V>,
+}
+
+impl<'p, V> Call<'p, V> {
+    pub(crate) fn new(
+        policy: &'p Policy,
+        fp: u64,
+        site: Option<&'static Site>,
+        memo: Memo<V>,
+    ) -> Self {
+        Call {
+            policy,
+            fp,
+            site,
+            memo,
+        }
+    }
+}
+
 /// What the synchronous in-process read found. Not public API.
 #[doc(hidden)]
 pub enum Fast<V> {
@@ -382,9 +406,13 @@ impl Cache {
         let fp = envelope::fingerprint(std::any::type_name::<T>(), policy.version);
         let full = self.full_key(key);
         let memo = Memo::decode_only();
-        self.fetch(&full, policy, fp, None, memo, Fast::Remote, async move {
-            Always(compute().await)
-        })
+        let call = Call::new(policy, fp, None, memo);
+        self.fetch(
+            &full,
+            call,
+            Fast::Remote,
+            async move { Always(compute().await) },
+        )
         .await
         .0
     }
@@ -405,8 +433,8 @@ impl Cache {
         let fp = envelope::fingerprint(std::any::type_name::<T>(), policy.version);
         let full = self.full_key(key);
         let memo = Memo::decode_only();
-        self.fetch(&full, policy, fp, None, memo, Fast::Remote, compute())
-            .await
+        let call = Call::new(policy, fp, None, memo);
+        self.fetch(&full, call, Fast::Remote, compute()).await
     }
 
     /// `""` or `"namespace:"`, what every stored key starts with.
@@ -429,10 +457,7 @@ impl Cache {
     pub(crate) async fn fetch<O, F>(
         &self,
         key: &str,
-        policy: &Policy,
-        fp: u64,
-        site: Option<&'static Site>,
-        memo: Memo<O::Value>,
+        call: Call<'_, O::Value>,
         first: Fast<O::Value>,
         compute: F,
     ) -> O
@@ -440,6 +465,12 @@ impl Cache {
         O: Outcome,
         F: Future<Output = O>,
     {
+        let Call {
+            policy,
+            fp,
+            site,
+            memo,
+        } = call;
         let inner = &*self.inner;
         if let Some(site) = site {
             self.register(site);

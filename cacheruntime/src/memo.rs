@@ -103,6 +103,7 @@ mod tests {
     struct NotClone;
 
     #[test]
+    #[allow(clippy::needless_borrow)]
     fn probe_picks_cloning_only_for_clone_types() {
         #[allow(unused_imports)]
         use super::{ViaClone as _, ViaDecode as _};

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use crate::cache::Fast;
-use crate::cache::{Accept, Always};
+use crate::cache::{Accept, Always, Call};
 pub use crate::default::default_cache;
 pub use crate::key::KeyBuilder;
 pub use crate::memo::{Memo, Probe, ViaClone, ViaDecode};
@@ -56,10 +56,7 @@ where
     cache
         .fetch(
             key.as_str(),
-            &site.policy,
-            fp,
-            Some(site),
-            memo,
+            Call::new(&site.policy, fp, Some(site), memo),
             first,
             async move { Always(body.await) },
         )
@@ -85,10 +82,7 @@ where
     cache
         .fetch(
             key.as_str(),
-            &site.policy,
-            fp,
-            Some(site),
-            memo,
+            Call::new(&site.policy, fp, Some(site), memo),
             first,
             body,
         )
