@@ -155,21 +155,22 @@ fn keys_and_codec(c: &mut Criterion) {
     g.finish();
 }
 
-/// Hits from two threads at once on the same hot key; time per hit.
+/// Hits from two threads at once, time per hit: on one hot key (every hit
+/// touches the same entry) and spread over 1,024 warm keys.
 fn throughput(c: &mut Criterion, rt: &'static tokio::runtime::Runtime) {
-    fn two_threads<F, Fut>(iters: u64, rt: &'static tokio::runtime::Runtime, f: F) -> Duration
+    fn two_threads<F, Fut>(iters: u64, keys: i64, rt: &'static tokio::runtime::Runtime, f: F) -> Duration
     where
         F: Fn(i64) -> Fut + Send + Sync + Copy + 'static,
         Fut: Future,
     {
         let per = iters / 2 + 1;
         let start = Instant::now();
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
+        let threads: Vec<_> = (0..2i64)
+            .map(|t| {
                 std::thread::spawn(move || {
                     let _guard = rt.enter();
-                    for _ in 0..per {
-                        black_box(ready(rt, f(black_box(42))));
+                    for i in 0..per as i64 {
+                        black_box(ready(rt, f(black_box((i * 7 + t * 513) % keys))));
                     }
                 })
             })
@@ -179,19 +180,27 @@ fn throughput(c: &mut Criterion, rt: &'static tokio::runtime::Runtime) {
         }
         start.elapsed()
     }
-    let mut g = c.benchmark_group("throughput_2_threads");
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("ours", |b| b.iter_custom(|n| two_threads(n, rt, ours)));
-    g.bench_function("cached_crate", |b| {
-        b.iter_custom(|n| two_threads(n, rt, peer_cached))
-    });
-    g.bench_function("cached_crate_concurrent", |b| {
-        b.iter_custom(|n| two_threads(n, rt, peer_concurrent))
-    });
-    g.bench_function("hand_quick_cache", |b| {
-        b.iter_custom(|n| two_threads(n, rt, hand_quick_cache))
-    });
-    g.finish();
+    for k in 0..1024 {
+        ready(rt, ours(k)).unwrap();
+        ready(rt, peer_cached(k)).unwrap();
+        ready(rt, peer_concurrent(k)).unwrap();
+        ready(rt, hand_quick_cache(k)).unwrap();
+    }
+    for (group, keys) in [("throughput_2_threads_hot_key", 1), ("throughput_2_threads_1k_keys", 1024)] {
+        let mut g = c.benchmark_group(group);
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("ours", |b| b.iter_custom(|n| two_threads(n, keys, rt, ours)));
+        g.bench_function("cached_crate", |b| {
+            b.iter_custom(|n| two_threads(n, keys, rt, peer_cached))
+        });
+        g.bench_function("cached_crate_concurrent", |b| {
+            b.iter_custom(|n| two_threads(n, keys, rt, peer_concurrent))
+        });
+        g.bench_function("hand_quick_cache", |b| {
+            b.iter_custom(|n| two_threads(n, keys, rt, hand_quick_cache))
+        });
+        g.finish();
+    }
 }
 
 /// Mean time of one benchmark, read back from criterion's output.
@@ -218,33 +227,21 @@ fn print_ratios() {
         ("miss", "ours", "cached_crate", ""),
         ("miss", "ours", "hand_quick_cache", ""),
         ("key", "ours_template", "format_macro", ""),
-        (
-            "throughput_2_threads",
-            "ours",
-            "cached_crate",
-            "time per hit",
-        ),
-        (
-            "throughput_2_threads",
-            "ours",
-            "cached_crate_concurrent",
-            "time per hit",
-        ),
-        (
-            "throughput_2_threads",
-            "ours",
-            "hand_quick_cache",
-            "time per hit",
-        ),
+        ("throughput_2_threads_hot_key", "ours", "cached_crate", "wall time per hit"),
+        ("throughput_2_threads_hot_key", "ours", "cached_crate_concurrent", ""),
+        ("throughput_2_threads_hot_key", "ours", "hand_quick_cache", ""),
+        ("throughput_2_threads_1k_keys", "ours", "cached_crate", "wall time per hit"),
+        ("throughput_2_threads_1k_keys", "ours", "cached_crate_concurrent", ""),
+        ("throughput_2_threads_1k_keys", "ours", "hand_quick_cache", ""),
     ];
     println!(
-        "\n{:<22} {:<12} {:>10}   {:<24} {:>10}   {:>6}",
+        "\n{:<30} {:<14} {:>8}   {:<24} {:>8}   {:>6}",
         "group", "ours", "ns", "peer", "ns", "ratio"
     );
     for (group, a, b, note) in rows {
         if let (Some(x), Some(y)) = (mean_ns(group, a), mean_ns(group, b)) {
             println!(
-                "{group:<22} {a:<12} {x:>10.1}   {b:<24} {y:>10.1}   {:>6.2}x  {note}",
+                "{group:<30} {a:<14} {x:>8.1}   {b:<24} {y:>8.1}   {:>6.2}x  {note}",
                 x / y
             );
         }
