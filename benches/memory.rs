@@ -158,7 +158,12 @@ fn keys_and_codec(c: &mut Criterion) {
 /// Hits from two threads at once, time per hit: on one hot key (every hit
 /// touches the same entry) and spread over 1,024 warm keys.
 fn throughput(c: &mut Criterion, rt: &'static tokio::runtime::Runtime) {
-    fn two_threads<F, Fut>(iters: u64, keys: i64, rt: &'static tokio::runtime::Runtime, f: F) -> Duration
+    fn two_threads<F, Fut>(
+        iters: u64,
+        keys: i64,
+        rt: &'static tokio::runtime::Runtime,
+        f: F,
+    ) -> Duration
     where
         F: Fn(i64) -> Fut + Send + Sync + Copy + 'static,
         Fut: Future,
@@ -186,10 +191,15 @@ fn throughput(c: &mut Criterion, rt: &'static tokio::runtime::Runtime) {
         ready(rt, peer_concurrent(k)).unwrap();
         ready(rt, hand_quick_cache(k)).unwrap();
     }
-    for (group, keys) in [("throughput_2_threads_hot_key", 1), ("throughput_2_threads_1k_keys", 1024)] {
+    for (group, keys) in [
+        ("throughput_2_threads_hot_key", 1),
+        ("throughput_2_threads_1k_keys", 1024),
+    ] {
         let mut g = c.benchmark_group(group);
         g.throughput(Throughput::Elements(1));
-        g.bench_function("ours", |b| b.iter_custom(|n| two_threads(n, keys, rt, ours)));
+        g.bench_function("ours", |b| {
+            b.iter_custom(|n| two_threads(n, keys, rt, ours))
+        });
         g.bench_function("cached_crate", |b| {
             b.iter_custom(|n| two_threads(n, keys, rt, peer_cached))
         });
@@ -227,12 +237,42 @@ fn print_ratios() {
         ("miss", "ours", "cached_crate", ""),
         ("miss", "ours", "hand_quick_cache", ""),
         ("key", "ours_template", "format_macro", ""),
-        ("throughput_2_threads_hot_key", "ours", "cached_crate", "wall time per hit"),
-        ("throughput_2_threads_hot_key", "ours", "cached_crate_concurrent", ""),
-        ("throughput_2_threads_hot_key", "ours", "hand_quick_cache", ""),
-        ("throughput_2_threads_1k_keys", "ours", "cached_crate", "wall time per hit"),
-        ("throughput_2_threads_1k_keys", "ours", "cached_crate_concurrent", ""),
-        ("throughput_2_threads_1k_keys", "ours", "hand_quick_cache", ""),
+        (
+            "throughput_2_threads_hot_key",
+            "ours",
+            "cached_crate",
+            "wall time per hit",
+        ),
+        (
+            "throughput_2_threads_hot_key",
+            "ours",
+            "cached_crate_concurrent",
+            "",
+        ),
+        (
+            "throughput_2_threads_hot_key",
+            "ours",
+            "hand_quick_cache",
+            "",
+        ),
+        (
+            "throughput_2_threads_1k_keys",
+            "ours",
+            "cached_crate",
+            "wall time per hit",
+        ),
+        (
+            "throughput_2_threads_1k_keys",
+            "ours",
+            "cached_crate_concurrent",
+            "",
+        ),
+        (
+            "throughput_2_threads_1k_keys",
+            "ours",
+            "hand_quick_cache",
+            "",
+        ),
     ];
     println!(
         "\n{:<30} {:<14} {:>8}   {:<24} {:>8}   {:>6}",
