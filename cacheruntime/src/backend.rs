@@ -27,8 +27,45 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// value was being computed, the entry is never visible. This is what makes
 /// `invalidate_prefix` safe against concurrent writers: no entry computed
 /// before the invalidation returned is served after it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Ticket(pub u64);
+///
+/// Backends choose what a ticket holds: the memory store a sequence number,
+/// Redis and Memcached the generations of the key's prefixes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Ticket(TicketRepr);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum TicketRepr {
+    Seq(u64),
+    Tag(Arc<str>),
+}
+
+impl Ticket {
+    /// A ticket holding a sequence number.
+    pub fn seq(n: u64) -> Self {
+        Ticket(TicketRepr::Seq(n))
+    }
+
+    /// A ticket holding a text tag.
+    pub fn tag(tag: impl Into<Arc<str>>) -> Self {
+        Ticket(TicketRepr::Tag(tag.into()))
+    }
+
+    /// The sequence number, if this is one.
+    pub fn as_seq(&self) -> Option<u64> {
+        match &self.0 {
+            TicketRepr::Seq(n) => Some(*n),
+            TicketRepr::Tag(_) => None,
+        }
+    }
+
+    /// The tag, if this is one.
+    pub fn as_tag(&self) -> Option<&str> {
+        match &self.0 {
+            TicketRepr::Tag(t) => Some(t),
+            TicketRepr::Seq(_) => None,
+        }
+    }
+}
 
 /// The answer to a read.
 #[derive(Clone, Debug)]
@@ -159,7 +196,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         key: &'a str,
         value: Bytes,
         ttl: Duration,
-        ticket: Option<Ticket>,
+        ticket: Option<&'a Ticket>,
     ) -> BoxFuture<'a, Result<(), Error>>;
 
     /// Stores without a future when the backend is in-process (the memory
@@ -170,7 +207,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         _key: &str,
         _value: &Bytes,
         _ttl: Duration,
-        _ticket: Option<Ticket>,
+        _ticket: Option<&Ticket>,
     ) -> Option<Result<(), Error>> {
         None
     }
@@ -241,7 +278,7 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
         key: &'a str,
         value: Bytes,
         ttl: Duration,
-        ticket: Option<Ticket>,
+        ticket: Option<&'a Ticket>,
     ) -> BoxFuture<'a, Result<(), Error>> {
         (**self).set(key, value, ttl, ticket)
     }
@@ -250,7 +287,7 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
         key: &str,
         value: &Bytes,
         ttl: Duration,
-        ticket: Option<Ticket>,
+        ticket: Option<&Ticket>,
     ) -> Option<Result<(), Error>> {
         (**self).set_now(key, value, ttl, ticket)
     }

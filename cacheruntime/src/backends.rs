@@ -2,6 +2,9 @@
 
 pub mod disabled;
 pub mod memory;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 
 pub use disabled::DisabledBackend;
 pub use memory::MemoryBackend;

@@ -392,7 +392,11 @@ impl Cache {
         let full = self.full_key(prefix);
         let backend = &*self.inner.backend;
         self.guarded("invalidate_prefix", || backend.invalidate_prefix(&full))
-            .await
+            .await?;
+        // After the store: a flight started before this point may carry a
+        // value computed before the invalidation; nobody may join it now.
+        self.inner.flights.detach_prefix(&full);
+        Ok(())
     }
 
     /// Returns the cached value of `key`, or runs `compute`, caches its value
@@ -821,10 +825,10 @@ impl Cache {
             });
         }
         let backend = &*self.inner.backend;
-        if let Some(done) = backend.set_now(key, &bytes, ttl, ticket) {
+        if let Some(done) = backend.set_now(key, &bytes, ttl, ticket.as_ref()) {
             return done;
         }
-        self.guarded("set", || backend.set(key, bytes, ttl, ticket))
+        self.guarded("set", || backend.set(key, bytes, ttl, ticket.as_ref()))
             .await
     }
 

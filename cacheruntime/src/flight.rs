@@ -87,6 +87,16 @@ impl Flights {
         }
     }
 
+    /// Stops new callers from joining flights under `prefix`: their values
+    /// may have been computed before an invalidation that just returned.
+    /// Current waiters keep waiting (they asked before it); the leaders'
+    /// guards find their entries gone and remove nothing else.
+    pub(crate) fn detach_prefix(&self, prefix: &str) {
+        if !self.map.is_empty() {
+            self.map.retain(|key, _| !key.starts_with(prefix));
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.map.len()

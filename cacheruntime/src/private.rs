@@ -94,16 +94,19 @@ pub fn variants_prefix(key: &str) -> String {
     format!("{key}:")
 }
 
-/// Checks at the argument's span that a key placeholder is `Display`.
+/// Checks at the argument's span that a key placeholder is `Display`, and
+/// captures it both typed (for the integer fast path) and as `&dyn Display`
+/// (so the fallback needs no bound of its own, and a missing `Display` is
+/// reported once, here).
 #[inline(always)]
-pub fn display<T: std::fmt::Display + ?Sized>(value: &T) -> KeyArg<'_, T> {
-    KeyArg(value)
+pub fn display<T: std::fmt::Display>(value: &T) -> KeyArg<'_, T> {
+    KeyArg(value, value)
 }
 
-/// One interpolated key value. `(&&KeyArg(v)).push_to(k)` writes integers
+/// One interpolated key value. `(&&KeyArg(..)).push_to(k)` writes integers
 /// with `itoa` (they never need escaping) and everything else through
 /// `Display` with escaping: autoref specialisation, resolved at compile time.
-pub struct KeyArg<'a, T: ?Sized>(pub &'a T);
+pub struct KeyArg<'a, T>(pub &'a T, pub &'a dyn std::fmt::Display);
 
 /// Integers: formatted without `fmt` machinery.
 pub trait KeyInt {
@@ -129,10 +132,10 @@ pub trait KeyDisplay {
     fn push_to(&self, key: &mut KeyBuilder);
 }
 
-impl<T: std::fmt::Display + ?Sized> KeyDisplay for KeyArg<'_, T> {
+impl<T> KeyDisplay for KeyArg<'_, T> {
     #[inline]
     fn push_to(&self, key: &mut KeyBuilder) {
-        key.value(self.0);
+        key.value(self.1);
     }
 }
 

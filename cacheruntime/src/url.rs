@@ -219,7 +219,9 @@ pub(crate) async fn build(raw: &str) -> Result<Cache, Error> {
     match url.scheme {
         "memory" | "mem" => {
             if !url.rest.is_empty() {
-                return Err(url.error("`memory://` takes no host or path; size it with `?max_bytes=`"));
+                return Err(
+                    url.error("`memory://` takes no host or path; size it with `?max_bytes=`")
+                );
             }
             let mut b = Cache::builder();
             if let Some(n) = url.take_parsed::<u64>("max_bytes", "a byte count")? {
@@ -236,17 +238,68 @@ pub(crate) async fn build(raw: &str) -> Result<Cache, Error> {
             url.finish("no backend parameters")?;
             b.build()
         }
-        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => Err(url.error(
-            "Redis support is not built into this version of cacheruntime; use `memory://` or `none://`",
-        )),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => redis_cache(url),
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => Err(url
+            .error("Redis support is not compiled in: enable the `redis` feature of cacheruntime")),
         "postgres" | "postgresql" | "sqlite" | "memcached" | "memcache" => Err(url.error(format!(
             "`{}://` is not built into this version of cacheruntime; use `memory://` or `none://`",
             url.scheme
         ))),
         other => Err(url.error(format!(
-            "unknown scheme `{other}`; expected `memory://` or `none://`"
+            "unknown scheme `{other}`; expected memory://, none://, redis://, rediss://, \
+             redis+cluster://, postgres://, sqlite:// or memcached://"
         ))),
     }
+}
+
+/// `redis://[user:pass@]host[:port][/db]`, `rediss://...` and
+/// `redis+cluster://[user:pass@]h1:p1,h2:p2`, with `ca_file`, `cert_file`,
+/// `key_file` and `max_ttl` beside the common parameters.
+#[cfg(feature = "redis")]
+fn redis_cache(mut url: CacheUrl<'_>) -> Result<Cache, Error> {
+    use crate::backends::redis::{RedisBackend, RedisConfig};
+    let ca_file = url.take("ca_file");
+    let cert_file = url.take("cert_file");
+    let key_file = url.take("key_file");
+    let max_ttl = url.take_duration("max_ttl")?;
+    let builder = url.common(Cache::builder())?;
+    url.finish("ca_file, cert_file, key_file, max_ttl")?;
+    let tls = url.scheme.starts_with("rediss");
+    let base = if tls { "rediss" } else { "redis" };
+    let mut config = if url.scheme.ends_with("+cluster") {
+        let (userinfo, rest) = match url.rest.rsplit_once('@') {
+            Some((u, r)) => (format!("{u}@"), r),
+            None => (String::new(), url.rest),
+        };
+        let hosts = rest.split('/').next().unwrap_or("");
+        if hosts.is_empty() {
+            return Err(url
+                .error("name at least one cluster node: `redis+cluster://host1:6379,host2:6379`"));
+        }
+        RedisConfig::cluster(hosts.split(',').map(|h| format!("{base}://{userinfo}{h}")))
+    } else {
+        if url.rest.is_empty() {
+            return Err(url.error("name the server: `redis://host:6379/0`"));
+        }
+        RedisConfig::new(format!("{base}://{}", url.rest))
+    };
+    if (ca_file.is_some() || cert_file.is_some()) && !tls {
+        return Err(url.error("`ca_file` and `cert_file` need TLS: use `rediss://`"));
+    }
+    if let Some(ca) = ca_file {
+        config = config.ca_file(ca);
+    }
+    match (cert_file, key_file) {
+        (Some(cert), Some(key)) => config = config.client_cert(cert, key),
+        (None, None) => {}
+        _ => return Err(url.error("mutual TLS needs both `cert_file` and `key_file`")),
+    }
+    if let Some(max_ttl) = max_ttl {
+        config = config.max_ttl(max_ttl);
+    }
+    builder.backend(RedisBackend::new(config)?).build()
 }
 
 #[cfg(test)]

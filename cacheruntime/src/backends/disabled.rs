@@ -30,7 +30,7 @@ impl Backend for DisabledBackend {
         _key: &'a str,
         _value: Bytes,
         _ttl: Duration,
-        _ticket: Option<Ticket>,
+        _ticket: Option<&'a Ticket>,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async { Ok(()) })
     }

@@ -137,7 +137,7 @@ impl MemoryBackend {
     /// The entry under `key` unless invalidated; expiry left to the caller.
     #[inline]
     fn local(&self, key: &str) -> LocalLookup {
-        let ticket = Ticket(self.seq.load(Ordering::Acquire));
+        let ticket = Ticket::seq(self.seq.load(Ordering::Acquire));
         let entry = self.entries.get(key).filter(|e| !self.hidden(key, e.tag()));
         LocalLookup::new(entry, ticket)
     }
@@ -152,9 +152,9 @@ impl MemoryBackend {
         Lookup::new(value).with_ticket(local.ticket)
     }
 
-    fn store(&self, key: &str, value: Bytes, ttl: Duration, ticket: Option<Ticket>) {
-        let seq = match ticket {
-            Some(t) => t.0,
+    fn store(&self, key: &str, value: Bytes, ttl: Duration, ticket: Option<&Ticket>) {
+        let seq = match ticket.and_then(Ticket::as_seq) {
+            Some(seq) => seq,
             None => self.seq.load(Ordering::Acquire),
         };
         if self.hidden(key, seq) {
@@ -230,7 +230,7 @@ impl Backend for MemoryBackend {
         key: &'a str,
         value: Bytes,
         ttl: Duration,
-        ticket: Option<Ticket>,
+        ticket: Option<&'a Ticket>,
     ) -> BoxFuture<'a, Result<(), Error>> {
         self.store(key, value, ttl, ticket);
         Box::pin(async { Ok(()) })
@@ -241,7 +241,7 @@ impl Backend for MemoryBackend {
         key: &str,
         value: &Bytes,
         ttl: Duration,
-        ticket: Option<Ticket>,
+        ticket: Option<&Ticket>,
     ) -> Option<Result<(), Error>> {
         self.store(key, value.clone(), ttl, ticket);
         Some(Ok(()))
@@ -344,7 +344,12 @@ mod tests {
         let m = MemoryBackend::new(1 << 20);
         let ticket = m.lookup("user:7:feed").ticket;
         m.invalidate("user:7:");
-        m.store("user:7:feed", bytes("old"), Duration::from_secs(60), ticket);
+        m.store(
+            "user:7:feed",
+            bytes("old"),
+            Duration::from_secs(60),
+            ticket.as_ref(),
+        );
         assert_eq!(get(&m, "user:7:feed"), None);
     }
 

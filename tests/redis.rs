@@ -1,0 +1,560 @@
+//! The Redis backend against real `redis-server` processes: plain, TLS,
+//! ACL, killed, stalled and clustered. One binary for the area.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cacheruntime::backend::Backend;
+use cacheruntime::backends::redis::{RedisBackend, RedisConfig};
+use cacheruntime::{cached, Cache, Error};
+use redis::AsyncCommands;
+use support::{RedisCluster, RedisOptions, RedisServer};
+
+#[derive(Debug, PartialEq)]
+struct Upstream(String);
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn all_keys(con: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut iter: redis::AsyncIter<String> = con.scan().await.unwrap();
+    while let Some(k) = iter.next_item().await {
+        keys.push(k.unwrap());
+    }
+    keys
+}
+
+fn cache_on(url: &str) -> Cache {
+    Cache::builder()
+        .backend(RedisBackend::new(RedisConfig::new(url)).unwrap())
+        .op_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+}
+
+static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(key = "author:{author_id}:top_books", ttl = 600, cache = cache)]
+async fn top_books(cache: &Cache, author_id: i64) -> Result<Vec<i64>, Upstream> {
+    RUNS.fetch_add(1, Ordering::SeqCst);
+    Ok(vec![author_id, author_id * 2])
+}
+
+#[cached(key = "author:{author_id}:bio", ttl = 600, cache = cache)]
+async fn bio(cache: &Cache, author_id: i64) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("bio {author_id} #{}", N.fetch_add(1, Ordering::SeqCst))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_round_trip_stores_every_key_with_a_ttl() {
+    let server = RedisServer::start();
+    let cache = Cache::from_url(&format!("{}/0?namespace=app", server.url()))
+        .await
+        .unwrap();
+    let before = RUNS.load(Ordering::SeqCst);
+    assert_eq!(top_books(&cache, 5).await, Ok(vec![5, 10]));
+    assert_eq!(top_books(&cache, 5).await, Ok(vec![5, 10]));
+    assert_eq!(RUNS.load(Ordering::SeqCst) - before, 1);
+    assert_eq!(cache.stats().hits, 1);
+    cache.invalidate_prefix("author:5:").await.unwrap();
+    let _ = top_books(&cache, 5).await;
+
+    let mut con = raw(&server.url()).await;
+    let keys = all_keys(&mut con).await;
+    assert!(keys.len() >= 3, "entry, generation, new entry: {keys:?}");
+    for key in keys {
+        assert!(key.contains("{app}"), "namespaced: {key}");
+        let pttl: i64 = con.pttl(&key).await.unwrap();
+        assert!(pttl > 0, "{key} has no TTL ({pttl})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_invalidation_reaches_exactly_the_right_keys() {
+    let server = RedisServer::start();
+    let cache = cache_on(&server.url());
+    let bio42 = bio(&cache, 42).await;
+    let bio420 = bio(&cache, 420).await;
+    let bio4 = bio(&cache, 4).await;
+    let _ = top_books(&cache, 42).await;
+    cache
+        .set("author:42", &"exact", Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    cache.invalidate_prefix("author:42:").await.unwrap();
+
+    assert_eq!(
+        cache.get::<Vec<i64>>("author:42:top_books").await.unwrap(),
+        None
+    );
+    assert_ne!(bio(&cache, 42).await, bio42);
+    assert_eq!(bio(&cache, 420).await, bio420);
+    assert_eq!(bio(&cache, 4).await, bio4);
+    assert_eq!(
+        cache.get::<String>("author:42").await.unwrap().as_deref(),
+        Some("exact")
+    );
+
+    // Glob characters are text, not patterns.
+    cache
+        .set("p*:1", &1u8, Duration::from_secs(60))
+        .await
+        .unwrap();
+    cache
+        .set("px:1", &2u8, Duration::from_secs(60))
+        .await
+        .unwrap();
+    cache.invalidate_prefix("p*:").await.unwrap();
+    assert_eq!(cache.get::<u8>("p*:1").await.unwrap(), None);
+    assert_eq!(cache.get::<u8>("px:1").await.unwrap(), Some(2));
+
+    cache.invalidate_prefix("").await.unwrap();
+    assert_eq!(cache.get::<String>("author:42").await.unwrap(), None);
+    assert!(matches!(
+        cache.invalidate_prefix("author:4").await,
+        Err(Error::InvalidPrefix { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_with_100k_unrelated_keys_never_scans_the_keyspace() {
+    let server = RedisServer::start();
+    let cache = cache_on(&server.url());
+    let mut con = raw(&server.url()).await;
+    for chunk in 0..100 {
+        let mut pipe = redis::pipe();
+        for i in 0..1000 {
+            pipe.set(format!("unrelated:{chunk}:{i}"), i).ignore();
+        }
+        let _: () = pipe.query_async(&mut con).await.unwrap();
+    }
+    let _ = bio(&cache, 7).await;
+    let cached = bio(&cache, 7).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    cache.invalidate_prefix("author:7:").await.unwrap();
+    let took = started.elapsed();
+
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    for forbidden in [
+        "cmdstat_scan",
+        "cmdstat_keys",
+        "cmdstat_del:",
+        "cmdstat_unlink",
+    ] {
+        assert!(!stats.contains(forbidden), "{forbidden} ran:\n{stats}");
+    }
+    assert_ne!(bio(&cache, 7).await, cached);
+    let size: i64 = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
+    assert!(size > 100_000);
+    assert!(took < Duration::from_millis(200), "one INCR took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn value_computed_before_an_invalidation_never_shows_after_it() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::new(RedisConfig::new(server.url())).unwrap();
+    let ttl = Duration::from_secs(60);
+    // A reader misses, then computes slowly; meanwhile the data changes and
+    // the prefix is invalidated; then the slow writer stores its old value.
+    let miss = backend.get("user:7:feed").await.unwrap();
+    assert!(miss.value.is_none());
+    backend.invalidate_prefix("user:7:").await.unwrap();
+    backend
+        .set(
+            "user:7:feed",
+            Bytes::from_static(b"old"),
+            ttl,
+            miss.ticket.as_ref(),
+        )
+        .await
+        .unwrap();
+    assert!(backend.get("user:7:feed").await.unwrap().value.is_none());
+    // A value computed after the invalidation is served.
+    let miss = backend.get("user:7:feed").await.unwrap();
+    backend
+        .set(
+            "user:7:feed",
+            Bytes::from_static(b"new"),
+            ttl,
+            miss.ticket.as_ref(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.get("user:7:feed").await.unwrap().value.as_deref(),
+        Some(&b"new"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_and_invalidations_lose_no_invalidation() {
+    let server = RedisServer::start();
+    let cache = cache_on(&server.url());
+    // `version` is the source data; `invalidated` is the newest version
+    // whose invalidation has returned. A read that starts after that must
+    // never be served an older version.
+    let version = Arc::new(AtomicUsize::new(0));
+    let invalidated = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let cache = cache.clone();
+        let version = version.clone();
+        let invalidated = invalidated.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..60 {
+                if t == 0 && i % 5 == 0 {
+                    let v = version.fetch_add(1, Ordering::SeqCst) + 1;
+                    cache.invalidate_prefix("doc:1:").await.unwrap();
+                    invalidated.fetch_max(v, Ordering::SeqCst);
+                    continue;
+                }
+                let floor = invalidated.load(Ordering::SeqCst);
+                let got: usize = cache
+                    .get_or_compute("doc:1:body", &cacheruntime::Policy::new(), || {
+                        let version = version.clone();
+                        async move {
+                            let v = version.load(Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(3)).await;
+                            v
+                        }
+                    })
+                    .await;
+                assert!(
+                    got >= floor,
+                    "served version {got} after {floor} was invalidated"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(cache.stats().hits > 0, "the cache was used");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_the_right_ca_works_and_a_wrong_ca_is_refused() {
+    let server = RedisServer::start_with(RedisOptions {
+        tls: true,
+        ..RedisOptions::default()
+    });
+    let certs = server.certs.as_ref().unwrap();
+    let good = Cache::from_url(&format!("{}?ca_file={}", server.url(), certs.ca.display()))
+        .await
+        .unwrap();
+    good.set("tls:1", &"secret text", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        good.get::<String>("tls:1").await.unwrap().as_deref(),
+        Some("secret text")
+    );
+
+    let wrong = Cache::from_url(&format!(
+        "{}?ca_file={}",
+        server.url(),
+        certs.other_ca.display()
+    ))
+    .await
+    .unwrap();
+    let err = wrong.get::<String>("tls:1").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Backend { .. } | Error::Timeout { .. }),
+        "{err}"
+    );
+    // The cached function still returns its value.
+    assert_eq!(bio(&wrong, 1).await.split(' ').nth(1), Some("1"));
+    assert!(wrong.stats().errors >= 1);
+
+    let plain = Cache::from_url(&format!("redis://127.0.0.1:{}", server.port))
+        .await
+        .unwrap();
+    assert!(
+        plain.get::<String>("tls:1").await.is_err(),
+        "plain text refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_needs_the_client_certificate() {
+    let server = RedisServer::start_with(RedisOptions {
+        tls: true,
+        require_client_cert: true,
+        ..RedisOptions::default()
+    });
+    let c = server.certs.as_ref().unwrap();
+    let with_cert = Cache::from_url(&format!(
+        "{}?ca_file={}&cert_file={}&key_file={}",
+        server.url(),
+        c.ca.display(),
+        c.client_cert.display(),
+        c.client_key.display()
+    ))
+    .await
+    .unwrap();
+    with_cert
+        .set("m:1", &1u8, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(with_cert.get::<u8>("m:1").await.unwrap(), Some(1));
+    let without = Cache::from_url(&format!("{}?ca_file={}", server.url(), c.ca.display()))
+        .await
+        .unwrap();
+    assert!(without.get::<u8>("m:1").await.is_err());
+}
+
+const ACL_USER: &str =
+    "user cacheapp on >s3cret-pass ~* resetchannels -@all +get +set +mget +incr \
+     +pexpire +unlink +del +eval +evalsha +script|load +ping +select +hello";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_user_limited_to_cache_commands_works() {
+    let server = RedisServer::start_with(RedisOptions {
+        config: vec![ACL_USER.into()],
+        ..RedisOptions::default()
+    });
+    let url = format!("redis://cacheapp:s3cret-pass@127.0.0.1:{}", server.port);
+    let cache = cache_on(&url);
+    assert_eq!(top_books(&cache, 9).await, Ok(vec![9, 18]));
+    assert_eq!(top_books(&cache, 9).await, Ok(vec![9, 18]));
+    cache.invalidate_prefix("author:9:").await.unwrap();
+    assert_eq!(cache.stats().hits, 1);
+    assert_eq!(
+        cache.stats().errors,
+        0,
+        "CONFIG GET being denied is not an error"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_refused_clearly_and_the_function_still_returns() {
+    let server = RedisServer::start_with(RedisOptions {
+        config: vec![ACL_USER.into()],
+        ..RedisOptions::default()
+    });
+    let url = format!(
+        "redis://cacheapp:not-the-password@127.0.0.1:{}",
+        server.port
+    );
+    let cache = cache_on(&url);
+    assert_eq!(top_books(&cache, 3).await, Ok(vec![3, 6]));
+    let err = cache
+        .get::<Vec<i64>>("author:3:top_books")
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("authentication failed"), "{text}");
+    assert!(!text.contains("not-the-password"), "{text}");
+    assert!(!format!("{err:?}").contains("not-the-password"));
+    assert!(!format!("{cache:?}").contains("not-the-password"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_server_is_survived_and_used_again_after_restart() {
+    let mut server = RedisServer::start();
+    let cache = Cache::builder()
+        .backend(RedisBackend::new(RedisConfig::new(server.url())).unwrap())
+        .op_timeout(Duration::from_millis(200))
+        .circuit_breaker(3, Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert_eq!(top_books(&cache, 1).await, Ok(vec![1, 2]));
+    server.kill();
+    for i in 0..20 {
+        assert_eq!(top_books(&cache, i).await, Ok(vec![i, 2 * i]), "while down");
+    }
+    assert!(cache.stats().errors + cache.stats().circuit_skips > 0);
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = top_books(&cache, 77).await;
+        let hits = cache.stats().hits;
+        assert_eq!(top_books(&cache, 77).await, Ok(vec![77, 154]));
+        if cache.stats().hits > hits {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cache not used again after restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_server_costs_at_most_the_op_timeout() {
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .backend(RedisBackend::new(RedisConfig::new(server.url())).unwrap())
+        .op_timeout(Duration::from_millis(100))
+        .circuit_breaker(2, Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let _ = top_books(&cache, 1).await;
+    server.pause();
+    let started = Instant::now();
+    assert_eq!(top_books(&cache, 2).await, Ok(vec![2, 4]));
+    let first = started.elapsed();
+    assert!(
+        first < Duration::from_millis(400),
+        "get + set bounded: {first:?}"
+    );
+    // The circuit is open now: calls cost the computation alone.
+    let started = Instant::now();
+    for i in 10..30 {
+        assert_eq!(top_books(&cache, i).await, Ok(vec![i, 2 * i]));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    server.resume();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_built_while_redis_is_down_starts_and_connects_later() {
+    let port = support::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let cache = Cache::builder()
+        .backend(RedisBackend::new(RedisConfig::new(&url)).unwrap())
+        .op_timeout(Duration::from_millis(200))
+        .circuit_breaker(1000, Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert_eq!(top_books(&cache, 4).await, Ok(vec![4, 8]));
+    assert!(cache.stats().errors >= 1);
+    let _server = RedisServer::start_on(port, RedisOptions::default());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache
+        .set("up", &1u8, Duration::from_secs(60))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cache.get::<u8>("up").await.unwrap(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_admit_one_holder_and_release_only_their_own() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::new(RedisConfig::new(server.url())).unwrap();
+    let ttl = Duration::from_millis(300);
+    let a = Bytes::from_static(b"token-a");
+    let b = Bytes::from_static(b"token-b");
+    assert!(backend
+        .set_if_absent("lock:k", a.clone(), ttl)
+        .await
+        .unwrap());
+    assert!(!backend
+        .set_if_absent("lock:k", b.clone(), ttl)
+        .await
+        .unwrap());
+    assert!(!backend.delete_if_equals("lock:k", &b).await.unwrap());
+    assert!(backend.delete_if_equals("lock:k", &a).await.unwrap());
+    assert!(backend
+        .set_if_absent("lock:k", b.clone(), ttl)
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        backend.set_if_absent("lock:k", a, ttl).await.unwrap(),
+        "expired on its own"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_round_trip_and_invalidation_across_slots() {
+    let cluster = RedisCluster::start();
+    let cache = Cache::from_url(&cluster.url()).await.unwrap();
+    // Different first segments hash to different slots (and masters).
+    for author in 0..20 {
+        assert_eq!(
+            top_books(&cache, author).await,
+            Ok(vec![author, 2 * author])
+        );
+    }
+    for shop in 0..20 {
+        cache
+            .set(
+                &format!("shop{shop}:item:1"),
+                &shop,
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+    }
+    let hits = cache.stats().hits;
+    for author in 0..20 {
+        let _ = top_books(&cache, author).await;
+    }
+    assert_eq!(cache.stats().hits, hits + 20);
+    cache.invalidate_prefix("author:3:").await.unwrap();
+    cache.invalidate_prefix("shop5:").await.unwrap();
+    assert_eq!(
+        cache.get::<Vec<i64>>("author:3:top_books").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        cache.get::<Vec<i64>>("author:4:top_books").await.unwrap(),
+        Some(vec![4, 8])
+    );
+    assert_eq!(cache.get::<i32>("shop5:item:1").await.unwrap(), None);
+    assert_eq!(cache.get::<i32>("shop6:item:1").await.unwrap(), Some(6));
+    let err = cache.invalidate_prefix("").await.unwrap_err();
+    assert!(err.to_string().contains("namespace"), "{err}");
+    // With a namespace, "everything" is one prefix in one slot.
+    let ns = Cache::from_url(&format!("{}?namespace=tenant1", cluster.url()))
+        .await
+        .unwrap();
+    ns.set("a:1", &1u8, Duration::from_secs(60)).await.unwrap();
+    ns.invalidate_prefix("").await.unwrap();
+    assert_eq!(ns.get::<u8>("a:1").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn urls_and_configs_never_print_secrets() {
+    let cache = Cache::from_url("redis://app:hunter2@127.0.0.1:1/0?op_timeout=50ms")
+        .await
+        .unwrap();
+    assert!(!format!("{cache:?}").contains("hunter2"), "{cache:?}");
+    let config = RedisConfig::cluster(["redis://app:hunter2@h1:1", "redis://app:hunter2@h2:1"]);
+    assert!(!format!("{config:?}").contains("hunter2"));
+    let err = Cache::from_url("redis://app:hunter2@127.0.0.1:1/?ca_file=/x")
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(err.to_string().contains("rediss://"), "{err}");
+    let err = cache.get::<u8>("k").await.unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    let err = Cache::from_url("redis://h/?colour=blue")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("colour") && err.contains("ca_file"), "{err}");
+}

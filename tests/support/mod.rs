@@ -1,0 +1,307 @@
+//! Real servers for the tests and benches: each starts on a free loopback
+//! port in its own temp dir and stops on drop. A missing server binary is a
+//! failure naming the package to install, never a silent skip.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a loopback port")
+}
+
+/// The path of `program`, or a panic that says how to install it.
+pub fn require(program: &str, package: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "`{program}` is not installed; these tests need a real server. \
+             Install it with `apt-get install -y {package}` (scripts/deps does this as root)"
+        )
+    })
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} failed");
+}
+
+/// Certificates made at test time: a CA, a server certificate for
+/// `localhost`/`127.0.0.1` signed by it, a client certificate, and an
+/// unrelated CA for the "wrong CA" cases. PEM files in `dir`.
+pub struct TestCerts {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+impl TestCerts {
+    pub fn generate(dir: &Path) -> TestCerts {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+        let write = |name: &str, pem: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, pem).unwrap();
+            p
+        };
+        let ca_for = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(params, key))
+        };
+        let (ca_pem, issuer) = ca_for("cacheruntime test CA");
+        let (other_pem, _) = ca_for("someone else's CA");
+        let leaf = |names: Vec<String>| {
+            let params = CertificateParams::new(names).unwrap();
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_pem, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()]);
+        let (client_pem, client_key) = leaf(vec!["cache-client".into()]);
+        TestCerts {
+            dir: dir.to_owned(),
+            ca: write("ca.pem", ca_pem),
+            server_cert: write("server.pem", server_pem),
+            server_key: write("server.key", server_key),
+            client_cert: write("client.pem", client_pem),
+            client_key: write("client.key", client_key),
+            other_ca: write("other-ca.pem", other_pem),
+        }
+    }
+}
+
+/// How to run a Redis server.
+#[derive(Clone, Default)]
+pub struct RedisOptions {
+    /// TLS only (the plain port is closed); `require_client_cert` for mTLS.
+    pub tls: bool,
+    pub require_client_cert: bool,
+    /// Extra `redis.conf` lines (ACL users, cluster settings, ...).
+    pub config: Vec<String>,
+}
+
+/// A `redis-server` child process.
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub certs: Option<TestCerts>,
+    child: Option<Child>,
+    conf: PathBuf,
+    tls: bool,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_with(RedisOptions::default())
+    }
+
+    pub fn start_with(options: RedisOptions) -> RedisServer {
+        Self::start_on(free_port(), options)
+    }
+
+    pub fn start_on(port: u16, options: RedisOptions) -> RedisServer {
+        require("redis-server", "redis-server");
+        let dir = tempfile::tempdir().unwrap();
+        let mut conf = vec![
+            "bind 127.0.0.1".to_owned(),
+            format!("dir {}", dir.path().display()),
+            "save \"\"".to_owned(),
+            "appendonly no".to_owned(),
+            "daemonize no".to_owned(),
+            "protected-mode no".to_owned(),
+            "logfile \"\"".to_owned(),
+            "loglevel warning".to_owned(),
+        ];
+        let certs = options.tls.then(|| TestCerts::generate(dir.path()));
+        match &certs {
+            Some(c) => conf.extend([
+                "port 0".to_owned(),
+                format!("tls-port {port}"),
+                format!("tls-cert-file {}", c.server_cert.display()),
+                format!("tls-key-file {}", c.server_key.display()),
+                format!("tls-ca-cert-file {}", c.ca.display()),
+                format!(
+                    "tls-auth-clients {}",
+                    if options.require_client_cert {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                ),
+            ]),
+            None => conf.push(format!("port {port}")),
+        }
+        conf.extend(options.config);
+        let conf_path = dir.path().join("redis.conf");
+        std::fs::write(&conf_path, conf.join("\n") + "\n").unwrap();
+        let mut server = RedisServer {
+            port,
+            dir,
+            certs,
+            child: None,
+            conf: conf_path,
+            tls: options.tls,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        wait_for_port(self.port, "redis-server");
+    }
+
+    /// `redis://127.0.0.1:port` or `rediss://localhost:port`.
+    pub fn url(&self) -> String {
+        if self.tls {
+            format!("rediss://localhost:{}", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to clients).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty (no persistence).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        signal(self.child.as_ref().expect("running"), "STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.child.as_ref().expect("running"), "CONT");
+    }
+
+    /// Runs `redis-cli` against the server (plain servers only).
+    pub fn cli(&self, args: &[&str]) -> String {
+        require("redis-cli", "redis-tools");
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A paused server ignores SIGKILL until continued on some kernels.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .status();
+        }
+        self.kill();
+    }
+}
+
+/// A three-master Redis Cluster on loopback.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        require("redis-cli", "redis-tools");
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(RedisOptions {
+                    config: vec![
+                        "cluster-enabled yes".into(),
+                        "cluster-config-file nodes.conf".into(),
+                        "cluster-node-timeout 2000".into(),
+                    ],
+                    ..RedisOptions::default()
+                })
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &nodes {
+            while !n.cli(&["cluster", "info"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "cluster did not become ready");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+}
