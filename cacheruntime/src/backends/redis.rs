@@ -2,16 +2,17 @@
 //!
 //! # Prefix invalidation in O(1)
 //! No `KEYS`, no `SCAN`. Every prefix that has been invalidated has a
-//! generation counter. An entry is stored under its key followed by the
-//! generations of all its `:`-prefixes at the time its value was read as a
-//! miss: `v:{author}:42:top_books#0.0.3`. `invalidate_prefix("author:42:")`
-//! is one `INCR` of that prefix's counter; from then on every reader computes
-//! another physical key, and the old entries are unreachable until their TTL
-//! removes them. The read is one Lua script call (`MGET` of the generations,
-//! then `GET` of the entry): one round trip. A writer stores under the
-//! generations its *read* saw (the [`Ticket`]), so a value computed before an
-//! invalidation lands under the old generations and is never visible after
-//! the invalidation returned, whatever the interleaving of writers.
+//! generation counter, and every entry records the generations of all its
+//! `:`-prefixes as its miss saw them (`0.0.3`), in front of its bytes. A
+//! read is one plain `MGET` of the entry and those counters (one round trip,
+//! no Lua, so a hit costs the server about what a `GET` does); the entry is
+//! served only if the generations it records are the current ones.
+//! `invalidate_prefix("author:42:")` is one `INCR`: from then on every entry
+//! under the prefix records an old generation and reads as a miss until it
+//! is rewritten or its TTL removes it. Writes go through a small Lua script
+//! that stores the entry only if the generations are still the ones its miss
+//! saw (the [`Ticket`]), so a value computed before an invalidation is
+//! never stored as current, whatever the interleaving of writers.
 //!
 //! Generation counters expire after `max_ttl` (30 days by default, renewed
 //! by every invalidation) and entry TTLs are capped to it, so a counter that
@@ -22,9 +23,13 @@
 //! the generations of all its prefixes sit in one slot and the read script
 //! stays one round trip. With a cache namespace the first segment is the
 //! namespace, so the whole namespace lives in one slot; without one, keys
-//! spread by their first segment. On Cluster the empty prefix (everything,
-//! which only exists without a namespace) cannot be invalidated in O(1) and
-//! is rejected with an error; set a namespace and invalidate it instead.
+//! spread by their first segment.
+//!
+//! The empty prefix ("everything") is only accepted with a cache namespace,
+//! where it is the namespace's own prefix and has a counter like any other.
+//! Without a namespace it would need a counter read by every call (one more
+//! key per read, and on Cluster a key in no common slot), so it is rejected
+//! with an error that says to set a namespace.
 //!
 //! # Connections
 //! Building the backend does no I/O: the first call connects (bounded by the
@@ -144,8 +149,16 @@ impl RedisConfig {
 }
 
 enum Conn {
-    Single(ConnectionManager),
+    Single(Box<SingleConn>),
     Cluster(Box<ClusterConn>),
+}
+
+/// The manager is made on first use: redis-rs spawns its reconnect task
+/// then, so building the backend needs no runtime.
+struct SingleConn {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    manager: std::sync::OnceLock<ConnectionManager>,
 }
 
 struct ClusterConn {
@@ -188,42 +201,26 @@ impl ConnectionLike for AnyConn {
     }
 }
 
-/// Reads the generations of the key's prefixes and the entry stored under
-/// them. KEYS[1]: entry base key; KEYS[2..]: generation keys, shallowest
-/// first. Returns `{suffix, value-or-nil}`.
-static GET: LazyLock<Script> = LazyLock::new(|| {
+/// Stores an entry under the current generations. KEYS[1]: entry key;
+/// KEYS[2..]: generation keys, shallowest first. ARGV[1]: value, ARGV[2]:
+/// TTL ms, ARGV[3]: the generations the writer's miss saw, or `*` for
+/// "whatever is current" (direct `set`). Writes nothing if they moved.
+static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local suffix = ''
+local gens = ''
 if #KEYS > 1 then
-  local gens = redis.call('MGET', unpack(KEYS, 2))
-  for i = 1, #gens do
-    if not gens[i] then gens[i] = '0' end
+  local g = redis.call('MGET', unpack(KEYS, 2))
+  for i = 1, #g do
+    if not g[i] then g[i] = '0' end
   end
-  suffix = table.concat(gens, '.')
+  gens = table.concat(g, '.')
 end
-return {suffix, redis.call('GET', KEYS[1] .. '#' .. suffix)}
-",
-    )
-});
-
-/// Stores (ARGV[1] value, ARGV[2] ttl ms) or, with an empty ARGV[1],
-/// deletes the entry under the current generations.
-static WRITE_CURRENT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local suffix = ''
-if #KEYS > 1 then
-  local gens = redis.call('MGET', unpack(KEYS, 2))
-  for i = 1, #gens do
-    if not gens[i] then gens[i] = '0' end
-  end
-  suffix = table.concat(gens, '.')
+if ARGV[3] ~= '*' and ARGV[3] ~= gens then
+  return 0
 end
-if ARGV[3] == 'del' then
-  return redis.call('UNLINK', KEYS[1] .. '#' .. suffix)
-end
-return redis.call('SET', KEYS[1] .. '#' .. suffix, ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ARGV[2])
+return 1
 ",
     )
 });
@@ -343,15 +340,14 @@ impl RedisBackend {
                 None => redis::Client::open(url),
             }
             .map_err(bad_url)?;
-            let manager = client
-                .get_connection_manager_lazy(
-                    ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(config.connect_timeout))
-                        .set_number_of_retries(1)
-                        .set_max_delay(Duration::from_secs(1)),
-                )
-                .map_err(bad_url)?;
-            Conn::Single(manager)
+            Conn::Single(Box::new(SingleConn {
+                client,
+                config: ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(config.connect_timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_secs(1)),
+                manager: std::sync::OnceLock::new(),
+            }))
         };
         Ok(RedisBackend {
             conn,
@@ -370,7 +366,19 @@ impl RedisBackend {
 
     async fn connection(&self) -> Result<AnyConn, Error> {
         let conn = match &self.conn {
-            Conn::Single(manager) => AnyConn::Single(manager.clone()),
+            Conn::Single(single) => {
+                let manager = match single.manager.get() {
+                    Some(m) => m.clone(),
+                    None => {
+                        let made = single
+                            .client
+                            .get_connection_manager_lazy(single.config.clone())
+                            .map_err(|e| self.error(e))?;
+                        single.manager.get_or_init(|| made).clone()
+                    }
+                };
+                AnyConn::Single(manager)
+            }
             Conn::Cluster(cluster) => AnyConn::Cluster(
                 cluster
                     .conn
@@ -443,7 +451,7 @@ impl RedisBackend {
 
     /// Entry base key and generation keys for `key`.
     fn layout(&self, key: &str) -> Layout {
-        Layout::of(key, !self.cluster)
+        Layout::of(key)
     }
 
     fn validate_key(&self, key: &str) -> Result<(), Error> {
@@ -460,84 +468,76 @@ impl RedisBackend {
         self.validate_key(key)?;
         let mut conn = self.connection().await?;
         let layout = self.layout(key);
-        let mut call = GET.key(&layout.entry);
-        for g in &layout.gens {
-            call.key(g);
+        let mut mget = redis::cmd("MGET");
+        mget.arg(layout.entry());
+        for g in layout.gens() {
+            mget.arg(g);
         }
-        let (suffix, value): (String, Option<Vec<u8>>) = call
-            .invoke_async(&mut conn)
+        let mut found: Vec<Option<Vec<u8>>> = mget
+            .query_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
         self.check_config_once(&conn);
-        Ok(Lookup::new(value.map(Bytes::from)).with_ticket(Ticket::tag(suffix)))
+        if found.len() != layout.gens.len() + 1 {
+            return Err(Error::backend(
+                NAME,
+                "MGET answered with the wrong number of values",
+            ));
+        }
+        if let Some(value) = found[0]
+            .take()
+            .and_then(|stored| unwrap_entry(stored, &found[1..]))
+        {
+            return Ok(Lookup::new(Some(value)));
+        }
+        let current = generations(&found[1..]);
+        Ok(Lookup::new(None).with_ticket(Ticket::tag(current)))
     }
 
-    async fn run_set(
+    async fn run_write(
         &self,
         key: &str,
-        value: Bytes,
+        value: &[u8],
         ttl: Duration,
-        ticket: Option<&Ticket>,
+        expected: &str,
     ) -> Result<(), Error> {
         self.validate_key(key)?;
         let mut conn = self.connection().await?;
         let layout = self.layout(key);
-        let ttl_ms = self.ttl_ms(ttl);
-        match ticket.and_then(Ticket::as_tag) {
-            // Under the generations the miss saw: invisible if they moved.
-            Some(suffix) => {
-                let _: () = redis::cmd("SET")
-                    .arg(format!("{}#{suffix}", layout.entry))
-                    .arg(&value[..])
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| self.error(e))?;
-            }
-            None => {
-                let mut call = WRITE_CURRENT.key(&layout.entry);
-                for g in &layout.gens {
-                    call.key(g);
-                }
-                let _: () = call
-                    .arg(&value[..])
-                    .arg(ttl_ms)
-                    .arg("set")
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| self.error(e))?;
-            }
+        let mut call = WRITE.key(layout.entry());
+        for g in layout.gens() {
+            call.key(g);
         }
+        let _: i64 = call
+            .arg(value)
+            .arg(self.ttl_ms(ttl))
+            .arg(expected)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
         Ok(())
     }
 
     async fn run_delete(&self, key: &str) -> Result<(), Error> {
         self.validate_key(key)?;
         let mut conn = self.connection().await?;
-        let layout = self.layout(key);
-        let mut call = WRITE_CURRENT.key(&layout.entry);
-        for g in &layout.gens {
-            call.key(g);
-        }
-        let _: i64 = call
-            .arg("")
-            .arg(0)
-            .arg("del")
-            .invoke_async(&mut conn)
+        let _: i64 = redis::cmd("UNLINK")
+            .arg(entry_key(key))
+            .query_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
         Ok(())
     }
 
     async fn run_invalidate(&self, prefix: &str) -> Result<(), Error> {
-        let gen_key = match gen_key(prefix, !self.cluster) {
+        let gen_key = match gen_key(prefix) {
             Some(k) => k,
             None => {
                 return Err(Error::InvalidPrefix {
                     prefix: prefix.to_owned(),
-                    reason: "on Redis Cluster the empty prefix (everything) cannot be invalidated \
-                             in one step; give the cache a namespace and invalidate \"\" within it",
+                    reason: "on Redis, invalidating everything needs a namespace: give the cache \
+                             one (`?namespace=app` or `.namespace(\"app\")`) and invalidate \"\" \
+                             within it",
                 })
             }
         };
@@ -598,6 +598,38 @@ fn scrub(message: &str, secrets: &[String]) -> String {
         .fold(message.to_owned(), |m, s| m.replace(s.as_str(), "***"))
 }
 
+/// `0.3.0`: the generations as stored, missing counters as `0`.
+fn generations(gens: &[Option<Vec<u8>>]) -> String {
+    let mut out = String::with_capacity(gens.len() * 2);
+    for (i, g) in gens.iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        match g {
+            Some(bytes) => out.push_str(std::str::from_utf8(bytes).unwrap_or("?")),
+            None => out.push('0'),
+        }
+    }
+    out
+}
+
+/// The entry's bytes if it was written under the `current` generations.
+/// Layout: 2-byte big-endian length, the generations (`0.3.0`), the bytes.
+fn unwrap_entry(stored: Vec<u8>, current: &[Option<Vec<u8>>]) -> Option<Bytes> {
+    let len = usize::from(u16::from_be_bytes([*stored.first()?, *stored.get(1)?]));
+    let recorded = stored.get(2..2 + len)?;
+    let matches = if current.is_empty() {
+        recorded.is_empty()
+    } else {
+        let mut parts = recorded.split(|&b| b == b'.');
+        current
+            .iter()
+            .all(|g| parts.next() == Some(g.as_deref().unwrap_or(b"0")))
+            && parts.next().is_none()
+    };
+    matches.then(|| Bytes::from(stored).slice(2 + len..))
+}
+
 /// The hash tag of a key: its first segment.
 fn tag_of(key: &str) -> &str {
     key.split(':').next().unwrap_or("")
@@ -614,33 +646,45 @@ fn lock_key(key: &str) -> String {
     format!("l:{{{tag}}}{}", &key[tag.len()..])
 }
 
-/// The generation counter of a prefix (empty, or ending with `:`). `None`
-/// for the empty prefix on Cluster, where it has no slot of its own.
-fn gen_key(prefix: &str, with_root: bool) -> Option<String> {
+/// The generation counter of a prefix ending with `:`; `None` for the
+/// empty prefix, which has none (see the module docs).
+fn gen_key(prefix: &str) -> Option<String> {
     if prefix.is_empty() {
-        return with_root.then(|| "g:root".to_owned());
+        return None;
     }
     Some(format!("g:{{{}}}:{prefix}", tag_of(prefix)))
 }
 
+/// An entry's key and its prefixes' generation keys, in one buffer (one
+/// allocation per call instead of one per key).
 struct Layout {
-    entry: String,
-    gens: Vec<String>,
+    buf: String,
+    entry: std::ops::Range<usize>,
+    gens: Vec<std::ops::Range<usize>>,
 }
 
 impl Layout {
-    fn of(key: &str, with_root: bool) -> Layout {
+    fn of(key: &str) -> Layout {
+        use std::fmt::Write;
+        let tag = tag_of(key);
+        let mut buf = String::with_capacity(key.len() * 5 + 32);
         let mut gens = Vec::with_capacity(4);
-        if let Some(root) = gen_key("", with_root) {
-            gens.push(root);
-        }
+        let _ = write!(buf, "v:{{{tag}}}{}", &key[tag.len()..]);
+        let entry = 0..buf.len();
         for (i, _) in key.match_indices(':') {
-            gens.extend(gen_key(&key[..=i], with_root));
+            let start = buf.len();
+            let _ = write!(buf, "g:{{{tag}}}:{}", &key[..=i]);
+            gens.push(start..buf.len());
         }
-        Layout {
-            entry: entry_key(key),
-            gens,
-        }
+        Layout { buf, entry, gens }
+    }
+
+    fn entry(&self) -> &str {
+        &self.buf[self.entry.clone()]
+    }
+
+    fn gens(&self) -> impl Iterator<Item = &str> + '_ {
+        self.gens.iter().map(|r| &self.buf[r.clone()])
     }
 }
 
@@ -660,7 +704,9 @@ impl Backend for RedisBackend {
         ttl: Duration,
         ticket: Option<&'a Ticket>,
     ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(self.run_set(key, value, ttl, ticket))
+        // A generation string never contains `*`: it means "current".
+        let expected = ticket.and_then(Ticket::as_tag).unwrap_or("*");
+        Box::pin(async move { self.run_write(key, &value, ttl, expected).await })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
@@ -695,29 +741,55 @@ mod tests {
 
     #[test]
     fn layout_tags_every_key_of_a_prefix_into_one_slot() {
-        let l = Layout::of("shop:author:42:top", false);
-        assert_eq!(l.entry, "v:{shop}:author:42:top");
+        let l = Layout::of("shop:author:42:top");
+        assert_eq!(l.entry(), "v:{shop}:author:42:top");
         assert_eq!(
-            l.gens,
+            l.gens().collect::<Vec<_>>(),
             [
                 "g:{shop}:shop:",
                 "g:{shop}:shop:author:",
                 "g:{shop}:shop:author:42:"
             ]
         );
-        let l = Layout::of("a:b", true);
-        assert_eq!(l.gens, ["g:root", "g:{a}:a:"]);
+        // The counters an invalidation bumps are the ones reads consult.
+        let l = Layout::of("a:b");
+        assert_eq!(l.gens().collect::<Vec<_>>(), ["g:{a}:a:"]);
+        assert_eq!(gen_key("a:").as_deref(), l.gens().next());
+        assert_eq!(gen_key(""), None);
+        assert_eq!(l.entry(), entry_key("a:b"));
+    }
+
+    #[test]
+    fn entries_are_served_only_under_the_generations_they_record() {
+        let gens = |g: &[&str]| -> Vec<Option<Vec<u8>>> {
+            g.iter()
+                .map(|s| (*s != "-").then(|| s.as_bytes().to_vec()))
+                .collect()
+        };
+        let mut stored = vec![0, 5];
+        stored.extend_from_slice(b"0.1.0payload");
+        let served = unwrap_entry(stored.clone(), &gens(&["-", "1", "0"]));
         assert_eq!(
-            gen_key("shop:author:42:", false).unwrap(),
-            "g:{shop}:shop:author:42:"
+            served.as_deref(),
+            Some(&b"payload"[..]),
+            "missing counts as 0"
         );
-        assert_eq!(gen_key("", false), None);
+        assert_eq!(unwrap_entry(stored.clone(), &gens(&["0", "2", "0"])), None);
+        assert_eq!(unwrap_entry(stored.clone(), &gens(&["0", "1"])), None);
+        assert_eq!(unwrap_entry(stored, &gens(&["0", "1", "0", "0"])), None);
+        assert_eq!(
+            unwrap_entry(vec![0, 0, b'x'], &[]).as_deref(),
+            Some(&b"x"[..])
+        );
+        assert_eq!(unwrap_entry(vec![0], &gens(&["0"])), None, "truncated");
+        assert_eq!(unwrap_entry(vec![0, 9, b'0'], &gens(&["0"])), None, "short");
+        assert_eq!(generations(&[None, Some(b"3".to_vec())]), "0.3");
     }
 
     #[test]
     fn glob_characters_stay_literal_text() {
         // No pattern matching anywhere: a prefix is a counter's name.
-        assert_eq!(gen_key("a*:", true).unwrap(), "g:{a*}:a*:");
+        assert_eq!(gen_key("a*:").unwrap(), "g:{a*}:a*:");
         assert_eq!(entry_key("a[1]:?"), "v:{a[1]}:?");
     }
 
