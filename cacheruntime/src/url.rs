@@ -243,15 +243,77 @@ pub(crate) async fn build(raw: &str) -> Result<Cache, Error> {
         #[cfg(not(feature = "redis"))]
         "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => Err(url
             .error("Redis support is not compiled in: enable the `redis` feature of cacheruntime")),
-        "postgres" | "postgresql" | "sqlite" | "memcached" | "memcache" => Err(url.error(format!(
-            "`{}://` is not built into this version of cacheruntime; use `memory://` or `none://`",
-            url.scheme
-        ))),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => sql_cache(url),
+        #[cfg(not(feature = "postgres"))]
+        "postgres" | "postgresql" => Err(url.error(
+            "PostgreSQL support is not compiled in: enable the `postgres` feature of cacheruntime",
+        )),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => sql_cache(url),
+        #[cfg(not(feature = "sqlite"))]
+        "sqlite" => Err(url.error(
+            "SQLite support is not compiled in: enable the `sqlite` feature of cacheruntime",
+        )),
+        "memcached" | "memcache" => {
+            Err(url.error("`memcached://` is not built into this version of cacheruntime"))
+        }
         other => Err(url.error(format!(
             "unknown scheme `{other}`; expected memory://, none://, redis://, rediss://, \
              redis+cluster://, postgres://, sqlite:// or memcached://"
         ))),
     }
+}
+
+/// `postgres://user:pass@host/db?sslmode=verify-full&sslrootcert=ca.pem` and
+/// `sqlite://path/to/cache.db`, with `table`, `auto_create`, `max_entries`,
+/// `sweep_interval`, `max_connections`, `max_ttl` (and for PostgreSQL
+/// `sslmode`, `sslrootcert`, `sslcert`, `sslkey`) beside the common ones.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn sql_cache(mut url: CacheUrl<'_>) -> Result<Cache, Error> {
+    use crate::backends::sql::{SqlBackend, SqlConfig};
+    let base = format!("{}://{}", url.scheme, url.rest);
+    let mut config = SqlConfig::new(base);
+    if let Some(table) = url.take("table") {
+        config = config.table(table);
+    }
+    if let Some(v) = url.take_parsed::<bool>("auto_create", "`true` or `false`")? {
+        config = config.auto_create(v);
+    }
+    if let Some(n) = url.take_parsed::<u64>("max_entries", "a count")? {
+        config = config.max_entries(n);
+    }
+    if let Some(d) = url.take_duration("sweep_interval")? {
+        config = config.sweep_interval(d);
+    }
+    if let Some(n) = url.take_parsed::<u32>("max_connections", "a count")? {
+        config = config.max_connections(n);
+    }
+    if let Some(d) = url.take_duration("max_ttl")? {
+        config = config.max_ttl(d);
+    }
+    let postgres = url.scheme.starts_with("postgres");
+    if postgres {
+        if let Some(mode) = url.take("sslmode") {
+            config = config.ssl_mode(mode);
+        }
+        if let Some(ca) = url.take("sslrootcert") {
+            config = config.ssl_root_cert(ca);
+        }
+        match (url.take("sslcert"), url.take("sslkey")) {
+            (Some(cert), Some(key)) => config = config.ssl_client_cert(cert, key),
+            (None, None) => {}
+            _ => return Err(url.error("a client certificate needs both `sslcert` and `sslkey`")),
+        }
+    }
+    let builder = url.common(Cache::builder())?;
+    url.finish(if postgres {
+        "table, auto_create, max_entries, sweep_interval, max_connections, max_ttl, sslmode, \
+         sslrootcert, sslcert, sslkey"
+    } else {
+        "table, auto_create, max_entries, sweep_interval, max_connections, max_ttl"
+    })?;
+    builder.backend(SqlBackend::new(config)?).build()
 }
 
 /// `redis://[user:pass@]host[:port][/db]`, `rediss://...` and

@@ -305,3 +305,204 @@ impl RedisCluster {
         format!("redis+cluster://{}", hosts.join(","))
     }
 }
+
+/// A PostgreSQL binary: on PATH, or in Debian's versioned directory.
+pub fn pg_bin(name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    }) {
+        return p;
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin").join(name))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.retain(|p| p.is_file());
+    versions.sort();
+    versions.pop().unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL's `{name}` is not installed; these tests need a real server. \
+             Install it with `apt-get install -y postgresql` (scripts/deps does this as root)"
+        )
+    })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Runs a PostgreSQL tool, as the `postgres` user when we are root
+/// (`initdb` and `postgres` refuse to run as root).
+fn pg_command(name: &str) -> Command {
+    let bin = pg_bin(name);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+fn run_ok(mut cmd: Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A PostgreSQL cluster in a temp dir, on a free loopback port, with TLS on
+/// (certificates made at test time) and a password for `postgres`.
+pub struct Postgres {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub certs: TestCerts,
+    pub password: String,
+    running: bool,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let password = format!("pw-{port}");
+        let certs_dir = dir.path().join("certs");
+        std::fs::create_dir(&certs_dir).unwrap();
+        let certs = TestCerts::generate(&certs_dir);
+        let data = dir.path().join("data");
+        std::fs::write(dir.path().join("pwfile"), &password).unwrap();
+        if is_root() {
+            run_ok(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["-R", "postgres:postgres"]).arg(dir.path());
+                    c
+                },
+                "chown the temp dir to postgres",
+            );
+        }
+        run_ok(
+            {
+                let mut c = pg_command("initdb");
+                c.arg("-D")
+                    .arg(&data)
+                    .args(["-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"])
+                    .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+                    .arg(format!("--pwfile={}", dir.path().join("pwfile").display()));
+                c
+            },
+            "initdb",
+        );
+        let key = certs.server_key.display();
+        let conf = format!(
+            "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
+             ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{key}'\nfsync = off\n\
+             full_page_writes = off\nmax_connections = 100\n",
+            dir.path().display(),
+            certs.server_cert.display(),
+        );
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut file, conf.as_bytes()).unwrap();
+        // The server refuses a key readable by others.
+        run_ok(
+            {
+                let mut c = Command::new("chmod");
+                c.arg("600").arg(&certs.server_key);
+                c
+            },
+            "chmod the server key",
+        );
+        let mut pg = Postgres {
+            port,
+            dir,
+            certs,
+            password,
+            running: false,
+        };
+        pg.start_again();
+        pg
+    }
+
+    /// Starts the (stopped) server again on the same port and data.
+    pub fn start_again(&mut self) {
+        run_ok(
+            {
+                let mut c = pg_command("pg_ctl");
+                c.arg("-D")
+                    .arg(self.dir.path().join("data"))
+                    .arg("-l")
+                    .arg(self.dir.path().join("log"))
+                    .args(["-w", "-t", "30", "start"]);
+                c
+            },
+            "pg_ctl start",
+        );
+        self.running = true;
+        wait_for_port(self.port, "postgres");
+    }
+
+    /// Stops the server at once (no clean shutdown).
+    pub fn stop(&mut self) {
+        if self.running {
+            run_ok(
+                {
+                    let mut c = pg_command("pg_ctl");
+                    c.arg("-D").arg(self.dir.path().join("data")).args([
+                        "-m",
+                        "immediate",
+                        "-w",
+                        "stop",
+                    ]);
+                    c
+                },
+                "pg_ctl stop",
+            );
+            self.running = false;
+        }
+    }
+
+    /// `postgres://postgres:<pw>@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/postgres",
+            self.password, self.port
+        )
+    }
+
+    /// The same, named `localhost` (what the test certificate is for).
+    pub fn url_localhost(&self) -> String {
+        format!(
+            "postgres://postgres:{}@localhost:{}/postgres",
+            self.password, self.port
+        )
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = pg_command("pg_ctl")
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-m", "immediate", "-w", "stop"])
+                .output();
+        }
+    }
+}

@@ -1,0 +1,39 @@
+-- cacheruntime's cache tables for PostgreSQL.
+--
+-- The backend runs this itself on first use (inside a transaction holding
+-- an advisory lock, so many processes can start at once); apply it from your
+-- own migrations instead and set `auto_create(false)` (or `?auto_create=false`)
+-- if your schema is managed elsewhere. For another table name, replace every
+-- `cache_entries` below with it.
+
+-- Entries. `COLLATE "C"` makes key order bytewise, so a prefix is an index
+-- range (`key >= 'author:42:' AND key < 'author:42;'`).
+CREATE TABLE IF NOT EXISTS cache_entries (
+    key        TEXT COLLATE "C" PRIMARY KEY,
+    value      BYTEA  NOT NULL,
+    expires_at BIGINT NOT NULL,           -- ms since the Unix epoch
+    epoch      BIGINT NOT NULL DEFAULT 0  -- invalidation epoch its miss saw
+);
+CREATE INDEX IF NOT EXISTS cache_entries_expires_at ON cache_entries (expires_at);
+
+-- The newest invalidation of each prefix. An entry whose epoch is older
+-- than one of its prefixes' rows here is never served.
+CREATE TABLE IF NOT EXISTS cache_entries_invalidations (
+    prefix TEXT COLLATE "C" PRIMARY KEY,
+    epoch  BIGINT NOT NULL,
+    at     BIGINT NOT NULL                -- ms since the Unix epoch
+);
+
+-- The invalidation epoch: one row, bumped by every invalidation.
+CREATE TABLE IF NOT EXISTS cache_entries_epoch (
+    id    INT PRIMARY KEY,
+    epoch BIGINT NOT NULL
+);
+INSERT INTO cache_entries_epoch (id, epoch) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+
+-- Dog-pile locks: one row per held lock, expiring on its own.
+CREATE TABLE IF NOT EXISTS cache_entries_locks (
+    key        TEXT COLLATE "C" PRIMARY KEY,
+    token      BYTEA  NOT NULL,
+    expires_at BIGINT NOT NULL
+);
