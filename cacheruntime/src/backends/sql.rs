@@ -270,10 +270,10 @@ impl Statements {
             // One round trip: the current epoch (the ticket) and the entry,
             // unless expired or older than an invalidation of a prefix.
             get: format!(
-                "SELECT e.epoch AS now_epoch, c.value AS value \
-                 FROM {t}_epoch e LEFT JOIN {t} c ON c.key = {k} AND c.expires_at > {now} \
+                "SELECT (SELECT epoch FROM {t}_epoch WHERE id = 1) AS now_epoch, \
+                 (SELECT c.value FROM {t} c WHERE c.key = {k} AND c.expires_at > {now} \
                  AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {prefixes_in} \
-                 AND i.epoch > c.epoch) WHERE e.id = 1",
+                 AND i.epoch > c.epoch)) AS value",
                 k = p(1),
                 now = p(2),
             ),
@@ -745,7 +745,7 @@ impl Shared {
                 .map(|row| {
                     row.map(|r| {
                         (
-                            r.try_get::<i64, _>("now_epoch"),
+                            r.try_get::<Option<i64>, _>("now_epoch"),
                             r.try_get::<Option<Vec<u8>>, _>("value"),
                         )
                     })
@@ -762,7 +762,7 @@ impl Shared {
                     .map(|row| {
                         row.map(|r| {
                             (
-                                r.try_get::<i64, _>("now_epoch"),
+                                r.try_get::<Option<i64>, _>("now_epoch"),
                                 r.try_get::<Option<Vec<u8>>, _>("value"),
                             )
                         })
@@ -777,7 +777,13 @@ impl Shared {
                  (run the DDL or enable auto_create)",
             ));
         };
-        let epoch = epoch.map_err(|e| self.error(e))?;
+        let epoch = epoch.map_err(|e| self.error(e))?.ok_or_else(|| {
+            Error::backend(
+                self.backend_name(),
+                "the epoch row is missing: the cache tables were not created \
+                 (run the DDL or enable auto_create)",
+            )
+        })?;
         let value = value.map_err(|e| self.error(e))?;
         Ok(Lookup::new(value.map(Bytes::from)).with_ticket(Ticket::seq(epoch as u64)))
     }
