@@ -11,7 +11,9 @@ pub const TTL: &str = "ttl";
 pub const VARY: &str = "vary";
 pub const CACHE: &str = "cache";
 pub const VERSION: &str = "version";
-pub const ALL: &[&str] = &[KEY, TTL, VARY, CACHE, VERSION];
+pub const STALE: &str = "stale";
+pub const EARLY: &str = "early";
+pub const ALL: &[&str] = &[KEY, TTL, VARY, CACHE, VERSION, STALE, EARLY];
 
 /// `ttl = 3600` or `ttl = "10m"`.
 pub enum TtlArg {
@@ -37,6 +39,8 @@ pub struct Args {
     pub vary: Option<(Span, Vec<Ident>)>,
     pub cache: Option<Expr>,
     pub version: Option<LitInt>,
+    pub stale: Option<TtlArg>,
+    pub early: Option<(Span, String)>,
     /// Problems that do not stop parsing (unknown or duplicate names, wrong
     /// value kinds), reported together with the validation errors.
     pub errors: Vec<syn::Error>,
@@ -120,6 +124,44 @@ impl Parse for Args {
                         let expr: Expr = input.parse()?;
                         set_once(&mut args.cache, expr, &name, &mut args.errors);
                     }
+                    STALE => match input.parse::<Expr>()? {
+                        Expr::Lit(syn::ExprLit {
+                            lit: syn::Lit::Int(i),
+                            ..
+                        }) => set_once(&mut args.stale, TtlArg::Seconds(i), &name, &mut args.errors),
+                        Expr::Lit(syn::ExprLit {
+                            lit: syn::Lit::Str(s),
+                            ..
+                        }) => set_once(&mut args.stale, TtlArg::Text(s), &name, &mut args.errors),
+                        other => args.errors.push(syn::Error::new(
+                            other.span(),
+                            "`stale` must be seconds or a duration string: `stale = 600` or `stale = \"10m\"`",
+                        )),
+                    },
+                    EARLY => match input.parse::<Expr>()? {
+                        Expr::Lit(syn::ExprLit {
+                            lit: syn::Lit::Float(f),
+                            ..
+                        }) => set_once(
+                            &mut args.early,
+                            (f.span(), f.base10_digits().to_owned()),
+                            &name,
+                            &mut args.errors,
+                        ),
+                        Expr::Lit(syn::ExprLit {
+                            lit: syn::Lit::Int(i),
+                            ..
+                        }) => set_once(
+                            &mut args.early,
+                            (i.span(), i.base10_digits().to_owned()),
+                            &name,
+                            &mut args.errors,
+                        ),
+                        other => args.errors.push(syn::Error::new(
+                            other.span(),
+                            "`early` takes XFetch's beta, a positive number: `early = 1.0`",
+                        )),
+                    },
                     VERSION => match input.parse::<Expr>()? {
                         Expr::Lit(syn::ExprLit {
                             lit: syn::Lit::Int(i),
@@ -158,6 +200,8 @@ fn example(name: &str) -> &'static str {
         TTL => "`ttl = 3600` or `ttl = \"1h\"`",
         VARY => "`vary = user_id` or `vary = [user_id, locale]`",
         CACHE => "`cache = MY_CACHE` (anything `&(...)` turns into `&Cache`)",
+        STALE => "`stale = 600` or `stale = \"10m\"`",
+        EARLY => "`early = 1.0`",
         _ => "`version = 2`",
     }
 }

@@ -161,7 +161,15 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
         .ttl_ms
         .map(|ms| quote!(.ttl(::core::time::Duration::from_millis(#ms))));
     let version = plan.version;
-    let policy = quote!(::cacheruntime::__private::Policy::new() #ttl .version(#version));
+    let stale = plan
+        .stale_ms
+        .map(|ms| quote!(.stale(::core::time::Duration::from_millis(#ms))));
+    let early = plan.early.map(|beta| quote!(.early(#beta)));
+    let policy =
+        quote!(::cacheruntime::__private::Policy::new() #ttl #stale #early .version(#version));
+    // `stale` / `early` refresh in a spawned task: the body must be
+    // `Send + 'static` (owned arguments).
+    let refreshing = plan.stale_ms.is_some() || plan.early.is_some();
     let cache = cache_ref(plan);
     let key = render_key(
         plan,
@@ -173,13 +181,17 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
         ReturnType::Type(_, ty) => ty.to_token_stream(),
         ReturnType::Default => quote!(()),
     };
-    let (entry, hit) = if plan.fallible {
-        (
+    let (entry, hit) = match (plan.fallible, refreshing) {
+        (true, false) => (
             quote!(cached_result),
             quote!(::core::result::Result::Ok(__cachemacro_value)),
-        )
-    } else {
-        (quote!(cached_value), quote!(__cachemacro_value))
+        ),
+        (true, true) => (
+            quote!(cached_result_refreshing),
+            quote!(::core::result::Result::Ok(__cachemacro_value)),
+        ),
+        (false, false) => (quote!(cached_value), quote!(__cachemacro_value)),
+        (false, true) => (quote!(cached_value_refreshing), quote!(__cachemacro_value)),
     };
     let storable = plan.value_ty.as_ref().map(|ty| {
         quote_spanned! {ty.span()=>

@@ -26,6 +26,8 @@ pub struct Plan {
     pub key: KeyPlan,
     pub ttl_ms: Option<u64>,
     pub version: u32,
+    pub stale_ms: Option<u64>,
+    pub early: Option<f64>,
     pub vary: Vec<Ident>,
     pub cache: Option<syn::Expr>,
     /// Returns `Result<T, E>`: only `Ok` is cached.
@@ -172,6 +174,35 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
         },
     };
 
+    let stale_ms = match &args.stale {
+        None => None,
+        Some(stale) => match ttl_millis(stale) {
+            Ok(ms) => Some(ms),
+            Err(msg) => {
+                errs.at(
+                    stale.span(),
+                    msg.replace("`ttl`", "`stale`")
+                        .replace("ttl = ", "stale = "),
+                );
+                None
+            }
+        },
+    };
+
+    let early = match &args.early {
+        None => None,
+        Some((span, digits)) => match digits.parse::<f64>() {
+            Ok(beta) if beta.is_finite() && beta > 0.0 => Some(beta),
+            _ => {
+                errs.at(
+                    *span,
+                    "`early` must be a positive number (XFetch's beta): `early = 1.0`",
+                );
+                None
+            }
+        },
+    };
+
     let version = match &args.version {
         None => 0,
         Some(lit) => match lit.base10_parse::<u32>() {
@@ -213,6 +244,8 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
         key,
         ttl_ms,
         version,
+        stale_ms,
+        early,
         vary,
         cache: args.cache,
         fallible,

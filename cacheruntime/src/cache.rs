@@ -21,6 +21,7 @@ use crate::errlog::ErrorLog;
 use crate::flight::{self, Flights, Landing, Role};
 use crate::memo::Memo;
 use crate::policy::Policy;
+use crate::refresh::{self, RefreshJob};
 use crate::site::Site;
 use crate::stats::{Counters, FunctionStats, Stats};
 use crate::{key, Error};
@@ -72,6 +73,8 @@ pub(crate) struct Inner {
     max_entry_bytes: usize,
     clock: Clock,
     flights: Flights,
+    /// Keys with a background refresh running in this process.
+    refreshing: dashmap::DashMap<Box<str>, ()>,
     counters: Counters,
     breaker: Breaker,
     errlog: ErrorLog,
@@ -173,6 +176,8 @@ impl Accept {
 
 enum Read<V> {
     Hit(V),
+    /// Servable, and due for a refresh (stale, or picked by early refresh).
+    Refresh(V, Option<Ticket>, Due),
     Miss(Option<Ticket>),
 }
 
@@ -200,11 +205,44 @@ impl<'p, V> Call<'p, V> {
     }
 }
 
+/// Whether a servable entry should be refreshed in the background.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[doc(hidden)]
+pub enum Due {
+    No,
+    /// Fresh, but picked by probabilistic early refresh.
+    Early,
+    /// Past its TTL, inside its stale window.
+    Stale,
+}
+
+/// What a cold miss found when it went for the store's lock.
+enum Contended<V> {
+    /// Another process computed it meanwhile.
+    Value(V, Bytes),
+    /// We hold the lock (this token).
+    Locked(Bytes),
+    /// No lock (unsupported, failing store, or waited too long): compute.
+    Alone,
+}
+
+/// The outcome of taking a store lock.
+pub(crate) enum LockState {
+    Held,
+    Busy,
+    /// The store has no locks: in-process protection only.
+    Unsupported,
+    /// The store failed; the caller goes on without the lock.
+    Failed,
+}
+
 /// What the synchronous in-process read found. Not public API.
 #[doc(hidden)]
 pub enum Fast<V> {
     /// A live entry, decoded.
     Hit(V),
+    /// A servable entry due for a background refresh, with the read's ticket.
+    Refresh(V, Option<Ticket>, Due),
     /// Nothing usable; the ticket of the read.
     Miss(Option<Ticket>),
     /// The store is remote: read it asynchronously.
@@ -279,6 +317,7 @@ impl Cache {
                 max_entry_bytes: p.max_entry_bytes,
                 clock: p.clock,
                 flights: Flights::default(),
+                refreshing: dashmap::DashMap::new(),
                 counters: Counters::default(),
                 breaker: Breaker::new(p.breaker_threshold, p.breaker_cool_down),
                 errlog: ErrorLog::new(10_000),
@@ -328,6 +367,10 @@ impl Cache {
             decode_failures: c.decode_failures.get(),
             oversize: c.oversize.get(),
             circuit_skips: c.circuit_skips.get(),
+            refreshes: c.refreshes.get(),
+            refresh_failures: c.refresh_failures.get(),
+            lock_waits: c.lock_waits.get(),
+            lock_timeouts: c.lock_timeouts.get(),
             functions,
         }
     }
@@ -339,10 +382,16 @@ impl Cache {
         let typed = envelope::fingerprint(std::any::type_name::<T>(), 0);
         let full = self.full_key(key);
         match self
-            .read::<T>(&full, Accept::Direct(typed), None, Memo::decode_only())
+            .read::<T>(
+                &full,
+                Accept::Direct(typed),
+                None,
+                Memo::decode_only(),
+                None,
+            )
             .await?
         {
-            Read::Hit(v) => Ok(Some(v)),
+            Read::Hit(v) | Read::Refresh(v, _, _) => Ok(Some(v)),
             Read::Miss(_) => Ok(None),
         }
     }
@@ -358,7 +407,7 @@ impl Cache {
         if !self.inner.enabled {
             return Ok(());
         }
-        let bytes = self.seal(value, ttl, UNTYPED, 0)?;
+        let bytes = self.seal_with(value, ttl, Duration::ZERO, UNTYPED, 0)?;
         let full = self.full_key(key);
         self.write(&full, bytes, ttl, None).await
     }
@@ -416,6 +465,7 @@ impl Cache {
             call,
             Fast::Remote,
             async move { Always(compute().await) },
+            None,
         )
         .await
         .0
@@ -438,7 +488,65 @@ impl Cache {
         let full = self.full_key(key);
         let memo = Memo::decode_only();
         let call = Call::new(policy, fp, None, memo);
-        self.fetch(&full, call, Fast::Remote, compute()).await
+        self.fetch(&full, call, Fast::Remote, compute(), None).await
+    }
+
+    /// Like [`get_or_compute`](Self::get_or_compute), with the policy's
+    /// `stale` window and `early` refresh carried out in the background:
+    /// callers are served the current value while one caller (across all
+    /// processes sharing the store) recomputes it in a spawned task, which
+    /// is why the computation must be `Send + 'static`.
+    ///
+    /// With `get_or_compute` a stale entry is recomputed in the foreground,
+    /// as a miss, and early refresh does not happen.
+    pub async fn get_or_refresh<T, F, Fut>(&self, key: &str, policy: &Policy, compute: F) -> T
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        let fp = envelope::fingerprint(std::any::type_name::<T>(), policy.version);
+        let full = self.full_key(key);
+        let call = Call::new(policy, fp, None, Memo::decode_only());
+        let compute = compute();
+        let body = async move { Always(compute.await) };
+        self.fetch(
+            &full,
+            call,
+            Fast::Remote,
+            body,
+            Some(refresh::spawn_refresh),
+        )
+        .await
+        .0
+    }
+
+    /// [`get_or_refresh`](Self::get_or_refresh) for fallible computations:
+    /// `Ok` values are cached, and a refresh returning `Err` keeps the old
+    /// value in service (counted in `Stats::refresh_failures`).
+    pub async fn try_get_or_refresh<T, E, F, Fut>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        compute: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: Send + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let fp = envelope::fingerprint(std::any::type_name::<T>(), policy.version);
+        let full = self.full_key(key);
+        let call = Call::new(policy, fp, None, Memo::decode_only());
+        self.fetch(
+            &full,
+            call,
+            Fast::Remote,
+            compute(),
+            Some(refresh::spawn_refresh),
+        )
+        .await
     }
 
     /// `""` or `"namespace:"`, what every stored key starts with.
@@ -464,6 +572,7 @@ impl Cache {
         call: Call<'_, O::Value>,
         first: Fast<O::Value>,
         compute: F,
+        refresh: Option<fn(F, RefreshJob)>,
     ) -> O
     where
         O: Outcome,
@@ -481,6 +590,16 @@ impl Cache {
         }
         let mut first = match first {
             Fast::Hit(v) => return O::from_cached(v),
+            Fast::Refresh(v, ticket, due) => match refresh {
+                Some(spawn) => {
+                    self.begin_refresh(key, policy, fp, ticket, compute, spawn);
+                    return O::from_cached(v);
+                }
+                // No background refresh possible: early refreshes are
+                // skipped, stale entries are computed as misses.
+                None if due == Due::Early => return O::from_cached(v),
+                None => Some(ticket),
+            },
             Fast::Miss(ticket) => Some(ticket),
             Fast::Remote => None,
         };
@@ -498,12 +617,21 @@ impl Cache {
             let read = match first.take() {
                 Some(ticket) => Ok(Read::Miss(ticket)),
                 None => {
-                    self.read::<O::Value>(key, Accept::Exactly(fp), site, memo)
+                    self.read::<O::Value>(key, Accept::Exactly(fp), site, memo, Some(policy))
                         .await
                 }
             };
             let ticket = match read {
                 Ok(Read::Hit(v)) => return O::from_cached(v),
+                Ok(Read::Refresh(v, ticket, due)) => match refresh {
+                    Some(spawn) => {
+                        let compute = compute.take().expect("computed at most once");
+                        self.begin_refresh(key, policy, fp, ticket, compute, spawn);
+                        return O::from_cached(v);
+                    }
+                    None if due == Due::Early => return O::from_cached(v),
+                    None => ticket,
+                },
                 Ok(Read::Miss(ticket)) => ticket,
                 Err(e) => {
                     self.failed("get", &e);
@@ -524,8 +652,8 @@ impl Cache {
                     // free (in-process stores) instead of computing twice.
                     if let Some(Ok(found)) = inner.backend.get_now(key) {
                         if let Some(bytes) = found.value {
-                            if let Ok(Some(v)) =
-                                self.open_checked::<O::Value>(&bytes, Accept::Exactly(fp))
+                            if let Ok(Some((v, Due::No))) =
+                                self.open_checked::<O::Value>(&bytes, Accept::Exactly(fp), None)
                             {
                                 guard.publish(Landing::Entry(bytes));
                                 return O::from_cached(v);
@@ -539,8 +667,8 @@ impl Cache {
                     inner.counters.coalesced.incr();
                     match flight::wait(rx).await {
                         Some(Landing::Entry(bytes)) => {
-                            if let Ok(Some(v)) =
-                                self.open_checked::<O::Value>(&bytes, Accept::Exactly(fp))
+                            if let Ok(Some((v, _))) =
+                                self.open_checked::<O::Value>(&bytes, Accept::Exactly(fp), None)
                             {
                                 return O::from_cached(v);
                             }
@@ -572,39 +700,210 @@ impl Cache {
         F: Future<Output = O>,
     {
         let inner = &*self.inner;
+        // Across processes: one computes under the store's lock, the others
+        // wait for its value (in-process callers already wait on `guard`).
+        let mut lock = None;
+        if inner.backend.get_local("").is_none() {
+            match self
+                .lock_or_value::<O::Value>(key, fp, policy.lock_ttl)
+                .await
+            {
+                Contended::Value(v, bytes) => {
+                    guard.publish(Landing::Entry(bytes));
+                    return O::from_cached(v);
+                }
+                Contended::Locked(token) => lock = Some(token),
+                Contended::Alone => {}
+            }
+        }
         inner.counters.computations.incr();
         let started = Instant::now();
         let out = compute.await;
         let Some(value) = out.cacheable() else {
             guard.publish(Landing::Nothing);
+            if let Some(token) = lock {
+                self.unlock(key, &token).await;
+            }
             return out;
         };
-        let ttl = policy.ttl.unwrap_or(inner.default_ttl);
         let compute_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
-        match self.seal(value, ttl, fp, compute_ms) {
-            Ok(bytes) => {
+        match self.seal_for(policy, value, fp, compute_ms) {
+            Ok((bytes, ttl)) => {
                 // Waiters (and callers arriving until the store finishes)
                 // get the value now; the guard's drop ends the flight.
                 guard.publish(Landing::Entry(bytes.clone()));
-                if bytes.len() > inner.max_entry_bytes {
-                    inner.counters.oversize.incr();
-                    self.failed(
-                        "set",
-                        &Error::TooLarge {
-                            size: bytes.len(),
-                            limit: inner.max_entry_bytes,
-                        },
-                    );
-                } else if let Err(e) = self.write(key, bytes, ttl, ticket).await {
-                    self.failed("set", &e);
-                }
+                self.store(key, bytes, ttl, ticket).await;
             }
             Err(e) => {
                 guard.publish(Landing::Nothing);
                 self.failed("encode", &e);
             }
         }
+        if let Some(token) = lock {
+            self.unlock(key, &token).await;
+        }
         out
+    }
+
+    /// Encodes a computed value under `policy`: the envelope's deadlines and
+    /// the physical TTL (`ttl + stale`).
+    pub(crate) fn seal_for<T: Serialize + ?Sized>(
+        &self,
+        policy: &Policy,
+        value: &T,
+        fp: u64,
+        compute_ms: u32,
+    ) -> Result<(Bytes, Duration), Error> {
+        let ttl = policy.ttl.unwrap_or(self.inner.default_ttl);
+        let stale = policy.stale.unwrap_or(Duration::ZERO);
+        let bytes = self.seal_with(value, ttl, stale, fp, compute_ms)?;
+        Ok((bytes, ttl + stale))
+    }
+
+    /// Stores an encoded entry, counting (never returning) failures.
+    pub(crate) async fn store(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        ttl: Duration,
+        ticket: Option<Ticket>,
+    ) {
+        let inner = &*self.inner;
+        if bytes.len() > inner.max_entry_bytes {
+            inner.counters.oversize.incr();
+            self.failed(
+                "set",
+                &Error::TooLarge {
+                    size: bytes.len(),
+                    limit: inner.max_entry_bytes,
+                },
+            );
+        } else if let Err(e) = self.write(key, bytes, ttl, ticket).await {
+            self.failed("set", &e);
+        }
+    }
+
+    /// Starts a background refresh of `key` unless one already runs in this
+    /// process; the job itself takes the cross-process lock.
+    fn begin_refresh<O, F>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        fp: u64,
+        ticket: Option<Ticket>,
+        compute: F,
+        spawn: fn(F, RefreshJob),
+    ) where
+        O: Outcome,
+        F: Future<Output = O>,
+    {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        if self.inner.refreshing.insert(key.into(), ()).is_some() {
+            return;
+        }
+        spawn(
+            compute,
+            RefreshJob::new(self.clone(), key.to_owned(), *policy, fp, ticket),
+        );
+    }
+
+    pub(crate) fn finish_refresh(&self, key: &str) {
+        self.inner.refreshing.remove(key);
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    pub(crate) fn report(&self, op: &'static str, err: &Error) {
+        self.failed(op, err);
+    }
+
+    /// Takes the store's lock for `key` (kept apart from entries).
+    pub(crate) async fn try_lock(&self, key: &str, token: &Bytes, ttl: Duration) -> LockState {
+        let backend = &*self.inner.backend;
+        match self
+            .guarded("lock", || backend.set_if_absent(key, token.clone(), ttl))
+            .await
+        {
+            Ok(true) => LockState::Held,
+            Ok(false) => LockState::Busy,
+            Err(Error::Unsupported { .. }) => LockState::Unsupported,
+            Err(e) => {
+                self.failed("lock", &e);
+                LockState::Failed
+            }
+        }
+    }
+
+    pub(crate) async fn unlock(&self, key: &str, token: &Bytes) {
+        let backend = &*self.inner.backend;
+        if let Err(e) = self
+            .guarded("unlock", || backend.delete_if_equals(key, token))
+            .await
+        {
+            if !matches!(e, Error::Unsupported { .. }) {
+                self.failed("unlock", &e);
+            }
+        }
+    }
+
+    /// Takes the store's lock for a cold key, or waits for the value of
+    /// whoever holds it: polling (5 ms backing off to 100 ms) for the value
+    /// and for the lock, which a holder releases (or lets expire) without
+    /// a visible value when its computation failed or was invalidated.
+    /// Gives up after `bound` and computes without the lock.
+    async fn lock_or_value<V: DeserializeOwned>(
+        &self,
+        key: &str,
+        fp: u64,
+        bound: Duration,
+    ) -> Contended<V> {
+        let token = refresh::token();
+        let deadline = Instant::now() + bound;
+        let mut pause = Duration::from_millis(5);
+        let mut waited = false;
+        loop {
+            match self.try_lock(key, &token, bound).await {
+                LockState::Held => {
+                    // The holder before us may have stored the value between
+                    // our miss and our lock: look once more.
+                    if let Some((v, bytes)) = self.peek::<V>(key, fp).await {
+                        self.unlock(key, &token).await;
+                        return Contended::Value(v, bytes);
+                    }
+                    return Contended::Locked(token);
+                }
+                LockState::Busy => {}
+                LockState::Unsupported | LockState::Failed => return Contended::Alone,
+            }
+            if !waited {
+                waited = true;
+                self.inner.counters.lock_waits.incr();
+            }
+            if Instant::now() >= deadline {
+                self.inner.counters.lock_timeouts.incr();
+                return Contended::Alone;
+            }
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+            if let Some((v, bytes)) = self.peek::<V>(key, fp).await {
+                return Contended::Value(v, bytes);
+            }
+        }
+    }
+
+    /// One uncounted read of a fresh entry: the value and its bytes.
+    async fn peek<V: DeserializeOwned>(&self, key: &str, fp: u64) -> Option<(V, Bytes)> {
+        let backend = &*self.inner.backend;
+        let found = self.guarded("get", || backend.get(key)).await.ok()?;
+        let bytes = found.value?;
+        match self.open_checked::<V>(&bytes, Accept::Exactly(fp), None) {
+            Ok(Some((v, _))) => Some((v, bytes)),
+            _ => None,
+        }
     }
 
     /// Counts and logs a failure the caller recovers from.
@@ -647,13 +946,15 @@ impl Cache {
         fp: Accept,
         site: Option<&'static Site>,
         memo: Memo<V>,
+        policy: Option<&Policy>,
     ) -> Result<Read<V>, Error> {
         let inner = &*self.inner;
         if !inner.enabled {
             return Ok(Read::Miss(None));
         }
-        match self.local_read(key, fp, site, memo) {
+        match self.local_read(key, fp, site, memo, policy) {
             Fast::Hit(v) => return Ok(Read::Hit(v)),
+            Fast::Refresh(v, ticket, due) => return Ok(Read::Refresh(v, ticket, due)),
             Fast::Miss(ticket) => return Ok(Read::Miss(ticket)),
             Fast::Remote => {}
         }
@@ -665,13 +966,13 @@ impl Cache {
             }
         };
         if let Some(bytes) = lookup.value {
-            match self.open_checked::<V>(&bytes, fp) {
-                Ok(Some(v)) => {
-                    inner.counters.hits.incr();
-                    if let Some(site) = site {
-                        site.hits.incr();
-                    }
-                    return Ok(Read::Hit(v));
+            match self.open_checked::<V>(&bytes, fp, policy) {
+                Ok(Some((v, due))) => {
+                    self.count_hit(site, due);
+                    return Ok(match due {
+                        Due::No => Read::Hit(v),
+                        Due::Early | Due::Stale => Read::Refresh(v, lookup.ticket, due),
+                    });
                 }
                 Ok(None) => {}
                 Err(e) => self.failed("decode", &e),
@@ -688,6 +989,7 @@ impl Cache {
         fp: Accept,
         site: Option<&'static Site>,
         memo: Memo<V>,
+        policy: Option<&Policy>,
     ) -> Fast<V> {
         let inner = &*self.inner;
         if let Some(site) = site {
@@ -697,19 +999,31 @@ impl Cache {
             return Fast::Remote;
         };
         if let Some(entry) = found.entry {
-            match self.open_local(&entry, fp, memo) {
-                Ok(Some(v)) => {
-                    inner.counters.hits.incr();
-                    if let Some(site) = site {
-                        site.hits.incr();
-                    }
-                    return Fast::Hit(v);
+            match self.open_local(&entry, fp, memo, policy) {
+                Ok(Some((v, due))) => {
+                    self.count_hit(site, due);
+                    return match due {
+                        Due::No => Fast::Hit(v),
+                        Due::Early | Due::Stale => Fast::Refresh(v, Some(found.ticket), due),
+                    };
                 }
                 Ok(None) => {}
                 Err(e) => self.failed("decode", &e),
             }
         }
         Fast::Miss(Some(found.ticket))
+    }
+
+    #[inline]
+    fn count_hit(&self, site: Option<&'static Site>, due: Due) {
+        let counters = &self.inner.counters;
+        counters.hits.incr();
+        if due == Due::Stale {
+            counters.stale_hits.incr();
+        }
+        if let Some(site) = site {
+            site.hits.incr();
+        }
     }
 
     /// Opens an in-process entry, serving (and keeping) the decoded copy
@@ -722,24 +1036,25 @@ impl Cache {
         entry: &LocalEntry,
         fp: Accept,
         memo: Memo<V>,
-    ) -> Result<Option<V>, Error> {
+        policy: Option<&Policy>,
+    ) -> Result<Option<(V, Due)>, Error> {
         let now = self.inner.clock.now_ms();
         if entry.expires_ms() <= now {
             return Ok(None);
         }
-        let Some(payload) = self.check_header_at(entry.bytes(), fp, now)? else {
+        let Some((payload, due)) = self.check_header_at(entry.bytes(), fp, now, policy)? else {
             return Ok(None);
         };
         if let (Some(get), Some(decoded)) = (memo.get, entry.decoded.get()) {
             if let Some(v) = get(decoded) {
-                return Ok(Some(v));
+                return Ok(Some((v, due)));
             }
         }
         let value = self.inner.codec.decode(payload)?;
         if let Some(put) = memo.put {
             let _ = entry.decoded.set(put(&value));
         }
-        Ok(Some(value))
+        Ok(Some((value, due)))
     }
 
     /// `Ok(None)` when the entry is past its deadline.
@@ -748,27 +1063,30 @@ impl Cache {
         &self,
         bytes: &[u8],
         fp: Accept,
-    ) -> Result<Option<V>, Error> {
-        match self.check_header(bytes, fp)? {
-            Some(payload) => self.inner.codec.decode(payload).map(Some),
+        policy: Option<&Policy>,
+    ) -> Result<Option<(V, Due)>, Error> {
+        let now = self.inner.clock.now_ms();
+        match self.check_header_at(bytes, fp, now, policy)? {
+            Some((payload, due)) => Ok(Some((self.inner.codec.decode(payload)?, due))),
             None => Ok(None),
         }
     }
 
-    /// The payload of a live entry that `fp` admits; `Ok(None)` past its
-    /// deadline.
-    #[inline]
-    fn check_header<'b>(&self, bytes: &'b [u8], fp: Accept) -> Result<Option<&'b [u8]>, Error> {
-        self.check_header_at(bytes, fp, self.inner.clock.now_ms())
-    }
-
+    /// The payload of a servable entry that `fp` admits, and whether it is
+    /// due for a refresh; `Ok(None)` when it cannot be served.
+    ///
+    /// Past its TTL an entry is served only to callers whose policy refreshes
+    /// (`stale` or `early`): everyone else sees a miss, as without a stale
+    /// window. Before its TTL, `early` may pick it for a refresh (XFetch):
+    /// refresh when `now - compute_time * beta * ln(u) >= fresh_until`.
     #[inline]
     fn check_header_at<'b>(
         &self,
         bytes: &'b [u8],
         fp: Accept,
         now: u64,
-    ) -> Result<Option<&'b [u8]>, Error> {
+        policy: Option<&Policy>,
+    ) -> Result<Option<(&'b [u8], Due)>, Error> {
         let (header, payload) = Header::read(bytes)?;
         if header.codec != self.inner.codec.id() {
             return Err(Error::decode(format!(
@@ -785,24 +1103,37 @@ impl Cache {
         if now >= header.stale_until_ms {
             return Ok(None);
         }
-        Ok(Some(payload))
+        let refreshing = policy.filter(|p| p.refreshes());
+        if now >= header.fresh_until_ms {
+            return Ok(refreshing.map(|_| (payload, Due::Stale)));
+        }
+        if let Some(beta) = refreshing.and_then(|p| p.early) {
+            let gap = f64::from(header.compute_ms) * beta * -refresh::uniform().ln();
+            if now as f64 + gap >= header.fresh_until_ms as f64 {
+                return Ok(Some((payload, Due::Early)));
+            }
+        }
+        Ok(Some((payload, Due::No)))
     }
 
-    fn seal<T: Serialize + ?Sized>(
+    fn seal_with<T: Serialize + ?Sized>(
         &self,
         value: &T,
         ttl: Duration,
+        stale: Duration,
         fp: u64,
         compute_ms: u32,
     ) -> Result<Bytes, Error> {
         let now = self.inner.clock.now_ms();
         let fresh_until = now.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
+        let stale_until =
+            fresh_until.saturating_add(stale.as_millis().min(u64::MAX as u128) as u64);
         let mut out = Vec::with_capacity(64);
         Header {
             codec: self.inner.codec.id(),
             fingerprint: fp,
             fresh_until_ms: fresh_until,
-            stale_until_ms: fresh_until,
+            stale_until_ms: stale_until,
             compute_ms,
         }
         .write(&mut out);

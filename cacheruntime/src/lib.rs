@@ -17,6 +17,7 @@ mod flight;
 pub mod key;
 mod memo;
 mod policy;
+mod refresh;
 mod site;
 mod stats;
 pub mod url;

@@ -3,28 +3,45 @@
 use std::time::Duration;
 
 /// How a get-or-compute call caches its value: what `#[cached(ttl = ..,
-/// version = ..)]` expands to, and what [`Cache::get_or_compute`](crate::Cache::get_or_compute)
-/// takes.
+/// stale = .., early = .., version = ..)]` expands to, and what
+/// [`Cache::get_or_compute`](crate::Cache::get_or_compute) takes.
 ///
 /// ```
 /// use std::time::Duration;
 /// use cacheruntime::Policy;
-/// let p = Policy::new().ttl(Duration::from_secs(600)).version(2);
+/// let p = Policy::new()
+///     .ttl(Duration::from_secs(600))
+///     .stale(Duration::from_secs(3600))
+///     .early(1.0)
+///     .version(2);
 /// # let _ = p;
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Policy {
     pub(crate) ttl: Option<Duration>,
     pub(crate) version: u32,
+    pub(crate) stale: Option<Duration>,
+    pub(crate) early: Option<f64>,
+    pub(crate) lock_ttl: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Policy {
-    /// The cache's default TTL, version 0.
+    /// The cache's default TTL, version 0, no stale window, no early
+    /// refresh, 10 s refresh locks.
     pub const fn new() -> Self {
         Policy {
             ttl: None,
             version: 0,
+            stale: None,
+            early: None,
+            lock_ttl: Duration::from_secs(10),
         }
     }
 
@@ -44,8 +61,41 @@ impl Policy {
         self
     }
 
+    /// After the TTL, keep serving the value for up to `stale` more while
+    /// one caller (across all processes) refreshes it in the background.
+    /// The store keeps the entry for `ttl + stale`.
+    #[must_use]
+    pub const fn stale(mut self, stale: Duration) -> Self {
+        self.stale = Some(stale);
+        self
+    }
+
+    /// Probabilistic early refresh (XFetch, Vattani et al., VLDB 2015): each
+    /// fresh read refreshes in the background with a probability that rises
+    /// as expiry nears, scaled by the measured computation time and `beta`
+    /// (1.0 is the paper's choice; larger refreshes earlier).
+    #[must_use]
+    pub const fn early(mut self, beta: f64) -> Self {
+        self.early = Some(beta);
+        self
+    }
+
+    /// How long a refresh or cold-miss lock is held at most (default 10 s):
+    /// callers in other processes wait this long for a value before
+    /// computing themselves, and a failed refresh is retried after it.
+    #[must_use]
+    pub const fn lock_ttl(mut self, lock_ttl: Duration) -> Self {
+        self.lock_ttl = lock_ttl;
+        self
+    }
+
     /// The TTL, if set.
     pub const fn ttl_value(&self) -> Option<Duration> {
         self.ttl
+    }
+
+    /// Whether entries may be served past their TTL while refreshing.
+    pub(crate) fn refreshes(&self) -> bool {
+        self.stale.is_some() || self.early.is_some()
     }
 }

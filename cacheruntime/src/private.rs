@@ -11,6 +11,7 @@ pub use crate::default::default_cache;
 pub use crate::key::KeyBuilder;
 pub use crate::memo::{Memo, Probe, ViaClone, ViaDecode};
 pub use crate::policy::Policy;
+pub use crate::refresh::{spawn_refresh, RefreshJob};
 pub use crate::site::Site;
 use crate::Cache;
 
@@ -35,7 +36,13 @@ pub fn local_hit<T: DeserializeOwned>(
         return Fast::Remote;
     }
     let fp = site.fingerprint::<T>();
-    cache.local_read(key.as_str(), Accept::Exactly(fp), Some(site), memo)
+    cache.local_read(
+        key.as_str(),
+        Accept::Exactly(fp),
+        Some(site),
+        memo,
+        Some(&site.policy),
+    )
 }
 
 /// A `#[cached]` function whose every return value is cached.
@@ -59,6 +66,7 @@ where
             Call::new(&site.policy, fp, Some(site), memo),
             first,
             async move { Always(body.await) },
+            None,
         )
         .await
         .0
@@ -85,6 +93,7 @@ where
             Call::new(&site.policy, fp, Some(site), memo),
             first,
             body,
+            None,
         )
         .await
 }
@@ -145,4 +154,59 @@ pub fn assert_cacheable<T: Serialize + DeserializeOwned>() {}
 /// The default key's prefix, computed on the spot (for the helpers).
 pub fn default_prefix(module: &str, name: &str) -> String {
     format!("{}.{}", module.replace("::", "."), name)
+}
+
+/// [`cached_value`] with background refresh (`stale` / `early`): the body
+/// must be `Send + 'static` since it may run in a spawned task.
+#[inline]
+pub async fn cached_value_refreshing<T, F>(
+    cache: &Cache,
+    site: &'static Site,
+    key: KeyBuilder,
+    memo: Memo<T>,
+    first: Fast<T>,
+    body: F,
+) -> T
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+    F: Future<Output = T> + Send + 'static,
+{
+    let fp = site.fingerprint::<T>();
+    cache
+        .fetch(
+            key.as_str(),
+            Call::new(&site.policy, fp, Some(site), memo),
+            first,
+            async move { Always(body.await) },
+            Some(crate::refresh::spawn_refresh),
+        )
+        .await
+        .0
+}
+
+/// [`cached_result`] with background refresh (`stale` / `early`).
+#[inline]
+pub async fn cached_result_refreshing<T, E, F>(
+    cache: &Cache,
+    site: &'static Site,
+    key: KeyBuilder,
+    memo: Memo<T>,
+    first: Fast<T>,
+    body: F,
+) -> Result<T, E>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: Send + 'static,
+    F: Future<Output = Result<T, E>> + Send + 'static,
+{
+    let fp = site.fingerprint::<T>();
+    cache
+        .fetch(
+            key.as_str(),
+            Call::new(&site.policy, fp, Some(site), memo),
+            first,
+            body,
+            Some(crate::refresh::spawn_refresh),
+        )
+        .await
 }

@@ -140,6 +140,10 @@ pub(crate) struct Counters {
     pub(crate) decode_failures: Counter,
     pub(crate) oversize: Counter,
     pub(crate) circuit_skips: Counter,
+    pub(crate) refreshes: Counter,
+    pub(crate) refresh_failures: Counter,
+    pub(crate) lock_waits: Counter,
+    pub(crate) lock_timeouts: Counter,
 }
 
 /// A snapshot of a cache's counters, from [`Cache::stats`](crate::Cache::stats).
@@ -167,6 +171,16 @@ pub struct Stats {
     pub oversize: u64,
     /// Store operations skipped while the circuit breaker was open.
     pub circuit_skips: u64,
+    /// Background refreshes started (stale entries and early refreshes),
+    /// counted once the refresh lock was taken.
+    pub refreshes: u64,
+    /// Background refreshes whose computation returned `Err` or panicked;
+    /// the old value kept being served.
+    pub refresh_failures: u64,
+    /// Cold misses that waited for another process's computation.
+    pub lock_waits: u64,
+    /// Of those, the ones that gave up after the lock TTL and computed.
+    pub lock_timeouts: u64,
     /// Per-function counters of the `#[cached]` functions that used this cache.
     pub functions: Vec<FunctionStats>,
 }

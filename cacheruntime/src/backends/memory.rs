@@ -62,6 +62,8 @@ pub struct MemoryBackend {
     invalidations: DashMap<Box<str>, Invalidation>,
     next_sweep_len: AtomicU64,
     longest_ttl_ms: AtomicU64,
+    /// Locks live apart from entries, so a lock never shadows an entry.
+    locks: std::sync::Mutex<std::collections::HashMap<Box<str>, (Bytes, u64)>>,
 }
 
 impl std::fmt::Debug for MemoryBackend {
@@ -98,6 +100,7 @@ impl MemoryBackend {
             invalidations: DashMap::new(),
             next_sweep_len: AtomicU64::new(1024),
             longest_ttl_ms: AtomicU64::new(0),
+            locks: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -263,13 +266,19 @@ impl Backend for MemoryBackend {
         value: Bytes,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, Error>> {
-        // quick_cache has no compare-and-insert; a striped lock makes the
-        // check-then-insert atomic against other set_if_absent callers.
-        let _guard = lock_stripe(key).lock().unwrap_or_else(|e| e.into_inner());
-        let taken = self.lookup(key).value.is_none();
-        if taken {
-            self.store(key, value, ttl, None);
+        let now = self.clock.now_ms();
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        if locks.len() > 1024 {
+            locks.retain(|_, (_, expires)| *expires > now);
         }
+        let taken = match locks.get(key) {
+            Some((_, expires)) if *expires > now => false,
+            _ => {
+                let expires = now.saturating_add(ttl.as_millis() as u64);
+                locks.insert(key.into(), (value, expires));
+                true
+            }
+        };
         Box::pin(async move { Ok(taken) })
     }
 
@@ -278,19 +287,15 @@ impl Backend for MemoryBackend {
         key: &'a str,
         value: &'a [u8],
     ) -> BoxFuture<'a, Result<bool, Error>> {
-        let _guard = lock_stripe(key).lock().unwrap_or_else(|e| e.into_inner());
-        let matches = self.lookup(key).value.is_some_and(|v| v[..] == *value);
-        if matches {
-            self.entries.remove(key);
+        let now = self.clock.now_ms();
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        let ours =
+            matches!(locks.get(key), Some((v, expires)) if *expires > now && v[..] == *value);
+        if ours {
+            locks.remove(key);
         }
-        Box::pin(async move { Ok(matches) })
+        Box::pin(async move { Ok(ours) })
     }
-}
-
-fn lock_stripe(key: &str) -> &'static std::sync::Mutex<()> {
-    static STRIPES: [std::sync::Mutex<()>; 64] = [const { std::sync::Mutex::new(()) }; 64];
-    let h = crate::envelope::fingerprint(key, 0);
-    &STRIPES[(h % 64) as usize]
 }
 
 #[cfg(test)]

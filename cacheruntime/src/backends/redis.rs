@@ -484,14 +484,13 @@ impl RedisBackend {
                 "MGET answered with the wrong number of values",
             ));
         }
-        if let Some(value) = found[0]
+        let value = found[0]
             .take()
-            .and_then(|stored| unwrap_entry(stored, &found[1..]))
-        {
-            return Ok(Lookup::new(Some(value)));
-        }
+            .and_then(|stored| unwrap_entry(stored, &found[1..]));
+        // Hits carry the ticket too: a background refresh of a stale entry
+        // writes under the generations its read saw.
         let current = generations(&found[1..]);
-        Ok(Lookup::new(None).with_ticket(Ticket::tag(current)))
+        Ok(Lookup::new(value).with_ticket(Ticket::tag(current)))
     }
 
     async fn run_write(

@@ -1,0 +1,178 @@
+//! Background refreshes: stale-while-revalidate and early refresh.
+//!
+//! A caller that finds an entry due for a refresh returns the current value
+//! at once and hands its own (not yet started) computation to a spawned
+//! task. At most one such task runs per key in a process, and the task runs
+//! the computation only if it takes the store's lock for the key, so across
+//! all processes sharing the store one caller refreshes. If the refresh
+//! fails (`Err` or panic) it is counted and logged, the old value keeps
+//! being served until its stale window ends, and the lock is left to expire
+//! so the next attempt comes after the lock TTL rather than on every read.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::backend::Ticket;
+use crate::cache::{LockState, Outcome};
+use crate::policy::Policy;
+use crate::Cache;
+
+/// Everything a refresh task needs besides the computation. Not public API.
+#[doc(hidden)]
+pub struct RefreshJob {
+    cache: Cache,
+    key: String,
+    policy: Policy,
+    fp: u64,
+    ticket: Option<Ticket>,
+}
+
+/// Removes the key from the in-process set however the task ends.
+struct Running<'a>(&'a Cache, &'a str);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.finish_refresh(self.1);
+    }
+}
+
+impl RefreshJob {
+    pub(crate) fn new(
+        cache: Cache,
+        key: String,
+        policy: Policy,
+        fp: u64,
+        ticket: Option<Ticket>,
+    ) -> Self {
+        RefreshJob {
+            cache,
+            key,
+            policy,
+            fp,
+            ticket,
+        }
+    }
+
+    /// Takes the lock, computes (in its own task, so a panic is caught),
+    /// stores the value and releases the lock.
+    pub(crate) async fn run<O, F>(self, compute: F)
+    where
+        O: Outcome + Send + 'static,
+        F: Future<Output = O> + Send + 'static,
+    {
+        let RefreshJob {
+            cache,
+            key,
+            policy,
+            fp,
+            ticket,
+        } = self;
+        let _running = Running(&cache, &key);
+        let token = token();
+        match cache.try_lock(&key, &token, policy.lock_ttl).await {
+            LockState::Held | LockState::Unsupported => {}
+            // Someone else refreshes, or the store is failing (and could
+            // not take the value anyway): keep serving what is there.
+            LockState::Busy | LockState::Failed => return,
+        }
+        let counters = cache.counters();
+        counters.refreshes.incr();
+        let started = Instant::now();
+        let outcome = tokio::spawn(compute).await;
+        let compute_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
+        let value = match &outcome {
+            Ok(out) => out.cacheable(),
+            Err(_) => None,
+        };
+        let Some(value) = value else {
+            counters.refresh_failures.incr();
+            let why = if outcome.is_err() {
+                "panicked"
+            } else {
+                "returned an error"
+            };
+            tracing::warn!(
+                key = %key,
+                "background refresh {why}; the stale value is served until the lock expires"
+            );
+            return;
+        };
+        match cache.seal_for(&policy, value, fp, compute_ms) {
+            Ok((bytes, ttl)) => cache.store(&key, bytes, ttl, ticket).await,
+            Err(e) => cache.report("encode", &e),
+        }
+        cache.unlock(&key, &token).await;
+    }
+}
+
+/// Spawns a refresh on the current Tokio runtime; what `#[cached(stale
+/// = ..)]` and `early` hand to the cache. Not public API.
+#[doc(hidden)]
+pub fn spawn_refresh<O, F>(compute: F, job: RefreshJob)
+where
+    O: Outcome + Send + 'static,
+    F: Future<Output = O> + Send + 'static,
+{
+    tokio::spawn(job.run(compute));
+}
+
+/// A lock token unique to this process and moment.
+pub(crate) fn token() -> Bytes {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    Bytes::from(format!("{}-{nanos}-{n}", std::process::id()))
+}
+
+/// A uniform number in (0, 1] from a per-thread xorshift generator: enough
+/// for XFetch's coin, no dependency.
+pub(crate) fn uniform() -> f64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x9E37_79B9_7F4A_7C15, |d| d.as_nanos() as u64);
+            (seed ^ (std::thread::current().id().as_u64_fallback())) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        ((x >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    })
+}
+
+trait ThreadIdBits {
+    fn as_u64_fallback(&self) -> u64;
+}
+
+impl ThreadIdBits for std::thread::ThreadId {
+    fn as_u64_fallback(&self) -> u64 {
+        crate::envelope::fingerprint(&format!("{self:?}"), 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uniform_stays_in_the_open_closed_unit_interval() {
+        for _ in 0..10_000 {
+            let u = super::uniform();
+            assert!(u > 0.0 && u <= 1.0, "{u}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_unique() {
+        assert_ne!(super::token(), super::token());
+    }
+}
