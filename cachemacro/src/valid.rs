@@ -203,6 +203,30 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
         },
     };
 
+    // A refresh runs the body in a spawned task: it cannot borrow.
+    let refreshing = match (&args.stale, &args.early) {
+        (Some(_), _) => Some("stale"),
+        (None, Some(_)) => Some("early"),
+        (None, None) => None,
+    };
+    if let Some(what) = refreshing {
+        for input in &sig.inputs {
+            let borrowed = match input {
+                FnArg::Receiver(r) => r.reference.is_some(),
+                FnArg::Typed(pt) => matches!(&*pt.ty, Type::Reference(_)),
+            };
+            if borrowed {
+                errs.at(
+                    input.span(),
+                    format!(
+                        "`{what}` refreshes in a background task, so the function's arguments must \
+                         be owned: take `String` instead of `&str` (methods on `&self` cannot use it)"
+                    ),
+                );
+            }
+        }
+    }
+
     let version = match &args.version {
         None => 0,
         Some(lit) => match lit.base10_parse::<u32>() {

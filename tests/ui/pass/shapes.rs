@@ -77,6 +77,11 @@ async fn mut_arg(mut x: u32) -> u32 {
     x
 }
 
+#[cached(key = "swr:{x}", ttl = "10m", stale = "1h", early = 1.5)]
+async fn refreshing(x: String) -> Result<String, MyError> {
+    Ok(x)
+}
+
 #[cached(key = "literal {{braces}}:{x}", ttl = 60)]
 async fn braces(x: u32) -> u32 {
     x
@@ -116,6 +121,7 @@ async fn use_all() {
     let _ = impl_arg(5).await;
     let _ = mut_arg(5).await;
     let _ = braces(5).await;
+    let _ = assert_send(refreshing("s".into())).await;
     let svc = Service {
         id: 1,
         cache: Cache::memory(),
