@@ -1,6 +1,11 @@
 //! The stores a [`Cache`](crate::Cache) can sit on.
 
 pub mod disabled;
+#[cfg(any(feature = "redis", feature = "memcached"))]
+pub(crate) mod generations;
+#[cfg(feature = "memcached")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memcached")))]
+pub mod memcached;
 pub mod memory;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -770,7 +770,6 @@ impl Cache {
     ) {
         let inner = &*self.inner;
         if bytes.len() > inner.max_entry_bytes {
-            inner.counters.oversize.incr();
             self.failed(
                 "set",
                 &Error::TooLarge {
@@ -912,7 +911,8 @@ impl Cache {
         match err {
             Error::CircuitOpen { .. } => {}
             Error::Decode { .. } => inner.counters.decode_failures.incr(),
-            Error::TooLarge { .. } => {}
+            // Over the cache's limit or the store's (Memcached's item size).
+            Error::TooLarge { .. } => inner.counters.oversize.incr(),
             _ => inner.counters.errors.incr(),
         }
         if !matches!(err, Error::CircuitOpen { .. }) {
@@ -1149,7 +1149,6 @@ impl Cache {
         ticket: Option<Ticket>,
     ) -> Result<(), Error> {
         if bytes.len() > self.inner.max_entry_bytes {
-            self.inner.counters.oversize.incr();
             return Err(Error::TooLarge {
                 size: bytes.len(),
                 limit: self.inner.max_entry_bytes,

@@ -255,9 +255,12 @@ pub(crate) async fn build(raw: &str) -> Result<Cache, Error> {
         "sqlite" => Err(url.error(
             "SQLite support is not compiled in: enable the `sqlite` feature of cacheruntime",
         )),
-        "memcached" | "memcache" => {
-            Err(url.error("`memcached://` is not built into this version of cacheruntime"))
-        }
+        #[cfg(feature = "memcached")]
+        "memcached" | "memcache" => memcached_cache(url),
+        #[cfg(not(feature = "memcached"))]
+        "memcached" | "memcache" => Err(url.error(
+            "Memcached support is not compiled in: enable the `memcached` feature of cacheruntime",
+        )),
         other => Err(url.error(format!(
             "unknown scheme `{other}`; expected memory://, none://, redis://, rediss://, \
              redis+cluster://, postgres://, sqlite:// or memcached://"
@@ -314,6 +317,30 @@ fn sql_cache(mut url: CacheUrl<'_>) -> Result<Cache, Error> {
         "table, auto_create, max_entries, sweep_interval, max_connections, max_ttl"
     })?;
     builder.backend(SqlBackend::new(config)?).build()
+}
+
+/// `memcached://host:11211[,host2:11211...]`, with `max_ttl` and
+/// `max_item_bytes` beside the common parameters.
+#[cfg(feature = "memcached")]
+fn memcached_cache(mut url: CacheUrl<'_>) -> Result<Cache, Error> {
+    use crate::backends::memcached::{MemcachedBackend, MemcachedConfig};
+    let hosts = url.rest.split('/').next().unwrap_or("");
+    if hosts.is_empty() || hosts.contains('@') {
+        return Err(url.error(
+            "name the servers as `memcached://host:11211,host2:11211` (no credentials: this \
+             client has no SASL; see the memcached backend's docs)",
+        ));
+    }
+    let mut config = MemcachedConfig::new(hosts.split(','));
+    if let Some(d) = url.take_duration("max_ttl")? {
+        config = config.max_ttl(d);
+    }
+    if let Some(n) = url.take_parsed::<usize>("max_item_bytes", "a byte count")? {
+        config = config.max_item_bytes(n);
+    }
+    let builder = url.common(Cache::builder())?;
+    url.finish("max_ttl, max_item_bytes")?;
+    builder.backend(MemcachedBackend::new(config)?).build()
 }
 
 /// `redis://[user:pass@]host[:port][/db]`, `rediss://...` and

@@ -506,3 +506,88 @@ impl Drop for Postgres {
         }
     }
 }
+
+/// A `memcached` process on a free loopback port.
+pub struct MemcachedServer {
+    pub port: u16,
+    child: Option<Child>,
+    item_max: String,
+}
+
+impl MemcachedServer {
+    pub fn start() -> MemcachedServer {
+        Self::start_with_item_max("1m")
+    }
+
+    /// With `-I <item_max>` (the largest item it stores).
+    pub fn start_with_item_max(item_max: &str) -> MemcachedServer {
+        require("memcached", "memcached");
+        let mut server = MemcachedServer {
+            port: free_port(),
+            child: None,
+            item_max: item_max.to_owned(),
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = Command::new("memcached");
+        cmd.args(["-l", "127.0.0.1", "-U", "0", "-m", "64", "-t", "2"])
+            .args(["-p", &self.port.to_string(), "-I", &self.item_max]);
+        if is_root() {
+            // memcached refuses root without naming the user to run as.
+            cmd.args(["-u", "root"]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start memcached");
+        self.child = Some(child);
+        wait_for_port(self.port, "memcached");
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// Items currently stored (`stats` → `curr_items`).
+    pub fn items(&self) -> u64 {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect memcached");
+        s.write_all(b"stats\r\n").unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !out.ends_with(b"END\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "memcached closed the stats connection");
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out)
+            .lines()
+            .find_map(|l| l.strip_prefix("STAT curr_items "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("curr_items in stats")
+    }
+}
+
+impl Drop for MemcachedServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -54,6 +54,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisError, RedisFuture, Script, Value};
 
 use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
+use crate::backends::generations::{generations, unwrap_entry};
 use crate::url::redact;
 use crate::Error;
 
@@ -595,38 +596,6 @@ fn scrub(message: &str, secrets: &[String]) -> String {
     secrets
         .iter()
         .fold(message.to_owned(), |m, s| m.replace(s.as_str(), "***"))
-}
-
-/// `0.3.0`: the generations as stored, missing counters as `0`.
-fn generations(gens: &[Option<Vec<u8>>]) -> String {
-    let mut out = String::with_capacity(gens.len() * 2);
-    for (i, g) in gens.iter().enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        match g {
-            Some(bytes) => out.push_str(std::str::from_utf8(bytes).unwrap_or("?")),
-            None => out.push('0'),
-        }
-    }
-    out
-}
-
-/// The entry's bytes if it was written under the `current` generations.
-/// Layout: 2-byte big-endian length, the generations (`0.3.0`), the bytes.
-fn unwrap_entry(stored: Vec<u8>, current: &[Option<Vec<u8>>]) -> Option<Bytes> {
-    let len = usize::from(u16::from_be_bytes([*stored.first()?, *stored.get(1)?]));
-    let recorded = stored.get(2..2 + len)?;
-    let matches = if current.is_empty() {
-        recorded.is_empty()
-    } else {
-        let mut parts = recorded.split(|&b| b == b'.');
-        current
-            .iter()
-            .all(|g| parts.next() == Some(g.as_deref().unwrap_or(b"0")))
-            && parts.next().is_none()
-    };
-    matches.then(|| Bytes::from(stored).slice(2 + len..))
 }
 
 /// The hash tag of a key: its first segment.

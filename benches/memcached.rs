@@ -1,0 +1,97 @@
+//! Memcached hit through `#[cached]` against the raw client's get of the
+//! same bytes, on one `memcached` started by the bench, in one run.
+//!
+//! `cargo bench --features memcached --bench memcached` (add `-- --quick`
+//! for CI's short mode). Prints the ratio at the end.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::hint::black_box;
+use std::sync::OnceLock;
+
+use cacheruntime::Cache;
+use criterion::Criterion;
+
+#[derive(Debug, Clone)]
+pub struct DbError;
+
+static OURS: OnceLock<Cache> = OnceLock::new();
+
+#[cacheruntime::cached(key = "author:{author_id}:top_books", ttl = 3600, cache = OURS.get().unwrap())]
+async fn ours(author_id: i64) -> Result<Vec<i64>, DbError> {
+    Ok((0..10).map(|i| author_id * 100 + i).collect())
+}
+
+fn mean_ns(group: &str, id: &str) -> Option<f64> {
+    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let text =
+        std::fs::read_to_string(format!("{dir}/criterion/{group}/{id}/new/estimates.json")).ok()?;
+    let rest = &text[text.find("\"mean\"")?..];
+    let p = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
+    let num: String = rest[p..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
+        .collect();
+    num.parse().ok()
+}
+
+fn main() {
+    let server = support::MemcachedServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let raw = rt.block_on(async {
+        OURS.set(
+            Cache::from_url(&format!("memcached://{}", server.addr()))
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        ours(42).await.unwrap();
+        let before = OURS.get().unwrap().stats().hits;
+        ours(42).await.unwrap();
+        assert_eq!(
+            OURS.get().unwrap().stats().hits,
+            before + 1,
+            "measuring hits"
+        );
+        let raw = memcache::exp::MemcacheBuilder::new()
+            .connect_async([server.addr()])
+            .await
+            .unwrap();
+        let bytes: Vec<u8> = (0..10i64).flat_map(|i| (4200 + i).to_le_bytes()).collect();
+        raw.set(
+            "raw:author:42:top_books",
+            bytes,
+            std::time::Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+        raw
+    });
+
+    let mut c = Criterion::default().configure_from_args();
+    let mut g = c.benchmark_group("memcached_hit");
+    g.bench_function("ours", |b| b.to_async(&rt).iter(|| ours(black_box(42))));
+    g.bench_function("raw_get", |b| {
+        b.to_async(&rt).iter(|| async {
+            let v: Option<Vec<u8>> = raw.get("raw:author:42:top_books").await.unwrap();
+            v.unwrap()
+        })
+    });
+    g.finish();
+    c.final_summary();
+    if let (Some(x), Some(y)) = (
+        mean_ns("memcached_hit", "ours"),
+        mean_ns("memcached_hit", "raw_get"),
+    ) {
+        println!(
+            "\nmemcached_hit  ours {x:.0} ns  raw_get {y:.0} ns  ratio {:.3}x  target <= 1.10",
+            x / y
+        );
+    }
+    drop(server);
+}

@@ -1,0 +1,429 @@
+//! Memcached backend (feature `memcached`).
+//!
+//! # Client
+//! The async meta-protocol client of the `memcache` crate (0.21, module
+//! `exp`), chosen over the alternatives because it is async on Tokio, pools
+//! connections per server and discards a connection whose exchange was
+//! cancelled (so the cache's op timeout cannot leave a half-read reply on a
+//! reused socket), applies Memcached's TTL rules (a TTL over 30 days is sent
+//! as an absolute timestamp) and routes keys with rendezvous hashing, so
+//! adding a server moves about `1/n` of the keys. `async-memcached` holds
+//! one connection behind `&mut self` and has no pool; `memcache`'s classic
+//! client is blocking.
+//!
+//! The cost of that choice: this client speaks the text/meta protocol, and
+//! Memcached's SASL needs the binary protocol, so **there is no SASL and no
+//! TLS** here. Run Memcached on a private network (a VPC or a host firewall
+//! that only admits the app servers), or behind a TLS tunnel (stunnel,
+//! spiped) on loopback; for authenticated, encrypted caching of content
+//! shown to users prefer the Redis backend (ACL + TLS).
+//!
+//! # Keys
+//! Keys may be at most 250 bytes with no whitespace or control characters.
+//! Longer or unusual keys are stored under a readable prefix plus a SHA-256
+//! of the whole key, deterministically, so every process maps them alike.
+//! Every physical key starts with `{tag}` (the key's first segment): the
+//! router places a key by its tag, so an entry and its prefixes' counters
+//! live on one server and are read in one round trip.
+//!
+//! # Prefix invalidation
+//! Generation counters, as on Redis: a read is one multi-get of the entry
+//! and its prefixes' counters; an entry is served only if the counters it
+//! recorded at its miss are the current ones; `invalidate_prefix` is an
+//! `add` of a fresh counter (first use) and an `incr`. A counter starts at
+//! the current time in milliseconds, so one that expires and is created
+//! again never repeats an old value, and entry TTLs are capped at the
+//! counters' life (`max_ttl`, 365 days) so no entry outlives its counter.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use memcache::exp::{
+    AsyncMemcache, Delete, Get, MemcacheBuilder, Meta, MutationStatus, Rendezvous, Router,
+};
+use sha2::{Digest, Sha256};
+
+use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
+use crate::backends::generations::{generations, unwrap_entry, wrap_entry};
+use crate::clock::Clock;
+use crate::url::redact;
+use crate::Error;
+
+const NAME: &str = "memcached";
+/// Memcached's key length limit.
+const MAX_KEY: usize = 250;
+
+/// How to reach Memcached.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct MemcachedConfig {
+    servers: Vec<String>,
+    max_ttl: Duration,
+    max_item_bytes: usize,
+    connect_timeout: Duration,
+}
+
+impl MemcachedConfig {
+    /// One or more servers as `host:port`.
+    pub fn new<S: Into<String>>(servers: impl IntoIterator<Item = S>) -> Self {
+        MemcachedConfig {
+            servers: servers.into_iter().map(Into::into).collect(),
+            max_ttl: Duration::from_secs(365 * 86_400),
+            max_item_bytes: (1 << 20) - 512,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// Longest life of an entry and of a generation counter (365 days).
+    pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
+        self.max_ttl = max_ttl;
+        self
+    }
+
+    /// The server's item size limit (`memcached -I`, 1 MiB by default),
+    /// less its per-item overhead: larger values are not sent.
+    pub fn max_item_bytes(mut self, bytes: usize) -> Self {
+        self.max_item_bytes = bytes;
+        self
+    }
+}
+
+/// Routes a physical key by the `{tag}` it starts with.
+struct TagRouter(Rendezvous);
+
+impl Router for TagRouter {
+    fn route(&self, key: &[u8], servers: &[String]) -> usize {
+        let tag = key
+            .strip_prefix(b"{")
+            .and_then(|rest| rest.iter().position(|&b| b == b'}').map(|end| &rest[..end]))
+            .unwrap_or(key);
+        self.0.route(tag, servers)
+    }
+}
+
+/// A Memcached store; see the module docs.
+pub struct MemcachedBackend {
+    config: MemcachedConfig,
+    client: tokio::sync::OnceCell<AsyncMemcache>,
+    clock: Clock,
+}
+
+impl fmt::Debug for MemcachedBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemcachedBackend")
+            .field(
+                "servers",
+                &self
+                    .config
+                    .servers
+                    .iter()
+                    .map(|s| redact(s))
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn valid_byte(b: u8) -> bool {
+    b > b' ' && b != 0x7f
+}
+
+/// A text usable inside a Memcached key: itself when short and clean,
+/// otherwise a readable clean prefix and a SHA-256 of the whole.
+fn safe_part(text: &str, budget: usize) -> String {
+    if text.len() <= budget && text.bytes().all(valid_byte) {
+        return text.to_owned();
+    }
+    let digest = Sha256::digest(text.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let readable: String = text
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && *c != '{' && *c != '}')
+        .take(budget.saturating_sub(hex.len() + 2))
+        .collect();
+    format!("{readable}#{hex}")
+}
+
+fn tag_of(key: &str) -> String {
+    safe_part(key.split(':').next().unwrap_or(""), 48).replace(['{', '}'], "_")
+}
+
+/// `<kind>{tag}<key>`, within Memcached's rules.
+fn physical(kind: &str, key: &str) -> String {
+    let tag = tag_of(key);
+    let budget = MAX_KEY - kind.len() - tag.len() - 2;
+    format!("{{{tag}}}{kind}{}", safe_part(key, budget))
+}
+
+fn entry_key(key: &str) -> String {
+    physical("v:", key)
+}
+
+fn lock_key(key: &str) -> String {
+    physical("l:", key)
+}
+
+/// The counter of a prefix: under the prefix's own tag, which is the tag of
+/// every key beneath it. `None` for the empty prefix.
+fn gen_key(prefix: &str) -> Option<String> {
+    (!prefix.is_empty()).then(|| physical("g:", prefix))
+}
+
+fn gen_keys(key: &str) -> Vec<String> {
+    key.match_indices(':')
+        .filter_map(|(i, _)| gen_key(&key[..=i]))
+        .collect()
+}
+
+impl MemcachedBackend {
+    /// Prepares the backend without connecting.
+    pub fn new(config: MemcachedConfig) -> Result<Self, Error> {
+        if config.servers.is_empty() {
+            return Err(Error::Config(
+                "Memcached needs at least one server, e.g. `memcached://127.0.0.1:11211`".into(),
+            ));
+        }
+        Ok(MemcachedBackend {
+            config,
+            client: tokio::sync::OnceCell::new(),
+            clock: Clock::system(),
+        })
+    }
+
+    async fn client(&self) -> Result<&AsyncMemcache, Error> {
+        self.client
+            .get_or_try_init(|| async {
+                MemcacheBuilder::new()
+                    .connect_timeout(self.config.connect_timeout)
+                    .router(TagRouter(Rendezvous::new()))
+                    .connect_async(self.config.servers.iter().map(String::as_str))
+                    .await
+            })
+            .await
+            .map_err(error)
+    }
+
+    fn ttl(&self, ttl: Duration) -> Duration {
+        ttl.clamp(Duration::from_secs(1), self.config.max_ttl)
+    }
+
+    async fn run_get(&self, key: &str) -> Result<Lookup, Error> {
+        let client = self.client().await?;
+        let entry = entry_key(key);
+        let gens = gen_keys(key);
+        let mut keys = Vec::with_capacity(gens.len() + 1);
+        keys.push(entry.as_str());
+        keys.extend(gens.iter().map(String::as_str));
+        let mut found = client
+            .get_many::<Vec<u8>, &str>(keys)
+            .await
+            .map_err(error)?;
+        let current: Vec<Option<Vec<u8>>> = gens.iter().map(|g| found.remove(g.as_str())).collect();
+        let value = found
+            .remove(entry.as_str())
+            .and_then(|stored| unwrap_entry(stored, &current));
+        Ok(Lookup::new(value).with_ticket(Ticket::tag(generations(&current))))
+    }
+
+    async fn current_generations(&self, key: &str) -> Result<String, Error> {
+        let gens = gen_keys(key);
+        if gens.is_empty() {
+            return Ok(String::new());
+        }
+        let client = self.client().await?;
+        let mut found = client
+            .get_many::<Vec<u8>, &str>(gens.iter().map(String::as_str))
+            .await
+            .map_err(error)?;
+        let current: Vec<Option<Vec<u8>>> = gens.iter().map(|g| found.remove(g.as_str())).collect();
+        Ok(generations(&current))
+    }
+
+    async fn run_set(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+    ) -> Result<(), Error> {
+        let gens = match ticket.and_then(Ticket::as_tag) {
+            // Stamped with what the miss saw: if the counters moved since,
+            // readers will not serve it.
+            Some(gens) => gens.to_owned(),
+            None => self.current_generations(key).await?,
+        };
+        let stored = wrap_entry(&gens, &value);
+        if stored.len() > self.config.max_item_bytes {
+            return Err(Error::TooLarge {
+                size: stored.len(),
+                limit: self.config.max_item_bytes,
+            });
+        }
+        let client = self.client().await?;
+        client
+            .set(entry_key(key), stored, self.ttl(ttl))
+            .await
+            .map_err(error)
+    }
+
+    async fn run_delete(&self, key: &str) -> Result<(), Error> {
+        let client = self.client().await?;
+        client.delete(entry_key(key)).await.map_err(error)
+    }
+
+    async fn run_invalidate(&self, prefix: &str) -> Result<(), Error> {
+        let Some(counter) = gen_key(prefix) else {
+            return Err(Error::InvalidPrefix {
+                prefix: prefix.to_owned(),
+                reason: "on Memcached, invalidating everything needs a namespace: give the cache \
+                         one (`?namespace=app` or `.namespace(\"app\")`) and invalidate \"\" within it",
+            });
+        };
+        let client = self.client().await?;
+        let life = self.config.max_ttl;
+        // A new counter starts at the time in ms, so a lapsed and recreated
+        // counter never repeats a value an old entry recorded.
+        let start = self.clock.now_ms().to_string();
+        client
+            .add(counter.as_str(), start.as_bytes(), life)
+            .await
+            .map_err(error)?;
+        client
+            .incr(counter.as_str(), 1, life)
+            .await
+            .map_err(error)?;
+        Ok(())
+    }
+
+    async fn run_lock(&self, key: &str, token: Bytes, ttl: Duration) -> Result<bool, Error> {
+        let client = self.client().await?;
+        client
+            .add(lock_key(key), &token[..], self.ttl(ttl))
+            .await
+            .map_err(error)
+    }
+
+    async fn run_unlock(&self, key: &str, token: &[u8]) -> Result<bool, Error> {
+        let client = self.client().await?;
+        let lock = lock_key(key);
+        let held = client
+            .meta()
+            .run(Get::new(lock.as_str()).meta(Meta::NONE.cas()))
+            .await
+            .map_err(error)?;
+        let (Some(value), Some(cas)) = (held.value, held.item.cas) else {
+            return Ok(false);
+        };
+        if value != token {
+            return Ok(false);
+        }
+        // Deleted only if nobody replaced it since we read it.
+        let done = client
+            .meta()
+            .run(Delete::new(lock.as_str()).compare_cas(cas))
+            .await
+            .map_err(error)?;
+        Ok(done.status == MutationStatus::Applied)
+    }
+}
+
+fn error(e: memcache::exp::Error) -> Error {
+    Error::backend(NAME, e.to_string())
+}
+
+impl Backend for MemcachedBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
+        Box::pin(self.run_get(key))
+    }
+
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&'a Ticket>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.run_set(key, value, ttl, ticket))
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.run_delete(key))
+    }
+
+    fn invalidate_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.run_invalidate(prefix))
+    }
+
+    fn set_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(self.run_lock(key, value, ttl))
+    }
+
+    fn delete_if_equals<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(self.run_unlock(key, value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn physical_keys_obey_memcached_rules_and_keep_their_tag() {
+        let long = format!("user:{}:feed", "x".repeat(400));
+        for key in ["author:42:top", "a b:\u{1}c", long.as_str(), "solo"] {
+            let p = entry_key(key);
+            assert!(p.len() <= MAX_KEY, "{p}");
+            assert!(p.bytes().all(valid_byte), "{p:?}");
+            assert!(p.starts_with('{'));
+        }
+        assert_eq!(entry_key("author:42:top"), "{author}v:author:42:top");
+        // Deterministic, and distinct for distinct keys.
+        assert_eq!(entry_key(&long), entry_key(&long));
+        assert_ne!(entry_key(&long), entry_key(&format!("{long}2")));
+        assert_ne!(entry_key("a b:1"), entry_key("a_b:1"));
+    }
+
+    #[test]
+    fn counters_share_the_tag_of_the_keys_beneath_them() {
+        let router = TagRouter(Rendezvous::new());
+        let servers: Vec<String> = (0..5).map(|i| format!("10.0.0.{i}:11211")).collect();
+        for key in ["shop:author:42:top", "shop:x", "other:y:z"] {
+            let home = router.route(entry_key(key).as_bytes(), &servers);
+            for g in gen_keys(key) {
+                assert_eq!(router.route(g.as_bytes(), &servers), home, "{g}");
+            }
+        }
+        assert_eq!(gen_keys("a:b:c"), ["{a}g:a:", "{a}g:a:b:"]);
+    }
+
+    #[test]
+    fn adding_a_server_moves_few_keys() {
+        let router = TagRouter(Rendezvous::new());
+        let four: Vec<String> = (0..4).map(|i| format!("10.0.0.{i}:11211")).collect();
+        let mut five = four.clone();
+        five.push("10.0.0.9:11211".into());
+        let keys: Vec<String> = (0..10_000).map(|i| entry_key(&format!("t{i}:x"))).collect();
+        let moved = keys
+            .iter()
+            .filter(|k| {
+                four[router.route(k.as_bytes(), &four)] != five[router.route(k.as_bytes(), &five)]
+            })
+            .count();
+        // Ideal: 1/5 of the keys move (to the new server), none between old ones.
+        assert!((1500..2500).contains(&moved), "{moved} of 10000 moved");
+    }
+}
