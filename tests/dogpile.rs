@@ -17,6 +17,15 @@ use cacheruntime::{cached, Cache, Clock, Policy};
 #[derive(Debug, PartialEq)]
 struct Upstream;
 
+/// Waits (bounded) for a background refresh to be accounted for.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 // ------------------------------------------------------------ stale, memory
 
 static CLOCK: LazyLock<Clock> = LazyLock::new(Clock::manual);
@@ -115,9 +124,8 @@ async fn failed_refresh_keeps_the_stale_value_and_retries_after_the_lock_expires
     assert_eq!(fetch(false).await, Ok(0));
     clock.advance(Duration::from_secs(11));
     assert_eq!(fetch(true).await, Ok(0), "stale value served");
+    eventually("the failed refresh", || cache.stats().refresh_failures == 1).await;
     let settle = || tokio::time::sleep(Duration::from_millis(100));
-    settle().await;
-    assert_eq!(cache.stats().refresh_failures, 1);
     // Within the lock's life no new attempt is made.
     assert_eq!(fetch(true).await, Ok(0));
     settle().await;
@@ -126,8 +134,9 @@ async fn failed_refresh_keeps_the_stale_value_and_retries_after_the_lock_expires
     // After it, the next stale read tries again, and succeeds.
     clock.advance(Duration::from_secs(31));
     assert_eq!(fetch(false).await, Ok(0));
+    eventually("the second refresh", || cache.stats().refreshes == 2).await;
+    eventually("the refreshed value", || calls.load(Ordering::SeqCst) == 3).await;
     settle().await;
-    assert_eq!(cache.stats().refreshes, 2);
     assert_eq!(fetch(false).await, Ok(2), "refreshed value");
 }
 
@@ -149,8 +158,10 @@ async fn panicking_refresh_is_contained_and_counted() {
         .get_or_refresh("p:1", &policy, || async { panic!("refresh bug") })
         .await;
     assert_eq!(v, 7);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(cache.stats().refresh_failures, 1);
+    eventually("the panicked refresh", || {
+        cache.stats().refresh_failures == 1
+    })
+    .await;
     let v: u32 = cache.get_or_refresh("p:1", &policy, || async { 8 }).await;
     assert_eq!(v, 7, "still the stale value while the lock lives");
 }
@@ -218,8 +229,8 @@ async fn cold_key_once_across_four(caches: Vec<Cache>) {
         "one computation in total: {stats:#?}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
-    let waited: u64 = caches.iter().map(|c| c.stats().lock_waits).sum();
-    assert!(waited >= 1, "other caches waited on the lock");
+    // (Whether the other caches waited on the lock or found the value
+    // already stored depends on timing; either way nobody else computed.)
     let timeouts: u64 = caches.iter().map(|c| c.stats().lock_timeouts).sum();
     assert_eq!(timeouts, 0);
 }

@@ -580,3 +580,106 @@ fn backend_builds_outside_any_runtime() {
     let cache = Cache::builder().backend(backend).build().unwrap();
     assert_eq!(cache.backend_name(), "redis");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_entries_reject_forgeries_and_survive_key_rotation() {
+    let server = RedisServer::start();
+    let backend = || RedisBackend::new(RedisConfig::new(server.url())).unwrap();
+    let signed = |keys: &[&str]| {
+        Cache::builder()
+            .backend(backend())
+            .signing_keys(keys.iter().map(|k| k.as_bytes()))
+            .build()
+            .unwrap()
+    };
+    let old = signed(&["old-signing-key-0123456789"]);
+    old.set("page:1", &"<p>hello</p>", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        old.get::<String>("page:1").await.unwrap().as_deref(),
+        Some("<p>hello</p>")
+    );
+
+    // Someone with write access to Redis but not the key plants content.
+    let unsigned = Cache::builder().backend(backend()).build().unwrap();
+    unsigned
+        .set(
+            "page:2",
+            &"<script>steal()</script>",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        old.get::<String>("page:2").await.unwrap(),
+        None,
+        "unsigned: a miss"
+    );
+    assert_eq!(old.stats().signature_failures, 1);
+
+    // A valid entry copied under another key, or altered, does not verify.
+    let raw_backend = backend();
+    let stolen = raw_backend.get("page:1").await.unwrap().value.unwrap();
+    let miss = raw_backend.get("page:3").await.unwrap();
+    raw_backend
+        .set(
+            "page:3",
+            stolen.clone(),
+            Duration::from_secs(60),
+            miss.ticket.as_ref(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        old.get::<String>("page:3").await.unwrap(),
+        None,
+        "moved entry"
+    );
+    let mut altered = stolen.to_vec();
+    let at = altered.len() - 40;
+    altered[at] ^= 1;
+    let miss = raw_backend.get("page:4").await.unwrap();
+    raw_backend
+        .set(
+            "page:4",
+            Bytes::from(altered),
+            Duration::from_secs(60),
+            miss.ticket.as_ref(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        old.get::<String>("page:4").await.unwrap(),
+        None,
+        "altered entry"
+    );
+    assert_eq!(old.stats().signature_failures, 3);
+
+    // Rotation: new key signs, old key still verifies; then the old retires.
+    let rotating = signed(&["new-signing-key-0123456789", "old-signing-key-0123456789"]);
+    assert_eq!(
+        rotating.get::<String>("page:1").await.unwrap().as_deref(),
+        Some("<p>hello</p>")
+    );
+    let retired = signed(&["new-signing-key-0123456789"]);
+    assert_eq!(retired.get::<String>("page:1").await.unwrap(), None);
+
+    // A cached function fails open to its own value on a forged entry.
+    assert_eq!(top_books(&old, 11).await, Ok(vec![11, 22]));
+    unsigned
+        .set(
+            "author:11:top_books",
+            &vec![666i64],
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        top_books(&old, 11).await,
+        Ok(vec![11, 22]),
+        "never the planted value"
+    );
+    assert!(!format!("{old:?}").contains("signing-key"), "{old:?}");
+    assert!(Cache::builder().signing_keys(["short"]).build().is_err());
+}

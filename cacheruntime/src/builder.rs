@@ -8,6 +8,7 @@ use crate::backends::{DisabledBackend, MemoryBackend};
 use crate::cache::{Cache, Parts};
 use crate::clock::Clock;
 use crate::codec::AnyCodec;
+use crate::signing::{Signer, SigningKeys};
 use crate::Error;
 
 /// Builds a [`Cache`]. Start from [`Cache::builder`].
@@ -38,6 +39,7 @@ pub struct CacheBuilder {
     clock: Clock,
     breaker_threshold: u32,
     breaker_cool_down: Duration,
+    signing_keys: SigningKeys,
 }
 
 impl Default for CacheBuilder {
@@ -62,7 +64,18 @@ impl CacheBuilder {
             clock: Clock::system(),
             breaker_threshold: 5,
             breaker_cool_down: Duration::from_secs(1),
+            signing_keys: SigningKeys::default(),
         }
+    }
+
+    /// Sign every entry with HMAC-SHA256 and reject, on reads from a shared
+    /// store, entries without a valid tag (see [`crate::signing`]). The
+    /// first key signs; all of them verify, for rotation. At least 16
+    /// bytes each; `Cache::from_env` reads them from `CACHE_SIGNING_KEY`
+    /// (comma-separated).
+    pub fn signing_keys<K: AsRef<[u8]>>(mut self, keys: impl IntoIterator<Item = K>) -> Self {
+        self.signing_keys = SigningKeys(keys.into_iter().map(|k| k.as_ref().to_vec()).collect());
+        self
     }
 
     /// The store. Any [`Backend`], including an `Arc` of one you keep.
@@ -158,6 +171,7 @@ impl CacheBuilder {
                 "max_entry_bytes must be greater than zero".into(),
             ));
         }
+        let signer = Signer::new(&self.signing_keys)?;
         let backend = match self.backend {
             Some(b) => b,
             None => Arc::new(MemoryBackend::with_clock(
@@ -176,6 +190,7 @@ impl CacheBuilder {
             clock: self.clock,
             breaker_threshold: self.breaker_threshold,
             breaker_cool_down: self.breaker_cool_down,
+            signer,
         }))
     }
 }

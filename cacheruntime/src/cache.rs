@@ -22,6 +22,7 @@ use crate::flight::{self, Flights, Landing, Role};
 use crate::memo::Memo;
 use crate::policy::Policy;
 use crate::refresh::{self, RefreshJob};
+use crate::signing::{self, Signer};
 use crate::site::Site;
 use crate::stats::{Counters, FunctionStats, Stats};
 use crate::{key, Error};
@@ -79,6 +80,7 @@ pub(crate) struct Inner {
     breaker: Breaker,
     errlog: ErrorLog,
     functions: Mutex<Vec<&'static Site>>,
+    signer: Option<Signer>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -105,6 +107,7 @@ pub(crate) struct Parts {
     pub(crate) clock: Clock,
     pub(crate) breaker_threshold: u32,
     pub(crate) breaker_cool_down: Duration,
+    pub(crate) signer: Option<Signer>,
 }
 
 /// What a get-or-compute call returns, and which part of it is cached.
@@ -286,15 +289,24 @@ impl Cache {
     /// to all: `namespace`, `default_ttl`, `op_timeout`, `max_entry_bytes`
     /// (durations as `300`, `"90s"`, `"10m"`, `"250ms"`). See [`crate::url`].
     pub async fn from_url(url: &str) -> Result<Cache, Error> {
-        crate::url::build(url).await
+        crate::url::build(url, Vec::new()).await
     }
 
     /// Builds a cache from the `CACHE_URL` environment variable, or an
-    /// in-memory cache when it is unset or empty.
+    /// in-memory cache when it is unset or empty. `CACHE_SIGNING_KEY`
+    /// (comma-separated for rotation, the first signs) turns on signed
+    /// entries; keys never go in the URL.
     pub async fn from_env() -> Result<Cache, Error> {
+        let keys: Vec<Vec<u8>> = std::env::var("CACHE_SIGNING_KEY")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| k.as_bytes().to_vec())
+            .collect();
         match std::env::var("CACHE_URL") {
-            Ok(url) if !url.trim().is_empty() => Cache::from_url(url.trim()).await,
-            _ => Ok(Cache::memory()),
+            Ok(url) if !url.trim().is_empty() => crate::url::build(url.trim(), keys).await,
+            _ => Cache::builder().signing_keys(keys).build(),
         }
     }
 
@@ -322,6 +334,7 @@ impl Cache {
                 breaker: Breaker::new(p.breaker_threshold, p.breaker_cool_down),
                 errlog: ErrorLog::new(10_000),
                 functions: Mutex::new(Vec::new()),
+                signer: p.signer,
             }),
         }
     }
@@ -371,6 +384,7 @@ impl Cache {
             refresh_failures: c.refresh_failures.get(),
             lock_waits: c.lock_waits.get(),
             lock_timeouts: c.lock_timeouts.get(),
+            signature_failures: c.signature_failures.get(),
             functions,
         }
     }
@@ -407,8 +421,8 @@ impl Cache {
         if !self.inner.enabled {
             return Ok(());
         }
-        let bytes = self.seal_with(value, ttl, Duration::ZERO, UNTYPED, 0)?;
         let full = self.full_key(key);
+        let bytes = self.seal_with(&full, value, ttl, Duration::ZERO, UNTYPED, 0)?;
         self.write(&full, bytes, ttl, None).await
     }
 
@@ -652,9 +666,12 @@ impl Cache {
                     // free (in-process stores) instead of computing twice.
                     if let Some(Ok(found)) = inner.backend.get_now(key) {
                         if let Some(bytes) = found.value {
-                            if let Ok(Some((v, Due::No))) =
-                                self.open_checked::<O::Value>(&bytes, Accept::Exactly(fp), None)
-                            {
+                            if let Ok(Some((v, Due::No))) = self.open_checked::<O::Value>(
+                                &bytes,
+                                Accept::Exactly(fp),
+                                None,
+                                None,
+                            ) {
                                 guard.publish(Landing::Entry(bytes));
                                 return O::from_cached(v);
                             }
@@ -667,9 +684,12 @@ impl Cache {
                     inner.counters.coalesced.incr();
                     match flight::wait(rx).await {
                         Some(Landing::Entry(bytes)) => {
-                            if let Ok(Some((v, _))) =
-                                self.open_checked::<O::Value>(&bytes, Accept::Exactly(fp), None)
-                            {
+                            if let Ok(Some((v, _))) = self.open_checked::<O::Value>(
+                                &bytes,
+                                Accept::Exactly(fp),
+                                None,
+                                None,
+                            ) {
                                 return O::from_cached(v);
                             }
                         }
@@ -727,7 +747,7 @@ impl Cache {
             return out;
         };
         let compute_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
-        match self.seal_for(policy, value, fp, compute_ms) {
+        match self.seal_for(key, policy, value, fp, compute_ms) {
             Ok((bytes, ttl)) => {
                 // Waiters (and callers arriving until the store finishes)
                 // get the value now; the guard's drop ends the flight.
@@ -749,6 +769,7 @@ impl Cache {
     /// the physical TTL (`ttl + stale`).
     pub(crate) fn seal_for<T: Serialize + ?Sized>(
         &self,
+        key: &str,
         policy: &Policy,
         value: &T,
         fp: u64,
@@ -756,7 +777,7 @@ impl Cache {
     ) -> Result<(Bytes, Duration), Error> {
         let ttl = policy.ttl.unwrap_or(self.inner.default_ttl);
         let stale = policy.stale.unwrap_or(Duration::ZERO);
-        let bytes = self.seal_with(value, ttl, stale, fp, compute_ms)?;
+        let bytes = self.seal_with(key, value, ttl, stale, fp, compute_ms)?;
         Ok((bytes, ttl + stale))
     }
 
@@ -899,7 +920,7 @@ impl Cache {
         let backend = &*self.inner.backend;
         let found = self.guarded("get", || backend.get(key)).await.ok()?;
         let bytes = found.value?;
-        match self.open_checked::<V>(&bytes, Accept::Exactly(fp), None) {
+        match self.open_checked::<V>(&bytes, Accept::Exactly(fp), None, Some(key)) {
             Ok(Some((v, _))) => Some((v, bytes)),
             _ => None,
         }
@@ -966,7 +987,7 @@ impl Cache {
             }
         };
         if let Some(bytes) = lookup.value {
-            match self.open_checked::<V>(&bytes, fp, policy) {
+            match self.open_checked::<V>(&bytes, fp, policy, Some(key)) {
                 Ok(Some((v, due))) => {
                     self.count_hit(site, due);
                     return Ok(match due {
@@ -1042,7 +1063,10 @@ impl Cache {
         if entry.expires_ms() <= now {
             return Ok(None);
         }
-        let Some((payload, due)) = self.check_header_at(entry.bytes(), fp, now, policy)? else {
+        // In-process entries need no signature check: nothing outside the
+        // process can write them.
+        let Some((payload, due)) = self.check_header_at(entry.bytes(), fp, now, policy, None)?
+        else {
             return Ok(None);
         };
         if let (Some(get), Some(decoded)) = (memo.get, entry.decoded.get()) {
@@ -1064,9 +1088,10 @@ impl Cache {
         bytes: &[u8],
         fp: Accept,
         policy: Option<&Policy>,
+        from_store: Option<&str>,
     ) -> Result<Option<(V, Due)>, Error> {
         let now = self.inner.clock.now_ms();
-        match self.check_header_at(bytes, fp, now, policy)? {
+        match self.check_header_at(bytes, fp, now, policy, from_store)? {
             Some((payload, due)) => Ok(Some((self.inner.codec.decode(payload)?, due))),
             None => Ok(None),
         }
@@ -1086,8 +1111,27 @@ impl Cache {
         fp: Accept,
         now: u64,
         policy: Option<&Policy>,
+        from_store: Option<&str>,
     ) -> Result<Option<(&'b [u8], Due)>, Error> {
-        let (header, payload) = Header::read(bytes)?;
+        let (header, mut payload) = Header::read(bytes)?;
+        let signed = header.flags & envelope::FLAG_SIGNED != 0;
+        if signed {
+            if payload.len() < signing::TAG_LEN {
+                return Err(Error::decode("signed entry shorter than its tag"));
+            }
+            payload = &payload[..payload.len() - signing::TAG_LEN];
+        }
+        // Entries read from a shared store must carry a tag of ours.
+        if let (Some(signer), Some(key)) = (&self.inner.signer, from_store) {
+            let body = &bytes[..bytes.len() - if signed { signing::TAG_LEN } else { 0 }];
+            let tag = &bytes[body.len()..];
+            if !signed || !signer.verify(key, body, tag) {
+                self.inner.counters.signature_failures.incr();
+                return Err(Error::decode(
+                    "entry is not signed with a current signing key",
+                ));
+            }
+        }
         if header.codec != self.inner.codec.id() {
             return Err(Error::decode(format!(
                 "entry written by codec {} but this cache uses {}",
@@ -1118,6 +1162,7 @@ impl Cache {
 
     fn seal_with<T: Serialize + ?Sized>(
         &self,
+        key: &str,
         value: &T,
         ttl: Duration,
         stale: Duration,
@@ -1129,8 +1174,14 @@ impl Cache {
         let stale_until =
             fresh_until.saturating_add(stale.as_millis().min(u64::MAX as u128) as u64);
         let mut out = Vec::with_capacity(64);
+        let signer = self.inner.signer.as_ref();
         Header {
             codec: self.inner.codec.id(),
+            flags: if signer.is_some() {
+                envelope::FLAG_SIGNED
+            } else {
+                0
+            },
             fingerprint: fp,
             fresh_until_ms: fresh_until,
             stale_until_ms: stale_until,
@@ -1138,6 +1189,10 @@ impl Cache {
         }
         .write(&mut out);
         self.inner.codec.encode(value, &mut out)?;
+        if let Some(signer) = signer {
+            let tag = signer.sign(key, &out);
+            out.extend_from_slice(&tag);
+        }
         Ok(Bytes::from(out))
     }
 

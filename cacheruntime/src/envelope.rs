@@ -4,7 +4,7 @@
 //! offset size field
 //! 0      1    format version (FORMAT_VERSION)
 //! 1      1    codec id
-//! 2      1    flags (reserved, 0)
+//! 2      1    flags: bit 0 set when a 32-byte HMAC tag ends the entry
 //! 3      8    fingerprint: hash of the value's type name and `version = N`
 //! 11     8    fresh until, ms since the Unix epoch
 //! 19     8    stale until, ms since the Unix epoch (>= fresh until)
@@ -21,12 +21,16 @@ use crate::Error;
 pub const FORMAT_VERSION: u8 = 1;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 31;
+/// Flag: the entry ends with an HMAC-SHA256 tag (see [`crate::signing`]).
+pub const FLAG_SIGNED: u8 = 1;
 
 /// The decoded fixed part of an envelope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
     /// Codec that wrote the payload.
     pub codec: u8,
+    /// [`FLAG_SIGNED`] or 0.
+    pub flags: u8,
     /// Type-and-version fingerprint.
     pub fingerprint: u64,
     /// Fresh until this wall-clock ms.
@@ -43,7 +47,7 @@ impl Header {
         debug_assert!(out.is_empty());
         out.push(FORMAT_VERSION);
         out.push(self.codec);
-        out.push(0);
+        out.push(self.flags);
         out.extend_from_slice(&self.fingerprint.to_le_bytes());
         out.extend_from_slice(&self.fresh_until_ms.to_le_bytes());
         out.extend_from_slice(&self.stale_until_ms.to_le_bytes());
@@ -65,6 +69,7 @@ impl Header {
         let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
         let header = Header {
             codec: bytes[1],
+            flags: bytes[2],
             fingerprint: u64_at(3),
             fresh_until_ms: u64_at(11),
             stale_until_ms: u64_at(19),
@@ -98,6 +103,7 @@ mod tests {
     fn header_round_trips_and_rejects_garbage() {
         let h = Header {
             codec: 1,
+            flags: 0,
             fingerprint: 42,
             fresh_until_ms: 10,
             stale_until_ms: 20,

@@ -18,6 +18,7 @@ pub mod key;
 mod memo;
 mod policy;
 mod refresh;
+pub mod signing;
 mod site;
 mod stats;
 pub mod url;

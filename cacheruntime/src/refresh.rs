@@ -101,7 +101,7 @@ impl RefreshJob {
             );
             return;
         };
-        match cache.seal_for(&policy, value, fp, compute_ms) {
+        match cache.seal_for(&key, &policy, value, fp, compute_ms) {
             Ok((bytes, ttl)) => cache.store(&key, bytes, ttl, ticket).await,
             Err(e) => cache.report("encode", &e),
         }

@@ -144,6 +144,7 @@ pub(crate) struct Counters {
     pub(crate) refresh_failures: Counter,
     pub(crate) lock_waits: Counter,
     pub(crate) lock_timeouts: Counter,
+    pub(crate) signature_failures: Counter,
 }
 
 /// A snapshot of a cache's counters, from [`Cache::stats`](crate::Cache::stats).
@@ -181,6 +182,9 @@ pub struct Stats {
     pub lock_waits: u64,
     /// Of those, the ones that gave up after the lock TTL and computed.
     pub lock_timeouts: u64,
+    /// Entries from a shared store rejected because they were unsigned or
+    /// their HMAC did not verify (with signing keys set); each is a miss.
+    pub signature_failures: u64,
     /// Per-function counters of the `#[cached]` functions that used this cache.
     pub functions: Vec<FunctionStats>,
 }

@@ -110,6 +110,7 @@ pub(crate) struct CacheUrl<'a> {
     pub(crate) scheme: &'a str,
     pub(crate) rest: &'a str,
     params: Vec<(String, String, bool)>,
+    signing_keys: Vec<Vec<u8>>,
 }
 
 impl<'a> CacheUrl<'a> {
@@ -139,6 +140,7 @@ impl<'a> CacheUrl<'a> {
             scheme,
             rest,
             params,
+            signing_keys: Vec::new(),
         })
     }
 
@@ -187,6 +189,9 @@ impl<'a> CacheUrl<'a> {
 
     /// Applies the parameters every scheme shares.
     pub(crate) fn common(&mut self, mut b: CacheBuilder) -> Result<CacheBuilder, Error> {
+        if !self.signing_keys.is_empty() {
+            b = b.signing_keys(&self.signing_keys);
+        }
         if let Some(ns) = self.take("namespace") {
             b = b.namespace(ns);
         }
@@ -214,8 +219,9 @@ impl<'a> CacheUrl<'a> {
     }
 }
 
-pub(crate) async fn build(raw: &str) -> Result<Cache, Error> {
+pub(crate) async fn build(raw: &str, signing_keys: Vec<Vec<u8>>) -> Result<Cache, Error> {
     let mut url = CacheUrl::parse(raw)?;
+    url.signing_keys = signing_keys;
     match url.scheme {
         "memory" | "mem" => {
             if !url.rest.is_empty() {
