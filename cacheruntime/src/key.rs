@@ -3,7 +3,8 @@
 //! A key is the template's literal text, kept verbatim, with every
 //! interpolated value escaped: `%` becomes `%25`, `:` becomes `%3A`, and
 //! whitespace and control characters become `%XX` of their UTF-8 bytes. Since
-//! an escaped value never contains `:`, and the macro requires a `:` between
+//! an escaped value never contains `:` (nor whitespace or control
+//! characters, ASCII or not), and the macro requires a `:` between
 //! any two placeholders, two different argument lists never render the same
 //! key: `pair:{a}:{b}` gives `pair:1%3A2:3` for `("1:2", "3")` and
 //! `pair:1:2%3A3` for `("1", "2:3")`.
@@ -21,15 +22,22 @@ use arrayvec::ArrayString;
 
 use crate::Error;
 
+/// Bytes that may start something to escape: `%`, `:`, ASCII whitespace
+/// and controls, and any non-ASCII byte (checked per character).
 #[inline]
 fn needs_escape(b: u8) -> bool {
-    b == b'%' || b == b':' || b <= b' ' || b == 0x7f
+    b == b'%' || b == b':' || b <= b' ' || b >= 0x7f
+}
+
+#[inline]
+fn escaped_char(c: char) -> bool {
+    c == '%' || c == ':' || c.is_whitespace() || c.is_control()
 }
 
 /// Escapes one interpolated value the way `#[cached]` keys do, for building a
 /// prefix by hand: `format!("embed:{}:", escape(url))`.
 pub fn escape(value: &str) -> Cow<'_, str> {
-    if !value.bytes().any(needs_escape) {
+    if !value.bytes().any(needs_escape) || !value.chars().any(escaped_char) {
         return Cow::Borrowed(value);
     }
     let mut out = String::with_capacity(value.len() + 8);
@@ -38,15 +46,16 @@ pub fn escape(value: &str) -> Cow<'_, str> {
 }
 
 fn push_escaped(out: &mut String, s: &str) {
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        if needs_escape(b) {
-            out.push_str(&s[start..i]);
-            let _ = write!(out, "%{b:02X}");
-            start = i + 1;
+    let mut utf8 = [0u8; 4];
+    for c in s.chars() {
+        if escaped_char(c) {
+            for b in c.encode_utf8(&mut utf8).bytes() {
+                let _ = write!(out, "%{b:02X}");
+            }
+        } else {
+            out.push(c);
         }
     }
-    out.push_str(&s[start..]);
 }
 
 struct Escaping<'a>(&'a mut KeyBuilder);
@@ -54,7 +63,7 @@ struct Escaping<'a>(&'a mut KeyBuilder);
 impl Write for Escaping<'_> {
     #[inline]
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        if s.bytes().any(needs_escape) {
+        if s.bytes().any(needs_escape) && s.chars().any(escaped_char) {
             let mut escaped = String::with_capacity(s.len() + 8);
             push_escaped(&mut escaped, s);
             self.0.push(&escaped);
@@ -209,6 +218,9 @@ mod tests {
         assert_eq!(escape("a%3Ab"), "a%253Ab");
         assert_eq!(escape("a b\n"), "a%20b%0A");
         assert!(matches!(escape("plain"), Cow::Borrowed("plain")));
+        // Unicode whitespace and controls too; other non-ASCII stays.
+        assert_eq!(escape("a\u{2028}b\u{80}"), "a%E2%80%A8b%C2%80");
+        assert!(matches!(escape("café"), Cow::Borrowed("café")));
     }
 
     #[test]
