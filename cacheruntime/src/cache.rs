@@ -1038,12 +1038,13 @@ impl Cache {
     #[inline]
     fn count_hit(&self, site: Option<&'static Site>, due: Due) {
         let counters = &self.inner.counters;
-        counters.hits.incr();
+        let slot = crate::stats::slot();
+        counters.hits.incr_in(slot);
         if due == Due::Stale {
-            counters.stale_hits.incr();
+            counters.stale_hits.incr_in(slot);
         }
         if let Some(site) = site {
-            site.hits.incr();
+            site.hits.incr_in(slot);
         }
     }
 

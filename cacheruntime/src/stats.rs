@@ -31,7 +31,14 @@ impl Counter {
 
     #[inline]
     pub(crate) fn incr(&self) {
-        match slot() {
+        self.incr_in(slot());
+    }
+
+    /// `incr` with the thread's slot already looked up (a hit bumps two
+    /// counters; one thread-local lookup serves both).
+    #[inline]
+    pub(crate) fn incr_in(&self, slot: Option<usize>) {
+        match slot {
             Some(i) => {
                 // Single writer for this cell: no read-modify-write needed.
                 let cell = &self.cells[i].0;
@@ -97,7 +104,7 @@ impl Drop for Slot {
 }
 
 #[inline]
-fn slot() -> Option<usize> {
+pub(crate) fn slot() -> Option<usize> {
     thread_local! {
         static SLOT: Slot = Slot::claim();
     }
