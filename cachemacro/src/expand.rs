@@ -239,27 +239,32 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
             static __CACHEMACRO_SITE: ::cacheruntime::__private::Site =
                 ::cacheruntime::__private::Site::new(#name, ::core::module_path!(), #policy, #generic);
             let __cachemacro_cache: &::cacheruntime::Cache = #cache;
-            #key
-            let __cachemacro_memo = #memo;
-            // In-process hits return here, synchronously; everything else
-            // goes through the boxed async path.
-            let __cachemacro_first = match ::cacheruntime::__private::local_hit(
-                __cachemacro_cache,
-                &__CACHEMACRO_SITE,
-                &__cachemacro_k,
-                __cachemacro_memo,
-            ) {
-                ::cacheruntime::__private::Fast::Hit(__cachemacro_value) => return #hit,
-                __cachemacro_other => __cachemacro_other,
+            // Everything before the await lives in this block, so the key
+            // buffer is not kept in the future's state: in-process hits
+            // return from here, synchronously, and only the boxed slow path
+            // is awaited.
+            let __cachemacro_slow = {
+                #key
+                let __cachemacro_memo = #memo;
+                let __cachemacro_first = match ::cacheruntime::__private::local_hit(
+                    __cachemacro_cache,
+                    &__CACHEMACRO_SITE,
+                    &__cachemacro_k,
+                    __cachemacro_memo,
+                ) {
+                    ::cacheruntime::__private::Fast::Hit(__cachemacro_value) => return #hit,
+                    __cachemacro_other => __cachemacro_other,
+                };
+                ::std::boxed::Box::pin(::cacheruntime::__private::#entry(
+                    __cachemacro_cache,
+                    &__CACHEMACRO_SITE,
+                    __cachemacro_k,
+                    __cachemacro_memo,
+                    __cachemacro_first,
+                    #body,
+                ))
             };
-            ::std::boxed::Box::pin(::cacheruntime::__private::#entry(
-                __cachemacro_cache,
-                &__CACHEMACRO_SITE,
-                __cachemacro_k,
-                __cachemacro_memo,
-                __cachemacro_first,
-                #body,
-            ))
+            __cachemacro_slow
             .await
         }
         #helpers

@@ -1013,9 +1013,6 @@ impl Cache {
         policy: Option<&Policy>,
     ) -> Fast<V> {
         let inner = &*self.inner;
-        if let Some(site) = site {
-            self.register(site);
-        }
         let Some(found) = inner.backend.get_local(key) else {
             return Fast::Remote;
         };

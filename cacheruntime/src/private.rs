@@ -19,7 +19,10 @@ use crate::Cache;
 #[inline]
 pub fn key_for(cache: &Cache) -> KeyBuilder {
     let mut k = KeyBuilder::new();
-    k.literal(cache.namespace_prefix());
+    let namespace = cache.namespace_prefix();
+    if !namespace.is_empty() {
+        k.literal(namespace);
+    }
     k
 }
 
