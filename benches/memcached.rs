@@ -4,6 +4,10 @@
 //! `cargo bench --features memcached --bench memcached` (add `-- --quick`
 //! for CI's short mode). Prints the ratio at the end.
 
+#[path = "common/ratio.rs"]
+mod ratio;
+use ratio::mean_ns;
+
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -21,19 +25,6 @@ static OURS: OnceLock<Cache> = OnceLock::new();
 #[cacheruntime::cached(key = "author:{author_id}:top_books", ttl = 3600, cache = OURS.get().unwrap())]
 async fn ours(author_id: i64) -> Result<Vec<i64>, DbError> {
     Ok((0..10).map(|i| author_id * 100 + i).collect())
-}
-
-fn mean_ns(group: &str, id: &str) -> Option<f64> {
-    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let text =
-        std::fs::read_to_string(format!("{dir}/criterion/{group}/{id}/new/estimates.json")).ok()?;
-    let rest = &text[text.find("\"mean\"")?..];
-    let p = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-    let num: String = rest[p..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
-        .collect();
-    num.parse().ok()
 }
 
 fn main() {

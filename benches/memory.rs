@@ -8,6 +8,10 @@
 //! polling once with a no-op waker, so executor overhead does not blur the
 //! comparison; the same driver runs our functions and the peers'.
 
+#[path = "common/ratio.rs"]
+mod ratio;
+use ratio::mean_ns;
+
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
@@ -211,21 +215,6 @@ fn throughput(c: &mut Criterion, rt: &'static tokio::runtime::Runtime) {
         });
         g.finish();
     }
-}
-
-/// Mean time of one benchmark, read back from criterion's output.
-fn mean_ns(group: &str, id: &str) -> Option<f64> {
-    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let path = format!("{dir}/criterion/{group}/{id}/new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let at = text.find("\"mean\"")?;
-    let rest = &text[at..];
-    let p = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-    let num: String = rest[p..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
-        .collect();
-    num.parse().ok()
 }
 
 fn print_ratios() {

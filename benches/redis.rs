@@ -5,6 +5,10 @@
 //! (CI's short mode, which skips the 1M-key invalidation). Prints the ratios
 //! at the end; BENCHMARKS.md records them.
 
+#[path = "common/ratio.rs"]
+mod ratio;
+use ratio::mean_ns;
+
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -47,19 +51,6 @@ async fn ours(author_id: i64) -> Result<Vec<i64>, DbError> {
 )]
 async fn peer(author_id: i64) -> Result<Vec<i64>, DbError> {
     Ok(ranking(author_id))
-}
-
-fn mean_ns(group: &str, id: &str) -> Option<f64> {
-    let dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let text =
-        std::fs::read_to_string(format!("{dir}/criterion/{group}/{id}/new/estimates.json")).ok()?;
-    let rest = &text[text.find("\"mean\"")?..];
-    let p = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
-    let num: String = rest[p..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
-        .collect();
-    num.parse().ok()
 }
 
 /// Runs `op` `iters` times spread over 64 concurrent tasks; wall time.

@@ -123,32 +123,7 @@ async fn postgres_prefix_invalidation_is_exact_with_percent_and_underscore() {
 
 async fn stale_write_stays_hidden(url: String) {
     let backend = SqlBackend::new(SqlConfig::new(url)).unwrap();
-    let ttl = Duration::from_secs(60);
-    let miss = backend.get("user:7:feed").await.unwrap();
-    assert!(miss.value.is_none());
-    backend.invalidate_prefix("user:7:").await.unwrap();
-    backend
-        .set(
-            "user:7:feed",
-            Bytes::from_static(b"old"),
-            ttl,
-            miss.ticket.as_ref(),
-        )
-        .await
-        .unwrap();
-    assert!(backend.get("user:7:feed").await.unwrap().value.is_none());
-    let miss = backend.get("user:7:feed").await.unwrap();
-    backend
-        .set(
-            "user:7:feed",
-            Bytes::from_static(b"new"),
-            ttl,
-            miss.ticket.as_ref(),
-        )
-        .await
-        .unwrap();
-    let got = backend.get("user:7:feed").await.unwrap().value;
-    assert_eq!(got.as_deref(), Some(&b"new"[..]));
+    support::stale_write_stays_hidden(&backend).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,18 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The password of `scheme://user:password@host`, if any, so that a
+/// library's message echoing it can be scrubbed.
+pub(crate) fn password_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    userinfo
+        .split_once(':')
+        .map(|(_, p)| p.to_owned())
+        .filter(|p| !p.is_empty())
+}
+
 /// Parses `300`, `"90s"`, `"10m"`, `"1h30m"`, `"250ms"`, `"1d"`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();

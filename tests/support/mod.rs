@@ -591,3 +591,40 @@ impl Drop for MemcachedServer {
         self.kill();
     }
 }
+
+/// The guarantee every store gives `invalidate_prefix`: a value computed
+/// from a miss before the invalidation, and written after it, never shows;
+/// a value computed after it does.
+pub async fn stale_write_stays_hidden(backend: &dyn cacheruntime::Backend) {
+    use bytes::Bytes;
+    let ttl = Duration::from_secs(60);
+    let miss = backend.get("user:7:feed").await.unwrap();
+    assert!(miss.value.is_none());
+    backend.invalidate_prefix("user:7:").await.unwrap();
+    backend
+        .set(
+            "user:7:feed",
+            Bytes::from_static(b"old"),
+            ttl,
+            miss.ticket.as_ref(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        backend.get("user:7:feed").await.unwrap().value.is_none(),
+        "{}: a value computed before the invalidation showed after it",
+        backend.name()
+    );
+    let miss = backend.get("user:7:feed").await.unwrap();
+    backend
+        .set(
+            "user:7:feed",
+            Bytes::from_static(b"new"),
+            ttl,
+            miss.ticket.as_ref(),
+        )
+        .await
+        .unwrap();
+    let got = backend.get("user:7:feed").await.unwrap().value;
+    assert_eq!(got.as_deref(), Some(&b"new"[..]), "{}", backend.name());
+}

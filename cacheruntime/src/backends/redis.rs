@@ -55,7 +55,7 @@ use redis::{Cmd, RedisError, RedisFuture, Script, Value};
 
 use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
 use crate::backends::generations::{generations, unwrap_entry};
-use crate::url::redact;
+use crate::url::{password_of, redact};
 use crate::Error;
 
 const NAME: &str = "redis";
@@ -582,13 +582,6 @@ impl RedisBackend {
             .map_err(|e| self.error(e))?;
         Ok(n == 1)
     }
-}
-
-fn password_of(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    userinfo.split_once(':').map(|(_, p)| p.to_owned())
 }
 
 /// Removes any secret that a library message might echo.

@@ -45,7 +45,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
 use crate::clock::Clock;
-use crate::url::redact;
+use crate::url::{password_of, redact};
 use crate::Error;
 
 /// The PostgreSQL DDL for the default table name, `cache_entries`.
@@ -378,6 +378,9 @@ struct Shared {
     writes_since_sweep: AtomicU64,
     sweeper: OnceLock<()>,
     warming: std::sync::atomic::AtomicBool,
+    /// One sweep at a time per process: two concurrent culls would each
+    /// remove the excess and leave far fewer than `max_entries`.
+    sweeping: tokio::sync::Mutex<()>,
     label: String,
     secret: Option<String>,
 }
@@ -394,16 +397,6 @@ impl fmt::Debug for SqlBackend {
             .field("table", &self.shared.config.table)
             .finish_non_exhaustive()
     }
-}
-
-fn password_of(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    userinfo
-        .split_once(':')
-        .map(|(_, p)| p.to_owned())
-        .filter(|p| !p.is_empty())
 }
 
 impl SqlBackend {
@@ -443,6 +436,7 @@ impl SqlBackend {
                 writes_since_sweep: AtomicU64::new(0),
                 sweeper: OnceLock::new(),
                 warming: std::sync::atomic::AtomicBool::new(false),
+                sweeping: tokio::sync::Mutex::new(()),
                 label,
                 secret,
             }),
@@ -458,6 +452,7 @@ impl SqlBackend {
     /// invalidation records, and the `max_entries` cull. Returns the number
     /// of entries removed. The background task calls this periodically.
     pub async fn sweep(&self) -> Result<u64, Error> {
+        let _one_at_a_time = self.shared.sweeping.lock().await;
         self.shared.sweep().await
     }
 }
@@ -654,6 +649,9 @@ impl Shared {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(shared) = weak.upgrade() else { return };
+                let Ok(_one_at_a_time) = shared.sweeping.try_lock() else {
+                    continue;
+                };
                 if let Err(e) = shared.sweep().await {
                     tracing::debug!(error = %e, "cache sweep failed; retrying next interval");
                 }
@@ -826,7 +824,9 @@ impl Shared {
                 self.writes_since_sweep.store(0, Ordering::Relaxed);
                 let shared = Arc::clone(self);
                 tokio::spawn(async move {
-                    let _ = shared.sweep().await;
+                    if let Ok(_one_at_a_time) = shared.sweeping.try_lock() {
+                        let _ = shared.sweep().await;
+                    }
                 });
             }
         }
