@@ -40,6 +40,7 @@ pub fn redact(url: &str) -> String {
 
 /// The password of `scheme://user:password@host`, if any, so that a
 /// library's message echoing it can be scrubbed.
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 pub(crate) fn password_of(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
