@@ -65,6 +65,9 @@ pub struct Cache {
 pub(crate) struct Inner {
     id: u64,
     backend: Arc<dyn Backend>,
+    /// The store answers in process (no cross-process locks needed);
+    /// asked of the backend once, at build.
+    local: bool,
     enabled: bool,
     /// `""` or `"namespace:"`.
     namespace: Box<str>,
@@ -320,6 +323,7 @@ impl Cache {
         Cache {
             inner: Arc::new(Inner {
                 id: IDS.fetch_add(1, Ordering::Relaxed),
+                local: p.backend.get_local("").is_some(),
                 backend: p.backend,
                 enabled: p.enabled,
                 namespace: namespace.into_boxed_str(),
@@ -470,19 +474,9 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
-        let fp = envelope::fingerprint(std::any::type_name::<T>(), policy.version);
-        let full = self.full_key(key);
-        let memo = Memo::decode_only();
-        let call = Call::new(policy, fp, None, memo);
-        self.fetch(
-            &full,
-            call,
-            Fast::Remote,
-            async move { Always(compute().await) },
-            None,
-        )
-        .await
-        .0
+        self.fetch_keyed(key, policy, async move { Always(compute().await) }, None)
+            .await
+            .0
     }
 
     /// Like [`get_or_compute`](Self::get_or_compute) for fallible
@@ -498,11 +492,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let fp = envelope::fingerprint(std::any::type_name::<T>(), policy.version);
-        let full = self.full_key(key);
-        let memo = Memo::decode_only();
-        let call = Call::new(policy, fp, None, memo);
-        self.fetch(&full, call, Fast::Remote, compute(), None).await
+        self.fetch_keyed(key, policy, compute(), None).await
     }
 
     /// Like [`get_or_compute`](Self::get_or_compute), with the policy's
@@ -519,20 +509,11 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,
     {
-        let fp = envelope::fingerprint(std::any::type_name::<T>(), policy.version);
-        let full = self.full_key(key);
-        let call = Call::new(policy, fp, None, Memo::decode_only());
         let compute = compute();
         let body = async move { Always(compute.await) };
-        self.fetch(
-            &full,
-            call,
-            Fast::Remote,
-            body,
-            Some(refresh::spawn_refresh),
-        )
-        .await
-        .0
+        self.fetch_keyed(key, policy, body, Some(refresh::spawn_refresh))
+            .await
+            .0
     }
 
     /// [`get_or_refresh`](Self::get_or_refresh) for fallible computations:
@@ -550,17 +531,28 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        let fp = envelope::fingerprint(std::any::type_name::<T>(), policy.version);
+        self.fetch_keyed(key, policy, compute(), Some(refresh::spawn_refresh))
+            .await
+    }
+
+    /// What the four get-or-compute methods share: fingerprint the stored
+    /// type, namespace the key, run the core.
+    async fn fetch_keyed<O, F>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        compute: F,
+        refresh: Option<fn(F, RefreshJob)>,
+    ) -> O
+    where
+        O: Outcome,
+        F: Future<Output = O>,
+    {
+        let fp = envelope::fingerprint(std::any::type_name::<O::Value>(), policy.version);
         let full = self.full_key(key);
         let call = Call::new(policy, fp, None, Memo::decode_only());
-        self.fetch(
-            &full,
-            call,
-            Fast::Remote,
-            compute(),
-            Some(refresh::spawn_refresh),
-        )
-        .await
+        self.fetch(&full, call, Fast::Remote, compute, refresh)
+            .await
     }
 
     /// `""` or `"namespace:"`, what every stored key starts with.
@@ -723,7 +715,7 @@ impl Cache {
         // Across processes: one computes under the store's lock, the others
         // wait for its value (in-process callers already wait on `guard`).
         let mut lock = None;
-        if inner.backend.get_local("").is_none() {
+        if !inner.local {
             match self
                 .lock_or_value::<O::Value>(key, fp, policy.lock_ttl)
                 .await

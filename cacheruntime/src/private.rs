@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use crate::cache::Fast;
-use crate::cache::{Accept, Always, Call};
+use crate::cache::{Accept, Always, Call, Outcome};
 pub use crate::default::default_cache;
 pub use crate::key::KeyBuilder;
 pub use crate::memo::{Memo, Probe, ViaClone, ViaDecode};
@@ -48,6 +48,27 @@ pub fn local_hit<T: DeserializeOwned>(
     )
 }
 
+/// What the four `cached_*` entry points share: the site's fingerprint and
+/// policy, then the get-or-compute core.
+#[inline]
+async fn run<O, F>(
+    cache: &Cache,
+    site: &'static Site,
+    key: KeyBuilder,
+    memo: Memo<O::Value>,
+    first: Fast<O::Value>,
+    body: F,
+    refresh: Option<fn(F, RefreshJob)>,
+) -> O
+where
+    O: Outcome,
+    F: Future<Output = O>,
+{
+    let fp = site.fingerprint::<O::Value>();
+    let call = Call::new(&site.policy, fp, Some(site), memo);
+    cache.fetch(key.as_str(), call, first, body, refresh).await
+}
+
 /// A `#[cached]` function whose every return value is cached.
 #[inline]
 pub async fn cached_value<T, F>(
@@ -62,17 +83,17 @@ where
     T: Serialize + DeserializeOwned,
     F: Future<Output = T>,
 {
-    let fp = site.fingerprint::<T>();
-    cache
-        .fetch(
-            key.as_str(),
-            Call::new(&site.policy, fp, Some(site), memo),
-            first,
-            async move { Always(body.await) },
-            None,
-        )
-        .await
-        .0
+    run(
+        cache,
+        site,
+        key,
+        memo,
+        first,
+        async move { Always(body.await) },
+        None,
+    )
+    .await
+    .0
 }
 
 /// A `#[cached]` function returning `Result`: `Ok` is cached, `Err` never.
@@ -89,16 +110,7 @@ where
     T: Serialize + DeserializeOwned,
     F: Future<Output = Result<T, E>>,
 {
-    let fp = site.fingerprint::<T>();
-    cache
-        .fetch(
-            key.as_str(),
-            Call::new(&site.policy, fp, Some(site), memo),
-            first,
-            body,
-            None,
-        )
-        .await
+    run(cache, site, key, memo, first, body, None).await
 }
 
 /// The key prefix covering every variant of one rendered key.
@@ -174,15 +186,8 @@ where
     T: Serialize + DeserializeOwned + Send + 'static,
     F: Future<Output = T> + Send + 'static,
 {
-    let fp = site.fingerprint::<T>();
-    cache
-        .fetch(
-            key.as_str(),
-            Call::new(&site.policy, fp, Some(site), memo),
-            first,
-            async move { Always(body.await) },
-            Some(crate::refresh::spawn_refresh),
-        )
+    let body = async move { Always(body.await) };
+    run(cache, site, key, memo, first, body, Some(spawn_refresh))
         .await
         .0
 }
@@ -202,14 +207,5 @@ where
     E: Send + 'static,
     F: Future<Output = Result<T, E>> + Send + 'static,
 {
-    let fp = site.fingerprint::<T>();
-    cache
-        .fetch(
-            key.as_str(),
-            Call::new(&site.policy, fp, Some(site), memo),
-            first,
-            body,
-            Some(crate::refresh::spawn_refresh),
-        )
-        .await
+    run(cache, site, key, memo, first, body, Some(spawn_refresh)).await
 }
