@@ -846,3 +846,274 @@ async fn callers_after_an_invalidation_never_join_a_computation_from_before_it()
         "the stale computation was not stored visibly"
     );
 }
+
+// ---------------------------------------------------------------- ids, not objects
+
+mod ids {
+    use cacheruntime::{cached, Cache, CacheId};
+    use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Book {
+        id: i64,
+        title: String,
+        price: i64,
+    }
+
+    impl CacheId for Book {
+        type Id = i64;
+        fn cache_id(&self) -> i64 {
+            self.id
+        }
+    }
+
+    #[derive(Debug)]
+    struct ShopError(String);
+
+    impl From<sqlx::Error> for ShopError {
+        fn from(e: sqlx::Error) -> Self {
+            ShopError(e.to_string())
+        }
+    }
+
+    type Row = (i64, String, i64);
+
+    fn book((id, title, price): Row) -> Book {
+        Book { id, title, price }
+    }
+
+    impl Book {
+        /// By id, in id order (not the order asked for).
+        async fn by_ids(pool: &SqlitePool, ids: &[i64]) -> Result<Vec<Book>, sqlx::Error> {
+            count(pool, "hydrations").await?;
+            let marks = vec!["?"; ids.len()].join(",");
+            let sql =
+                format!("SELECT id, title, price FROM books WHERE id IN ({marks}) ORDER BY id");
+            let mut query = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql));
+            for id in ids {
+                query = query.bind(id);
+            }
+            Ok(query.fetch_all(pool).await?.into_iter().map(book).collect())
+        }
+
+        async fn one(pool: &SqlitePool, id: i64) -> Result<Option<Book>, sqlx::Error> {
+            let row = sqlx::query_as::<_, Row>("SELECT id, title, price FROM books WHERE id = ?")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            Ok(row.map(book))
+        }
+    }
+
+    /// Counts calls in the test's own database, so tests running at once
+    /// do not see each other's.
+    async fn count(pool: &SqlitePool, name: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE counts SET n = n + 1 WHERE name = ?")
+            .bind(name)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn counted(pool: &SqlitePool, name: &str) -> i64 {
+        sqlx::query_as::<_, (i64,)>("SELECT n FROM counts WHERE name = ?")
+            .bind(name)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+            .0
+    }
+
+    /// The expensive part: which books, in which order.
+    #[cached(
+        key = "shop:author:{author_id}:top",
+        ttl = 3600,
+        cache = cache,
+        ids = |ids| Book::by_ids(pool, &ids)
+    )]
+    async fn top_books(
+        cache: &Cache,
+        pool: &SqlitePool,
+        author_id: i64,
+    ) -> Result<Vec<Book>, ShopError> {
+        count(pool, "rankings").await?;
+        let rows = sqlx::query_as::<_, Row>(
+            "SELECT id, title, price FROM books WHERE author_id = ? ORDER BY sales DESC",
+        )
+        .bind(author_id)
+        .fetch_all(pool)
+        .await?;
+        Ok(rows.into_iter().map(book).collect())
+    }
+
+    /// One object, hydrated by a one-row loader (`Option` rows).
+    #[cached(key = "shop:book:{id}", ttl = 3600, cache = cache, ids = |ids| Book::one(pool, ids[0]))]
+    async fn find_book(
+        cache: &Cache,
+        pool: &SqlitePool,
+        id: i64,
+    ) -> Result<Option<Book>, ShopError> {
+        count(pool, "lookups").await?;
+        Ok(Book::one(pool, id).await?)
+    }
+
+    async fn shop() -> SqlitePool {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::query(
+            "CREATE TABLE books (id INTEGER PRIMARY KEY, author_id INTEGER, title TEXT, price INTEGER, sales INTEGER)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        exec(
+            &pool,
+            "CREATE TABLE counts (name TEXT PRIMARY KEY, n INTEGER)",
+        )
+        .await;
+        exec(
+            &pool,
+            "INSERT INTO counts VALUES ('rankings', 0), ('lookups', 0), ('hydrations', 0)",
+        )
+        .await;
+        for (id, title, price, sales) in [
+            (1, "Emma", 10, 50),
+            (2, "Persuasion", 12, 10),
+            (3, "Sanditon", 9, 90),
+        ] {
+            sqlx::query("INSERT INTO books VALUES (?, 1, ?, ?, ?)")
+                .bind(id)
+                .bind(title)
+                .bind(price)
+                .bind(sales)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool
+    }
+
+    async fn exec(pool: &SqlitePool, sql: &'static str) {
+        sqlx::query(sql).execute(pool).await.unwrap();
+    }
+
+    fn titles(books: &[Book]) -> Vec<&str> {
+        books.iter().map(|b| b.title.as_str()).collect()
+    }
+
+    fn fresh() -> Cache {
+        Cache::builder().memory(1 << 20).build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_hit_stores_only_ids_and_keeps_the_ranked_order() {
+        let (cache, pool) = (fresh(), shop().await);
+        let ranked = top_books(&cache, &pool, 1).await.unwrap();
+        assert_eq!(titles(&ranked), ["Sanditon", "Emma", "Persuasion"]);
+        // What is stored is the ids, in rank order.
+        assert_eq!(
+            cache.get::<Vec<i64>>("shop:author:1:top").await.unwrap(),
+            Some(vec![3, 1, 2])
+        );
+        // The hydrator returns rows in id order; the hit puts them back.
+        let hit = top_books(&cache, &pool, 1).await.unwrap();
+        assert_eq!(hit, ranked);
+    }
+
+    #[tokio::test]
+    async fn an_updated_row_shows_its_new_value_without_rerunning_the_body() {
+        let (cache, pool) = (fresh(), shop().await);
+        top_books(&cache, &pool, 1).await.unwrap();
+        let rankings = counted(&pool, "rankings").await;
+        exec(
+            &pool,
+            "UPDATE books SET price = 99, title = 'Emma (2nd ed.)' WHERE id = 1",
+        )
+        .await;
+        let hit = top_books(&cache, &pool, 1).await.unwrap();
+        assert_eq!(hit[1].price, 99);
+        assert_eq!(hit[1].title, "Emma (2nd ed.)");
+        // A sales change does not reorder until the ids are invalidated.
+        assert_eq!(counted(&pool, "rankings").await, rankings);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_row_disappears_and_the_rest_keep_their_order() {
+        let (cache, pool) = (fresh(), shop().await);
+        top_books(&cache, &pool, 1).await.unwrap();
+        exec(&pool, "DELETE FROM books WHERE id = 1").await;
+        let hit = top_books(&cache, &pool, 1).await.unwrap();
+        assert_eq!(titles(&hit), ["Sanditon", "Persuasion"]);
+    }
+
+    #[tokio::test]
+    async fn the_hydrators_error_is_the_functions_error_and_is_not_cached() {
+        let (cache, pool) = (fresh(), shop().await);
+        top_books(&cache, &pool, 1).await.unwrap();
+        exec(&pool, "ALTER TABLE books RENAME TO books_away").await;
+        let err = top_books(&cache, &pool, 1).await.unwrap_err();
+        assert!(err.0.contains("no such table"), "{err:?}");
+        exec(&pool, "ALTER TABLE books_away RENAME TO books").await;
+        let rankings = counted(&pool, "rankings").await;
+        let hit = top_books(&cache, &pool, 1).await.unwrap();
+        assert_eq!(titles(&hit), ["Sanditon", "Emma", "Persuasion"]);
+        // The stored ids survived the failed hydration.
+        assert_eq!(counted(&pool, "rankings").await, rankings);
+    }
+
+    #[tokio::test]
+    async fn an_empty_result_skips_the_hydrator() {
+        let (cache, pool) = (fresh(), shop().await);
+        assert!(top_books(&cache, &pool, 42).await.unwrap().is_empty());
+        assert!(top_books(&cache, &pool, 42).await.unwrap().is_empty());
+        assert_eq!(
+            cache.get::<Vec<i64>>("shop:author:42:top").await.unwrap(),
+            Some(vec![])
+        );
+        assert_eq!(counted(&pool, "hydrations").await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_single_object_is_hydrated_fresh_and_vanishes_when_deleted() {
+        let (cache, pool) = (fresh(), shop().await);
+        let first = find_book(&cache, &pool, 2).await.unwrap().unwrap();
+        assert_eq!(first.price, 12);
+        let lookups = counted(&pool, "lookups").await;
+        assert_eq!(
+            cache.get::<Option<i64>>("shop:book:2").await.unwrap(),
+            Some(Some(2))
+        );
+        exec(&pool, "UPDATE books SET price = 15 WHERE id = 2").await;
+        assert_eq!(
+            find_book(&cache, &pool, 2).await.unwrap().unwrap().price,
+            15
+        );
+        exec(&pool, "DELETE FROM books WHERE id = 2").await;
+        assert_eq!(find_book(&cache, &pool, 2).await.unwrap(), None);
+        assert_eq!(counted(&pool, "lookups").await, lookups);
+        // A missing object is cached as no id.
+        assert_eq!(find_book(&cache, &pool, 404).await.unwrap(), None);
+        assert_eq!(
+            cache.get::<Option<i64>>("shop:book:404").await.unwrap(),
+            Some(None)
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_cold_callers_run_the_ranking_once_and_agree() {
+        let (cache, pool) = (fresh(), shop().await);
+        let before = counted(&pool, "rankings").await;
+        let calls = (0..8).map(|_| top_books(&cache, &pool, 1));
+        let results = futures::future::join_all(calls).await;
+        for r in &results {
+            assert_eq!(
+                titles(r.as_ref().unwrap()),
+                ["Sanditon", "Emma", "Persuasion"]
+            );
+        }
+        assert_eq!(counted(&pool, "rankings").await - before, 1);
+    }
+}

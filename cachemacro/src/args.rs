@@ -13,7 +13,8 @@ pub const CACHE: &str = "cache";
 pub const VERSION: &str = "version";
 pub const STALE: &str = "stale";
 pub const EARLY: &str = "early";
-pub const ALL: &[&str] = &[KEY, TTL, VARY, CACHE, VERSION, STALE, EARLY];
+pub const IDS: &str = "ids";
+pub const ALL: &[&str] = &[KEY, TTL, VARY, CACHE, VERSION, STALE, EARLY, IDS];
 
 /// `ttl = 3600` or `ttl = "10m"`.
 pub enum TtlArg {
@@ -41,6 +42,9 @@ pub struct Args {
     pub version: Option<LitInt>,
     pub stale: Option<TtlArg>,
     pub early: Option<(Span, String)>,
+    /// `ids = |ids| Book::by_ids(&pool, &ids)`: the hydrator, with the
+    /// span of the name `ids`.
+    pub ids: Option<(Span, Expr)>,
     /// Problems that do not stop parsing (unknown or duplicate names, wrong
     /// value kinds), reported together with the validation errors.
     pub errors: Vec<syn::Error>,
@@ -124,6 +128,10 @@ impl Parse for Args {
                         let expr: Expr = input.parse()?;
                         set_once(&mut args.cache, expr, &name, &mut args.errors);
                     }
+                    IDS => {
+                        let expr: Expr = input.parse()?;
+                        set_once(&mut args.ids, (name.span(), expr), &name, &mut args.errors);
+                    }
                     STALE => match input.parse::<Expr>()? {
                         Expr::Lit(syn::ExprLit {
                             lit: syn::Lit::Int(i),
@@ -202,6 +210,7 @@ fn example(name: &str) -> &'static str {
         CACHE => "`cache = MY_CACHE` (anything `&(...)` turns into `&Cache`)",
         STALE => "`stale = 600` or `stale = \"10m\"`",
         EARLY => "`early = 1.0`",
+        IDS => "`ids = |ids| Book::by_ids(&pool, &ids)`",
         _ => "`version = 2`",
     }
 }

@@ -11,7 +11,7 @@ use syn::{GenericParam, Ident, ItemFn, ReturnType, WherePredicate};
 
 use crate::args::Args;
 use crate::template::Piece;
-use crate::valid::{self, KeyPlan, Plan};
+use crate::valid::{self, Hydrator, KeyPlan, Plan};
 
 pub fn cached(attr: TokenStream, item: TokenStream) -> TokenStream {
     let func: ItemFn = match syn::parse2(item.clone()) {
@@ -232,6 +232,18 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
         None => quote!(::cacheruntime::__private::Memo::decode_only()),
     };
     let helpers = helpers(func, plan);
+    if let (Some(hydrator), Some(ty)) = (&plan.ids, &plan.value_ty) {
+        let ids = ids_body(
+            plan, &name, hydrator, ty, &entry, &cache, &policy, generic, &body,
+        );
+        return quote! {
+            #(#attrs)*
+            #vis #sig {
+                #ids
+            }
+            #helpers
+        };
+    }
     quote! {
         #(#attrs)*
         #vis #sig {
@@ -268,6 +280,97 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
             .await
         }
         #helpers
+    }
+}
+
+/// The body of an `ids = ...` function: the stored value is the result's
+/// ids; a caller whose miss ran the body returns its objects as computed,
+/// every other caller hands the ids to the hydrator.
+#[allow(clippy::too_many_arguments)]
+fn ids_body(
+    plan: &Plan,
+    name: &str,
+    hydrator: &Hydrator,
+    ty: &syn::Type,
+    entry: &TokenStream,
+    cache: &TokenStream,
+    policy: &TokenStream,
+    generic: bool,
+    body: &TokenStream,
+) -> TokenStream {
+    let shape = quote!(<#ty as ::cacheruntime::__private::IdShape>);
+    let key = render_key(
+        plan,
+        quote!(::cacheruntime::__private::key_for(__cachemacro_cache)),
+        DefaultPrefix::Site,
+        true,
+    );
+    let assert = quote_spanned! {ty.span()=>
+        let _ = ::cacheruntime::__private::assert_id_shape::<#ty>;
+    };
+    // The ids are bound in the branch's own scope, so the hydrator's future
+    // may borrow them (`|ids| Book::by_ids(&pool, &ids)`).
+    let hydrate = match hydrator {
+        Hydrator::Closure {
+            pat,
+            body,
+            is_async: false,
+        } => quote! {
+            let #pat = __cachemacro_list;
+            let __cachemacro_found = (#body).await?;
+        },
+        Hydrator::Closure {
+            pat,
+            body,
+            is_async: true,
+        } => quote! {
+            let #pat = __cachemacro_list;
+            let __cachemacro_found = (async move { #body }).await?;
+        },
+        Hydrator::Call(expr) => quote! {
+            let __cachemacro_found = (#expr)(__cachemacro_list).await?;
+        },
+    };
+    quote! {
+        #assert
+        static __CACHEMACRO_SITE: ::cacheruntime::__private::Site =
+            ::cacheruntime::__private::Site::new(#name, ::core::module_path!(), #policy, #generic);
+        let __cachemacro_cache: &::cacheruntime::Cache = #cache;
+        let __cachemacro_slot = ::cacheruntime::__private::IdSlot::<#ty>::new();
+        #key
+        let __cachemacro_memo = {
+            #[allow(unused_imports, clippy::needless_borrow)]
+            use ::cacheruntime::__private::{ViaClone as _, ViaDecode as _};
+            (&&::cacheruntime::__private::Probe::<#shape::Ids>::new()).memo()
+        };
+        let __cachemacro_ids: #shape::Ids = match ::cacheruntime::__private::local_hit(
+            __cachemacro_cache,
+            &__CACHEMACRO_SITE,
+            &__cachemacro_k,
+            __cachemacro_memo,
+        ) {
+            ::cacheruntime::__private::Fast::Hit(__cachemacro_ids) => __cachemacro_ids,
+            __cachemacro_first => ::cacheruntime::__private::#entry(
+                __cachemacro_cache,
+                &__CACHEMACRO_SITE,
+                __cachemacro_k,
+                __cachemacro_memo,
+                __cachemacro_first,
+                ::cacheruntime::__private::store_ids(&__cachemacro_slot, #body),
+            )
+            .await?,
+        };
+        if let ::core::option::Option::Some(__cachemacro_objects) = __cachemacro_slot.take() {
+            return ::core::result::Result::Ok(__cachemacro_objects);
+        }
+        let __cachemacro_list = #shape::list(&__cachemacro_ids);
+        let __cachemacro_rows = if __cachemacro_list.is_empty() {
+            ::std::vec::Vec::new()
+        } else {
+            #hydrate
+            <_ as ::cacheruntime::__private::Rows<#shape::Item>>::into_rows(__cachemacro_found)
+        };
+        ::core::result::Result::Ok(#shape::arrange(__cachemacro_ids, __cachemacro_rows))
     }
 }
 

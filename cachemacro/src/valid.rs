@@ -34,8 +34,23 @@ pub struct Plan {
     pub fallible: bool,
     /// The stored type (`T` of `Result<T, E>`, or the return type).
     pub value_ty: Option<Type>,
+    /// `ids = ...`: the hydrator; the stored value is the ids of `value_ty`.
+    pub ids: Option<Hydrator>,
     pub params: Vec<Param>,
     pub has_receiver: bool,
+}
+
+/// How the stored ids become objects again on a hit.
+pub enum Hydrator {
+    /// `|ids| expr` (or `async |ids| expr`): inlined, so `expr` may borrow
+    /// the function's arguments and the ids.
+    Closure {
+        pat: Box<Pat>,
+        body: Box<syn::Expr>,
+        is_async: bool,
+    },
+    /// Anything else: called with the ids.
+    Call(syn::Expr),
 }
 
 /// Collects errors; combines them into one `syn::Error` at the end.
@@ -263,6 +278,46 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
         }
     };
 
+    // Ids.
+    let ids = match args.ids {
+        None => None,
+        Some((span, expr)) => {
+            if !fallible {
+                let at = match &sig.output {
+                    ReturnType::Type(_, ty) => ty.span(),
+                    ReturnType::Default => span,
+                };
+                errs.at(
+                    at,
+                    "`ids` needs a fallible return, `Result<Vec<T>, E>` or `Result<Option<T>, E>` \
+                     with `T: CacheId`: a hit fetches the objects by id, which can fail",
+                );
+            }
+            if fallible && value_ty.is_none() {
+                errs.at(
+                    span,
+                    "`ids` needs the `Ok` type named in the signature: `Result<Vec<Book>, E>`",
+                );
+            }
+            match expr {
+                syn::Expr::Closure(c) if c.inputs.len() != 1 => {
+                    errs.at(
+                        c.span(),
+                        "the `ids` closure takes one argument, the stored ids (a `Vec` of `T::Id`): \
+                         `ids = |ids| Book::by_ids(&pool, &ids)`",
+                    );
+                    None
+                }
+                syn::Expr::Closure(c) => Some(Hydrator::Closure {
+                    pat: Box::new(c.inputs.into_iter().next().expect("one input")),
+                    body: c.body,
+                    is_async: c.asyncness.is_some(),
+                }),
+                other => Some(Hydrator::Call(other)),
+            }
+        }
+    };
+
     errs.finish()?;
     Ok(Plan {
         key,
@@ -274,6 +329,7 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
         cache: args.cache,
         fallible,
         value_ty,
+        ids,
         params,
         has_receiver,
     })

@@ -14,6 +14,7 @@ pub mod envelope;
 mod errlog;
 mod error;
 mod flight;
+mod ids;
 pub mod key;
 mod memo;
 mod policy;
