@@ -76,10 +76,9 @@ where
     h.slot.put(Bytes::from(stored.clone()));
 
     let failures_before = cache.stats().signature_failures;
-    let served: Option<T> = h
-        .rt
-        .block_on(cache.get::<T>(KEY))
-        .expect("a read from the slot store cannot fail");
+    let served: Option<T> =
+        h.rt.block_on(cache.get::<T>(KEY))
+            .expect("a read from the slot store cannot fail");
     let failures = cache.stats().signature_failures - failures_before;
 
     let header = Header::read(&stored).ok();
@@ -120,7 +119,9 @@ where
     T: Serialize + DeserializeOwned + PartialEq + Debug,
 {
     let mut out = Vec::new();
-    codec.encode(value, &mut out).expect("a decoded value encodes");
+    codec
+        .encode(value, &mut out)
+        .expect("a decoded value encodes");
     let back: T = codec.decode(&out).expect("an encoded value decodes");
     assert_eq!(&back, value, "the value changed through encode and decode");
 }

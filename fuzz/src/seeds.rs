@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cacheruntime::Clock;
-use cacheruntime_fuzz::{cache, sample_books, Scalars, Slot, CODECS, KEY, TAG_LEN};
-
+use cacheruntime_fuzz::{cache, sample_books, tag, Scalars, Slot, CODECS, KEY, TAG_LEN};
 
 const TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
@@ -30,7 +29,20 @@ fn main() {
             let mut captured = Vec::new();
             let mut capture = |ty: u8, name: String, value: &dyn erased::Value| {
                 rt.block_on(value.set(&cache));
-                captured.push((ty, name, slot.take().expect("set stored the entry")));
+                let entry = slot.take().expect("set stored the entry");
+                // The seeds reach the decoder: each reads back as written.
+                slot.put(entry.clone());
+                assert!(
+                    rt.block_on(value.reads_back(&cache)),
+                    "{name} does not read back"
+                );
+                if signed {
+                    // The harness's tag is the cache's, or its mode 1 would
+                    // test nothing past the signature check.
+                    let body = &entry[..entry.len() - TAG_LEN];
+                    assert_eq!(tag(KEY, body)[..], entry[body.len()..], "tag mismatch");
+                }
+                captured.push((ty, name, entry));
             };
             capture(0, "string".into(), &"héllo, cache".to_string());
             capture(1, "vec-u64".into(), &vec![0u64, 1, 300, u64::MAX]);
@@ -67,19 +79,27 @@ mod erased {
     use std::pin::Pin;
 
     use cacheruntime::Cache;
+    use serde::de::DeserializeOwned;
     use serde::Serialize;
 
     /// A value of any type that `Cache::set` can store under the fuzz key.
     pub trait Value {
         fn set<'a>(&'a self, cache: &'a Cache) -> Pin<Box<dyn Future<Output = ()> + 'a>>;
+        /// Whether `Cache::get` of the fuzz key serves this value.
+        fn reads_back<'a>(&'a self, cache: &'a Cache) -> Pin<Box<dyn Future<Output = bool> + 'a>>;
     }
 
-    impl<T: Serialize> Value for T {
+    impl<T: Serialize + DeserializeOwned + PartialEq> Value for T {
         fn set<'a>(&'a self, cache: &'a Cache) -> Pin<Box<dyn Future<Output = ()> + 'a>> {
             Box::pin(async move {
                 cache.set(super::KEY, self, super::TTL).await.unwrap();
             })
         }
+
+        fn reads_back<'a>(&'a self, cache: &'a Cache) -> Pin<Box<dyn Future<Output = bool> + 'a>> {
+            Box::pin(
+                async move { cache.get::<T>(super::KEY).await.unwrap().as_ref() == Some(self) },
+            )
+        }
     }
 }
-
