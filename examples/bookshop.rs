@@ -1,0 +1,781 @@
+//! A bookshop: an axum app on an embedded SQLite database, with the
+//! expensive parts of its pages cached as ids.
+//!
+//! ```sh
+//! cargo run --example bookshop                          # serve on 127.0.0.1:3000
+//! cargo run --release --example bookshop -- --load      # load test: cache off, then on
+//! ```
+//!
+//! Routes: `GET /authors/{id}[?user=U]`, `GET /books/{id}`,
+//! `POST /books/{id}/purchase?user=U`, `PUT /books/{id}` (JSON
+//! `{"price_cents": 1299, "boost": 0.5}`), `GET /stats`.
+//!
+//! What is cached, and why as ids: an author's ranking (`top_books`), a
+//! book's "also bought" list and an author's per-user recommendations are
+//! expensive queries over the purchase log, but their output is only *which*
+//! books in *which* order. Storing ids (`#[cached(ids = ...)]`) and fetching
+//! the rows by primary key on each hit means a price change shows at once
+//! and a deleted book disappears, without invalidating anything. What does
+//! change the rankings (a purchase, an editorial boost) drops one key
+//! prefix: `author:{id}:` holds the author's ranking and every user's
+//! recommendations for that author, `book:{id}:` the book's lists.
+//!
+//! `CACHE_URL` picks the store (memory when unset, `none://` to switch the
+//! cache off; Redis, SQL and Memcached URLs need their cargo features). The
+//! database lives in a temporary directory and is created and seeded on
+//! start.
+//!
+//! `--load` runs the load test the numbers in BENCHMARKS.md come from: it
+//! starts this program twice as a child server (once with
+//! `CACHE_URL=none://`, once with the cache on), drives each over HTTP with
+//! a Zipf-distributed mix of author views, book views and purchases, and
+//! prints requests/s, latency percentiles, hit rate per cached function,
+//! origin computations and errors. Options: `--seconds 30` (per run),
+//! `--concurrency 32` (clients, each one shopper).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, IsTerminal, Read};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cacheruntime::{cached, Cache, CacheId};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+// ------------------------------------------------------------------ catalog
+
+const AUTHORS: i64 = 100;
+const BOOKS_PER_AUTHOR: i64 = 20;
+const BOOKS: i64 = AUTHORS * BOOKS_PER_AUTHOR;
+const USERS: i64 = 2_000;
+const PURCHASES: i64 = 500_000;
+
+#[derive(Debug, Clone, Serialize)]
+struct Book {
+    id: i64,
+    author_id: i64,
+    title: String,
+    price_cents: i64,
+    boost: f64,
+}
+
+impl CacheId for Book {
+    type Id = i64;
+    fn cache_id(&self) -> i64 {
+        self.id
+    }
+}
+
+type BookRow = (i64, i64, String, i64, f64);
+
+impl From<BookRow> for Book {
+    fn from((id, author_id, title, price_cents, boost): BookRow) -> Book {
+        Book {
+            id,
+            author_id,
+            title,
+            price_cents,
+            boost,
+        }
+    }
+}
+
+impl Book {
+    /// Rows by primary key, in whatever order SQLite returns them
+    /// (`#[cached(ids)]` puts them back in the stored order).
+    async fn by_ids(pool: &SqlitePool, ids: &[i64]) -> Result<Vec<Book>, sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks = vec!["?"; ids.len()].join(",");
+        let sql = format!(
+            "SELECT id, author_id, title, price_cents, boost FROM books WHERE id IN ({marks})"
+        );
+        let mut query = sqlx::query_as::<_, BookRow>(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(id);
+        }
+        Ok(query
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(Book::from)
+            .collect())
+    }
+
+    async fn by_id(pool: &SqlitePool, id: i64) -> Result<Option<Book>, sqlx::Error> {
+        let row = sqlx::query_as::<_, BookRow>(
+            "SELECT id, author_id, title, price_cents, boost FROM books WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+        Ok(row.map(Book::from))
+    }
+
+    /// Ranked ids, then their rows in that order (what a miss returns).
+    async fn ranked(pool: &SqlitePool, ids: Vec<i64>) -> Result<Vec<Book>, sqlx::Error> {
+        let mut rows: HashMap<i64, Book> = Book::by_ids(pool, &ids)
+            .await?
+            .into_iter()
+            .map(|b| (b.id, b))
+            .collect();
+        Ok(ids.iter().filter_map(|id| rows.remove(id)).collect())
+    }
+}
+
+// ------------------------------------------------------------------ the shop
+
+/// How many times each expensive query actually ran (origin computations).
+#[derive(Default)]
+struct Origin {
+    top_books: AtomicU64,
+    also_bought: AtomicU64,
+    recommended: AtomicU64,
+}
+
+struct Shop {
+    pool: SqlitePool,
+    cache: Cache,
+    origin: Origin,
+}
+
+/// Recency-weighted sales: each purchase counts less as it ages (half
+/// weight after a month), over every purchase of the author's books: an
+/// aggregate over thousands of rows, milliseconds to tens of them, as
+/// ranking queries tend to be.
+const SCORE: &str = "SUM(p.qty / (1.0 + (?1 - p.ts) / 2592000.0)) * (1.0 + b.boost)";
+
+/// The author's ten best-selling books, ranked. The ranking is cached as
+/// ids for an hour; prices and titles come fresh from the table.
+#[cached(
+    key = "author:{author_id}:top_books",
+    ttl = 3600,
+    cache = shop.cache,
+    ids = |ids| Book::by_ids(&shop.pool, &ids)
+)]
+async fn top_books(shop: &Shop, author_id: i64) -> Result<Vec<Book>, sqlx::Error> {
+    shop.origin.top_books.fetch_add(1, Ordering::Relaxed);
+    let sql = format!(
+        "SELECT b.id FROM books b JOIN purchases p ON p.book_id = b.id
+         WHERE b.author_id = ?2 GROUP BY b.id ORDER BY {SCORE} DESC, b.id LIMIT 10"
+    );
+    let ids: Vec<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(now())
+        .bind(author_id)
+        .fetch_all(&shop.pool)
+        .await?;
+    Book::ranked(&shop.pool, ids.into_iter().map(|(id,)| id).collect()).await
+}
+
+/// Readers who bought this book in the last 7 days also bought: five
+/// books by co-purchases, a self-join over the purchase log.
+#[cached(
+    key = "book:{book_id}:also_bought",
+    ttl = 600,
+    cache = shop.cache,
+    ids = |ids| Book::by_ids(&shop.pool, &ids)
+)]
+async fn also_bought(shop: &Shop, book_id: i64) -> Result<Vec<Book>, sqlx::Error> {
+    shop.origin.also_bought.fetch_add(1, Ordering::Relaxed);
+    let ids: Vec<(i64,)> = sqlx::query_as(
+        "SELECT p2.book_id FROM purchases p1 JOIN purchases p2
+           ON p2.user_id = p1.user_id AND p2.book_id != p1.book_id
+         WHERE p1.book_id = ?1 AND p1.ts > ?2 - 604800
+         GROUP BY p2.book_id ORDER BY COUNT(*) DESC, p2.book_id LIMIT 5",
+    )
+    .bind(book_id)
+    .bind(now())
+    .fetch_all(&shop.pool)
+    .await?;
+    Book::ranked(&shop.pool, ids.into_iter().map(|(id,)| id).collect()).await
+}
+
+/// The author's best books this user has not bought: one entry per user
+/// (`vary`), all under the author's prefix, so a purchase drops every
+/// user's list for that author with the ranking, in one invalidation.
+/// Built on the cached ranking, so a miss costs one indexed query.
+#[cached(
+    key = "author:{author_id}:recommended",
+    ttl = 600,
+    vary = user_id,
+    cache = shop.cache,
+    ids = |ids| Book::by_ids(&shop.pool, &ids)
+)]
+async fn recommended(shop: &Shop, author_id: i64, user_id: i64) -> Result<Vec<Book>, sqlx::Error> {
+    shop.origin.recommended.fetch_add(1, Ordering::Relaxed);
+    let owned: Vec<(i64,)> =
+        sqlx::query_as("SELECT DISTINCT book_id FROM purchases WHERE user_id = ?")
+            .bind(user_id)
+            .fetch_all(&shop.pool)
+            .await?;
+    let owned: std::collections::HashSet<i64> = owned.into_iter().map(|(id,)| id).collect();
+    let mut books = top_books(shop, author_id).await?;
+    books.retain(|b| !owned.contains(&b.id));
+    books.truncate(5);
+    Ok(books)
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+// ------------------------------------------------------------------ routes
+
+struct AppError(String);
+
+impl<E: std::fmt::Display> From<E> for AppError {
+    fn from(e: E) -> Self {
+        AppError(e.to_string())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        (StatusCode::INTERNAL_SERVER_ERROR, self.0).into_response()
+    }
+}
+
+type Page = Result<Json<Value>, AppError>;
+
+fn not_found(what: &str) -> Response {
+    (StatusCode::NOT_FOUND, format!("no such {what}")).into_response()
+}
+
+#[derive(Deserialize)]
+struct Visitor {
+    user: Option<i64>,
+}
+
+async fn author_page(
+    State(shop): State<Arc<Shop>>,
+    Path(id): Path<i64>,
+    Query(visitor): Query<Visitor>,
+) -> Result<Response, AppError> {
+    let author: Option<(String,)> = sqlx::query_as("SELECT name FROM authors WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&shop.pool)
+        .await?;
+    let Some((name,)) = author else {
+        return Ok(not_found("author"));
+    };
+    let top = top_books(&shop, id).await?;
+    let for_you = match visitor.user {
+        Some(user) => Some(recommended(&shop, id, user).await?),
+        None => None,
+    };
+    Ok(
+        Json(json!({ "id": id, "name": name, "top_books": top, "recommended": for_you }))
+            .into_response(),
+    )
+}
+
+async fn book_page(
+    State(shop): State<Arc<Shop>>,
+    Path(id): Path<i64>,
+) -> Result<Response, AppError> {
+    let Some(book) = Book::by_id(&shop.pool, id).await? else {
+        return Ok(not_found("book"));
+    };
+    let by_author = top_books(&shop, book.author_id).await?;
+    let also = also_bought(&shop, id).await?;
+    Ok(
+        Json(json!({ "book": book, "author_top_books": by_author, "also_bought": also }))
+            .into_response(),
+    )
+}
+
+/// A purchase changes the author's ranking and every user's
+/// recommendations for that author: one prefix. The book's "also bought"
+/// list (a week of co-purchases, which one sale barely moves) is left to its
+/// 10-minute TTL.
+async fn purchase(
+    State(shop): State<Arc<Shop>>,
+    Path(id): Path<i64>,
+    Query(visitor): Query<Visitor>,
+) -> Result<Response, AppError> {
+    let Some(user) = visitor.user else {
+        return Ok((StatusCode::BAD_REQUEST, "purchase needs ?user=ID").into_response());
+    };
+    let Some(book) = Book::by_id(&shop.pool, id).await? else {
+        return Ok(not_found("book"));
+    };
+    sqlx::query("INSERT INTO purchases (book_id, user_id, qty, ts) VALUES (?, ?, 1, ?)")
+        .bind(id)
+        .bind(user)
+        .bind(now())
+        .execute(&shop.pool)
+        .await?;
+    invalidate(&shop, &format!("author:{}:", book.author_id)).await;
+    Ok(Json(json!({ "purchased": id, "user": user })).into_response())
+}
+
+#[derive(Deserialize)]
+struct BookUpdate {
+    price_cents: Option<i64>,
+    boost: Option<f64>,
+}
+
+/// A new price needs no invalidation (hits fetch rows fresh by id); a new
+/// editorial boost re-ranks the author's books.
+async fn update_book(
+    State(shop): State<Arc<Shop>>,
+    Path(id): Path<i64>,
+    Json(update): Json<BookUpdate>,
+) -> Result<Response, AppError> {
+    let Some(book) = Book::by_id(&shop.pool, id).await? else {
+        return Ok(not_found("book"));
+    };
+    sqlx::query("UPDATE books SET price_cents = ?, boost = ? WHERE id = ?")
+        .bind(update.price_cents.unwrap_or(book.price_cents))
+        .bind(update.boost.unwrap_or(book.boost))
+        .bind(id)
+        .execute(&shop.pool)
+        .await?;
+    if update.boost.is_some_and(|b| b != book.boost) {
+        invalidate(&shop, &format!("author:{}:", book.author_id)).await;
+    }
+    let book = Book::by_id(&shop.pool, id).await?;
+    Ok(Json(json!(book)).into_response())
+}
+
+/// A failed invalidation must not fail the write that caused it; the
+/// cache logs and counts it, and the entries expire with their TTL.
+async fn invalidate(shop: &Shop, prefix: &str) {
+    if let Err(e) = shop.cache.invalidate_prefix(prefix).await {
+        tracing_free_warn(&format!("invalidating {prefix}: {e}"));
+    }
+}
+
+fn tracing_free_warn(msg: &str) {
+    eprintln!("warning: {msg}");
+}
+
+async fn stats(State(shop): State<Arc<Shop>>) -> Page {
+    let s = shop.cache.stats();
+    let functions: Vec<Value> = s
+        .functions
+        .iter()
+        .map(|f| {
+            let name = f.name.rsplit("::").next().unwrap_or(&f.name);
+            json!({ "name": name, "hits": f.hits, "misses": f.misses, "hit_rate": f.hit_rate() })
+        })
+        .collect();
+    let o = &shop.origin;
+    Ok(Json(json!({
+        "functions": functions,
+        "hits": s.hits,
+        "misses": s.misses,
+        "errors": s.errors,
+        "origin": {
+            "top_books": o.top_books.load(Ordering::Relaxed),
+            "also_bought": o.also_bought.load(Ordering::Relaxed),
+            "recommended": o.recommended.load(Ordering::Relaxed),
+        },
+    })))
+}
+
+fn app(shop: Arc<Shop>) -> Router {
+    Router::new()
+        .route("/authors/{id}", get(author_page))
+        .route("/books/{id}", get(book_page).put(update_book))
+        .route("/books/{id}/purchase", post(purchase))
+        .route("/stats", get(stats))
+        .with_state(shop)
+}
+
+// ------------------------------------------------------------------ database
+
+/// Creates and seeds the catalog and a random purchase log of the same size
+/// and distribution each time.
+async fn open_database(dir: &std::path::Path) -> Result<SqlitePool, sqlx::Error> {
+    let url = format!("sqlite://{}", dir.join("bookshop.db").display());
+    let options = SqliteConnectOptions::from_str(&url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await?;
+    let statements = [
+        "CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT NOT NULL)".to_owned(),
+        "CREATE TABLE books (id INTEGER PRIMARY KEY, author_id INTEGER NOT NULL, title TEXT NOT NULL,
+           price_cents INTEGER NOT NULL, boost REAL NOT NULL DEFAULT 0)"
+            .to_owned(),
+        "CREATE INDEX books_author ON books (author_id)".to_owned(),
+        "CREATE TABLE purchases (id INTEGER PRIMARY KEY, book_id INTEGER NOT NULL,
+           user_id INTEGER NOT NULL, qty INTEGER NOT NULL, ts INTEGER NOT NULL)"
+            .to_owned(),
+        "CREATE INDEX purchases_book ON purchases (book_id)".to_owned(),
+        "CREATE INDEX purchases_user ON purchases (user_id)".to_owned(),
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {AUTHORS})
+             INSERT INTO authors SELECT i, 'Author ' || i FROM n"
+        ),
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {BOOKS})
+             INSERT INTO books SELECT i, (i - 1) / {BOOKS_PER_AUTHOR} + 1, 'Book ' || i,
+               500 + (i * 37) % 2500, 0 FROM n"
+        ),
+        // A purchase log over the last 90 days.
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {PURCHASES})
+             INSERT INTO purchases (book_id, user_id, qty, ts)
+             SELECT 1 + abs(random()) % {BOOKS}, 1 + abs(random()) % {USERS},
+                    1 + abs(random()) % 3, {now} - abs(random()) % 7776000 FROM n",
+            now = now()
+        ),
+    ];
+    for sql in statements {
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await?;
+    }
+    Ok(pool)
+}
+
+// ------------------------------------------------------------------ serving
+
+async fn serve(port: u16, until_stdin_closes: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let pool = open_database(dir.path()).await?;
+    let cache = Cache::from_env().await?;
+    let shop = Arc::new(Shop {
+        pool,
+        cache,
+        origin: Origin::default(),
+    });
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    let stop = async move {
+        if until_stdin_closes {
+            // The load test's parent holds our stdin: when it closes (or the
+            // parent dies) stop, so the temporary database is removed.
+            let _ =
+                tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await;
+        } else {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    };
+    axum::serve(listener, app(shop))
+        .with_graceful_shutdown(stop)
+        .await?;
+    drop(dir);
+    Ok(())
+}
+
+// ------------------------------------------------------------------ load test
+
+struct Options {
+    seconds: u64,
+    concurrency: usize,
+}
+
+/// One run's figures.
+struct Run {
+    label: String,
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+    stats: Value,
+}
+
+impl Run {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i =
+            ((self.latencies_us.len() as f64 * p).ceil() as usize).min(self.latencies_us.len()) - 1;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+
+    fn hit_rate(&self) -> f64 {
+        let hits = self.stats["hits"].as_u64().unwrap_or(0) as f64;
+        let misses = self.stats["misses"].as_u64().unwrap_or(0) as f64;
+        if hits + misses == 0.0 {
+            0.0
+        } else {
+            hits / (hits + misses)
+        }
+    }
+
+    fn origin(&self) -> u64 {
+        let o = &self.stats["origin"];
+        ["top_books", "also_bought", "recommended"]
+            .iter()
+            .map(|k| o[k].as_u64().unwrap_or(0))
+            .sum()
+    }
+}
+
+/// A server child process: this program with `--serve-child`.
+struct Child {
+    process: std::process::Child,
+    base: String,
+}
+
+impl Child {
+    fn start(cache_url: &str) -> Result<Child, Box<dyn std::error::Error>> {
+        let mut process = Command::new(std::env::current_exe()?)
+            .args(["--serve-child"])
+            .env("CACHE_URL", cache_url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(process.stdout.take().expect("piped")).read_line(&mut line)?;
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .ok_or_else(|| format!("the server did not start: {line:?}"))?
+            .to_owned();
+        Ok(Child { process, base })
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        drop(self.process.stdin.take());
+        let _ = self.process.wait();
+    }
+}
+
+/// The three actions, with Zipf-distributed targets: popular authors and
+/// books get most of the traffic, as on a real shop.
+enum Action {
+    Author(i64, Option<i64>),
+    Book(i64),
+    Purchase(i64, i64),
+}
+
+struct Traffic {
+    authors: Zipf<f64>,
+    books: Zipf<f64>,
+}
+
+impl Traffic {
+    fn new() -> Traffic {
+        Traffic {
+            authors: Zipf::new(AUTHORS as f64, 1.1).expect("valid Zipf"),
+            books: Zipf::new(BOOKS as f64, 1.1).expect("valid Zipf"),
+        }
+    }
+
+    /// 60% book pages, 39% author pages (a third of them signed in), 1%
+    /// purchases.
+    /// Each client is one shopper (`user`), as in a Locust run.
+    fn next(&self, rng: &mut SmallRng, user: i64) -> Action {
+        let roll = rng.random_range(0..100);
+        let author = self.authors.sample(rng) as i64;
+        let book = self.books.sample(rng) as i64;
+        match roll {
+            0..60 => Action::Book(book),
+            60..99 => Action::Author(author, (roll % 3 == 0).then_some(user)),
+            _ => Action::Purchase(book, user),
+        }
+    }
+}
+
+async fn drive(
+    label: &str,
+    cache_url: &str,
+    opts: &Options,
+) -> Result<Run, Box<dyn std::error::Error>> {
+    let child = Child::start(cache_url)?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(opts.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let requests = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let traffic = Arc::new(Traffic::new());
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(opts.seconds);
+    let mut workers = Vec::new();
+    for worker in 0..opts.concurrency {
+        let (client, base) = (client.clone(), child.base.clone());
+        let (requests, errors, traffic) = (requests.clone(), errors.clone(), traffic.clone());
+        workers.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(worker as u64);
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let request = match traffic.next(&mut rng, 1 + worker as i64 % USERS) {
+                    Action::Author(id, Some(user)) => {
+                        client.get(format!("{base}/authors/{id}?user={user}"))
+                    }
+                    Action::Author(id, None) => client.get(format!("{base}/authors/{id}")),
+                    Action::Book(id) => client.get(format!("{base}/books/{id}")),
+                    Action::Purchase(id, user) => {
+                        client.post(format!("{base}/books/{id}/purchase?user={user}"))
+                    }
+                };
+                let sent = Instant::now();
+                let ok = match request.send().await {
+                    Ok(response) => {
+                        response.status().is_success() && response.bytes().await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                requests.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            latencies
+        }));
+    }
+    // The progress line.
+    let progress = {
+        let (requests, errors, label) = (requests.clone(), errors.clone(), label.to_owned());
+        let seconds = opts.seconds;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let elapsed = started.elapsed().as_secs_f64();
+                let n = requests.load(Ordering::Relaxed);
+                let line = format!(
+                    "  {label:<10} {elapsed:>5.1}/{seconds} s  {n:>8} requests  {:>8.0}/s  {} errors",
+                    n as f64 / elapsed,
+                    errors.load(Ordering::Relaxed)
+                );
+                // One line redrawn on a terminal; one line per second in a log.
+                if std::io::stderr().is_terminal() {
+                    eprint!("\r{line}   ");
+                } else {
+                    eprintln!("{line}");
+                }
+            }
+        })
+    };
+    let mut latencies_us = Vec::new();
+    for w in workers {
+        latencies_us.extend(w.await?);
+    }
+    let elapsed = started.elapsed();
+    progress.abort();
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    latencies_us.sort_unstable();
+    let stats: Value = client
+        .get(format!("{}/stats", child.base))
+        .send()
+        .await?
+        .json()
+        .await?;
+    drop(child);
+    Ok(Run {
+        label: label.to_owned(),
+        requests: requests.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        latencies_us,
+        stats,
+    })
+}
+
+fn report(runs: &[Run], opts: &Options, cache_url: &str) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "{} s per run, {} concurrent clients, cache on = {cache_url}\n\n",
+        opts.seconds, opts.concurrency
+    ));
+    out.push_str("| run | requests | requests/s | p50 ms | p95 ms | p99 ms | hit rate | origin computations | errors |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in runs {
+        out.push_str(&format!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1}% | {} | {} |\n",
+            r.label,
+            r.requests,
+            r.rps(),
+            r.percentile_ms(0.50),
+            r.percentile_ms(0.95),
+            r.percentile_ms(0.99),
+            r.hit_rate() * 100.0,
+            r.origin(),
+            r.errors
+        ));
+    }
+    if let [off, on] = runs {
+        out.push_str(&format!(
+            "\nWith the cache: {:.1}x the requests/s, p99 {:.2}x.\n",
+            on.rps() / off.rps(),
+            on.percentile_ms(0.99) / off.percentile_ms(0.99)
+        ));
+        out.push_str("\n| function (cache on) | hits | misses | hit rate | computations |\n|---|---:|---:|---:|---:|\n");
+        for f in on.stats["functions"].as_array().into_iter().flatten() {
+            let name = f["name"].as_str().unwrap_or("?");
+            out.push_str(&format!(
+                "| {name} | {} | {} | {:.1}% | {} |\n",
+                f["hits"],
+                f["misses"],
+                f["hit_rate"].as_f64().unwrap_or(0.0) * 100.0,
+                on.stats["origin"][name]
+            ));
+        }
+    }
+    out
+}
+
+fn flag<T: FromStr>(args: &[String], name: &str, default: T) -> Result<T, String> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(default),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{name} needs a number, e.g. `{name} 10`")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--serve-child") {
+        return serve(0, true).await;
+    }
+    if !args.iter().any(|a| a == "--load") {
+        let port = flag(&args, "--port", 3000u16)?;
+        return serve(port, false).await;
+    }
+    let opts = Options {
+        seconds: flag(&args, "--seconds", 30)?,
+        concurrency: flag(&args, "--concurrency", 32)?,
+    };
+    let cache_url = match std::env::var("CACHE_URL") {
+        Ok(url) if !url.trim().is_empty() && url.trim() != "none://" => url,
+        _ => "memory://".to_owned(),
+    };
+    eprintln!(
+        "bookshop load test: {} s per run, {} clients",
+        opts.seconds, opts.concurrency
+    );
+    let off = drive("cache off", "none://", &opts).await?;
+    let on = drive("cache on", &cache_url, &opts).await?;
+    let runs = [off, on];
+    println!("{}", report(&runs, &opts, &cache_url));
+    let errors: u64 = runs.iter().map(|r| r.errors).sum();
+    if errors > 0 {
+        return Err(format!("{errors} requests failed").into());
+    }
+    Ok(())
+}
