@@ -222,6 +222,15 @@ pub enum Due {
     Stale,
 }
 
+/// Whether a computed value may be written, and under which ticket.
+enum Stored {
+    /// The read answered (with this ticket, if the store gives them).
+    Under(Option<Ticket>),
+    /// The read failed: no ticket to write under; the value is only returned
+    /// (and shared with in-process waiters).
+    Never,
+}
+
 /// What a cold miss found when it went for the store's lock.
 enum Contended<V> {
     /// Another process computed it meanwhile.
@@ -627,6 +636,13 @@ impl Cache {
                         .await
                 }
             };
+            // Whether the store answered. A failed read left no ticket (no
+            // record of the invalidation state it saw), so its value must
+            // not be written: stored as "current", a value computed before
+            // an invalidation that returns meanwhile would be served after
+            // it. And a store that just failed is not asked for a lock or a
+            // write either, so the call costs one op timeout, not three.
+            let store_answered = read.is_ok();
             let ticket = match read {
                 Ok(Read::Hit(v)) => return O::from_cached(v),
                 Ok(Read::Refresh(v, ticket, due)) => match refresh {
@@ -670,6 +686,11 @@ impl Cache {
                         }
                     }
                     let compute = compute.take().expect("computed at most once");
+                    let ticket = if store_answered {
+                        Stored::Under(ticket)
+                    } else {
+                        Stored::Never
+                    };
                     return self.lead(guard, key, ticket, policy, fp, compute).await;
                 }
                 Role::Waiter(rx) => {
@@ -702,7 +723,7 @@ impl Cache {
         &self,
         guard: flight::LeaderGuard<'_>,
         key: &str,
-        ticket: Option<Ticket>,
+        stored: Stored,
         policy: &Policy,
         fp: u64,
         compute: F,
@@ -715,7 +736,7 @@ impl Cache {
         // Across processes: one computes under the store's lock, the others
         // wait for its value (in-process callers already wait on `guard`).
         let mut lock = None;
-        if !inner.local {
+        if !inner.local && matches!(stored, Stored::Under(_)) {
             match self
                 .lock_or_value::<O::Value>(key, fp, policy.lock_ttl)
                 .await
@@ -744,7 +765,9 @@ impl Cache {
                 // Waiters (and callers arriving until the store finishes)
                 // get the value now; the guard's drop ends the flight.
                 guard.publish(Landing::Entry(bytes.clone()));
-                self.store(key, bytes, ttl, ticket).await;
+                if let Stored::Under(ticket) = stored {
+                    self.store(key, bytes, ttl, ticket).await;
+                }
             }
             Err(e) => {
                 guard.publish(Landing::Nothing);

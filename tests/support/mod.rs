@@ -628,3 +628,120 @@ pub async fn stale_write_stays_hidden(backend: &dyn cacheruntime::Backend) {
     let got = backend.get("user:7:feed").await.unwrap().value;
     assert_eq!(got.as_deref(), Some(&b"new"[..]), "{}", backend.name());
 }
+
+/// A loopback TCP proxy in front of a server, for stalls that `SIGSTOP`
+/// cannot give (a server that is one of many processes, or one whose
+/// connections should hang while the process keeps running). It forwards
+/// bytes both ways until [`stall`](Self::stall); from then on it still
+/// accepts connections, and keeps every connection open, but forwards
+/// nothing in either direction until [`resume`](Self::resume), when what it
+/// held is delivered as if the server had been frozen. Stops on drop.
+pub struct StallProxy {
+    pub port: u16,
+    stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sockets: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl StallProxy {
+    /// A proxy on a free loopback port forwarding to `127.0.0.1:upstream`.
+    pub fn start(upstream: u16) -> StallProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().unwrap().port();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(AtomicBool::new(false));
+        let sockets: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (s, c, socks) = (stalled.clone(), closed.clone(), sockets.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if c.load(Ordering::Acquire) {
+                    break;
+                }
+                let Ok(client) = conn else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue; // the client sees the connection close
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let clones = (
+                    client.try_clone(),
+                    server.try_clone(),
+                    client.try_clone(),
+                    server.try_clone(),
+                );
+                let (Ok(c1), Ok(s1), Ok(c2), Ok(s2)) = clones else {
+                    continue;
+                };
+                socks.lock().unwrap().extend([c2, s2]);
+                for (from, to) in [(client, s1), (server, c1)] {
+                    let (s, c) = (s.clone(), c.clone());
+                    std::thread::spawn(move || pump(from, to, &s, &c));
+                }
+            }
+        });
+        StallProxy {
+            port,
+            stalled,
+            closed,
+            sockets,
+        }
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// From now on nothing is forwarded; connections stay open.
+    pub fn stall(&self) {
+        self.stalled
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Forwards again, held bytes first.
+    pub fn resume(&self) {
+        self.stalled
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Copies `from` to `to` until either closes, holding each chunk while
+/// `stalled` is set.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    stalled: &std::sync::atomic::AtomicBool,
+    closed: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        while stalled.load(Ordering::Acquire) && !closed.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if closed.load(Ordering::Acquire) || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+impl Drop for StallProxy {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.closed.store(true, Ordering::Release);
+        self.stalled.store(false, Ordering::Release);
+        for s in self.sockets.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        // Wakes the accept loop so it sees `closed`.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
