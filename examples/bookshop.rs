@@ -6,19 +6,18 @@
 //! cargo run --release --example bookshop -- --load      # load test: cache off, then on
 //! ```
 //!
-//! Routes: `GET /authors/{id}[?user=U]`, `GET /books/{id}`,
+//! Routes: `GET /authors/{id}[?user=U]`, `GET /books/{id}[?user=U]`,
 //! `POST /books/{id}/purchase?user=U`, `PUT /books/{id}` (JSON
 //! `{"price_cents": 1299, "boost": 0.5}`), `GET /stats`.
 //!
 //! What is cached, and why as ids: an author's ranking (`top_books`), a
-//! book's "also bought" list and an author's per-user recommendations are
+//! book's "also bought" list and each user's recommendations are
 //! expensive queries over the purchase log, but their output is only *which*
 //! books in *which* order. Storing ids (`#[cached(ids = ...)]`) and fetching
 //! the rows by primary key on each hit means a price change shows at once
 //! and a deleted book disappears, without invalidating anything. What does
-//! change the rankings (a purchase, an editorial boost) drops one key
-//! prefix: `author:{id}:` holds the author's ranking and every user's
-//! recommendations for that author, `book:{id}:` the book's lists.
+//! change a ranking (a purchase, an editorial boost) drops the author's key
+//! prefix, `author:{id}:`.
 //!
 //! `CACHE_URL` picks the store (memory when unset, `none://` to switch the
 //! cache off; Redis, SQL and Memcached URLs need their cargo features). The
@@ -30,8 +29,9 @@
 //! `CACHE_URL=none://`, once with the cache on), drives each over HTTP with
 //! a Zipf-distributed mix of author views, book views and purchases, and
 //! prints requests/s, latency percentiles, hit rate per cached function,
-//! origin computations and errors. Options: `--seconds 30` (per run),
-//! `--concurrency 32` (clients, each one shopper).
+//! origin computations and errors. Options: `--seconds 60` (per run),
+//! `--concurrency 32` (clients, each one shopper), `--purchases-per-mille 3`
+//! (purchases among the actions; each re-ranks an author).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, IsTerminal, Read};
@@ -113,6 +113,23 @@ impl Book {
             .into_iter()
             .map(Book::from)
             .collect())
+    }
+
+    /// [`Book::by_ids`] without the books this user has bought.
+    async fn not_owned(
+        pool: &SqlitePool,
+        ids: &[i64],
+        user_id: i64,
+    ) -> Result<Vec<Book>, sqlx::Error> {
+        let owned: Vec<(i64,)> =
+            sqlx::query_as("SELECT DISTINCT book_id FROM purchases WHERE user_id = ?")
+                .bind(user_id)
+                .fetch_all(pool)
+                .await?;
+        let owned: std::collections::HashSet<i64> = owned.into_iter().map(|(id,)| id).collect();
+        let mut books = Book::by_ids(pool, ids).await?;
+        books.retain(|b| !owned.contains(&b.id));
+        Ok(books)
     }
 
     async fn by_id(pool: &SqlitePool, id: i64) -> Result<Option<Book>, sqlx::Error> {
@@ -203,29 +220,34 @@ async fn also_bought(shop: &Shop, book_id: i64) -> Result<Vec<Book>, sqlx::Error
     Book::ranked(&shop.pool, ids.into_iter().map(|(id,)| id).collect()).await
 }
 
-/// The author's best books this user has not bought: one entry per user
-/// (`vary`), all under the author's prefix, so a purchase drops every
-/// user's list for that author with the ranking, in one invalidation.
-/// Built on the cached ranking, so a miss costs one indexed query.
+/// Recommended for you: the best-selling books of the three authors this
+/// user buys most, that they have not bought. One entry per user (`vary`);
+/// the hydrator drops what the user has bought since, so their own
+/// purchase shows at once without an invalidation, and the list follows
+/// the shop's sales within its TTL.
 #[cached(
-    key = "author:{author_id}:recommended",
+    key = "recommended",
     ttl = 600,
     vary = user_id,
     cache = shop.cache,
-    ids = |ids| Book::by_ids(&shop.pool, &ids)
+    ids = |ids| Book::not_owned(&shop.pool, &ids, user_id)
 )]
-async fn recommended(shop: &Shop, author_id: i64, user_id: i64) -> Result<Vec<Book>, sqlx::Error> {
+async fn recommended(shop: &Shop, user_id: i64) -> Result<Vec<Book>, sqlx::Error> {
     shop.origin.recommended.fetch_add(1, Ordering::Relaxed);
-    let owned: Vec<(i64,)> =
-        sqlx::query_as("SELECT DISTINCT book_id FROM purchases WHERE user_id = ?")
-            .bind(user_id)
-            .fetch_all(&shop.pool)
-            .await?;
-    let owned: std::collections::HashSet<i64> = owned.into_iter().map(|(id,)| id).collect();
-    let mut books = top_books(shop, author_id).await?;
-    books.retain(|b| !owned.contains(&b.id));
-    books.truncate(5);
-    Ok(books)
+    let sql = format!(
+        "SELECT b.id FROM books b JOIN purchases p ON p.book_id = b.id
+         WHERE b.author_id IN (
+             SELECT bb.author_id FROM purchases pp JOIN books bb ON bb.id = pp.book_id
+             WHERE pp.user_id = ?2 GROUP BY bb.author_id ORDER BY COUNT(*) DESC, bb.author_id LIMIT 3)
+           AND b.id NOT IN (SELECT book_id FROM purchases WHERE user_id = ?2)
+         GROUP BY b.id ORDER BY {SCORE} DESC, b.id LIMIT 5"
+    );
+    let ids: Vec<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(now())
+        .bind(user_id)
+        .fetch_all(&shop.pool)
+        .await?;
+    Book::ranked(&shop.pool, ids.into_iter().map(|(id,)| id).collect()).await
 }
 
 fn now() -> i64 {
@@ -274,35 +296,45 @@ async fn author_page(
         return Ok(not_found("author"));
     };
     let top = top_books(&shop, id).await?;
-    let for_you = match visitor.user {
-        Some(user) => Some(recommended(&shop, id, user).await?),
-        None => None,
-    };
+    let for_you = for_visitor(&shop, &visitor).await?;
     Ok(
         Json(json!({ "id": id, "name": name, "top_books": top, "recommended": for_you }))
             .into_response(),
     )
 }
 
+/// Signed-in visitors see their recommendations on every page.
+async fn for_visitor(shop: &Shop, visitor: &Visitor) -> Result<Option<Vec<Book>>, sqlx::Error> {
+    match visitor.user {
+        Some(user) => Ok(Some(recommended(shop, user).await?)),
+        None => Ok(None),
+    }
+}
+
 async fn book_page(
     State(shop): State<Arc<Shop>>,
     Path(id): Path<i64>,
+    Query(visitor): Query<Visitor>,
 ) -> Result<Response, AppError> {
     let Some(book) = Book::by_id(&shop.pool, id).await? else {
         return Ok(not_found("book"));
     };
     let by_author = top_books(&shop, book.author_id).await?;
     let also = also_bought(&shop, id).await?;
-    Ok(
-        Json(json!({ "book": book, "author_top_books": by_author, "also_bought": also }))
-            .into_response(),
-    )
+    let for_you = for_visitor(&shop, &visitor).await?;
+    Ok(Json(json!({
+        "book": book,
+        "author_top_books": by_author,
+        "also_bought": also,
+        "recommended": for_you,
+    }))
+    .into_response())
 }
 
-/// A purchase changes the author's ranking and every user's
-/// recommendations for that author: one prefix. The book's "also bought"
-/// list (a week of co-purchases, which one sale barely moves) is left to its
-/// 10-minute TTL.
+/// A purchase changes the author's ranking: drop the author's prefix. The
+/// buyer's recommendations drop the book when hydrated; the book's "also
+/// bought" list (a week of co-purchases, which one sale barely moves) and
+/// other users' recommendations follow within their 10-minute TTL.
 async fn purchase(
     State(shop): State<Arc<Shop>>,
     Path(id): Path<i64>,
@@ -482,6 +514,8 @@ async fn serve(port: u16, until_stdin_closes: bool) -> Result<(), Box<dyn std::e
 struct Options {
     seconds: u64,
     concurrency: usize,
+    /// Purchases per 1,000 actions.
+    purchases: u32,
 }
 
 /// One run's figures.
@@ -560,10 +594,11 @@ impl Drop for Child {
 }
 
 /// The three actions, with Zipf-distributed targets: popular authors and
-/// books get most of the traffic, as on a real shop.
+/// books get most of the traffic, as on a real shop. Page views carry the
+/// shopper's id when signed in.
 enum Action {
     Author(i64, Option<i64>),
-    Book(i64),
+    Book(i64, Option<i64>),
     Purchase(i64, i64),
 }
 
@@ -580,17 +615,22 @@ impl Traffic {
         }
     }
 
-    /// 60% book pages, 39% author pages (a third of them signed in), 1%
-    /// purchases.
+    /// `purchases` in 1,000 actions are purchases; of the page views, 60%
+    /// are book pages and 40% author pages, a third of them signed in.
     /// Each client is one shopper (`user`), as in a Locust run.
-    fn next(&self, rng: &mut SmallRng, user: i64) -> Action {
-        let roll = rng.random_range(0..100);
+    fn next(&self, rng: &mut SmallRng, user: i64, purchases: u32) -> Action {
+        let roll = rng.random_range(0..1000);
         let author = self.authors.sample(rng) as i64;
         let book = self.books.sample(rng) as i64;
-        match roll {
-            0..60 => Action::Book(book),
-            60..99 => Action::Author(author, (roll % 3 == 0).then_some(user)),
-            _ => Action::Purchase(book, user),
+        if roll < purchases {
+            return Action::Purchase(book, user);
+        }
+        let signed_in = rng.random_range(0..3) == 0;
+        let user = signed_in.then_some(user);
+        if rng.random_range(0..10) < 6 {
+            Action::Book(book, user)
+        } else {
+            Action::Author(author, user)
         }
     }
 }
@@ -614,16 +654,20 @@ async fn drive(
     for worker in 0..opts.concurrency {
         let (client, base) = (client.clone(), child.base.clone());
         let (requests, errors, traffic) = (requests.clone(), errors.clone(), traffic.clone());
+        let purchases = opts.purchases;
         workers.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(worker as u64);
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
-                let request = match traffic.next(&mut rng, 1 + worker as i64 % USERS) {
+                let request = match traffic.next(&mut rng, 1 + worker as i64 % USERS, purchases) {
                     Action::Author(id, Some(user)) => {
                         client.get(format!("{base}/authors/{id}?user={user}"))
                     }
                     Action::Author(id, None) => client.get(format!("{base}/authors/{id}")),
-                    Action::Book(id) => client.get(format!("{base}/books/{id}")),
+                    Action::Book(id, Some(user)) => {
+                        client.get(format!("{base}/books/{id}?user={user}"))
+                    }
+                    Action::Book(id, None) => client.get(format!("{base}/books/{id}")),
                     Action::Purchase(id, user) => {
                         client.post(format!("{base}/books/{id}/purchase?user={user}"))
                     }
@@ -697,8 +741,8 @@ async fn drive(
 fn report(runs: &[Run], opts: &Options, cache_url: &str) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "{} s per run, {} concurrent clients, cache on = {cache_url}\n\n",
-        opts.seconds, opts.concurrency
+        "{} s per run, {} concurrent clients (one shopper each), {} purchases per 1,000 actions, cache on = {cache_url}\n\n",
+        opts.seconds, opts.concurrency, opts.purchases
     ));
     out.push_str("| run | requests | requests/s | p50 ms | p95 ms | p99 ms | hit rate | origin computations | errors |\n");
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -758,9 +802,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return serve(port, false).await;
     }
     let opts = Options {
-        seconds: flag(&args, "--seconds", 30)?,
+        seconds: flag(&args, "--seconds", 60)?,
         concurrency: flag(&args, "--concurrency", 32)?,
+        purchases: flag(&args, "--purchases-per-mille", 3)?,
     };
+    if opts.purchases > 1000 {
+        return Err("--purchases-per-mille is out of 1000, e.g. `--purchases-per-mille 3`".into());
+    }
     let cache_url = match std::env::var("CACHE_URL") {
         Ok(url) if !url.trim().is_empty() && url.trim() != "none://" => url,
         _ => "memory://".to_owned(),
