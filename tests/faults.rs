@@ -1373,36 +1373,34 @@ async fn mixed_load(name: &'static str, cache: Cache, secs: u64) -> String {
     line
 }
 
+/// A cache for the mixed load: the store's op timeout is generous (1 s), so
+/// an error under load is the store failing, not a slow machine's jitter.
+fn load_cache(backend: impl cacheruntime::Backend) -> Cache {
+    Cache::builder()
+        .backend(backend)
+        .op_timeout(LOAD_OP_TIMEOUT)
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_load_redis() {
     let redis = RedisServer::start();
-    let cache = Cache::builder()
-        .backend(redis_backend(&redis.url()))
-        .op_timeout(LOAD_OP_TIMEOUT)
-        .build()
-        .unwrap();
+    let cache = load_cache(redis_backend(&redis.url()));
     mixed_load("redis", cache, load_secs()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_load_postgres() {
     let pg = Postgres::start();
-    let cache = Cache::builder()
-        .backend(SqlBackend::new(SqlConfig::new(pg.url()).max_connections(32)).unwrap())
-        .op_timeout(LOAD_OP_TIMEOUT)
-        .build()
-        .unwrap();
+    let cache = load_cache(SqlBackend::new(SqlConfig::new(pg.url()).max_connections(32)).unwrap());
     mixed_load("postgres", cache, load_secs()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_load_memcached() {
     let mc = MemcachedServer::start();
-    let cache = Cache::builder()
-        .backend(memcached_backend(&mc.addr()))
-        .op_timeout(LOAD_OP_TIMEOUT)
-        .build()
-        .unwrap();
+    let cache = load_cache(memcached_backend(&mc.addr()));
     mixed_load("memcached", cache, load_secs()).await;
 }
 
@@ -1410,10 +1408,6 @@ async fn mixed_load_memcached() {
 async fn mixed_load_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("load.db").display());
-    let cache = Cache::builder()
-        .backend(SqlBackend::new(SqlConfig::new(url)).unwrap())
-        .op_timeout(LOAD_OP_TIMEOUT)
-        .build()
-        .unwrap();
+    let cache = load_cache(SqlBackend::new(SqlConfig::new(url)).unwrap());
     mixed_load("sqlite", cache, load_secs()).await;
 }
