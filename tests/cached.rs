@@ -270,7 +270,9 @@ async fn erroring_store_falls_back_to_computing_and_counts_errors() {
         assert_eq!(price(&cache, 4).await, Ok(400));
     }
     let stats = cache.stats();
-    assert_eq!(stats.errors, 6, "a failed get and a failed set per call");
+    // A call whose read failed does not write: it has no ticket to write
+    // under, and an invalidation it cannot see must not be lost.
+    assert_eq!(stats.errors, 3, "one failed get per call, no set");
     assert_eq!(stats.hits, 0);
     // The direct API reports the failure instead.
     assert!(matches!(
@@ -291,8 +293,8 @@ async fn stalled_store_costs_at_most_the_op_timeout_per_call() {
     let started = Instant::now();
     assert_eq!(price(&cache, 3).await, Ok(300));
     let took = started.elapsed();
-    // get (50 ms timeout) + compute (20 ms) + set (50 ms timeout), with slack.
-    assert!(took < Duration::from_millis(400), "{took:?}");
+    // get (50 ms timeout) + compute (20 ms), with slack; no lock, no set.
+    assert!(took < Duration::from_millis(250), "{took:?}");
     assert!(matches!(
         cache.get::<u32>("price:3").await,
         Err(Error::Timeout { .. })
@@ -308,7 +310,9 @@ async fn open_circuit_skips_a_dead_store_until_the_cool_down() {
         .circuit_breaker(2, Duration::from_secs(60))
         .build()
         .unwrap();
-    assert_eq!(price(&cache, 1).await, Ok(100)); // get + set time out: open
+    // Two reads time out: open.
+    assert_eq!(price(&cache, 1).await, Ok(100));
+    assert_eq!(price(&cache, 1).await, Ok(100));
     let calls = store.calls.load(Ordering::SeqCst);
     let started = Instant::now();
     for _ in 0..20 {
@@ -321,7 +325,7 @@ async fn open_circuit_skips_a_dead_store_until_the_cool_down() {
     );
     // 20 computations of 20 ms, no timeouts.
     assert!(started.elapsed() < Duration::from_millis(20 * 20 + 300));
-    assert!(cache.stats().circuit_skips >= 40);
+    assert!(cache.stats().circuit_skips >= 20);
 }
 
 // ---------------------------------------------------------------- single-flight
@@ -850,7 +854,9 @@ async fn callers_after_an_invalidation_never_join_a_computation_from_before_it()
 // ---------------------------------------------------------------- ids, not objects
 
 mod ids {
-    use cacheruntime::{cached, Cache, CacheId};
+    use std::time::Duration;
+
+    use cacheruntime::{cached, Cache, CacheId, Clock};
     use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 
     #[derive(Debug, Clone, PartialEq)]
@@ -1100,6 +1106,87 @@ mod ids {
             cache.get::<Option<i64>>("shop:book:404").await.unwrap(),
             Some(None)
         );
+    }
+
+    /// Owned arguments: the body borrows them, so the hydrator can still
+    /// use them when another caller's computation (or the store) answers.
+    #[cached(key = "shop:owned:{author_id}", ttl = 3600, cache = cache, ids = |ids| Book::by_ids(&pool, &ids))]
+    async fn owned_top(
+        cache: Cache,
+        pool: SqlitePool,
+        author_id: i64,
+    ) -> Result<Vec<Book>, ShopError> {
+        top_books(&cache, &pool, author_id).await
+    }
+
+    /// `stale` refreshes in a spawned task that owns clones of the
+    /// arguments; stale hits hydrate with the originals.
+    #[cached(
+        key = "shop:stale:{author_id}",
+        ttl = 60,
+        stale = 3600,
+        cache = cache,
+        ids = |ids| Book::by_ids(&pool, &ids)
+    )]
+    async fn stale_top(
+        cache: Cache,
+        pool: SqlitePool,
+        author_id: i64,
+    ) -> Result<Vec<Book>, ShopError> {
+        count(&pool, "rankings").await?;
+        let rows = sqlx::query_as::<_, Row>(
+            "SELECT id, title, price FROM books WHERE author_id = ? ORDER BY sales DESC",
+        )
+        .bind(author_id)
+        .fetch_all(&pool)
+        .await?;
+        Ok(rows.into_iter().map(book).collect())
+    }
+
+    #[tokio::test]
+    async fn owned_arguments_are_still_there_for_the_hydrator() {
+        let (cache, pool) = (fresh(), shop().await);
+        let calls = (0..4).map(|_| owned_top(cache.clone(), pool.clone(), 1));
+        for r in futures::future::join_all(calls).await {
+            assert_eq!(titles(&r.unwrap()), ["Sanditon", "Emma", "Persuasion"]);
+        }
+        exec(&pool, "UPDATE books SET title = 'Emma!' WHERE id = 1").await;
+        let hit = owned_top(cache.clone(), pool.clone(), 1).await.unwrap();
+        assert_eq!(titles(&hit), ["Sanditon", "Emma!", "Persuasion"]);
+    }
+
+    #[tokio::test]
+    async fn a_stale_hit_hydrates_fresh_rows_while_the_ranking_refreshes() {
+        let clock = Clock::manual();
+        let cache = Cache::builder()
+            .clock(clock.clone())
+            .memory(1 << 20)
+            .build()
+            .unwrap();
+        let pool = shop().await;
+        stale_top(cache.clone(), pool.clone(), 1).await.unwrap();
+        // Sales move Persuasion to the top, and Emma's price changes.
+        exec(&pool, "UPDATE books SET sales = 1000 WHERE id = 2").await;
+        exec(&pool, "UPDATE books SET price = 11 WHERE id = 1").await;
+        clock.advance(Duration::from_secs(61));
+        // Served stale (the old order) at once, with today's price...
+        let stale = stale_top(cache.clone(), pool.clone(), 1).await.unwrap();
+        assert_eq!(titles(&stale), ["Sanditon", "Emma", "Persuasion"]);
+        assert_eq!(stale[1].price, 11);
+        // ...while one background refresh re-ranks.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = stale_top(cache.clone(), pool.clone(), 1).await.unwrap();
+            if titles(&now) == ["Persuasion", "Sanditon", "Emma"] {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never refreshed: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(counted(&pool, "rankings").await, 2);
     }
 
     #[tokio::test]

@@ -204,8 +204,18 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
     // The body's statements go straight into the async block (not as a
     // nested block, which would trip `unused_braces` on one-line bodies).
     let stmts = &block.stmts;
+    // With `ids`, a caller that did not run the body (a waiter, a stale hit)
+    // hydrates after handing the body over, and the hydrator may use the
+    // arguments: the body borrows them instead of taking them (`async`, not
+    // `async move`), or, when it may run as a background refresh and must
+    // own them, takes clones.
+    let mover = if plan.ids.is_some() && !refreshing {
+        quote!()
+    } else {
+        quote!(move)
+    };
     let body = quote_spanned! {block.span()=>
-        async move {
+        async #mover {
             #[allow(
                 unreachable_code,
                 clippy::diverging_sub_expression,
@@ -220,6 +230,21 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
             }
             #(#stmts)*
         }
+    };
+    let body = if plan.ids.is_some() && refreshing {
+        let clones = plan.params.iter().map(|p| {
+            let ident = &p.ident;
+            quote_spanned! {ident.span()=>
+                #[allow(unused_variables)]
+                let #ident = ::cacheruntime::__private::clone_for_refresh(&#ident);
+            }
+        });
+        quote!({
+            #(#clones)*
+            #body
+        })
+    } else {
+        body
     };
     // Autoref specialisation: values that are `Clone` get the in-process
     // decoded-value memo, others are decoded on every hit.

@@ -135,5 +135,29 @@ where
     }
 }
 
+/// A copy of an argument for the background refresh of an `ids` function
+/// with `stale` or `early`: the refresh owns its copy, the caller keeps the
+/// original for the hydrator.
+#[diagnostic::on_unimplemented(
+    message = "`ids` with `stale` or `early` needs the arguments to be `Clone`, not `{Self}`",
+    label = "the background refresh takes a clone; the hydrator uses the original",
+    note = "wrap it in an `Arc`, or drop `stale` / `early`"
+)]
+pub trait CloneForRefresh {
+    /// The copy.
+    fn clone_for_refresh(&self) -> Self;
+}
+
+impl<T: Clone> CloneForRefresh for T {
+    fn clone_for_refresh(&self) -> T {
+        self.clone()
+    }
+}
+
+/// See [`CloneForRefresh`].
+pub fn clone_for_refresh<T: CloneForRefresh>(value: &T) -> T {
+    value.clone_for_refresh()
+}
+
 /// Checks at the return type's span that the result's ids can be stored.
 pub fn assert_id_shape<S: IdShape>() {}

@@ -8,7 +8,7 @@ use serde::Serialize;
 pub use crate::cache::Fast;
 use crate::cache::{Accept, Always, Call, Outcome};
 pub use crate::default::default_cache;
-pub use crate::ids::{assert_id_shape, store_ids, IdShape, IdSlot, Rows};
+pub use crate::ids::{assert_id_shape, clone_for_refresh, store_ids, IdShape, IdSlot, Rows};
 pub use crate::key::KeyBuilder;
 pub use crate::memo::{Memo, Probe, ViaClone, ViaDecode};
 pub use crate::policy::Policy;
