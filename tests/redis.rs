@@ -399,14 +399,18 @@ async fn stalled_server_costs_at_most_the_op_timeout() {
         .unwrap();
     let _ = top_books(&cache, 1).await;
     server.pause();
-    let started = Instant::now();
-    assert_eq!(top_books(&cache, 2).await, Ok(vec![2, 4]));
-    let first = started.elapsed();
-    assert!(
-        first < Duration::from_millis(400),
-        "get + set bounded: {first:?}"
-    );
-    // The circuit is open now: calls cost the computation alone.
+    // Each of the first two calls waits for one timed-out read (a call
+    // whose read failed neither locks nor writes)...
+    for id in [2, 3] {
+        let started = Instant::now();
+        assert_eq!(top_books(&cache, id).await, Ok(vec![id, 2 * id]));
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(250),
+            "one read bounded: {took:?}"
+        );
+    }
+    // ...and two failures open the circuit: calls cost the computation alone.
     let started = Instant::now();
     for i in 10..30 {
         assert_eq!(top_books(&cache, i).await, Ok(vec![i, 2 * i]));
