@@ -11,6 +11,8 @@ use cacheruntime::backends::MemoryBackend;
 use cacheruntime::{cached, Cache, Clock, Error, Policy};
 use serde::{Deserialize, Serialize};
 
+mod support;
+
 #[derive(Debug, PartialEq)]
 struct MyError(String);
 
@@ -849,6 +851,13 @@ async fn callers_after_an_invalidation_never_join_a_computation_from_before_it()
         Some(1),
         "the stale computation was not stored visibly"
     );
+}
+
+#[tokio::test]
+async fn long_keys_round_trip_and_invalidate_in_memory() {
+    support::long_keys_round_trip_and_invalidate(&fresh()).await;
+    let namespaced = Cache::builder().namespace("app").build().unwrap();
+    support::long_keys_round_trip_and_invalidate(&namespaced).await;
 }
 
 // ---------------------------------------------------------------- ids, not objects

@@ -142,6 +142,16 @@ async fn value_computed_before_an_invalidation_never_shows_after_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_keys_round_trip_and_invalidate() {
+    let server = MemcachedServer::start();
+    let cache = Cache::builder()
+        .backend(MemcachedBackend::new(MemcachedConfig::new([server.addr()])).unwrap())
+        .build()
+        .unwrap();
+    support::long_keys_round_trip_and_invalidate(&cache).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_spread_over_several_servers_and_stay_readable() {
     let servers = [
         MemcachedServer::start(),

@@ -194,6 +194,16 @@ async fn value_computed_before_an_invalidation_never_shows_after_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_keys_round_trip_and_invalidate() {
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .backend(RedisBackend::new(RedisConfig::new(server.url())).unwrap())
+        .build()
+        .unwrap();
+    support::long_keys_round_trip_and_invalidate(&cache).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_and_invalidations_lose_no_invalidation() {
     let server = RedisServer::start();
     let cache = cache_on(&server.url());

@@ -134,6 +134,23 @@ async fn value_computed_before_an_invalidation_never_shows_after_it() {
     stale_write_stays_hidden(pg.url()).await;
 }
 
+async fn long_keys(url: String) {
+    let cache = Cache::builder()
+        .backend(SqlBackend::new(SqlConfig::new(url)).unwrap())
+        .op_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    support::long_keys_round_trip_and_invalidate(&cache).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_keys_round_trip_and_invalidate() {
+    let dir = tempfile::tempdir().unwrap();
+    long_keys(sqlite_url(&dir, "long.db")).await;
+    let pg = Postgres::start();
+    long_keys(pg.url()).await;
+}
+
 async fn concurrent_first_use(url: String) {
     // Eight independent backends (eight pools) all creating the table.
     let tasks: Vec<_> = (0..8)

@@ -465,7 +465,7 @@ impl Cache {
         if !self.inner.enabled {
             return Ok(());
         }
-        let full = self.full_key(prefix);
+        let full = self.full_prefix(prefix);
         let backend = &*self.inner.backend;
         self.guarded("invalidate_prefix", || backend.invalidate_prefix(&full))
             .await?;
@@ -569,12 +569,25 @@ impl Cache {
         &self.inner.namespace
     }
 
+    /// The key as the store sees it: namespaced, and shortened when long
+    /// ([`key::stored`]).
     #[inline]
     fn full_key<'k>(&self, key: &'k str) -> Cow<'k, str> {
         if self.inner.namespace.is_empty() {
-            Cow::Borrowed(key)
+            key::stored(key)
         } else {
-            Cow::Owned(format!("{}{key}", self.inner.namespace))
+            let full = format!("{}{key}", self.inner.namespace);
+            Cow::Owned(key::stored(&full).into_owned())
+        }
+    }
+
+    /// The prefix as the store sees it ([`key::stored_prefix`]).
+    fn full_prefix<'k>(&self, prefix: &'k str) -> Cow<'k, str> {
+        if self.inner.namespace.is_empty() {
+            key::stored_prefix(prefix)
+        } else {
+            let full = format!("{}{prefix}", self.inner.namespace);
+            Cow::Owned(key::stored_prefix(&full).into_owned())
         }
     }
 

@@ -173,6 +173,62 @@ pub fn check_prefix(prefix: &str) -> Result<(), Error> {
     }
 }
 
+/// The longest key a store is handed as written: PostgreSQL's index entries
+/// are limited to about 2.7 KB (after compression), Memcached's keys to 250
+/// bytes (it shortens further), and long keys cost memory and time
+/// everywhere. A longer key is stored as [`stored`] shortens it.
+pub const MAX_STORED_KEY: usize = 1024;
+
+/// `'#'` and 64 hex digits of SHA-256.
+const DIGEST_LEN: usize = 65;
+
+/// The longest `:`-ending prefix of `text` within `budget` bytes (`""` if
+/// none): whole segments, so prefix invalidation can still reach it.
+fn segment_prefix(text: &str, budget: usize) -> &str {
+    let head = &text.as_bytes()[..budget.min(text.len())];
+    match head.iter().rposition(|&b| b == b':') {
+        Some(i) => &text[..=i],
+        None => "",
+    }
+}
+
+/// The key a store is handed: `key` itself up to [`MAX_STORED_KEY`] bytes;
+/// beyond that, its whole `:`-segments that fit (kept readable, so prefix
+/// invalidation still reaches it), `#` and the SHA-256 of the whole key.
+/// Deterministic, so every process agrees; collision-resistant, so two
+/// long keys never share an entry.
+#[inline]
+pub(crate) fn stored(key: &str) -> Cow<'_, str> {
+    if key.len() <= MAX_STORED_KEY {
+        return Cow::Borrowed(key);
+    }
+    Cow::Owned(hashed(key))
+}
+
+#[cold]
+fn hashed(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let readable = segment_prefix(key, MAX_STORED_KEY - DIGEST_LEN);
+    let mut out = String::with_capacity(readable.len() + DIGEST_LEN);
+    out.push_str(readable);
+    out.push('#');
+    for b in Sha256::digest(key.as_bytes()) {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// The prefix a store is asked to invalidate for `prefix`: itself when
+/// every key under it keeps it readable ([`stored`]); otherwise its longest
+/// `:`-ending prefix that does, which reaches every shortened key under
+/// `prefix` and some beside it: more than asked, never less.
+pub(crate) fn stored_prefix(prefix: &str) -> Cow<'_, str> {
+    if prefix.len() <= MAX_STORED_KEY - DIGEST_LEN {
+        return Cow::Borrowed(prefix);
+    }
+    Cow::Borrowed(segment_prefix(prefix, MAX_STORED_KEY - DIGEST_LEN))
+}
+
 /// Checks that a key is usable: not empty, and no longer than the hard cap.
 pub fn check_key(key: &str) -> Result<(), Error> {
     if key.is_empty() {
@@ -187,6 +243,30 @@ pub fn check_key(key: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_keys_keep_their_whole_segments_and_hash_the_rest() {
+        let short = format!("feed:{}", "a".repeat(100));
+        assert_eq!(stored(&short), short.as_str());
+        let url = format!("https%3A%2F%2Fex.test%2F{}", "x".repeat(2000));
+        let long = format!("ns:feed:{url}:body");
+        let s = stored(&long);
+        assert!(s.len() <= MAX_STORED_KEY);
+        assert!(s.starts_with("ns:feed:#"), "{s}");
+        assert_eq!(s, stored(&long), "deterministic");
+        let other = format!("ns:feed:{url}:head");
+        assert_ne!(stored(&other), s, "the hash covers the whole key");
+        // A prefix too long to stay readable falls back to the segments
+        // that do, which every key under it keeps.
+        let prefix = format!("ns:feed:{url}:");
+        let p = stored_prefix(&prefix);
+        assert_eq!(p, "ns:feed:");
+        assert!(s.starts_with(&*p) && stored(&other).starts_with(&*p));
+        assert_eq!(stored_prefix("ns:feed:"), "ns:feed:");
+        // A key with no `:` early on is all hash.
+        let flat = "z".repeat(3000);
+        assert_eq!(stored(&flat).len(), DIGEST_LEN);
+    }
 
     fn render(parts: &[&str]) -> String {
         let mut k = KeyBuilder::new();

@@ -41,7 +41,7 @@ pub fn local_hit<T: DeserializeOwned>(
     }
     let fp = site.fingerprint::<T>();
     cache.local_read(
-        key.as_str(),
+        &crate::key::stored(key.as_str()),
         Accept::Exactly(fp),
         Some(site),
         memo,
@@ -67,7 +67,15 @@ where
 {
     let fp = site.fingerprint::<O::Value>();
     let call = Call::new(&site.policy, fp, Some(site), memo);
-    cache.fetch(key.as_str(), call, first, body, refresh).await
+    cache
+        .fetch(
+            &crate::key::stored(key.as_str()),
+            call,
+            first,
+            body,
+            refresh,
+        )
+        .await
 }
 
 /// A `#[cached]` function whose every return value is cached.

@@ -745,3 +745,46 @@ impl Drop for StallProxy {
         let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
+
+/// Long keys mean the same on every store: a key of any length round-trips
+/// (shortened past 1 KB), two long keys that differ only past the
+/// shortening point stay apart, and a prefix
+/// longer than what stays readable invalidates every key under it (and, as
+/// documented, its neighbours under the readable part), never fewer.
+pub async fn long_keys_round_trip_and_invalidate(cache: &cacheruntime::Cache) {
+    let ttl = Duration::from_secs(60);
+    let url: String = (0..8000u32)
+        .map(|i| char::from(b'a' + ((i.wrapping_mul(2_654_435_761) >> 13) % 26) as u8))
+        .collect();
+    let body = format!("feed:{url}:body");
+    let head = format!("feed:{url}:head");
+    cache.set(&body, "B", ttl).await.unwrap();
+    cache.set(&head, "H", ttl).await.unwrap();
+    cache.set("news:1", "N", ttl).await.unwrap();
+    assert_eq!(
+        cache.get::<String>(&body).await.unwrap().as_deref(),
+        Some("B")
+    );
+    assert_eq!(
+        cache.get::<String>(&head).await.unwrap().as_deref(),
+        Some("H")
+    );
+    cache
+        .invalidate_prefix(&format!("feed:{url}:"))
+        .await
+        .unwrap();
+    assert_eq!(cache.get::<String>(&body).await.unwrap(), None);
+    assert_eq!(cache.get::<String>(&head).await.unwrap(), None);
+    assert_eq!(
+        cache.get::<String>("news:1").await.unwrap().as_deref(),
+        Some("N")
+    );
+    // And through get-or-compute, which takes the other path to the store.
+    let policy = cacheruntime::Policy::new().ttl(ttl);
+    let v = cache
+        .get_or_compute(&body, &policy, || async { 7u32 })
+        .await;
+    assert_eq!(v, 7);
+    assert_eq!(cache.get::<u32>(&body).await.unwrap(), Some(7));
+    assert_eq!(cache.stats().errors, 0, "no store call failed");
+}
