@@ -570,6 +570,7 @@ async fn kill_and_restart(name: &str, server: &mut dyn Killable, cache: Cache) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_load_and_restarted() {
+    let _alone = alone().await;
     let mut server = RedisServer::start();
     let cache = fault_cache(redis_backend(&server.url()), Duration::from_millis(250));
     kill_and_restart("redis", &mut server, cache).await;
@@ -577,6 +578,7 @@ async fn redis_killed_mid_load_and_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_killed_mid_load_and_restarted() {
+    let _alone = alone().await;
     let mut pg = Postgres::start();
     let cache = fault_cache(pg_backend(&pg.url()), Duration::from_millis(250));
     kill_and_restart("postgres", &mut pg, cache).await;
@@ -584,6 +586,7 @@ async fn postgres_killed_mid_load_and_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memcached_killed_mid_load_and_restarted() {
+    let _alone = alone().await;
     let mut server = MemcachedServer::start();
     let cache = fault_cache(
         memcached_backend(&server.addr()),
@@ -722,6 +725,7 @@ async fn lone_caller(store: &dyn Stallable, cache: &Cache) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stalled_by_sigstop() {
+    let _alone = alone().await;
     let server = RedisServer::start();
     let cache = fault_cache(redis_backend(&server.url()), Duration::from_secs(1));
     stall("redis", &server, cache).await;
@@ -729,6 +733,7 @@ async fn redis_stalled_by_sigstop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stalled_behind_a_silent_proxy() {
+    let _alone = alone().await;
     let pg = Postgres::start();
     let proxy = StallProxy::start(pg.port);
     let url = format!(
@@ -741,6 +746,7 @@ async fn postgres_stalled_behind_a_silent_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memcached_stalled_behind_a_silent_proxy() {
+    let _alone = alone().await;
     let server = MemcachedServer::start();
     let proxy = StallProxy::start(server.port);
     let cache = fault_cache(memcached_backend(&proxy.addr()), Duration::from_secs(1));
@@ -820,6 +826,7 @@ async fn failed_read_then_invalidation(name: &str, store: &dyn Stallable, cache:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_read_never_outlives_an_invalidation() {
+    let _alone = alone().await;
     let redis = RedisServer::start();
     let cache = fault_cache(redis_backend(&redis.url()), Duration::from_secs(1));
     failed_read_then_invalidation("redis", &redis, cache).await;
@@ -1116,6 +1123,7 @@ async fn corrupt_entries(raw: Raw, cache: Cache) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_entries_are_counted_misses_everywhere() {
+    let _alone = alone().await;
     let redis = RedisServer::start();
     let con = redis::Client::open(redis.url())
         .unwrap()
@@ -1212,6 +1220,7 @@ async fn oversize(name: &str, raw: &Raw, cache: &Cache, big: usize, small: usize
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_values_are_returned_not_stored_and_counted() {
+    let _alone = alone().await;
     let limit = 16 << 10;
     let redis = RedisServer::start();
     let con = redis::Client::open(redis.url())
@@ -1293,6 +1302,14 @@ async fn raw_delete_memcached(raw: &Raw, keys: &[&str]) {
 /// under concurrency (64 tasks, debug build) on machines whose CPUs the
 /// servers and other jobs share; the fault scenarios use 100 ms.
 const LOAD_OP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One scenario at a time: each one's latency bounds and its 64-task load
+/// assume the machine is theirs (on two cores, a kill-and-restart next to
+/// a load starves both into op timeouts that say nothing about the cache).
+async fn alone() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE_AT_A_TIME.lock().await
+}
 
 fn load_secs() -> u64 {
     std::env::var("FAULTS_LOAD_SECS")
@@ -1385,6 +1402,7 @@ fn load_cache(backend: impl cacheruntime::Backend) -> Cache {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_load_redis() {
+    let _alone = alone().await;
     let redis = RedisServer::start();
     let cache = load_cache(redis_backend(&redis.url()));
     mixed_load("redis", cache, load_secs()).await;
@@ -1392,6 +1410,7 @@ async fn mixed_load_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_load_postgres() {
+    let _alone = alone().await;
     let pg = Postgres::start();
     let cache = load_cache(SqlBackend::new(SqlConfig::new(pg.url()).max_connections(32)).unwrap());
     mixed_load("postgres", cache, load_secs()).await;
@@ -1399,6 +1418,7 @@ async fn mixed_load_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_load_memcached() {
+    let _alone = alone().await;
     let mc = MemcachedServer::start();
     let cache = load_cache(memcached_backend(&mc.addr()));
     mixed_load("memcached", cache, load_secs()).await;
@@ -1406,6 +1426,7 @@ async fn mixed_load_memcached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_load_sqlite() {
+    let _alone = alone().await;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("load.db").display());
     let cache = load_cache(SqlBackend::new(SqlConfig::new(url)).unwrap());
