@@ -235,8 +235,8 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
         let clones = plan.params.iter().map(|p| {
             let ident = &p.ident;
             quote_spanned! {ident.span()=>
-                #[allow(unused_variables)]
-                let #ident = ::cacheruntime::__private::clone_for_refresh(&#ident);
+                #[allow(unused_variables, unused_mut)]
+                let mut #ident = ::cacheruntime::__private::clone_for_refresh(&#ident);
             }
         });
         quote!({

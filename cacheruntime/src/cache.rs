@@ -465,7 +465,7 @@ impl Cache {
         if !self.inner.enabled {
             return Ok(());
         }
-        let full = self.full_prefix(prefix);
+        let full = self.full_prefix(prefix)?;
         let backend = &*self.inner.backend;
         self.guarded("invalidate_prefix", || backend.invalidate_prefix(&full))
             .await?;
@@ -582,12 +582,21 @@ impl Cache {
     }
 
     /// The prefix as the store sees it ([`key::stored_prefix`]).
-    fn full_prefix<'k>(&self, prefix: &'k str) -> Cow<'k, str> {
-        if self.inner.namespace.is_empty() {
-            key::stored_prefix(prefix)
+    fn full_prefix<'k>(&self, prefix: &'k str) -> Result<Cow<'k, str>, Error> {
+        let namespace = &*self.inner.namespace;
+        if namespace.is_empty() {
+            Ok(Cow::Borrowed(key::stored_prefix(prefix, 0)?))
         } else {
-            let full = format!("{}{prefix}", self.inner.namespace);
-            Cow::Owned(key::stored_prefix(&full).into_owned())
+            let full = format!("{namespace}{prefix}");
+            let stored = key::stored_prefix(&full, namespace.len())
+                .map_err(|_| Error::InvalidPrefix {
+                    prefix: prefix.to_owned(),
+                    reason: "a prefix longer than 959 bytes (with the namespace) is applied as \
+                             its whole ':'-segments within them, and this one has none past \
+                             the namespace: put a ':' early in it, or invalidate a shorter prefix",
+                })?
+                .to_owned();
+            Ok(Cow::Owned(stored))
         }
     }
 

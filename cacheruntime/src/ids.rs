@@ -103,18 +103,30 @@ impl<T> Rows<T> for Option<T> {
 
 /// Where a miss's body leaves the objects it computed, so the caller that
 /// ran it returns them as they are instead of fetching them again by id.
-pub struct IdSlot<S>(Arc<Mutex<Option<S>>>);
+/// Only a body run by the caller's own task fills it: a background refresh
+/// (`stale` / `early`) that happens to finish first must not stand in for
+/// the hydration of the stale ids the caller is served.
+pub struct IdSlot<S> {
+    objects: Arc<Mutex<Option<S>>>,
+    task: Option<tokio::task::Id>,
+}
 
 impl<S> IdSlot<S> {
     /// An empty slot.
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
-        IdSlot(Arc::new(Mutex::new(None)))
+        IdSlot {
+            objects: Arc::new(Mutex::new(None)),
+            task: tokio::task::try_id(),
+        }
     }
 
     /// The objects a body computed for this call, if it ran here.
     pub fn take(&self) -> Option<S> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 }
 
@@ -126,11 +138,13 @@ where
     S: IdShape,
     F: Future<Output = Result<S, E>>,
 {
-    let slot = Arc::clone(&slot.0);
+    let (objects_slot, task) = (Arc::clone(&slot.objects), slot.task);
     async move {
         let objects = body.await?;
         let ids = objects.ids();
-        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(objects);
+        if tokio::task::try_id() == task {
+            *objects_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(objects);
+        }
         Ok(ids)
     }
 }

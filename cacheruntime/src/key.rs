@@ -1,7 +1,7 @@
 //! Rendering keys from templates, and what a prefix may be.
 //!
 //! A key is the template's literal text, kept verbatim, with every
-//! interpolated value escaped: `%` becomes `%25`, `:` becomes `%3A`, and
+//! interpolated value escaped: `%` becomes `%25`, `:` becomes `%3A`, `#` becomes `%23`, and
 //! whitespace and control characters become `%XX` of their UTF-8 bytes. Since
 //! an escaped value never contains `:` (nor whitespace or control
 //! characters, ASCII or not), and the macro requires a `:` between
@@ -22,16 +22,18 @@ use arrayvec::ArrayString;
 
 use crate::Error;
 
-/// Bytes that may start something to escape: `%`, `:`, ASCII whitespace
-/// and controls, and any non-ASCII byte (checked per character).
+/// Bytes that may start something to escape: `%`, `:`, `#`, ASCII
+/// whitespace and controls, and any non-ASCII byte (checked per character).
+/// `#` is escaped so no rendered key below [`MAX_STORED_KEY`] can take the
+/// shape of a shortened long key (`...#<digest>`).
 #[inline]
 fn needs_escape(b: u8) -> bool {
-    b == b'%' || b == b':' || b <= b' ' || b >= 0x7f
+    b == b'%' || b == b':' || b == b'#' || b <= b' ' || b >= 0x7f
 }
 
 #[inline]
 fn escaped_char(c: char) -> bool {
-    c == '%' || c == ':' || c.is_whitespace() || c.is_control()
+    c == '%' || c == ':' || c == '#' || c.is_whitespace() || c.is_control()
 }
 
 /// Escapes one interpolated value the way `#[cached]` keys do, for building a
@@ -222,11 +224,23 @@ fn hashed(key: &str) -> String {
 /// every key under it keeps it readable ([`stored`]); otherwise its longest
 /// `:`-ending prefix that does, which reaches every shortened key under
 /// `prefix` and some beside it: more than asked, never less.
-pub(crate) fn stored_prefix(prefix: &str) -> Cow<'_, str> {
+///
+/// `keep` bytes (the namespace) must survive: a prefix whose readable part
+/// would be shorter is rejected rather than widened to the whole store.
+pub(crate) fn stored_prefix(prefix: &str, keep: usize) -> Result<&str, Error> {
     if prefix.len() <= MAX_STORED_KEY - DIGEST_LEN {
-        return Cow::Borrowed(prefix);
+        return Ok(prefix);
     }
-    Cow::Borrowed(segment_prefix(prefix, MAX_STORED_KEY - DIGEST_LEN))
+    let readable = segment_prefix(prefix, MAX_STORED_KEY - DIGEST_LEN);
+    if readable.is_empty() || readable.len() < keep {
+        return Err(Error::InvalidPrefix {
+            prefix: prefix.to_owned(),
+            reason: "a prefix longer than 959 bytes (with the namespace) is applied as \
+                     its whole ':'-segments within them, and this one has none: \
+                     put a ':' in its first 959 bytes, or invalidate a shorter prefix",
+        });
+    }
+    Ok(readable)
 }
 
 /// Checks that a key is usable: not empty, and no longer than the hard cap.
@@ -259,10 +273,14 @@ mod tests {
         // A prefix too long to stay readable falls back to the segments
         // that do, which every key under it keeps.
         let prefix = format!("ns:feed:{url}:");
-        let p = stored_prefix(&prefix);
+        let p = stored_prefix(&prefix, 3).unwrap();
         assert_eq!(p, "ns:feed:");
-        assert!(s.starts_with(&*p) && stored(&other).starts_with(&*p));
-        assert_eq!(stored_prefix("ns:feed:"), "ns:feed:");
+        assert!(s.starts_with(p) && stored(&other).starts_with(p));
+        assert_eq!(stored_prefix("ns:feed:", 3).unwrap(), "ns:feed:");
+        // Never widened to everything, nor past the namespace.
+        let flat_prefix = format!("{}:", "q".repeat(2000));
+        assert!(stored_prefix(&flat_prefix, 0).is_err());
+        assert!(stored_prefix(&format!("{}:x:{}:", "n".repeat(1000), "y"), 1001).is_err());
         // A key with no `:` early on is all hash.
         let flat = "z".repeat(3000);
         assert_eq!(stored(&flat).len(), DIGEST_LEN);

@@ -779,6 +779,17 @@ pub async fn long_keys_round_trip_and_invalidate(cache: &cacheruntime::Cache) {
         cache.get::<String>("news:1").await.unwrap().as_deref(),
         Some("N")
     );
+    // A long prefix whose readable part holds no segment of its own falls
+    // back to the namespace (everything in it goes: more than asked, never
+    // less), and without a namespace it is refused rather than widened to
+    // the whole store.
+    let flat = format!("{url}:");
+    let news = match cache.invalidate_prefix(&flat).await {
+        Err(cacheruntime::Error::InvalidPrefix { .. }) => Some("N".to_owned()),
+        Ok(()) => None,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(cache.get::<String>("news:1").await.unwrap(), news);
     // And through get-or-compute, which takes the other path to the store.
     let policy = cacheruntime::Policy::new().ttl(ttl);
     let v = cache
