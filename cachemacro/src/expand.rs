@@ -246,21 +246,19 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
     } else {
         body
     };
-    // Autoref specialisation: values that are `Clone` get the in-process
-    // decoded-value memo, others are decoded on every hit.
     let memo = match &plan.value_ty {
-        Some(ty) => quote! {{
-            #[allow(unused_imports, clippy::needless_borrow)]
-            use ::cacheruntime::__private::{ViaClone as _, ViaDecode as _};
-            (&&::cacheruntime::__private::Probe::<#ty>::new()).memo()
-        }},
+        Some(ty) => memo_of(ty.to_token_stream()),
         None => quote!(::cacheruntime::__private::Memo::decode_only()),
+    };
+    // The function's static call site (name, policy, stats) and its cache.
+    let site = quote! {
+        static __CACHEMACRO_SITE: ::cacheruntime::__private::Site =
+            ::cacheruntime::__private::Site::new(#name, ::core::module_path!(), #policy, #generic);
+        let __cachemacro_cache: &::cacheruntime::Cache = #cache;
     };
     let helpers = helpers(func, plan);
     if let (Some(hydrator), Some(ty)) = (&plan.ids, &plan.value_ty) {
-        let ids = ids_body(
-            plan, &name, hydrator, ty, &entry, &cache, &policy, generic, &body,
-        );
+        let ids = ids_body(&site, &key, hydrator, ty, &entry, &body);
         return quote! {
             #(#attrs)*
             #vis #sig {
@@ -273,9 +271,7 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
         #(#attrs)*
         #vis #sig {
             #storable
-            static __CACHEMACRO_SITE: ::cacheruntime::__private::Site =
-                ::cacheruntime::__private::Site::new(#name, ::core::module_path!(), #policy, #generic);
-            let __cachemacro_cache: &::cacheruntime::Cache = #cache;
+            #site
             // Everything before the await lives in this block, so the key
             // buffer is not kept in the future's state: in-process hits
             // return from here, synchronously, and only the boxed slow path
@@ -311,25 +307,16 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
 /// The body of an `ids = ...` function: the stored value is the result's
 /// ids; a caller whose miss ran the body returns its objects as computed,
 /// every other caller hands the ids to the hydrator.
-#[allow(clippy::too_many_arguments)]
 fn ids_body(
-    plan: &Plan,
-    name: &str,
+    site: &TokenStream,
+    key: &TokenStream,
     hydrator: &Hydrator,
     ty: &syn::Type,
     entry: &TokenStream,
-    cache: &TokenStream,
-    policy: &TokenStream,
-    generic: bool,
     body: &TokenStream,
 ) -> TokenStream {
     let shape = quote!(<#ty as ::cacheruntime::__private::IdShape>);
-    let key = render_key(
-        plan,
-        quote!(::cacheruntime::__private::key_for(__cachemacro_cache)),
-        DefaultPrefix::Site,
-        true,
-    );
+    let memo = memo_of(quote!(#shape::Ids));
     let assert = quote_spanned! {ty.span()=>
         let _ = ::cacheruntime::__private::assert_id_shape::<#ty>;
     };
@@ -358,16 +345,10 @@ fn ids_body(
     };
     quote! {
         #assert
-        static __CACHEMACRO_SITE: ::cacheruntime::__private::Site =
-            ::cacheruntime::__private::Site::new(#name, ::core::module_path!(), #policy, #generic);
-        let __cachemacro_cache: &::cacheruntime::Cache = #cache;
+        #site
         let __cachemacro_slot = ::cacheruntime::__private::IdSlot::<#ty>::new();
         #key
-        let __cachemacro_memo = {
-            #[allow(unused_imports, clippy::needless_borrow)]
-            use ::cacheruntime::__private::{ViaClone as _, ViaDecode as _};
-            (&&::cacheruntime::__private::Probe::<#shape::Ids>::new()).memo()
-        };
+        let __cachemacro_memo = #memo;
         let __cachemacro_ids: #shape::Ids = match ::cacheruntime::__private::local_hit(
             __cachemacro_cache,
             &__CACHEMACRO_SITE,
@@ -397,6 +378,16 @@ fn ids_body(
         };
         ::core::result::Result::Ok(#shape::arrange(__cachemacro_ids, __cachemacro_rows))
     }
+}
+
+/// Autoref specialisation: values of `ty` that are `Clone` get the
+/// in-process decoded-value memo, others are decoded on every hit.
+fn memo_of(ty: TokenStream) -> TokenStream {
+    quote! {{
+        #[allow(unused_imports, clippy::needless_borrow)]
+        use ::cacheruntime::__private::{ViaClone as _, ViaDecode as _};
+        (&&::cacheruntime::__private::Probe::<#ty>::new()).memo()
+    }}
 }
 
 /// `<fn>_cache_key(..)` and `<fn>_invalidate(..)`, taking only the

@@ -574,30 +574,38 @@ impl Cache {
     #[inline]
     fn full_key<'k>(&self, key: &'k str) -> Cow<'k, str> {
         if self.inner.namespace.is_empty() {
-            key::stored(key)
-        } else {
-            let full = format!("{}{key}", self.inner.namespace);
-            Cow::Owned(key::stored(&full).into_owned())
+            return key::stored(key);
         }
+        let full = format!("{}{key}", self.inner.namespace);
+        // The namespaced key itself unless it had to be shortened.
+        let shortened = match key::stored(&full) {
+            Cow::Owned(short) => Some(short),
+            Cow::Borrowed(_) => None,
+        };
+        Cow::Owned(shortened.unwrap_or(full))
     }
 
     /// The prefix as the store sees it ([`key::stored_prefix`]).
     fn full_prefix<'k>(&self, prefix: &'k str) -> Result<Cow<'k, str>, Error> {
         let namespace = &*self.inner.namespace;
+        let refused = || Error::InvalidPrefix {
+            prefix: prefix.to_owned(),
+            reason: "a prefix longer than 959 bytes (with the namespace) is applied as its \
+                     whole ':'-segments within them, and this one has none (past the \
+                     namespace): put a ':' early in it, or invalidate a shorter prefix",
+        };
         if namespace.is_empty() {
-            Ok(Cow::Borrowed(key::stored_prefix(prefix, 0)?))
-        } else {
-            let full = format!("{namespace}{prefix}");
-            let stored = key::stored_prefix(&full, namespace.len())
-                .map_err(|_| Error::InvalidPrefix {
-                    prefix: prefix.to_owned(),
-                    reason: "a prefix longer than 959 bytes (with the namespace) is applied as \
-                             its whole ':'-segments within them, and this one has none past \
-                             the namespace: put a ':' early in it, or invalidate a shorter prefix",
-                })?
-                .to_owned();
-            Ok(Cow::Owned(stored))
+            return key::stored_prefix(prefix, 0)
+                .map(Cow::Borrowed)
+                .ok_or_else(refused);
         }
+        let mut full = format!("{namespace}{prefix}");
+        // Always a leading part of `full`: keep that much of it.
+        let len = key::stored_prefix(&full, namespace.len())
+            .ok_or_else(refused)?
+            .len();
+        full.truncate(len);
+        Ok(Cow::Owned(full))
     }
 
     /// The get-or-compute core; see the type docs for its guarantees.

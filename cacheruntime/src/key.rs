@@ -225,22 +225,15 @@ fn hashed(key: &str) -> String {
 /// `:`-ending prefix that does, which reaches every shortened key under
 /// `prefix` and some beside it: more than asked, never less.
 ///
-/// `keep` bytes (the namespace) must survive: a prefix whose readable part
-/// would be shorter is rejected rather than widened to the whole store.
-pub(crate) fn stored_prefix(prefix: &str, keep: usize) -> Result<&str, Error> {
+/// `keep` bytes (the namespace) must survive: `None` for a prefix whose
+/// readable part would be shorter, which is refused rather than widened to
+/// the whole store.
+pub(crate) fn stored_prefix(prefix: &str, keep: usize) -> Option<&str> {
     if prefix.len() <= MAX_STORED_KEY - DIGEST_LEN {
-        return Ok(prefix);
+        return Some(prefix);
     }
     let readable = segment_prefix(prefix, MAX_STORED_KEY - DIGEST_LEN);
-    if readable.is_empty() || readable.len() < keep {
-        return Err(Error::InvalidPrefix {
-            prefix: prefix.to_owned(),
-            reason: "a prefix longer than 959 bytes (with the namespace) is applied as \
-                     its whole ':'-segments within them, and this one has none: \
-                     put a ':' in its first 959 bytes, or invalidate a shorter prefix",
-        });
-    }
-    Ok(readable)
+    (!readable.is_empty() && readable.len() >= keep).then_some(readable)
 }
 
 /// Checks that a key is usable: not empty, and no longer than the hard cap.
@@ -279,8 +272,8 @@ mod tests {
         assert_eq!(stored_prefix("ns:feed:", 3).unwrap(), "ns:feed:");
         // Never widened to everything, nor past the namespace.
         let flat_prefix = format!("{}:", "q".repeat(2000));
-        assert!(stored_prefix(&flat_prefix, 0).is_err());
-        assert!(stored_prefix(&format!("{}:x:{}:", "n".repeat(1000), "y"), 1001).is_err());
+        assert!(stored_prefix(&flat_prefix, 0).is_none());
+        assert!(stored_prefix(&format!("{}:x:{}:", "n".repeat(1000), "y"), 1001).is_none());
         // A key with no `:` early on is all hash.
         let flat = "z".repeat(3000);
         assert_eq!(stored(&flat).len(), DIGEST_LEN);
