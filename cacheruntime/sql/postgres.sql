@@ -16,20 +16,24 @@ CREATE TABLE IF NOT EXISTS cache_entries (
 );
 CREATE INDEX IF NOT EXISTS cache_entries_expires_at ON cache_entries (expires_at);
 
--- The newest invalidation of each prefix. An entry whose epoch is older
--- than one of its prefixes' rows here is never served.
+-- The newest invalidation of each prefix, and of each deleted key (the key
+-- followed by U+0001). An entry whose epoch is older than a row naming one
+-- of its prefixes or itself is never served.
 CREATE TABLE IF NOT EXISTS cache_entries_invalidations (
     prefix TEXT COLLATE "C" PRIMARY KEY,
     epoch  BIGINT NOT NULL,
     at     BIGINT NOT NULL                -- ms since the Unix epoch
 );
 
--- The invalidation epoch: one row, bumped by every invalidation.
+-- The invalidation epoch: row 1, bumped by every invalidation and delete;
+-- row 2, the floor: the newest invalidation the sweep has removed (writes
+-- under an older epoch are refused, entries with one are never served).
 CREATE TABLE IF NOT EXISTS cache_entries_epoch (
     id    INT PRIMARY KEY,
     epoch BIGINT NOT NULL
 );
 INSERT INTO cache_entries_epoch (id, epoch) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+INSERT INTO cache_entries_epoch (id, epoch) VALUES (2, 0) ON CONFLICT (id) DO NOTHING;
 
 -- Dog-pile locks: one row per held lock, expiring on its own.
 CREATE TABLE IF NOT EXISTS cache_entries_locks (

@@ -20,6 +20,7 @@ CREATE TABLE IF NOT EXISTS cache_entries_epoch (
     epoch INTEGER NOT NULL
 );
 INSERT INTO cache_entries_epoch (id, epoch) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+INSERT INTO cache_entries_epoch (id, epoch) VALUES (2, 0) ON CONFLICT (id) DO NOTHING;
 
 CREATE TABLE IF NOT EXISTS cache_entries_locks (
     key        TEXT    PRIMARY KEY,

@@ -23,29 +23,46 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What a backend knew about its invalidation state when it answered a read.
 ///
 /// A miss hands the ticket to the writer, which stores the computed value
-/// *under that state*: if a prefix covering the key was invalidated while the
-/// value was being computed, the entry is never visible. This is what makes
-/// `invalidate_prefix` safe against concurrent writers: no entry computed
-/// before the invalidation returned is served after it.
+/// *under that state*: if a prefix covering the key was invalidated, or the
+/// key deleted, while the value was being computed, the entry is never
+/// visible. This is what makes `invalidate_prefix` and `delete` safe against
+/// concurrent writers: no entry computed before either returned is served
+/// after it.
+///
+/// Tickets also decide who may share a computation: a caller is handed the
+/// value of a computation already running only if that computation's read
+/// saw every invalidation of the key that the caller's own read saw
+/// ([`covers`](Ticket::covers)).
 ///
 /// Backends choose what a ticket holds: the memory store a sequence number,
-/// Redis and Memcached the generations of the key's prefixes.
+/// SQL a sequence number and the newest invalidation of the key, Redis and
+/// Memcached the generations of the key and its prefixes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Ticket(TicketRepr);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum TicketRepr {
     Seq(u64),
+    Scoped { seq: u64, scope: u64 },
     Tag(Arc<str>),
 }
 
 impl Ticket {
-    /// A ticket holding a sequence number.
+    /// A ticket holding a store-wide sequence number that only grows.
     pub fn seq(n: u64) -> Self {
         Ticket(TicketRepr::Seq(n))
     }
 
-    /// A ticket holding a text tag.
+    /// A store-wide sequence number for writes, and `scope`: a number that
+    /// grows with every invalidation or delete reaching this key, and only
+    /// with those. Two reads of a key with the same scope saw the same
+    /// invalidations of it, whatever happened elsewhere in the store.
+    pub fn scoped(seq: u64, scope: u64) -> Self {
+        Ticket(TicketRepr::Scoped { seq, scope })
+    }
+
+    /// A ticket holding a text tag: `.`-separated numbers that only grow
+    /// (generations), or any text compared for equality.
     pub fn tag(tag: impl Into<Arc<str>>) -> Self {
         Ticket(TicketRepr::Tag(tag.into()))
     }
@@ -53,7 +70,7 @@ impl Ticket {
     /// The sequence number, if this is one.
     pub fn as_seq(&self) -> Option<u64> {
         match &self.0 {
-            TicketRepr::Seq(n) => Some(*n),
+            TicketRepr::Seq(n) | TicketRepr::Scoped { seq: n, .. } => Some(*n),
             TicketRepr::Tag(_) => None,
         }
     }
@@ -62,9 +79,59 @@ impl Ticket {
     pub fn as_tag(&self) -> Option<&str> {
         match &self.0 {
             TicketRepr::Tag(t) => Some(t),
-            TicketRepr::Seq(_) => None,
+            _ => None,
         }
     }
+
+    /// Whether a read under `self` saw every invalidation of the key that a
+    /// read under `other` saw, so that a value computed after the `self`
+    /// read may be handed to the `other` reader.
+    ///
+    /// Sequence numbers compare as numbers, scopes as numbers, tags number
+    /// by number when both are `.`-separated numbers of the same length
+    /// (generations), and otherwise only equal tags cover each other.
+    pub fn covers(&self, other: &Ticket) -> bool {
+        match (&self.0, &other.0) {
+            (TicketRepr::Seq(a), TicketRepr::Seq(b)) => a >= b,
+            (TicketRepr::Scoped { scope: a, .. }, TicketRepr::Scoped { scope: b, .. }) => a >= b,
+            (TicketRepr::Tag(a), TicketRepr::Tag(b)) => a == b || generations_cover(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// `a` and `b` are `.`-separated decimal numbers of the same count, and
+/// each of `a`'s is at least `b`'s.
+fn generations_cover(a: &str, b: &str) -> bool {
+    let number = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    let (mut xs, mut ys) = (a.split('.'), b.split('.'));
+    loop {
+        match (xs.next(), ys.next()) {
+            (None, None) => return true,
+            (Some(x), Some(y)) if number(x) && number(y) => {
+                let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+                if (x.len(), x) < (y.len(), y) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Where a store keeps its entries, which decides what the cache does
+/// around it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Locality {
+    /// In this process's memory: nothing outside the process can write it,
+    /// so entries are not signature-checked and locks are in-process only;
+    /// reads may use [`Backend::get_local`].
+    InProcess,
+    /// Shared with other processes (a server, a file): every read is
+    /// signature-checked when signing is on, and cold misses take the
+    /// store's lock.
+    Shared,
 }
 
 /// The answer to a read.
@@ -170,6 +237,31 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Short name used in errors, logs and stats (`memory`, `redis`, ...).
     fn name(&self) -> &'static str;
 
+    /// Where the store keeps its entries (default: [`Locality::Shared`]).
+    /// Said explicitly, never inferred from which methods a backend
+    /// implements: an in-process store skips signature checks and store
+    /// locks, so a shared store must never pass for one.
+    fn locality(&self) -> Locality {
+        Locality::Shared
+    }
+
+    /// The largest value (in bytes) the store can hold, if it has a limit
+    /// below what the cache might hand it: the cache refuses, at build, a
+    /// `max_entry_bytes` above it rather than drop such values in silence.
+    fn max_value_bytes(&self) -> Option<usize> {
+        None
+    }
+
+    /// For in-process stores: whether a value computed after a read under
+    /// `ticket` would still be stored and served for `key` now (no
+    /// invalidation or delete has reached the key since). Lets the cache
+    /// decide at once whether a computation already running may be shared.
+    /// Other stores keep the default (`None`) and tickets are compared with
+    /// [`Ticket::covers`].
+    fn is_current(&self, _key: &str, _ticket: &Ticket) -> Option<bool> {
+        None
+    }
+
     /// Reads the entry under `key`, ignoring expired or invalidated ones.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>>;
 
@@ -184,7 +276,8 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// For in-process stores: the entry itself, without copying its bytes,
     /// so the cache can keep the decoded value beside it. This is the memory
-    /// hit path; everything else uses [`get`](Backend::get).
+    /// hit path; everything else uses [`get`](Backend::get). Called only
+    /// when [`locality`](Backend::locality) is [`Locality::InProcess`].
     fn get_local(&self, _key: &str) -> Option<LocalLookup> {
         None
     }
@@ -212,7 +305,9 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         None
     }
 
-    /// Removes the entry under `key`, if any.
+    /// Removes the entry under `key`, if any, including an entry being
+    /// written concurrently under an older [`Ticket`]: after this returns, a
+    /// write under a ticket read before it must never become visible.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>>;
 
     /// Makes every entry whose key starts with `prefix` invisible, including
@@ -261,6 +356,16 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 impl<B: Backend> Backend for std::sync::Arc<B> {
     fn name(&self) -> &'static str {
         (**self).name()
+    }
+    fn locality(&self) -> Locality {
+        (**self).locality()
+    }
+    fn max_value_bytes(&self) -> Option<usize> {
+        (**self).max_value_bytes()
+    }
+    #[inline]
+    fn is_current(&self, key: &str, ticket: &Ticket) -> Option<bool> {
+        (**self).is_current(key, ticket)
     }
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
         (**self).get(key)

@@ -11,6 +11,9 @@ use crate::codec::AnyCodec;
 use crate::signing::{Signer, SigningKeys};
 use crate::Error;
 
+/// The default `max_entry_bytes`: 1 MiB.
+const DEFAULT_MAX_ENTRY_BYTES: usize = 1 << 20;
+
 /// Builds a [`Cache`]. Start from [`Cache::builder`].
 ///
 /// ```
@@ -30,12 +33,16 @@ use crate::Error;
 #[derive(Debug)]
 pub struct CacheBuilder {
     backend: Option<Arc<dyn Backend>>,
+    /// A memory store of this many bytes, made at `build` (so it is sized
+    /// for the final `max_entry_bytes`, whatever the order of the calls).
+    memory: Option<u64>,
     enabled: bool,
     namespace: String,
     default_ttl: Duration,
     op_timeout: Duration,
     codec: AnyCodec,
-    max_entry_bytes: usize,
+    /// `None`: 1 MiB, or less if the store cannot hold that much.
+    max_entry_bytes: Option<usize>,
     clock: Clock,
     breaker_threshold: u32,
     breaker_cool_down: Duration,
@@ -55,12 +62,13 @@ impl CacheBuilder {
     pub fn new() -> Self {
         CacheBuilder {
             backend: None,
+            memory: None,
             enabled: true,
             namespace: String::new(),
             default_ttl: Duration::from_secs(300),
             op_timeout: Duration::from_millis(250),
             codec: AnyCodec::default(),
-            max_entry_bytes: 1 << 20,
+            max_entry_bytes: None,
             clock: Clock::system(),
             breaker_threshold: 5,
             breaker_cool_down: Duration::from_secs(1),
@@ -81,19 +89,24 @@ impl CacheBuilder {
     /// The store. Any [`Backend`], including an `Arc` of one you keep.
     pub fn backend(mut self, backend: impl Backend) -> Self {
         self.backend = Some(Arc::new(backend));
+        self.memory = None;
         self.enabled = true;
         self
     }
 
-    /// A bounded in-memory store of `max_bytes`.
-    pub fn memory(self, max_bytes: u64) -> Self {
-        let clock = self.clock.clone();
-        self.backend(MemoryBackend::with_clock(max_bytes, clock))
+    /// A bounded in-memory store of `max_bytes`, sharing the builder's
+    /// clock and sized to hold entries up to `max_entry_bytes`.
+    pub fn memory(mut self, max_bytes: u64) -> Self {
+        self.backend = None;
+        self.memory = Some(max_bytes);
+        self.enabled = true;
+        self
     }
 
     /// Store nothing; every call computes.
     pub fn disabled(mut self) -> Self {
         self.backend = Some(Arc::new(DisabledBackend));
+        self.memory = None;
         self.enabled = false;
         self
     }
@@ -125,9 +138,12 @@ impl CacheBuilder {
     }
 
     /// Encoded entries larger than this are not stored (the value is still
-    /// returned) and count in `Stats::oversize`.
+    /// returned) and count in `Stats::oversize`. Default 1 MiB, or what the
+    /// store can hold if less ([`Backend::max_value_bytes`]); a limit above
+    /// what the store can hold is refused by [`build`](Self::build), so
+    /// every entry up to the limit is stored.
     pub fn max_entry_bytes(mut self, bytes: usize) -> Self {
-        self.max_entry_bytes = bytes;
+        self.max_entry_bytes = Some(bytes);
         self
     }
 
@@ -139,8 +155,8 @@ impl CacheBuilder {
         self
     }
 
-    /// The clock for entry deadlines (tests use [`Clock::manual`]). Set it
-    /// before [`memory`](Self::memory) to share it with the memory store.
+    /// The clock for entry deadlines (tests use [`Clock::manual`]); a store
+    /// made by [`memory`](Self::memory) (or the default one) shares it.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
@@ -166,18 +182,32 @@ impl CacheBuilder {
         if self.op_timeout.is_zero() {
             return Err(Error::Config("op_timeout must be greater than zero".into()));
         }
-        if self.max_entry_bytes == 0 {
+        if self.max_entry_bytes == Some(0) {
             return Err(Error::Config(
                 "max_entry_bytes must be greater than zero".into(),
             ));
         }
         let signer = Signer::new(&self.signing_keys)?;
-        let backend = match self.backend {
+        let wanted = self.max_entry_bytes.unwrap_or(DEFAULT_MAX_ENTRY_BYTES);
+        let backend: Arc<dyn Backend> = match self.backend {
             Some(b) => b,
-            None => Arc::new(MemoryBackend::with_clock(
-                MemoryBackend::DEFAULT_MAX_BYTES,
+            None => Arc::new(MemoryBackend::sized(
+                self.memory.unwrap_or(MemoryBackend::DEFAULT_MAX_BYTES),
+                wanted,
                 self.clock.clone(),
             )),
+        };
+        let max_entry_bytes = match (backend.max_value_bytes(), self.max_entry_bytes) {
+            (Some(holds), Some(asked)) if asked > holds => {
+                return Err(Error::Config(format!(
+                    "max_entry_bytes is {asked} but the {} store holds entries up to {holds} \
+                     bytes (a memory store charges an entry about twice its size against one \
+                     shard of its bound): raise the store's size or lower max_entry_bytes",
+                    backend.name()
+                )))
+            }
+            (Some(holds), None) => wanted.min(holds),
+            _ => wanted,
         };
         Ok(Cache::from_parts(Parts {
             backend,
@@ -186,7 +216,7 @@ impl CacheBuilder {
             default_ttl: self.default_ttl,
             op_timeout: self.op_timeout,
             codec: self.codec,
-            max_entry_bytes: self.max_entry_bytes,
+            max_entry_bytes,
             clock: self.clock,
             breaker_threshold: self.breaker_threshold,
             breaker_cool_down: self.breaker_cool_down,

@@ -1,4 +1,6 @@
-//! The [`Cache`] handle and its get-or-compute core.
+//! The [`Cache`] handle: building, the direct API, get-or-compute entry
+//! points and stats. The get-or-compute core is in `fetch.rs`, entries are
+//! sealed and opened in `entry.rs`, store locks live in `lock.rs`.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -6,23 +8,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::backend::{Backend, BoxFuture, LocalEntry, Ticket};
+use crate::backend::{Backend, BoxFuture, Locality};
 use crate::backends::MemoryBackend;
 use crate::breaker::Breaker;
 use crate::builder::CacheBuilder;
 use crate::clock::Clock;
-use crate::codec::{AnyCodec, Codec};
-use crate::envelope::{self, Header};
+use crate::codec::AnyCodec;
+use crate::envelope;
 use crate::errlog::ErrorLog;
-use crate::flight::{self, Flights, Landing, Role};
+use crate::fetch::{Accept, Answer, Call, Fast, Read, UNTYPED};
+use crate::flight::Flights;
 use crate::memo::Memo;
 use crate::policy::Policy;
 use crate::refresh::{self, RefreshJob};
-use crate::signing::{self, Signer};
+use crate::signing::Signer;
 use crate::site::Site;
 use crate::stats::{Counters, FunctionStats, Stats};
 use crate::{key, Error};
@@ -53,6 +55,19 @@ use crate::{key, Error};
 /// takes over. If the computation returns `Err` (never cached), each waiter
 /// computes for itself, as it would have without a cache.
 ///
+/// A caller waits for a computation only if that computation's read of the
+/// store saw every invalidation and delete of the key that the caller's own
+/// read saw, in this process or any other; otherwise it computes anew. A
+/// caller whose read of the store failed computes on its own.
+///
+/// # Invalidations and deletes
+/// After [`invalidate_prefix`](Cache::invalidate_prefix) or
+/// [`delete`](Cache::delete) returns, no call that starts afterwards, in any
+/// process sharing the store, is answered with a value computed before it:
+/// computations already running when it happened finish for the callers
+/// that were waiting for them, but their values are not stored and not
+/// shared with later callers.
+///
 /// # Runtime
 /// Store calls are bounded with `tokio::time::timeout`, so they must run
 /// inside a Tokio runtime with the time driver enabled. Building a memory or
@@ -64,26 +79,29 @@ pub struct Cache {
 
 pub(crate) struct Inner {
     id: u64,
-    backend: Arc<dyn Backend>,
-    /// The store answers in process (no cross-process locks needed);
-    /// asked of the backend once, at build.
-    local: bool,
-    enabled: bool,
+    pub(crate) backend: Arc<dyn Backend>,
+    /// The store is in this process ([`Locality::InProcess`]): no signature
+    /// checks, no store locks; asked of the backend once, at build.
+    pub(crate) local: bool,
+    pub(crate) enabled: bool,
     /// `""` or `"namespace:"`.
     namespace: Box<str>,
-    default_ttl: Duration,
+    pub(crate) default_ttl: Duration,
     op_timeout: Duration,
-    codec: AnyCodec,
-    max_entry_bytes: usize,
-    clock: Clock,
-    flights: Flights,
+    pub(crate) codec: AnyCodec,
+    pub(crate) max_entry_bytes: usize,
+    pub(crate) clock: Clock,
+    pub(crate) flights: Flights,
     /// Keys with a background refresh running in this process.
-    refreshing: dashmap::DashMap<Box<str>, ()>,
-    counters: Counters,
+    pub(crate) refreshing: dashmap::DashMap<Box<str>, ()>,
+    pub(crate) counters: Counters,
     breaker: Breaker,
     errlog: ErrorLog,
     functions: Mutex<Vec<&'static Site>>,
-    signer: Option<Signer>,
+    pub(crate) signer: Option<Signer>,
+    /// Per type fingerprint: whether its values read back through the
+    /// codec (checked on the first write of each type).
+    pub(crate) round_trips: dashmap::DashMap<u64, bool>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -154,116 +172,6 @@ impl<T: Serialize + DeserializeOwned> Outcome for Always<T> {
     }
 }
 
-/// The fingerprint of entries written by [`Cache::set`]: the direct API
-/// checks values with the codec only, so `set(k, &"text")` reads back as
-/// `get::<String>(k)`. Typed calls (`#[cached]`, `get_or_compute`) see such
-/// an entry as another type's: a miss.
-const UNTYPED: u64 = 0;
-
-/// Which fingerprints a read accepts.
-#[derive(Clone, Copy)]
-pub(crate) enum Accept {
-    /// Exactly this one (typed calls).
-    Exactly(u64),
-    /// `Cache::get`: entries from `Cache::set`, or typed entries of `T`
-    /// at version 0.
-    Direct(u64),
-}
-
-impl Accept {
-    #[inline]
-    fn admits(self, fp: u64) -> bool {
-        match self {
-            Accept::Exactly(want) => fp == want,
-            Accept::Direct(typed) => fp == UNTYPED || fp == typed,
-        }
-    }
-}
-
-enum Read<V> {
-    Hit(V),
-    /// Servable, and due for a refresh (stale, or picked by early refresh).
-    Refresh(V, Option<Ticket>, Due),
-    Miss(Option<Ticket>),
-}
-
-/// What one get-or-compute call knows about its value.
-pub(crate) struct Call<'p, V> {
-    policy: &'p Policy,
-    fp: u64,
-    site: Option<&'static Site>,
-    memo: Memo<V>,
-}
-
-impl<'p, V> Call<'p, V> {
-    pub(crate) fn new(
-        policy: &'p Policy,
-        fp: u64,
-        site: Option<&'static Site>,
-        memo: Memo<V>,
-    ) -> Self {
-        Call {
-            policy,
-            fp,
-            site,
-            memo,
-        }
-    }
-}
-
-/// Whether a servable entry should be refreshed in the background.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[doc(hidden)]
-pub enum Due {
-    No,
-    /// Fresh, but picked by probabilistic early refresh.
-    Early,
-    /// Past its TTL, inside its stale window.
-    Stale,
-}
-
-/// Whether a computed value may be written, and under which ticket.
-enum Stored {
-    /// The read answered (with this ticket, if the store gives them).
-    Under(Option<Ticket>),
-    /// The read failed: no ticket to write under; the value is only returned
-    /// (and shared with in-process waiters).
-    Never,
-}
-
-/// What a cold miss found when it went for the store's lock.
-enum Contended<V> {
-    /// Another process computed it meanwhile.
-    Value(V, Bytes),
-    /// We hold the lock (this token).
-    Locked(Bytes),
-    /// No lock (unsupported, failing store, or waited too long): compute.
-    Alone,
-}
-
-/// The outcome of taking a store lock.
-pub(crate) enum LockState {
-    Held,
-    Busy,
-    /// The store has no locks: in-process protection only.
-    Unsupported,
-    /// The store failed; the caller goes on without the lock.
-    Failed,
-}
-
-/// What the synchronous in-process read found. Not public API.
-#[doc(hidden)]
-pub enum Fast<V> {
-    /// A live entry, decoded.
-    Hit(V),
-    /// A servable entry due for a background refresh, with the read's ticket.
-    Refresh(V, Option<Ticket>, Due),
-    /// Nothing usable; the ticket of the read.
-    Miss(Option<Ticket>),
-    /// The store is remote: read it asynchronously.
-    Remote,
-}
-
 /// Milliseconds on a monotonic clock, for the breaker and the error log,
 /// which must not stand still under a manual test clock.
 fn monotonic_ms() -> u64 {
@@ -332,7 +240,7 @@ impl Cache {
         Cache {
             inner: Arc::new(Inner {
                 id: IDS.fetch_add(1, Ordering::Relaxed),
-                local: p.backend.get_local("").is_some(),
+                local: p.backend.locality() == Locality::InProcess,
                 backend: p.backend,
                 enabled: p.enabled,
                 namespace: namespace.into_boxed_str(),
@@ -348,6 +256,7 @@ impl Cache {
                 errlog: ErrorLog::new(10_000),
                 functions: Mutex::new(Vec::new()),
                 signer: p.signer,
+                round_trips: dashmap::DashMap::new(),
             }),
         }
     }
@@ -380,6 +289,7 @@ impl Cache {
             .map(|s| FunctionStats {
                 name: s.qualified_name(),
                 hits: s.hits.get(),
+                stale_hits: s.stale_hits.get(),
                 misses: s.misses.get(),
             })
             .collect();
@@ -404,22 +314,28 @@ impl Cache {
 
     /// Reads `key`. `Ok(None)` for a miss, an expired entry, or an entry that
     /// does not decode as `T` (which also counts in `Stats::decode_failures`).
+    /// Counts a hit or a miss (a failed read counts as a miss and an error).
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
         key::check_key(key)?;
         let typed = envelope::fingerprint(std::any::type_name::<T>(), 0);
         let full = self.full_key(key);
-        match self
-            .read::<T>(
-                &full,
-                Accept::Direct(typed),
-                None,
-                Memo::decode_only(),
-                None,
-            )
-            .await?
-        {
-            Read::Hit(v) | Read::Refresh(v, _, _) => Ok(Some(v)),
-            Read::Miss(_) => Ok(None),
+        let read = self
+            .read::<T>(&full, Accept::Direct(typed), Memo::decode_only(), None)
+            .await;
+        match read {
+            Ok(Read::Hit(v) | Read::Refresh(v, _, _)) => {
+                self.tally(None, Answer::Hit);
+                Ok(Some(v))
+            }
+            Ok(Read::Miss(_)) => {
+                self.tally(None, Answer::Miss);
+                Ok(None)
+            }
+            Err(e) => {
+                self.tally(None, Answer::Miss);
+                self.failed("get", &e);
+                Err(e)
+            }
         }
     }
 
@@ -440,6 +356,12 @@ impl Cache {
     }
 
     /// Removes `key`.
+    ///
+    /// Like [`invalidate_prefix`](Self::invalidate_prefix), it fences
+    /// computations in flight: after it returns, no caller in any process
+    /// sharing the store is answered with a value computed before it (a
+    /// computation of `key` still running stores nothing visible, and later
+    /// callers do not wait for it).
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
         key::check_key(key)?;
         if !self.inner.enabled {
@@ -447,7 +369,11 @@ impl Cache {
         }
         let full = self.full_key(key);
         let backend = &*self.inner.backend;
-        self.guarded("delete", || backend.delete(&full)).await
+        self.guarded("delete", || backend.delete(&full)).await?;
+        // After the store: nobody may join a computation of the key that
+        // started before the delete.
+        self.inner.flights.detach_key(&full);
+        Ok(())
     }
 
     /// Invalidates every entry whose key starts with `prefix`.
@@ -608,371 +534,8 @@ impl Cache {
         Ok(Cow::Owned(full))
     }
 
-    /// The get-or-compute core; see the type docs for its guarantees.
-    ///
-    /// `key` already carries the namespace.
-    pub(crate) async fn fetch<O, F>(
-        &self,
-        key: &str,
-        call: Call<'_, O::Value>,
-        first: Fast<O::Value>,
-        compute: F,
-        refresh: Option<fn(F, RefreshJob)>,
-    ) -> O
-    where
-        O: Outcome,
-        F: Future<Output = O>,
-    {
-        let Call {
-            policy,
-            fp,
-            site,
-            memo,
-        } = call;
-        let inner = &*self.inner;
-        if let Some(site) = site {
-            self.register(site);
-        }
-        let mut first = match first {
-            Fast::Hit(v) => return O::from_cached(v),
-            Fast::Refresh(v, ticket, due) => match refresh {
-                Some(spawn) => {
-                    self.begin_refresh(key, policy, fp, ticket, compute, spawn);
-                    return O::from_cached(v);
-                }
-                // No background refresh possible: early refreshes are
-                // skipped, stale entries are computed as misses.
-                None if due == Due::Early => return O::from_cached(v),
-                None => Some(ticket),
-            },
-            Fast::Miss(ticket) => Some(ticket),
-            Fast::Remote => None,
-        };
-        if !inner.enabled || key.is_empty() {
-            inner.counters.misses.incr();
-            inner.counters.computations.incr();
-            if let Some(site) = site {
-                site.misses.incr();
-            }
-            return compute.await;
-        }
-        let mut compute = Some(compute);
-        let mut counted = false;
-        loop {
-            let read = match first.take() {
-                Some(ticket) => Ok(Read::Miss(ticket)),
-                None => {
-                    self.read::<O::Value>(key, Accept::Exactly(fp), site, memo, Some(policy))
-                        .await
-                }
-            };
-            // Whether the store answered. A failed read left no ticket (no
-            // record of the invalidation state it saw), so its value must
-            // not be written: stored as "current", a value computed before
-            // an invalidation that returns meanwhile would be served after
-            // it. And a store that just failed is not asked for a lock or a
-            // write either, so the call costs one op timeout, not three.
-            let store_answered = read.is_ok();
-            let ticket = match read {
-                Ok(Read::Hit(v)) => return O::from_cached(v),
-                Ok(Read::Refresh(v, ticket, due)) => match refresh {
-                    Some(spawn) => {
-                        let compute = compute.take().expect("computed at most once");
-                        self.begin_refresh(key, policy, fp, ticket, compute, spawn);
-                        return O::from_cached(v);
-                    }
-                    None if due == Due::Early => return O::from_cached(v),
-                    None => ticket,
-                },
-                Ok(Read::Miss(ticket)) => ticket,
-                Err(e) => {
-                    self.failed("get", &e);
-                    None
-                }
-            };
-            if !counted {
-                counted = true;
-                inner.counters.misses.incr();
-                if let Some(site) = site {
-                    site.misses.incr();
-                }
-            }
-            match inner.flights.join(key) {
-                Role::Leader(guard) => {
-                    // A flight that landed between our read and our join
-                    // already stored the value: read once more when that is
-                    // free (in-process stores) instead of computing twice.
-                    if let Some(Ok(found)) = inner.backend.get_now(key) {
-                        if let Some(bytes) = found.value {
-                            if let Ok(Some((v, Due::No))) = self.open_checked::<O::Value>(
-                                &bytes,
-                                Accept::Exactly(fp),
-                                None,
-                                None,
-                            ) {
-                                guard.publish(Landing::Entry(bytes));
-                                return O::from_cached(v);
-                            }
-                        }
-                    }
-                    let compute = compute.take().expect("computed at most once");
-                    let ticket = if store_answered {
-                        Stored::Under(ticket)
-                    } else {
-                        Stored::Never
-                    };
-                    return self.lead(guard, key, ticket, policy, fp, compute).await;
-                }
-                Role::Waiter(rx) => {
-                    inner.counters.coalesced.incr();
-                    match flight::wait(rx).await {
-                        Some(Landing::Entry(bytes)) => {
-                            if let Ok(Some((v, _))) = self.open_checked::<O::Value>(
-                                &bytes,
-                                Accept::Exactly(fp),
-                                None,
-                                None,
-                            ) {
-                                return O::from_cached(v);
-                            }
-                        }
-                        Some(Landing::Nothing | Landing::Pending | Landing::Abandoned) => {}
-                        // The leader went away: try again, maybe as leader.
-                        None => continue,
-                    }
-                    // Nothing shareable: compute our own, as without a cache.
-                    inner.counters.computations.incr();
-                    let compute = compute.take().expect("computed at most once");
-                    return compute.await;
-                }
-            }
-        }
-    }
-
-    async fn lead<O, F>(
-        &self,
-        guard: flight::LeaderGuard<'_>,
-        key: &str,
-        stored: Stored,
-        policy: &Policy,
-        fp: u64,
-        compute: F,
-    ) -> O
-    where
-        O: Outcome,
-        F: Future<Output = O>,
-    {
-        let inner = &*self.inner;
-        // Across processes: one computes under the store's lock, the others
-        // wait for its value (in-process callers already wait on `guard`).
-        let mut lock = None;
-        if !inner.local && matches!(stored, Stored::Under(_)) {
-            match self
-                .lock_or_value::<O::Value>(key, fp, policy.lock_ttl)
-                .await
-            {
-                Contended::Value(v, bytes) => {
-                    guard.publish(Landing::Entry(bytes));
-                    return O::from_cached(v);
-                }
-                Contended::Locked(token) => lock = Some(token),
-                Contended::Alone => {}
-            }
-        }
-        inner.counters.computations.incr();
-        let started = Instant::now();
-        let out = compute.await;
-        let Some(value) = out.cacheable() else {
-            guard.publish(Landing::Nothing);
-            if let Some(token) = lock {
-                self.unlock(key, &token).await;
-            }
-            return out;
-        };
-        let compute_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
-        match self.seal_for(key, policy, value, fp, compute_ms) {
-            Ok((bytes, ttl)) => {
-                // Waiters (and callers arriving until the store finishes)
-                // get the value now; the guard's drop ends the flight.
-                guard.publish(Landing::Entry(bytes.clone()));
-                if let Stored::Under(ticket) = stored {
-                    self.store(key, bytes, ttl, ticket).await;
-                }
-            }
-            Err(e) => {
-                guard.publish(Landing::Nothing);
-                self.failed("encode", &e);
-            }
-        }
-        if let Some(token) = lock {
-            self.unlock(key, &token).await;
-        }
-        out
-    }
-
-    /// Encodes a computed value under `policy`: the envelope's deadlines and
-    /// the physical TTL (`ttl + stale`).
-    pub(crate) fn seal_for<T: Serialize + ?Sized>(
-        &self,
-        key: &str,
-        policy: &Policy,
-        value: &T,
-        fp: u64,
-        compute_ms: u32,
-    ) -> Result<(Bytes, Duration), Error> {
-        let ttl = policy.ttl.unwrap_or(self.inner.default_ttl);
-        let stale = policy.stale.unwrap_or(Duration::ZERO);
-        let bytes = self.seal_with(key, value, ttl, stale, fp, compute_ms)?;
-        Ok((bytes, ttl + stale))
-    }
-
-    /// Stores an encoded entry, counting (never returning) failures.
-    pub(crate) async fn store(
-        &self,
-        key: &str,
-        bytes: Bytes,
-        ttl: Duration,
-        ticket: Option<Ticket>,
-    ) {
-        let inner = &*self.inner;
-        if bytes.len() > inner.max_entry_bytes {
-            self.failed(
-                "set",
-                &Error::TooLarge {
-                    size: bytes.len(),
-                    limit: inner.max_entry_bytes,
-                },
-            );
-        } else if let Err(e) = self.write(key, bytes, ttl, ticket).await {
-            self.failed("set", &e);
-        }
-    }
-
-    /// Starts a background refresh of `key` unless one already runs in this
-    /// process; the job itself takes the cross-process lock.
-    fn begin_refresh<O, F>(
-        &self,
-        key: &str,
-        policy: &Policy,
-        fp: u64,
-        ticket: Option<Ticket>,
-        compute: F,
-        spawn: fn(F, RefreshJob),
-    ) where
-        O: Outcome,
-        F: Future<Output = O>,
-    {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        if self.inner.refreshing.insert(key.into(), ()).is_some() {
-            return;
-        }
-        spawn(
-            compute,
-            RefreshJob::new(self.clone(), key.to_owned(), *policy, fp, ticket),
-        );
-    }
-
-    pub(crate) fn finish_refresh(&self, key: &str) {
-        self.inner.refreshing.remove(key);
-    }
-
-    pub(crate) fn counters(&self) -> &Counters {
-        &self.inner.counters
-    }
-
-    pub(crate) fn report(&self, op: &'static str, err: &Error) {
-        self.failed(op, err);
-    }
-
-    /// Takes the store's lock for `key` (kept apart from entries).
-    pub(crate) async fn try_lock(&self, key: &str, token: &Bytes, ttl: Duration) -> LockState {
-        let backend = &*self.inner.backend;
-        match self
-            .guarded("lock", || backend.set_if_absent(key, token.clone(), ttl))
-            .await
-        {
-            Ok(true) => LockState::Held,
-            Ok(false) => LockState::Busy,
-            Err(Error::Unsupported { .. }) => LockState::Unsupported,
-            Err(e) => {
-                self.failed("lock", &e);
-                LockState::Failed
-            }
-        }
-    }
-
-    pub(crate) async fn unlock(&self, key: &str, token: &Bytes) {
-        let backend = &*self.inner.backend;
-        if let Err(e) = self
-            .guarded("unlock", || backend.delete_if_equals(key, token))
-            .await
-        {
-            if !matches!(e, Error::Unsupported { .. }) {
-                self.failed("unlock", &e);
-            }
-        }
-    }
-
-    /// Takes the store's lock for a cold key, or waits for the value of
-    /// whoever holds it: polling (5 ms backing off to 100 ms) for the value
-    /// and for the lock, which a holder releases (or lets expire) without
-    /// a visible value when its computation failed or was invalidated.
-    /// Gives up after `bound` and computes without the lock.
-    async fn lock_or_value<V: DeserializeOwned>(
-        &self,
-        key: &str,
-        fp: u64,
-        bound: Duration,
-    ) -> Contended<V> {
-        let token = refresh::token();
-        let deadline = Instant::now() + bound;
-        let mut pause = Duration::from_millis(5);
-        let mut waited = false;
-        loop {
-            match self.try_lock(key, &token, bound).await {
-                LockState::Held => {
-                    // The holder before us may have stored the value between
-                    // our miss and our lock: look once more.
-                    if let Some((v, bytes)) = self.peek::<V>(key, fp).await {
-                        self.unlock(key, &token).await;
-                        return Contended::Value(v, bytes);
-                    }
-                    return Contended::Locked(token);
-                }
-                LockState::Busy => {}
-                LockState::Unsupported | LockState::Failed => return Contended::Alone,
-            }
-            if !waited {
-                waited = true;
-                self.inner.counters.lock_waits.incr();
-            }
-            if Instant::now() >= deadline {
-                self.inner.counters.lock_timeouts.incr();
-                return Contended::Alone;
-            }
-            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
-            if let Some((v, bytes)) = self.peek::<V>(key, fp).await {
-                return Contended::Value(v, bytes);
-            }
-        }
-    }
-
-    /// One uncounted read of a fresh entry: the value and its bytes.
-    async fn peek<V: DeserializeOwned>(&self, key: &str, fp: u64) -> Option<(V, Bytes)> {
-        let backend = &*self.inner.backend;
-        let found = self.guarded("get", || backend.get(key)).await.ok()?;
-        let bytes = found.value?;
-        match self.open_checked::<V>(&bytes, Accept::Exactly(fp), None, Some(key)) {
-            Ok(Some((v, _))) => Some((v, bytes)),
-            _ => None,
-        }
-    }
-
     /// Counts and logs a failure the caller recovers from.
-    fn failed(&self, op: &'static str, err: &Error) {
+    pub(crate) fn failed(&self, op: &'static str, err: &Error) {
         let inner = &*self.inner;
         match err {
             Error::CircuitOpen { .. } => {}
@@ -989,7 +552,7 @@ impl Cache {
     }
 
     #[inline]
-    fn register(&self, site: &'static Site) {
+    pub(crate) fn register(&self, site: &'static Site) {
         if site.last_cache.load(Ordering::Relaxed) == self.inner.id {
             return;
         }
@@ -1004,264 +567,8 @@ impl Cache {
         site.last_cache.store(self.inner.id, Ordering::Relaxed);
     }
 
-    /// Reads and opens an entry, counting hits and misses. Store failures
-    /// are returned; undecodable entries are misses (counted).
-    async fn read<V: DeserializeOwned>(
-        &self,
-        key: &str,
-        fp: Accept,
-        site: Option<&'static Site>,
-        memo: Memo<V>,
-        policy: Option<&Policy>,
-    ) -> Result<Read<V>, Error> {
-        let inner = &*self.inner;
-        if !inner.enabled {
-            return Ok(Read::Miss(None));
-        }
-        match self.local_read(key, fp, site, memo, policy) {
-            Fast::Hit(v) => return Ok(Read::Hit(v)),
-            Fast::Refresh(v, ticket, due) => return Ok(Read::Refresh(v, ticket, due)),
-            Fast::Miss(ticket) => return Ok(Read::Miss(ticket)),
-            Fast::Remote => {}
-        }
-        let lookup = match inner.backend.get_now(key) {
-            Some(found) => found?,
-            None => {
-                let backend = &*inner.backend;
-                self.guarded("get", || backend.get(key)).await?
-            }
-        };
-        if let Some(bytes) = lookup.value {
-            match self.open_checked::<V>(&bytes, fp, policy, Some(key)) {
-                Ok(Some((v, due))) => {
-                    self.count_hit(site, due);
-                    return Ok(match due {
-                        Due::No => Read::Hit(v),
-                        Due::Early | Due::Stale => Read::Refresh(v, lookup.ticket, due),
-                    });
-                }
-                Ok(None) => {}
-                Err(e) => self.failed("decode", &e),
-            }
-        }
-        Ok(Read::Miss(lookup.ticket))
-    }
-
-    /// The synchronous read of in-process stores; `Fast::Remote` for others.
-    #[inline]
-    pub(crate) fn local_read<V: DeserializeOwned>(
-        &self,
-        key: &str,
-        fp: Accept,
-        site: Option<&'static Site>,
-        memo: Memo<V>,
-        policy: Option<&Policy>,
-    ) -> Fast<V> {
-        let inner = &*self.inner;
-        let Some(found) = inner.backend.get_local(key) else {
-            return Fast::Remote;
-        };
-        if let Some(entry) = found.entry {
-            match self.open_local(&entry, fp, memo, policy) {
-                Ok(Some((v, due))) => {
-                    self.count_hit(site, due);
-                    return match due {
-                        Due::No => Fast::Hit(v),
-                        Due::Early | Due::Stale => Fast::Refresh(v, Some(found.ticket), due),
-                    };
-                }
-                Ok(None) => {}
-                Err(e) => self.failed("decode", &e),
-            }
-        }
-        Fast::Miss(Some(found.ticket))
-    }
-
-    #[inline]
-    fn count_hit(&self, site: Option<&'static Site>, due: Due) {
-        let counters = &self.inner.counters;
-        let slot = crate::stats::slot();
-        counters.hits.incr_in(slot);
-        if due == Due::Stale {
-            counters.stale_hits.incr_in(slot);
-        }
-        if let Some(site) = site {
-            site.hits.incr_in(slot);
-        }
-    }
-
-    /// Opens an in-process entry, serving (and keeping) the decoded copy
-    /// when `memo` allows. The header is checked first either way, so a
-    /// memoised value is never served past its deadline or to a caller
-    /// expecting another fingerprint.
-    #[inline]
-    fn open_local<V: DeserializeOwned>(
-        &self,
-        entry: &LocalEntry,
-        fp: Accept,
-        memo: Memo<V>,
-        policy: Option<&Policy>,
-    ) -> Result<Option<(V, Due)>, Error> {
-        let now = self.inner.clock.now_ms();
-        if entry.expires_ms() <= now {
-            return Ok(None);
-        }
-        // In-process entries need no signature check: nothing outside the
-        // process can write them.
-        let Some((payload, due)) = self.check_header_at(entry.bytes(), fp, now, policy, None)?
-        else {
-            return Ok(None);
-        };
-        if let (Some(get), Some(decoded)) = (memo.get, entry.decoded.get()) {
-            if let Some(v) = get(decoded) {
-                return Ok(Some((v, due)));
-            }
-        }
-        let value = self.inner.codec.decode(payload)?;
-        if let Some(put) = memo.put {
-            let _ = entry.decoded.set(put(&value));
-        }
-        Ok(Some((value, due)))
-    }
-
-    /// `Ok(None)` when the entry is past its deadline.
-    #[inline]
-    fn open_checked<V: DeserializeOwned>(
-        &self,
-        bytes: &[u8],
-        fp: Accept,
-        policy: Option<&Policy>,
-        from_store: Option<&str>,
-    ) -> Result<Option<(V, Due)>, Error> {
-        let now = self.inner.clock.now_ms();
-        match self.check_header_at(bytes, fp, now, policy, from_store)? {
-            Some((payload, due)) => Ok(Some((self.inner.codec.decode(payload)?, due))),
-            None => Ok(None),
-        }
-    }
-
-    /// The payload of a servable entry that `fp` admits, and whether it is
-    /// due for a refresh; `Ok(None)` when it cannot be served.
-    ///
-    /// Past its TTL an entry is served only to callers whose policy refreshes
-    /// (`stale` or `early`): everyone else sees a miss, as without a stale
-    /// window. Before its TTL, `early` may pick it for a refresh (XFetch):
-    /// refresh when `now - compute_time * beta * ln(u) >= fresh_until`.
-    #[inline]
-    fn check_header_at<'b>(
-        &self,
-        bytes: &'b [u8],
-        fp: Accept,
-        now: u64,
-        policy: Option<&Policy>,
-        from_store: Option<&str>,
-    ) -> Result<Option<(&'b [u8], Due)>, Error> {
-        let (header, mut payload) = Header::read(bytes)?;
-        let signed = header.flags & envelope::FLAG_SIGNED != 0;
-        if signed {
-            if payload.len() < signing::TAG_LEN {
-                return Err(Error::decode("signed entry shorter than its tag"));
-            }
-            payload = &payload[..payload.len() - signing::TAG_LEN];
-        }
-        // Entries read from a shared store must carry a tag of ours.
-        if let (Some(signer), Some(key)) = (&self.inner.signer, from_store) {
-            let body = &bytes[..bytes.len() - if signed { signing::TAG_LEN } else { 0 }];
-            let tag = &bytes[body.len()..];
-            if !signed || !signer.verify(key, body, tag) {
-                self.inner.counters.signature_failures.incr();
-                return Err(Error::decode(
-                    "entry is not signed with a current signing key",
-                ));
-            }
-        }
-        if header.codec != self.inner.codec.id() {
-            return Err(Error::decode(format!(
-                "entry written by codec {} but this cache uses {}",
-                header.codec,
-                self.inner.codec.name()
-            )));
-        }
-        if !fp.admits(header.fingerprint) {
-            return Err(Error::decode(
-                "entry stored under another type or version for the same key",
-            ));
-        }
-        if now >= header.stale_until_ms {
-            return Ok(None);
-        }
-        let refreshing = policy.filter(|p| p.refreshes());
-        if now >= header.fresh_until_ms {
-            return Ok(refreshing.map(|_| (payload, Due::Stale)));
-        }
-        if let Some(beta) = refreshing.and_then(|p| p.early) {
-            let gap = f64::from(header.compute_ms) * beta * -refresh::uniform().ln();
-            if now as f64 + gap >= header.fresh_until_ms as f64 {
-                return Ok(Some((payload, Due::Early)));
-            }
-        }
-        Ok(Some((payload, Due::No)))
-    }
-
-    fn seal_with<T: Serialize + ?Sized>(
-        &self,
-        key: &str,
-        value: &T,
-        ttl: Duration,
-        stale: Duration,
-        fp: u64,
-        compute_ms: u32,
-    ) -> Result<Bytes, Error> {
-        let now = self.inner.clock.now_ms();
-        let fresh_until = now.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
-        let stale_until =
-            fresh_until.saturating_add(stale.as_millis().min(u64::MAX as u128) as u64);
-        let mut out = Vec::with_capacity(64);
-        let signer = self.inner.signer.as_ref();
-        Header {
-            codec: self.inner.codec.id(),
-            flags: if signer.is_some() {
-                envelope::FLAG_SIGNED
-            } else {
-                0
-            },
-            fingerprint: fp,
-            fresh_until_ms: fresh_until,
-            stale_until_ms: stale_until,
-            compute_ms,
-        }
-        .write(&mut out);
-        self.inner.codec.encode(value, &mut out)?;
-        if let Some(signer) = signer {
-            let tag = signer.sign(key, &out);
-            out.extend_from_slice(&tag);
-        }
-        Ok(Bytes::from(out))
-    }
-
-    async fn write(
-        &self,
-        key: &str,
-        bytes: Bytes,
-        ttl: Duration,
-        ticket: Option<Ticket>,
-    ) -> Result<(), Error> {
-        if bytes.len() > self.inner.max_entry_bytes {
-            return Err(Error::TooLarge {
-                size: bytes.len(),
-                limit: self.inner.max_entry_bytes,
-            });
-        }
-        let backend = &*self.inner.backend;
-        if let Some(done) = backend.set_now(key, &bytes, ttl, ticket.as_ref()) {
-            return done;
-        }
-        self.guarded("set", || backend.set(key, bytes, ttl, ticket.as_ref()))
-            .await
-    }
-
     /// Runs one store call under the circuit breaker and the op timeout.
-    async fn guarded<'b, T>(
+    pub(crate) async fn guarded<'b, T>(
         &self,
         op: &'static str,
         call: impl FnOnce() -> BoxFuture<'b, Result<T, Error>>,

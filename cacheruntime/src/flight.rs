@@ -7,6 +7,15 @@
 //! have without a cache. If the leader is dropped mid-computation its guard
 //! marks the flight abandoned and a waiter takes over: nothing stays locked.
 //!
+//! A caller joins a flight only if the flight's read saw every invalidation
+//! of the key that the caller's own read saw (the caller's [`Ticket`] is
+//! covered by the flight's): a computation that started before an
+//! invalidation, in this process or any other, is never shared with a
+//! caller that knows of it. Such a caller starts a new flight in its place;
+//! the old one finishes for the callers that had already joined it. A
+//! caller without a ticket (its read failed) cannot tell, and computes on
+//! its own.
+//!
 //! A flight is a mutex-guarded state plus one `Notify`, and the leader only
 //! notifies when someone waits: most misses have no waiter, and waking
 //! nobody should cost nothing (tokio's `watch` notified eight `Notify`s on
@@ -19,6 +28,8 @@ use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tokio::sync::Notify;
+
+use crate::backend::Ticket;
 
 /// What a flight left for its waiters.
 #[derive(Clone, Debug)]
@@ -35,6 +46,8 @@ pub(crate) enum Landing {
 
 #[derive(Debug)]
 pub(crate) struct Flight {
+    /// The invalidation state the leader's read saw.
+    ticket: Ticket,
     state: Mutex<Landing>,
     notify: Notify,
     waiters: AtomicUsize,
@@ -65,24 +78,49 @@ pub(crate) struct Flights {
 pub(crate) enum Role<'a> {
     Leader(LeaderGuard<'a>),
     Waiter(Arc<Flight>),
+    /// No ticket: compute without sharing.
+    Alone,
 }
 
 impl Flights {
-    pub(crate) fn join<'a>(&'a self, key: &str) -> Role<'a> {
+    /// Joins the flight of `key` if `may_join` admits its ticket, or leads
+    /// a new one (taking the old one's place for later callers).
+    pub(crate) fn join<'a>(
+        &'a self,
+        key: &str,
+        ticket: Option<&Ticket>,
+        may_join: impl FnOnce(&Ticket) -> bool,
+    ) -> Role<'a> {
+        let Some(ticket) = ticket else {
+            return Role::Alone;
+        };
+        let lead = |flights: &'a Flights| {
+            let flight = Arc::new(Flight {
+                ticket: ticket.clone(),
+                state: Mutex::new(Landing::Pending),
+                notify: Notify::new(),
+                waiters: AtomicUsize::new(0),
+            });
+            let guard = LeaderGuard {
+                flights,
+                key: key.into(),
+                flight: flight.clone(),
+            };
+            (flight, guard)
+        };
         match self.map.entry(key.into()) {
-            Entry::Occupied(e) => Role::Waiter(e.get().clone()),
+            Entry::Occupied(mut e) => {
+                if may_join(&e.get().ticket) {
+                    return Role::Waiter(e.get().clone());
+                }
+                let (flight, guard) = lead(self);
+                e.insert(flight);
+                Role::Leader(guard)
+            }
             Entry::Vacant(e) => {
-                let flight = Arc::new(Flight {
-                    state: Mutex::new(Landing::Pending),
-                    notify: Notify::new(),
-                    waiters: AtomicUsize::new(0),
-                });
-                e.insert(flight.clone());
-                Role::Leader(LeaderGuard {
-                    flights: self,
-                    key: key.into(),
-                    flight,
-                })
+                let (flight, guard) = lead(self);
+                e.insert(flight);
+                Role::Leader(guard)
             }
         }
     }
@@ -94,6 +132,13 @@ impl Flights {
     pub(crate) fn detach_prefix(&self, prefix: &str) {
         if !self.map.is_empty() {
             self.map.retain(|key, _| !key.starts_with(prefix));
+        }
+    }
+
+    /// Stops new callers from joining the flight of `key` (a delete).
+    pub(crate) fn detach_key(&self, key: &str) {
+        if !self.map.is_empty() {
+            self.map.remove(key);
         }
     }
 
@@ -167,39 +212,66 @@ mod tests {
     #[tokio::test]
     async fn dropped_leader_frees_the_key_and_wakes_waiters() {
         let flights = Flights::default();
-        let leader = match flights.join("k") {
-            Role::Leader(g) => g,
-            Role::Waiter(_) => panic!("first caller must lead"),
+        let t = Ticket::seq(1);
+        let Role::Leader(leader) = flights.join("k", Some(&t), |_| true) else {
+            panic!("first caller must lead")
         };
-        let flight = match flights.join("k") {
-            Role::Waiter(f) => f,
-            Role::Leader(_) => panic!("second caller must wait"),
+        let Role::Waiter(flight) = flights.join("k", Some(&t), |_| true) else {
+            panic!("second caller must wait")
         };
         let waiter = tokio::spawn(wait(flight));
         tokio::task::yield_now().await;
         drop(leader);
         assert!(waiter.await.unwrap().is_none());
         assert_eq!(flights.len(), 0);
-        assert!(matches!(flights.join("k"), Role::Leader(_)));
+        assert!(matches!(
+            flights.join("k", Some(&t), |_| true),
+            Role::Leader(_)
+        ));
     }
 
     #[tokio::test]
     async fn published_entry_reaches_waiters_before_and_after_publication() {
         let flights = Flights::default();
-        let Role::Leader(leader) = flights.join("k") else {
+        let t = Ticket::seq(1);
+        let Role::Leader(leader) = flights.join("k", Some(&t), |_| true) else {
             panic!()
         };
-        let Role::Waiter(early) = flights.join("k") else {
+        let Role::Waiter(early) = flights.join("k", Some(&t), |_| true) else {
             panic!()
         };
         let early = tokio::spawn(wait(early));
         tokio::task::yield_now().await;
         leader.publish(Landing::Entry(Bytes::from_static(b"v")));
-        let Role::Waiter(late) = flights.join("k") else {
+        let Role::Waiter(late) = flights.join("k", Some(&t), |_| true) else {
             panic!("the flight lasts until the guard drops")
         };
         drop(leader);
         assert!(matches!(early.await.unwrap(), Some(Landing::Entry(b)) if &b[..] == b"v"));
         assert!(matches!(wait(late).await, Some(Landing::Entry(b)) if &b[..] == b"v"));
+    }
+
+    #[tokio::test]
+    async fn a_caller_never_joins_a_flight_its_ticket_is_newer_than() {
+        let flights = Flights::default();
+        let old = Ticket::tag("1.4");
+        let new = Ticket::tag("1.5");
+        let Role::Leader(stale_leader) = flights.join("k", Some(&old), |_| true) else {
+            panic!()
+        };
+        // The newer caller leads a flight of its own, in the old one's place.
+        let Role::Leader(fresh_leader) = flights.join("k", Some(&new), |f| f.covers(&new)) else {
+            panic!("a caller that saw a newer invalidation must not join an older flight")
+        };
+        // Later callers that saw the same state join the new flight, and the
+        // old leader's end does not remove it.
+        drop(stale_leader);
+        let Role::Waiter(joined) = flights.join("k", Some(&new), |f| f.covers(&new)) else {
+            panic!()
+        };
+        assert_eq!(joined.ticket, new);
+        drop(fresh_leader);
+        // Without a ticket there is nothing to compare: compute alone.
+        assert!(matches!(flights.join("k", None, |_| true), Role::Alone));
     }
 }

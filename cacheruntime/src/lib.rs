@@ -10,12 +10,15 @@ mod cache;
 mod clock;
 pub mod codec;
 mod default;
+mod entry;
 pub mod envelope;
 mod errlog;
 mod error;
+mod fetch;
 mod flight;
 mod ids;
 pub mod key;
+mod lock;
 mod memo;
 mod policy;
 mod refresh;
@@ -28,7 +31,7 @@ pub mod url;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use backend::Backend;
+pub use backend::{Backend, Locality};
 pub use builder::CacheBuilder;
 pub use cache::{Always, Cache, Outcome};
 pub use cachemacro::cached;

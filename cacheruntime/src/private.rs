@@ -5,9 +5,10 @@ use std::future::Future;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use crate::cache::Fast;
-use crate::cache::{Accept, Always, Call, Outcome};
+use crate::cache::{Always, Outcome};
 pub use crate::default::default_cache;
+pub use crate::fetch::Fast;
+use crate::fetch::{Accept, Answer, Call};
 pub use crate::ids::{assert_id_shape, clone_for_refresh, store_ids, IdShape, IdSlot, Rows};
 pub use crate::key::KeyBuilder;
 pub use crate::memo::{Memo, Probe, ViaClone, ViaDecode};
@@ -40,13 +41,17 @@ pub fn local_hit<T: DeserializeOwned>(
         return Fast::Remote;
     }
     let fp = site.fingerprint::<T>();
-    cache.local_read(
+    let found = cache.local_read(
         &crate::key::stored(key.as_str()),
         Accept::Exactly(fp),
-        Some(site),
         memo,
         Some(&site.policy),
-    )
+    );
+    // A hit is this call's answer; anything else is counted by the core.
+    if let Fast::Hit(_) = found {
+        cache.tally(Some(site), Answer::Hit);
+    }
+    found
 }
 
 /// What the four `cached_*` entry points share: the site's fingerprint and

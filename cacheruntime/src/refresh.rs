@@ -6,18 +6,18 @@
 //! the computation only if it takes the store's lock for the key, so across
 //! all processes sharing the store one caller refreshes. If the refresh
 //! fails (`Err` or panic) it is counted and logged, the old value keeps
-//! being served until its stale window ends, and the lock is left to expire
-//! so the next attempt comes after the lock TTL rather than on every read.
+//! being served until its stale window ends, and the refresh lock is left to
+//! expire so the next attempt comes after the lock TTL rather than on every
+//! read. The refresh lock is not the key's own lock: a cold miss of the key
+//! (once the stale window is over) never waits for a failed refresh.
 
 use std::cell::Cell;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
-
 use crate::backend::Ticket;
-use crate::cache::{LockState, Outcome};
+use crate::cache::Outcome;
+use crate::lock::{refresh_lock_key, LockState};
 use crate::policy::Policy;
 use crate::Cache;
 
@@ -72,14 +72,18 @@ impl RefreshJob {
             ticket,
         } = self;
         let _running = Running(&cache, &key);
-        let token = token();
-        match cache.try_lock(&key, &token, policy.lock_ttl).await {
-            LockState::Held | LockState::Unsupported => {}
-            // Someone else refreshes, or the store is failing (and could
-            // not take the value anyway): keep serving what is there.
+        let lock = match cache
+            .try_lock(&refresh_lock_key(&key), policy.lock_ttl)
+            .await
+        {
+            LockState::Held(held) => Some(held),
+            LockState::Unsupported => None,
+            // Someone else refreshes (or a failed refresh backs off), or the
+            // store is failing (and could not take the value anyway): keep
+            // serving what is there.
             LockState::Busy | LockState::Failed => return,
-        }
-        let counters = cache.counters();
+        };
+        let counters = &cache.inner.counters;
         counters.refreshes.incr();
         let started = Instant::now();
         let outcome = tokio::spawn(compute).await;
@@ -97,15 +101,20 @@ impl RefreshJob {
             };
             tracing::warn!(
                 key = %key,
-                "background refresh {why}; the stale value is served until the lock expires"
+                "background refresh {why}; the stale value is served until the next attempt \
+                 after the lock TTL"
             );
+            if let Some(held) = lock {
+                held.keep();
+            }
             return;
         };
-        match cache.seal_for(&key, &policy, value, fp, compute_ms) {
-            Ok((bytes, ttl)) => cache.store(&key, bytes, ttl, ticket).await,
-            Err(e) => cache.report("encode", &e),
+        if let Some((bytes, ttl)) = cache.seal_checked(&key, &policy, value, fp, compute_ms) {
+            cache.store(&key, bytes, ttl, ticket).await;
         }
-        cache.unlock(&key, &token).await;
+        if let Some(held) = lock {
+            held.release().await;
+        }
     }
 }
 
@@ -118,16 +127,6 @@ where
     F: Future<Output = O> + Send + 'static,
 {
     tokio::spawn(job.run(compute));
-}
-
-/// A lock token unique to this process and moment.
-pub(crate) fn token() -> Bytes {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    Bytes::from(format!("{}-{nanos}-{n}", std::process::id()))
 }
 
 /// A uniform number in (0, 1] from a per-thread xorshift generator: enough
@@ -169,10 +168,5 @@ mod tests {
             let u = super::uniform();
             assert!(u > 0.0 && u <= 1.0, "{u}");
         }
-    }
-
-    #[test]
-    fn tokens_are_unique() {
-        assert_ne!(super::token(), super::token());
     }
 }

@@ -19,6 +19,7 @@ pub struct Site {
     fingerprint: OnceLock<u64>,
     default_prefix: OnceLock<String>,
     pub(crate) hits: Counter,
+    pub(crate) stale_hits: Counter,
     pub(crate) misses: Counter,
     /// Id of the cache this site was last registered with (0: none).
     pub(crate) last_cache: AtomicU64,
@@ -40,6 +41,7 @@ impl Site {
             fingerprint: OnceLock::new(),
             default_prefix: OnceLock::new(),
             hits: Counter::new(),
+            stale_hits: Counter::new(),
             misses: Counter::new(),
             last_cache: AtomicU64::new(0),
         }

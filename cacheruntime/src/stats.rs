@@ -158,11 +158,14 @@ pub(crate) struct Counters {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Reads answered from the store.
+    /// Calls answered with a fresh value from the cache.
     pub hits: u64,
-    /// Reads that found nothing usable.
+    /// Calls that found nothing usable: they computed, or waited for another
+    /// caller's computation (a stale entry recomputed in the foreground
+    /// included). `hits + stale_hits + misses` is the number of calls.
     pub misses: u64,
-    /// Reads answered with an entry past its TTL but inside its stale window.
+    /// Calls answered with an entry past its TTL but inside its stale
+    /// window, while it is refreshed in the background.
     pub stale_hits: u64,
     /// Store operations that failed or timed out (each one fell back to
     /// computing), plus values that could not be encoded.
@@ -197,14 +200,23 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// `hits / (hits + misses)`, or 0 when nothing was read.
+    /// Calls counted: `hits + stale_hits + misses`.
+    pub fn calls(&self) -> u64 {
+        self.hits + self.stale_hits + self.misses
+    }
+
+    /// The share of calls answered from the cache, stale hits included, or
+    /// 0 before the first call.
     pub fn hit_rate(&self) -> f64 {
-        let total = self.hits + self.misses;
-        if total == 0 {
-            0.0
-        } else {
-            self.hits as f64 / total as f64
-        }
+        rate(self.hits + self.stale_hits, self.calls())
+    }
+}
+
+fn rate(served: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        served as f64 / total as f64
     }
 }
 
@@ -217,20 +229,21 @@ impl Stats {
 pub struct FunctionStats {
     /// `module::path::function`.
     pub name: String,
-    /// Calls answered from the cache.
+    /// Calls answered with a fresh value from the cache.
     pub hits: u64,
+    /// Calls answered with a stale value while it was refreshed.
+    pub stale_hits: u64,
     /// Calls that had to compute (or wait for a computation).
     pub misses: u64,
 }
 
 impl FunctionStats {
-    /// `hits / (hits + misses)`, or 0 before the first call.
+    /// The share of calls answered from the cache (stale hits included),
+    /// or 0 before the first call.
     pub fn hit_rate(&self) -> f64 {
-        let total = self.hits + self.misses;
-        if total == 0 {
-            0.0
-        } else {
-            self.hits as f64 / total as f64
-        }
+        rate(
+            self.hits + self.stale_hits,
+            self.hits + self.stale_hits + self.misses,
+        )
     }
 }

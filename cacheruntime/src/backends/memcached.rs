@@ -26,26 +26,36 @@
 //! router places a key by its tag, so an entry and its prefixes' counters
 //! live on one server and are read in one round trip.
 //!
-//! # Prefix invalidation
-//! Generation counters, as on Redis: a read is one multi-get of the entry
-//! and its prefixes' counters; an entry is served only if the counters it
-//! recorded at its miss are the current ones; `invalidate_prefix` is an
-//! `add` of a fresh counter (first use) and an `incr`. A counter starts at
-//! the current time in milliseconds, so one that expires and is created
-//! again never repeats an old value, and entry TTLs are capped at the
-//! counters' life (`max_ttl`, 365 days) so no entry outlives its counter.
+//! # Prefix invalidation and deletes
+//! Generation counters, as on Redis: every `:`-prefix of a key and the key
+//! itself have a counter; a read is one multi-get of the entry and its
+//! counters; an entry is served only if every counter is there and holds
+//! what the entry recorded at its read. `invalidate_prefix` is an `add` of a
+//! fresh counter (first use) and an `incr`; `delete` removes the entry and
+//! bumps the key's own counter the same way, so a value computed before the
+//! delete and written after it is never served.
+//!
+//! A missing counter (never used, evicted, expired) is never read as a
+//! value: the entry is a miss, and the read adds the counter anew before its
+//! computation starts. A counter starts at the current time in microseconds
+//! times 1,000 (plus a random part below 1,000), so one that is lost and
+//! created again never repeats a value an entry recorded (this relies on the
+//! app servers' clocks not running backwards by more than the life of a
+//! counter's values). Entry TTLs are capped at the counters' life (`max_ttl`,
+//! 365 days); an entry that outlives its counters is a miss, never wrong.
 
 use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
 use memcache::exp::{
-    AsyncMemcache, Delete, Get, MemcacheBuilder, Meta, MutationStatus, Rendezvous, Router,
+    Arithmetic, AsyncMemcache, Delete, Get, MemcacheBuilder, Meta, MutationStatus, Rendezvous,
+    Router,
 };
 use sha2::{Digest, Sha256};
 
 use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
-use crate::backends::generations::{generations, unwrap_entry, wrap_entry};
+use crate::backends::generations::{generations, prefixes, seed, unwrap_entry, wrap_entry};
 use crate::clock::Clock;
 use crate::url::redact;
 use crate::Error;
@@ -170,9 +180,11 @@ fn gen_key(prefix: &str) -> Option<String> {
     (!prefix.is_empty()).then(|| physical("g:", prefix))
 }
 
-fn gen_keys(key: &str) -> Vec<String> {
-    key.match_indices(':')
-        .filter_map(|(i, _)| gen_key(&key[..=i]))
+/// A key's counters: its prefixes' (shallowest first), then its own.
+fn counter_keys(key: &str) -> Vec<String> {
+    prefixes(key)
+        .filter_map(gen_key)
+        .chain(std::iter::once(physical("x:", key)))
         .collect()
 }
 
@@ -211,33 +223,78 @@ impl MemcachedBackend {
     async fn run_get(&self, key: &str) -> Result<Lookup, Error> {
         let client = self.client().await?;
         let entry = entry_key(key);
-        let gens = gen_keys(key);
-        let mut keys = Vec::with_capacity(gens.len() + 1);
+        let counters = counter_keys(key);
+        let mut keys = Vec::with_capacity(counters.len() + 1);
         keys.push(entry.as_str());
-        keys.extend(gens.iter().map(String::as_str));
+        keys.extend(counters.iter().map(String::as_str));
         let mut found = client
             .get_many::<Vec<u8>, &str>(keys)
             .await
             .map_err(error)?;
-        let current: Vec<Option<Vec<u8>>> = gens.iter().map(|g| found.remove(g.as_str())).collect();
-        let value = found
-            .remove(entry.as_str())
-            .and_then(|stored| unwrap_entry(stored, &current));
-        Ok(Lookup::new(value).with_ticket(Ticket::tag(generations(&current))))
+        let current: Vec<Option<Vec<u8>>> =
+            counters.iter().map(|g| found.remove(g.as_str())).collect();
+        if let Some(gens) = generations(&current) {
+            let value = found
+                .remove(entry.as_str())
+                .and_then(|stored| unwrap_entry(stored, &current));
+            return Ok(Lookup::new(value).with_ticket(Ticket::tag(gens)));
+        }
+        // A counter is missing: nothing recorded under it can be served.
+        let gens = self.ensure_counters(&counters, current).await?;
+        Ok(Lookup::new(None).with_ticket(Ticket::tag(gens)))
+    }
+
+    /// Adds the missing ones of `counters` (whose values `current` read)
+    /// with a fresh seed, and reads them all again: the generations a write
+    /// after this read records.
+    async fn ensure_counters(
+        &self,
+        counters: &[String],
+        current: Vec<Option<Vec<u8>>>,
+    ) -> Result<String, Error> {
+        let client = self.client().await?;
+        let fresh = seed(u64::from(std::process::id()) ^ self.clock.now_ms());
+        for (counter, value) in counters.iter().zip(&current) {
+            if value.is_none() {
+                // Not stored if another process added it first: either way
+                // the value read next is the counter's.
+                client
+                    .add(
+                        counter.as_str(),
+                        fresh.to_string().as_bytes(),
+                        self.config.max_ttl,
+                    )
+                    .await
+                    .map_err(error)?;
+            }
+        }
+        let mut found = client
+            .get_many::<Vec<u8>, &str>(counters.iter().map(String::as_str))
+            .await
+            .map_err(error)?;
+        let current: Vec<Option<Vec<u8>>> =
+            counters.iter().map(|g| found.remove(g.as_str())).collect();
+        generations(&current).ok_or_else(|| {
+            Error::backend(
+                NAME,
+                "generation counters vanished as they were added (is the server out of memory?)",
+            )
+        })
     }
 
     async fn current_generations(&self, key: &str) -> Result<String, Error> {
-        let gens = gen_keys(key);
-        if gens.is_empty() {
-            return Ok(String::new());
-        }
+        let counters = counter_keys(key);
         let client = self.client().await?;
         let mut found = client
-            .get_many::<Vec<u8>, &str>(gens.iter().map(String::as_str))
+            .get_many::<Vec<u8>, &str>(counters.iter().map(String::as_str))
             .await
             .map_err(error)?;
-        let current: Vec<Option<Vec<u8>>> = gens.iter().map(|g| found.remove(g.as_str())).collect();
-        Ok(generations(&current))
+        let current: Vec<Option<Vec<u8>>> =
+            counters.iter().map(|g| found.remove(g.as_str())).collect();
+        match generations(&current) {
+            Some(gens) => Ok(gens),
+            None => self.ensure_counters(&counters, current).await,
+        }
     }
 
     async fn run_set(
@@ -248,7 +305,7 @@ impl MemcachedBackend {
         ticket: Option<&Ticket>,
     ) -> Result<(), Error> {
         let gens = match ticket.and_then(Ticket::as_tag) {
-            // Stamped with what the miss saw: if the counters moved since,
+            // Stamped with what the read saw: if the counters moved since,
             // readers will not serve it.
             Some(gens) => gens.to_owned(),
             None => self.current_generations(key).await?,
@@ -269,7 +326,9 @@ impl MemcachedBackend {
 
     async fn run_delete(&self, key: &str) -> Result<(), Error> {
         let client = self.client().await?;
-        client.delete(entry_key(key)).await.map_err(error)
+        client.delete(entry_key(key)).await.map_err(error)?;
+        // After the entry: a write stamped before the bump stays hidden.
+        self.bump(&physical("x:", key)).await
     }
 
     async fn run_invalidate(&self, prefix: &str) -> Result<(), Error> {
@@ -280,19 +339,27 @@ impl MemcachedBackend {
                          one (`?namespace=app` or `.namespace(\"app\")`) and invalidate \"\" within it",
             });
         };
+        self.bump(&counter).await
+    }
+
+    /// Moves a counter to a value no entry recorded, in one command: one
+    /// more if it is there (renewing its life), else a fresh seed.
+    async fn bump(&self, counter: &str) -> Result<(), Error> {
         let client = self.client().await?;
         let life = self.config.max_ttl;
-        // A new counter starts at the time in ms, so a lapsed and recreated
-        // counter never repeats a value an old entry recorded.
-        let start = self.clock.now_ms().to_string();
-        client
-            .add(counter.as_str(), start.as_bytes(), life)
+        let fresh = seed(u64::from(std::process::id()) ^ self.clock.now_ms());
+        let done = client
+            .meta()
+            .run(
+                Arithmetic::new(counter)
+                    .initial(fresh, wire_ttl(life))
+                    .ttl(life),
+            )
             .await
             .map_err(error)?;
-        client
-            .incr(counter.as_str(), 1, life)
-            .await
-            .map_err(error)?;
+        if !done.applied() {
+            return Err(Error::backend(NAME, "the counter was not bumped"));
+        }
         Ok(())
     }
 
@@ -326,6 +393,20 @@ impl MemcachedBackend {
             .map_err(error)?;
         Ok(done.status == MutationStatus::Applied)
     }
+}
+
+/// A TTL as Memcached's protocol takes it where the client does not convert
+/// it: seconds up to 30 days, an absolute Unix time beyond.
+fn wire_ttl(ttl: Duration) -> u32 {
+    const MONTH: u64 = 30 * 86_400;
+    let secs = ttl.as_secs().max(1);
+    if secs <= MONTH {
+        return secs as u32;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    now.saturating_add(secs).min(u64::from(u32::MAX)) as u32
 }
 
 fn error(e: memcache::exp::Error) -> Error {
@@ -403,11 +484,14 @@ mod tests {
         let servers: Vec<String> = (0..5).map(|i| format!("10.0.0.{i}:11211")).collect();
         for key in ["shop:author:42:top", "shop:x", "other:y:z"] {
             let home = router.route(entry_key(key).as_bytes(), &servers);
-            for g in gen_keys(key) {
+            for g in counter_keys(key) {
                 assert_eq!(router.route(g.as_bytes(), &servers), home, "{g}");
             }
         }
-        assert_eq!(gen_keys("a:b:c"), ["{a}g:a:", "{a}g:a:b:"]);
+        assert_eq!(
+            counter_keys("a:b:c"),
+            ["{a}g:a:", "{a}g:a:b:", "{a}x:a:b:c"]
+        );
     }
 
     #[test]

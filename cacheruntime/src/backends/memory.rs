@@ -11,8 +11,23 @@
 //! treats an entry as gone when a recorded prefix of its key (`""`, then
 //! each prefix ending in `:`) is newer than the entry. The cost is one map
 //! lookup per key segment, only for entries older than the newest
-//! invalidation; it does not depend on how many other keys exist. Records
-//! are dropped once every entry they could hide has expired.
+//! invalidation; it does not depend on how many other keys exist. A delete
+//! is recorded the same way, for its exact key, so a value computed before a
+//! delete and written after it stays hidden too.
+//!
+//! Records are dropped once every entry they could hide has expired. A
+//! computation still running may hold a ticket older than a dropped record:
+//! the store remembers the newest sequence number it has dropped (the
+//! floor) and refuses writes under older tickets, so no sweep can let a
+//! value computed before an invalidation be stored.
+//!
+//! # Large values
+//! quick_cache splits the byte bound across shards and silently refuses an
+//! entry heavier than its shard's share. The store therefore picks its shard
+//! count so that the largest value it is built for fits a shard, and says
+//! how large that is ([`MemoryBackend::max_value_bytes`]): the cache refuses
+//! at build a `max_entry_bytes` above it, and a write over it (which the
+//! cache never sends) is an error, counted, never a silent drop.
 //!
 //! An entry is charged twice its encoded size: once for its bytes and once
 //! as the estimate of the decoded copy the cache keeps beside hot entries
@@ -27,13 +42,34 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 
-use crate::backend::{Backend, BoxFuture, LocalEntry, LocalLookup, Lookup, Ticket};
+use crate::backend::{Backend, BoxFuture, LocalEntry, LocalLookup, Locality, Lookup, Ticket};
 use crate::clock::Clock;
+use crate::key::MAX_STORED_KEY;
 use crate::Error;
 
 /// Bytes charged per entry on top of key and value: the entry struct, the
 /// boxed key's header and quick_cache's slot.
 const ENTRY_OVERHEAD: u64 = 96;
+
+/// What an entry of `value` bytes under the longest stored key weighs.
+const fn heaviest(value: u64) -> u64 {
+    MAX_STORED_KEY as u64 + 2 * value + ENTRY_OVERHEAD
+}
+
+/// The heaviest entry one of `shards` shards admits: quick_cache admits an
+/// entry up to its shard's "hot" share, 97% of the shard (less one for
+/// rounding).
+fn shard_admits(max_bytes: u64, shards: u64) -> u64 {
+    ((max_bytes / shards) as f64 * 0.97) as u64 - 1
+}
+
+type Entries = quick_cache::sync::Cache<
+    Box<str>,
+    Entry,
+    EntryWeight,
+    quick_cache::DefaultHashBuilder,
+    quick_cache::sync::DefaultLifecycle<Box<str>, Entry>,
+>;
 
 type Entry = Arc<LocalEntry>;
 
@@ -54,12 +90,20 @@ struct Invalidation {
 
 /// Bounded memory store; see the module docs.
 pub struct MemoryBackend {
-    entries: quick_cache::sync::Cache<Box<str>, Entry, EntryWeight>,
+    entries: Entries,
     max_bytes: u64,
+    /// The heaviest entry a shard admits.
+    admits: u64,
     clock: Clock,
     seq: AtomicU64,
     newest_invalidation: AtomicU64,
+    /// Prefix invalidations (`""` or ending with `:`).
     invalidations: DashMap<Box<str>, Invalidation>,
+    /// Deletes, by exact key.
+    deleted: DashMap<Box<str>, Invalidation>,
+    /// The newest sequence number of a swept record: writes under older
+    /// tickets are refused.
+    floor: AtomicU64,
     next_sweep_len: AtomicU64,
     longest_ttl_ms: AtomicU64,
     /// Locks live apart from entries, so a lock never shadows an entry.
@@ -80,24 +124,58 @@ impl MemoryBackend {
     /// The default bound: 64 MiB.
     pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
 
-    /// A store holding at most about `max_bytes` of keys and values.
+    /// The value size [`new`](Self::new) sizes its shards for: 1 MiB, the
+    /// cache's default `max_entry_bytes`.
+    pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+
+    /// A store holding at most about `max_bytes` of keys and values, built
+    /// for values up to 1 MiB (or up to what `max_bytes` allows, if less:
+    /// see [`max_value_bytes`](Self::max_value_bytes)).
     pub fn new(max_bytes: u64) -> Self {
         Self::with_clock(max_bytes, Clock::system())
     }
 
     /// Like [`new`](Self::new) with an injected clock (for TTL tests).
     pub fn with_clock(max_bytes: u64, clock: Clock) -> Self {
+        Self::sized(max_bytes, Self::DEFAULT_MAX_VALUE_BYTES, clock)
+    }
+
+    /// A store of `max_bytes` built to hold values up to `max_value_bytes`
+    /// (encoded, envelope included): it uses fewer shards if it must, and
+    /// [`max_value_bytes`](Self::max_value_bytes) says what fits when even
+    /// one shard cannot (an entry is charged about twice its size).
+    pub fn sized(max_bytes: u64, max_value_bytes: usize, clock: Clock) -> Self {
         let max_bytes = max_bytes.max(4096);
         // quick_cache sizes its tables from this estimate; 512 B per entry
         // is a middle guess for rendered fragments and id lists.
         let estimated = (max_bytes / 512).clamp(64, 1 << 24) as usize;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut shards = (cores as u64 * 4).next_power_of_two();
+        let need = heaviest(max_value_bytes as u64);
+        while shards > 1 && shard_admits(max_bytes, shards) < need {
+            shards /= 2;
+        }
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(estimated)
+            .weight_capacity(max_bytes)
+            .shards(shards as usize)
+            .build()
+            .expect("capacity and items are set");
         MemoryBackend {
-            entries: quick_cache::sync::Cache::with_weighter(estimated, max_bytes, EntryWeight),
+            entries: Entries::with_options(
+                options,
+                EntryWeight,
+                Default::default(),
+                Default::default(),
+            ),
             max_bytes,
+            admits: shard_admits(max_bytes, shards),
             clock,
             seq: AtomicU64::new(1),
             newest_invalidation: AtomicU64::new(0),
             invalidations: DashMap::new(),
+            deleted: DashMap::new(),
+            floor: AtomicU64::new(0),
             next_sweep_len: AtomicU64::new(1024),
             longest_ttl_ms: AtomicU64::new(0),
             locks: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -114,6 +192,15 @@ impl MemoryBackend {
         self.max_bytes
     }
 
+    /// The largest entry (encoded, envelope included) the store can hold:
+    /// what its shards admit under the longest key.
+    pub fn max_value_bytes(&self) -> usize {
+        (self
+            .admits
+            .saturating_sub(MAX_STORED_KEY as u64 + ENTRY_OVERHEAD)
+            / 2) as usize
+    }
+
     /// Number of entries held (live or not yet evicted).
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -124,17 +211,31 @@ impl MemoryBackend {
         self.entries.len() == 0
     }
 
+    /// Whether a record newer than `entry_seq` covers `key`: an
+    /// invalidation of one of its prefixes, or a delete of the key.
     #[inline]
     fn hidden(&self, key: &str, entry_seq: u64) -> bool {
         if entry_seq >= self.newest_invalidation.load(Ordering::Acquire) {
             return false;
         }
-        let newer = |p: &str| {
-            self.invalidations
-                .get(p)
-                .is_some_and(|inv| inv.seq > entry_seq)
+        // Under a ticket older than a swept record: it may be one the
+        // record hid (and a live entry this old can only be such a write).
+        if entry_seq < self.floor.load(Ordering::Acquire) {
+            return true;
+        }
+        let newer = |records: &DashMap<Box<str>, Invalidation>, p: &str| {
+            records.get(p).is_some_and(|inv| inv.seq > entry_seq)
         };
-        newer("") || key.match_indices(':').any(|(i, _)| newer(&key[..=i]))
+        newer(&self.invalidations, "")
+            || key
+                .match_indices(':')
+                .any(|(i, _)| newer(&self.invalidations, &key[..=i]))
+            || newer(&self.deleted, key)
+    }
+
+    /// Whether a write under `seq` would be visible for `key` now.
+    fn admits(&self, key: &str, seq: u64) -> bool {
+        !self.hidden(key, seq)
     }
 
     /// The entry under `key` unless invalidated; expiry left to the caller.
@@ -155,14 +256,28 @@ impl MemoryBackend {
         Lookup::new(value).with_ticket(local.ticket)
     }
 
-    fn store(&self, key: &str, value: Bytes, ttl: Duration, ticket: Option<&Ticket>) {
+    fn store(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+    ) -> Result<(), Error> {
+        let weight = key.len() as u64 + 2 * value.len() as u64 + ENTRY_OVERHEAD;
+        if weight > self.admits {
+            return Err(Error::TooLarge {
+                size: value.len(),
+                limit: self.max_value_bytes(),
+            });
+        }
         let seq = match ticket.and_then(Ticket::as_seq) {
             Some(seq) => seq,
             None => self.seq.load(Ordering::Acquire),
         };
-        if self.hidden(key, seq) {
-            // Computed before an invalidation that covers it: never visible.
-            return;
+        if !self.admits(key, seq) {
+            // Computed before an invalidation or delete that covers it (or
+            // one since swept): never visible.
+            return Ok(());
         }
         let ttl_ms = ttl.as_millis().min(u64::MAX as u128) as u64;
         self.longest_ttl_ms.fetch_max(ttl_ms, Ordering::Relaxed);
@@ -171,46 +286,79 @@ impl MemoryBackend {
             key.into(),
             Arc::new(LocalEntry::new(value, expires_ms, seq)),
         );
+        Ok(())
+    }
+
+    /// Records an invalidation (of a prefix, or of one key's deletion).
+    fn record(&self, records: &DashMap<Box<str>, Invalidation>, what: &str) -> u64 {
+        let now = self.clock.now_ms();
+        let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        records.insert(what.into(), Invalidation { seq, at_ms: now });
+        self.newest_invalidation.fetch_max(seq, Ordering::AcqRel);
+        self.sweep_invalidations(now);
+        seq
     }
 
     fn invalidate(&self, prefix: &str) {
-        let now = self.clock.now_ms();
-        let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
-        self.invalidations
-            .insert(prefix.into(), Invalidation { seq, at_ms: now });
-        self.newest_invalidation.fetch_max(seq, Ordering::AcqRel);
+        self.record(&self.invalidations, prefix);
         if prefix.is_empty() {
             // Everything is hidden anyway; give the memory back now.
             self.entries.clear();
         }
-        self.sweep_invalidations(now);
     }
 
-    /// Drops invalidation records that can no longer hide a live entry: any
-    /// entry older than the record was written before it and has expired.
+    fn delete_key(&self, key: &str) {
+        self.record(&self.deleted, key);
+        self.entries.remove(key);
+    }
+
+    /// Drops records that can no longer hide a live entry: any entry older
+    /// than the record was written before it and has expired. The floor
+    /// rises to the newest dropped record first, so a write (or an entry)
+    /// under an older ticket is refused (or hidden) once the record is gone.
     /// Amortised: runs when the record count doubles.
     fn sweep_invalidations(&self, now: u64) {
-        let len = self.invalidations.len() as u64;
+        let len = (self.invalidations.len() + self.deleted.len()) as u64;
         if len < self.next_sweep_len.load(Ordering::Relaxed) {
             return;
         }
         let horizon = self.longest_ttl_ms.load(Ordering::Relaxed);
-        self.invalidations
-            .retain(|_, inv| inv.at_ms.saturating_add(horizon) >= now);
-        let left = self.invalidations.len() as u64;
+        let dead = |inv: &Invalidation| inv.at_ms.saturating_add(horizon) < now;
+        for records in [&self.invalidations, &self.deleted] {
+            for r in records.iter().filter(|r| dead(r.value())) {
+                self.floor.fetch_max(r.seq, Ordering::AcqRel);
+            }
+        }
+        for records in [&self.invalidations, &self.deleted] {
+            records.retain(|_, inv| !dead(inv));
+        }
+        let left = (self.invalidations.len() + self.deleted.len()) as u64;
         self.next_sweep_len
             .store((left * 2).max(1024), Ordering::Relaxed);
     }
 
     #[cfg(test)]
     fn invalidation_records(&self) -> usize {
-        self.invalidations.len()
+        self.invalidations.len() + self.deleted.len()
     }
 }
 
 impl Backend for MemoryBackend {
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    fn locality(&self) -> Locality {
+        Locality::InProcess
+    }
+
+    fn max_value_bytes(&self) -> Option<usize> {
+        Some(MemoryBackend::max_value_bytes(self))
+    }
+
+    #[inline]
+    fn is_current(&self, key: &str, ticket: &Ticket) -> Option<bool> {
+        Some(ticket.as_seq().is_some_and(|seq| self.admits(key, seq)))
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
@@ -235,8 +383,8 @@ impl Backend for MemoryBackend {
         ttl: Duration,
         ticket: Option<&'a Ticket>,
     ) -> BoxFuture<'a, Result<(), Error>> {
-        self.store(key, value, ttl, ticket);
-        Box::pin(async { Ok(()) })
+        let done = self.store(key, value, ttl, ticket);
+        Box::pin(async { done })
     }
 
     fn set_now(
@@ -246,12 +394,11 @@ impl Backend for MemoryBackend {
         ttl: Duration,
         ticket: Option<&Ticket>,
     ) -> Option<Result<(), Error>> {
-        self.store(key, value.clone(), ttl, ticket);
-        Some(Ok(()))
+        Some(self.store(key, value.clone(), ttl, ticket))
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        self.entries.remove(key);
+        self.delete_key(key);
         Box::pin(async { Ok(()) })
     }
 
@@ -274,7 +421,8 @@ impl Backend for MemoryBackend {
         let taken = match locks.get(key) {
             Some((_, expires)) if *expires > now => false,
             _ => {
-                let expires = now.saturating_add(ttl.as_millis() as u64);
+                let ttl_ms = ttl.as_millis().min(u64::MAX as u128) as u64;
+                let expires = now.saturating_add(ttl_ms);
                 locks.insert(key.into(), (value, expires));
                 true
             }
@@ -314,7 +462,8 @@ mod tests {
     fn entries_expire_by_the_injected_clock() {
         let clock = Clock::manual();
         let m = MemoryBackend::with_clock(1 << 20, clock.clone());
-        m.store("k", bytes("v"), Duration::from_secs(10), None);
+        m.store("k", bytes("v"), Duration::from_secs(10), None)
+            .unwrap();
         clock.advance(Duration::from_secs(9));
         assert_eq!(get(&m, "k").as_deref(), Some(&b"v"[..]));
         clock.advance(Duration::from_secs(1));
@@ -331,7 +480,7 @@ mod tests {
             "author:4",
             "book:1",
         ] {
-            m.store(k, bytes(k), Duration::from_secs(60), None);
+            m.store(k, bytes(k), Duration::from_secs(60), None).unwrap();
         }
         m.invalidate("author:42:");
         assert_eq!(get(&m, "author:42:top"), None);
@@ -340,7 +489,8 @@ mod tests {
         assert!(get(&m, "author:4").is_some());
         assert!(get(&m, "book:1").is_some());
         // Written after the invalidation: visible.
-        m.store("author:42:top", bytes("new"), Duration::from_secs(60), None);
+        m.store("author:42:top", bytes("new"), Duration::from_secs(60), None)
+            .unwrap();
         assert_eq!(get(&m, "author:42:top").as_deref(), Some(&b"new"[..]));
     }
 
@@ -354,7 +504,8 @@ mod tests {
             bytes("old"),
             Duration::from_secs(60),
             ticket.as_ref(),
-        );
+        )
+        .unwrap();
         assert_eq!(get(&m, "user:7:feed"), None);
     }
 
@@ -368,7 +519,8 @@ mod tests {
                 value.clone(),
                 Duration::from_secs(60),
                 None,
-            );
+            )
+            .unwrap();
             assert!(m.used_bytes() <= m.max_bytes(), "over the bound at {i}");
         }
         assert!(m.len() < 300, "{} entries kept in 256 KiB", m.len());
@@ -378,7 +530,8 @@ mod tests {
     fn invalidation_records_are_swept_after_the_longest_ttl() {
         let clock = Clock::manual();
         let m = MemoryBackend::with_clock(1 << 20, clock.clone());
-        m.store("a:1", bytes("v"), Duration::from_secs(5), None);
+        m.store("a:1", bytes("v"), Duration::from_secs(5), None)
+            .unwrap();
         for i in 0..2000 {
             m.invalidate(&format!("user:{i}:"));
         }
@@ -402,5 +555,109 @@ mod tests {
         assert!(!m.delete_if_equals("lock:k", b"b").await.unwrap());
         assert!(m.delete_if_equals("lock:k", b"a").await.unwrap());
         assert!(m.set_if_absent("lock:k", bytes("b"), ttl).await.unwrap());
+    }
+
+    #[test]
+    fn write_computed_before_a_delete_never_shows() {
+        let m = MemoryBackend::new(1 << 20);
+        m.store("feed:1", bytes("v1"), Duration::from_secs(60), None)
+            .unwrap();
+        let ticket = m.lookup("feed:2").ticket;
+        m.delete_key("feed:2");
+        m.store(
+            "feed:2",
+            bytes("old"),
+            Duration::from_secs(60),
+            ticket.as_ref(),
+        )
+        .unwrap();
+        assert_eq!(get(&m, "feed:2"), None);
+        assert!(!m.is_current("feed:2", ticket.as_ref().unwrap()).unwrap());
+        // Only that key: its neighbours and later writes are untouched.
+        assert!(get(&m, "feed:1").is_some());
+        let fresh = m.lookup("feed:2").ticket;
+        m.store(
+            "feed:2",
+            bytes("new"),
+            Duration::from_secs(60),
+            fresh.as_ref(),
+        )
+        .unwrap();
+        assert_eq!(get(&m, "feed:2").as_deref(), Some(&b"new"[..]));
+    }
+
+    #[test]
+    fn a_sweep_never_lets_an_older_computation_store_its_value() {
+        let clock = Clock::manual();
+        let m = MemoryBackend::with_clock(1 << 20, clock.clone());
+        m.store("a:1", bytes("v"), Duration::from_secs(5), None)
+            .unwrap();
+        // A computation reads user:7:feed, then the prefix is invalidated.
+        let ticket = m.lookup("user:7:feed").ticket;
+        m.invalidate("user:7:");
+        // Past the longest TTL, 1,024+ other invalidations sweep its record.
+        clock.advance(Duration::from_secs(6));
+        for i in 0..2000 {
+            m.invalidate(&format!("team:{i}:"));
+        }
+        assert!(m.invalidations.get("user:7:").is_none(), "record swept");
+        // The old computation finishes: its value must not be stored.
+        m.store(
+            "user:7:feed",
+            bytes("old"),
+            Duration::from_secs(60),
+            ticket.as_ref(),
+        )
+        .unwrap();
+        assert_eq!(get(&m, "user:7:feed"), None);
+        // A computation that read after the sweep stores as usual.
+        let fresh = m.lookup("user:7:feed").ticket;
+        m.store(
+            "user:7:feed",
+            bytes("new"),
+            Duration::from_secs(60),
+            fresh.as_ref(),
+        )
+        .unwrap();
+        assert_eq!(get(&m, "user:7:feed").as_deref(), Some(&b"new"[..]));
+    }
+
+    #[test]
+    fn every_value_up_to_max_value_bytes_is_stored() {
+        // 4 MiB, built for the default 1 MiB values: shards are sized so a
+        // 300 KB (or 1 MiB) value fits one.
+        let m = MemoryBackend::new(4 << 20);
+        assert!(m.max_value_bytes() >= 1 << 20, "{}", m.max_value_bytes());
+        for size in [300_000, 1 << 20] {
+            let key = format!("big:{size}");
+            m.store(
+                &key,
+                Bytes::from(vec![1u8; size]),
+                Duration::from_secs(60),
+                None,
+            )
+            .unwrap();
+            assert_eq!(get(&m, &key).map(|b| b.len()), Some(size));
+        }
+        // A small store says what it can hold, and refuses more loudly.
+        let small = MemoryBackend::new(256 << 10);
+        let limit = small.max_value_bytes();
+        assert!(limit > 100 << 10 && limit < 128 << 10, "{limit}");
+        let over = small.store(
+            "x",
+            Bytes::from(vec![0u8; limit + 1]),
+            Duration::from_secs(60),
+            None,
+        );
+        assert!(matches!(over, Err(Error::TooLarge { .. })), "{over:?}");
+        small
+            .store(
+                "y",
+                Bytes::from(vec![0u8; limit]),
+                Duration::from_secs(60),
+                None,
+            )
+            .unwrap();
+        assert!(get(&small, "y").is_some());
     }
 }

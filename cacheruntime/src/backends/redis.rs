@@ -1,29 +1,39 @@
 //! Redis backend (feature `redis`): standalone, TLS, ACL users and Cluster.
 //!
 //! # Prefix invalidation in O(1)
-//! No `KEYS`, no `SCAN`. Every prefix that has been invalidated has a
-//! generation counter, and every entry records the generations of all its
-//! `:`-prefixes as its miss saw them (`0.0.3`), in front of its bytes. A
-//! read is one plain `MGET` of the entry and those counters (one round trip,
-//! no Lua, so a hit costs the server about what a `GET` does); the entry is
-//! served only if the generations it records are the current ones.
-//! `invalidate_prefix("author:42:")` is one `INCR`: from then on every entry
-//! under the prefix records an old generation and reads as a miss until it
-//! is rewritten or its TTL removes it. Writes go through a small Lua script
-//! that stores the entry only if the generations are still the ones its miss
-//! saw (the [`Ticket`]), so a value computed before an invalidation is
-//! never stored as current, whatever the interleaving of writers.
+//! No `KEYS`, no `SCAN`. Every `:`-prefix of a key has a generation counter,
+//! and so has the key itself, and every entry records the generations of
+//! all of them as its read saw them, in front of its bytes. A read is one
+//! plain `MGET` of the entry and those counters (one round trip, no Lua, so
+//! a hit costs the server about what a `GET` does); the entry is served only
+//! if every counter is there and holds what it recorded.
+//! `invalidate_prefix("author:42:")` is one `INCR`, and `delete` unlinks the
+//! entry and bumps the key's own counter, in one script: from then on every
+//! entry under the prefix (or of the key) records an old generation and
+//! reads as a miss until it is rewritten or its TTL removes it. Writes go
+//! through a small Lua script that stores the entry only if the generations
+//! are still the ones its read saw (the [`Ticket`]), so a value computed
+//! before an invalidation or delete is never stored as current, whatever
+//! the interleaving of writers.
 //!
-//! Generation counters expire after `max_ttl` (30 days by default, renewed
-//! by every invalidation) and entry TTLs are capped to it, so a counter that
-//! lapses back to 0 can only hide entries, never revive one.
+//! # Counters that disappear
+//! A counter may be evicted (`allkeys-lru`), expire, or be deleted by hand.
+//! A missing counter is never read as a value: the entry is a miss, and the
+//! read creates the counter anew (`SET NX`) from the server's clock
+//! (microseconds times 1,000), above any value an older counter of that name
+//! reached, before its computation starts. Writes refuse a missing counter.
+//! So a lost counter can only hide entries, never bring an invalidated one
+//! back. Counters live `max_ttl` (30 days by default), renewed by every
+//! write and invalidation, and entry TTLs are capped to it.
 //!
 //! # Cluster
 //! Keys carry a hash tag of their first segment (`{author}`), so an entry and
-//! the generations of all its prefixes sit in one slot and the read script
-//! stays one round trip. With a cache namespace the first segment is the
+//! the generations of all its prefixes sit in one slot and each script stays
+//! one round trip. With a cache namespace the first segment is the
 //! namespace, so the whole namespace lives in one slot; without one, keys
-//! spread by their first segment.
+//! spread by their first segment. A first segment that cannot be a tag
+//! (empty, as in `:posts`, or holding `{` or `}`) is replaced in the tag by
+//! `~` and a hash of it, in a key form no other key can take.
 //!
 //! The empty prefix ("everything") is only accepted with a cache namespace,
 //! where it is the namespace's own prefix and has a counter like any other.
@@ -54,7 +64,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisError, RedisFuture, Script, Value};
 
 use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
-use crate::backends::generations::{generations, unwrap_entry};
+use crate::backends::generations::{generations, prefixes, unwrap_entry};
 use crate::url::{password_of, redact};
 use crate::Error;
 
@@ -202,39 +212,101 @@ impl ConnectionLike for AnyConn {
     }
 }
 
-/// Stores an entry under the current generations. KEYS[1]: entry key;
-/// KEYS[2..]: generation keys, shallowest first. ARGV[1]: value, ARGV[2]:
-/// TTL ms, ARGV[3]: the generations the writer's miss saw, or `*` for
-/// "whatever is current" (direct `set`). Writes nothing if they moved.
-static WRITE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local gens = ''
-if #KEYS > 1 then
-  local g = redis.call('MGET', unpack(KEYS, 2))
-  for i = 1, #g do
-    if not g[i] then g[i] = '0' end
-  end
-  gens = table.concat(g, '.')
+/// A fresh counter value from the server's clock: microseconds times 1,000
+/// (see `generations::seed`). Shared by the scripts below.
+const SEED_LUA: &str = r"
+local function seed()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%06d', tonumber(t[2])) .. '000'
 end
+local function bump(key, life)
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('INCR', key)
+  else
+    redis.call('SET', key, seed())
+  end
+  redis.call('PEXPIRE', key, life)
+end
+";
+
+/// Creates the missing counters of a read. KEYS: counters; ARGV[1]: their
+/// life in ms. Returns every counter's value.
+static ENSURE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{SEED_LUA}
+local out = {{}}
+local fresh = nil
+for i = 1, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  if not v then
+    fresh = fresh or seed()
+    redis.call('SET', KEYS[i], fresh, 'PX', ARGV[1])
+    v = fresh
+  end
+  out[i] = v
+end
+return out
+"
+    ))
+});
+
+/// Stores an entry under the current generations. KEYS[1]: entry key;
+/// KEYS[2..]: its counters (prefixes shallowest first, then the key's own).
+/// ARGV[1]: value, ARGV[2]: TTL ms, ARGV[3]: the generations the writer's
+/// read saw, or `*` for "whatever is current" (direct `set`, which creates
+/// missing counters), ARGV[4]: the counters' life in ms. Writes nothing if
+/// a counter moved or is missing.
+static WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{SEED_LUA}
+local g = {{}}
+if #KEYS > 1 then
+  g = redis.call('MGET', unpack(KEYS, 2))
+end
+for i = 1, #g do
+  if not g[i] then
+    if ARGV[3] ~= '*' then
+      return 0
+    end
+    g[i] = seed()
+    redis.call('SET', KEYS[i + 1], g[i])
+  end
+end
+local gens = table.concat(g, '.')
 if ARGV[3] ~= '*' and ARGV[3] ~= gens then
   return 0
 end
+for i = 2, #KEYS do
+  redis.call('PEXPIRE', KEYS[i], ARGV[4])
+end
 redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ARGV[2])
 return 1
-",
-    )
+"
+    ))
 });
 
-/// Bumps a prefix's generation and renews its life (ARGV[1] ms).
+/// Bumps a prefix's generation (creating it from the clock if missing) and
+/// renews its life (ARGV[1] ms).
 static BUMP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local g = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return g
-",
-    )
+    Script::new(&format!(
+        r"{SEED_LUA}
+bump(KEYS[1], ARGV[1])
+return 1
+"
+    ))
+});
+
+/// Deletes an entry and bumps the key's own counter, so a write under a
+/// ticket read before the delete is refused. KEYS[1]: entry, KEYS[2]: the
+/// key's counter; ARGV[1]: its life in ms.
+static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{SEED_LUA}
+redis.call('UNLINK', KEYS[1])
+bump(KEYS[2], ARGV[1])
+return 1
+"
+    ))
 });
 
 /// Deletes a lock only if it still holds our token.
@@ -471,27 +543,47 @@ impl RedisBackend {
         let layout = self.layout(key);
         let mut mget = redis::cmd("MGET");
         mget.arg(layout.entry());
-        for g in layout.gens() {
-            mget.arg(g);
+        for c in layout.counters() {
+            mget.arg(c);
         }
         let mut found: Vec<Option<Vec<u8>>> = mget
             .query_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
         self.check_config_once(&conn);
-        if found.len() != layout.gens.len() + 1 {
+        if found.len() != layout.counters.len() + 1 {
             return Err(Error::backend(
                 NAME,
                 "MGET answered with the wrong number of values",
             ));
         }
-        let value = found[0]
-            .take()
-            .and_then(|stored| unwrap_entry(stored, &found[1..]));
+        let stored = found[0].take();
         // Hits carry the ticket too: a background refresh of a stale entry
         // writes under the generations its read saw.
-        let current = generations(&found[1..]);
-        Ok(Lookup::new(value).with_ticket(Ticket::tag(current)))
+        if let Some(current) = generations(&found[1..]) {
+            let value = stored.and_then(|stored| unwrap_entry(stored, &found[1..]));
+            return Ok(Lookup::new(value).with_ticket(Ticket::tag(current)));
+        }
+        // A counter is missing: nothing recorded under it can be served, and
+        // the computation this miss starts needs counters to write under.
+        let mut ensure = ENSURE.prepare_invoke();
+        for c in layout.counters() {
+            ensure.key(c);
+        }
+        let current: Vec<Option<Vec<u8>>> = ensure
+            .arg(self.max_ttl_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        match generations(&current) {
+            Some(current) => Ok(Lookup::new(None).with_ticket(Ticket::tag(current))),
+            // Gone again at once (a store evicting everything): no ticket, so
+            // the caller computes without writing.
+            None => Err(Error::backend(
+                NAME,
+                "generation counters vanished as they were created (is the server out of memory?)",
+            )),
+        }
     }
 
     async fn run_write(
@@ -505,13 +597,14 @@ impl RedisBackend {
         let mut conn = self.connection().await?;
         let layout = self.layout(key);
         let mut call = WRITE.key(layout.entry());
-        for g in layout.gens() {
-            call.key(g);
+        for c in layout.counters() {
+            call.key(c);
         }
         let _: i64 = call
             .arg(value)
             .arg(self.ttl_ms(ttl))
             .arg(expected)
+            .arg(self.max_ttl_ms)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
@@ -521,29 +614,29 @@ impl RedisBackend {
     async fn run_delete(&self, key: &str) -> Result<(), Error> {
         self.validate_key(key)?;
         let mut conn = self.connection().await?;
-        let _: i64 = redis::cmd("UNLINK")
-            .arg(entry_key(key))
-            .query_async(&mut conn)
+        let layout = self.layout(key);
+        let _: i64 = DELETE
+            .key(layout.entry())
+            .key(layout.own_counter())
+            .arg(self.max_ttl_ms)
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
         Ok(())
     }
 
     async fn run_invalidate(&self, prefix: &str) -> Result<(), Error> {
-        let gen_key = match gen_key(prefix) {
-            Some(k) => k,
-            None => {
-                return Err(Error::InvalidPrefix {
-                    prefix: prefix.to_owned(),
-                    reason: "on Redis, invalidating everything needs a namespace: give the cache \
-                             one (`?namespace=app` or `.namespace(\"app\")`) and invalidate \"\" \
-                             within it",
-                })
-            }
-        };
+        if prefix.is_empty() {
+            return Err(Error::InvalidPrefix {
+                prefix: prefix.to_owned(),
+                reason: "on Redis, invalidating everything needs a namespace: give the cache \
+                         one (`?namespace=app` or `.namespace(\"app\")`) and invalidate \"\" \
+                         within it",
+            });
+        }
         let mut conn = self.connection().await?;
         let _: i64 = BUMP
-            .key(gen_key)
+            .key(physical(Kind::Prefix, prefix))
             .arg(self.max_ttl_ms)
             .invoke_async(&mut conn)
             .await
@@ -591,61 +684,106 @@ fn scrub(message: &str, secrets: &[String]) -> String {
         .fold(message.to_owned(), |m, s| m.replace(s.as_str(), "***"))
 }
 
-/// The hash tag of a key: its first segment.
-fn tag_of(key: &str) -> &str {
-    key.split(':').next().unwrap_or("")
+/// What a physical key holds.
+#[derive(Clone, Copy)]
+enum Kind {
+    Entry,
+    Lock,
+    /// A prefix's generation counter.
+    Prefix,
+    /// A key's own generation counter (bumped by `delete`).
+    Own,
 }
 
-/// `v:{tag}<rest of key>`: the entry's base key, before `#generations`.
-fn entry_key(key: &str) -> String {
-    let tag = tag_of(key);
-    format!("v:{{{tag}}}{}", &key[tag.len()..])
+impl Kind {
+    fn letter(self) -> &'static str {
+        match self {
+            Kind::Entry => "v",
+            Kind::Lock => "l",
+            Kind::Prefix => "g",
+            Kind::Own => "x",
+        }
+    }
+}
+
+/// The physical key of `kind` for `name` (a key, or a prefix for
+/// [`Kind::Prefix`]), tagged with `name`'s first segment so everything of
+/// one key lands in one Cluster slot.
+///
+/// `<k>:{<first segment>}<rest>` when the first segment is a valid tag
+/// (non-empty, no braces): `v:{author}:42:top`, and for a prefix counter
+/// `g:{author}:author:42:`. Otherwise `<k>:{~<hash of it>}!<name>`: the `!`
+/// after the tag never follows a valid tag (a rest is empty or starts with
+/// `:`), so the two forms never meet.
+fn physical(kind: Kind, name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 24);
+    push_physical(&mut out, kind, name);
+    out
+}
+
+fn push_physical(out: &mut String, kind: Kind, name: &str) {
+    use std::fmt::Write;
+    let first = name.split(':').next().unwrap_or("");
+    let k = kind.letter();
+    if first.is_empty() || first.contains(['{', '}']) {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(first.as_bytes());
+        let _ = write!(out, "{k}:{{~");
+        for b in &digest[..8] {
+            let _ = write!(out, "{b:02x}");
+        }
+        let _ = write!(out, "}}!{name}");
+    } else if let Kind::Prefix = kind {
+        let _ = write!(out, "{k}:{{{first}}}:{name}");
+    } else {
+        let _ = write!(out, "{k}:{{{first}}}{}", &name[first.len()..]);
+    }
 }
 
 fn lock_key(key: &str) -> String {
-    let tag = tag_of(key);
-    format!("l:{{{tag}}}{}", &key[tag.len()..])
+    physical(Kind::Lock, key)
 }
 
-/// The generation counter of a prefix ending with `:`; `None` for the
-/// empty prefix, which has none (see the module docs).
-fn gen_key(prefix: &str) -> Option<String> {
-    if prefix.is_empty() {
-        return None;
-    }
-    Some(format!("g:{{{}}}:{prefix}", tag_of(prefix)))
-}
-
-/// An entry's key and its prefixes' generation keys, in one buffer (one
-/// allocation per call instead of one per key).
+/// An entry's key and its counters' keys (prefixes shallowest first, then
+/// the key's own), in one buffer: one allocation per call, not one per key.
 struct Layout {
     buf: String,
     entry: std::ops::Range<usize>,
-    gens: Vec<std::ops::Range<usize>>,
+    counters: Vec<std::ops::Range<usize>>,
 }
 
 impl Layout {
     fn of(key: &str) -> Layout {
-        use std::fmt::Write;
-        let tag = tag_of(key);
-        let mut buf = String::with_capacity(key.len() * 5 + 32);
-        let mut gens = Vec::with_capacity(4);
-        let _ = write!(buf, "v:{{{tag}}}{}", &key[tag.len()..]);
+        let mut buf = String::with_capacity(key.len() * 5 + 48);
+        let mut counters = Vec::with_capacity(5);
+        push_physical(&mut buf, Kind::Entry, key);
         let entry = 0..buf.len();
-        for (i, _) in key.match_indices(':') {
+        for prefix in prefixes(key) {
             let start = buf.len();
-            let _ = write!(buf, "g:{{{tag}}}:{}", &key[..=i]);
-            gens.push(start..buf.len());
+            push_physical(&mut buf, Kind::Prefix, prefix);
+            counters.push(start..buf.len());
         }
-        Layout { buf, entry, gens }
+        let start = buf.len();
+        push_physical(&mut buf, Kind::Own, key);
+        counters.push(start..buf.len());
+        Layout {
+            buf,
+            entry,
+            counters,
+        }
     }
 
     fn entry(&self) -> &str {
         &self.buf[self.entry.clone()]
     }
 
-    fn gens(&self) -> impl Iterator<Item = &str> + '_ {
-        self.gens.iter().map(|r| &self.buf[r.clone()])
+    fn counters(&self) -> impl Iterator<Item = &str> + '_ {
+        self.counters.iter().map(|r| &self.buf[r.clone()])
+    }
+
+    fn own_counter(&self) -> &str {
+        let own = self.counters.last().expect("every key has its own counter");
+        &self.buf[own.clone()]
     }
 }
 
@@ -700,58 +838,80 @@ impl Backend for RedisBackend {
 mod tests {
     use super::*;
 
+    /// The slot of a physical key, as Redis Cluster computes it: CRC16 of
+    /// the hash tag when there is a non-empty one.
+    fn slot_of(key: &str) -> u16 {
+        let bytes = key.as_bytes();
+        let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+            let close = bytes[open + 1..].iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &bytes[open + 1..open + 1 + close])
+        });
+        let mut crc: u16 = 0;
+        for &b in tagged.unwrap_or(bytes) {
+            crc ^= u16::from(b) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc % 16384
+    }
+
     #[test]
     fn layout_tags_every_key_of_a_prefix_into_one_slot() {
         let l = Layout::of("shop:author:42:top");
         assert_eq!(l.entry(), "v:{shop}:author:42:top");
         assert_eq!(
-            l.gens().collect::<Vec<_>>(),
+            l.counters().collect::<Vec<_>>(),
             [
                 "g:{shop}:shop:",
                 "g:{shop}:shop:author:",
-                "g:{shop}:shop:author:42:"
+                "g:{shop}:shop:author:42:",
+                "x:{shop}:author:42:top",
             ]
         );
-        // The counters an invalidation bumps are the ones reads consult.
+        // The counters an invalidation or delete bumps are the ones reads
+        // consult.
         let l = Layout::of("a:b");
-        assert_eq!(l.gens().collect::<Vec<_>>(), ["g:{a}:a:"]);
-        assert_eq!(gen_key("a:").as_deref(), l.gens().next());
-        assert_eq!(gen_key(""), None);
-        assert_eq!(l.entry(), entry_key("a:b"));
+        assert_eq!(
+            l.counters().next(),
+            Some(physical(Kind::Prefix, "a:").as_str())
+        );
+        assert_eq!(l.own_counter(), "x:{a}:b");
+        assert_eq!(lock_key("a:b"), "l:{a}:b");
     }
 
     #[test]
-    fn entries_are_served_only_under_the_generations_they_record() {
-        let gens = |g: &[&str]| -> Vec<Option<Vec<u8>>> {
-            g.iter()
-                .map(|s| (*s != "-").then(|| s.as_bytes().to_vec()))
-                .collect()
-        };
-        let mut stored = vec![0, 5];
-        stored.extend_from_slice(b"0.1.0payload");
-        let served = unwrap_entry(stored.clone(), &gens(&["-", "1", "0"]));
-        assert_eq!(
-            served.as_deref(),
-            Some(&b"payload"[..]),
-            "missing counts as 0"
+    fn keys_without_a_usable_first_segment_still_share_one_slot() {
+        for key in [":posts", "::x:y", "{a}:b", "a}b:c:d", "}:x", "solo", "{}:q"] {
+            let l = Layout::of(key);
+            let slot = slot_of(l.entry());
+            for c in l.counters() {
+                assert_eq!(slot_of(c), slot, "{key}: {c} vs {}", l.entry());
+            }
+            assert_eq!(slot_of(&lock_key(key)), slot, "{key}");
+            // The invalidation of each prefix bumps a counter in that slot.
+            for p in prefixes(key) {
+                assert_eq!(slot_of(&physical(Kind::Prefix, p)), slot, "{key}: {p}");
+            }
+        }
+        // And the odd form never takes the shape of a usual one.
+        assert_ne!(
+            physical(Kind::Entry, ":posts"),
+            physical(Kind::Entry, "x:posts")
         );
-        assert_eq!(unwrap_entry(stored.clone(), &gens(&["0", "2", "0"])), None);
-        assert_eq!(unwrap_entry(stored.clone(), &gens(&["0", "1"])), None);
-        assert_eq!(unwrap_entry(stored, &gens(&["0", "1", "0", "0"])), None);
-        assert_eq!(
-            unwrap_entry(vec![0, 0, b'x'], &[]).as_deref(),
-            Some(&b"x"[..])
-        );
-        assert_eq!(unwrap_entry(vec![0], &gens(&["0"])), None, "truncated");
-        assert_eq!(unwrap_entry(vec![0, 9, b'0'], &gens(&["0"])), None, "short");
-        assert_eq!(generations(&[None, Some(b"3".to_vec())]), "0.3");
+        assert!(physical(Kind::Entry, ":posts").starts_with("v:{~"));
+        assert_ne!(physical(Kind::Entry, "~0:"), physical(Kind::Entry, ":"));
     }
 
     #[test]
     fn glob_characters_stay_literal_text() {
         // No pattern matching anywhere: a prefix is a counter's name.
-        assert_eq!(gen_key("a*:").unwrap(), "g:{a*}:a*:");
-        assert_eq!(entry_key("a[1]:?"), "v:{a[1]}:?");
+        assert_eq!(physical(Kind::Prefix, "a*:"), "g:{a*}:a*:");
+        assert_eq!(physical(Kind::Entry, "a[1]:?"), "v:{a[1]}:?");
     }
 
     #[test]

@@ -17,13 +17,22 @@
 //! [`SqlConfig::max_entries`] is set, culls the rows that expire soonest;
 //! it counts the table once per sweep, never per write.
 //!
-//! # Prefix invalidation
+//! # Prefix invalidation and deletes
 //! One transaction: bump the invalidation epoch, record `prefix -> epoch`,
 //! and delete the prefix's rows as a primary-key range (`key >= 'p:' AND key
-//! < 'p;'`; never `LIKE`, so `%` and `_` in keys are plain characters).
-//! Every entry carries the epoch its miss saw (the [`Ticket`]), and a read
-//! ignores an entry older than an invalidation of one of its prefixes, so a
-//! value computed before the invalidation and written after it never shows.
+//! < 'p;'`; never `LIKE`, so `%` and `_` in keys are plain characters). A
+//! delete records its exact key the same way (as the key followed by
+//! `\u{1}`, which no prefix ends with). Every entry carries the epoch its read
+//! saw (the [`Ticket`]); a write is refused, and a read ignores an entry,
+//! when an invalidation of one of its prefixes or a delete of its key is
+//! newer, so a value computed before either never shows after it.
+//!
+//! Records are swept after `max_ttl`, when every entry they could hide has
+//! expired. A computation still running may hold an older ticket: the sweep
+//! first raises a floor (row 2 of the epoch table) to the newest record it
+//! removes, and writes under (or entries with) an older epoch are refused
+//! (or ignored). So no sweep, by any process, whatever its `max_ttl`, lets a
+//! value computed before an invalidation be served.
 //!
 //! # Connections
 //! Pools are created on first use (no I/O, no runtime needed to build the
@@ -240,6 +249,8 @@ impl SqlConfig {
 /// The statements, with the validated table name in place.
 struct Statements {
     get: String,
+    raise_floor: String,
+    ensure_floor: String,
     put_ticketed: String,
     put_current: String,
     delete: String,
@@ -261,30 +272,46 @@ impl Statements {
         let pg = dialect == Dialect::Postgres;
         // Placeholders: $n on PostgreSQL, ?n on SQLite (same numbering).
         let p = |n: u32| if pg { format!("${n}") } else { format!("?{n}") };
-        let prefixes_in = if pg {
-            format!("i.prefix = ANY({}::text[])", p(3))
-        } else {
-            format!("i.prefix IN (SELECT value FROM json_each({}))", p(3))
+        // Invalidation records naming the key, its prefixes or its delete,
+        // bound as one array parameter.
+        let records_of = |n: u32| {
+            if pg {
+                format!("i.prefix = ANY({}::text[])", p(n))
+            } else {
+                format!("i.prefix IN (SELECT value FROM json_each({}))", p(n))
+            }
         };
+        let floor = format!("COALESCE((SELECT epoch FROM {t}_epoch WHERE id = 2), 0)");
         Statements {
-            // One round trip: the current epoch (the ticket) and the entry,
-            // unless expired or older than an invalidation of a prefix.
+            // One round trip: the current epoch (the ticket), the newest
+            // record naming the key (its scope), and the entry, unless
+            // expired, under the floor, or older than a record naming it.
             get: format!(
                 "SELECT (SELECT epoch FROM {t}_epoch WHERE id = 1) AS now_epoch, \
+                 (SELECT COALESCE(MAX(i.epoch), 0) FROM {t}_invalidations i WHERE {records}) \
+                 AS scope, \
                  (SELECT c.value FROM {t} c WHERE c.key = {k} AND c.expires_at > {now} \
-                 AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {prefixes_in} \
+                 AND c.epoch >= {floor} \
+                 AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
                  AND i.epoch > c.epoch)) AS value",
                 k = p(1),
                 now = p(2),
+                records = records_of(3),
             ),
+            // Refused when the ticket is under the floor or a record naming
+            // the key is newer than it.
             put_ticketed: format!(
-                "INSERT INTO {t} (key, value, expires_at, epoch) VALUES ({}, {}, {}, {}) \
+                "INSERT INTO {t} (key, value, expires_at, epoch) \
+                 SELECT {k}, {v}, {exp}, {e} WHERE {e} >= {floor} \
+                 AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
+                 AND i.epoch > {e}) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
                  expires_at = excluded.expires_at, epoch = excluded.epoch",
-                p(1),
-                p(2),
-                p(3),
-                p(4)
+                k = p(1),
+                v = p(2),
+                exp = p(3),
+                e = p(4),
+                records = records_of(5),
             ),
             put_current: format!(
                 "INSERT INTO {t} (key, value, expires_at, epoch) \
@@ -296,6 +323,16 @@ impl Statements {
                 p(3)
             ),
             delete: format!("DELETE FROM {t} WHERE key = {}", p(1)),
+            ensure_floor: format!(
+                "INSERT INTO {t}_epoch (id, epoch) VALUES (2, 0) ON CONFLICT (id) DO NOTHING"
+            ),
+            raise_floor: format!(
+                "UPDATE {t}_epoch SET epoch = \
+                 (SELECT MAX(epoch) FROM {t}_invalidations WHERE at <= {h}) \
+                 WHERE id = 2 AND epoch < \
+                 (SELECT COALESCE(MAX(epoch), 0) FROM {t}_invalidations WHERE at <= {h})",
+                h = p(1)
+            ),
             bump: format!("UPDATE {t}_epoch SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch"),
             record: format!(
                 "INSERT INTO {t}_invalidations (prefix, epoch, at) VALUES ({}, {}, {}) \
@@ -680,18 +717,32 @@ impl Shared {
                 break;
             }
         }
-        let horizon = now - self.config.max_ttl.as_millis() as i64;
+        let horizon = now.saturating_sub(millis(self.config.max_ttl));
         on_pool!(pool, |p| {
             sqlx::query(AssertSqlSafe(self.sql.sweep_locks.as_str()))
                 .bind(now)
                 .execute(p)
                 .await
                 .map_err(|e| self.error(e))?;
-            sqlx::query(AssertSqlSafe(self.sql.sweep_invalidations.as_str()))
-                .bind(horizon)
-                .execute(p)
+            // The floor rises with the records it replaces, in one
+            // transaction: no reader or writer sees the records gone and
+            // the floor not yet raised.
+            let mut tx = p.begin().await.map_err(|e| self.error(e))?;
+            sqlx::query(AssertSqlSafe(self.sql.ensure_floor.as_str()))
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| self.error(e))?;
+            sqlx::query(AssertSqlSafe(self.sql.raise_floor.as_str()))
+                .bind(horizon)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.error(e))?;
+            sqlx::query(AssertSqlSafe(self.sql.sweep_invalidations.as_str()))
+                .bind(horizon)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.error(e))?;
+            tx.commit().await.map_err(|e| self.error(e))?;
         });
         if let Some(max) = self.config.max_entries {
             let count: i64 = on_pool!(pool, |p| sqlx::query(AssertSqlSafe(
@@ -716,74 +767,73 @@ impl Shared {
         Ok(removed)
     }
 
-    /// The key's prefixes that an invalidation could name: `""` and each
-    /// prefix ending with `:`.
-    fn prefixes(key: &str) -> Vec<&str> {
-        std::iter::once("")
-            .chain(key.match_indices(':').map(|(i, _)| &key[..=i]))
+    /// The records that can name `key`: `""`, each prefix ending with `:`,
+    /// and the key's delete record ([`deleted`]).
+    fn records(key: &str) -> Vec<String> {
+        std::iter::once(String::new())
+            .chain(key.match_indices(':').map(|(i, _)| key[..=i].to_owned()))
+            .chain(std::iter::once(deleted(key)))
             .collect()
     }
 
+    /// A TTL in ms, capped at `max_ttl`, at least 1.
     fn ttl_ms(&self, ttl: Duration) -> i64 {
-        ttl.min(self.config.max_ttl).as_millis().max(1) as i64
+        millis(ttl.min(self.config.max_ttl)).max(1)
     }
 
     async fn get(self: &Arc<Self>, key: &str) -> Result<Lookup, Error> {
         let pool = self.ready().await?;
         let now = self.clock.now_ms() as i64;
-        let prefixes = Self::prefixes(key);
-        let row = match pool {
+        let records = Self::records(key);
+        type Columns = (
+            Result<Option<i64>, sqlx::Error>,
+            Result<Option<i64>, sqlx::Error>,
+            Result<Option<Vec<u8>>, sqlx::Error>,
+        );
+        fn columns<R: Row>(r: R) -> Columns
+        where
+            for<'c> &'c str: sqlx::ColumnIndex<R>,
+            Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            Option<Vec<u8>>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        {
+            (
+                r.try_get::<Option<i64>, _>("now_epoch"),
+                r.try_get::<Option<i64>, _>("scope"),
+                r.try_get::<Option<Vec<u8>>, _>("value"),
+            )
+        }
+        let row: Option<Columns> = match pool {
             #[cfg(feature = "postgres")]
             Pool::Postgres(p) => sqlx::query(AssertSqlSafe(self.sql.get.as_str()))
                 .bind(key)
                 .bind(now)
-                .bind(&prefixes)
+                .bind(&records)
                 .fetch_optional(p)
                 .await
-                .map(|row| {
-                    row.map(|r| {
-                        (
-                            r.try_get::<Option<i64>, _>("now_epoch"),
-                            r.try_get::<Option<Vec<u8>>, _>("value"),
-                        )
-                    })
-                }),
+                .map(|row| row.map(columns)),
             #[cfg(feature = "sqlite")]
-            Pool::Sqlite(p) => {
-                let json = json_array(&prefixes);
-                sqlx::query(AssertSqlSafe(self.sql.get.as_str()))
-                    .bind(key)
-                    .bind(now)
-                    .bind(json)
-                    .fetch_optional(p)
-                    .await
-                    .map(|row| {
-                        row.map(|r| {
-                            (
-                                r.try_get::<Option<i64>, _>("now_epoch"),
-                                r.try_get::<Option<Vec<u8>>, _>("value"),
-                            )
-                        })
-                    })
-            }
+            Pool::Sqlite(p) => sqlx::query(AssertSqlSafe(self.sql.get.as_str()))
+                .bind(key)
+                .bind(now)
+                .bind(json_array(&records))
+                .fetch_optional(p)
+                .await
+                .map(|row| row.map(columns)),
         }
         .map_err(|e| self.error(e))?;
-        let Some((epoch, value)) = row else {
-            return Err(Error::backend(
-                self.backend_name(),
-                "the epoch row is missing: the cache tables were not created \
-                 (run the DDL or enable auto_create)",
-            ));
-        };
-        let epoch = epoch.map_err(|e| self.error(e))?.ok_or_else(|| {
+        let missing = || {
             Error::backend(
                 self.backend_name(),
                 "the epoch row is missing: the cache tables were not created \
                  (run the DDL or enable auto_create)",
             )
-        })?;
+        };
+        let (epoch, scope, value) = row.ok_or_else(missing)?;
+        let epoch = epoch.map_err(|e| self.error(e))?.ok_or_else(missing)?;
+        let scope = scope.map_err(|e| self.error(e))?.unwrap_or(0);
         let value = value.map_err(|e| self.error(e))?;
-        Ok(Lookup::new(value.map(Bytes::from)).with_ticket(Ticket::seq(epoch as u64)))
+        Ok(Lookup::new(value.map(Bytes::from))
+            .with_ticket(Ticket::scoped(epoch as u64, scope as u64)))
     }
 
     async fn set(
@@ -794,19 +844,33 @@ impl Shared {
         ticket: Option<&Ticket>,
     ) -> Result<(), Error> {
         let pool = self.ready().await?;
-        let expires = self.clock.now_ms() as i64 + self.ttl_ms(ttl);
-        let result = match ticket.and_then(Ticket::as_seq) {
-            Some(epoch) => on_pool!(pool, |p| sqlx::query(AssertSqlSafe(
-                self.sql.put_ticketed.as_str()
-            ))
-            .bind(key)
-            .bind(&value[..])
-            .bind(expires)
-            .bind(epoch as i64)
-            .execute(p)
-            .await
-            .map(|_| ())),
-            None => on_pool!(pool, |p| sqlx::query(AssertSqlSafe(
+        let expires = (self.clock.now_ms() as i64).saturating_add(self.ttl_ms(ttl));
+        let result = match (ticket.and_then(Ticket::as_seq), pool) {
+            #[cfg(feature = "postgres")]
+            (Some(epoch), Pool::Postgres(p)) => {
+                sqlx::query(AssertSqlSafe(self.sql.put_ticketed.as_str()))
+                    .bind(key)
+                    .bind(&value[..])
+                    .bind(expires)
+                    .bind(epoch as i64)
+                    .bind(Self::records(key))
+                    .execute(p)
+                    .await
+                    .map(|_| ())
+            }
+            #[cfg(feature = "sqlite")]
+            (Some(epoch), Pool::Sqlite(p)) => {
+                sqlx::query(AssertSqlSafe(self.sql.put_ticketed.as_str()))
+                    .bind(key)
+                    .bind(&value[..])
+                    .bind(expires)
+                    .bind(epoch as i64)
+                    .bind(json_array(&Self::records(key)))
+                    .execute(p)
+                    .await
+                    .map(|_| ())
+            }
+            (None, pool) => on_pool!(pool, |p| sqlx::query(AssertSqlSafe(
                 self.sql.put_current.as_str()
             ))
             .bind(key)
@@ -834,22 +898,23 @@ impl Shared {
     }
 
     async fn delete(self: &Arc<Self>, key: &str) -> Result<(), Error> {
-        let pool = self.ready().await?;
-        on_pool!(pool, |p| sqlx::query(AssertSqlSafe(
-            self.sql.delete.as_str()
-        ))
-        .bind(key)
-        .execute(p)
-        .await
-        .map(|_| ()))
-        .map_err(|e| self.error(e))
+        self.invalidate_rows(&deleted(key), Rows::Key(key)).await
     }
 
     async fn invalidate(self: &Arc<Self>, prefix: &str) -> Result<(), Error> {
+        // `p:` .. `p;`: the keys starting with `p:` in bytewise order.
+        let rows = match prefix.strip_suffix(':') {
+            Some(head) => Rows::Range(prefix, format!("{head};")),
+            None => Rows::All,
+        };
+        self.invalidate_rows(prefix, rows).await
+    }
+
+    /// One transaction: bump the epoch, record `name` under it, delete
+    /// `rows`.
+    async fn invalidate_rows(self: &Arc<Self>, name: &str, rows: Rows<'_>) -> Result<(), Error> {
         let pool = self.ready().await?;
         let now = self.clock.now_ms() as i64;
-        // `p:` .. `p;`: the keys starting with `p:` in bytewise order.
-        let upper = prefix.strip_suffix(':').map(|head| format!("{head};"));
         macro_rules! run {
             ($p:expr) => {{
                 let mut tx = $p.begin().await.map_err(|e| self.error(e))?;
@@ -859,21 +924,27 @@ impl Shared {
                     .and_then(|row| row.try_get::<i64, _>(0))
                     .map_err(|e| self.error(e))?;
                 sqlx::query(AssertSqlSafe(self.sql.record.as_str()))
-                    .bind(prefix)
+                    .bind(name)
                     .bind(epoch)
                     .bind(now)
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| self.error(e))?;
-                match &upper {
-                    Some(upper) => {
-                        sqlx::query(AssertSqlSafe(self.sql.range_delete.as_str()))
-                            .bind(prefix)
-                            .bind(upper.as_str())
+                match &rows {
+                    Rows::Key(key) => {
+                        sqlx::query(AssertSqlSafe(self.sql.delete.as_str()))
+                            .bind(*key)
                             .execute(&mut *tx)
                             .await
                     }
-                    None => {
+                    Rows::Range(from, to) => {
+                        sqlx::query(AssertSqlSafe(self.sql.range_delete.as_str()))
+                            .bind(*from)
+                            .bind(to.as_str())
+                            .execute(&mut *tx)
+                            .await
+                    }
+                    Rows::All => {
                         sqlx::query(AssertSqlSafe(self.sql.delete_all.as_str()))
                             .execute(&mut *tx)
                             .await
@@ -894,7 +965,7 @@ impl Shared {
     async fn lock(self: &Arc<Self>, key: &str, token: Bytes, ttl: Duration) -> Result<bool, Error> {
         let pool = self.ready().await?;
         let now = self.clock.now_ms() as i64;
-        let expires = now + self.ttl_ms(ttl);
+        let expires = now.saturating_add(self.ttl_ms(ttl));
         let n = on_pool!(pool, |p| sqlx::query(AssertSqlSafe(
             self.sql.lock_take.as_str()
         ))
@@ -924,15 +995,35 @@ impl Shared {
     }
 }
 
+/// The record of a delete of `key`: the key and `\u{1}`, which no prefix
+/// ends with (prefixes are empty or end with `:`), so it names that key
+/// only.
+fn deleted(key: &str) -> String {
+    format!("{key}\u{1}")
+}
+
+/// A duration in ms as SQL stores it, saturating.
+fn millis(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+/// The rows an invalidation deletes.
+enum Rows<'a> {
+    Key(&'a str),
+    /// `key >= from AND key < to`.
+    Range(&'a str, String),
+    All,
+}
+
 #[cfg(feature = "sqlite")]
-fn json_array(items: &[&str]) -> String {
+fn json_array<S: AsRef<str>>(items: &[S]) -> String {
     let mut out = String::from("[");
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         out.push('"');
-        for c in item.chars() {
+        for c in item.as_ref().chars() {
             match c {
                 '"' => out.push_str("\\\""),
                 '\\' => out.push_str("\\\\"),
@@ -1053,15 +1144,19 @@ mod tests {
     }
 
     #[test]
-    fn prefixes_are_whole_segments() {
-        assert_eq!(Shared::prefixes("a:b:c"), ["", "a:", "a:b:"]);
-        assert_eq!(Shared::prefixes("k"), [""]);
+    fn records_are_whole_segments_and_the_key_itself() {
+        assert_eq!(Shared::records("a:b:c"), ["", "a:", "a:b:", "a:b:c\u{1}"]);
+        assert_eq!(Shared::records("k"), ["", "k\u{1}"]);
+        // A key ending with `:` has a delete record of its own, not its
+        // prefix's.
+        assert_ne!(deleted("a:"), "a:");
     }
 
     #[cfg(feature = "sqlite")]
     #[test]
     fn json_arrays_escape_quotes_and_controls() {
         assert_eq!(json_array(&["", "a\"b:", "c\\:"]), r#"["","a\"b:","c\\:"]"#);
+        assert_eq!(json_array(&["k\u{1}"]), r#"["k\u0001"]"#);
         assert_eq!(json_array(&["\n"]), r#"["\u000a"]"#);
     }
 }

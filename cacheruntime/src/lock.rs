@@ -1,0 +1,200 @@
+//! Store locks: one computation per key across every process sharing the
+//! store.
+//!
+//! A lock is a [`HeldLock`] for as long as it is held. Dropping one without
+//! [`release`](HeldLock::release) (the computing caller was cancelled, or its
+//! computation panicked) releases it from a spawned task, so the next caller
+//! of the key, in any process, computes at once instead of waiting out the
+//! lock's TTL. A lock is only left to expire on purpose
+//! ([`keep`](HeldLock::keep): a failed background refresh backs off so).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::cache::Cache;
+use crate::entry::Source;
+use crate::fetch::Accept;
+use crate::Error;
+
+/// The outcome of taking a store lock.
+pub(crate) enum LockState {
+    Held(HeldLock),
+    Busy,
+    /// The store has no locks: in-process protection only.
+    Unsupported,
+    /// The store failed; the caller goes on without the lock.
+    Failed,
+}
+
+/// What a cold miss found when it went for the store's lock.
+pub(crate) enum Contended<V> {
+    /// Another process computed it meanwhile.
+    Value(V, Bytes),
+    /// We hold the lock.
+    Locked(HeldLock),
+    /// No lock (unsupported, failing store, or waited too long): compute.
+    Alone,
+}
+
+/// A store lock this process holds; released on drop if not before.
+pub(crate) struct HeldLock {
+    cache: Cache,
+    key: Box<str>,
+    token: Bytes,
+    done: bool,
+}
+
+impl HeldLock {
+    /// Releases the lock (compare-and-delete on our token).
+    pub(crate) async fn release(mut self) {
+        self.cache.unlock(&self.key, &self.token).await;
+        // Only now: if this future is dropped mid-release, `drop` retries.
+        self.done = true;
+    }
+
+    /// Leaves the lock to expire on its own.
+    pub(crate) fn keep(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Cancelled or panicking holder: release in the background, since
+        // `drop` cannot wait. Outside a runtime the lock expires by itself.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let cache = self.cache.clone();
+            let key = std::mem::take(&mut self.key);
+            let token = std::mem::take(&mut self.token);
+            runtime.spawn(async move { cache.unlock(&key, &token).await });
+        }
+    }
+}
+
+/// The lock a background refresh of `key` takes: apart from the key's own
+/// lock, so a refresh that fails and backs off never makes a cold miss of
+/// the key wait.
+pub(crate) fn refresh_lock_key(key: &str) -> String {
+    format!("{key}#refresh")
+}
+
+/// A lock token unique to this process and moment.
+fn token() -> Bytes {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    Bytes::from(format!("{}-{nanos}-{n}", std::process::id()))
+}
+
+impl Cache {
+    /// Takes the store's lock for `key` (locks live apart from entries).
+    pub(crate) async fn try_lock(&self, key: &str, ttl: Duration) -> LockState {
+        let backend = &*self.inner.backend;
+        let token = token();
+        match self
+            .guarded("lock", || backend.set_if_absent(key, token.clone(), ttl))
+            .await
+        {
+            Ok(true) => LockState::Held(HeldLock {
+                cache: self.clone(),
+                key: key.into(),
+                token,
+                done: false,
+            }),
+            Ok(false) => LockState::Busy,
+            Err(Error::Unsupported { .. }) => LockState::Unsupported,
+            Err(e) => {
+                self.failed("lock", &e);
+                if matches!(e, Error::Timeout { .. }) {
+                    // A timed-out request may still have taken the lock:
+                    // send the release after it, so it cannot block the key.
+                    drop(HeldLock {
+                        cache: self.clone(),
+                        key: key.into(),
+                        token,
+                        done: false,
+                    });
+                }
+                LockState::Failed
+            }
+        }
+    }
+
+    pub(crate) async fn unlock(&self, key: &str, token: &Bytes) {
+        let backend = &*self.inner.backend;
+        if let Err(e) = self
+            .guarded("unlock", || backend.delete_if_equals(key, token))
+            .await
+        {
+            if !matches!(e, Error::Unsupported { .. }) {
+                self.failed("unlock", &e);
+            }
+        }
+    }
+
+    /// Takes the store's lock for a cold key, or waits for the value of
+    /// whoever holds it: polling (5 ms backing off to 100 ms) for the value
+    /// and for the lock, which a holder releases without a visible value
+    /// when its computation failed, was invalidated, cancelled or panicked.
+    /// Gives up after `bound` and computes without the lock.
+    pub(crate) async fn lock_or_value<V: DeserializeOwned>(
+        &self,
+        key: &str,
+        fp: u64,
+        bound: Duration,
+    ) -> Contended<V> {
+        // `None`: a bound too far to represent; wait for as long as it takes.
+        let deadline = Instant::now().checked_add(bound);
+        let mut pause = Duration::from_millis(5);
+        let mut waited = false;
+        loop {
+            match self.try_lock(key, bound).await {
+                LockState::Held(held) => {
+                    // The holder before us may have stored the value between
+                    // our miss and our lock: look once more.
+                    if let Some((v, bytes)) = self.peek::<V>(key, fp).await {
+                        held.release().await;
+                        return Contended::Value(v, bytes);
+                    }
+                    return Contended::Locked(held);
+                }
+                LockState::Busy => {}
+                LockState::Unsupported | LockState::Failed => return Contended::Alone,
+            }
+            if !waited {
+                waited = true;
+                self.inner.counters.lock_waits.incr();
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                self.inner.counters.lock_timeouts.incr();
+                return Contended::Alone;
+            }
+            let left = deadline.map_or(pause, |d| d.saturating_duration_since(now));
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+            if let Some((v, bytes)) = self.peek::<V>(key, fp).await {
+                return Contended::Value(v, bytes);
+            }
+        }
+    }
+
+    /// One uncounted read of a fresh entry: the value and its bytes.
+    async fn peek<V: DeserializeOwned>(&self, key: &str, fp: u64) -> Option<(V, Bytes)> {
+        let backend = &*self.inner.backend;
+        let found = self.guarded("get", || backend.get(key)).await.ok()?;
+        let bytes = found.value?;
+        match self.open_checked::<V>(&bytes, Accept::Exactly(fp), None, Source::Store(key)) {
+            Ok(Some((v, _))) => Some((v, bytes)),
+            _ => None,
+        }
+    }
+}
