@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 mod support;
 
+#[path = "cached/answers.rs"]
+mod answers;
+
 #[derive(Debug, PartialEq)]
 struct MyError(String);
 

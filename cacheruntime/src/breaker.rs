@@ -22,7 +22,7 @@ impl Breaker {
     pub(crate) fn new(threshold: u32, cool_down: Duration) -> Self {
         Breaker {
             threshold: threshold.max(1),
-            cool_down_ms: cool_down.as_millis() as u64,
+            cool_down_ms: cool_down.as_millis().min(u128::from(u64::MAX)) as u64,
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
         }
@@ -41,7 +41,7 @@ impl Breaker {
                 .open_until_ms
                 .compare_exchange(
                     until,
-                    now_ms + self.cool_down_ms,
+                    now_ms.saturating_add(self.cool_down_ms),
                     Ordering::AcqRel,
                     Ordering::Relaxed,
                 )
@@ -66,7 +66,7 @@ impl Breaker {
         if n >= self.threshold {
             let was = self
                 .open_until_ms
-                .swap(now_ms + self.cool_down_ms, Ordering::AcqRel);
+                .swap(now_ms.saturating_add(self.cool_down_ms), Ordering::AcqRel);
             return was == 0;
         }
         false

@@ -37,7 +37,10 @@ impl Clock {
     /// Moves a manual clock forward. Does nothing on the system clock.
     pub fn advance(&self, by: Duration) {
         if let Some(ms) = &self.manual {
-            ms.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+            let by = by.as_millis().min(u128::from(u64::MAX)) as u64;
+            let _ = ms.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                Some(t.saturating_add(by))
+            });
         }
     }
 

@@ -250,7 +250,12 @@ impl Cache {
                     // A flight that landed between our read and our join
                     // already stored the value: read once more when that is
                     // free (in-process stores) instead of computing twice.
-                    if let Some(Ok(found)) = backend.get_now(key) {
+                    let again = if inner.local {
+                        backend.get_now(key)
+                    } else {
+                        None
+                    };
+                    if let Some(Ok(found)) = again {
                         if let Some(bytes) = found.value {
                             if let Ok(Some((v, Due::No))) = self.open_checked::<O::Value>(
                                 &bytes,

@@ -427,7 +427,8 @@ impl RedisBackend {
             label,
             secrets,
             cluster: config.cluster,
-            max_ttl_ms: config.max_ttl.as_millis().max(1) as u64,
+            // Redis refuses expiry times that overflow its clock: cap far below.
+            max_ttl_ms: config.max_ttl.as_millis().clamp(1, i64::MAX as u128 / 4) as u64,
             checked_config: AtomicBool::new(false),
         })
     }

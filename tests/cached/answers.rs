@@ -1,0 +1,314 @@
+//! What the get-or-compute core answers: no value from before an
+//! invalidation or delete, one count per call, types that cannot be read
+//! back, signatures on shared stores. On the memory store (two handles on
+//! one store standing in for two processes) and on a test backend.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cacheruntime::backend::{Backend, BoxFuture, LocalLookup, Lookup, Ticket};
+use cacheruntime::backends::MemoryBackend;
+use cacheruntime::{Cache, Clock, Error, Policy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+fn minute() -> Policy {
+    Policy::new().ttl(Duration::from_secs(60))
+}
+
+/// Two caches on one memory store: two processes sharing a store.
+fn two_handles() -> (Cache, Cache) {
+    let store = Arc::new(MemoryBackend::new(8 << 20));
+    let a = Cache::builder().backend(store.clone()).build().unwrap();
+    let b = Cache::builder().backend(store).build().unwrap();
+    (a, b)
+}
+
+/// An origin whose reads can be held at a gate: `read` returns the version
+/// current when it started, after waiting for `release`.
+#[derive(Default)]
+struct Origin {
+    version: AtomicU64,
+    gate: Notify,
+    gated: AtomicUsize,
+    reads: AtomicUsize,
+}
+
+impl Origin {
+    async fn read(&self, held: bool) -> u64 {
+        let v = self.version.load(Ordering::SeqCst);
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        if held {
+            let released = self.gate.notified();
+            self.gated.fetch_add(1, Ordering::SeqCst);
+            released.await;
+        }
+        v
+    }
+
+    async fn until_gated(&self, n: usize) {
+        while self.gated.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// A computation of `key` that read the origin at version 0 is held while
+/// the origin moves to 1 and `fence` runs; then it is released. Every call
+/// starting after `fence` returned, on either handle, must see version 1.
+async fn fenced(fence: impl AsyncFnOnce(&Cache, &Cache), key: &'static str, via_other: bool) {
+    let (a, b) = two_handles();
+    let origin = Arc::new(Origin::default());
+    let old = {
+        let (a, origin) = (a.clone(), origin.clone());
+        tokio::spawn(async move { a.get_or_compute(key, &minute(), || origin.read(true)).await })
+    };
+    origin.until_gated(1).await;
+    origin.version.store(1, Ordering::SeqCst);
+    if via_other {
+        fence(&b, &a).await;
+    } else {
+        fence(&a, &b).await;
+    }
+    // Started after the fence, while the old computation still runs: must
+    // not wait for it (it would hand over version 0).
+    let late = {
+        let (a, origin) = (a.clone(), origin.clone());
+        tokio::spawn(async move {
+            a.get_or_compute(key, &minute(), || origin.read(false))
+                .await
+        })
+    };
+    let late = tokio::time::timeout(Duration::from_secs(5), late)
+        .await
+        .expect("a caller after the fence must not wait for the old computation")
+        .unwrap();
+    assert_eq!(late, 1, "a call after the fence got the old value");
+    origin.gate.notify_waiters();
+    assert_eq!(
+        old.await.unwrap(),
+        0,
+        "the old caller gets what it computed"
+    );
+    for cache in [&a, &b] {
+        let v: u64 = cache
+            .get_or_compute(key, &minute(), || origin.read(false))
+            .await;
+        assert_eq!(
+            v, 1,
+            "the old computation's value was stored after the fence"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_fences_a_computation_in_flight() {
+    fenced(
+        async |c, _| c.delete("feed:1").await.unwrap(),
+        "feed:1",
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_from_another_process_fences_a_computation_in_flight() {
+    fenced(
+        async |c, _| c.delete("feed:2").await.unwrap(),
+        "feed:2",
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_from_another_process_fences_a_computation_in_flight() {
+    fenced(
+        async |c, _| c.invalidate_prefix("feed:").await.unwrap(),
+        "feed:3",
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrelated_invalidation_does_not_stop_callers_sharing_a_computation() {
+    let (a, b) = two_handles();
+    let origin = Arc::new(Origin::default());
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let (a, origin) = (a.clone(), origin.clone());
+            tokio::spawn(async move {
+                a.get_or_compute("hot:1", &minute(), || origin.read(true))
+                    .await
+            })
+        })
+        .collect();
+    origin.until_gated(1).await;
+    b.invalidate_prefix("cold:").await.unwrap();
+    b.delete("hot:2").await.unwrap();
+    let late = {
+        let (a, origin) = (a.clone(), origin.clone());
+        tokio::spawn(async move {
+            a.get_or_compute("hot:1", &minute(), || origin.read(true))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    origin.gate.notify_waiters();
+    for c in callers {
+        assert_eq!(c.await.unwrap(), 0);
+    }
+    assert_eq!(late.await.unwrap(), 0);
+    assert_eq!(origin.reads.load(Ordering::SeqCst), 1, "one computation");
+}
+
+#[tokio::test]
+async fn every_call_counts_exactly_one_answer() {
+    let clock = Clock::manual();
+    let cache = Cache::builder().clock(clock.clone()).build().unwrap();
+    let stale = Policy::new()
+        .ttl(Duration::from_secs(10))
+        .stale(Duration::from_secs(100));
+    let mut calls = 0;
+    let mut call = async |key: &str, policy: &Policy, refresh: bool| {
+        calls += 1;
+        if refresh {
+            cache.get_or_refresh(key, policy, || async { 1u32 }).await
+        } else {
+            cache.get_or_compute(key, policy, || async { 1u32 }).await
+        }
+    };
+    call("a", &stale, false).await; // miss
+    call("a", &stale, false).await; // hit
+    clock.advance(Duration::from_secs(20));
+    call("a", &stale, true).await; // stale hit, refreshed in the background
+    tokio::task::yield_now().await;
+    clock.advance(Duration::from_secs(20));
+    call("a", &stale, false).await; // stale, recomputed in the foreground: a miss
+    call("b", &minute(), false).await; // miss
+    let before = cache.stats();
+    assert_eq!(
+        (before.hits, before.stale_hits, before.misses),
+        (1, 1, 3),
+        "{before:?}"
+    );
+    let _ = cache.get::<u32>("b").await.unwrap(); // hit
+    let _ = cache.get::<u32>("nothing").await.unwrap(); // miss
+    calls += 2;
+    let stats = cache.stats();
+    assert_eq!(
+        stats.hits + stats.stale_hits + stats.misses,
+        calls,
+        "{stats:?}"
+    );
+    assert_eq!(
+        (stats.hits, stats.stale_hits, stats.misses),
+        (2, 1, 4),
+        "{stats:?}"
+    );
+    // A disabled cache counts its calls too.
+    let off = Cache::disabled();
+    let _ = off.get_or_compute("k", &minute(), || async { 1u8 }).await;
+    let _ = off.get::<u8>("k").await.unwrap();
+    assert_eq!(
+        off.stats().hits + off.stats().stale_hits + off.stats().misses,
+        2
+    );
+    assert_eq!(off.stats().misses, 2);
+}
+
+/// bincode cannot read `untagged` enums back (it is not self-describing).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+enum Loose {
+    Number(u64),
+    Text(String),
+}
+
+#[tokio::test]
+async fn types_that_do_not_read_back_are_reported_once_and_never_stored() {
+    let store = Arc::new(MemoryBackend::new(8 << 20));
+    let cache = Cache::builder().backend(store.clone()).build().unwrap();
+    let runs = AtomicUsize::new(0);
+    for _ in 0..3 {
+        let v = cache
+            .get_or_compute("loose:1", &minute(), || async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Loose::Text("x".into())
+            })
+            .await;
+        assert_eq!(v, Loose::Text("x".into()));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "computed every time");
+    assert_eq!(store.len(), 0, "an entry it can never read was stored");
+    assert_eq!(
+        cache.stats().decode_failures,
+        1,
+        "reported once, not per call"
+    );
+    // Other types of the same cache are cached as usual.
+    let _: u8 = cache.get_or_compute("n:1", &minute(), || async { 1 }).await;
+    let _: u8 = cache.get_or_compute("n:1", &minute(), || async { 2 }).await;
+    assert_eq!(cache.stats().hits, 1);
+}
+
+/// A store shared with other processes that also offers the in-process
+/// fast path: being fast must not make it trusted.
+#[derive(Debug)]
+struct SharedWithFastPath(Arc<MemoryBackend>);
+
+impl Backend for SharedWithFastPath {
+    fn name(&self) -> &'static str {
+        "shared-fast"
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
+        self.0.get(key)
+    }
+    fn get_now(&self, key: &str) -> Option<Result<Lookup, Error>> {
+        self.0.get_now(key)
+    }
+    fn get_local(&self, key: &str) -> Option<LocalLookup> {
+        self.0.get_local(key)
+    }
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&'a Ticket>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        self.0.set(key, value, ttl, ticket)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        self.0.delete(key)
+    }
+    fn invalidate_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        self.0.invalidate_prefix(prefix)
+    }
+}
+
+#[tokio::test]
+async fn a_shared_store_is_signature_checked_whatever_methods_it_implements() {
+    let store = Arc::new(MemoryBackend::new(8 << 20));
+    let writer = Cache::builder()
+        .backend(SharedWithFastPath(store.clone()))
+        .signing_keys(["writer-key-0123456789"])
+        .build()
+        .unwrap();
+    let reader = Cache::builder()
+        .backend(SharedWithFastPath(store))
+        .signing_keys(["reader-key-0123456789"])
+        .build()
+        .unwrap();
+    let _: String = writer
+        .get_or_compute("page:1", &minute(), || async { "forged".to_string() })
+        .await;
+    let v: String = reader
+        .get_or_compute("page:1", &minute(), || async { "genuine".to_string() })
+        .await;
+    assert_eq!(v, "genuine", "an entry signed with another key was served");
+    assert_eq!(reader.stats().signature_failures, 1);
+}
