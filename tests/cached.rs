@@ -645,6 +645,60 @@ async fn generic_functions_keep_types_apart() {
     );
 }
 
+// ---------------------------------------------------------------- generic impls
+
+/// The macro cannot see an enclosing impl's parameters: only the calls know
+/// which type they store.
+mod generic_impls {
+    use std::marker::PhantomData;
+
+    use serde::de::DeserializeOwned;
+
+    use super::*;
+
+    pub trait Fresh {
+        fn fresh(id: u64) -> Self;
+    }
+    impl Fresh for u8 {
+        fn fresh(id: u64) -> u8 {
+            id as u8
+        }
+    }
+    impl Fresh for u64 {
+        fn fresh(id: u64) -> u64 {
+            1_000_000 + id
+        }
+    }
+    impl Fresh for String {
+        fn fresh(id: u64) -> String {
+            format!("row {id}")
+        }
+    }
+
+    static REPO_TEMPLATE: LazyLock<Cache> = LazyLock::new(fresh);
+
+    pub struct Repo<T>(PhantomData<T>);
+
+    impl<T: Fresh + Serialize + DeserializeOwned> Repo<T> {
+        #[cached(key = "repo:{id}", ttl = 60, cache = *REPO_TEMPLATE)]
+        pub async fn get(id: u64) -> T {
+            T::fresh(id)
+        }
+    }
+
+    #[tokio::test]
+    async fn one_key_in_a_generic_impl_never_serves_another_types_value() {
+        assert_eq!(Repo::<u8>::get(1).await, 1);
+        // Same key, other type: a miss that overwrites, never the u8 entry
+        // read as a u64 (bincode's 1u8 decodes as 1u64).
+        assert_eq!(Repo::<u64>::get(1).await, 1_000_001);
+        assert_eq!(Repo::<String>::get(1).await, "row 1");
+        assert_eq!(Repo::<String>::get(1).await, "row 1");
+        let stats = REPO_TEMPLATE.stats();
+        assert_eq!((stats.computations, stats.hits), (3, 1));
+    }
+}
+
 mod defaults {
     use super::*;
 

@@ -152,11 +152,6 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
         block,
     } = func;
     let name = sig.ident.to_string();
-    let generic = sig
-        .generics
-        .params
-        .iter()
-        .any(|p| !matches!(p, GenericParam::Lifetime(_)));
     let ttl = plan
         .ttl_ms
         .map(|ms| quote!(.ttl(::core::time::Duration::from_millis(#ms))));
@@ -251,9 +246,11 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
         None => quote!(::cacheruntime::__private::Memo::decode_only()),
     };
     // The function's static call site (name, policy, stats) and its cache.
+    // One static for every instantiation of a generic function or impl: the
+    // site keeps what it computes per type name.
     let site = quote! {
         static __CACHEMACRO_SITE: ::cacheruntime::__private::Site =
-            ::cacheruntime::__private::Site::new(#name, ::core::module_path!(), #policy, #generic);
+            ::cacheruntime::__private::Site::new(#name, ::core::module_path!(), #policy);
         let __cachemacro_cache: &::cacheruntime::Cache = #cache;
     };
     let helpers = helpers(func, plan);
