@@ -18,8 +18,9 @@ pub struct Param {
 pub enum KeyPlan {
     /// A `key = "..."` template, with its literal's span.
     Template(Vec<Piece>, Span),
-    /// No template: module path, function name and every argument. Not for
-    /// methods: it cannot see `self`.
+    /// No template: the function's path (with impl type, generic arguments
+    /// and enclosing functions, read at run time from a closure's type
+    /// name) and every argument. Not for methods: it cannot see `self`.
     Default,
 }
 
