@@ -648,6 +648,281 @@ async fn generic_functions_keep_types_apart() {
     );
 }
 
+// ---------------------------------------------------------------- default keys
+
+/// Keys without a template: each function, impl type and generic
+/// instantiation has its own, and the helpers render the function's own.
+mod default_keys {
+    use std::fmt::Display;
+    use std::future::Future;
+
+    use super::*;
+
+    static IMPLS: LazyLock<Cache> = LazyLock::new(fresh);
+
+    pub struct Users;
+    pub struct Orders;
+
+    impl Users {
+        #[cached(ttl = 60, cache = *IMPLS)]
+        pub async fn count(t: u64) -> u64 {
+            1000 + t
+        }
+    }
+
+    impl Orders {
+        #[cached(ttl = 60, cache = *IMPLS)]
+        pub async fn count(t: u64) -> u64 {
+            2000 + t
+        }
+    }
+
+    #[tokio::test]
+    async fn default_keys_of_two_impls_never_share_entries() {
+        assert_eq!(Users::count(7).await, 1007);
+        assert_eq!(Orders::count(7).await, 2007, "not the Users entry");
+        assert_eq!(Users::count(7).await, 1007);
+        assert_eq!(Orders::count(7).await, 2007);
+        let stats = IMPLS.stats();
+        assert_eq!((stats.computations, stats.hits), (2, 2));
+        // Readable, and the helpers render the function's own key.
+        assert_eq!(
+            Users::count_cache_key(7),
+            "cached.default_keys.Users.count:7"
+        );
+        assert_eq!(
+            IMPLS.get::<u64>(&Orders::count_cache_key(7)).await.unwrap(),
+            Some(2007)
+        );
+        Users::count_invalidate(7).await.unwrap();
+        assert_eq!(
+            IMPLS.get::<u64>(&Users::count_cache_key(7)).await.unwrap(),
+            None
+        );
+        assert_eq!(Orders::count(7).await, 2007, "still cached");
+        assert_eq!(IMPLS.stats().computations, 2);
+    }
+
+    static GENERICS: LazyLock<Cache> = LazyLock::new(fresh);
+
+    pub trait Table {
+        const ROWS: u64;
+    }
+    pub struct Books;
+    pub struct Authors;
+    impl Table for Books {
+        const ROWS: u64 = 100;
+    }
+    impl Table for Authors {
+        const ROWS: u64 = 200;
+    }
+
+    /// `T` is in no argument: only the instantiation tells the calls apart.
+    #[cached(ttl = 60, cache = *GENERICS)]
+    pub async fn row_count<T: Table>(shard: u64) -> u64 {
+        T::ROWS + shard
+    }
+
+    #[tokio::test]
+    async fn default_keys_of_two_generic_instantiations_never_share_entries() {
+        assert_eq!(row_count::<Books>(3).await, 103);
+        assert_eq!(row_count::<Authors>(3).await, 203, "not the Books entry");
+        assert_eq!(row_count::<Books>(3).await, 103);
+        assert_eq!(row_count::<Authors>(3).await, 203);
+        let stats = GENERICS.stats();
+        assert_eq!((stats.computations, stats.hits), (2, 2));
+        assert_eq!(
+            row_count_cache_key::<Books>(3),
+            "cached.default_keys.row_count<cached.default_keys.Books>:3"
+        );
+        row_count_invalidate::<Authors>(3).await.unwrap();
+        assert_eq!(
+            GENERICS
+                .get::<u64>(&row_count_cache_key::<Authors>(3))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            GENERICS
+                .get::<u64>(&row_count_cache_key::<Books>(3))
+                .await
+                .unwrap(),
+            Some(103)
+        );
+    }
+
+    static NESTED: LazyLock<Cache> = LazyLock::new(fresh);
+
+    /// The future of a nested cached `inner`, and its key.
+    fn outer_one(x: u32) -> (impl Future<Output = u32>, String) {
+        #[cached(ttl = 60, cache = *NESTED)]
+        async fn inner(x: u32) -> u32 {
+            x + 100
+        }
+        (inner(x), inner_cache_key(x))
+    }
+
+    /// Another `inner`, nested in another function of the same module.
+    fn outer_two(x: u32) -> (impl Future<Output = u32>, String) {
+        #[cached(ttl = 60, cache = *NESTED)]
+        async fn inner(x: u32) -> u32 {
+            x + 200
+        }
+        (inner(x), inner_cache_key(x))
+    }
+
+    #[tokio::test]
+    async fn default_keys_of_nested_functions_never_share_entries() {
+        assert_eq!(outer_one(1).0.await, 101);
+        assert_eq!(outer_two(1).0.await, 201, "not the other inner's entry");
+        assert_eq!(outer_one(1).0.await, 101);
+        assert_eq!(outer_two(1).0.await, 201);
+        let stats = NESTED.stats();
+        assert_eq!((stats.computations, stats.hits), (2, 2));
+        let (one, two) = (outer_one(1).1, outer_two(1).1);
+        assert_eq!(one, "cached.default_keys.outer_one.inner:1");
+        assert_eq!(NESTED.get::<u32>(&two).await.unwrap(), Some(201));
+    }
+
+    static SHAPES: LazyLock<Cache> = LazyLock::new(fresh);
+
+    /// `'a` is early-bound (it is in a bound), so it shows in the path.
+    #[cached(ttl = 60, cache = *SHAPES)]
+    pub async fn early_bound<'a, T: Display + 'a>(name: &'a str, extra: T) -> String
+    where
+        &'a str: Send,
+    {
+        format!("{name}{extra}")
+    }
+
+    #[cached(ttl = 60, cache = *SHAPES)]
+    pub async fn impl_trait(a: impl Display + Send, n: u8) -> String {
+        format!("{a}{n}")
+    }
+
+    #[cached(ttl = 60, cache = *SHAPES)]
+    pub async fn const_generic<const N: usize>(x: usize) -> usize {
+        N + x
+    }
+
+    #[tokio::test]
+    async fn default_key_helpers_render_the_functions_own_key() {
+        assert_eq!(early_bound("a", 1u8).await, "a1");
+        assert_eq!(impl_trait("b", 2).await, "b2");
+        assert_eq!(const_generic::<3>(4).await, 7);
+        assert_eq!(const_generic::<5>(4).await, 9);
+        let early = early_bound_cache_key("a", 1u8);
+        assert_eq!(
+            SHAPES.get::<String>(&early).await.unwrap().as_deref(),
+            Some("a1"),
+            "{early}"
+        );
+        let imp = impl_trait_cache_key("b", 2);
+        assert_eq!(
+            SHAPES.get::<String>(&imp).await.unwrap().as_deref(),
+            Some("b2"),
+            "{imp}"
+        );
+        let three = const_generic_cache_key::<3>(4);
+        assert_eq!(
+            SHAPES.get::<usize>(&three).await.unwrap(),
+            Some(7),
+            "{three}"
+        );
+        const_generic_invalidate::<5>(4).await.unwrap();
+        assert_eq!(
+            SHAPES
+                .get::<usize>(&const_generic_cache_key::<5>(4))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(SHAPES.get::<usize>(&three).await.unwrap(), Some(7));
+    }
+}
+
+// ---------------------------------------------------------------- generic impls
+
+/// The macro cannot see an enclosing impl's parameters: only the calls know
+/// which type they store.
+mod generic_impls {
+    use std::marker::PhantomData;
+
+    use serde::de::DeserializeOwned;
+
+    use super::*;
+
+    pub trait Fresh {
+        fn fresh(id: u64) -> Self;
+    }
+    impl Fresh for u8 {
+        fn fresh(id: u64) -> u8 {
+            id as u8
+        }
+    }
+    impl Fresh for u64 {
+        fn fresh(id: u64) -> u64 {
+            1_000_000 + id
+        }
+    }
+    impl Fresh for String {
+        fn fresh(id: u64) -> String {
+            format!("row {id}")
+        }
+    }
+
+    static REPO_TEMPLATE: LazyLock<Cache> = LazyLock::new(fresh);
+    static REPO_DEFAULT: LazyLock<Cache> = LazyLock::new(fresh);
+
+    pub struct Repo<T>(PhantomData<T>);
+
+    impl<T: Fresh + Serialize + DeserializeOwned> Repo<T> {
+        #[cached(key = "repo:{id}", ttl = 60, cache = *REPO_TEMPLATE)]
+        pub async fn get(id: u64) -> T {
+            T::fresh(id)
+        }
+
+        #[cached(ttl = 60, cache = *REPO_DEFAULT)]
+        pub async fn get_default(id: u64) -> T {
+            T::fresh(id)
+        }
+    }
+
+    #[tokio::test]
+    async fn one_key_in_a_generic_impl_never_serves_another_types_value() {
+        assert_eq!(Repo::<u8>::get(1).await, 1);
+        // Same key, other type: a miss that overwrites, never the u8 entry
+        // read as a u64 (bincode's 1u8 decodes as 1u64).
+        assert_eq!(Repo::<u64>::get(1).await, 1_000_001);
+        assert_eq!(Repo::<String>::get(1).await, "row 1");
+        assert_eq!(Repo::<String>::get(1).await, "row 1");
+        let stats = REPO_TEMPLATE.stats();
+        assert_eq!((stats.computations, stats.hits), (3, 1));
+    }
+
+    #[tokio::test]
+    async fn default_keys_of_a_generic_impl_never_share_entries() {
+        assert_eq!(Repo::<u8>::get_default(2).await, 2);
+        assert_eq!(Repo::<u64>::get_default(2).await, 1_000_002);
+        assert_eq!(Repo::<u8>::get_default(2).await, 2);
+        assert_eq!(Repo::<u64>::get_default(2).await, 1_000_002);
+        let stats = REPO_DEFAULT.stats();
+        assert_eq!((stats.computations, stats.hits), (2, 2));
+        assert_eq!(
+            Repo::<u64>::get_default_cache_key(2),
+            "cached.generic_impls.Repo<u64>.get_default:2"
+        );
+        assert_eq!(
+            REPO_DEFAULT
+                .get::<u8>(&Repo::<u8>::get_default_cache_key(2))
+                .await
+                .unwrap(),
+            Some(2)
+        );
+    }
+}
+
 mod defaults {
     use super::*;
 

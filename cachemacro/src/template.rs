@@ -2,6 +2,7 @@
 //!
 //! Like thiserror's `fmt.rs`: the literal is scanned once into pieces, and
 //! every problem is reported at the literal's span with what to write.
+//! The literal text may not contain `#`, which marks shortened long keys.
 
 /// One piece of a template.
 #[derive(Debug)]
@@ -17,6 +18,7 @@ pub fn parse(template: &str) -> Result<Vec<Piece>, Vec<String>> {
     let mut pieces = Vec::new();
     let mut errors = Vec::new();
     let mut literal = String::new();
+    let mut literal_hash = false;
     let mut chars = template.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
         match c {
@@ -51,6 +53,19 @@ pub fn parse(template: &str) -> Result<Vec<Piece>, Vec<String>> {
                     }
                     Err(e) => errors.push(e),
                 }
+            }
+            '#' => {
+                if !literal_hash {
+                    errors.push(
+                        "`#` cannot be part of a key: keys over 1 KiB are stored as \
+                         `<segments>#<SHA-256>`, and a `#` written here could make a short key \
+                         take that shape and read a long key's entry; separate with `:` (or use \
+                         `-`, `_`, `.`)"
+                            .to_owned(),
+                    );
+                    literal_hash = true;
+                }
+                literal.push('#');
             }
             c => literal.push(c),
         }
@@ -144,5 +159,13 @@ mod tests {
         assert!(parse("a:{x:?}").unwrap_err()[0].contains("format spec"));
         assert!(parse("a}").unwrap_err()[0].contains("unmatched"));
         assert!(parse("a:{x-y}").unwrap_err()[0].contains("not an argument"));
+    }
+
+    #[test]
+    fn hash_is_refused_once_per_template() {
+        let errors = parse("feed#{id}#x").unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("`#` cannot be part of a key"));
+        assert!(parse("feed:{id}:x").is_ok());
     }
 }

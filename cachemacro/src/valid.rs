@@ -3,6 +3,7 @@
 
 use proc_macro2::Span;
 use syn::spanned::Spanned;
+use syn::visit::Visit;
 use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
 
 use crate::args::{Args, TtlArg};
@@ -17,7 +18,9 @@ pub struct Param {
 pub enum KeyPlan {
     /// A `key = "..."` template, with its literal's span.
     Template(Vec<Piece>, Span),
-    /// No template: module path, function name and every argument.
+    /// No template: the function's path (with impl type, generic arguments
+    /// and enclosing functions, read at run time from a closure's type
+    /// name) and every argument. Not for methods: it cannot see `self`.
     Default,
 }
 
@@ -92,11 +95,16 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
     // Arguments.
     let mut params = Vec::new();
     let mut unnamed = Vec::new();
-    let mut has_receiver = false;
+    let mut receiver = None;
     for input in &sig.inputs {
         match input {
             FnArg::Receiver(r) => {
-                has_receiver = true;
+                let shown = match (&r.reference, &r.mutability) {
+                    (Some(_), Some(_)) => "&mut self",
+                    (Some(_), None) => "&self",
+                    (None, _) => "self",
+                };
+                receiver = Some((r.self_token.span, shown));
                 if r.reference.is_none() || r.colon_token.is_some() {
                     errs.at(
                         r.span(),
@@ -113,6 +121,7 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
             },
         }
     }
+    let has_receiver = receiver.is_some();
     let names: Vec<String> = params.iter().map(|p| p.ident.to_string()).collect();
     let listing = if names.is_empty() {
         "it has no named arguments".to_owned()
@@ -149,6 +158,14 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
             }
         },
         None => {
+            if let Some((span, shown)) = receiver {
+                let vary: Vec<String> = args
+                    .vary
+                    .iter()
+                    .flat_map(|(_, idents)| idents.iter().map(Ident::to_string))
+                    .collect();
+                errs.at(span, receiver_needs_a_key(func, shown, &names, &vary));
+            }
             for span in &unnamed {
                 errs.at(
                     *span,
@@ -333,6 +350,59 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
         params,
         has_receiver,
     })
+}
+
+/// Why a method needs a key template, with one to start from: the fields
+/// of `self` the body reads, then the arguments (but `vary`'s).
+fn receiver_needs_a_key(func: &ItemFn, shown: &str, names: &[String], vary: &[String]) -> String {
+    let fn_name = &func.sig.ident;
+    let mut fields = SelfFields::default();
+    fields.visit_block(&func.block);
+    let mut template = fn_name.to_string();
+    for field in &fields.0 {
+        template.push_str(&format!(":{{self.{field}}}"));
+    }
+    if fields.0.is_empty() {
+        template.push_str(":{self.id}");
+    }
+    for name in names.iter().filter(|n| !vary.contains(n)) {
+        template.push_str(&format!(":{{{name}}}"));
+    }
+    let example = if fields.0.is_empty() {
+        format!(", e.g. `key = \"{template}\"`")
+    } else {
+        let listed: Vec<String> = fields.0.iter().map(|f| format!("`self.{f}`")).collect();
+        format!(
+            " (the body reads {}): `key = \"{template}\"`",
+            listed.join(", ")
+        )
+    };
+    format!(
+        "`{fn_name}` takes `{shown}`, which a key without a template leaves out, so every value it is \
+         called on would share its entries; write a key naming the fields of `self` the result \
+         depends on{example}"
+    )
+}
+
+/// The fields read as `self.field` in a body, in order of first use.
+#[derive(Default)]
+struct SelfFields(Vec<String>);
+
+impl<'ast> Visit<'ast> for SelfFields {
+    fn visit_expr_field(&mut self, e: &'ast syn::ExprField) {
+        if let syn::Expr::Path(p) = &*e.base {
+            if p.path.is_ident("self") {
+                let field = match &e.member {
+                    syn::Member::Named(ident) => ident.to_string(),
+                    syn::Member::Unnamed(index) => index.index.to_string(),
+                };
+                if !self.0.contains(&field) {
+                    self.0.push(field);
+                }
+            }
+        }
+        syn::visit::visit_expr_field(self, e);
+    }
 }
 
 /// `Some(Some(T))` for `Result<T, ..>` (`Some(None)` when `T` cannot be

@@ -180,9 +180,45 @@ impl<T> KeyDisplay for KeyArg<'_, T> {
 /// Checks at the return type's span that the cached value is storable.
 pub fn assert_cacheable<T: Serialize + DeserializeOwned>() {}
 
-/// The default key's prefix, computed on the spot (for the helpers).
-pub fn default_prefix(module: &str, name: &str) -> String {
-    format!("{}.{}", module.replace("::", "."), name)
+/// The default key's prefix for the helpers `<name>_cache_key` and
+/// `<name>_invalidate` (`helper`), computed on the spot: `probe` is a
+/// closure made in the helper, whose path is the function's with the
+/// helper's name in place of the function's (the helpers take the same
+/// generic parameters, so the rest of the path is the same).
+pub fn helper_default_prefix<C>(probe: C, name: &str, helper: &str) -> String {
+    let path = crate::site::type_name_of(probe);
+    crate::site::default_prefix(&rename_last(path, helper, name))
+}
+
+/// `path` with its segment `::<helper>` (the last one, before the generic
+/// arguments and closures) renamed `::<name>`.
+fn rename_last<'a>(path: &'a str, helper: &str, name: &str) -> std::borrow::Cow<'a, str> {
+    let segment = format!("::{helper}");
+    let mut trimmed = path;
+    while let Some(rest) = trimmed.strip_suffix("::{{closure}}") {
+        trimmed = rest;
+    }
+    // The helper's segment ends the path or opens its generic arguments;
+    // the arguments come after it, so the last such match is the helper.
+    let found = trimmed
+        .rmatch_indices(&segment)
+        .map(|(at, _)| at)
+        .find(|&at| {
+            matches!(
+                trimmed.as_bytes().get(at + segment.len()),
+                None | Some(b'<')
+            )
+        });
+    match found {
+        Some(at) => std::borrow::Cow::Owned(format!(
+            "{}::{name}{}",
+            &trimmed[..at],
+            &trimmed[at + segment.len()..]
+        )),
+        // Only if a compiler printed paths otherwise: the helper's own path
+        // (tests/cached.rs compares the helpers' keys with the function's).
+        None => std::borrow::Cow::Borrowed(path),
+    }
 }
 
 /// [`cached_value`] with background refresh (`stale` / `early`): the body
@@ -222,4 +258,29 @@ where
     F: Future<Output = Result<T, E>> + Send + 'static,
 {
     run(cache, site, key, memo, first, body, Some(spawn_refresh)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers_name_the_function_in_its_path() {
+        assert_eq!(
+            rename_last(
+                "app::Repo<u8>::get_cache_key::{{closure}}",
+                "get_cache_key",
+                "get"
+            ),
+            "app::Repo<u8>::get"
+        );
+        assert_eq!(
+            rename_last(
+                "app::f_invalidate::g::f_invalidate<app::T>::{{closure}}::{{closure}}",
+                "f_invalidate",
+                "f"
+            ),
+            "app::f_invalidate::g::f<app::T>"
+        );
+    }
 }

@@ -1,5 +1,13 @@
-//! One `#[cached]` function's static data: name, policy, counters.
+//! One `#[cached]` function's static data: name, policy, counters, and the
+//! default key's first segment.
+//!
+//! A `static` inside a generic function (or in any function of a generic
+//! `impl`, whose parameters the macro cannot see) is one static for every
+//! instantiation. So what a site caches for a type is kept beside the type
+//! name it was computed from, and served only to callers of that same type
+//! name; other instantiations compute theirs on the spot.
 
+use std::borrow::Cow;
 use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
 
@@ -13,11 +21,11 @@ pub struct Site {
     pub(crate) name: &'static str,
     pub(crate) module: &'static str,
     pub(crate) policy: Policy,
-    /// Generic functions can return several types; their fingerprint is
-    /// computed per call instead of once.
-    generic: bool,
-    fingerprint: OnceLock<u64>,
-    default_prefix: OnceLock<String>,
+    /// The value type's name and its fingerprint.
+    fingerprint: OnceLock<(&'static str, u64)>,
+    /// The function's path (the name of a closure type made in its body)
+    /// and the default key's first segment rendered from it.
+    default_prefix: OnceLock<(&'static str, String)>,
     pub(crate) hits: Counter,
     pub(crate) stale_hits: Counter,
     pub(crate) misses: Counter,
@@ -27,17 +35,11 @@ pub struct Site {
 
 impl Site {
     #[doc(hidden)]
-    pub const fn new(
-        name: &'static str,
-        module: &'static str,
-        policy: Policy,
-        generic: bool,
-    ) -> Self {
+    pub const fn new(name: &'static str, module: &'static str, policy: Policy) -> Self {
         Site {
             name,
             module,
             policy,
-            generic,
             fingerprint: OnceLock::new(),
             default_prefix: OnceLock::new(),
             hits: Counter::new(),
@@ -59,19 +61,114 @@ impl Site {
 
     #[inline]
     pub(crate) fn fingerprint<T: ?Sized>(&self) -> u64 {
-        let compute = || envelope::fingerprint(std::any::type_name::<T>(), self.policy.version);
-        if self.generic {
-            compute()
+        let type_name = std::any::type_name::<T>();
+        let compute = || envelope::fingerprint(type_name, self.policy.version);
+        let &(from, fingerprint) = self.fingerprint.get_or_init(|| (type_name, compute()));
+        if same_name(from, type_name) {
+            fingerprint
         } else {
-            *self.fingerprint.get_or_init(compute)
+            compute()
         }
     }
 
-    /// `module.path.function`: the start of a key without a template. Dots,
-    /// not `::`, so the path stays one key segment.
+    /// The first segment of a key without a template, for the function
+    /// whose body made `probe` (a closure, `|| ()`), as the module's
+    /// `default_prefix` renders it: borrowed from the site for the
+    /// instantiation that came first (a hit allocates nothing for it),
+    /// computed for others.
     #[doc(hidden)]
-    pub fn default_prefix(&self) -> &str {
-        self.default_prefix
-            .get_or_init(|| format!("{}.{}", self.module.replace("::", "."), self.name))
+    #[inline]
+    pub fn default_prefix<C>(&self, probe: C) -> Cow<'_, str> {
+        let path = type_name_of(probe);
+        let (from, prefix) = self
+            .default_prefix
+            .get_or_init(|| (path, default_prefix(path)));
+        if same_name(from, path) {
+            Cow::Borrowed(prefix)
+        } else {
+            Cow::Owned(default_prefix(path))
+        }
+    }
+}
+
+/// The type name of a value, taken by value so a closure literal can be
+/// passed as it is.
+#[inline(always)]
+pub(crate) fn type_name_of<C>(_probe: C) -> &'static str {
+    std::any::type_name::<C>()
+}
+
+/// Type names are usually the same `&'static str` on every call: compare
+/// the pointers first, then the text (the same name can be emitted in
+/// several places of a binary).
+#[inline(always)]
+fn same_name(a: &'static str, b: &'static str) -> bool {
+    std::ptr::eq(a, b) || a == b
+}
+
+/// The default key's first segment from the type name of a closure made in
+/// the function's body: `my_app::Users::count::{{closure}}::{{closure}}`
+/// (an `async fn` adds closures) becomes `my_app.Users.count`. The path
+/// carries what tells functions apart: the impl type and its generic
+/// arguments, the function's own (`row_count<my_app::Books>`), and the
+/// functions it is nested in. Dots replace `::` and the rest is escaped like
+/// an interpolated value, so the path stays one key segment.
+pub(crate) fn default_prefix(path: &str) -> String {
+    let mut path = path;
+    while let Some(rest) = path.strip_suffix("::{{closure}}") {
+        path = rest;
+    }
+    crate::key::escape(&path.replace("::", ".")).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_prefixes_are_one_readable_segment() {
+        assert_eq!(
+            default_prefix("my_app::Users::count::{{closure}}::{{closure}}"),
+            "my_app.Users.count"
+        );
+        assert_eq!(
+            default_prefix("my_app::row_count<my_app::Books>::{{closure}}"),
+            "my_app.row_count<my_app.Books>"
+        );
+        assert_eq!(
+            default_prefix("my_app::outer::{{closure}}::inner::{{closure}}"),
+            "my_app.outer.{{closure}}.inner"
+        );
+        assert_eq!(
+            default_prefix("<my_app::Foo as my_app::Tr>::m::{{closure}}"),
+            "<my_app.Foo%20as%20my_app.Tr>.m"
+        );
+        assert_eq!(
+            default_prefix("my_app::f<'_, u8, ':'>::{{closure}}"),
+            "my_app.f<'_,%20u8,%20'%3A'>"
+        );
+    }
+
+    #[test]
+    fn each_value_type_gets_its_own_fingerprint() {
+        static SITE: Site = Site::new("f", "m", Policy::new());
+        let u8_fp = SITE.fingerprint::<u8>();
+        assert_ne!(SITE.fingerprint::<u16>(), u8_fp);
+        assert_eq!(SITE.fingerprint::<u8>(), u8_fp);
+    }
+
+    #[test]
+    fn each_instantiation_gets_its_own_default_prefix() {
+        static SITE: Site = Site::new("f", "m", Policy::new());
+        fn probe<T>() -> impl Fn() {
+            || ()
+        }
+        let first = SITE.default_prefix(probe::<u8>());
+        assert!(matches!(first, Cow::Borrowed(_)), "{first}");
+        assert!(first.ends_with("probe<u8>"), "{first}");
+        let other = SITE.default_prefix(probe::<u16>());
+        assert!(other.ends_with("probe<u16>"), "{other}");
+        let again = SITE.default_prefix(probe::<u8>());
+        assert!(matches!(again, Cow::Borrowed(_)), "{again}");
     }
 }
