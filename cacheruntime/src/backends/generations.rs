@@ -47,11 +47,15 @@ pub(crate) fn generations(current: &[Option<Vec<u8>>]) -> Option<String> {
 pub(crate) fn unwrap_entry(stored: Vec<u8>, current: &[Option<Vec<u8>>]) -> Option<Bytes> {
     let len = usize::from(u16::from_be_bytes([*stored.first()?, *stored.get(1)?]));
     let recorded = stored.get(2..2 + len)?;
-    let mut parts = recorded.split(|&b| b == b'.');
-    let matches = current
-        .iter()
-        .all(|g| matches!((parts.next(), g), (Some(r), Some(g)) if r == &g[..]))
-        && parts.next().is_none();
+    let matches = if current.is_empty() {
+        recorded.is_empty()
+    } else {
+        let mut parts = recorded.split(|&b| b == b'.');
+        current
+            .iter()
+            .all(|g| matches!((parts.next(), g), (Some(r), Some(g)) if r == &g[..]))
+            && parts.next().is_none()
+    };
     matches.then(|| Bytes::from(stored).slice(2 + len..))
 }
 

@@ -639,25 +639,27 @@ mod tests {
             .unwrap();
             assert_eq!(get(&m, &key).map(|b| b.len()), Some(size));
         }
-        // A small store says what it can hold, and refuses more loudly.
+        // A small store says what it can hold (under the longest key), and
+        // refuses more loudly.
         let small = MemoryBackend::new(256 << 10);
         let limit = small.max_value_bytes();
         assert!(limit > 100 << 10 && limit < 128 << 10, "{limit}");
-        let over = small.store(
-            "x",
-            Bytes::from(vec![0u8; limit + 1]),
-            Duration::from_secs(60),
-            None,
-        );
-        assert!(matches!(over, Err(Error::TooLarge { .. })), "{over:?}");
+        let longest = "k".repeat(MAX_STORED_KEY);
         small
             .store(
-                "y",
+                &longest,
                 Bytes::from(vec![0u8; limit]),
                 Duration::from_secs(60),
                 None,
             )
             .unwrap();
-        assert!(get(&small, "y").is_some());
+        assert!(get(&small, &longest).is_some());
+        let over = small.store(
+            "y",
+            Bytes::from(vec![0u8; limit + MAX_STORED_KEY]),
+            Duration::from_secs(60),
+            None,
+        );
+        assert!(matches!(over, Err(Error::TooLarge { .. })), "{over:?}");
     }
 }
