@@ -99,9 +99,9 @@ pub(crate) struct Inner {
     errlog: ErrorLog,
     functions: Mutex<Vec<&'static Site>>,
     pub(crate) signer: Option<Signer>,
-    /// Per type fingerprint: whether its values read back through the
-    /// codec (checked on the first write of each type).
-    pub(crate) round_trips: dashmap::DashMap<u64, bool>,
+    /// Type fingerprints of values that did not read back through the
+    /// codec: never stored again.
+    pub(crate) unreadable: dashmap::DashMap<u64, ()>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -256,7 +256,7 @@ impl Cache {
                 errlog: ErrorLog::new(10_000),
                 functions: Mutex::new(Vec::new()),
                 signer: p.signer,
-                round_trips: dashmap::DashMap::new(),
+                unreadable: dashmap::DashMap::new(),
             }),
         }
     }

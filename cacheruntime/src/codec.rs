@@ -218,4 +218,144 @@ mod tests {
         let forged = [0xFDu8, 0, 0, 0, 0, 0, 1, 0, 0];
         assert!(BincodeCodec.decode::<Vec<u64>>(&forged).is_err());
     }
+
+    mod shapes {
+        use serde::{Deserialize, Serialize};
+
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        #[serde(untagged)]
+        pub enum Untagged {
+            N(u32),
+            S(String),
+        }
+
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        #[serde(tag = "kind")]
+        pub enum Internal {
+            A { x: u32 },
+        }
+
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        #[serde(tag = "t", content = "c")]
+        pub enum Adjacent {
+            A(u32),
+        }
+
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        pub struct Inner {
+            pub b: u32,
+        }
+
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        pub struct Flattened {
+            pub a: u32,
+            #[serde(flatten)]
+            pub inner: Inner,
+        }
+
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        pub struct Skipping {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub a: Option<u32>,
+            pub b: u32,
+        }
+
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        pub struct Plain {
+            pub a: Option<u32>,
+            pub tags: Vec<String>,
+            pub e: Internal2,
+        }
+
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        pub enum Internal2 {
+            A(u32),
+            B { s: String },
+        }
+    }
+
+    /// Whether `value` survives `codec`.
+    fn survives<C: Codec, T>(codec: &C, value: &T) -> bool
+    where
+        T: Serialize + serde::de::DeserializeOwned + PartialEq,
+    {
+        let mut out = Vec::new();
+        codec.encode(value, &mut out).is_ok() && codec.decode::<T>(&out).ok().as_ref() == Some(value)
+    }
+
+    /// The serde shapes the README lists as unreadable: each codec is
+    /// checked against the list, so the list stays true.
+    fn unreadable_shapes<C: Codec>(codec: &C) -> Vec<&'static str> {
+        use shapes::*;
+        let mut out = Vec::new();
+        let json: serde_json::Value = serde_json::json!({"a": [1, "x"]});
+        let checks: [(&'static str, bool); 7] = [
+            ("serde_json::Value", survives(codec, &json)),
+            ("untagged", survives(codec, &Untagged::S("x".into()))),
+            ("internally tagged", survives(codec, &Internal::A { x: 1 })),
+            ("adjacently tagged", survives(codec, &Adjacent::A(1))),
+            (
+                "flatten",
+                survives(
+                    codec,
+                    &Flattened {
+                        a: 1,
+                        inner: Inner { b: 2 },
+                    },
+                ),
+            ),
+            (
+                "skip_serializing_if",
+                survives(codec, &Skipping { a: None, b: 2 }),
+            ),
+            (
+                "plain",
+                survives(
+                    codec,
+                    &Plain {
+                        a: None,
+                        tags: vec!["t".into()],
+                        e: Internal2::B { s: "s".into() },
+                    },
+                ),
+            ),
+        ];
+        for (name, ok) in checks {
+            if !ok {
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn bincode_cannot_read_the_shapes_the_readme_lists() {
+        assert_eq!(
+            unreadable_shapes(&BincodeCodec),
+            [
+                "serde_json::Value",
+                "untagged",
+                "internally tagged",
+                "adjacently tagged",
+                "flatten",
+                "skip_serializing_if"
+            ]
+        );
+    }
+
+    #[cfg(feature = "postcard")]
+    #[test]
+    fn postcard_cannot_read_the_shapes_the_readme_lists() {
+        assert_eq!(
+            unreadable_shapes(&PostcardCodec),
+            [
+                "serde_json::Value",
+                "untagged",
+                "internally tagged",
+                "adjacently tagged",
+                "flatten",
+                "skip_serializing_if"
+            ]
+        );
+    }
 }

@@ -9,10 +9,14 @@ static DEFAULT: AtomicPtr<Cache> = AtomicPtr::new(std::ptr::null_mut());
 /// Installs the cache that `#[cached]` functions without `cache = ...` use.
 ///
 /// Call it once at startup, before serving: until then (or if it is never
-/// called) they use a process-wide [`Cache::memory`]. Replacing an installed
-/// cache works, but the replaced handle is leaked (a few bytes; the store
-/// itself is dropped only if no other handle holds it), since callers may
-/// still hold a reference to it.
+/// called) they use a process-wide [`Cache::memory`].
+///
+/// Replacing an installed cache works, but the replaced cache is never
+/// dropped: calls already running may hold a `&'static` reference to it, so
+/// its handle is leaked on purpose, and with it its store (a memory store's
+/// entries, a remote store's connections) for the rest of the process. Call
+/// it once; to switch stores at run time, pass your own handle with
+/// `#[cached(cache = ...)]` instead.
 pub fn set_default(cache: Cache) {
     let new = Box::into_raw(Box::new(cache));
     DEFAULT.swap(new, Ordering::AcqRel);

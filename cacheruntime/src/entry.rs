@@ -206,10 +206,11 @@ impl Cache {
     }
 
     /// [`seal_for`](Self::seal_for), for values that will be stored: `None`
-    /// (counted and logged) when the value cannot be encoded, or when values
-    /// of its type do not read back through the codec, which is checked
-    /// once per type (fingerprint) per cache. Such a type is never stored:
-    /// every call computes, as without a cache.
+    /// (counted and logged) when the value cannot be encoded, or when it
+    /// does not read back through the codec. Every write is checked, since
+    /// some shapes fail for some values only (`skip_serializing_if`); the
+    /// first failure of a type (fingerprint) is reported once, and from then
+    /// on the type is never stored: every call computes, as without a cache.
     pub(crate) fn seal_checked<T: Serialize + DeserializeOwned>(
         &self,
         key: &str,
@@ -230,41 +231,36 @@ impl Cache {
         }
     }
 
-    /// Whether values of the type behind `fp` are known not to read back.
+    /// Whether values of the type behind `fp` have failed to read back.
     pub(crate) fn unreadable(&self, fp: u64) -> bool {
-        self.inner
-            .round_trips
-            .get(&fp)
-            .is_some_and(|readable| !*readable)
+        !self.inner.unreadable.is_empty() && self.inner.unreadable.contains_key(&fp)
     }
 
-    /// Whether `bytes`, just sealed, decode again as `T`: checked on the
-    /// first write of each type, then remembered. A type that fails is
-    /// reported once, at warn level, with what to do.
+    /// Whether `bytes`, just sealed, decode again as `T`. The first failure
+    /// of a type is counted in `decode_failures` and reported at warn level
+    /// with what to do.
     fn reads_back<T: DeserializeOwned>(&self, bytes: &Bytes, fp: u64) -> bool {
-        if let Some(known) = self.inner.round_trips.get(&fp) {
-            return *known;
-        }
         let decoded = self
             .verified_payload(bytes, Source::Process)
             .and_then(|(_, payload)| self.inner.codec.decode::<T>(payload));
-        let readable = decoded.is_ok();
-        if self.inner.round_trips.insert(fp, readable).is_none() {
-            if let Err(e) = decoded {
-                self.inner.counters.decode_failures.incr();
-                tracing::warn!(
-                    value_type = std::any::type_name::<T>(),
-                    codec = self.inner.codec.name(),
-                    error = %e,
-                    "values of this type do not read back through the cache's codec, so they are \
-                     never stored: every call computes. The codecs are not self-describing and \
-                     cannot read serde_json::Value, #[serde(untagged)], #[serde(flatten)] or other \
-                     deserialize_any shapes: cache a type without them (for JSON, its text as a \
-                     String)"
-                );
-            }
+        let Err(e) = decoded else {
+            return true;
+        };
+        if self.inner.unreadable.insert(fp, ()).is_none() {
+            self.inner.counters.decode_failures.incr();
+            tracing::warn!(
+                value_type = std::any::type_name::<T>(),
+                codec = self.inner.codec.name(),
+                error = %e,
+                "a value of this type did not read back through the cache's codec, so values of \
+                 this type are no longer stored: every call computes. The codecs are not \
+                 self-describing and cannot read serde_json::Value, #[serde(untagged)], \
+                 internally or adjacently tagged enums, #[serde(flatten)] or \
+                 #[serde(skip_serializing_if)]: cache a type without them (for JSON, its text \
+                 as a String)"
+            );
         }
-        readable
+        false
     }
 
     /// Writes an entry through the store (no size or type check).
