@@ -532,6 +532,100 @@ async fn cluster_round_trip_and_invalidation_across_slots() {
     assert_eq!(ns.get::<u8>("a:1").await.unwrap(), None);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_keys_whose_first_segment_cannot_be_a_hash_tag_still_work() {
+    let cluster = RedisCluster::start();
+    let cache = Cache::from_url(&cluster.url()).await.unwrap();
+    let policy = cacheruntime::Policy::new().ttl(Duration::from_secs(60));
+    let keys = [
+        ":posts", ":posts:1", "::x", "{a}:b", "a}b:c:d", "}:x", "{}:q",
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        let v: usize = cache.get_or_compute(key, &policy, || async { i }).await;
+        assert_eq!(v, i);
+        let v: usize = cache.get_or_compute(key, &policy, || async { 99 }).await;
+        assert_eq!(v, i, "{key} was not served from the cache");
+    }
+    // Their prefixes invalidate them, and deletes reach them.
+    cache.invalidate_prefix(":").await.unwrap();
+    cache.delete("{a}:b").await.unwrap();
+    for (i, key) in keys.iter().enumerate() {
+        let gone = key.starts_with(':') || *key == "{a}:b";
+        let v: usize = cache
+            .get_or_compute(key, &policy, || async { 100 + i })
+            .await;
+        assert_eq!(v, if gone { 100 + i } else { i }, "{key}");
+    }
+    let stats = cache.stats();
+    assert_eq!(
+        stats.errors, 0,
+        "CROSSSLOT or other store errors: {stats:?}"
+    );
+    assert_eq!(stats.hits, keys.len() as u64 + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_generation_counters_never_bring_invalidated_entries_back() {
+    // A small instance that evicts any key, under far more data than fits.
+    let server = RedisServer::start_with(RedisOptions {
+        config: vec![
+            "maxmemory 4mb".into(),
+            "maxmemory-policy allkeys-lru".into(),
+            "maxmemory-samples 3".into(),
+        ],
+        ..RedisOptions::default()
+    });
+    let cache = cache_on(&server.url());
+    let policy = cacheruntime::Policy::new().ttl(Duration::from_secs(600));
+    let keys: Vec<String> = (0..200).map(|i| format!("author:{i}:top")).collect();
+    for key in &keys {
+        let v: u32 = cache.get_or_compute(key, &policy, || async { 0 }).await;
+        assert_eq!(v, 0);
+    }
+    // The origin moves on; every key's prefix is invalidated.
+    for i in 0..200 {
+        cache
+            .invalidate_prefix(&format!("author:{i}:"))
+            .await
+            .unwrap();
+    }
+    let filler = vec![7u8; 8 << 10];
+    let mut revived = Vec::new();
+    for round in 0..40 {
+        for j in 0..60 {
+            cache
+                .set(
+                    &format!("filler:{round}:{j}"),
+                    &filler,
+                    Duration::from_secs(600),
+                )
+                .await
+                .unwrap();
+        }
+        // Plain reads: they never write, so an old entry stays as it was.
+        for key in &keys {
+            if let Some(v) = cache.get::<u32>(key).await.unwrap() {
+                revived.push((round, key.clone(), v));
+            }
+        }
+    }
+    let evicted = server.cli(&["INFO", "stats"]);
+    let evicted: u64 = evicted
+        .lines()
+        .find_map(|l| l.strip_prefix("evicted_keys:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        evicted > 1000,
+        "the test did not put Redis under pressure: {evicted} evicted"
+    );
+    assert!(
+        revived.is_empty(),
+        "invalidated entries served again after evictions: {:?}",
+        &revived[..revived.len().min(5)]
+    );
+}
+
 #[tokio::test]
 async fn urls_and_configs_never_print_secrets() {
     let cache = Cache::from_url("redis://app:hunter2@127.0.0.1:1/0?op_timeout=50ms")

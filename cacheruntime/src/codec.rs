@@ -280,7 +280,8 @@ mod tests {
         T: Serialize + serde::de::DeserializeOwned + PartialEq,
     {
         let mut out = Vec::new();
-        codec.encode(value, &mut out).is_ok() && codec.decode::<T>(&out).ok().as_ref() == Some(value)
+        codec.encode(value, &mut out).is_ok()
+            && codec.decode::<T>(&out).ok().as_ref() == Some(value)
     }
 
     /// The serde shapes the README lists as unreadable: each codec is
