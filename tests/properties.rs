@@ -1,6 +1,8 @@
 //! Properties over arbitrary input: the envelope decoder never panics and
 //! never returns a value it was not given, and distinct arguments never
-//! render the same key. Plus: secrets never reach log output.
+//! render the same key. Plus: secrets never reach log output, and no form
+//! of a URL's password or query values shows in an error, a `Debug` or a log
+//! line, whichever path parses the URL.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -134,4 +136,208 @@ fn secrets_never_reach_the_logs() {
         text.contains("cache operation failed"),
         "failures are logged: {text}"
     );
+}
+
+/// A secret drawn from every printable ASCII character, around a marker
+/// (`Q7`) that no message, host or log line contains: a match is the secret,
+/// never a port or a word that happens to equal it.
+fn secret() -> impl Strategy<Value = String> {
+    ("[ -~]{0,8}", "[ -~]{0,8}").prop_map(|(a, b)| format!("{a}Q7{b}"))
+}
+
+/// Every byte but letters and digits as `%XX`: a URL can carry anything so.
+fn encoded(secret: &str) -> String {
+    percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// The characters a URL's user info must have encoded (what the `url`
+/// crate encodes when it writes one back).
+const USERINFO: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'/')
+    .add(b':')
+    .add(b';')
+    .add(b'=')
+    .add(b'@')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'|');
+
+/// Every form a secret may take in a message: as written, encoded the ways
+/// URLs and forms encode it, and decoded; only forms of at least 4
+/// characters, since a shorter one matches by chance.
+fn forms(secret: &str) -> Vec<String> {
+    let mut forms = vec![
+        secret.to_owned(),
+        encoded(secret),
+        percent_encoding::utf8_percent_encode(secret, USERINFO).to_string(),
+        encoded(secret).replace("%20", "+"),
+        percent_encoding::percent_decode_str(secret)
+            .decode_utf8_lossy()
+            .into_owned(),
+    ];
+    forms.retain(|f| f.len() >= 4);
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
+/// Uses a cache the way an application does (a direct call and a
+/// `#[cached]` function that logs its failures), keeping what it printed.
+async fn use_cache(cache: &Cache, shown: &mut Vec<String>) {
+    shown.push(format!("{cache:?}"));
+    if let Err(e) = cache.get::<u8>("k").await {
+        shown.push(format!("{e} {e:?}"));
+    }
+    let _ = page(cache, 1).await;
+}
+
+/// A cache on `backend` with a short op timeout.
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+fn direct(backend: impl cacheruntime::Backend) -> Cache {
+    Cache::builder()
+        .backend(backend)
+        .op_timeout(Duration::from_millis(20))
+        .build()
+        .unwrap()
+}
+
+/// Keeps what a constructor's result prints.
+fn keep<T: std::fmt::Debug>(
+    result: Result<T, cacheruntime::Error>,
+    shown: &mut Vec<String>,
+) -> Option<T> {
+    match result {
+        Ok(v) => {
+            shown.push(format!("{v:?}"));
+            Some(v)
+        }
+        Err(e) => {
+            shown.push(format!("{e} {e:?}"));
+            None
+        }
+    }
+}
+
+/// Feeds `password` and a secret query `value`, as written, to every way a
+/// URL gets parsed: `Cache::from_url` for each scheme, each backend's config
+/// and constructor, and the first operation (where SQL pools and Redis
+/// connections parse the URL again). Stores are unreachable loopback ports.
+async fn every_parse_path(password: &str, value: &str, shown: &mut Vec<String>) {
+    let (p, v) = (password, value);
+    let cache_urls = [
+        format!("memory://u:{p}@h?max_bytes=1"),
+        format!("memory://?max_bytes=1&password={v}"),
+        format!("none://:{p}@h"),
+        format!("none://?token={v}"),
+        format!("redis://u:{p}@127.0.0.1:1/0?op_timeout=20ms"),
+        format!("redis://:{p}@127.0.0.1:1?op_timeout=20ms&password={v}"),
+        format!("rediss://u:{p}@127.0.0.1:1/0?op_timeout=20ms"),
+        format!("redis+cluster://u:{p}@127.0.0.1:1,127.0.0.1:2?op_timeout=20ms"),
+        format!("rediss+cluster://u:{p}@127.0.0.1:1,127.0.0.1:2?auth={v}"),
+        format!("postgres://u:{p}@127.0.0.1:1/db?op_timeout=20ms"),
+        format!("postgres://u:{p}@127.0.0.1:1/db?sslpassword={v}"),
+        format!("sqlite://u:{p}@127.0.0.1:1/x.db?op_timeout=20ms"),
+        format!("sqlite:///nonexistent-dir/x.db?op_timeout=20ms&password={v}"),
+        format!("memcached://u:{p}@127.0.0.1:1"),
+        format!("memcached://127.0.0.1:1?op_timeout=20ms&token={v}"),
+    ];
+    for url in &cache_urls {
+        if let Some(cache) = keep(Cache::from_url(url).await, shown) {
+            use_cache(&cache, shown).await;
+        }
+    }
+    #[cfg(feature = "redis")]
+    {
+        use cacheruntime::backends::redis::{RedisBackend, RedisConfig};
+        let configs = [
+            RedisConfig::new(format!("redis://u:{p}@127.0.0.1:1/0")),
+            RedisConfig::new(format!("rediss://:{p}@127.0.0.1:1?password={v}")),
+            RedisConfig::cluster([
+                format!("redis://u:{p}@127.0.0.1:1"),
+                format!("redis://u:{p}@127.0.0.1:2"),
+            ]),
+        ];
+        for config in configs {
+            shown.push(format!("{config:?}"));
+            if let Some(backend) = keep(RedisBackend::new(config), shown) {
+                use_cache(&direct(backend), shown).await;
+            }
+        }
+    }
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    {
+        use cacheruntime::backends::sql::{SqlBackend, SqlConfig};
+        let configs = [
+            SqlConfig::new(format!("postgres://u:{p}@127.0.0.1:1/db?sslpassword={v}")),
+            SqlConfig::new(format!("sqlite://u:{p}@127.0.0.1:1/x.db")),
+            SqlConfig::new(format!("sqlite:///nonexistent-dir/x.db?password={v}")),
+        ];
+        for config in configs {
+            shown.push(format!("{config:?}"));
+            if let Some(backend) = keep(SqlBackend::new(config), shown) {
+                use_cache(&direct(backend), shown).await;
+            }
+        }
+    }
+    #[cfg(feature = "memcached")]
+    {
+        use cacheruntime::backends::memcached::{MemcachedBackend, MemcachedConfig};
+        let config = MemcachedConfig::new([format!("u:{p}@127.0.0.1:1"), "127.0.0.1:2".into()]);
+        shown.push(format!("{config:?}"));
+        keep(MemcachedBackend::new(config), shown);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// No form of a password or of a query value, encoded as a URL needs
+    /// or written raw, shows in an error, a `Debug` or a log line, whatever
+    /// path parsed the URL.
+    #[test]
+    fn url_secrets_never_show(password in secret(), value in secret()) {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || sink.clone())
+            .finish();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut shown = Vec::new();
+        tracing::subscriber::with_default(subscriber, || {
+            rt.block_on(async {
+                for (p, v) in [
+                    (encoded(&password), encoded(&value)),
+                    (password.clone(), value.clone()),
+                ] {
+                    every_parse_path(&p, &v, &mut shown).await;
+                }
+            });
+        });
+        // Lookups of hosts read from a mangled URL may still be running on
+        // blocking threads; do not wait for them.
+        rt.shutdown_background();
+        shown.push(String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned());
+        for secret in [&password, &value] {
+            for form in forms(secret) {
+                for text in &shown {
+                    prop_assert!(!text.contains(&form), "{form:?} shows in: {text}");
+                }
+            }
+        }
+    }
 }

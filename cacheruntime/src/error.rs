@@ -1,8 +1,9 @@
 //! The one error type of the crate.
 //!
 //! Messages say what to do about the problem. None of them ever carries a
-//! password, a token or a signing key: URLs are redacted before they reach an
-//! error (see [`crate::url::redact`]).
+//! password, a token or a signing key: of a URL an error shows the scheme,
+//! hosts and ports only (see [`crate::url::redact`]), and the messages of
+//! client libraries are scrubbed of every form of the URL's secrets.
 
 use std::time::Duration;
 
@@ -85,10 +86,11 @@ pub enum Error {
         /// Why, and what to pass instead.
         reason: &'static str,
     },
-    /// A malformed or unsupported cache URL (secrets redacted).
+    /// A malformed or unsupported cache URL.
     #[error("invalid cache URL `{url}`: {message}")]
     InvalidUrl {
-        /// The URL with any password replaced by `***`.
+        /// The URL's scheme, hosts and ports (for SQLite, the file path):
+        /// never its user info, path or query, see [`crate::url::redact`].
         url: String,
         /// What is wrong and what to write instead.
         message: String,

@@ -9,46 +9,238 @@
 //! `op_timeout` (durations: `300` seconds, or `"90s"`, `"10m"`, `"1h"`,
 //! `"250ms"`), `max_entry_bytes`. Unknown parameters are errors, so a typo
 //! does not silently fall back to a default.
+//!
+//! URLs are cut with the `url` crate: the hosts of a cluster or a Memcached
+//! pool (`redis+cluster://u:p@h1:7000,h2:7000`) are split on `,` first,
+//! since `url::Url` reads one authority. Errors show a URL as [`redact`]
+//! does: scheme, hosts and ports, never user info, path or query values.
 
 use std::time::Duration;
 
 use crate::builder::CacheBuilder;
 use crate::{Cache, Error};
 
-/// Replaces the password of `scheme://user:password@host` with `***`, for
-/// errors and logs.
+/// What [`redact`] shows of a text it cannot read as a URL or a host.
+const NOT_SHOWN: &str = "(not shown)";
+
+/// What of a URL may be shown in an error, a `Debug` or a log line: its
+/// scheme, hosts and ports (`redis://10.0.0.1:6379`,
+/// `memcached://h1:11211,h2:11211`, `postgres://db.internal:5432`), and for
+/// SQLite the file path. Never the user name or password, the path (a Redis
+/// database number, a PostgreSQL database name), or the query (any value
+/// may be a secret: `password=`, `sslpassword=`, a token).
+///
+/// A text without `://` is read as `[user:password@]host:port[,...]` (how
+/// Memcached servers are given). When the URL is malformed so that a
+/// password could be read as a host (an `@` after the first `/`, `?` or
+/// `#`, as in `redis://u:pa/ss@host`), only the scheme is shown.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let Some((scheme, after)) = url.split_once("://") else {
+        return shown_hosts(None, Pieces::of(url));
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let masked = if userinfo.contains(':') || !user.is_empty() {
-                format!("{user}:***")
-            } else {
-                String::new()
-            };
-            format!("{scheme}://{masked}@{}{tail}", &authority[at + 1..])
+    if !is_scheme(scheme) {
+        return NOT_SHOWN.to_owned();
+    }
+    if scheme == "sqlite" {
+        // A file path, which SQLite reads as is; `@` is the one sign that a
+        // user info (and so a password) was written into it.
+        if after.contains('@') {
+            return "sqlite://".to_owned();
         }
-        None => url.to_owned(),
+        let path = after.split('?').next().unwrap_or("");
+        return format!("sqlite://{path}");
+    }
+    let pieces = Pieces::of(after);
+    if pieces.stray_at {
+        return format!("{scheme}://");
+    }
+    format!("{scheme}://{}", shown_hosts(Some(scheme), pieces))
+}
+
+/// Letters, digits, `+`, `-` and `.`, starting with a letter.
+fn is_scheme(scheme: &str) -> bool {
+    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// Each host as the `url` crate reads it (`host`, `host:port`, `[::1]:6379`),
+/// comma-separated; a host it cannot read is not shown.
+fn shown_hosts(scheme: Option<&str>, pieces: Pieces<'_>) -> String {
+    if pieces.stray_at {
+        return NOT_SHOWN.to_owned();
+    }
+    pieces
+        .hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| match host_and_port(scheme.unwrap_or("x"), h) {
+            Ok((host, Some(port))) => format!("{host}:{port}"),
+            Ok((host, None)) => host,
+            Err(_) => NOT_SHOWN.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One host of a host list, through the `url` crate.
+fn host_and_port(scheme: &str, host: &str) -> Result<(String, Option<u16>), url::ParseError> {
+    let parsed = url::Url::parse(&format!("{scheme}://{host}"))?;
+    Ok((parsed.host_str().unwrap_or("").to_owned(), parsed.port()))
+}
+
+/// The text after `scheme://`, cut as RFC 3986 cuts it: the authority ends
+/// at the first `/`, `?` or `#`, and its user info at the authority's last
+/// `@`. The hosts are split on `,` by the callers that take several (a
+/// Redis Cluster, Memcached servers), which `url::Url` cannot parse as one.
+struct Pieces<'a> {
+    /// `user:password`, as written.
+    userinfo: Option<&'a str>,
+    /// `host:port` or `h1:p1,h2:p2`.
+    hosts: &'a str,
+    /// From the first `/`, `?` or `#` on.
+    tail: &'a str,
+    /// An `@` in the tail: a password with a raw `/`, `?` or `#` (or an `@`
+    /// in a parameter value), so that the "hosts" may be part of the
+    /// password. Nothing of such a URL but its scheme is shown.
+    stray_at: bool,
+}
+
+impl<'a> Pieces<'a> {
+    fn of(after_scheme: &'a str) -> Pieces<'a> {
+        let end = after_scheme
+            .find(['/', '?', '#'])
+            .unwrap_or(after_scheme.len());
+        let (authority, tail) = after_scheme.split_at(end);
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (Some(userinfo), hosts),
+            None => (None, authority),
+        };
+        Pieces {
+            userinfo,
+            hosts,
+            tail,
+            stray_at: tail.contains('@'),
+        }
     }
 }
 
-/// The password of `scheme://user:password@host`, if any, so that a
-/// library's message echoing it can be scrubbed.
-#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
-pub(crate) fn password_of(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    userinfo
-        .split_once(':')
-        .map(|(_, p)| p.to_owned())
-        .filter(|p| !p.is_empty())
+#[cfg(any(
+    feature = "redis",
+    feature = "postgres",
+    feature = "sqlite",
+    feature = "memcached"
+))]
+pub(crate) use self::scrub::Secrets;
+
+/// Removing secrets from the messages of the remote stores' client libraries.
+#[cfg(any(
+    feature = "redis",
+    feature = "postgres",
+    feature = "sqlite",
+    feature = "memcached"
+))]
+mod scrub {
+    use std::fmt;
+
+    use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+    use super::Pieces;
+
+    /// The password of a `user:password` user info.
+    fn password_in(userinfo: &str) -> Option<&str> {
+        userinfo.split_once(':').map(|(_, password)| password)
+    }
+
+    /// The characters the `url` crate percent-encodes in a user info, so that
+    /// a password can be recognised as the `url` crate writes it back.
+    const USERINFO: &AsciiSet = &percent_encoding::CONTROLS
+        .add(b' ')
+        .add(b'"')
+        .add(b'#')
+        .add(b'<')
+        .add(b'>')
+        .add(b'?')
+        .add(b'`')
+        .add(b'{')
+        .add(b'}')
+        .add(b'/')
+        .add(b':')
+        .add(b';')
+        .add(b'=')
+        .add(b'@')
+        .add(b'[')
+        .add(b'\\')
+        .add(b']')
+        .add(b'^')
+        .add(b'|');
+
+    /// The secret-bearing parts of some URLs (passwords and query values), in
+    /// every form a client library may echo them: as written, percent-decoded
+    /// (`+` as a space or not), and percent-encoded the ways URLs and forms
+    /// encode. The one way every backend removes secrets from a library's
+    /// message: exact matching of the password as given is not enough, since
+    /// redis-rs and sqlx decode it and the `url` crate re-encodes it.
+    ///
+    /// A password written carelessly (a raw `/`, `?`, `#` or `@`) is found both
+    /// where the URL grammar ends it and where its writer meant it to end (the
+    /// last `@`), so it is scrubbed whichever way a library reads the URL.
+    #[derive(Clone, Default)]
+    pub(crate) struct Secrets(Vec<String>);
+
+    impl fmt::Debug for Secrets {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "Secrets([redacted; {}])", self.0.len())
+        }
+    }
+
+    impl Secrets {
+        /// The secrets of these URLs (or `[user:password@]host:port` texts).
+        pub(crate) fn of<S: AsRef<str>>(urls: impl IntoIterator<Item = S>) -> Secrets {
+            let mut parts: Vec<&str> = Vec::new();
+            let urls: Vec<S> = urls.into_iter().collect();
+            for url in &urls {
+                let url = url.as_ref();
+                let after = url.split_once("://").map_or(url, |(_, after)| after);
+                parts.extend(Pieces::of(after).userinfo.and_then(password_in));
+                parts.extend(after.rsplit_once('@').and_then(|(u, _)| password_in(u)));
+                if let Some((_, query)) = after.split_once('?') {
+                    parts.push(query);
+                    for pair in query.split(['&', '#']) {
+                        parts.extend(pair.split_once('=').map(|(_, value)| value));
+                    }
+                }
+            }
+            let mut forms: Vec<String> = Vec::new();
+            for part in parts.into_iter().filter(|p| !p.is_empty()) {
+                let decoded = percent_decode_str(part).decode_utf8_lossy().into_owned();
+                let form_decoded = percent_decode_str(&part.replace('+', "%20"))
+                    .decode_utf8_lossy()
+                    .into_owned();
+                for text in [part.to_owned(), decoded, form_decoded] {
+                    forms.extend([
+                        utf8_percent_encode(&text, USERINFO).to_string(),
+                        utf8_percent_encode(&text, NON_ALPHANUMERIC).to_string(),
+                        url::form_urlencoded::byte_serialize(text.as_bytes()).collect(),
+                        text,
+                    ]);
+                }
+            }
+            forms.retain(|f| !f.is_empty());
+            // Longest first, so that no shorter form leaves part of a longer one.
+            forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+            forms.dedup();
+            Secrets(forms)
+        }
+
+        /// `message` with every form of every secret replaced by `***`.
+        pub(crate) fn scrub(&self, message: &str) -> String {
+            self.0.iter().fold(message.to_owned(), |m, secret| {
+                m.replace(secret.as_str(), "***")
+            })
+        }
+    }
 }
 
 /// Parses `300`, `"90s"`, `"10m"`, `"1h30m"`, `"250ms"`, `"1d"`.
@@ -88,70 +280,115 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     Some(total)
 }
 
-fn percent_decode(s: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = match bytes.get(i..i + 3) {
-            Some([b'%', h, l]) => hex(*h).zip(hex(*l)).map(|(h, l)| h << 4 | l),
-            _ => None,
-        };
-        match (escaped, bytes[i]) {
-            (Some(b), _) => {
-                out.push(b);
-                i += 3;
-            }
-            (None, b'+') => {
-                out.push(b' ');
-                i += 1;
-            }
-            (None, b) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A parsed cache URL: scheme, the part between `://` and `?`, and the
-/// query parameters, each taken at most once.
+/// A parsed cache URL: its scheme, user info, hosts and path as written
+/// (what the backend's own client is given), and its query parameters,
+/// decoded, each taken at most once.
 pub(crate) struct CacheUrl<'a> {
-    pub(crate) raw: &'a str,
     pub(crate) scheme: &'a str,
+    /// `user:password`, as written.
+    #[cfg_attr(not(any(feature = "redis", feature = "memcached")), allow(dead_code))]
+    pub(crate) userinfo: Option<&'a str>,
+    /// `host:port`, or `h1:p1,h2:p2` for a cluster or a Memcached pool;
+    /// each checked by the `url` crate. Empty for SQLite.
+    #[cfg_attr(
+        not(any(
+            feature = "redis",
+            feature = "memcached",
+            feature = "postgres",
+            feature = "sqlite"
+        )),
+        allow(dead_code)
+    )]
+    pub(crate) hosts: &'a str,
+    /// Between `://` and `?`: user info, hosts and path (SQLite: the file).
     pub(crate) rest: &'a str,
+    /// What errors show of it: see [`redact`].
+    shown: String,
     params: Vec<(String, String, bool)>,
     signing_keys: Vec<Vec<u8>>,
 }
 
+/// What a user most likely got wrong when a password shows up where the
+/// URL grammar puts a host, path or query.
+const ENCODE_THE_PASSWORD: &str = "percent-encode `@ : / ? # %` in a user name or password \
+    (`%40 %3A %2F %3F %23 %25`) and `& # @ %` in a parameter value";
+
 impl<'a> CacheUrl<'a> {
     pub(crate) fn parse(raw: &'a str) -> Result<Self, Error> {
+        let invalid = |url: String, message: String| Error::InvalidUrl { url, message };
         let Some((scheme, after)) = raw.split_once("://") else {
-            return Err(Error::InvalidUrl {
-                url: redact(raw),
-                message: "expected `scheme://...`, e.g. `memory://` or `redis://host:6379/0`"
-                    .into(),
-            });
+            return Err(invalid(
+                NOT_SHOWN.into(),
+                "expected `scheme://...`, e.g. `memory://` or `redis://host:6379/0`".into(),
+            ));
         };
-        let (rest, query) = after.split_once('?').unwrap_or((after, ""));
-        let mut params = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let k = percent_decode(k);
-            if params.iter().any(|(seen, _, _)| *seen == k) {
-                return Err(Error::InvalidUrl {
-                    url: redact(raw),
-                    message: format!("query parameter `{k}` is given twice"),
-                });
+        if !is_scheme(scheme) {
+            return Err(invalid(
+                NOT_SHOWN.into(),
+                "the part before `://` is not a scheme such as `memory`, `redis` or `postgres`"
+                    .into(),
+            ));
+        }
+        let shown = redact(raw);
+        let (userinfo, hosts, rest, query) = if scheme == "sqlite" {
+            // A file path, which sqlx reads as is: only its query is a URL's.
+            let (rest, query) = after.split_once('?').unwrap_or((after, ""));
+            (None, "", rest, query.to_owned())
+        } else {
+            let pieces = Pieces::of(after);
+            if pieces.stray_at {
+                return Err(invalid(
+                    shown,
+                    format!("an `@` after the host: {ENCODE_THE_PASSWORD}"),
+                ));
             }
-            params.push((k, percent_decode(v), false));
+            for host in pieces.hosts.split(',').filter(|h| !h.is_empty()) {
+                if let Err(e) = host_and_port(scheme, host) {
+                    return Err(invalid(
+                        shown,
+                        format!(
+                            "a host is not `host` or `host:port` ({e}); write IPv6 addresses \
+                             in brackets (`[::1]:6379`) and {ENCODE_THE_PASSWORD}"
+                        ),
+                    ));
+                }
+            }
+            // One host in place of the list, so that `url::Url` reads the
+            // rest: user info, path, query, fragment.
+            let first = pieces.hosts.split(',').next().unwrap_or("");
+            let userinfo = pieces.userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+            let one = url::Url::parse(&format!("{scheme}://{userinfo}{first}{}", pieces.tail))
+                .map_err(|e| invalid(shown.clone(), format!("{e}; {ENCODE_THE_PASSWORD}")))?;
+            if one.fragment().is_some() {
+                return Err(invalid(
+                    shown,
+                    format!("`#` starts a fragment, which cache URLs do not have; {ENCODE_THE_PASSWORD}"),
+                ));
+            }
+            let rest = &after[..after.find('?').unwrap_or(after.len())];
+            (
+                pieces.userinfo,
+                pieces.hosts,
+                rest,
+                one.query().unwrap_or("").to_owned(),
+            )
+        };
+        let mut params: Vec<(String, String, bool)> = Vec::new();
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            if params.iter().any(|(seen, _, _)| *seen == k) {
+                return Err(invalid(
+                    shown,
+                    format!("query parameter {} is given twice", shown_name(&k)),
+                ));
+            }
+            params.push((k.into_owned(), v.into_owned(), false));
         }
         Ok(CacheUrl {
-            raw,
             scheme,
+            userinfo,
+            hosts,
             rest,
+            shown,
             params,
             signing_keys: Vec::new(),
         })
@@ -159,7 +396,7 @@ impl<'a> CacheUrl<'a> {
 
     pub(crate) fn error(&self, message: impl Into<String>) -> Error {
         Error::InvalidUrl {
-            url: redact(self.raw),
+            url: self.shown.clone(),
             message: message.into(),
         }
     }
@@ -185,7 +422,7 @@ impl<'a> CacheUrl<'a> {
             Some(v) => v
                 .parse()
                 .map(Some)
-                .map_err(|_| self.error(format!("`{name}={v}` is not {what}"))),
+                .map_err(|_| self.error(format!("`{name}` is not {what}"))),
         }
     }
 
@@ -194,7 +431,7 @@ impl<'a> CacheUrl<'a> {
             None => Ok(None),
             Some(v) => parse_duration(&v).map(Some).ok_or_else(|| {
                 self.error(format!(
-                    "`{name}={v}` is not a duration; write seconds (`300`) or `90s`, `10m`, `1h`, `250ms`"
+                    "`{name}` is not a duration; write seconds (`300`) or `90s`, `10m`, `1h`, `250ms`"
                 ))
             }),
         }
@@ -225,10 +462,25 @@ impl<'a> CacheUrl<'a> {
         match self.params.iter().find(|(_, _, used)| !used) {
             None => Ok(()),
             Some((k, _, _)) => Err(self.error(format!(
-                "unknown query parameter `{k}`; `{}://` accepts {known}, namespace, default_ttl, op_timeout, max_entry_bytes",
+                "unknown query parameter {}; `{}://` accepts {known}, namespace, default_ttl, op_timeout, max_entry_bytes",
+                shown_name(k),
                 self.scheme
             ))),
         }
+    }
+}
+
+/// A parameter's name in backquotes, if it looks like one; otherwise not
+/// shown, since it may be a piece of a password written with a raw `?`.
+fn shown_name(name: &str) -> String {
+    let plain = name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if plain {
+        format!("`{name}`")
+    } else {
+        "(a name that is not letters, digits and `_-.`; not shown)".to_owned()
     }
 }
 
@@ -316,7 +568,21 @@ fn sql_cache(mut url: CacheUrl<'_>) -> Result<Cache, Error> {
     }
     let postgres = url.scheme.starts_with("postgres");
     if postgres {
+        if url.hosts.contains(',') {
+            return Err(url.error("name one PostgreSQL server: `postgres://user:pass@host/db`"));
+        }
         if let Some(mode) = url.take("sslmode") {
+            const MODES: [&str; 6] = [
+                "disable",
+                "allow",
+                "prefer",
+                "require",
+                "verify-ca",
+                "verify-full",
+            ];
+            if !MODES.contains(&mode.to_ascii_lowercase().as_str()) {
+                return Err(url.error(format!("`sslmode` is one of {}", MODES.join(", "))));
+            }
             config = config.ssl_mode(mode);
         }
         if let Some(ca) = url.take("sslrootcert") {
@@ -343,14 +609,13 @@ fn sql_cache(mut url: CacheUrl<'_>) -> Result<Cache, Error> {
 #[cfg(feature = "memcached")]
 fn memcached_cache(mut url: CacheUrl<'_>) -> Result<Cache, Error> {
     use crate::backends::memcached::{MemcachedBackend, MemcachedConfig};
-    let hosts = url.rest.split('/').next().unwrap_or("");
-    if hosts.is_empty() || hosts.contains('@') {
+    if url.hosts.is_empty() || url.userinfo.is_some() {
         return Err(url.error(
             "name the servers as `memcached://host:11211,host2:11211` (no credentials: this \
              client has no SASL; see the memcached backend's docs)",
         ));
     }
-    let mut config = MemcachedConfig::new(hosts.split(','));
+    let mut config = MemcachedConfig::new(url.hosts.split(','));
     if let Some(d) = url.take_duration("max_ttl")? {
         config = config.max_ttl(d);
     }
@@ -377,19 +642,26 @@ fn redis_cache(mut url: CacheUrl<'_>) -> Result<Cache, Error> {
     let tls = url.scheme.starts_with("rediss");
     let base = if tls { "rediss" } else { "redis" };
     let mut config = if url.scheme.ends_with("+cluster") {
-        let (userinfo, rest) = match url.rest.rsplit_once('@') {
-            Some((u, r)) => (format!("{u}@"), r),
-            None => (String::new(), url.rest),
-        };
-        let hosts = rest.split('/').next().unwrap_or("");
-        if hosts.is_empty() {
+        if url.hosts.is_empty() {
             return Err(url
                 .error("name at least one cluster node: `redis+cluster://host1:6379,host2:6379`"));
         }
-        RedisConfig::cluster(hosts.split(',').map(|h| format!("{base}://{userinfo}{h}")))
+        let userinfo = url.userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+        RedisConfig::cluster(
+            url.hosts
+                .split(',')
+                .map(|h| format!("{base}://{userinfo}{h}")),
+        )
     } else {
-        if url.rest.is_empty() {
+        if url.hosts.is_empty() {
             return Err(url.error("name the server: `redis://host:6379/0`"));
+        }
+        if url.hosts.contains(',') {
+            return Err(url.error(format!(
+                "`{}://` takes one server; name several nodes of a cluster as \
+                 `{base}+cluster://host1:6379,host2:6379`",
+                url.scheme
+            )));
         }
         RedisConfig::new(format!("{base}://{}", url.rest))
     };
@@ -426,20 +698,217 @@ mod tests {
         assert_eq!(parse_duration("h"), None);
     }
 
-    #[test]
-    fn passwords_never_survive_redaction() {
-        assert_eq!(
-            redact("redis://user:s3cret@host:6379/0?x=1"),
-            "redis://user:***@host:6379/0?x=1"
-        );
-        assert_eq!(redact("redis://:s3cret@host"), "redis://:***@host");
-        assert_eq!(redact("memory://?max_bytes=1"), "memory://?max_bytes=1");
+    /// Every character a careless password may hold raw, where the URL
+    /// grammar gives it a meaning, and `%`, which decoders read.
+    const PASSWORDS: [&str; 8] = [
+        "pa/ss-word",
+        "pa?ss-word",
+        "pa#ss-word",
+        "pa@ss-word",
+        "pa:ss-word",
+        "pa%ss-word",
+        "pa%2Fss-word",
+        "p/a?s#s@w:o%rd",
+    ];
+
+    /// The text of an error, `Display` and `Debug`.
+    fn text(e: &Error) -> String {
+        format!("{e} {e:?}")
     }
 
     #[test]
-    fn percent_decoding_handles_edges() {
-        assert_eq!(percent_decode("a%20b"), "a b");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%4"), "%4");
+    fn redaction_shows_scheme_hosts_and_ports_only() {
+        assert_eq!(
+            redact("redis://user:s3cret@host:6379/0?x=1"),
+            "redis://host:6379"
+        );
+        assert_eq!(redact("redis://:s3cret@host"), "redis://host");
+        assert_eq!(redact("memory://?max_bytes=1"), "memory://");
+        assert_eq!(
+            redact("redis+cluster://u:p@h1:7000,h2:7000"),
+            "redis+cluster://h1:7000,h2:7000"
+        );
+        assert_eq!(
+            redact("postgres://app:pw@db.internal/app?sslmode=verify-full&password=x"),
+            "postgres://db.internal"
+        );
+        assert_eq!(
+            redact("sqlite:///var/cache/app.db?table=t&password=x"),
+            "sqlite:///var/cache/app.db"
+        );
+        assert_eq!(redact("sqlite://u:pw@h/app.db"), "sqlite://");
+        assert_eq!(redact("u:pw@127.0.0.1:11211"), "127.0.0.1:11211");
+        // Without an `@` nothing is a password; a "port" that is not one is
+        // not shown either.
+        assert_eq!(redact("redis://u:pw"), "redis://(not shown)");
+        assert_eq!(redact("not a url"), "(not shown)");
+        assert_eq!(redact("u:pw://h"), "(not shown)");
+    }
+
+    #[test]
+    fn ipv6_hosts_parse_and_show() {
+        assert_eq!(redact("redis://u:p@[::1]:6379/0"), "redis://[::1]:6379");
+        assert_eq!(
+            redact("redis+cluster://u:p@[::1]:7000,[::1]:7001"),
+            "redis+cluster://[::1]:7000,[::1]:7001"
+        );
+        let url = CacheUrl::parse("redis://u:p@[::1]:6379/0?namespace=a").unwrap();
+        assert_eq!((url.userinfo, url.hosts), (Some("u:p"), "[::1]:6379"));
+        assert_eq!(url.rest, "u:p@[::1]:6379/0");
+        let url = CacheUrl::parse("memcached://[::1]:11211,10.0.0.2:11211").unwrap();
+        assert_eq!(url.hosts, "[::1]:11211,10.0.0.2:11211");
+        let err = CacheUrl::parse("redis://u:p@[::1:6379").err().unwrap();
+        assert!(text(&err).contains("IPv6"), "{err}");
+    }
+
+    #[test]
+    fn special_characters_in_passwords_never_show() {
+        for password in PASSWORDS {
+            for url in [
+                format!("redis://u:{password}@host:6379/0"),
+                format!("rediss://:{password}@host:6380"),
+                format!("redis+cluster://u:{password}@h1:7000,h2:7000"),
+                format!("postgres://u:{password}@[::1]:5432/db"),
+                format!("sqlite://u:{password}@h/x.db"),
+                format!("memcached://u:{password}@h:11211"),
+                format!("memory://u:{password}@h"),
+            ] {
+                let shown = redact(&url);
+                assert!(
+                    !shown.contains("ss-word") && !shown.contains("rd"),
+                    "{url} -> {shown}"
+                );
+                if let Err(e) = CacheUrl::parse(&url) {
+                    assert!(!text(&e).contains("ss-word"), "{url} -> {e:?}");
+                }
+            }
+            // Raw `/`, `?` and `#` end the authority early: such a URL is
+            // refused, saying how to write it, and shows only its scheme.
+            let url = format!("redis://u:{password}@host:6379/0");
+            if password.contains(['/', '?', '#']) {
+                let err = CacheUrl::parse(&url).err().expect(&url);
+                assert!(text(&err).contains("percent-encode"), "{err}");
+                assert_eq!(redact(&url), "redis://");
+            } else {
+                // `@`, `:` and `%` can stay raw: the last `@` ends the user
+                // info, the first `:` the user name.
+                assert_eq!(redact(&url), "redis://host:6379");
+                let parsed = CacheUrl::parse(&url).unwrap();
+                assert_eq!(parsed.userinfo, Some(&*format!("u:{password}")));
+                assert_eq!(parsed.hosts, "host:6379");
+            }
+        }
+    }
+
+    #[test]
+    fn query_values_never_show() {
+        for url in [
+            "memory://?password=hunter2-value",
+            "memory://?max_bytes=1&sslpassword=hunter2-value",
+            "memory://?max_bytes=hunter2-value",
+            "memory://?op_timeout=hunter2-value",
+            "none://?token=hunter2-value&token=hunter2-value",
+            "redis://h:6379/0?password=hunter2-value#frag",
+            "redis://h:6379/0?password=hunter2@value",
+            "memory://?hunter2-value@host=1",
+        ] {
+            let err = CacheUrl::parse(url)
+                .and_then(|mut u| {
+                    let b = u.common(CacheBuilder::new())?;
+                    u.take_parsed::<u64>("max_bytes", "a byte count")?;
+                    u.finish("max_bytes").map(|()| b)
+                })
+                .err()
+                .expect(url);
+            assert!(!text(&err).contains("hunter2"), "{url} -> {err:?}");
+        }
+        // Names are shown, so the error still names what to fix.
+        let err = CacheUrl::parse("memory://?password=x")
+            .and_then(|u| u.finish("max_bytes"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("`password`"), "{err}");
+    }
+
+    #[cfg(any(
+        feature = "redis",
+        feature = "postgres",
+        feature = "sqlite",
+        feature = "memcached"
+    ))]
+    #[test]
+    fn scrubbing_removes_every_form_of_a_secret() {
+        let secrets = Secrets::of(["redis://u:p%2Fa%40ss%20w@h:1/0?password=t0k%2Ben+x&db=1"]);
+        for form in [
+            "p%2Fa%40ss%20w",
+            "p/a@ss w",
+            "p%2Fa%40ss+w",
+            "t0k%2Ben+x",
+            "t0k+en x",
+            "t0k+en+x",
+            "t0k%2Ben%20x",
+        ] {
+            assert_eq!(secrets.scrub(&format!("<{form}>")), "<***>", "{form}");
+        }
+        assert!(!format!("{secrets:?}").contains("ss"));
+        // A careless password: scrubbed where its writer meant it to end.
+        for password in PASSWORDS {
+            let url = format!("postgres://u:{password}@h:1/db");
+            let scrubbed = Secrets::of([&url]).scrub(&format!("echo {url}"));
+            assert!(!scrubbed.contains("ss-word"), "{scrubbed}");
+        }
+        let secrets = Secrets::of(["u:pa/ss-word@h:11211", "h2:11211"]);
+        assert_eq!(secrets.scrub("pa/ss-word pa%2Fss-word"), "*** ***");
+        // The user name and the hosts stay: they are what the reader needs.
+        assert_eq!(
+            Secrets::of(["redis://app:pw@h:1"]).scrub("app@h:1"),
+            "app@h:1"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_documented_form_still_parses() {
+        for url in [
+            "memory://",
+            "memory://?max_bytes=16777216&namespace=shop&default_ttl=10m",
+            "mem://?op_timeout=250ms&max_entry_bytes=1024",
+            "none://",
+            "disabled://?namespace=x",
+        ] {
+            build(url, Vec::new()).await.expect(url);
+        }
+        let parsed = CacheUrl::parse("sqlite:///tmp/my cache/x.db?table=t&max_ttl=1d").unwrap();
+        assert_eq!(parsed.rest, "/tmp/my cache/x.db");
+        let parsed = CacheUrl::parse("redis+cluster://u:p@h1:7000,h2:7000?namespace=a").unwrap();
+        assert_eq!(parsed.hosts, "h1:7000,h2:7000");
+        #[cfg(all(
+            feature = "redis",
+            feature = "postgres",
+            feature = "sqlite",
+            feature = "memcached"
+        ))]
+        for url in [
+            "redis://h:6379/0",
+            "redis://user:pass@h:6379/0?max_ttl=7d",
+            "redis://u:p%2Fw@[::1]:6379/0",
+            "redis+cluster://u:p@h1:7000,h2:7000",
+            "rediss+cluster://h1:7000,h2:7000?namespace=a",
+            "postgres://user:pass@host/db?sslmode=verify-full&sslrootcert=ca.pem",
+            "postgresql://user:pass@host:5432/db?sslcert=c.pem&sslkey=c.key&table=t",
+            "postgres:///db",
+            "sqlite://path/to/cache.db?max_entries=10&sweep_interval=30s",
+            "sqlite:///tmp/x.db?auto_create=false&max_connections=2",
+            "memcached://h1:11211,h2:11211?max_ttl=1d&max_item_bytes=1000",
+            "memcache://[::1]:11211",
+        ] {
+            build(url, Vec::new()).await.expect(url);
+        }
+        #[cfg(feature = "redis")]
+        {
+            // Parsed; then the files are read, and these do not exist.
+            let url = "rediss://h:6380/0?ca_file=ca.pem&cert_file=c.pem&key_file=c.key";
+            let err = build(url, Vec::new()).await.err().unwrap();
+            assert!(matches!(err, Error::Config(_)), "{err}");
+        }
     }
 }

@@ -57,21 +57,33 @@ use sha2::{Digest, Sha256};
 use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
 use crate::backends::generations::{generations, prefixes, seed, unwrap_entry, wrap_entry};
 use crate::clock::Clock;
-use crate::url::redact;
+use crate::url::{redact, Secrets};
 use crate::Error;
 
 const NAME: &str = "memcached";
 /// Memcached's key length limit.
 const MAX_KEY: usize = 250;
 
-/// How to reach Memcached.
-#[derive(Clone, Debug)]
+/// How to reach Memcached. `Debug` shows the servers' hosts and ports only.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct MemcachedConfig {
     servers: Vec<String>,
     max_ttl: Duration,
     max_item_bytes: usize,
     connect_timeout: Duration,
+}
+
+impl fmt::Debug for MemcachedConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let servers: Vec<String> = self.servers.iter().map(|s| redact(s)).collect();
+        f.debug_struct("MemcachedConfig")
+            .field("servers", &servers)
+            .field("max_ttl", &self.max_ttl)
+            .field("max_item_bytes", &self.max_item_bytes)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 impl MemcachedConfig {
@@ -213,7 +225,10 @@ impl MemcachedBackend {
                     .await
             })
             .await
-            .map_err(error)
+            .map_err(|e| {
+                let message = Secrets::of(&self.config.servers).scrub(&e.to_string());
+                Error::backend(NAME, message)
+            })
     }
 
     fn ttl(&self, ttl: Duration) -> Duration {

@@ -65,7 +65,7 @@ use redis::{Cmd, RedisError, RedisFuture, Script, Value};
 
 use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
 use crate::backends::generations::{generations, prefixes, unwrap_entry};
-use crate::url::{password_of, redact};
+use crate::url::{redact, Secrets};
 use crate::Error;
 
 const NAME: &str = "redis";
@@ -325,7 +325,7 @@ return 0
 pub struct RedisBackend {
     conn: Conn,
     label: String,
-    secrets: Vec<String>,
+    secrets: Secrets,
     cluster: bool,
     max_ttl_ms: u64,
     checked_config: AtomicBool,
@@ -364,12 +364,7 @@ impl RedisBackend {
             .map(|n| redact(n))
             .collect::<Vec<_>>()
             .join(",");
-        let secrets: Vec<String> = config
-            .nodes
-            .iter()
-            .filter_map(|n| password_of(n))
-            .filter(|p| !p.is_empty())
-            .collect();
+        let secrets = Secrets::of(&config.nodes);
         let certs = if config.ca_file.is_some() || config.client_cert.is_some() {
             let root_cert = config
                 .ca_file
@@ -392,7 +387,7 @@ impl RedisBackend {
         };
         let bad_url = |e: RedisError| Error::InvalidUrl {
             url: label.clone(),
-            message: scrub(&e.to_string(), &secrets),
+            message: secrets.scrub(&e.to_string()),
         };
         let conn = if config.cluster {
             let mut builder = ClusterClient::builder(config.nodes.clone())
@@ -469,9 +464,9 @@ impl RedisBackend {
         let message = match e.kind() {
             redis::ErrorKind::AuthenticationFailed => format!(
                 "authentication failed: check the user name and password in the cache URL ({})",
-                scrub(&e.to_string(), &self.secrets)
+                self.secrets.scrub(&e.to_string())
             ),
-            _ => scrub(&e.to_string(), &self.secrets),
+            _ => self.secrets.scrub(&e.to_string()),
         };
         Error::backend(NAME, message)
     }
@@ -676,13 +671,6 @@ impl RedisBackend {
             .map_err(|e| self.error(e))?;
         Ok(n == 1)
     }
-}
-
-/// Removes any secret that a library message might echo.
-fn scrub(message: &str, secrets: &[String]) -> String {
-    secrets
-        .iter()
-        .fold(message.to_owned(), |m, s| m.replace(s.as_str(), "***"))
 }
 
 /// What a physical key holds.
@@ -913,12 +901,5 @@ mod tests {
         // No pattern matching anywhere: a prefix is a counter's name.
         assert_eq!(physical(Kind::Prefix, "a*:"), "g:{a*}:a*:");
         assert_eq!(physical(Kind::Entry, "a[1]:?"), "v:{a[1]}:?");
-    }
-
-    #[test]
-    fn passwords_are_found_and_scrubbed() {
-        assert_eq!(password_of("redis://u:p4ss@h:1/0").as_deref(), Some("p4ss"));
-        assert_eq!(password_of("redis://h:1"), None);
-        assert_eq!(scrub("bad p4ss here", &["p4ss".into()]), "bad *** here");
     }
 }

@@ -54,7 +54,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
 use crate::clock::Clock;
-use crate::url::{password_of, redact};
+use crate::url::{redact, Secrets};
 use crate::Error;
 
 /// The PostgreSQL DDL for the default table name, `cache_entries`.
@@ -419,7 +419,7 @@ struct Shared {
     /// remove the excess and leave far fewer than `max_entries`.
     sweeping: tokio::sync::Mutex<()>,
     label: String,
-    secret: Option<String>,
+    secrets: Secrets,
 }
 
 /// A PostgreSQL or SQLite store; see the module docs.
@@ -459,7 +459,7 @@ impl SqlBackend {
         }
         let sql = Statements::new(dialect, &config.table);
         let label = redact(&config.url);
-        let secret = password_of(&config.url);
+        let secrets = Secrets::of([&config.url]);
         let clock = config.clock.clone();
         Ok(SqlBackend {
             shared: Arc::new(Shared {
@@ -475,7 +475,7 @@ impl SqlBackend {
                 warming: std::sync::atomic::AtomicBool::new(false),
                 sweeping: tokio::sync::Mutex::new(()),
                 label,
-                secret,
+                secrets,
             }),
         })
     }
@@ -504,11 +504,7 @@ impl Shared {
                 self.schema_ready.store(false, Ordering::Release);
             }
         }
-        let mut message = e.to_string();
-        if let Some(secret) = &self.secret {
-            message = message.replace(secret.as_str(), "***");
-        }
-        Error::backend(self.backend_name(), message)
+        Error::backend(self.backend_name(), self.secrets.scrub(&e.to_string()))
     }
 
     fn backend_name(&self) -> &'static str {
@@ -530,13 +526,7 @@ impl Shared {
         let c = &self.config;
         let bad = |e: sqlx::Error| Error::InvalidUrl {
             url: self.label.clone(),
-            message: {
-                let m = e.to_string();
-                match &self.secret {
-                    Some(s) => m.replace(s.as_str(), "***"),
-                    None => m,
-                }
-            },
+            message: self.secrets.scrub(&e.to_string()),
         };
         match self.dialect {
             #[cfg(feature = "postgres")]
