@@ -341,3 +341,87 @@ proptest! {
         }
     }
 }
+
+/// A duration from the edges: zero, the smallest, everyday values, and the
+/// largest that can be written, where sums overflow.
+fn extreme_duration() -> impl Strategy<Value = Duration> {
+    prop_oneof![
+        Just(Duration::ZERO),
+        Just(Duration::from_millis(1)),
+        Just(Duration::from_secs(60)),
+        Just(Duration::from_secs(u64::MAX / 1000)),
+        Just(Duration::from_secs(u64::MAX)),
+        Just(Duration::MAX),
+        (0u64..u64::MAX).prop_map(Duration::from_millis),
+        (0u64..u64::MAX, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// No duration, however large, makes a cache call panic: every place
+    /// that adds durations (TTL + stale window, deadlines, lock waits,
+    /// expiry times in ms, the breaker's cool-down) saturates.
+    #[test]
+    fn extreme_durations_never_panic(
+        ttl in extreme_duration(),
+        stale in extreme_duration(),
+        lock_ttl in extreme_duration(),
+        default_ttl in extreme_duration(),
+        cool_down in extreme_duration(),
+        max_ttl in extreme_duration(),
+        early in prop_oneof![Just(0.5f64), Just(1e300), Just(f64::MAX)],
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let sqlite = Arc::new(cacheruntime::backends::sql::SqlBackend::new(
+                cacheruntime::backends::sql::SqlConfig::new(format!(
+                    "sqlite://{}",
+                    dir.path().join("c.db").display()
+                ))
+                .max_ttl(max_ttl),
+            )
+            .unwrap());
+            let stores: [Box<dyn Fn(cacheruntime::CacheBuilder) -> cacheruntime::CacheBuilder>; 2] = [
+                Box::new(|b| b.memory(1 << 20)),
+                Box::new(move |b| b.backend(sqlite.clone())),
+            ];
+            for store in &stores {
+                let built = store(Cache::builder())
+                    .default_ttl(default_ttl.max(Duration::from_millis(1)))
+                    .op_timeout(Duration::from_secs(5))
+                    .circuit_breaker(1, cool_down)
+                    .build();
+                let cache = match built {
+                    Ok(c) => c,
+                    Err(e) => panic!("refused: {e}"),
+                };
+                let policy = cacheruntime::Policy::new()
+                    .ttl(ttl)
+                    .stale(stale)
+                    .early(early)
+                    .lock_ttl(lock_ttl);
+                let v: u32 = cache.get_or_compute("d:1", &policy, || async { 1 }).await;
+                prop_assert_eq!(v, 1);
+                let v: u32 = cache.get_or_refresh("d:1", &policy, || async { 2 }).await;
+                prop_assert!(v == 1 || v == 2);
+                let _ = cache.set("d:2", &3u32, ttl).await;
+                let _ = cache.get::<u32>("d:2").await;
+                let _ = cache.delete("d:2").await;
+                let _ = cache.invalidate_prefix("d:").await;
+            }
+            // Remote stores' configuration takes any duration too.
+            let redis = cacheruntime::backends::redis::RedisBackend::new(
+                cacheruntime::backends::redis::RedisConfig::new("redis://127.0.0.1:1")
+                    .max_ttl(max_ttl),
+            );
+            prop_assert!(redis.is_ok());
+            Ok(())
+        })?;
+    }
+}
