@@ -70,5 +70,8 @@ conformance! {
         in_flight_write_hidden_after_state_loss,
         oversize,
         stats_identity,
+        refresh_after_delete,
+        refresh_after_invalidate,
+        set_not_overwritten_by_older_computation,
     ],
 }
