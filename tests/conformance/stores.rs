@@ -49,6 +49,13 @@ impl Options {
         breaker_threshold: 5,
         breaker_cool_down: Duration::from_secs(1),
     };
+
+    /// Stores being broken on purpose: calls give up quickly and compute.
+    pub const FAULTS: Options = Options {
+        op_timeout: Duration::from_millis(200),
+        breaker_threshold: 5,
+        breaker_cool_down: Duration::from_millis(500),
+    };
 }
 
 /// A store under test: see the module docs.
