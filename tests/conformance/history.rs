@@ -125,7 +125,11 @@ impl Op {
             Kind::GetOrCompute => format!("get_or_compute({})", key_name(self.key)),
             Kind::GetOrRefresh => format!("get_or_refresh({})", key_name(self.key)),
             Kind::Get => format!("get({})", key_name(self.key)),
-            Kind::Set => format!("set({}) of", key_name(self.key)),
+            Kind::Set => format!(
+                "set({}, v{})",
+                key_name(self.key),
+                self.result.as_ref().map_or(0, |v| v.version)
+            ),
             Kind::Delete => format!("delete({})", key_name(self.key)),
             Kind::Update => format!("origin update({})", key_name(self.key)),
         };
@@ -136,15 +140,11 @@ impl Op {
             self.start,
             self.end
         );
-        match &self.result {
-            Some(v) if self.kind == Kind::Set => out += &format!(" v{}", v.version),
-            Some(v) => {
-                out += &format!(
-                    " -> {} v{} (by op#{}, origin read at seq {})",
-                    v.key, v.version, v.by, v.read_at
-                )
-            }
-            None => {}
+        if let Some(v) = self.result.as_ref().filter(|_| self.kind != Kind::Set) {
+            out += &format!(
+                " -> {} v{} (by op#{}, origin read at seq {})",
+                v.key, v.version, v.by, v.read_at
+            );
         }
         if !self.versions.is_empty() {
             let set: Vec<String> = self
