@@ -112,7 +112,7 @@ conformance! {
         stats_identity,
         refresh_after_delete,
         refresh_after_invalidate,
-        set_not_overwritten_by_older_computation,
+        delete_then_set_outlasts_an_older_computation,
     ],
     alone: [history],
 }

@@ -815,13 +815,13 @@ pub async fn refresh_after_invalidate(s: &Store) {
     refresh_then(s, "refresh_after_invalidate", Fence::Invalidate).await;
 }
 
-/// A's computation reads version 1; the origin moves to 2 and B `set`s
-/// version 2; then A's computation finishes. Its older value must not
-/// replace the one `set` stored. (Beyond the documented contract, which
-/// names invalidations only: a `set` that returned is overwritten by a
-/// value computed before it.)
-pub async fn set_not_overwritten_by_older_computation(s: &Store) {
-    let mut f = Findings::new(s, "set_not_overwritten_by_older_computation");
+/// A's computation reads version 1; the origin moves to 2 and B `delete`s
+/// the key, then `set`s version 2 (the documented way to replace a value
+/// that computations may be producing: `set` alone is last-writer-wins);
+/// then A's computation finishes. Its older value must not replace the one
+/// `set` stored.
+pub async fn delete_then_set_outlasts_an_older_computation(s: &Store) {
+    let mut f = Findings::new(s, "delete_then_set_outlasts_an_older_computation");
     let o = Origin::new("wr:1:x");
     let p = Policy::new().ttl(MINUTE);
     let (gate, compute) = o.gated();
@@ -831,6 +831,9 @@ pub async fn set_not_overwritten_by_older_computation(s: &Store) {
         return f.finish();
     }
     let v2 = o.val(o.bump());
+    if let Err(e) = s.b.delete(o.key).await {
+        f.fail(format!("B.delete failed: {e}"));
+    }
     if let Err(e) = s.b.set(o.key, &v2, MINUTE).await {
         f.fail(format!("B.set failed: {e}"));
     }
@@ -838,6 +841,13 @@ pub async fn set_not_overwritten_by_older_computation(s: &Store) {
     if let Err(e) = answer(first, STUCK).await {
         f.fail(format!("A's first call: {e}"));
     }
-    later_calls_see(s, &mut f, &o, 2, "after B.set(version 2) returned").await;
+    later_calls_see(
+        s,
+        &mut f,
+        &o,
+        2,
+        "after B.delete and B.set(version 2) returned",
+    )
+    .await;
     f.finish();
 }

@@ -320,13 +320,14 @@ pub async fn redis_at(
     let lose: Lose = Box::new(move || {
         let (ports, ns) = (ports.clone(), ns.clone());
         Box::pin(async move {
-            // Generation counters are `g:{<first segment>}:<prefix>`; with a
-            // namespace the first segment is the namespace.
-            let pattern = format!("g:{{{ns}}}:*");
+            // Generation counters are `g:{<first segment>}:<prefix>` (of
+            // prefixes) and `x:{<first segment>}<rest of key>` (of keys);
+            // with a namespace the first segment is the namespace.
+            let patterns = [format!("g:{{{ns}}}:*"), format!("x:{{{ns}}}*")];
             let deleted = tokio::task::spawn_blocking(move || {
                 ports
                     .iter()
-                    .map(|&port| delete_redis_keys(port, &pattern))
+                    .flat_map(|&port| patterns.iter().map(move |p| delete_redis_keys(port, p)))
                     .sum::<usize>()
             })
             .await
@@ -455,11 +456,17 @@ pub async fn memcached_at(name: &'static str, port: u16, options: Options) -> St
     let lose: Lose = Box::new(move || {
         let ns = ns.clone();
         Box::pin(async move {
-            // Counters are `{<first segment>}g:<prefix>`.
-            let prefix = format!("{{{ns}}}g:");
-            let deleted = tokio::task::spawn_blocking(move || delete_memcached_keys(port, &prefix))
-                .await
-                .unwrap();
+            // Counters are `{<first segment>}g:<prefix>` (of prefixes) and
+            // `{<first segment>}x:<key>` (of keys).
+            let prefixes = [format!("{{{ns}}}g:"), format!("{{{ns}}}x:")];
+            let deleted = tokio::task::spawn_blocking(move || {
+                prefixes
+                    .iter()
+                    .map(|p| delete_memcached_keys(port, p))
+                    .sum::<usize>()
+            })
+            .await
+            .unwrap();
             assert!(
                 deleted > 0,
                 "found no Memcached generation counters ({{{ns}}}g:*) to delete: if the key \
