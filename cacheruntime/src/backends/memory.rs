@@ -11,15 +11,23 @@
 //! treats an entry as gone when a recorded prefix of its key (`""`, then
 //! each prefix ending in `:`) is newer than the entry. The cost is one map
 //! lookup per key segment, only for entries older than the newest
-//! invalidation; it does not depend on how many other keys exist. A delete
-//! is recorded the same way, for its exact key, so a value computed before a
-//! delete and written after it stays hidden too.
+//! invalidation; it does not depend on how many other keys exist.
 //!
-//! Records are dropped once every entry they could hide has expired. A
-//! computation still running may hold a ticket older than a dropped record:
-//! the store remembers the newest sequence number it has dropped (the
-//! floor) and refuses writes under older tickets, so no sweep can let a
-//! value computed before an invalidation be stored.
+//! Prefix records are dropped once every entry they could hide has expired.
+//! A computation still running may hold a ticket older than a dropped
+//! record: the store remembers the newest sequence number it has dropped
+//! (the floor) and refuses writes under older tickets (and hides entries
+//! under them), so no sweep can let a value computed before an invalidation
+//! be stored.
+//!
+//! A delete removes the entry and records the key with the next sequence
+//! number, under a lock striped by key that writes take too, so a write
+//! under an older ticket is refused rather than racing past it. Reads never
+//! consult these records (the entry is gone), so deletes cost the hit path
+//! nothing. They are kept for a minute, for the computations that read
+//! before the delete and have yet to write; when older ones are dropped, a
+//! write floor rises to the newest dropped, and writes under older tickets
+//! (computations running for over a minute across a delete) are refused.
 //!
 //! # Large values
 //! quick_cache splits the byte bound across shards and silently refuses an
@@ -63,6 +71,13 @@ fn shard_admits(max_bytes: u64, shards: u64) -> u64 {
     ((max_bytes / shards) as f64 * 0.97) as u64 - 1
 }
 
+/// How many locks a store's writes and deletes are spread over.
+const STRIPES: usize = 64;
+
+/// How long a delete is remembered for the computations that read before
+/// it (ms).
+const DELETE_MEMORY_MS: u64 = 60_000;
+
 type Entries = quick_cache::sync::Cache<
     Box<str>,
     Entry,
@@ -99,12 +114,18 @@ pub struct MemoryBackend {
     newest_invalidation: AtomicU64,
     /// Prefix invalidations (`""` or ending with `:`).
     invalidations: DashMap<Box<str>, Invalidation>,
-    /// Deletes, by exact key.
+    /// Deletes, by exact key: consulted by writes only.
     deleted: DashMap<Box<str>, Invalidation>,
-    /// The newest sequence number of a swept record: writes under older
-    /// tickets are refused.
+    /// The newest sequence number of a swept prefix record: writes under
+    /// older tickets are refused, entries under them hidden.
     floor: AtomicU64,
+    /// The newest sequence number of a swept delete record: writes under
+    /// older tickets are refused.
+    write_floor: AtomicU64,
+    /// Serialise a key's write (check, then insert) with its delete.
+    stripes: Box<[std::sync::Mutex<()>]>,
     next_sweep_len: AtomicU64,
+    next_delete_sweep_len: AtomicU64,
     longest_ttl_ms: AtomicU64,
     /// Locks live apart from entries, so a lock never shadows an entry.
     locks: std::sync::Mutex<std::collections::HashMap<Box<str>, (Bytes, u64)>>,
@@ -176,6 +197,9 @@ impl MemoryBackend {
             invalidations: DashMap::new(),
             deleted: DashMap::new(),
             floor: AtomicU64::new(0),
+            write_floor: AtomicU64::new(0),
+            stripes: (0..STRIPES).map(|_| std::sync::Mutex::new(())).collect(),
+            next_delete_sweep_len: AtomicU64::new(1024),
             next_sweep_len: AtomicU64::new(1024),
             longest_ttl_ms: AtomicU64::new(0),
             locks: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -211,8 +235,8 @@ impl MemoryBackend {
         self.entries.len() == 0
     }
 
-    /// Whether a record newer than `entry_seq` covers `key`: an
-    /// invalidation of one of its prefixes, or a delete of the key.
+    /// Whether a prefix record newer than `entry_seq` covers `key` (or may
+    /// have, before a sweep).
     #[inline]
     fn hidden(&self, key: &str, entry_seq: u64) -> bool {
         if entry_seq >= self.newest_invalidation.load(Ordering::Acquire) {
@@ -230,12 +254,26 @@ impl MemoryBackend {
             || key
                 .match_indices(':')
                 .any(|(i, _)| newer(&self.invalidations, &key[..=i]))
-            || newer(&self.deleted, key)
     }
 
-    /// Whether a write under `seq` would be visible for `key` now.
+    /// Whether a write under `seq` would be stored and visible for `key`
+    /// now: no invalidation or delete of it is newer (nor may a swept one
+    /// have been).
     fn admits(&self, key: &str, seq: u64) -> bool {
-        !self.hidden(key, seq)
+        seq >= self.write_floor.load(Ordering::Acquire)
+            && !self.hidden(key, seq)
+            && !self.deleted.get(key).is_some_and(|d| d.seq > seq)
+    }
+
+    /// The lock a key's writes and deletes share.
+    fn stripe(&self, key: &str) -> std::sync::MutexGuard<'_, ()> {
+        // FNV-1a: in-process only, so any spread will do.
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        self.stripes[(hash % STRIPES as u64) as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The entry under `key` unless invalidated; expiry left to the caller.
@@ -274,6 +312,7 @@ impl MemoryBackend {
             Some(seq) => seq,
             None => self.seq.load(Ordering::Acquire),
         };
+        let _one_at_a_time = self.stripe(key);
         if !self.admits(key, seq) {
             // Computed before an invalidation or delete that covers it (or
             // one since swept): never visible.
@@ -289,57 +328,73 @@ impl MemoryBackend {
         Ok(())
     }
 
-    /// Records an invalidation (of a prefix, or of one key's deletion).
-    fn record(&self, records: &DashMap<Box<str>, Invalidation>, what: &str) -> u64 {
+    fn invalidate(&self, prefix: &str) {
         let now = self.clock.now_ms();
         let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
-        records.insert(what.into(), Invalidation { seq, at_ms: now });
+        self.invalidations
+            .insert(prefix.into(), Invalidation { seq, at_ms: now });
         self.newest_invalidation.fetch_max(seq, Ordering::AcqRel);
-        self.sweep_invalidations(now);
-        seq
-    }
-
-    fn invalidate(&self, prefix: &str) {
-        self.record(&self.invalidations, prefix);
         if prefix.is_empty() {
             // Everything is hidden anyway; give the memory back now.
             self.entries.clear();
         }
+        self.sweep_invalidations(now);
     }
 
     fn delete_key(&self, key: &str) {
-        self.record(&self.deleted, key);
-        self.entries.remove(key);
+        let now = self.clock.now_ms();
+        {
+            let _one_at_a_time = self.stripe(key);
+            let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+            self.deleted
+                .insert(key.into(), Invalidation { seq, at_ms: now });
+            self.entries.remove(key);
+        }
+        self.sweep_deletes(now);
     }
 
-    /// Drops records that can no longer hide a live entry: any entry older
-    /// than the record was written before it and has expired. The floor
-    /// rises to the newest dropped record first, so a write (or an entry)
-    /// under an older ticket is refused (or hidden) once the record is gone.
-    /// Amortised: runs when the record count doubles.
+    /// Drops prefix records that can no longer hide a live entry: any entry
+    /// older than the record was written before it and has expired. The
+    /// floor rises to the newest dropped record first, so a write (or an
+    /// entry) under an older ticket is refused (or hidden) once the record is
+    /// gone. Amortised: runs when the record count doubles.
     fn sweep_invalidations(&self, now: u64) {
-        let len = (self.invalidations.len() + self.deleted.len()) as u64;
+        let len = self.invalidations.len() as u64;
         if len < self.next_sweep_len.load(Ordering::Relaxed) {
             return;
         }
         let horizon = self.longest_ttl_ms.load(Ordering::Relaxed);
         let dead = |inv: &Invalidation| inv.at_ms.saturating_add(horizon) < now;
-        for records in [&self.invalidations, &self.deleted] {
-            for r in records.iter().filter(|r| dead(r.value())) {
-                self.floor.fetch_max(r.seq, Ordering::AcqRel);
-            }
+        for r in self.invalidations.iter().filter(|r| dead(r.value())) {
+            self.floor.fetch_max(r.seq, Ordering::AcqRel);
         }
-        for records in [&self.invalidations, &self.deleted] {
-            records.retain(|_, inv| !dead(inv));
-        }
-        let left = (self.invalidations.len() + self.deleted.len()) as u64;
+        self.invalidations.retain(|_, inv| !dead(inv));
+        let left = self.invalidations.len() as u64;
         self.next_sweep_len
+            .store((left * 2).max(1024), Ordering::Relaxed);
+    }
+
+    /// Drops delete records older than [`DELETE_MEMORY_MS`], raising the
+    /// write floor to the newest dropped first. Amortised like
+    /// [`sweep_invalidations`](Self::sweep_invalidations).
+    fn sweep_deletes(&self, now: u64) {
+        let len = self.deleted.len() as u64;
+        if len < self.next_delete_sweep_len.load(Ordering::Relaxed) {
+            return;
+        }
+        let dead = |d: &Invalidation| d.at_ms.saturating_add(DELETE_MEMORY_MS) < now;
+        for r in self.deleted.iter().filter(|r| dead(r.value())) {
+            self.write_floor.fetch_max(r.seq, Ordering::AcqRel);
+        }
+        self.deleted.retain(|_, d| !dead(d));
+        let left = self.deleted.len() as u64;
+        self.next_delete_sweep_len
             .store((left * 2).max(1024), Ordering::Relaxed);
     }
 
     #[cfg(test)]
     fn invalidation_records(&self) -> usize {
-        self.invalidations.len() + self.deleted.len()
+        self.invalidations.len()
     }
 }
 
@@ -661,5 +716,45 @@ mod tests {
             None,
         );
         assert!(matches!(over, Err(Error::TooLarge { .. })), "{over:?}");
+    }
+
+    #[test]
+    fn deletes_cost_reads_nothing_and_are_forgotten_after_a_minute() {
+        let clock = Clock::manual();
+        let m = MemoryBackend::with_clock(1 << 20, clock.clone());
+        m.store("kept:1", bytes("v"), Duration::from_secs(600), None)
+            .unwrap();
+        let old = m.lookup("gone:1").ticket;
+        for i in 0..2000 {
+            m.delete_key(&format!("gone:{i}"));
+        }
+        // Reads of other entries stay on the fast path.
+        assert_eq!(m.newest_invalidation.load(Ordering::Relaxed), 0);
+        assert_eq!(get(&m, "kept:1").as_deref(), Some(&b"v"[..]));
+        // A minute on, the records go, and the write floor keeps refusing
+        // writes from before them.
+        clock.advance(Duration::from_secs(61));
+        for i in 0..1100 {
+            m.delete_key(&format!("later:{i}"));
+        }
+        assert!(m.deleted.len() <= 1100, "{}", m.deleted.len());
+        m.store(
+            "gone:1",
+            bytes("old"),
+            Duration::from_secs(60),
+            old.as_ref(),
+        )
+        .unwrap();
+        assert_eq!(get(&m, "gone:1"), None);
+        assert!(!m.is_current("gone:1", old.as_ref().unwrap()).unwrap());
+        let fresh = m.lookup("gone:1").ticket;
+        m.store(
+            "gone:1",
+            bytes("new"),
+            Duration::from_secs(60),
+            fresh.as_ref(),
+        )
+        .unwrap();
+        assert_eq!(get(&m, "gone:1").as_deref(), Some(&b"new"[..]));
     }
 }
