@@ -318,7 +318,7 @@ async fn mutual_tls_needs_the_client_certificate() {
 }
 
 const ACL_USER: &str =
-    "user cacheapp on >s3cret-pass ~* resetchannels -@all +get +set +mget +incr +exists +time \
+    "user cacheapp on >s3cret-pass ~* resetchannels -@all +get +set +mget +incr +exists +time +pttl \
      +pexpire +unlink +del +eval +evalsha +script|load +ping +select +hello";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

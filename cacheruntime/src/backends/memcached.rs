@@ -41,8 +41,11 @@
 //! times 1,000 (plus a random part below 1,000), so one that is lost and
 //! created again never repeats a value an entry recorded (this relies on the
 //! app servers' clocks not running backwards by more than the life of a
-//! counter's values). Entry TTLs are capped at the counters' life (`max_ttl`,
-//! 365 days); an entry that outlives its counters is a miss, never wrong.
+//! counter's values). Prefix counters live `max_ttl` (365 days, which caps
+//! entry TTLs); a key's own counter lives an hour, and each write of the
+//! key extends it to the entry's TTL, so the counters of keys no longer
+//! cached do not pile up. An entry that outlives a counter is a miss, never
+//! wrong.
 
 use std::fmt;
 use std::time::Duration;
@@ -333,17 +336,23 @@ impl MemcachedBackend {
             });
         }
         let client = self.client().await?;
-        client
-            .set(entry_key(key), stored, self.ttl(ttl))
-            .await
-            .map_err(error)
+        // The key's own counter lives as long as its entry (an hour when
+        // it has none); at the same time, so the write costs one round trip.
+        let own = physical("x:", key);
+        let (stored, _) = tokio::join!(
+            client.set(entry_key(key), stored, self.ttl(ttl)),
+            client.touch(own.as_str(), self.ttl(ttl).max(self.life(true)))
+        );
+        // A failed touch leaves the counter to lapse early, which makes the
+        // entry a miss then: never a wrong answer.
+        stored.map_err(error)
     }
 
     async fn run_delete(&self, key: &str) -> Result<(), Error> {
         let client = self.client().await?;
         client.delete(entry_key(key)).await.map_err(error)?;
         // After the entry: a write stamped before the bump stays hidden.
-        self.bump(&physical("x:", key)).await
+        self.bump(&physical("x:", key), self.life(true)).await
     }
 
     async fn run_invalidate(&self, prefix: &str) -> Result<(), Error> {
@@ -354,14 +363,25 @@ impl MemcachedBackend {
                          one (`?namespace=app` or `.namespace(\"app\")`) and invalidate \"\" within it",
             });
         };
-        self.bump(&counter).await
+        self.bump(&counter, self.life(false)).await
+    }
+
+    /// How long a counter lives from its creation: a prefix's `max_ttl`
+    /// (they are few, and entries of every TTL record them); a key's own an
+    /// hour, extended to its entry's TTL by each write, so the counters of
+    /// keys no longer cached do not pile up.
+    fn life(&self, own: bool) -> Duration {
+        if own {
+            self.config.max_ttl.min(Duration::from_secs(3600))
+        } else {
+            self.config.max_ttl
+        }
     }
 
     /// Moves a counter to a value no entry recorded, in one command: one
     /// more if it is there (renewing its life), else a fresh seed.
-    async fn bump(&self, counter: &str) -> Result<(), Error> {
+    async fn bump(&self, counter: &str, life: Duration) -> Result<(), Error> {
         let client = self.client().await?;
-        let life = self.config.max_ttl;
         let fresh = seed(u64::from(std::process::id()) ^ self.clock.now_ms());
         let done = client
             .meta()

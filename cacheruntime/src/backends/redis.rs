@@ -23,8 +23,10 @@
 //! (microseconds times 1,000), above any value an older counter of that name
 //! reached, before its computation starts. Writes refuse a missing counter.
 //! So a lost counter can only hide entries, never bring an invalidated one
-//! back. Counters live `max_ttl` (30 days by default), renewed by every
-//! write and invalidation, and entry TTLs are capped to it.
+//! back. A counter lives at least as long as the entries that record it
+//! (every write extends it to its entry's TTL), and an hour otherwise, so
+//! the counters of keys no longer cached do not pile up. Entry TTLs are
+//! capped at `max_ttl` (30 days by default).
 //!
 //! # Cluster
 //! Keys carry a hash tag of their first segment (`{author}`), so an entry and
@@ -145,8 +147,8 @@ impl RedisConfig {
         self
     }
 
-    /// Longest life of an entry and of a generation counter (default 30
-    /// days); longer TTLs are capped to it.
+    /// Longest life of an entry (default 30 days); longer TTLs are capped
+    /// to it.
     pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
         self.max_ttl = max_ttl;
         self
@@ -223,14 +225,14 @@ local function bump(key, life)
   if redis.call('EXISTS', key) == 1 then
     redis.call('INCR', key)
   else
-    redis.call('SET', key, seed())
+    redis.call('SET', key, seed(), 'PX', life)
   end
-  redis.call('PEXPIRE', key, life)
 end
 ";
 
 /// Creates the missing counters of a read. KEYS: counters; ARGV[1]: their
-/// life in ms. Returns every counter's value.
+/// life in ms until an entry's write extends it. Returns every counter's
+/// value.
 static ENSURE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{SEED_LUA}
@@ -254,8 +256,8 @@ return out
 /// KEYS[2..]: its counters (prefixes shallowest first, then the key's own).
 /// ARGV[1]: value, ARGV[2]: TTL ms, ARGV[3]: the generations the writer's
 /// read saw, or `*` for "whatever is current" (direct `set`, which creates
-/// missing counters), ARGV[4]: the counters' life in ms. Writes nothing if
-/// a counter moved or is missing.
+/// missing counters). Writes nothing if a counter moved or is missing.
+/// Every counter is made to live at least as long as the entry.
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{SEED_LUA}
@@ -276,17 +278,20 @@ local gens = table.concat(g, '.')
 if ARGV[3] ~= '*' and ARGV[3] ~= gens then
   return 0
 end
+local ttl = tonumber(ARGV[2])
 for i = 2, #KEYS do
-  redis.call('PEXPIRE', KEYS[i], ARGV[4])
+  if redis.call('PTTL', KEYS[i]) < ttl then
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
 end
-redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ttl)
 return 1
 "
     ))
 });
 
-/// Bumps a prefix's generation (creating it from the clock if missing) and
-/// renews its life (ARGV[1] ms).
+/// Bumps a prefix's generation, or creates it from the clock if missing
+/// (to live ARGV[1] ms unless an entry's write extends it).
 static BUMP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{SEED_LUA}
@@ -298,7 +303,7 @@ return 1
 
 /// Deletes an entry and bumps the key's own counter, so a write under a
 /// ticket read before the delete is refused. KEYS[1]: entry, KEYS[2]: the
-/// key's counter; ARGV[1]: its life in ms.
+/// key's counter; ARGV[1]: its life in ms if it has to be created.
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{SEED_LUA}
@@ -514,6 +519,15 @@ impl RedisBackend {
         });
     }
 
+    /// How long a counter no entry records lives: an hour (or `max_ttl`
+    /// if shorter). Writes extend a counter to the life of the entries that
+    /// record it, so counters of keys long gone do not pile up, and a
+    /// computation longer than this finds its counter gone and writes
+    /// nothing.
+    fn idle_ms(&self) -> u64 {
+        self.max_ttl_ms.min(3_600_000)
+    }
+
     fn ttl_ms(&self, ttl: Duration) -> u64 {
         (ttl.as_millis().min(u128::from(u64::MAX)) as u64).clamp(1, self.max_ttl_ms)
     }
@@ -567,7 +581,7 @@ impl RedisBackend {
             ensure.key(c);
         }
         let current: Vec<Option<Vec<u8>>> = ensure
-            .arg(self.max_ttl_ms)
+            .arg(self.idle_ms())
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
@@ -600,7 +614,6 @@ impl RedisBackend {
             .arg(value)
             .arg(self.ttl_ms(ttl))
             .arg(expected)
-            .arg(self.max_ttl_ms)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
@@ -614,7 +627,7 @@ impl RedisBackend {
         let _: i64 = DELETE
             .key(layout.entry())
             .key(layout.own_counter())
-            .arg(self.max_ttl_ms)
+            .arg(self.idle_ms())
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
@@ -633,7 +646,7 @@ impl RedisBackend {
         let mut conn = self.connection().await?;
         let _: i64 = BUMP
             .key(physical(Kind::Prefix, prefix))
-            .arg(self.max_ttl_ms)
+            .arg(self.idle_ms())
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
