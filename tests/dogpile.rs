@@ -141,6 +141,37 @@ async fn failed_refresh_keeps_the_stale_value_and_retries_after_the_lock_expires
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refresh_never_makes_a_cold_miss_wait() {
+    let server = support::RedisServer::start();
+    let a = Cache::from_url(&server.url()).await.unwrap();
+    let b = Cache::from_url(&server.url()).await.unwrap();
+    let policy = Policy::new()
+        .ttl(Duration::from_millis(500))
+        .stale(Duration::from_secs(600))
+        .lock_ttl(Duration::from_secs(60));
+    let ok = |n: u32| move || async move { Ok::<u32, &str>(n) };
+    assert_eq!(a.try_get_or_refresh("quote:1", &policy, ok(1)).await, Ok(1));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let failing = || async { Err::<u32, &str>("upstream down") };
+    assert_eq!(
+        a.try_get_or_refresh("quote:1", &policy, failing).await,
+        Ok(1),
+        "stale value served"
+    );
+    eventually("the failed refresh", || a.stats().refresh_failures == 1).await;
+    // The entry goes (deleted here; its stale window could end as well):
+    // the next call is a cold miss, and the failed refresh's back-off must
+    // not hold it up for the lock's 60 s.
+    b.delete("quote:1").await.unwrap();
+    let started = Instant::now();
+    assert_eq!(b.try_get_or_refresh("quote:1", &policy, ok(2)).await, Ok(2));
+    assert_eq!(b.stats().lock_waits, 0, "the cold miss waited for a lock");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // And the back-off still holds for refreshes: no new attempt on A.
+    assert_eq!(a.stats().refreshes, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panicking_refresh_is_contained_and_counted() {
     let clock = Clock::manual();
     let cache = Cache::builder()
