@@ -224,3 +224,41 @@ impl CacheBuilder {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_entry_bytes_above_what_the_store_holds_is_refused_at_build() {
+        // A 256 KiB memory store holds entries up to about 127 KiB.
+        let err = Cache::builder()
+            .backend(MemoryBackend::new(256 << 10))
+            .max_entry_bytes(1 << 20)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_entry_bytes"), "{err}");
+        assert!(err.contains("raise the store's size"), "{err}");
+        // Unset, the limit becomes what the store holds.
+        let cache = Cache::builder()
+            .backend(MemoryBackend::new(256 << 10))
+            .build()
+            .unwrap();
+        assert!(cache.inner.max_entry_bytes < 128 << 10);
+        assert!(cache.inner.max_entry_bytes > 100 << 10);
+        // A store made by the builder is sized for the limit, in any order.
+        let cache = Cache::builder()
+            .max_entry_bytes(4 << 20)
+            .memory(64 << 20)
+            .build()
+            .unwrap();
+        assert_eq!(cache.inner.max_entry_bytes, 4 << 20);
+        let cache = Cache::builder()
+            .memory(64 << 20)
+            .max_entry_bytes(4 << 20)
+            .build()
+            .unwrap();
+        assert_eq!(cache.inner.max_entry_bytes, 4 << 20);
+    }
+}
