@@ -218,3 +218,148 @@ async fn memcached_read_only_miss_creates_own_counter_for_a_year() {
         "the key's own counter, recorded by no entry, lives {ttl} s (claim: an hour)"
     );
 }
+
+// ----------------------------------------------------------------- secrets
+
+/// Claim: secrets never appear in URL errors, Debug or logs. Probe odd
+/// forms against the real parsers/drivers (nothing listens on port 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_secrets_never_show_in_errors_or_debug() {
+    let secret = "Hu\\nt\"er2é";
+    let enc = percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
+        .to_string();
+    let forms = [
+        format!("redis://u:{enc}@127.0.0.1:1/0"),
+        format!("redis://u:{enc}@127.0.0.1:notaport/0"),
+        format!("redis://u:{enc}@127.0.0.1:1/0?namespace=a%20b"),
+        format!("redis://u:{enc}@127.0.0.1:1/x"),
+        format!("rediss://u:{enc}@127.0.0.1:1/0?op_timeout=bogus"),
+        format!("redis+cluster://u:{enc}@127.0.0.1:1,u:{enc}@127.0.0.1:2"),
+        format!("postgres://u:{enc}@127.0.0.1:1/db?op_timeout=50ms"),
+        format!("postgres://u:{enc}@127.0.0.1:1/db?sslmode=bogus"),
+        format!("postgres://u@127.0.0.1:1/db?password={enc}&sslmode=nope"),
+        format!("postgres://u:{enc}@[::1/db"),
+        format!("postgresql://u:{enc}@127.0.0.1:99999/db"),
+        format!("memcached://u:{enc}@127.0.0.1:1"),
+        format!("memcached://127.0.0.1:1?token={enc}&bogus=1"),
+        format!("redis://u:{enc}@127.0.0.1:1/0#{enc}"),
+        format!("redis://u:{enc}@127.0.0.1:1?namespace=x&max_entry_bytes={enc}"),
+        format!("redis://{enc}@127.0.0.1:1"),
+    ];
+    let decoded_forms = [
+        secret.to_string(),
+        enc.clone(),
+        "nt\\\"er2".to_string(),
+        "Hu\\\\nt".to_string(),
+        "er2é".to_string(),
+        "er2\\u{e9}".to_string(),
+        "Hu%5Cnt".to_string(),
+        "er2%C3%A9".to_string(),
+    ];
+    let mut leaks = Vec::new();
+    for url in &forms {
+        let mut seen = Vec::new();
+        match Cache::from_url(url).await {
+            Err(e) => {
+                seen.push(format!("{e}"));
+                seen.push(format!("{e:?}"));
+            }
+            Ok(cache) => {
+                seen.push(format!("{cache:?}"));
+                let _ = cache.get::<u32>("k").await.map_err(|e| {
+                    seen.push(format!("{e}"));
+                    seen.push(format!("{e:?}"));
+                });
+                let _ = cache.set("k", &1u32, Duration::from_secs(1)).await.map_err(|e| {
+                    seen.push(format!("{e}"));
+                    seen.push(format!("{e:?}"));
+                });
+            }
+        }
+        for text in seen {
+            for f in &decoded_forms {
+                if text.contains(f.as_str()) {
+                    leaks.push(format!("{url}\n  -> {text}"));
+                }
+            }
+        }
+    }
+    assert!(leaks.is_empty(), "leaks:\n{}", leaks.join("\n"));
+}
+
+// ------------------------------------------------- backends without tickets
+
+/// A third-party backend written against the public trait: `Lookup::new`
+/// ("a read that found value (or nothing) with no ticket"), `ticket:
+/// Option<&Ticket>` in `set`. Tickets are optional in the API.
+#[derive(Debug, Default)]
+struct PlainMap {
+    map: std::sync::Mutex<std::collections::HashMap<String, bytes::Bytes>>,
+    sets: AtomicUsize,
+}
+
+impl cacheruntime::Backend for PlainMap {
+    fn name(&self) -> &'static str {
+        "plain"
+    }
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> cacheruntime::backend::BoxFuture<'a, Result<cacheruntime::backend::Lookup, cacheruntime::Error>>
+    {
+        let v = self.map.lock().unwrap().get(key).cloned();
+        Box::pin(async move { Ok(cacheruntime::backend::Lookup::new(v)) })
+    }
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: bytes::Bytes,
+        _ttl: Duration,
+        _ticket: Option<&'a cacheruntime::backend::Ticket>,
+    ) -> cacheruntime::backend::BoxFuture<'a, Result<(), cacheruntime::Error>> {
+        self.sets.fetch_add(1, Ordering::SeqCst);
+        self.map.lock().unwrap().insert(key.to_owned(), value);
+        Box::pin(async { Ok(()) })
+    }
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> cacheruntime::backend::BoxFuture<'a, Result<(), cacheruntime::Error>> {
+        self.map.lock().unwrap().remove(key);
+        Box::pin(async { Ok(()) })
+    }
+    fn invalidate_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> cacheruntime::backend::BoxFuture<'a, Result<(), cacheruntime::Error>> {
+        self.map.lock().unwrap().retain(|k, _| !k.starts_with(prefix));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A store that answers reads without a ticket is never written by
+/// get-or-compute: `Flights::join` returns `Role::Alone` for `None`, which
+/// computes and returns without storing; every call is a miss, no call is
+/// ever single-flighted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_without_tickets_never_caches() {
+    let store = Arc::new(PlainMap::default());
+    let cache = Cache::builder().backend(store.clone()).build().unwrap();
+    let p = Policy::new().ttl(Duration::from_secs(60));
+    let runs = Arc::new(AtomicUsize::new(0));
+    for _ in 0..3 {
+        let r = runs.clone();
+        let v: u32 = cache
+            .get_or_compute("k", &p, move || async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                5
+            })
+            .await;
+        assert_eq!(v, 5);
+    }
+    assert_eq!(
+        (runs.load(Ordering::SeqCst), store.sets.load(Ordering::SeqCst)),
+        (1, 1),
+        "computations and store writes"
+    );
+}
