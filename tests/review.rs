@@ -363,3 +363,33 @@ async fn backend_without_tickets_never_caches() {
         "computations and store writes"
     );
 }
+
+// ------------------------------------------------------------- default keys
+
+/// Claim: default keys start with the function's full path (`type_name` of
+/// a closure made in its body), so functions never share them. Two
+/// functions of the same name in two block scopes of one function (or in
+/// two closures of it) have the same `type_name` path: they share keys,
+/// and the second is answered with the first one's values.
+async fn two_blocks(x: u32) -> (u32, u32) {
+    let a = {
+        #[cacheruntime::cached(ttl = 60)]
+        async fn inner(x: u32) -> u32 {
+            x + 1
+        }
+        inner(x).await
+    };
+    let b = {
+        #[cacheruntime::cached(ttl = 60)]
+        async fn inner(x: u32) -> u32 {
+            x + 1000
+        }
+        inner(x).await
+    };
+    (a, b)
+}
+
+#[tokio::test]
+async fn same_named_functions_in_two_blocks_share_default_keys() {
+    assert_eq!(two_blocks(1).await, (2, 1001));
+}
