@@ -393,3 +393,48 @@ async fn two_blocks(x: u32) -> (u32, u32) {
 async fn same_named_functions_in_two_blocks_share_default_keys() {
     assert_eq!(two_blocks(1).await, (2, 1001));
 }
+
+// ----------------------------------------------------- cancelled lock taker
+
+/// Claim: store locks are released if the holder is cancelled. A caller
+/// cancelled while its `SET NX` is in flight (its own future dropped by
+/// the application's timeout, not the op timeout) never gets a HeldLock:
+/// the request still executes on the server and the lock stays for its
+/// whole TTL, stalling every other process's cold miss of the key.
+/// (CLIENT PAUSE WRITE holds the SET NX on the server while letting the
+/// read through, standing in for a slow network.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_cancelled_while_taking_the_lock_leaves_it_held() {
+    let server = support::RedisServer::start();
+    let mk = || {
+        Cache::builder()
+            .backend(RedisBackend::new(RedisConfig::new(server.url())).unwrap())
+            .op_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (mk(), mk());
+    let lock_ttl = Duration::from_secs(6);
+    let p = Policy::new().ttl(Duration::from_secs(60)).lock_ttl(lock_ttl);
+    // Counters exist, so A's read is one MGET.
+    assert_eq!(a.get::<u32>("grp:k").await.unwrap(), None);
+    assert_eq!(b.get::<u32>("grp:k").await.unwrap(), None);
+    server.cli(&["CLIENT", "PAUSE", "1500", "WRITE"]);
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(400),
+        a.get_or_compute("grp:k", &p, || async { 1u32 }),
+    )
+    .await;
+    assert!(cancelled.is_err(), "A's call was to be cancelled by the app");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = std::time::Instant::now();
+    let got = b.get_or_compute("grp:k", &p, || async { 2u32 }).await;
+    assert_eq!(got, 2);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "B's cold miss waited {:?} for a lock nobody holds (lock_waits {}, lock_timeouts {})",
+        started.elapsed(),
+        b.stats().lock_waits,
+        b.stats().lock_timeouts
+    );
+}
