@@ -19,6 +19,24 @@ mod answers;
 #[derive(Debug, PartialEq)]
 struct MyError(String);
 
+/// A default key: the function's path, `@L<line>C<column>` of its
+/// attribute, then the arguments.
+#[track_caller]
+fn assert_default_key(key: &str, path: &str, args: &str) {
+    let place = key
+        .strip_prefix(path)
+        .and_then(|rest| rest.strip_suffix(args))
+        .and_then(|place| place.strip_prefix("@L"))
+        .and_then(|place| place.split_once('C'));
+    let numbers = |(l, c): (&str, &str)| {
+        !l.is_empty() && !c.is_empty() && (l.to_owned() + c).bytes().all(|b| b.is_ascii_digit())
+    };
+    assert!(
+        place.is_some_and(numbers),
+        "{key:?} is not {path}@L<n>C<n>{args}"
+    );
+}
+
 fn fresh() -> Cache {
     Cache::builder().memory(8 << 20).build().unwrap()
 }
@@ -686,9 +704,10 @@ mod default_keys {
         let stats = IMPLS.stats();
         assert_eq!((stats.computations, stats.hits), (2, 2));
         // Readable, and the helpers render the function's own key.
-        assert_eq!(
-            Users::count_cache_key(7),
-            "cached.default_keys.Users.count:7"
+        assert_default_key(
+            &Users::count_cache_key(7),
+            "cached.default_keys.Users.count",
+            ":7",
         );
         assert_eq!(
             IMPLS.get::<u64>(&Orders::count_cache_key(7)).await.unwrap(),
@@ -731,9 +750,10 @@ mod default_keys {
         assert_eq!(row_count::<Authors>(3).await, 203);
         let stats = GENERICS.stats();
         assert_eq!((stats.computations, stats.hits), (2, 2));
-        assert_eq!(
-            row_count_cache_key::<Books>(3),
-            "cached.default_keys.row_count<cached.default_keys.Books>:3"
+        assert_default_key(
+            &row_count_cache_key::<Books>(3),
+            "cached.default_keys.row_count<cached.default_keys.Books>",
+            ":3",
         );
         row_count_invalidate::<Authors>(3).await.unwrap();
         assert_eq!(
@@ -781,7 +801,7 @@ mod default_keys {
         let stats = NESTED.stats();
         assert_eq!((stats.computations, stats.hits), (2, 2));
         let (one, two) = (outer_one(1).1, outer_two(1).1);
-        assert_eq!(one, "cached.default_keys.outer_one.inner:1");
+        assert_default_key(&one, "cached.default_keys.outer_one.inner", ":1");
         assert_eq!(NESTED.get::<u32>(&two).await.unwrap(), Some(201));
     }
 
@@ -909,9 +929,10 @@ mod generic_impls {
         assert_eq!(Repo::<u64>::get_default(2).await, 1_000_002);
         let stats = REPO_DEFAULT.stats();
         assert_eq!((stats.computations, stats.hits), (2, 2));
-        assert_eq!(
-            Repo::<u64>::get_default_cache_key(2),
-            "cached.generic_impls.Repo<u64>.get_default:2"
+        assert_default_key(
+            &Repo::<u64>::get_default_cache_key(2),
+            "cached.generic_impls.Repo<u64>.get_default",
+            ":2",
         );
         assert_eq!(
             REPO_DEFAULT
@@ -1060,13 +1081,14 @@ async fn default_cache_and_default_key_work_until_set_default_replaces_them() {
     assert_eq!(norm(Point { x: 3, y: 4 }).await, 25);
     assert_eq!(area(2, 3).await, 6);
     assert_eq!(area(2, 3).await, 6);
-    // Stable across processes: module path, name and Display of each arg.
-    assert_eq!(area_cache_key(2, 3), "cached.defaults.area:2:3");
+    // Stable across processes: module path, name, the attribute's place and
+    // Display of each arg.
+    assert_default_key(&area_cache_key(2, 3), "cached.defaults.area", ":2:3");
     assert_eq!(norm_cache_key(Point { x: 3, y: 4 }), "point:3:4");
     let process_cache = cacheruntime::__private::default_cache();
     assert_eq!(
         process_cache
-            .get::<u64>("cached.defaults.area:2:3")
+            .get::<u64>(&area_cache_key(2, 3))
             .await
             .unwrap(),
         Some(6)
@@ -1079,10 +1101,7 @@ async fn default_cache_and_default_key_work_until_set_default_replaces_them() {
     assert_eq!(area(7, 7).await, 49);
     assert_eq!((mine.stats().hits, mine.stats().misses), (1, 1));
     area_invalidate(7, 7).await.unwrap();
-    assert_eq!(
-        mine.get::<u64>("cached.defaults.area:7:7").await.unwrap(),
-        None
-    );
+    assert_eq!(mine.get::<u64>(&area_cache_key(7, 7)).await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1487,4 +1506,32 @@ mod ids {
         }
         assert_eq!(counted(&pool, "rankings").await - before, 1);
     }
+}
+
+// ---------------------------------------------------------------- default keys in blocks
+
+/// Two functions of one name in two blocks of one function have the same
+/// path (type names do not show blocks): the attribute's place in the file
+/// tells their default keys apart.
+async fn two_blocks(x: u32) -> (u32, u32) {
+    let a = {
+        #[cacheruntime::cached(ttl = 60)]
+        async fn inner(x: u32) -> u32 {
+            x + 1
+        }
+        inner(x).await
+    };
+    let b = {
+        #[cacheruntime::cached(ttl = 60)]
+        async fn inner(x: u32) -> u32 {
+            x + 1000
+        }
+        inner(x).await
+    };
+    (a, b)
+}
+
+#[tokio::test]
+async fn same_named_functions_in_sibling_blocks_never_share_default_keys() {
+    assert_eq!(two_blocks(1).await, (2, 1001));
 }

@@ -266,3 +266,46 @@ async fn credentials_in_the_url_are_refused_with_the_reason() {
         .to_string();
     assert!(err.contains("no SASL") && !err.contains("secret"), "{err}");
 }
+
+fn memcached_ask(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !out.ends_with(b"\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A read that misses creates the key's counters; its own counter, which
+/// no entry records, lives an hour (not `max_ttl`), so the counters of keys
+/// no longer cached do not pile up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_counter_no_entry_records_lives_an_hour() {
+    use cacheruntime::backends::memcached::{MemcachedBackend, MemcachedConfig};
+    let server = MemcachedServer::start();
+    let cache = Cache::builder()
+        .backend(MemcachedBackend::new(MemcachedConfig::new([server.addr()])).unwrap())
+        .op_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    // A read of a key that is not cached (Cache::get, or a computation
+    // returning Err): nothing is written but the counters.
+    assert_eq!(cache.get::<u32>("grp:k1").await.unwrap(), None);
+    let own = memcached_ask(server.port, "mg {grp}x:grp:k1 t\r\n");
+    let ttl: i64 = own
+        .trim()
+        .split(' ')
+        .find_map(|f| f.strip_prefix('t'))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("own counter not found: {own:?}"));
+    assert!(
+        ttl <= 3600,
+        "the key's own counter, recorded by no entry, lives {ttl} s (claim: an hour)"
+    );
+}

@@ -425,3 +425,73 @@ proptest! {
         })?;
     }
 }
+
+/// Odd URL forms against the real parsers and drivers (nothing listens on
+/// port 1): a password with `\`, `"` and a non-ASCII letter, per-host
+/// credentials, secrets in query values and fragments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_url_forms_never_show_their_secrets() {
+    let secret = "Hu\\nt\"er2é";
+    let enc = percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
+        .to_string();
+    let forms = [
+        format!("redis://u:{enc}@127.0.0.1:1/0"),
+        format!("redis://u:{enc}@127.0.0.1:notaport/0"),
+        format!("redis://u:{enc}@127.0.0.1:1/0?namespace=a%20b"),
+        format!("redis://u:{enc}@127.0.0.1:1/x"),
+        format!("rediss://u:{enc}@127.0.0.1:1/0?op_timeout=bogus"),
+        format!("redis+cluster://u:{enc}@127.0.0.1:1,u:{enc}@127.0.0.1:2"),
+        format!("postgres://u:{enc}@127.0.0.1:1/db?op_timeout=50ms"),
+        format!("postgres://u:{enc}@127.0.0.1:1/db?sslmode=bogus"),
+        format!("postgres://u@127.0.0.1:1/db?password={enc}&sslmode=nope"),
+        format!("postgres://u:{enc}@[::1/db"),
+        format!("postgresql://u:{enc}@127.0.0.1:99999/db"),
+        format!("memcached://u:{enc}@127.0.0.1:1"),
+        format!("memcached://127.0.0.1:1?token={enc}&bogus=1"),
+        format!("redis://u:{enc}@127.0.0.1:1/0#{enc}"),
+        format!("redis://u:{enc}@127.0.0.1:1?namespace=x&max_entry_bytes={enc}"),
+        format!("redis://{enc}@127.0.0.1:1"),
+    ];
+    let decoded_forms = [
+        secret.to_string(),
+        enc.clone(),
+        "nt\\\"er2".to_string(),
+        "Hu\\\\nt".to_string(),
+        "er2é".to_string(),
+        "er2\\u{e9}".to_string(),
+        "Hu%5Cnt".to_string(),
+        "er2%C3%A9".to_string(),
+    ];
+    let mut leaks = Vec::new();
+    for url in &forms {
+        let mut seen = Vec::new();
+        match Cache::from_url(url).await {
+            Err(e) => {
+                seen.push(format!("{e}"));
+                seen.push(format!("{e:?}"));
+            }
+            Ok(cache) => {
+                seen.push(format!("{cache:?}"));
+                let _ = cache.get::<u32>("k").await.map_err(|e| {
+                    seen.push(format!("{e}"));
+                    seen.push(format!("{e:?}"));
+                });
+                let _ = cache
+                    .set("k", &1u32, Duration::from_secs(1))
+                    .await
+                    .map_err(|e| {
+                        seen.push(format!("{e}"));
+                        seen.push(format!("{e:?}"));
+                    });
+            }
+        }
+        for text in seen {
+            for f in &decoded_forms {
+                if text.contains(f.as_str()) {
+                    leaks.push(format!("{url}\n  -> {text}"));
+                }
+            }
+        }
+    }
+    assert!(leaks.is_empty(), "leaks:\n{}", leaks.join("\n"));
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cacheruntime::backend::Backend;
 use cacheruntime::backends::redis::{RedisBackend, RedisConfig};
-use cacheruntime::{cached, Cache, Error};
+use cacheruntime::{cached, Cache, Error, Policy};
 use redis::AsyncCommands;
 use support::{RedisCluster, RedisOptions, RedisServer};
 
@@ -757,4 +757,125 @@ async fn signed_entries_reject_forgeries_and_survive_key_rotation() {
     );
     assert!(!format!("{old:?}").contains("signing-key"), "{old:?}");
     assert!(Cache::builder().signing_keys(["short"]).build().is_err());
+}
+
+/// A caller cancelled while its `SET NX` is in flight (its future dropped
+/// by the application's timeout, not the op timeout): the request still
+/// takes the lock on the server, and the release armed before it went out
+/// frees it (retrying while the server does not answer), so another
+/// process's cold miss of the key does not wait out the lock. (`CLIENT
+/// PAUSE WRITE` holds the `SET NX` on the server while letting reads
+/// through, standing in for a slow network.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_cancelled_while_taking_the_lock_releases_it() {
+    let server = RedisServer::start();
+    let mk = || {
+        Cache::builder()
+            .backend(RedisBackend::new(RedisConfig::new(server.url())).unwrap())
+            .op_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (mk(), mk());
+    let lock_ttl = Duration::from_secs(6);
+    let p = Policy::new()
+        .ttl(Duration::from_secs(60))
+        .lock_ttl(lock_ttl);
+    // Counters exist, so A's read is one MGET.
+    assert_eq!(a.get::<u32>("grp:k").await.unwrap(), None);
+    assert_eq!(b.get::<u32>("grp:k").await.unwrap(), None);
+    server.cli(&["CLIENT", "PAUSE", "1500", "WRITE"]);
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(400),
+        a.get_or_compute("grp:k", &p, || async { 1u32 }),
+    )
+    .await;
+    assert!(
+        cancelled.is_err(),
+        "A's call was to be cancelled by the app"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = std::time::Instant::now();
+    let got = b.get_or_compute("grp:k", &p, || async { 2u32 }).await;
+    assert_eq!(got, 2);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "B's cold miss waited {:?} for a lock nobody holds (lock_waits {}, lock_timeouts {})",
+        started.elapsed(),
+        b.stats().lock_waits,
+        b.stats().lock_timeouts
+    );
+}
+
+/// Collects what the cache logs, for tests that check a warning is given.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A Redis that can come back from a crash with an older state than it
+/// acknowledged (RDB snapshots, AOF not synced per write) rolls
+/// invalidations back with the entries they hid: the guarantee needs a
+/// Redis without persistence (a restart empties it) or with `appendfsync
+/// always`, and the cache says so when it connects to one that persists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_can_roll_back_invalidations_is_named_in_a_warning() {
+    let logs = Logs::default();
+    let sink = logs.clone();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .try_init();
+    let persisting = RedisServer::start_with(RedisOptions {
+        config: vec!["save 3600 1".into()],
+        ..RedisOptions::default()
+    });
+    let plain = RedisServer::start();
+    for server in [&persisting, &plain] {
+        let cache = cache_on(&server.url());
+        assert_eq!(top_books(&cache, 3).await, Ok(vec![3, 6]));
+    }
+    let warned = |port: u16| {
+        let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+        text.lines()
+            .any(|l| l.contains("appendfsync always") && l.contains(&format!(":{port}")))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !warned(persisting.port) {
+        assert!(Instant::now() < deadline, "no warning about persistence");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !warned(plain.port),
+        "a Redis without persistence was warned about"
+    );
+    // Without persistence a crash and restart empties the store: nothing
+    // invalidated can come back.
+    let mut plain = plain;
+    let cache = cache_on(&plain.url());
+    cache.invalidate_prefix("author:3:").await.unwrap();
+    plain.kill();
+    plain.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cache.get::<Vec<i64>>("author:3:top_books").await {
+            Ok(found) => {
+                assert_eq!(found, None);
+                break;
+            }
+            Err(_) => {
+                assert!(Instant::now() < deadline, "Redis did not come back");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }

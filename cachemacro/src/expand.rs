@@ -78,13 +78,26 @@ fn render_key(
         }
         KeyPlan::Default => {
             steps.push(match prefix {
+                // `line!()` and `column!()` in generated code give the place
+                // of the `#[cached]` attribute, the same for the function and
+                // its helpers.
                 DefaultPrefix::Site => quote! {
-                    __cachemacro_k.literal(&__CACHEMACRO_SITE.default_prefix(|| ()));
+                    __cachemacro_k.literal(&__CACHEMACRO_SITE.default_prefix(
+                        || (),
+                        ::core::line!(),
+                        ::core::column!(),
+                    ));
                 },
                 DefaultPrefix::Helper(name, helper) => {
                     let helper = helper.to_string();
                     quote! {
-                        __cachemacro_k.literal(&::cacheruntime::__private::helper_default_prefix(|| (), #name, #helper));
+                        __cachemacro_k.literal(&::cacheruntime::__private::helper_default_prefix(
+                            || (),
+                            #name,
+                            #helper,
+                            ::core::line!(),
+                            ::core::column!(),
+                        ));
                     }
                 }
             });

@@ -484,6 +484,13 @@ impl Cache {
         F: Future<Output = O>,
     {
         let fp = envelope::fingerprint(std::any::type_name::<O::Value>(), policy.version);
+        if let Err(e) = key::check_key(key) {
+            // Not cacheable under this key: computed as without a cache,
+            // counted and logged (never silently).
+            self.failed("get", &e);
+            let call = Call::new(policy, fp, None, Memo::decode_only());
+            return self.fetch("", call, Fast::Remote, compute, refresh).await;
+        }
         let full = self.full_key(key);
         let call = Call::new(policy, fp, None, Memo::decode_only());
         self.fetch(&full, call, Fast::Remote, compute, refresh)

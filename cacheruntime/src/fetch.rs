@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use crate::backend::Ticket;
 use crate::cache::{Cache, Outcome};
 use crate::entry::Source;
-use crate::flight::{self, Landing, LeaderGuard, Role};
+use crate::flight::{self, Landing, LeaderGuard, Role, Seen};
 use crate::lock::Contended;
 use crate::memo::Memo;
 use crate::policy::Policy;
@@ -239,11 +239,15 @@ impl Cache {
             };
             tally(Answer::Miss);
             let backend = &*inner.backend;
-            let role = inner.flights.join(key, ticket.as_ref(), |flight| {
-                match backend.is_current(key, flight) {
-                    Some(current) => current,
-                    None => ticket.as_ref().is_some_and(|mine| flight.covers(mine)),
-                }
+            let seen = if store_answered {
+                Seen::Answered(ticket.as_ref())
+            } else {
+                Seen::Failed
+            };
+            let role = inner.flights.join(key, seen, |flight, mine| {
+                backend
+                    .is_current(key, flight)
+                    .unwrap_or_else(|| flight.covers(mine))
             });
             match role {
                 Role::Leader(guard) => {

@@ -13,8 +13,10 @@
 //! invalidation, in this process or any other, is never shared with a
 //! caller that knows of it. Such a caller starts a new flight in its place;
 //! the old one finishes for the callers that had already joined it. A
-//! caller without a ticket (its read failed) cannot tell, and computes on
-//! its own.
+//! caller whose read failed cannot tell, and computes on its own. A store
+//! that gives no tickets at all (a third-party backend may not) shares
+//! computations among its ticketless callers, as before tickets existed:
+//! only in-process invalidations fence them.
 //!
 //! A flight is a mutex-guarded state plus one `Notify`, and the leader only
 //! notifies when someone waits: most misses have no waiter, and waking
@@ -46,8 +48,9 @@ pub(crate) enum Landing {
 
 #[derive(Debug)]
 pub(crate) struct Flight {
-    /// The invalidation state the leader's read saw.
-    ticket: Ticket,
+    /// The invalidation state the leader's read saw (`None`: the store
+    /// gives no tickets).
+    ticket: Option<Ticket>,
     state: Mutex<Landing>,
     notify: Notify,
     waiters: AtomicUsize,
@@ -78,25 +81,40 @@ pub(crate) struct Flights {
 pub(crate) enum Role<'a> {
     Leader(LeaderGuard<'a>),
     Waiter(Arc<Flight>),
-    /// No ticket: compute without sharing.
+    /// The read failed: compute without sharing.
     Alone,
 }
 
+/// What the caller's read of the store told it.
+#[derive(Clone, Copy)]
+pub(crate) enum Seen<'t> {
+    /// The store answered, with this ticket (or none, if it gives none).
+    Answered(Option<&'t Ticket>),
+    /// The read failed: nothing is known.
+    Failed,
+}
+
 impl Flights {
-    /// Joins the flight of `key` if `may_join` admits its ticket, or leads
-    /// a new one (taking the old one's place for later callers).
+    /// Joins the flight of `key` if `may_join` admits its ticket (a caller
+    /// and a flight without tickets always match), or leads a new one
+    /// (taking the old one's place for later callers).
     pub(crate) fn join<'a>(
         &'a self,
         key: &str,
-        ticket: Option<&Ticket>,
-        may_join: impl FnOnce(&Ticket) -> bool,
+        seen: Seen<'_>,
+        may_join: impl FnOnce(&Ticket, &Ticket) -> bool,
     ) -> Role<'a> {
-        let Some(ticket) = ticket else {
+        let Seen::Answered(ticket) = seen else {
             return Role::Alone;
+        };
+        let admits = |flight: &Option<Ticket>| match (flight, ticket) {
+            (Some(flight), Some(mine)) => may_join(flight, mine),
+            (None, None) => true,
+            _ => false,
         };
         let lead = |flights: &'a Flights| {
             let flight = Arc::new(Flight {
-                ticket: ticket.clone(),
+                ticket: ticket.cloned(),
                 state: Mutex::new(Landing::Pending),
                 notify: Notify::new(),
                 waiters: AtomicUsize::new(0),
@@ -110,7 +128,7 @@ impl Flights {
         };
         match self.map.entry(key.into()) {
             Entry::Occupied(mut e) => {
-                if may_join(&e.get().ticket) {
+                if admits(&e.get().ticket) {
                     return Role::Waiter(e.get().clone());
                 }
                 let (flight, guard) = lead(self);
@@ -213,10 +231,10 @@ mod tests {
     async fn dropped_leader_frees_the_key_and_wakes_waiters() {
         let flights = Flights::default();
         let t = Ticket::seq(1);
-        let Role::Leader(leader) = flights.join("k", Some(&t), |_| true) else {
+        let Role::Leader(leader) = flights.join("k", Seen::Answered(Some(&t)), |_, _| true) else {
             panic!("first caller must lead")
         };
-        let Role::Waiter(flight) = flights.join("k", Some(&t), |_| true) else {
+        let Role::Waiter(flight) = flights.join("k", Seen::Answered(Some(&t)), |_, _| true) else {
             panic!("second caller must wait")
         };
         let waiter = tokio::spawn(wait(flight));
@@ -225,7 +243,7 @@ mod tests {
         assert!(waiter.await.unwrap().is_none());
         assert_eq!(flights.len(), 0);
         assert!(matches!(
-            flights.join("k", Some(&t), |_| true),
+            flights.join("k", Seen::Answered(Some(&t)), |_, _| true),
             Role::Leader(_)
         ));
     }
@@ -234,16 +252,16 @@ mod tests {
     async fn published_entry_reaches_waiters_before_and_after_publication() {
         let flights = Flights::default();
         let t = Ticket::seq(1);
-        let Role::Leader(leader) = flights.join("k", Some(&t), |_| true) else {
+        let Role::Leader(leader) = flights.join("k", Seen::Answered(Some(&t)), |_, _| true) else {
             panic!()
         };
-        let Role::Waiter(early) = flights.join("k", Some(&t), |_| true) else {
+        let Role::Waiter(early) = flights.join("k", Seen::Answered(Some(&t)), |_, _| true) else {
             panic!()
         };
         let early = tokio::spawn(wait(early));
         tokio::task::yield_now().await;
         leader.publish(Landing::Entry(Bytes::from_static(b"v")));
-        let Role::Waiter(late) = flights.join("k", Some(&t), |_| true) else {
+        let Role::Waiter(late) = flights.join("k", Seen::Answered(Some(&t)), |_, _| true) else {
             panic!("the flight lasts until the guard drops")
         };
         drop(leader);
@@ -256,22 +274,37 @@ mod tests {
         let flights = Flights::default();
         let old = Ticket::tag("1.4");
         let new = Ticket::tag("1.5");
-        let Role::Leader(stale_leader) = flights.join("k", Some(&old), |_| true) else {
+        let covers = |f: &Ticket, mine: &Ticket| f.covers(mine);
+        let Role::Leader(stale_leader) = flights.join("k", Seen::Answered(Some(&old)), covers)
+        else {
             panic!()
         };
         // The newer caller leads a flight of its own, in the old one's place.
-        let Role::Leader(fresh_leader) = flights.join("k", Some(&new), |f| f.covers(&new)) else {
+        let Role::Leader(fresh_leader) = flights.join("k", Seen::Answered(Some(&new)), covers)
+        else {
             panic!("a caller that saw a newer invalidation must not join an older flight")
         };
         // Later callers that saw the same state join the new flight, and the
         // old leader's end does not remove it.
         drop(stale_leader);
-        let Role::Waiter(joined) = flights.join("k", Some(&new), |f| f.covers(&new)) else {
+        let Role::Waiter(joined) = flights.join("k", Seen::Answered(Some(&new)), covers) else {
             panic!()
         };
-        assert_eq!(joined.ticket, new);
+        assert_eq!(joined.ticket, Some(new));
         drop(fresh_leader);
-        // Without a ticket there is nothing to compare: compute alone.
-        assert!(matches!(flights.join("k", None, |_| true), Role::Alone));
+        // After a failed read there is nothing to compare: compute alone.
+        assert!(matches!(
+            flights.join("k", Seen::Failed, |_, _| true),
+            Role::Alone
+        ));
+        // A store without tickets: its callers share, as before tickets.
+        let Role::Leader(plain) = flights.join("p", Seen::Answered(None), covers) else {
+            panic!()
+        };
+        assert!(matches!(
+            flights.join("p", Seen::Answered(None), covers),
+            Role::Waiter(_)
+        ));
+        drop(plain);
     }
 }

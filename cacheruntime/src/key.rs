@@ -236,12 +236,21 @@ pub(crate) fn stored_prefix(prefix: &str, keep: usize) -> Option<&str> {
     (!readable.is_empty() && readable.len() >= keep).then_some(readable)
 }
 
-/// Checks that a key is usable: not empty, and no longer than the hard cap.
+/// Checks that a key is usable: not empty, and without `#`, which marks a
+/// shortened long key (`...#<sha256>`): a key written with one could take
+/// the shape of another key's shortened form and share its entry.
 pub fn check_key(key: &str) -> Result<(), Error> {
     if key.is_empty() {
         return Err(Error::InvalidKey {
             key: String::new(),
             reason: "keys must not be empty",
+        });
+    }
+    if key.contains('#') {
+        return Err(Error::InvalidKey {
+            key: key.chars().take(64).collect(),
+            reason: "keys must not contain '#', which marks shortened long keys: escape \
+                     values with `cacheruntime::key::escape` (it writes `%23`)",
         });
     }
     Ok(())

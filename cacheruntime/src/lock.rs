@@ -44,15 +44,20 @@ pub(crate) struct HeldLock {
     cache: Cache,
     key: Box<str>,
     token: Bytes,
+    /// When the store lets the lock expire by itself (`None`: too far to
+    /// say): retrying a release past it is pointless.
+    expires: Option<Instant>,
     done: bool,
 }
 
 impl HeldLock {
-    /// Releases the lock (compare-and-delete on our token).
+    /// Releases the lock (compare-and-delete on our token). If the store
+    /// fails to answer, the release is retried in the background.
     pub(crate) async fn release(mut self) {
-        self.cache.unlock(&self.key, &self.token).await;
-        // Only now: if this future is dropped mid-release, `drop` retries.
-        self.done = true;
+        let released = self.cache.unlock(&self.key, &self.token).await;
+        // Only now: if this future is dropped mid-release, `drop` retries;
+        // a store that failed gets the retries too.
+        self.done = released;
     }
 
     /// Leaves the lock to expire on its own.
@@ -66,20 +71,36 @@ impl Drop for HeldLock {
         if self.done {
             return;
         }
-        // Cancelled or panicking holder: release in the background, since
-        // `drop` cannot wait. Outside a runtime the lock expires by itself.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let cache = self.cache.clone();
-            let key = std::mem::take(&mut self.key);
-            let token = std::mem::take(&mut self.token);
-            runtime.spawn(async move { cache.unlock(&key, &token).await });
-        }
+        // Cancelled or panicking holder (or a release the store failed):
+        // release in the background, since `drop` cannot wait, retrying
+        // while the store fails and the lock has not expired by itself.
+        // Outside a runtime the lock expires by itself.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let cache = self.cache.clone();
+        let key = std::mem::take(&mut self.key);
+        let token = std::mem::take(&mut self.token);
+        let expires = self.expires;
+        runtime.spawn(async move {
+            let mut pause = Duration::from_millis(50);
+            while !cache.unlock(&key, &token).await {
+                let next = Instant::now() + pause;
+                if expires.is_some_and(|e| next >= e) {
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        });
     }
 }
 
 /// The lock a background refresh of `key` takes: apart from the key's own
 /// lock, so a refresh that fails and backs off never makes a cold miss of
-/// the key wait.
+/// the key wait. No key's own lock has this name: keys may not contain `#`
+/// (`key::check_key`), and a shortened long key's `#` is followed by its
+/// digest only.
 pub(crate) fn refresh_lock_key(key: &str) -> String {
     format!("{key}#refresh")
 }
@@ -96,46 +117,56 @@ fn token() -> Bytes {
 
 impl Cache {
     /// Takes the store's lock for `key` (locks live apart from entries).
+    ///
+    /// The release is armed before the request goes out: if this call is
+    /// dropped while the store takes the lock (a client timeout around the
+    /// caller), or the request times out after the store took it, the lock
+    /// is released from a spawned task rather than left to its TTL.
     pub(crate) async fn try_lock(&self, key: &str, ttl: Duration) -> LockState {
         let backend = &*self.inner.backend;
-        let token = token();
-        match self
-            .guarded("lock", || backend.set_if_absent(key, token.clone(), ttl))
-            .await
-        {
-            Ok(true) => LockState::Held(HeldLock {
-                cache: self.clone(),
-                key: key.into(),
-                token,
-                done: false,
-            }),
-            Ok(false) => LockState::Busy,
-            Err(Error::Unsupported { .. }) => LockState::Unsupported,
+        let mut held = HeldLock {
+            cache: self.clone(),
+            key: key.into(),
+            token: token(),
+            expires: Instant::now().checked_add(ttl),
+            done: false,
+        };
+        let taken = self
+            .guarded("lock", || {
+                backend.set_if_absent(key, held.token.clone(), ttl)
+            })
+            .await;
+        match taken {
+            Ok(true) => return LockState::Held(held),
+            Ok(false) => {}
+            Err(Error::Unsupported { .. }) => {
+                held.done = true;
+                return LockState::Unsupported;
+            }
             Err(e) => {
                 self.failed("lock", &e);
-                if matches!(e, Error::Timeout { .. }) {
-                    // A timed-out request may still have taken the lock:
-                    // send the release after it, so it cannot block the key.
-                    drop(HeldLock {
-                        cache: self.clone(),
-                        key: key.into(),
-                        token,
-                        done: false,
-                    });
-                }
-                LockState::Failed
+                // Only a timed-out request may still have taken the lock:
+                // for it the release goes out (on drop); not for others.
+                held.done = !matches!(e, Error::Timeout { .. });
+                return LockState::Failed;
             }
         }
+        held.done = true;
+        LockState::Busy
     }
 
-    pub(crate) async fn unlock(&self, key: &str, token: &Bytes) {
+    /// Releases our lock on `key`; `false` if the store failed to answer
+    /// (a lock that is no longer ours, or none, counts as released).
+    pub(crate) async fn unlock(&self, key: &str, token: &Bytes) -> bool {
         let backend = &*self.inner.backend;
-        if let Err(e) = self
+        match self
             .guarded("unlock", || backend.delete_if_equals(key, token))
             .await
         {
-            if !matches!(e, Error::Unsupported { .. }) {
+            Ok(_) | Err(Error::Unsupported { .. }) => true,
+            Err(e) => {
                 self.failed("unlock", &e);
+                false
             }
         }
     }

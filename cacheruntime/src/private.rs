@@ -185,9 +185,15 @@ pub fn assert_cacheable<T: Serialize + DeserializeOwned>() {}
 /// closure made in the helper, whose path is the function's with the
 /// helper's name in place of the function's (the helpers take the same
 /// generic parameters, so the rest of the path is the same).
-pub fn helper_default_prefix<C>(probe: C, name: &str, helper: &str) -> String {
+pub fn helper_default_prefix<C>(
+    probe: C,
+    name: &str,
+    helper: &str,
+    line: u32,
+    column: u32,
+) -> String {
     let path = crate::site::type_name_of(probe);
-    crate::site::default_prefix(&rename_last(path, helper, name))
+    crate::site::default_prefix(&rename_last(path, helper, name), line, column)
 }
 
 /// `path` with its segment `::<helper>` (the last one, before the generic

@@ -8,6 +8,7 @@
 //! name; other instantiations compute theirs on the spot.
 
 use std::borrow::Cow;
+use std::fmt::Write;
 use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
 
@@ -78,15 +79,15 @@ impl Site {
     /// computed for others.
     #[doc(hidden)]
     #[inline]
-    pub fn default_prefix<C>(&self, probe: C) -> Cow<'_, str> {
+    pub fn default_prefix<C>(&self, probe: C, line: u32, column: u32) -> Cow<'_, str> {
         let path = type_name_of(probe);
         let (from, prefix) = self
             .default_prefix
-            .get_or_init(|| (path, default_prefix(path)));
+            .get_or_init(|| (path, default_prefix(path, line, column)));
         if same_name(from, path) {
             Cow::Borrowed(prefix)
         } else {
-            Cow::Owned(default_prefix(path))
+            Cow::Owned(default_prefix(path, line, column))
         }
     }
 }
@@ -113,12 +114,18 @@ fn same_name(a: &'static str, b: &'static str) -> bool {
 /// arguments, the function's own (`row_count<my_app::Books>`), and the
 /// functions it is nested in. Dots replace `::` and the rest is escaped like
 /// an interpolated value, so the path stays one key segment.
-pub(crate) fn default_prefix(path: &str) -> String {
+///
+/// Then `@L<line>C<column>` of the `#[cached]` attribute: two functions of
+/// one name nested in sibling blocks of one function have the same path
+/// (type names do not show blocks), never the same place in the file.
+pub(crate) fn default_prefix(path: &str, line: u32, column: u32) -> String {
     let mut path = path;
     while let Some(rest) = path.strip_suffix("::{{closure}}") {
         path = rest;
     }
-    crate::key::escape(&path.replace("::", ".")).into_owned()
+    let mut out = crate::key::escape(&path.replace("::", ".")).into_owned();
+    let _ = write!(out, "@L{line}C{column}");
+    out
 }
 
 #[cfg(test)]
@@ -128,24 +135,24 @@ mod tests {
     #[test]
     fn default_prefixes_are_one_readable_segment() {
         assert_eq!(
-            default_prefix("my_app::Users::count::{{closure}}::{{closure}}"),
-            "my_app.Users.count"
+            default_prefix("my_app::Users::count::{{closure}}::{{closure}}", 1, 2),
+            "my_app.Users.count@L1C2"
         );
         assert_eq!(
-            default_prefix("my_app::row_count<my_app::Books>::{{closure}}"),
-            "my_app.row_count<my_app.Books>"
+            default_prefix("my_app::row_count<my_app::Books>::{{closure}}", 1, 2),
+            "my_app.row_count<my_app.Books>@L1C2"
         );
         assert_eq!(
-            default_prefix("my_app::outer::{{closure}}::inner::{{closure}}"),
-            "my_app.outer.{{closure}}.inner"
+            default_prefix("my_app::outer::{{closure}}::inner::{{closure}}", 1, 2),
+            "my_app.outer.{{closure}}.inner@L1C2"
         );
         assert_eq!(
-            default_prefix("<my_app::Foo as my_app::Tr>::m::{{closure}}"),
-            "<my_app.Foo%20as%20my_app.Tr>.m"
+            default_prefix("<my_app::Foo as my_app::Tr>::m::{{closure}}", 1, 2),
+            "<my_app.Foo%20as%20my_app.Tr>.m@L1C2"
         );
         assert_eq!(
-            default_prefix("my_app::f<'_, u8, ':'>::{{closure}}"),
-            "my_app.f<'_,%20u8,%20'%3A'>"
+            default_prefix("my_app::f<'_, u8, ':'>::{{closure}}", 1, 2),
+            "my_app.f<'_,%20u8,%20'%3A'>@L1C2"
         );
     }
 
@@ -163,12 +170,12 @@ mod tests {
         fn probe<T>() -> impl Fn() {
             || ()
         }
-        let first = SITE.default_prefix(probe::<u8>());
+        let first = SITE.default_prefix(probe::<u8>(), 3, 4);
         assert!(matches!(first, Cow::Borrowed(_)), "{first}");
-        assert!(first.ends_with("probe<u8>"), "{first}");
-        let other = SITE.default_prefix(probe::<u16>());
-        assert!(other.ends_with("probe<u16>"), "{other}");
-        let again = SITE.default_prefix(probe::<u8>());
+        assert!(first.ends_with("probe<u8>@L3C4"), "{first}");
+        let other = SITE.default_prefix(probe::<u16>(), 3, 4);
+        assert!(other.ends_with("probe<u16>@L3C4"), "{other}");
+        let again = SITE.default_prefix(probe::<u8>(), 3, 4);
         assert!(matches!(again, Cow::Borrowed(_)), "{again}");
     }
 }

@@ -312,3 +312,103 @@ async fn a_shared_store_is_signature_checked_whatever_methods_it_implements() {
     assert_eq!(v, "genuine", "an entry signed with another key was served");
     assert_eq!(reader.stats().signature_failures, 1);
 }
+
+/// A third-party backend written against the public trait: `Lookup::new`
+/// ("a read that found value (or nothing) with no ticket"), `ticket:
+/// Option<&Ticket>` in `set`. Tickets are optional in the API.
+#[derive(Debug, Default)]
+struct PlainMap {
+    map: std::sync::Mutex<std::collections::HashMap<String, bytes::Bytes>>,
+    sets: AtomicUsize,
+}
+
+impl cacheruntime::Backend for PlainMap {
+    fn name(&self) -> &'static str {
+        "plain"
+    }
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> cacheruntime::backend::BoxFuture<
+        'a,
+        Result<cacheruntime::backend::Lookup, cacheruntime::Error>,
+    > {
+        let v = self.map.lock().unwrap().get(key).cloned();
+        Box::pin(async move { Ok(cacheruntime::backend::Lookup::new(v)) })
+    }
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: bytes::Bytes,
+        _ttl: Duration,
+        _ticket: Option<&'a cacheruntime::backend::Ticket>,
+    ) -> cacheruntime::backend::BoxFuture<'a, Result<(), cacheruntime::Error>> {
+        self.sets.fetch_add(1, Ordering::SeqCst);
+        self.map.lock().unwrap().insert(key.to_owned(), value);
+        Box::pin(async { Ok(()) })
+    }
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> cacheruntime::backend::BoxFuture<'a, Result<(), cacheruntime::Error>> {
+        self.map.lock().unwrap().remove(key);
+        Box::pin(async { Ok(()) })
+    }
+    fn invalidate_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> cacheruntime::backend::BoxFuture<'a, Result<(), cacheruntime::Error>> {
+        self.map
+            .lock()
+            .unwrap()
+            .retain(|k, _| !k.starts_with(prefix));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A store that gives no tickets (the trait allows it) still caches and
+/// shares computations, as before tickets existed: only its failed reads
+/// make a call compute alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_tickets_still_caches() {
+    let store = Arc::new(PlainMap::default());
+    let cache = Cache::builder().backend(store.clone()).build().unwrap();
+    let p = Policy::new().ttl(Duration::from_secs(60));
+    let runs = Arc::new(AtomicUsize::new(0));
+    for _ in 0..3 {
+        let r = runs.clone();
+        let v: u32 = cache
+            .get_or_compute("k", &p, move || async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                5
+            })
+            .await;
+        assert_eq!(v, 5);
+    }
+    assert_eq!(
+        (
+            runs.load(Ordering::SeqCst),
+            store.sets.load(Ordering::SeqCst)
+        ),
+        (1, 1),
+        "computations and store writes"
+    );
+}
+
+#[tokio::test]
+async fn keys_with_a_hash_are_refused_with_the_fix() {
+    let cache = Cache::memory();
+    // `#` marks a shortened long key: no key may be written with one.
+    let err = cache.get::<u32>("k#refresh").await.unwrap_err().to_string();
+    assert!(err.contains("escape"), "{err}");
+    assert!(cache
+        .set("a#1", &1u32, Duration::from_secs(60))
+        .await
+        .is_err());
+    assert!(cache.delete("a#1").await.is_err());
+    // Get-or-compute cannot fail: it computes as without a cache, counted.
+    let v: u32 = cache.get_or_compute("a#1", &minute(), || async { 4 }).await;
+    let v2: u32 = cache.get_or_compute("a#1", &minute(), || async { 5 }).await;
+    assert_eq!((v, v2), (4, 5));
+    assert_eq!(cache.stats().errors, 2);
+}

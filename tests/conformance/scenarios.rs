@@ -595,9 +595,10 @@ pub async fn invalidation_survives_state_loss(s: &Store) {
     f.finish();
 }
 
-/// A computation that read before an invalidation writes after the
-/// invalidation and after the store lost its invalidation state: its
-/// value must not become visible.
+/// A computation on A that read before B's invalidation writes after the
+/// invalidation and after the store lost its invalidation state: its value
+/// must not become visible, nor may a caller on A that starts after them
+/// be handed it while it runs.
 pub async fn in_flight_write_hidden_after_state_loss(s: &Store) {
     let mut f = Findings::new(s, "in_flight_write_hidden_after_state_loss");
     let o = Origin::new("grp:2:a");
@@ -609,10 +610,22 @@ pub async fn in_flight_write_hidden_after_state_loss(s: &Store) {
         return f.finish();
     }
     o.bump();
-    if let Err(e) = s.a.invalidate_prefix("grp:2:").await {
-        f.fail(format!("A.invalidate_prefix failed: {e}"));
+    if let Err(e) = s.b.invalidate_prefix("grp:2:").await {
+        f.fail(format!("B.invalidate_prefix failed: {e}"));
     }
     s.lose_invalidation_state().await;
+    // Started after the invalidation and the loss, while A's computation
+    // from before them still runs: must neither wait for it nor get its
+    // value (a lost record must not make the old computation look current).
+    match answer(spawn_call(&s.a, o.key, p, o.compute()), STUCK).await {
+        Ok(v) if v.version < 2 => f.fail(format!(
+            "a call on A started after B's invalidation and the state loss got version {} \
+             (expected 2): it joined A's computation from before them",
+            v.version
+        )),
+        Ok(_) => {}
+        Err(e) => f.fail(format!("a call on A after the state loss: {e}")),
+    }
     let _ = gate.release.send(());
     if let Err(e) = answer(first, STUCK).await {
         f.fail(format!("A's first call: {e}"));
@@ -622,7 +635,7 @@ pub async fn in_flight_write_hidden_after_state_loss(s: &Store) {
         &mut f,
         &o,
         2,
-        "after the invalidation, the state loss and the write of a value computed before them",
+        "after B's invalidation, the state loss and the write of a value computed before them",
     )
     .await;
     f.finish();

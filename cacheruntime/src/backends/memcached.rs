@@ -272,7 +272,8 @@ impl MemcachedBackend {
     ) -> Result<String, Error> {
         let client = self.client().await?;
         let fresh = seed(u64::from(std::process::id()) ^ self.clock.now_ms());
-        for (counter, value) in counters.iter().zip(&current) {
+        let own = counters.len() - 1;
+        for (i, (counter, value)) in counters.iter().zip(&current).enumerate() {
             if value.is_none() {
                 // Not stored if another process added it first: either way
                 // the value read next is the counter's.
@@ -280,7 +281,7 @@ impl MemcachedBackend {
                     .add(
                         counter.as_str(),
                         fresh.to_string().as_bytes(),
-                        self.config.max_ttl,
+                        self.life(i == own),
                     )
                     .await
                     .map_err(error)?;

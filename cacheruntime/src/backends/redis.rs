@@ -516,6 +516,37 @@ impl RedisBackend {
                     "CONFIG GET not allowed; cannot check the Redis eviction policy"
                 ),
             }
+            let setting = |name: &'static str| {
+                let mut conn = conn.clone();
+                async move {
+                    let found: Result<Vec<String>, _> = redis::cmd("CONFIG")
+                        .arg("GET")
+                        .arg(name)
+                        .query_async(&mut conn)
+                        .await;
+                    found.ok().and_then(|v| v.get(1).cloned())
+                }
+            };
+            let (save, aof, fsync) = (
+                setting("save").await,
+                setting("appendonly").await,
+                setting("appendfsync").await,
+            );
+            if let (Some(save), Some(aof), Some(fsync)) = (save, aof, fsync) {
+                if loses_acknowledged_writes(&save, &aof, &fsync) {
+                    tracing::warn!(
+                        url = %label,
+                        save = %save,
+                        appendonly = %aof,
+                        appendfsync = %fsync,
+                        "Redis persists without syncing every write (RDB snapshots, or AOF \
+                         without appendfsync always): a crash and restart restores data from \
+                         before the latest invalidations, and entries they hid are served \
+                         again. Run the cache's Redis without persistence (save \"\" and \
+                         appendonly no, so a restart empties it) or with appendfsync always"
+                    );
+                }
+            }
         });
     }
 
@@ -683,6 +714,17 @@ impl RedisBackend {
             .await
             .map_err(|e| self.error(e))?;
         Ok(n == 1)
+    }
+}
+
+/// Whether a Redis with these settings can come back from a crash with an
+/// older state than it acknowledged: RDB snapshots without an AOF (when
+/// both are on, Redis loads the AOF), or an AOF not synced on every write.
+fn loses_acknowledged_writes(save: &str, appendonly: &str, appendfsync: &str) -> bool {
+    if appendonly == "yes" {
+        appendfsync != "always"
+    } else {
+        !save.trim().is_empty()
     }
 }
 
@@ -907,6 +949,19 @@ mod tests {
         );
         assert!(physical(Kind::Entry, ":posts").starts_with("v:{~"));
         assert_ne!(physical(Kind::Entry, "~0:"), physical(Kind::Entry, ":"));
+    }
+
+    #[test]
+    fn persistence_that_can_roll_invalidations_back_is_recognised() {
+        assert!(loses_acknowledged_writes(
+            "3600 1 300 100",
+            "no",
+            "everysec"
+        ));
+        assert!(loses_acknowledged_writes("", "yes", "everysec"));
+        assert!(loses_acknowledged_writes("3600 1", "yes", "no"));
+        assert!(!loses_acknowledged_writes("", "no", "everysec"));
+        assert!(!loses_acknowledged_writes("3600 1", "yes", "always"));
     }
 
     #[test]

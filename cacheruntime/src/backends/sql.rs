@@ -284,12 +284,14 @@ impl Statements {
         let floor = format!("COALESCE((SELECT epoch FROM {t}_epoch WHERE id = 2), 0)");
         Statements {
             // One round trip: the current epoch (the ticket), the newest
-            // record naming the key (its scope), and the entry, unless
-            // expired, under the floor, or older than a record naming it.
+            // record naming the key and the floor (the newer is its scope:
+            // a swept record leaves the floor at least as high), and the
+            // entry, unless expired, under the floor, or older than a record
+            // naming it.
             get: format!(
                 "SELECT (SELECT epoch FROM {t}_epoch WHERE id = 1) AS now_epoch, \
                  (SELECT COALESCE(MAX(i.epoch), 0) FROM {t}_invalidations i WHERE {records}) \
-                 AS scope, \
+                 AS scope, {floor} AS floor, \
                  (SELECT c.value FROM {t} c WHERE c.key = {k} AND c.expires_at > {now} \
                  AND c.epoch >= {floor} \
                  AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
@@ -778,6 +780,7 @@ impl Shared {
         type Columns = (
             Result<Option<i64>, sqlx::Error>,
             Result<Option<i64>, sqlx::Error>,
+            Result<Option<i64>, sqlx::Error>,
             Result<Option<Vec<u8>>, sqlx::Error>,
         );
         fn columns<R: Row>(r: R) -> Columns
@@ -789,6 +792,7 @@ impl Shared {
             (
                 r.try_get::<Option<i64>, _>("now_epoch"),
                 r.try_get::<Option<i64>, _>("scope"),
+                r.try_get::<Option<i64>, _>("floor"),
                 r.try_get::<Option<Vec<u8>>, _>("value"),
             )
         }
@@ -818,9 +822,11 @@ impl Shared {
                  (run the DDL or enable auto_create)",
             )
         };
-        let (epoch, scope, value) = row.ok_or_else(missing)?;
+        let (epoch, scope, floor, value) = row.ok_or_else(missing)?;
         let epoch = epoch.map_err(|e| self.error(e))?.ok_or_else(missing)?;
         let scope = scope.map_err(|e| self.error(e))?.unwrap_or(0);
+        let floor = floor.map_err(|e| self.error(e))?.unwrap_or(0);
+        let scope = scope.max(floor);
         let value = value.map_err(|e| self.error(e))?;
         Ok(Lookup::new(value.map(Bytes::from))
             .with_ticket(Ticket::scoped(epoch as u64, scope as u64)))
