@@ -94,7 +94,27 @@ impl Cache {
         policy: Option<&Policy>,
         source: Source<'_>,
     ) -> Result<Option<(&'b [u8], Due)>, Error> {
-        let (header, payload) = self.verified_payload(bytes, source)?;
+        let (header, mut payload) = Header::read(bytes)?;
+        let signed = header.flags & envelope::FLAG_SIGNED != 0;
+        if signed {
+            if payload.len() < signing::TAG_LEN {
+                return Err(Error::decode("signed entry shorter than its tag"));
+            }
+            payload = &payload[..payload.len() - signing::TAG_LEN];
+        }
+        // Entries read from a shared store must carry a tag of ours.
+        if let (Some(signer), Source::Store(key), false) =
+            (&self.inner.signer, source, self.inner.local)
+        {
+            let body = &bytes[..bytes.len() - if signed { signing::TAG_LEN } else { 0 }];
+            let tag = &bytes[body.len()..];
+            if !signed || !signer.verify(key, body, tag) {
+                self.inner.counters.signature_failures.incr();
+                return Err(Error::decode(
+                    "entry is not signed with a current signing key",
+                ));
+            }
+        }
         if header.codec != self.inner.codec.id() {
             return Err(Error::decode(format!(
                 "entry written by codec {} but this cache uses {}",
@@ -123,34 +143,18 @@ impl Cache {
         Ok(Some((payload, Due::No)))
     }
 
-    /// The header and payload (signature tag stripped) of an entry. Entries
-    /// read from a shared store must carry a tag of ours when signing is on.
-    fn verified_payload<'b>(
-        &self,
-        bytes: &'b [u8],
-        source: Source<'_>,
-    ) -> Result<(Header, &'b [u8]), Error> {
-        let (header, mut payload) = Header::read(bytes)?;
-        let signed = header.flags & envelope::FLAG_SIGNED != 0;
-        if signed {
-            if payload.len() < signing::TAG_LEN {
-                return Err(Error::decode("signed entry shorter than its tag"));
-            }
-            payload = &payload[..payload.len() - signing::TAG_LEN];
+    /// The payload of an entry this process sealed (signature tag
+    /// stripped, nothing verified).
+    fn own_payload(bytes: &[u8]) -> Result<&[u8], Error> {
+        let (header, payload) = Header::read(bytes)?;
+        if header.flags & envelope::FLAG_SIGNED == 0 {
+            return Ok(payload);
         }
-        if let (Some(signer), Source::Store(key), false) =
-            (&self.inner.signer, source, self.inner.local)
-        {
-            let body = &bytes[..bytes.len() - if signed { signing::TAG_LEN } else { 0 }];
-            let tag = &bytes[body.len()..];
-            if !signed || !signer.verify(key, body, tag) {
-                self.inner.counters.signature_failures.incr();
-                return Err(Error::decode(
-                    "entry is not signed with a current signing key",
-                ));
-            }
-        }
-        Ok((header, payload))
+        payload
+            .len()
+            .checked_sub(signing::TAG_LEN)
+            .map(|len| &payload[..len])
+            .ok_or_else(|| Error::decode("signed entry shorter than its tag"))
     }
 
     pub(crate) fn seal_with<T: Serialize + ?Sized>(
@@ -240,9 +244,8 @@ impl Cache {
     /// of a type is counted in `decode_failures` and reported at warn level
     /// with what to do.
     fn reads_back<T: DeserializeOwned>(&self, bytes: &Bytes, fp: u64) -> bool {
-        let decoded = self
-            .verified_payload(bytes, Source::Process)
-            .and_then(|(_, payload)| self.inner.codec.decode::<T>(payload));
+        let decoded =
+            Self::own_payload(bytes).and_then(|payload| self.inner.codec.decode::<T>(payload));
         let Err(e) = decoded else {
             return true;
         };

@@ -133,7 +133,7 @@ pub enum Fast<V> {
 
 impl Cache {
     /// Counts how a call was answered.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn tally(&self, site: Option<&'static Site>, answer: Answer) {
         let counters = &self.inner.counters;
         let slot = slot();
@@ -381,7 +381,7 @@ impl Cache {
         if !inner.enabled {
             return Ok(Read::Miss(None));
         }
-        match self.local_read(key, fp, memo, policy) {
+        match self.local_read::<V, false>(key, fp, None, memo, policy) {
             Fast::Hit(v) => return Ok(Read::Hit(v)),
             Fast::Refresh(v, ticket, due) => return Ok(Read::Refresh(v, ticket, due)),
             Fast::Miss(ticket) => return Ok(Read::Miss(ticket)),
@@ -410,12 +410,15 @@ impl Cache {
     }
 
     /// The synchronous read of in-process stores; `Fast::Remote` for others.
-    /// Not counted: `Fast::Hit` is counted by whoever returns it.
+    /// With `HIT_IS_ANSWER` a fresh hit is counted here as the call's answer
+    /// (the `#[cached]` fast path returns it at once); otherwise nothing is
+    /// counted, and the caller counts.
     #[inline]
-    pub(crate) fn local_read<V: DeserializeOwned>(
+    pub(crate) fn local_read<V: DeserializeOwned, const HIT_IS_ANSWER: bool>(
         &self,
         key: &str,
         fp: Accept,
+        site: Option<&'static Site>,
         memo: Memo<V>,
         policy: Option<&Policy>,
     ) -> Fast<V> {
@@ -430,7 +433,12 @@ impl Cache {
             match self.open_local(&entry, fp, memo, policy) {
                 Ok(Some((v, due))) => {
                     return match due {
-                        Due::No => Fast::Hit(v),
+                        Due::No => {
+                            if HIT_IS_ANSWER {
+                                self.tally(site, Answer::Hit);
+                            }
+                            Fast::Hit(v)
+                        }
                         Due::Early | Due::Stale => Fast::Refresh(v, Some(found.ticket), due),
                     };
                 }

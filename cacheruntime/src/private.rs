@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::cache::{Always, Outcome};
 pub use crate::default::default_cache;
 pub use crate::fetch::Fast;
-use crate::fetch::{Accept, Answer, Call};
+use crate::fetch::{Accept, Call};
 pub use crate::ids::{assert_id_shape, clone_for_refresh, store_ids, IdShape, IdSlot, Rows};
 pub use crate::key::KeyBuilder;
 pub use crate::memo::{Memo, Probe, ViaClone, ViaDecode};
@@ -41,17 +41,15 @@ pub fn local_hit<T: DeserializeOwned>(
         return Fast::Remote;
     }
     let fp = site.fingerprint::<T>();
-    let found = cache.local_read(
+    // A hit is this call's answer (counted there); anything else is
+    // counted by the core.
+    cache.local_read::<T, true>(
         &crate::key::stored(key.as_str()),
         Accept::Exactly(fp),
+        Some(site),
         memo,
         Some(&site.policy),
-    );
-    // A hit is this call's answer; anything else is counted by the core.
-    if let Fast::Hit(_) = found {
-        cache.tally(Some(site), Answer::Hit);
-    }
-    found
+    )
 }
 
 /// What the four `cached_*` entry points share: the site's fingerprint and

@@ -103,7 +103,7 @@ impl Drop for Slot {
     }
 }
 
-#[inline]
+#[inline(always)]
 pub(crate) fn slot() -> Option<usize> {
     thread_local! {
         static SLOT: Slot = Slot::claim();

@@ -236,12 +236,17 @@ impl MemoryBackend {
     }
 
     /// Whether a prefix record newer than `entry_seq` covers `key` (or may
-    /// have, before a sweep).
-    #[inline]
+    /// have, before a sweep). The hit path: entries newer than the newest
+    /// invalidation answer with one load.
+    #[inline(always)]
     fn hidden(&self, key: &str, entry_seq: u64) -> bool {
-        if entry_seq >= self.newest_invalidation.load(Ordering::Acquire) {
-            return false;
-        }
+        entry_seq < self.newest_invalidation.load(Ordering::Acquire)
+            && self.hidden_by_records(key, entry_seq)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn hidden_by_records(&self, key: &str, entry_seq: u64) -> bool {
         // Under a ticket older than a swept record: it may be one the
         // record hid (and a live entry this old can only be such a write).
         if entry_seq < self.floor.load(Ordering::Acquire) {
@@ -277,7 +282,7 @@ impl MemoryBackend {
     }
 
     /// The entry under `key` unless invalidated; expiry left to the caller.
-    #[inline]
+    #[inline(always)]
     fn local(&self, key: &str) -> LocalLookup {
         let ticket = Ticket::seq(self.seq.load(Ordering::Acquire));
         let entry = self.entries.get(key).filter(|e| !self.hidden(key, e.tag()));
