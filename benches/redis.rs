@@ -158,6 +158,7 @@ fn main() {
                             .arg("v:{author}:42:top_books")
                             .arg("g:{author}:author:")
                             .arg("g:{author}:author:42:")
+                            .arg("x:{author}:42:top_books")
                             .query_async(&mut con)
                             .await
                             .unwrap();
