@@ -287,12 +287,7 @@ impl MemcachedBackend {
                     .map_err(error)?;
             }
         }
-        let mut found = client
-            .get_many::<Vec<u8>, &str>(counters.iter().map(String::as_str))
-            .await
-            .map_err(error)?;
-        let current: Vec<Option<Vec<u8>>> =
-            counters.iter().map(|g| found.remove(g.as_str())).collect();
+        let current = self.read_counters(counters).await?;
         generations(&current).ok_or_else(|| {
             Error::backend(
                 NAME,
@@ -301,15 +296,19 @@ impl MemcachedBackend {
         })
     }
 
-    async fn current_generations(&self, key: &str) -> Result<String, Error> {
-        let counters = counter_keys(key);
+    /// The values of `counters`, in order (`None` where one is missing).
+    async fn read_counters(&self, counters: &[String]) -> Result<Vec<Option<Vec<u8>>>, Error> {
         let client = self.client().await?;
         let mut found = client
             .get_many::<Vec<u8>, &str>(counters.iter().map(String::as_str))
             .await
             .map_err(error)?;
-        let current: Vec<Option<Vec<u8>>> =
-            counters.iter().map(|g| found.remove(g.as_str())).collect();
+        Ok(counters.iter().map(|g| found.remove(g.as_str())).collect())
+    }
+
+    async fn current_generations(&self, key: &str) -> Result<String, Error> {
+        let counters = counter_keys(key);
+        let current = self.read_counters(&counters).await?;
         match generations(&current) {
             Some(gens) => Ok(gens),
             None => self.ensure_counters(&counters, current).await,
