@@ -167,6 +167,8 @@ mod tests {
     #[test]
     fn each_instantiation_gets_its_own_default_prefix() {
         static SITE: Site = Site::new("f", "m", Policy::new());
+        // `T` shows in the closure's type name, which is the point.
+        #[allow(clippy::extra_unused_type_parameters)]
         fn probe<T>() -> impl Fn() {
             || ()
         }

@@ -818,8 +818,8 @@ mod tests {
                     u.take_parsed::<u64>("max_bytes", "a byte count")?;
                     u.finish("max_bytes").map(|()| b)
                 })
-                .err()
-                .expect(url);
+                .map(|_| ())
+                .expect_err(url);
             assert!(!text(&err).contains("hunter2"), "{url} -> {err:?}");
         }
         // Names are shown, so the error still names what to fix.

@@ -267,7 +267,7 @@ impl MemoryBackend {
     fn admits(&self, key: &str, seq: u64) -> bool {
         seq >= self.write_floor.load(Ordering::Acquire)
             && !self.hidden(key, seq)
-            && !self.deleted.get(key).is_some_and(|d| d.seq > seq)
+            && self.deleted.get(key).is_none_or(|d| d.seq <= seq)
     }
 
     /// The lock a key's writes and deletes share.
