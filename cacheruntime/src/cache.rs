@@ -427,7 +427,10 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.fetch_keyed(key, policy, compute(), None).await
+        // The closure runs only when the computation does (a miss), not
+        // on hits: it may do work before its future.
+        self.fetch_keyed(key, policy, async move { compute().await }, None)
+            .await
     }
 
     /// Like [`get_or_compute`](Self::get_or_compute), with the policy's
@@ -441,11 +444,11 @@ impl Cache {
     pub async fn get_or_refresh<T, F, Fut>(&self, key: &str, policy: &Policy, compute: F) -> T
     where
         T: Serialize + DeserializeOwned + Send + 'static,
-        F: FnOnce() -> Fut,
+        F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
-        let compute = compute();
-        let body = async move { Always(compute.await) };
+        // Called only when the computation runs (a miss or a refresh).
+        let body = async move { Always(compute().await) };
         self.fetch_keyed(key, policy, body, Some(refresh::spawn_refresh))
             .await
             .0
@@ -463,10 +466,12 @@ impl Cache {
     where
         T: Serialize + DeserializeOwned + Send + 'static,
         E: Send + 'static,
-        F: FnOnce() -> Fut,
+        F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        self.fetch_keyed(key, policy, compute(), Some(refresh::spawn_refresh))
+        // Called only when the computation runs (a miss or a refresh).
+        let body = async move { compute().await };
+        self.fetch_keyed(key, policy, body, Some(refresh::spawn_refresh))
             .await
     }
 

@@ -345,7 +345,7 @@ impl Cache {
         }
         inner.counters.computations.incr();
         let started = Instant::now();
-        let out = compute.await;
+        let out = flight::computing(key, compute).await;
         let compute_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
         let sealed = out
             .cacheable()

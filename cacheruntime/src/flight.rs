@@ -81,7 +81,8 @@ pub(crate) struct Flights {
 pub(crate) enum Role<'a> {
     Leader(LeaderGuard<'a>),
     Waiter(Arc<Flight>),
-    /// The read failed: compute without sharing.
+    /// The read failed, or the caller is the computation it would wait
+    /// for: compute without sharing.
     Alone,
 }
 
@@ -107,6 +108,12 @@ impl Flights {
         let Seen::Answered(ticket) = seen else {
             return Role::Alone;
         };
+        if inside_computation_of(key) {
+            // Re-entered from the computation it would wait for (a function
+            // calling itself under its own key, a retry inside it): waiting
+            // would never end.
+            return Role::Alone;
+        }
         let admits = |flight: &Option<Ticket>| match (flight, ticket) {
             (Some(flight), Some(mine)) => may_join(flight, mine),
             (None, None) => true,
@@ -190,6 +197,29 @@ impl Drop for LeaderGuard<'_> {
             .remove_if(&self.key, |_, f| Arc::ptr_eq(f, &self.flight));
         self.flight.land(Landing::Abandoned, true);
     }
+}
+
+tokio::task_local! {
+    /// The keys whose computations the current future runs inside,
+    /// innermost last.
+    static COMPUTING: Vec<Box<str>>;
+}
+
+/// Whether the current future runs inside the computation of `key` (led
+/// here): a call for `key` from there must not wait for that computation.
+fn inside_computation_of(key: &str) -> bool {
+    COMPUTING
+        .try_with(|keys| keys.iter().any(|k| &**k == key))
+        .unwrap_or(false)
+}
+
+/// Runs a leader's computation of `key`, so that calls it makes know they
+/// are inside it. Futures it spawns are not: a computation that waits on a
+/// spawned task calling its own key still waits for itself.
+pub(crate) async fn computing<F: std::future::Future>(key: &str, computation: F) -> F::Output {
+    let mut keys = COMPUTING.try_with(Clone::clone).unwrap_or_default();
+    keys.push(key.into());
+    COMPUTING.scope(keys, computation).await
 }
 
 /// Counts a waiter for as long as it waits, cancellation included.

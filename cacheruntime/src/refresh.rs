@@ -31,12 +31,14 @@ pub struct RefreshJob {
     ticket: Option<Ticket>,
 }
 
-/// Removes the key from the in-process set however the task ends.
-struct Running<'a>(&'a Cache, &'a str);
-
-impl Drop for Running<'_> {
+/// The job owns the key's place in the in-process set of refreshing keys
+/// (taken before it is spawned): it gives it back however the task ends,
+/// including a task dropped before it first runs (its runtime shutting
+/// down), which would otherwise leave the key marked, and never refreshed,
+/// for the life of the cache.
+impl Drop for RefreshJob {
     fn drop(&mut self) {
-        self.0.finish_refresh(self.1);
+        self.cache.finish_refresh(&self.key);
     }
 }
 
@@ -64,16 +66,9 @@ impl RefreshJob {
         O: Outcome + Send + 'static,
         F: Future<Output = O> + Send + 'static,
     {
-        let RefreshJob {
-            cache,
-            key,
-            policy,
-            fp,
-            ticket,
-        } = self;
-        let _running = Running(&cache, &key);
+        let (cache, key, policy, fp) = (&self.cache, self.key.as_str(), &self.policy, self.fp);
         let lock = match cache
-            .try_lock(&refresh_lock_key(&key), policy.lock_ttl)
+            .try_lock(&refresh_lock_key(key), policy.lock_ttl)
             .await
         {
             LockState::Held(held) => Some(held),
@@ -109,8 +104,8 @@ impl RefreshJob {
             }
             return;
         };
-        if let Some((bytes, ttl)) = cache.seal_checked(&key, &policy, value, fp, compute_ms) {
-            cache.store(&key, bytes, ttl, ticket).await;
+        if let Some((bytes, ttl)) = cache.seal_checked(key, policy, value, fp, compute_ms) {
+            cache.store(key, bytes, ttl, self.ticket.clone()).await;
         }
         if let Some(held) = lock {
             held.release().await;

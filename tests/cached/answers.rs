@@ -412,3 +412,110 @@ async fn keys_with_a_hash_are_refused_with_the_fix() {
     assert_eq!((v, v2), (4, 5));
     assert_eq!(cache.stats().errors, 2);
 }
+
+#[tokio::test]
+async fn closures_run_only_when_the_computation_does() {
+    let cache = Cache::memory();
+    let runs = Arc::new(AtomicUsize::new(0));
+    // Work before the future (the closure's own body) counts as running.
+    let closure = |n: u32| {
+        let runs = runs.clone();
+        move || {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async move { n }
+        }
+    };
+    for _ in 0..3 {
+        let _: u32 = cache.get_or_compute("c:1", &minute(), closure(1)).await;
+    }
+    for _ in 0..3 {
+        let f = closure(2);
+        let _ = cache
+            .try_get_or_compute(
+                "c:2",
+                &minute(),
+                || async move { Ok::<u32, String>(f().await) },
+            )
+            .await;
+    }
+    let f = closure(3);
+    for _ in 0..3 {
+        let _: u32 = cache.get_or_refresh("c:3", &minute(), f.clone()).await;
+    }
+    let f = closure(4);
+    for _ in 0..3 {
+        let f = f.clone();
+        let _ = cache
+            .try_get_or_refresh("c:4", &minute(), move || async move {
+                Ok::<u32, String>(f().await)
+            })
+            .await;
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        4,
+        "each closure once: on its miss, never on a hit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_computation_that_asks_for_its_own_key_does_not_wait_for_itself() {
+    let (a, _) = two_handles();
+    // A retry under the same key inside the computation: the inner call
+    // would wait for the outer computation, which waits for it.
+    let policy = minute();
+    let outer = a.get_or_compute("self:1", &policy, || async {
+        let inner: u32 = a.get_or_compute("self:1", &minute(), || async { 7 }).await;
+        inner + 1
+    });
+    let v = tokio::time::timeout(Duration::from_secs(5), outer)
+        .await
+        .expect("a computation waited for itself");
+    assert_eq!(v, 8);
+    // The outer value is the one stored.
+    let again: u32 = a.get_or_compute("self:1", &minute(), || async { 0 }).await;
+    assert_eq!(again, 8);
+}
+
+#[test]
+fn a_refresh_dropped_before_it_runs_gives_its_key_back() {
+    let clock = Clock::manual();
+    let cache = Cache::builder().clock(clock.clone()).build().unwrap();
+    let policy = Policy::new()
+        .ttl(Duration::from_secs(10))
+        .stale(Duration::from_secs(600));
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let v: u32 = runtime().block_on(cache.get_or_refresh("r:1", &policy, || async { 1 }));
+    assert_eq!(v, 1);
+    clock.advance(Duration::from_secs(20));
+    // A stale hit spawns a refresh on this runtime, which shuts down before
+    // the task first runs.
+    let stale = runtime();
+    let v: u32 = stale.block_on(cache.get_or_refresh("r:1", &policy, || async { 2 }));
+    assert_eq!(v, 1);
+    drop(stale);
+    assert_eq!(cache.stats().refreshes, 0);
+    // The key is not left marked as refreshing: the next stale read
+    // refreshes it.
+    let next = runtime();
+    next.block_on(async {
+        let v: u32 = cache.get_or_refresh("r:1", &policy, || async { 3 }).await;
+        assert_eq!(v, 1);
+        for _ in 0..100 {
+            if cache.stats().refreshes == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    assert_eq!(
+        cache.stats().refreshes,
+        1,
+        "the key stayed marked as refreshing"
+    );
+}
