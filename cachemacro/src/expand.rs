@@ -563,36 +563,74 @@ fn helper_signature(
         GenericParam::Const(c) => c.ident.to_string(),
         GenericParam::Lifetime(l) => l.lifetime.ident.to_string(),
     };
-    let is_kept = |g: &GenericParam| match g {
+    let is_kept = |mentioned: &IdentCollector, g: &GenericParam| match g {
         GenericParam::Lifetime(l) => mentioned.lifetimes.contains(&l.lifetime.ident.to_string()),
         other => mentioned.idents.contains(&name_of(other)),
     };
+    let predicates: Vec<&WherePredicate> = generics
+        .where_clause
+        .iter()
+        .flat_map(|wc| wc.predicates.iter())
+        .collect();
+    // What a kept parameter's bounds mention is kept too (`A: From<B>`
+    // needs `B`), and so on until nothing new is mentioned.
+    loop {
+        let before = mentioned.idents.len() + mentioned.lifetimes.len();
+        let kept: Vec<&GenericParam> = generics
+            .params
+            .iter()
+            .filter(|g| is_kept(&mentioned, g))
+            .collect();
+        for g in kept {
+            let mut c = IdentCollector::default();
+            c.visit_generic_param(g);
+            mentioned.absorb(c);
+        }
+        for pred in &predicates {
+            let mut bounded = IdentCollector::default();
+            match pred {
+                WherePredicate::Type(t) => bounded.visit_type(&t.bounded_ty),
+                WherePredicate::Lifetime(l) => {
+                    bounded.lifetimes.insert(l.lifetime.ident.to_string());
+                }
+                _ => {}
+            }
+            let about_kept = bounded.idents.iter().any(|i| mentioned.idents.contains(i))
+                || bounded
+                    .lifetimes
+                    .iter()
+                    .any(|l| mentioned.lifetimes.contains(l));
+            if about_kept {
+                let mut c = IdentCollector::default();
+                c.visit_where_predicate(pred);
+                mentioned.absorb(c);
+            }
+        }
+        if mentioned.idents.len() + mentioned.lifetimes.len() == before {
+            break;
+        }
+    }
     let mut generics = generics.clone();
     let dropped: HashSet<String> = generics
         .params
         .iter()
-        .filter(|g| !is_kept(g))
+        .filter(|g| !is_kept(&mentioned, g))
         .map(name_of)
         .collect();
     generics.params = generics
         .params
         .iter()
-        .filter(|g| is_kept(g))
+        .filter(|g| is_kept(&mentioned, g))
         .cloned()
         .collect();
     if let Some(wc) = &mut generics.where_clause {
+        // Only predicates about dropped parameters go.
         wc.predicates = wc
             .predicates
             .iter()
             .filter(|pred| {
                 let mut c = IdentCollector::default();
-                match pred {
-                    WherePredicate::Type(t) => c.visit_type(&t.bounded_ty),
-                    WherePredicate::Lifetime(l) => {
-                        c.lifetimes.insert(l.lifetime.ident.to_string());
-                    }
-                    _ => {}
-                }
+                c.visit_where_predicate(pred);
                 !c.idents
                     .iter()
                     .chain(&c.lifetimes)
@@ -609,6 +647,13 @@ fn helper_signature(
 struct IdentCollector {
     idents: HashSet<String>,
     lifetimes: HashSet<String>,
+}
+
+impl IdentCollector {
+    fn absorb(&mut self, other: IdentCollector) {
+        self.idents.extend(other.idents);
+        self.lifetimes.extend(other.lifetimes);
+    }
 }
 
 impl<'ast> Visit<'ast> for IdentCollector {
