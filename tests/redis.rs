@@ -13,7 +13,7 @@ use cacheruntime::backend::Backend;
 use cacheruntime::backends::redis::{RedisBackend, RedisConfig};
 use cacheruntime::{cached, Cache, Error, Policy};
 use redis::AsyncCommands;
-use support::{RedisCluster, RedisOptions, RedisServer};
+use support::{RedisCluster, RedisOptions, RedisServer, StallProxy};
 
 #[derive(Debug, PartialEq)]
 struct Upstream(String);
@@ -878,4 +878,35 @@ async fn a_redis_that_can_roll_back_invalidations_is_named_in_a_warning() {
             }
         }
     }
+}
+
+/// On a slow link every store call takes long: the cache adds at most one
+/// op timeout to a call, all its store calls together, and a call whose
+/// read was slow computes without taking the lock or writing (each used to
+/// get an op timeout of its own: read, lock, look, write, unlock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_link_costs_a_call_one_op_timeout_at_most() {
+    let server = RedisServer::start();
+    let proxy = StallProxy::start(server.port);
+    let op_timeout = Duration::from_millis(300);
+    let cache = Cache::builder()
+        .backend(RedisBackend::new(RedisConfig::new(format!("redis://{}", proxy.addr()))).unwrap())
+        .op_timeout(op_timeout)
+        .build()
+        .unwrap();
+    let policy = Policy::new().ttl(Duration::from_secs(60));
+    // Connected, and the key's counters made, while the link is fast.
+    assert_eq!(cache.get::<u32>("slow:1").await.unwrap(), None);
+    proxy.set_delay(Duration::from_millis(90));
+    let started = Instant::now();
+    let v: u32 = cache
+        .get_or_compute("slow:1", &policy, || async { 5 })
+        .await;
+    let took = started.elapsed();
+    assert_eq!(v, 5);
+    assert!(
+        took < op_timeout + Duration::from_millis(100),
+        "a call on a slow link took {took:?} with a {op_timeout:?} op timeout"
+    );
+    assert_eq!(cache.stats().errors, 0, "{:?}", cache.stats());
 }

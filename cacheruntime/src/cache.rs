@@ -19,7 +19,7 @@ use crate::clock::Clock;
 use crate::codec::AnyCodec;
 use crate::envelope;
 use crate::errlog::ErrorLog;
-use crate::fetch::{Accept, Answer, Call, Fast, Read, UNTYPED};
+use crate::fetch::{Accept, Answer, Budget, Call, Fast, Read, UNTYPED};
 use crate::flight::Flights;
 use crate::memo::Memo;
 use crate::policy::Policy;
@@ -87,7 +87,7 @@ pub(crate) struct Inner {
     /// `""` or `"namespace:"`.
     namespace: Box<str>,
     pub(crate) default_ttl: Duration,
-    op_timeout: Duration,
+    pub(crate) op_timeout: Duration,
     pub(crate) codec: AnyCodec,
     pub(crate) max_entry_bytes: usize,
     pub(crate) clock: Clock,
@@ -320,7 +320,13 @@ impl Cache {
         let typed = envelope::fingerprint(std::any::type_name::<T>(), 0);
         let full = self.full_key(key);
         let read = self
-            .read::<T>(&full, Accept::Direct(typed), Memo::decode_only(), None)
+            .read::<T>(
+                &full,
+                Accept::Direct(typed),
+                Memo::decode_only(),
+                None,
+                &mut Budget::new(self.inner.op_timeout),
+            )
             .await;
         match read {
             Ok(Read::Hit(v) | Read::Refresh(v, _, _)) => {
@@ -352,7 +358,8 @@ impl Cache {
         }
         let full = self.full_key(key);
         let bytes = self.seal_with(&full, value, ttl, Duration::ZERO, UNTYPED, 0)?;
-        self.write(&full, bytes, ttl, None).await
+        self.write(&full, bytes, ttl, None, self.inner.op_timeout)
+            .await
     }
 
     /// Removes `key`.
@@ -585,6 +592,17 @@ impl Cache {
         op: &'static str,
         call: impl FnOnce() -> BoxFuture<'b, Result<T, Error>>,
     ) -> Result<T, Error> {
+        self.guarded_for(op, self.inner.op_timeout, call).await
+    }
+
+    /// [`guarded`](Self::guarded) with a shorter bound: what is left of a
+    /// call's budget (see `fetch::Budget`).
+    pub(crate) async fn guarded_for<'b, T>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        call: impl FnOnce() -> BoxFuture<'b, Result<T, Error>>,
+    ) -> Result<T, Error> {
         let inner = &*self.inner;
         let backend = inner.backend.name();
         if !inner.breaker.allow(monotonic_ms()) {
@@ -592,12 +610,9 @@ impl Cache {
             return Err(Error::CircuitOpen { backend });
         }
         // The call is made only now, so an open circuit costs no store work.
-        let result = match tokio::time::timeout(inner.op_timeout, call()).await {
+        let result = match tokio::time::timeout(timeout, call()).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                backend,
-                timeout: inner.op_timeout,
-            }),
+            Err(_) => Err(Error::Timeout { backend, timeout }),
         };
         match &result {
             Ok(_) => inner.breaker.success(),

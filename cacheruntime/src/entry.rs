@@ -266,13 +266,15 @@ impl Cache {
         false
     }
 
-    /// Writes an entry through the store (no size or type check).
+    /// Writes an entry through the store (no type check), bounded by
+    /// `timeout`.
     pub(crate) async fn write(
         &self,
         key: &str,
         bytes: Bytes,
         ttl: Duration,
         ticket: Option<Ticket>,
+        timeout: Duration,
     ) -> Result<(), Error> {
         if bytes.len() > self.inner.max_entry_bytes {
             return Err(Error::TooLarge {
@@ -284,19 +286,23 @@ impl Cache {
         if let Some(done) = backend.set_now(key, &bytes, ttl, ticket.as_ref()) {
             return done;
         }
-        self.guarded("set", || backend.set(key, bytes, ttl, ticket.as_ref()))
-            .await
+        self.guarded_for("set", timeout, || {
+            backend.set(key, bytes, ttl, ticket.as_ref())
+        })
+        .await
     }
 
-    /// Stores an encoded entry, counting (never returning) failures.
+    /// Stores an encoded entry within `timeout`, counting (never returning)
+    /// failures.
     pub(crate) async fn store(
         &self,
         key: &str,
         bytes: Bytes,
         ttl: Duration,
         ticket: Option<Ticket>,
+        timeout: Duration,
     ) {
-        if let Err(e) = self.write(key, bytes, ttl, ticket).await {
+        if let Err(e) = self.write(key, bytes, ttl, ticket, timeout).await {
             self.failed("set", &e);
         }
     }

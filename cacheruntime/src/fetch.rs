@@ -13,7 +13,7 @@
 //! - Every call counts exactly one of hit, stale hit or miss.
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
@@ -73,6 +73,31 @@ pub(crate) enum Answer {
     Stale,
     /// Computed, or waited for another caller's computation.
     Miss,
+}
+
+/// What one call may spend in store operations, all together: the op
+/// timeout. Each operation of the call (the read, the first lock attempt,
+/// the write) is bounded by what is left, so the cache adds at most one op
+/// timeout to a call however slow the store, and a call whose read was
+/// slow skips the lock and the write rather than add more.
+pub(crate) struct Budget {
+    left: Duration,
+}
+
+impl Budget {
+    pub(crate) fn new(total: Duration) -> Self {
+        Budget { left: total }
+    }
+
+    /// What is left, or `None` when nothing is.
+    pub(crate) fn left(&self) -> Option<Duration> {
+        (!self.left.is_zero()).then_some(self.left)
+    }
+
+    /// Takes the time since `started` off what is left.
+    pub(crate) fn spend(&mut self, started: Instant) {
+        self.left = self.left.saturating_sub(started.elapsed());
+    }
 }
 
 /// What one get-or-compute call knows about its value.
@@ -181,6 +206,7 @@ impl Cache {
         }
         let mut compute = Some(compute);
         let mut first = Some(first);
+        let mut budget = Budget::new(inner.op_timeout);
         // Whether this call has been counted: once, at its first read.
         let mut counted = false;
         let mut tally = |answer| {
@@ -195,7 +221,7 @@ impl Cache {
                 Some(Fast::Refresh(v, ticket, due)) => Ok(Read::Refresh(v, ticket, due)),
                 Some(Fast::Miss(ticket)) => Ok(Read::Miss(ticket)),
                 Some(Fast::Remote) | None => {
-                    self.read::<O::Value>(key, Accept::Exactly(fp), memo, Some(policy))
+                    self.read::<O::Value>(key, Accept::Exactly(fp), memo, Some(policy), &mut budget)
                         .await
                 }
             };
@@ -273,12 +299,17 @@ impl Cache {
                         }
                     }
                     let compute = compute.take().expect("computed at most once");
-                    let stored = if store_answered {
+                    // A read that took half the budget or more: no lock and
+                    // no write, rather than add more waiting to the call.
+                    let slow = budget.left().is_none_or(|left| left < inner.op_timeout / 2);
+                    let stored = if store_answered && !slow {
                         Stored::Under(ticket)
                     } else {
                         Stored::Never
                     };
-                    return self.lead(guard, key, stored, policy, fp, compute).await;
+                    return self
+                        .lead(guard, key, stored, policy, fp, compute, &mut budget)
+                        .await;
                 }
                 Role::Alone => {
                     inner.counters.computations.incr();
@@ -311,6 +342,7 @@ impl Cache {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn lead<O, F>(
         &self,
         guard: LeaderGuard<'_>,
@@ -319,6 +351,7 @@ impl Cache {
         policy: &Policy,
         fp: u64,
         compute: F,
+        budget: &mut Budget,
     ) -> O
     where
         O: Outcome,
@@ -332,7 +365,7 @@ impl Cache {
         let mut lock = None;
         if !inner.local && matches!(stored, Stored::Under(_)) && !self.unreadable(fp) {
             match self
-                .lock_or_value::<O::Value>(key, fp, policy.lock_ttl)
+                .lock_or_value::<O::Value>(key, fp, policy.lock_ttl, budget)
                 .await
             {
                 Contended::Value(v, bytes) => {
@@ -355,15 +388,15 @@ impl Cache {
                 // Waiters (and callers arriving until the store finishes)
                 // get the value now; the guard's drop ends the flight.
                 guard.publish(Landing::Entry(bytes.clone()));
-                if let Stored::Under(ticket) = stored {
-                    self.store(key, bytes, ttl, ticket).await;
+                if let (Stored::Under(ticket), Some(left)) = (stored, budget.left()) {
+                    self.store(key, bytes, ttl, ticket, left).await;
                 }
             }
             None => guard.publish(Landing::Nothing),
         }
-        if let Some(held) = lock {
-            held.release().await;
-        }
+        // Released in the background (after the write above): the caller
+        // has its value and need not wait for the store.
+        drop(lock);
         out
     }
 
@@ -376,6 +409,7 @@ impl Cache {
         fp: Accept,
         memo: Memo<V>,
         policy: Option<&Policy>,
+        budget: &mut Budget,
     ) -> Result<Read<V>, Error> {
         let inner = &*self.inner;
         if !inner.enabled {
@@ -391,7 +425,16 @@ impl Cache {
             Some(found) => found?,
             None => {
                 let backend = &*inner.backend;
-                self.guarded("get", || backend.get(key)).await?
+                // A retried read of a call that spent its budget: as if the
+                // store timed out.
+                let timeout = budget.left().ok_or(Error::Timeout {
+                    backend: backend.name(),
+                    timeout: inner.op_timeout,
+                })?;
+                let started = Instant::now();
+                let found = self.guarded_for("get", timeout, || backend.get(key)).await;
+                budget.spend(started);
+                found?
             }
         };
         if let Some(bytes) = lookup.value {

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::cache::Cache;
 use crate::entry::Source;
-use crate::fetch::Accept;
+use crate::fetch::{Accept, Budget};
 use crate::Error;
 
 /// The outcome of taking a store lock.
@@ -122,7 +122,7 @@ impl Cache {
     /// dropped while the store takes the lock (a client timeout around the
     /// caller), or the request times out after the store took it, the lock
     /// is released from a spawned task rather than left to its TTL.
-    pub(crate) async fn try_lock(&self, key: &str, ttl: Duration) -> LockState {
+    pub(crate) async fn try_lock(&self, key: &str, ttl: Duration, timeout: Duration) -> LockState {
         let backend = &*self.inner.backend;
         let mut held = HeldLock {
             cache: self.clone(),
@@ -132,7 +132,7 @@ impl Cache {
             done: false,
         };
         let taken = self
-            .guarded("lock", || {
+            .guarded_for("lock", timeout, || {
                 backend.set_if_absent(key, held.token.clone(), ttl)
             })
             .await;
@@ -176,23 +176,50 @@ impl Cache {
     /// and for the lock, which a holder releases without a visible value
     /// when its computation failed, was invalidated, cancelled or panicked.
     /// Gives up after `bound` and computes without the lock.
+    ///
+    /// The first attempt (and the look at the store once the lock is held)
+    /// comes out of the call's `budget`; with none left the call computes
+    /// without the lock. Polls while waiting for another process are
+    /// waiting for its computation, bounded by `bound` as a whole.
     pub(crate) async fn lock_or_value<V: DeserializeOwned>(
         &self,
         key: &str,
         fp: u64,
         bound: Duration,
+        budget: &mut Budget,
     ) -> Contended<V> {
         // `None`: a bound too far to represent; wait for as long as it takes.
         let deadline = Instant::now().checked_add(bound);
         let mut pause = Duration::from_millis(5);
         let mut waited = false;
+        let op_timeout = self.inner.op_timeout;
+        let mut first = true;
         loop {
-            match self.try_lock(key, bound).await {
+            let timeout = if std::mem::take(&mut first) {
+                let Some(left) = budget.left() else {
+                    return Contended::Alone;
+                };
+                left
+            } else {
+                op_timeout
+            };
+            let started = Instant::now();
+            let state = self.try_lock(key, bound, timeout).await;
+            budget.spend(started);
+            match state {
                 LockState::Held(held) => {
                     // The holder before us may have stored the value between
-                    // our miss and our lock: look once more.
-                    if let Some((v, bytes)) = self.peek::<V>(key, fp).await {
-                        held.release().await;
+                    // our miss and our lock: look once more, if time allows.
+                    let Some(left) = budget.left() else {
+                        return Contended::Locked(held);
+                    };
+                    let started = Instant::now();
+                    let found = self.peek::<V>(key, fp, left).await;
+                    budget.spend(started);
+                    if let Some((v, bytes)) = found {
+                        // Released in the background: the caller has its
+                        // value and need not wait for the store.
+                        drop(held);
                         return Contended::Value(v, bytes);
                     }
                     return Contended::Locked(held);
@@ -212,16 +239,24 @@ impl Cache {
             let left = deadline.map_or(pause, |d| d.saturating_duration_since(now));
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(Duration::from_millis(100));
-            if let Some((v, bytes)) = self.peek::<V>(key, fp).await {
+            if let Some((v, bytes)) = self.peek::<V>(key, fp, op_timeout).await {
                 return Contended::Value(v, bytes);
             }
         }
     }
 
     /// One uncounted read of a fresh entry: the value and its bytes.
-    async fn peek<V: DeserializeOwned>(&self, key: &str, fp: u64) -> Option<(V, Bytes)> {
+    async fn peek<V: DeserializeOwned>(
+        &self,
+        key: &str,
+        fp: u64,
+        timeout: Duration,
+    ) -> Option<(V, Bytes)> {
         let backend = &*self.inner.backend;
-        let found = self.guarded("get", || backend.get(key)).await.ok()?;
+        let found = self
+            .guarded_for("get", timeout, || backend.get(key))
+            .await
+            .ok()?;
         let bytes = found.value?;
         match self.open_checked::<V>(&bytes, Accept::Exactly(fp), None, Source::Store(key)) {
             Ok(Some((v, _))) => Some((v, bytes)),

@@ -68,7 +68,11 @@ impl RefreshJob {
     {
         let (cache, key, policy, fp) = (&self.cache, self.key.as_str(), &self.policy, self.fp);
         let lock = match cache
-            .try_lock(&refresh_lock_key(key), policy.lock_ttl)
+            .try_lock(
+                &refresh_lock_key(key),
+                policy.lock_ttl,
+                cache.inner.op_timeout,
+            )
             .await
         {
             LockState::Held(held) => Some(held),
@@ -105,7 +109,9 @@ impl RefreshJob {
             return;
         };
         if let Some((bytes, ttl)) = cache.seal_checked(key, policy, value, fp, compute_ms) {
-            cache.store(key, bytes, ttl, self.ticket.clone()).await;
+            cache
+                .store(key, bytes, ttl, self.ticket.clone(), cache.inner.op_timeout)
+                .await;
         }
         if let Some(held) = lock {
             held.release().await;

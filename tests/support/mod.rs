@@ -639,6 +639,8 @@ pub async fn stale_write_stays_hidden(backend: &dyn cacheruntime::Backend) {
 pub struct StallProxy {
     pub port: u16,
     stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Milliseconds each chunk waits before it is forwarded (a slow link).
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
     closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
     sockets: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
 }
@@ -652,8 +654,10 @@ impl StallProxy {
         let port = listener.local_addr().unwrap().port();
         let stalled = Arc::new(AtomicBool::new(false));
         let closed = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let sockets: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let (s, c, socks) = (stalled.clone(), closed.clone(), sockets.clone());
+        let d = delay_ms.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if c.load(Ordering::Acquire) {
@@ -676,17 +680,26 @@ impl StallProxy {
                 };
                 socks.lock().unwrap().extend([c2, s2]);
                 for (from, to) in [(client, s1), (server, c1)] {
-                    let (s, c) = (s.clone(), c.clone());
-                    std::thread::spawn(move || pump(from, to, &s, &c));
+                    let (s, c, d) = (s.clone(), c.clone(), d.clone());
+                    std::thread::spawn(move || pump(from, to, &s, &c, &d));
                 }
             }
         });
         StallProxy {
             port,
             stalled,
+            delay_ms,
             closed,
             sockets,
         }
+    }
+
+    /// From now on every chunk waits `delay` in each direction: a slow link.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::Release,
+        );
     }
 
     /// `127.0.0.1:port`.
@@ -708,12 +721,13 @@ impl StallProxy {
 }
 
 /// Copies `from` to `to` until either closes, holding each chunk while
-/// `stalled` is set.
+/// `stalled` is set, and for `delay_ms` first.
 fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
     stalled: &std::sync::atomic::AtomicBool,
     closed: &std::sync::atomic::AtomicBool,
+    delay_ms: &std::sync::atomic::AtomicU64,
 ) {
     use std::io::{Read, Write};
     use std::sync::atomic::Ordering;
@@ -723,6 +737,10 @@ fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        let delay = delay_ms.load(Ordering::Acquire);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
         while stalled.load(Ordering::Acquire) && !closed.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(1));
         }
