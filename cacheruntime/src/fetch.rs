@@ -139,7 +139,8 @@ pub enum Due {
 enum Stored {
     /// The read answered (with this ticket, if the store gives them).
     Under(Option<Ticket>),
-    /// The read failed: no ticket to write under; the value is only returned.
+    /// The read failed (no ticket to write under) or used half the call's
+    /// store budget: the value is only returned (and shared in process).
     Never,
 }
 
