@@ -80,13 +80,17 @@ impl Shared {
     /// role that may only read and write tables someone else owns, and
     /// may not create any, works with `auto_create` on); otherwise the DDL.
     pub(super) async fn create_schema(&self, pool: &Pool) -> Result<(), Error> {
-        if self.tables_exist(pool).await? {
-            return Ok(());
-        }
         let ddl = ddl(self.dialect, &self.config.table)?;
         match pool {
             #[cfg(feature = "postgres")]
             Pool::Postgres(pool) => {
+                if self
+                    .pg_tables_exist(pool)
+                    .await
+                    .map_err(|e| self.error(e))?
+                {
+                    return Ok(());
+                }
                 let mut tx = pool.begin().await.map_err(|e| self.error(e))?;
                 // Serialise creators across processes; released at commit.
                 let lock_id = crate::envelope::fingerprint(&self.config.table, 0x5ca1) as i64;
@@ -109,11 +113,16 @@ impl Shared {
                 let script = format!("BEGIN IMMEDIATE;\n{ddl}\nCOMMIT;");
                 let mut attempt = 0;
                 loop {
-                    match sqlx::raw_sql(AssertSqlSafe(script.as_str()))
-                        .execute(pool)
-                        .await
-                    {
-                        Ok(_) => break,
+                    let created = match self.sqlite_tables_exist(pool).await {
+                        Ok(true) => Ok(()),
+                        Ok(false) => sqlx::raw_sql(AssertSqlSafe(script.as_str()))
+                            .execute(pool)
+                            .await
+                            .map(drop),
+                        Err(e) => Err(e),
+                    };
+                    match created {
+                        Ok(()) => break,
                         Err(sqlx::Error::Database(db))
                             if attempt < 100
                                 && (db.message().contains("locked")
@@ -132,41 +141,40 @@ impl Shared {
 
     /// Whether the four tables exist (in the search path's schema, or the
     /// named one).
-    async fn tables_exist(&self, pool: &Pool) -> Result<bool, Error> {
+    #[cfg(feature = "postgres")]
+    async fn pg_tables_exist(&self, pool: &sqlx::PgPool) -> Result<bool, sqlx::Error> {
+        use sqlx::Row;
         let [a, b, c, d] = table_names(&self.config.table);
-        let found: Result<i64, sqlx::Error> = match pool {
-            #[cfg(feature = "postgres")]
-            Pool::Postgres(pool) => {
-                use sqlx::Row;
-                sqlx::query(
-                    "SELECT ((to_regclass($1) IS NOT NULL)::int + (to_regclass($2) IS NOT NULL)::int \
-                     + (to_regclass($3) IS NOT NULL)::int + (to_regclass($4) IS NOT NULL)::int)::bigint",
-                )
-                .bind(a)
-                .bind(b)
-                .bind(c)
-                .bind(d)
-                .fetch_one(pool)
-                .await
-                .and_then(|row| row.try_get::<i64, _>(0))
-            }
-            #[cfg(feature = "sqlite")]
-            Pool::Sqlite(pool) => {
-                use sqlx::Row;
-                sqlx::query(
-                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' \
-                     AND name IN (?1, ?2, ?3, ?4)",
-                )
-                .bind(a)
-                .bind(b)
-                .bind(c)
-                .bind(d)
-                .fetch_one(pool)
-                .await
-                .and_then(|row| row.try_get::<i64, _>(0))
-            }
-        };
-        Ok(found.map_err(|e| self.error(e))? == 4)
+        let found: i64 = sqlx::query(
+            "SELECT ((to_regclass($1) IS NOT NULL)::int + (to_regclass($2) IS NOT NULL)::int \
+             + (to_regclass($3) IS NOT NULL)::int + (to_regclass($4) IS NOT NULL)::int)::bigint",
+        )
+        .bind(a)
+        .bind(b)
+        .bind(c)
+        .bind(d)
+        .fetch_one(pool)
+        .await?
+        .try_get(0)?;
+        Ok(found == 4)
+    }
+
+    /// Whether the four tables exist in the file.
+    #[cfg(feature = "sqlite")]
+    async fn sqlite_tables_exist(&self, pool: &sqlx::SqlitePool) -> Result<bool, sqlx::Error> {
+        use sqlx::Row;
+        let [a, b, c, d] = table_names(&self.config.table);
+        let found: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN (?1, ?2, ?3, ?4)",
+        )
+        .bind(a)
+        .bind(b)
+        .bind(c)
+        .bind(d)
+        .fetch_one(pool)
+        .await?
+        .try_get(0)?;
+        Ok(found == 4)
     }
 
     /// A failure to create the tables, saying what to do about it.
