@@ -21,8 +21,7 @@ pub(super) struct Statements {
     pub(super) floor_to_epoch: String,
     pub(super) floor_if_missing: String,
     pub(super) record: String,
-    pub(super) purge_range: String,
-    pub(super) purge_all: String,
+    pub(super) purge: String,
     pub(super) lock_take: String,
     pub(super) lock_release: String,
     pub(super) sweep: String,
@@ -154,19 +153,16 @@ impl Statements {
             ),
             // Rows an invalidation hides, removed after it in batches: only
             // those written under an older epoch (a value computed after it
-            // stays).
-            purge_range: format!(
+            // stays). In key order from where the last batch ended, so no
+            // batch walks again over the dead rows of the ones before.
+            purge: format!(
                 "DELETE FROM {t} WHERE key IN (SELECT key FROM {t} \
-                 WHERE key >= {} AND key < {} AND epoch < {} LIMIT {})",
-                p(1),
-                p(2),
+                 WHERE key >= {from} AND ({to} IS NULL OR key < {to}) AND epoch < {} \
+                 ORDER BY key LIMIT {}) RETURNING key",
                 p(3),
-                p(4)
-            ),
-            purge_all: format!(
-                "DELETE FROM {t} WHERE key IN (SELECT key FROM {t} WHERE epoch < {} LIMIT {})",
-                p(1),
-                p(2)
+                p(4),
+                from = p(1),
+                to = if pg { "$2::text".to_owned() } else { p(2) },
             ),
             lock_take: format!(
                 "INSERT INTO {t}_locks AS l (key, token, expires_at) \

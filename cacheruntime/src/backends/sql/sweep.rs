@@ -124,16 +124,23 @@ impl Shared {
     /// floor passes them.
     pub(super) fn purge(self: &Arc<Self>, range: Option<(String, String)>, epoch: i64) {
         let weak = Arc::downgrade(self);
+        let (mut from, to) = match range {
+            Some((from, to)) => (from, Some(to)),
+            None => (String::new(), None),
+        };
         tokio::spawn(async move {
             let mut failures = 0;
             loop {
                 let Some(shared) = weak.upgrade() else { return };
-                match shared
-                    .purge_batch(shared.pool(), range.as_ref(), epoch)
-                    .await
-                {
-                    Ok(n) if n < PURGE_BATCH as u64 => return,
-                    Ok(_) => tokio::task::yield_now().await,
+                match shared.purge_batch(&from, to.as_deref(), epoch).await {
+                    Ok(keys) => {
+                        let full = keys.len() as i64 >= PURGE_BATCH;
+                        match keys.into_iter().max() {
+                            Some(last) if full => from = last,
+                            _ => return,
+                        }
+                        tokio::task::yield_now().await;
+                    }
                     Err(e) => {
                         failures += 1;
                         if failures >= 10 {
@@ -152,32 +159,26 @@ impl Shared {
         });
     }
 
+    /// One batch: the keys it deleted.
     async fn purge_batch(
         &self,
-        pool: &Pool,
-        range: Option<&(String, String)>,
+        from: &str,
+        to: Option<&str>,
         epoch: i64,
-    ) -> Result<u64, Error> {
-        let done = match range {
-            Some((from, to)) => on_pool!(pool, |p| sqlx::query(AssertSqlSafe(
-                self.sql.purge_range.as_str()
-            ))
-            .bind(from.as_str())
-            .bind(to.as_str())
-            .bind(epoch)
-            .bind(PURGE_BATCH)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected())),
-            None => on_pool!(pool, |p| sqlx::query(AssertSqlSafe(
-                self.sql.purge_all.as_str()
-            ))
-            .bind(epoch)
-            .bind(PURGE_BATCH)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected())),
-        };
-        done.map_err(|e| self.error(e))
+    ) -> Result<Vec<String>, Error> {
+        on_pool!(self.pool(), |p| sqlx::query(AssertSqlSafe(
+            self.sql.purge.as_str()
+        ))
+        .bind(from)
+        .bind(to)
+        .bind(epoch)
+        .bind(PURGE_BATCH)
+        .fetch_all(p)
+        .await
+        .and_then(|rows| rows
+            .into_iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect()))
+        .map_err(|e| self.error(e))
     }
 }
