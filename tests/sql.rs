@@ -824,6 +824,34 @@ async fn epoch_row_deleted(url: String) {
     assert_eq!(top_books(&cache, 4).await, Ok(vec![4, 104]));
     assert_eq!(top_books(&cache, 4).await, Ok(vec![4, 104]));
     assert!(cache.stats().hits >= 2, "{:?}", cache.stats());
+    // The floor row alone: created again at the current epoch, within the
+    // call; a computation that read before may not write.
+    let backend = SqlBackend::new(SqlConfig::new(url.as_str())).unwrap();
+    let before = backend.get("f:1").await.unwrap();
+    backend.invalidate_prefix("g:").await.unwrap();
+    execute(&url, "DELETE FROM cache_entries_epoch WHERE id = 2").await;
+    let after = backend.get("f:2").await.unwrap();
+    assert!(after.ticket.is_some());
+    backend
+        .set(
+            "f:1",
+            Bytes::from_static(b"old"),
+            ttl,
+            before.ticket.as_ref(),
+        )
+        .await
+        .unwrap();
+    assert!(backend.get("f:1").await.unwrap().value.is_none());
+    backend
+        .set(
+            "f:2",
+            Bytes::from_static(b"new"),
+            ttl,
+            after.ticket.as_ref(),
+        )
+        .await
+        .unwrap();
+    assert!(backend.get("f:2").await.unwrap().value.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

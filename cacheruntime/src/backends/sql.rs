@@ -552,9 +552,10 @@ impl Shared {
                 })?
             }
         };
-        let scope = scope.max(floor);
+        // Epochs are never negative; saturating all the same.
+        let seq = |n: i64| u64::try_from(n).unwrap_or(0);
         Ok(Lookup::new(value.map(Bytes::from))
-            .with_ticket(Ticket::scoped(epoch as u64, scope as u64)))
+            .with_ticket(Ticket::scoped(seq(epoch), seq(scope.max(floor)))))
     }
 
     /// The epoch, the key's scope, the floor and the live entry; `None`

@@ -280,3 +280,45 @@ fn kind(e: &sqlx::Error) -> &'static str {
         _ => "unreadable",
     }
 }
+
+#[cfg(all(test, feature = "postgres", feature = "sqlite"))]
+mod tests {
+    use super::*;
+
+    fn check(config: SqlConfig) -> Result<(), String> {
+        let dialect = config.dialect().map_err(|e| e.to_string())?;
+        connect_options(&config, dialect, "shown")
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn connection_parameters_are_honoured_or_refused() {
+        assert!(check(SqlConfig::new(
+            "postgres://u:p@h/db?sslmode=verify-full&sslrootcert=ca.pem&application_name=web"
+        ))
+        .is_ok());
+        // The same value twice is fine; two different ones are not.
+        assert!(
+            check(SqlConfig::new("postgres://h/db?sslmode=require").ssl_mode("require")).is_ok()
+        );
+        let err = check(SqlConfig::new("postgres://h/db?sslmode=require").ssl_mode("disable"))
+            .unwrap_err();
+        assert!(err.contains("give it once"), "{err}");
+        let err = check(SqlConfig::new("postgres://h/db?sslmode=a&sslmode=b")).unwrap_err();
+        assert!(err.contains("twice"), "{err}");
+        for (url, says) in [
+            ("sqlite:///tmp/x.db?mode=ro", "`rw` or `rwc`"),
+            ("sqlite:///tmp/x.db?cache=shared", "`private`"),
+            ("sqlite:///tmp/x.db?immutable=1", "`immutable`"),
+            (
+                "sqlite:///tmp/x.db?op_timeout=1s",
+                "CacheBuilder::op_timeout",
+            ),
+        ] {
+            let err = check(SqlConfig::new(url)).unwrap_err();
+            assert!(err.contains(says), "{url}: {err}");
+        }
+        assert!(check(SqlConfig::new("sqlite:///tmp/x.db?mode=rwc&cache=private")).is_ok());
+    }
+}
