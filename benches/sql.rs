@@ -1,6 +1,10 @@
 //! SQL backend hits against a raw sqlx `SELECT value FROM .. WHERE key = $1`
 //! on a pool of the same kind and size, on PostgreSQL and SQLite, in one run.
 //!
+//! Then `invalidate_prefix` on a prefix holding a million rows (10,000 in
+//! `--quick` mode), against what it cost before issue 13: the range
+//! `DELETE` in the epoch bump's transaction.
+//!
 //! `cargo bench --features postgres,sqlite --bench sql` (add `-- --quick`
 //! for CI's short mode). Prints the ratios at the end.
 
@@ -13,6 +17,7 @@ mod support;
 
 use std::hint::black_box;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use cacheruntime::Cache;
 use criterion::Criterion;
@@ -118,6 +123,13 @@ fn main() {
         g.finish();
     }
     c.final_summary();
+    let quick = std::env::args().any(|a| a == "--quick");
+    let rows = if quick { 10_000 } else { 1_000_000 };
+    let pg_url = format!("{}?sslmode=disable", pg.url());
+    let invalidations = [
+        ("postgres", rt.block_on(invalidation(&pg_url, rows))),
+        ("sqlite", rt.block_on(invalidation(&sqlite_url, rows))),
+    ];
     println!(
         "\n{:<14} {:>12} {:>14} {:>8}",
         "group", "ours ns", "raw_select ns", "ratio"
@@ -130,5 +142,122 @@ fn main() {
             );
         }
     }
+    println!(
+        "\n{:<9} {:>9} {:>22} {:>20} {:>26}",
+        "store", "rows", "invalidate_prefix", "rows gone after", "before: DELETE in the tx"
+    );
+    for (store, m) in invalidations {
+        println!(
+            "{store:<9} {rows:>9} {:>19.2} ms {:>17.0} ms {:>23.0} ms",
+            m.call.as_secs_f64() * 1e3,
+            m.purged.as_secs_f64() * 1e3,
+            m.one_transaction.as_secs_f64() * 1e3,
+        );
+    }
     drop(pg);
+}
+
+/// What invalidating a prefix of many rows costs.
+struct Invalidation {
+    /// The call, median of three (each on a freshly filled prefix).
+    call: Duration,
+    /// From the call until the last of the prefix's rows is deleted.
+    purged: Duration,
+    /// Before issue 13: bump, record and range `DELETE` in one transaction.
+    one_transaction: Duration,
+}
+
+async fn invalidation(url: &str, rows: u32) -> Invalidation {
+    let table = "inv_bench";
+    let cache = Cache::from_url(&format!(
+        "{url}{}table={table}&op_timeout=60s",
+        if url.contains('?') { '&' } else { '?' }
+    ))
+    .await
+    .unwrap();
+    cache
+        .set("big:0", &0u8, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let pg = url.starts_with("postgres");
+    let fill = if pg {
+        format!(
+            "INSERT INTO {table} (key, value, expires_at, epoch) \
+             SELECT 'big:' || i, '\\x00'::bytea, 9000000000000000, \
+             (SELECT epoch FROM {table}_epoch WHERE id = 1) FROM generate_series(1, {rows}) i"
+        )
+    } else {
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) \
+             INSERT INTO {table} (key, value, expires_at, epoch) \
+             SELECT 'big:' || i, x'00', 9000000000000000, \
+             (SELECT epoch FROM {table}_epoch WHERE id = 1) FROM n"
+        )
+    };
+    let count = format!("SELECT COUNT(*) FROM {table}");
+    let old_way = if pg {
+        format!(
+            "BEGIN; UPDATE {table}_epoch SET epoch = epoch + 1 WHERE id = 1; \
+             DELETE FROM {table} WHERE key >= 'big:' AND key < 'big;'; COMMIT;"
+        )
+    } else {
+        format!(
+            "BEGIN IMMEDIATE; UPDATE {table}_epoch SET epoch = epoch + 1 WHERE id = 1; \
+             DELETE FROM {table} WHERE key >= 'big:' AND key < 'big;'; COMMIT;"
+        )
+    };
+    let run = |sql: String| async move {
+        if pg {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        } else {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    let rows_left = |sql: String| async move {
+        if pg {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get::<i64, _>(0)
+        } else {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get::<i64, _>(0)
+        }
+    };
+    let mut calls = Vec::new();
+    let mut purged = Duration::ZERO;
+    for _ in 0..3 {
+        run(fill.clone()).await;
+        let started = Instant::now();
+        cache.invalidate_prefix("big:").await.unwrap();
+        calls.push(started.elapsed());
+        while rows_left(count.clone()).await > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        purged = started.elapsed();
+    }
+    calls.sort();
+    run(fill).await;
+    let started = Instant::now();
+    run(old_way).await;
+    let one_transaction = started.elapsed();
+    Invalidation {
+        call: calls[1],
+        purged,
+        one_transaction,
+    }
 }

@@ -379,12 +379,23 @@ proptest! {
             .unwrap();
         runtime.block_on(async {
             let dir = tempfile::tempdir().unwrap();
+            // The SQL store refuses, at build, a max_ttl its columns cannot
+            // hold; it then runs with the longest one.
+            let sql_max_ttl = if max_ttl.is_zero() || max_ttl > cacheruntime::backends::sql::MAX_TTL_LIMIT {
+                let refused = cacheruntime::backends::sql::SqlBackend::new(
+                    cacheruntime::backends::sql::SqlConfig::new("sqlite:///unused.db").max_ttl(max_ttl),
+                );
+                prop_assert!(refused.is_err());
+                cacheruntime::backends::sql::MAX_TTL_LIMIT
+            } else {
+                max_ttl
+            };
             let sqlite = Arc::new(cacheruntime::backends::sql::SqlBackend::new(
                 cacheruntime::backends::sql::SqlConfig::new(format!(
                     "sqlite://{}",
                     dir.path().join("c.db").display()
                 ))
-                .max_ttl(max_ttl),
+                .max_ttl(sql_max_ttl),
             )
             .unwrap());
             let stores: [Box<dyn Fn(cacheruntime::CacheBuilder) -> cacheruntime::CacheBuilder>; 2] = [

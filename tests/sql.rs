@@ -36,7 +36,7 @@ fn cache_with(config: SqlConfig, clock: Option<Clock>) -> Cache {
 async fn round_trip_and_expiry(url: String) {
     let clock = Clock::manual();
     let cache = cache_with(
-        SqlConfig::new(url).clock(clock.clone()),
+        SqlConfig::new(url).database_clock(clock.clone()),
         Some(clock.clone()),
     );
     // This cache's own counters: the SQLite and PostgreSQL variants run
@@ -223,8 +223,12 @@ async fn sweep_removes_expired_rows_and_culls_to_max_entries() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(&dir, "sweep.db");
     let clock = Clock::manual();
-    let backend =
-        SqlBackend::new(SqlConfig::new(&url).clock(clock.clone()).max_entries(50)).unwrap();
+    let backend = SqlBackend::new(
+        SqlConfig::new(&url)
+            .database_clock(clock.clone())
+            .max_entries(50),
+    )
+    .unwrap();
     for i in 0..120 {
         let ttl = Duration::from_secs(if i < 40 { 10 } else { 1000 + i });
         backend
@@ -456,7 +460,7 @@ async fn locks_admit_one_holder_on_both_databases() {
     let dir = tempfile::tempdir().unwrap();
     for url in [pg.url(), sqlite_url(&dir, "locks.db")] {
         let clock = Clock::manual();
-        let backend = SqlBackend::new(SqlConfig::new(url).clock(clock.clone())).unwrap();
+        let backend = SqlBackend::new(SqlConfig::new(url).database_clock(clock.clone())).unwrap();
         let ttl = Duration::from_secs(5);
         let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
         assert!(backend
@@ -499,4 +503,535 @@ async fn bad_table_names_and_secrets_are_handled() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("unknown query parameter `sslmode`"), "{err}");
+}
+
+// ------------------------------------------------------------- issue 13
+
+/// A superuser pool on `pg` (plain TCP).
+async fn admin(pg: &Postgres) -> sqlx::PgPool {
+    sqlx::PgPool::connect(&format!("{}?sslmode=disable", pg.url()))
+        .await
+        .unwrap()
+}
+
+/// Turns TLS off on a running server (reloaded, no restart) and waits
+/// until new connections see it.
+async fn tls_off(pg: &Postgres) {
+    let pool = admin(pg).await;
+    for statement in ["ALTER SYSTEM SET ssl = off", "SELECT pg_reload_conf()"] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pool = admin(pg).await;
+        let ssl: String = sqlx::query("SHOW ssl")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get(0);
+        pool.close().await;
+        if ssl == "off" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "ssl still {ssl}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_config_new_honours_verify_full_in_its_url() {
+    let pg = Postgres::start();
+    let url = |ca: &std::path::Path| {
+        format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            pg.url_localhost(),
+            ca.display()
+        )
+    };
+    let good = SqlBackend::new(SqlConfig::new(url(&pg.certs.ca))).unwrap();
+    good.set(
+        "tls:1",
+        Bytes::from_static(b"v"),
+        Duration::from_secs(60),
+        None,
+    )
+    .await
+    .expect("the right CA is accepted");
+    // The doc example's form: a server certificate from another CA is
+    // refused, through the backend and through the cache.
+    let wrong = SqlBackend::new(SqlConfig::new(url(&pg.certs.other_ca))).unwrap();
+    let err = wrong
+        .get("tls:1")
+        .await
+        .expect_err("untrusted certificate accepted");
+    assert!(matches!(err, Error::Backend { .. }), "{err}");
+    assert!(!format!("{err} {err:?}").contains(&pg.password), "{err}");
+    let cache = cache_with(SqlConfig::new(url(&pg.certs.other_ca)), None);
+    assert_eq!(top_books(&cache, 6).await, Ok(vec![6, 106]), "fails open");
+    assert_eq!(cache.stats().hits, 0);
+    assert_eq!(top_books(&cache, 6).await, Ok(vec![6, 106]));
+    assert_eq!(
+        cache.stats().hits,
+        0,
+        "nothing was stored over the untrusted link"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_require_refuses_a_server_without_tls() {
+    let pg = Postgres::start();
+    tls_off(&pg).await;
+    let require = format!("{}?sslmode=require", pg.url());
+    // Through `Cache::from_url`.
+    let cache = Cache::from_url(&format!("{require}&op_timeout=5s"))
+        .await
+        .unwrap();
+    let err = cache.get::<u8>("k").await.expect_err("plaintext accepted");
+    assert!(err.to_string().contains("TLS"), "{err}");
+    // Through `SqlConfig::new`.
+    let backend = SqlBackend::new(SqlConfig::new(require.as_str())).unwrap();
+    let err = backend.get("k").await.expect_err("plaintext accepted");
+    assert!(err.to_string().contains("TLS"), "{err}");
+    // The server is reachable: `prefer` connects in plaintext.
+    let prefer = SqlBackend::new(SqlConfig::new(pg.url())).unwrap();
+    prefer
+        .set("k", Bytes::from_static(b"v"), Duration::from_secs(60), None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn unknown_parameters_in_a_sql_config_url_are_refused() {
+    for (url, says) in [
+        ("postgres://u:hunter2@h/db?sslmod=require", "`sslmod`"),
+        ("postgres://u:hunter2@h/db?sslmode=verify-fulll", "sslmode"),
+        ("postgres://u:hunter2@h/db?table=t", "SqlConfig::table"),
+        ("postgres://u:hunter2@h/db?sslcert=c.pem", "sslkey"),
+        ("sqlite:///tmp/x.db?sslmode=require", "`sslmode`"),
+        ("sqlite:///tmp/x.db?max_ttl=1d", "SqlConfig::max_ttl"),
+    ] {
+        let err = SqlBackend::new(SqlConfig::new(url))
+            .expect_err(url)
+            .to_string();
+        assert!(err.contains(says), "{url}: {err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}
+
+/// Fills `rows` entries under `big:` straight through SQL (the tables
+/// exist), expiring far in the future, written under the current epoch.
+async fn fill(url: &str, rows: u32) {
+    let sql = if url.starts_with("postgres") {
+        format!(
+            "INSERT INTO cache_entries (key, value, expires_at, epoch) \
+             SELECT 'big:' || i, '\\x00'::bytea, 9000000000000000, \
+             (SELECT epoch FROM cache_entries_epoch WHERE id = 1) \
+             FROM generate_series(1, {rows}) i"
+        )
+    } else {
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) \
+             INSERT INTO cache_entries (key, value, expires_at, epoch) \
+             SELECT 'big:' || i, x'00', 9000000000000000, \
+             (SELECT epoch FROM cache_entries_epoch WHERE id = 1) FROM n"
+        )
+    };
+    execute(url, &sql).await;
+}
+
+/// Runs `sql` (one or more statements) on the database at `url`.
+async fn execute(url: &str, sql: &str) {
+    let sql = sql.to_owned();
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+}
+
+/// One number from the database at `url`.
+async fn number(url: &str, sql: &str) -> i64 {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::query(sql).fetch_one(&pool).await.unwrap().get(0)
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        sqlx::query(sql).fetch_one(&pool).await.unwrap().get(0)
+    }
+}
+
+async fn large_prefix(url: String, rows: u32) {
+    let backend = std::sync::Arc::new(SqlBackend::new(SqlConfig::new(url.as_str())).unwrap());
+    // The default op timeout (250 ms).
+    let cache = Cache::builder().backend(backend.clone()).build().unwrap();
+    let ttl = Duration::from_secs(600);
+    backend
+        .set("big:0", Bytes::from_static(b"v"), ttl, None)
+        .await
+        .unwrap();
+    fill(&url, rows).await;
+    assert!(backend.get("big:7").await.unwrap().value.is_some());
+    let started = Instant::now();
+    cache
+        .invalidate_prefix("big:")
+        .await
+        .unwrap_or_else(|e| panic!("{rows} rows: {e} after {:?}", started.elapsed()));
+    // Hidden at once, whatever is left to delete.
+    for k in ["big:0", "big:7", &format!("big:{rows}")] {
+        assert!(backend.get(k).await.unwrap().value.is_none(), "{k} shows");
+    }
+    // Written after the invalidation: kept by the deletion that follows.
+    let miss = backend.get("big:8").await.unwrap();
+    backend
+        .set(
+            "big:8",
+            Bytes::from_static(b"new"),
+            ttl,
+            miss.ticket.as_ref(),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = number(
+            &url,
+            "SELECT COUNT(*) FROM cache_entries WHERE key LIKE 'big:%'",
+        )
+        .await;
+        if left == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} rows left");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = backend.get("big:8").await.unwrap().value;
+    assert_eq!(got.as_deref(), Some(&b"new"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidating_a_large_prefix_returns_within_the_op_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    large_prefix(sqlite_url(&dir, "large.db"), 300_000).await;
+    let pg = Postgres::start();
+    large_prefix(format!("{}?sslmode=disable", pg.url()), 300_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_qualified_table_names_work_on_postgres() {
+    let pg = Postgres::start();
+    execute(&pg.url(), "CREATE SCHEMA app").await;
+    for table in ["app.cache_entries", "app.web_cache"] {
+        let url = format!("{}?table={table}&op_timeout=5s", pg.url());
+        let cache = Cache::from_url(&url).await.unwrap();
+        assert_eq!(top_books(&cache, 9).await, Ok(vec![9, 109]));
+        assert_eq!(top_books(&cache, 9).await, Ok(vec![9, 109]));
+        assert_eq!(cache.stats().hits, 1, "{table}: {:?}", cache.stats());
+        cache.invalidate_prefix("author:9:").await.unwrap();
+        cache.delete("author:9:top_books").await.unwrap();
+        let backend = SqlBackend::new(SqlConfig::new(pg.url()).table(table)).unwrap();
+        let token = Bytes::from_static(b"t");
+        assert!(backend
+            .set_if_absent("lock:q", token.clone(), Duration::from_secs(5))
+            .await
+            .unwrap());
+        assert!(!backend
+            .set_if_absent("lock:q", token.clone(), Duration::from_secs(5))
+            .await
+            .unwrap());
+        assert!(backend.delete_if_equals("lock:q", &token).await.unwrap());
+        backend.sweep().await.unwrap();
+        let n = number(
+            &pg.url(),
+            &format!("SELECT COUNT(*) FROM {table}_invalidations"),
+        )
+        .await;
+        assert_eq!(n, 2, "{table}: the prefix and the delete are recorded");
+    }
+    let public = number(
+        &pg.url(),
+        "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'",
+    )
+    .await;
+    assert_eq!(public, 0, "nothing created outside the schema");
+    // SQLite has no schemas: refused at build, saying so.
+    let dir = tempfile::tempdir().unwrap();
+    let err = Cache::from_url(&format!("{}?table=app.t", sqlite_url(&dir, "s.db")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("schema"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_nul_is_bad_input_not_a_store_failure() {
+    let pg = Postgres::start();
+    let backend = std::sync::Arc::new(SqlBackend::new(SqlConfig::new(pg.url())).unwrap());
+    let cache = Cache::builder()
+        .backend(backend.clone())
+        .op_timeout(Duration::from_secs(5))
+        .circuit_breaker(2, Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let bad = "user:a\0b:feed";
+    for _ in 0..5 {
+        let err = cache.get::<u8>(bad).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
+        let v: u8 = cache
+            .get_or_compute(bad, &cacheruntime::Policy::new(), || async { 7 })
+            .await;
+        assert_eq!(v, 7);
+    }
+    let stats = cache.stats();
+    assert!(stats.errors >= 5, "{stats:?}");
+    assert_eq!(stats.circuit_skips, 0, "{stats:?}");
+    // The store is still used for every other key.
+    cache
+        .set("user:ok", &1u8, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(cache.get::<u8>("user:ok").await.unwrap(), Some(1));
+    // The backend refuses it as bad input too, whoever calls it.
+    let err = backend.get(bad).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
+    let err = cache.invalidate_prefix("user:a\0b:").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidPrefix { .. }), "{err}");
+    // Every store validates keys the same way.
+    let memory = Cache::memory();
+    let err = memory.get::<u8>(bad).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
+}
+
+async fn epoch_row_deleted(url: String) {
+    let cache = cache_with(SqlConfig::new(url.as_str()), None);
+    let ttl = Duration::from_secs(60);
+    cache.set("e:1", &1u8, ttl).await.unwrap();
+    execute(&url, "DELETE FROM cache_entries_epoch").await;
+    // Within one call each.
+    cache.set("e:2", &2u8, ttl).await.unwrap();
+    assert_eq!(cache.get::<u8>("e:2").await.unwrap(), Some(2));
+    cache.invalidate_prefix("e:").await.unwrap();
+    assert_eq!(cache.get::<u8>("e:2").await.unwrap(), None);
+    assert_eq!(top_books(&cache, 4).await, Ok(vec![4, 104]));
+    assert_eq!(top_books(&cache, 4).await, Ok(vec![4, 104]));
+    assert!(cache.stats().hits >= 2, "{:?}", cache.stats());
+    // The floor row alone: created again at the current epoch, within the
+    // call; a computation that read before may not write.
+    let backend = SqlBackend::new(SqlConfig::new(url.as_str())).unwrap();
+    let before = backend.get("f:1").await.unwrap();
+    backend.invalidate_prefix("g:").await.unwrap();
+    execute(&url, "DELETE FROM cache_entries_epoch WHERE id = 2").await;
+    let after = backend.get("f:2").await.unwrap();
+    assert!(after.ticket.is_some());
+    backend
+        .set(
+            "f:1",
+            Bytes::from_static(b"old"),
+            ttl,
+            before.ticket.as_ref(),
+        )
+        .await
+        .unwrap();
+    assert!(backend.get("f:1").await.unwrap().value.is_none());
+    backend
+        .set(
+            "f:2",
+            Bytes::from_static(b"new"),
+            ttl,
+            after.ticket.as_ref(),
+        )
+        .await
+        .unwrap();
+    assert!(backend.get("f:2").await.unwrap().value.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_epoch_row_is_recovered_within_one_call() {
+    let dir = tempfile::tempdir().unwrap();
+    epoch_row_deleted(sqlite_url(&dir, "epoch.db")).await;
+    let pg = Postgres::start();
+    epoch_row_deleted(pg.url()).await;
+}
+
+async fn tables_recreated(url: String) {
+    let backend = SqlBackend::new(SqlConfig::new(url.as_str())).unwrap();
+    let ttl = Duration::from_secs(60);
+    for _ in 0..5 {
+        backend.invalidate_prefix("other:").await.unwrap();
+    }
+    // A computation starts: its read's ticket.
+    let miss = backend.get("user:1:feed").await.unwrap();
+    let old = miss.ticket.as_ref().and_then(|t| t.as_seq()).unwrap();
+    // An operator drops the tables while it computes; another call
+    // creates them again.
+    execute(
+        &url,
+        "DROP TABLE cache_entries; DROP TABLE cache_entries_invalidations; \
+         DROP TABLE cache_entries_epoch; DROP TABLE cache_entries_locks;",
+    )
+    .await;
+    let _ = backend.get("x").await;
+    let fresh = backend.get("user:2:feed").await.unwrap();
+    let new = fresh.ticket.as_ref().and_then(|t| t.as_seq()).unwrap();
+    assert!(new > old, "the epoch went back: {old} -> {new}");
+    // The computation's write, under the old epoch, then an invalidation.
+    backend
+        .set(
+            "user:1:feed",
+            Bytes::from_static(b"old"),
+            ttl,
+            miss.ticket.as_ref(),
+        )
+        .await
+        .unwrap();
+    backend.invalidate_prefix("user:1:").await.unwrap();
+    assert!(
+        backend.get("user:1:feed").await.unwrap().value.is_none(),
+        "a value computed before the invalidation shows after it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epochs_never_go_back_when_the_tables_are_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    tables_recreated(sqlite_url(&dir, "recreated.db")).await;
+    let pg = Postgres::start();
+    tables_recreated(pg.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durations_and_counts_beyond_the_columns_are_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir, "limits.db");
+    // A max_ttl that no column holds is refused at build, naming the limit.
+    let err = SqlBackend::new(SqlConfig::new(url.as_str()).max_ttl(Duration::MAX))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_ttl"), "{err}");
+    // max_entries beyond i64 culls nothing.
+    let backend = SqlBackend::new(SqlConfig::new(url.as_str()).max_entries(u64::MAX)).unwrap();
+    for i in 0..10 {
+        backend
+            .set(
+                &format!("k:{i}"),
+                Bytes::from_static(b"v"),
+                Duration::from_secs(60),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    backend.sweep().await.unwrap();
+    assert_eq!(number(&url, "SELECT COUNT(*) FROM cache_entries").await, 10);
+}
+
+async fn clock_ahead(url: String) {
+    // Process A's clock is five minutes ahead of process B's and of the
+    // database's.
+    let ahead = Clock::manual();
+    ahead.advance(Duration::from_secs(300));
+    #[allow(deprecated)]
+    let a = SqlBackend::new(SqlConfig::new(url.as_str()).clock(ahead.clone())).unwrap();
+    let b = SqlBackend::new(SqlConfig::new(url.as_str())).unwrap();
+    let ttl = Duration::from_secs(60);
+    b.set("fresh:1", Bytes::from_static(b"v"), ttl, None)
+        .await
+        .unwrap();
+    assert!(b
+        .set_if_absent("lock:1", Bytes::from_static(b"b"), Duration::from_secs(10))
+        .await
+        .unwrap());
+    a.sweep().await.unwrap();
+    assert!(
+        b.get("fresh:1").await.unwrap().value.is_some(),
+        "A swept B's fresh entry"
+    );
+    assert!(
+        !a.set_if_absent("lock:1", Bytes::from_static(b"a"), Duration::from_secs(10))
+            .await
+            .unwrap(),
+        "A took the lock B holds"
+    );
+    // A's own entries live their TTL for B too.
+    a.set("fresh:2", Bytes::from_static(b"v"), ttl, None)
+        .await
+        .unwrap();
+    assert!(b.get("fresh:2").await.unwrap().value.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_whose_clock_is_ahead_neither_sweeps_fresh_rows_nor_takes_held_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    clock_ahead(sqlite_url(&dir, "skew.db")).await;
+    let pg = Postgres::start();
+    clock_ahead(pg.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configurations_that_cannot_work_are_refused_at_build() {
+    for url in ["sqlite://:memory:", "sqlite://?mode=memory", "sqlite://"] {
+        let err = Cache::from_url(url).await.expect_err(url).to_string();
+        assert!(err.contains("name a file"), "{url}: {err}");
+    }
+    for url in [
+        "sqlite://:memory:",
+        "sqlite::memory:",
+        "sqlite://?mode=memory",
+    ] {
+        let err = SqlBackend::new(SqlConfig::new(url))
+            .expect_err(url)
+            .to_string();
+        assert!(err.contains("name a file"), "{url}: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir, "zero.db");
+    let err = Cache::from_url(&format!("{url}?sweep_interval=0"))
+        .await
+        .expect_err("sweep_interval=0")
+        .to_string();
+    assert!(err.contains("sweep_interval"), "{err}");
+    let err = SqlBackend::new(SqlConfig::new(url.as_str()).sweep_interval(Duration::ZERO))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sweep_interval"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_create_uses_tables_that_another_user_owns() {
+    let pg = Postgres::start();
+    // The owner (here the superuser) creates the tables; the application's
+    // role may only read and write them.
+    let owner = admin(&pg).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(
+        sql::ddl(Dialect::Postgres, "cache_entries").unwrap(),
+    ))
+    .execute(&owner)
+    .await
+    .unwrap();
+    sqlx::raw_sql(
+        "CREATE ROLE app LOGIN PASSWORD 'app-pw'; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON cache_entries, cache_entries_epoch, \
+         cache_entries_invalidations, cache_entries_locks TO app;",
+    )
+    .execute(&owner)
+    .await
+    .unwrap();
+    let url = format!("postgres://app:app-pw@127.0.0.1:{}/postgres", pg.port);
+    let cache = cache_with(SqlConfig::new(url.as_str()), None);
+    assert_eq!(top_books(&cache, 2).await, Ok(vec![2, 102]));
+    assert_eq!(top_books(&cache, 2).await, Ok(vec![2, 102]));
+    assert_eq!(cache.stats().hits, 1, "{:?}", cache.stats());
+    assert_eq!(cache.stats().errors, 0, "{:?}", cache.stats());
+    cache.invalidate_prefix("author:2:").await.unwrap();
+    let backend = SqlBackend::new(SqlConfig::new(url.as_str())).unwrap();
+    backend.sweep().await.unwrap();
 }

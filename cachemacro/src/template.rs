@@ -2,7 +2,8 @@
 //!
 //! Like thiserror's `fmt.rs`: the literal is scanned once into pieces, and
 //! every problem is reported at the literal's span with what to write.
-//! The literal text may not contain `#`, which marks shortened long keys.
+//! The literal text may not contain `#`, which marks shortened long keys,
+//! nor NUL, which PostgreSQL cannot store.
 
 /// One piece of a template.
 #[derive(Debug)]
@@ -19,6 +20,7 @@ pub fn parse(template: &str) -> Result<Vec<Piece>, Vec<String>> {
     let mut errors = Vec::new();
     let mut literal = String::new();
     let mut literal_hash = false;
+    let mut literal_nul = false;
     let mut chars = template.char_indices().peekable();
     while let Some((i, c)) = chars.next() {
         match c {
@@ -66,6 +68,17 @@ pub fn parse(template: &str) -> Result<Vec<Piece>, Vec<String>> {
                     literal_hash = true;
                 }
                 literal.push('#');
+            }
+            '\0' => {
+                if !literal_nul {
+                    errors.push(
+                        "NUL cannot be part of a key: PostgreSQL text cannot hold it, so such a \
+                         key could not be stored on every store; remove it (values are escaped \
+                         for you: a NUL in an argument becomes `%00`)"
+                            .to_owned(),
+                    );
+                    literal_nul = true;
+                }
             }
             c => literal.push(c),
         }
@@ -132,6 +145,13 @@ fn placeholder(inner: &str) -> Result<(String, Vec<String>), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_in_the_literal_text_is_refused() {
+        let errors = parse("a\0b:{x}\0").unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("NUL"), "{errors:?}");
+    }
 
     #[test]
     fn splits_literals_and_placeholders() {

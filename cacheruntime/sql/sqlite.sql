@@ -19,8 +19,12 @@ CREATE TABLE IF NOT EXISTS cache_entries_epoch (
     id    INTEGER PRIMARY KEY,
     epoch INTEGER NOT NULL
 );
-INSERT INTO cache_entries_epoch (id, epoch) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
-INSERT INTO cache_entries_epoch (id, epoch) VALUES (2, 0) ON CONFLICT (id) DO NOTHING;
+INSERT INTO cache_entries_epoch (id, epoch)
+    VALUES (1, CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER))
+    ON CONFLICT (id) DO NOTHING;
+INSERT INTO cache_entries_epoch (id, epoch)
+    SELECT 2, epoch FROM cache_entries_epoch WHERE id = 1
+    ON CONFLICT (id) DO NOTHING;
 
 CREATE TABLE IF NOT EXISTS cache_entries_locks (
     key        TEXT    PRIMARY KEY,

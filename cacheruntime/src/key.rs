@@ -161,8 +161,20 @@ impl KeyBuilder {
     }
 }
 
+/// Why a key or prefix with NUL is refused.
+pub(crate) const NUL_REASON: &str =
+    "keys and prefixes must not contain NUL (U+0000), which PostgreSQL text \
+                   cannot hold (so no key with one could be used on every store): escape values \
+                   with `cacheruntime::key::escape` (it writes `%00`)";
+
 /// Checks that `prefix` is one `invalidate_prefix` can honour exactly.
 pub fn check_prefix(prefix: &str) -> Result<(), Error> {
+    if prefix.contains('\0') {
+        return Err(Error::InvalidPrefix {
+            prefix: prefix.chars().take(64).collect(),
+            reason: NUL_REASON,
+        });
+    }
     if prefix.is_empty() || prefix.ends_with(':') {
         Ok(())
     } else {
@@ -236,14 +248,26 @@ pub(crate) fn stored_prefix(prefix: &str, keep: usize) -> Option<&str> {
     (!readable.is_empty() && readable.len() >= keep).then_some(readable)
 }
 
-/// Checks that a key is usable: not empty, and without `#`, which marks a
-/// shortened long key (`...#<sha256>`): a key written with one could take
-/// the shape of another key's shortened form and share its entry.
+/// Checks that a key is usable on every store, so that a key works (or is
+/// refused) the same whichever store is configured: not empty; without
+/// NUL, which PostgreSQL text cannot hold (every other character is held by
+/// every store: Memcached's keys are encoded, SQL and Redis take any other
+/// text); and without `#`, which marks a shortened long key
+/// (`...#<sha256>`): a key written with one could take the shape of another
+/// key's shortened form and share its entry. A refused key is bad input,
+/// never a store failure: `get_or_compute` and `#[cached]` compute without
+/// caching (counted in `Stats::errors` and logged).
 pub fn check_key(key: &str) -> Result<(), Error> {
     if key.is_empty() {
         return Err(Error::InvalidKey {
             key: String::new(),
             reason: "keys must not be empty",
+        });
+    }
+    if key.contains('\0') {
+        return Err(Error::InvalidKey {
+            key: key.chars().take(64).collect(),
+            reason: NUL_REASON,
         });
     }
     if key.contains('#') {
@@ -321,6 +345,24 @@ mod tests {
         // Unicode whitespace and controls too; other non-ASCII stays.
         assert_eq!(escape("a\u{2028}b\u{80}"), "a%E2%80%A8b%C2%80");
         assert!(matches!(escape("café"), Cow::Borrowed("café")));
+    }
+
+    #[test]
+    fn nul_is_refused_and_escaped() {
+        assert!(matches!(check_key("a\0b"), Err(Error::InvalidKey { .. })));
+        assert!(matches!(
+            check_prefix("a\0:"),
+            Err(Error::InvalidPrefix { .. })
+        ));
+        assert!(
+            check_key("a\tb\u{1}:c").is_ok(),
+            "other controls every store holds"
+        );
+        // Interpolated values never bring one into a rendered key.
+        let mut k = KeyBuilder::new();
+        k.literal("user:").value("a\0b");
+        assert_eq!(k.as_str(), "user:a%00b");
+        assert!(check_key(k.as_str()).is_ok());
     }
 
     #[test]

@@ -541,13 +541,36 @@ pub(crate) async fn build(raw: &str, signing_keys: Vec<Vec<u8>>) -> Result<Cache
 
 /// `postgres://user:pass@host/db?sslmode=verify-full&sslrootcert=ca.pem` and
 /// `sqlite://path/to/cache.db`, with `table`, `auto_create`, `max_entries`,
-/// `sweep_interval`, `max_connections`, `max_ttl` (and for PostgreSQL
-/// `sslmode`, `sslrootcert`, `sslcert`, `sslkey`) beside the common ones.
+/// `sweep_interval`, `max_connections`, `max_ttl` beside the common ones,
+/// and the connection parameters (PostgreSQL `sslmode`, `sslrootcert`,
+/// `sslcert`, `sslkey`, `application_name`; SQLite `mode`, `cache`, `vfs`),
+/// which go to the backend's URL and are checked there, as for
+/// `SqlConfig::new`.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 fn sql_cache(mut url: CacheUrl<'_>) -> Result<Cache, Error> {
-    use crate::backends::sql::{SqlBackend, SqlConfig};
+    use crate::backends::sql::{SqlBackend, SqlConfig, POSTGRES_PARAMS, SQLITE_PARAMS};
+    let postgres = url.scheme.starts_with("postgres");
+    if postgres && url.hosts.contains(',') {
+        return Err(url.error("name one PostgreSQL server: `postgres://user:pass@host/db`"));
+    }
+    let connection: &[&str] = if postgres {
+        &POSTGRES_PARAMS
+    } else {
+        &SQLITE_PARAMS
+    };
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for name in connection {
+        if let Some(value) = url.take(name) {
+            query.append_pair(name, &value);
+        }
+    }
+    let query = query.finish();
     let base = format!("{}://{}", url.scheme, url.rest);
-    let mut config = SqlConfig::new(base);
+    let mut config = SqlConfig::new(if query.is_empty() {
+        base
+    } else {
+        format!("{base}?{query}")
+    });
     if let Some(table) = url.take("table") {
         config = config.table(table);
     }
@@ -566,41 +589,11 @@ fn sql_cache(mut url: CacheUrl<'_>) -> Result<Cache, Error> {
     if let Some(d) = url.take_duration("max_ttl")? {
         config = config.max_ttl(d);
     }
-    let postgres = url.scheme.starts_with("postgres");
-    if postgres {
-        if url.hosts.contains(',') {
-            return Err(url.error("name one PostgreSQL server: `postgres://user:pass@host/db`"));
-        }
-        if let Some(mode) = url.take("sslmode") {
-            const MODES: [&str; 6] = [
-                "disable",
-                "allow",
-                "prefer",
-                "require",
-                "verify-ca",
-                "verify-full",
-            ];
-            if !MODES.contains(&mode.to_ascii_lowercase().as_str()) {
-                return Err(url.error(format!("`sslmode` is one of {}", MODES.join(", "))));
-            }
-            config = config.ssl_mode(mode);
-        }
-        if let Some(ca) = url.take("sslrootcert") {
-            config = config.ssl_root_cert(ca);
-        }
-        match (url.take("sslcert"), url.take("sslkey")) {
-            (Some(cert), Some(key)) => config = config.ssl_client_cert(cert, key),
-            (None, None) => {}
-            _ => return Err(url.error("a client certificate needs both `sslcert` and `sslkey`")),
-        }
-    }
     let builder = url.common(Cache::builder())?;
-    url.finish(if postgres {
-        "table, auto_create, max_entries, sweep_interval, max_connections, max_ttl, sslmode, \
-         sslrootcert, sslcert, sslkey"
-    } else {
-        "table, auto_create, max_entries, sweep_interval, max_connections, max_ttl"
-    })?;
+    url.finish(&format!(
+        "table, auto_create, max_entries, sweep_interval, max_connections, max_ttl, {}",
+        connection.join(", ")
+    ))?;
     builder.backend(SqlBackend::new(config)?).build()
 }
 

@@ -396,7 +396,7 @@ pub async fn sql_at(name: &'static str, url: String, options: Options, keep: Kee
         Arc::new(move || {
             let config = SqlConfig::new(url.clone())
                 .table(table.clone())
-                .clock(clock.clone())
+                .database_clock(clock.clone())
                 .max_ttl(SQL_MAX_TTL)
                 .max_connections(6);
             if url.starts_with("postgres") {

@@ -2,13 +2,18 @@
 //! (feature `sqlite`).
 //!
 //! # The table manages itself
-//! On first use the backend creates its tables if they are missing
-//! (PostgreSQL: inside a transaction holding an advisory lock, since
-//! concurrent `CREATE TABLE IF NOT EXISTS` can fail with a unique violation;
-//! SQLite: its own write lock). It never touches `_sqlx_migrations` or any
-//! other table. The DDL is exported ([`POSTGRES_DDL`], [`SQLITE_DDL`], and
-//! the files `cacheruntime/sql/*.sql`) for teams whose migrations own the
-//! schema; then switch creation off with [`SqlConfig::auto_create`].
+//! On first use the backend makes sure its tables exist: when all four do,
+//! it uses them as they are (a role that may only read and write tables
+//! another role owns works with `auto_create` on); otherwise it runs the
+//! DDL (PostgreSQL: inside a transaction holding an advisory lock, since
+//! concurrent `CREATE TABLE IF NOT EXISTS` can fail with a unique
+//! violation; SQLite: its own write lock). It never touches
+//! `_sqlx_migrations` or any other table. The DDL is exported
+//! ([`POSTGRES_DDL`], [`SQLITE_DDL`], [`ddl`] for another name, and the
+//! files `cacheruntime/sql/*.sql`) for teams whose migrations own the
+//! schema; then switch creation off with [`SqlConfig::auto_create`]. On
+//! PostgreSQL the table may be schema-qualified (`app.web_cache`; the
+//! schema must exist).
 //!
 //! # Schema
 //! `key` (bytewise collation, primary key), `value` bytes, `expires_at` (ms,
@@ -17,15 +22,35 @@
 //! [`SqlConfig::max_entries`] is set, culls the rows that expire soonest;
 //! it counts the table once per sweep, never per write.
 //!
+//! # One clock: the database's
+//! Every time that decides which row lives (`expires_at`, the sweep, lock
+//! expiry, when an invalidation record may go) is read from the database's
+//! clock inside the statement, so application servers whose clocks
+//! disagree still agree on them: a process minutes ahead neither sweeps
+//! other processes' fresh rows nor takes their locks. (An entry's own
+//! fresh and stale deadlines, inside its value, are the application's
+//! clock on every store.)
+//!
 //! # Prefix invalidation and deletes
-//! One transaction: bump the invalidation epoch, record `prefix -> epoch`,
-//! and delete the prefix's rows as a primary-key range (`key >= 'p:' AND key
-//! < 'p;'`; never `LIKE`, so `%` and `_` in keys are plain characters). A
-//! delete records its exact key the same way (as the key followed by
-//! `\u{1}`, which no prefix ends with). Every entry carries the epoch its read
-//! saw (the [`Ticket`]); a write is refused, and a read ignores an entry,
-//! when an invalidation of one of its prefixes or a delete of its key is
-//! newer, so a value computed before either never shows after it.
+//! A short transaction: bump the invalidation epoch and record
+//! `prefix -> epoch`. From then on reads ignore the prefix's older rows
+//! and writes under an older ticket are refused; the rows themselves are
+//! deleted after it, in batches, by a background task, as a primary-key
+//! range (`key >= 'p:' AND key < 'p;'`; never `LIKE`, so `%` and `_` in keys
+//! are plain characters) of the rows older than the invalidation. So an
+//! invalidation takes the same few milliseconds whatever the prefix holds.
+//! A delete records its exact key the same way (as the key followed by
+//! `\u{1}`, which no prefix ends with) and deletes its row in the same
+//! transaction. Every entry carries the epoch its read saw (the
+//! [`Ticket`]); a write is refused, and a read ignores an entry, when an
+//! invalidation of one of its prefixes or a delete of its key is newer, so
+//! a value computed before either never shows after it.
+//!
+//! Epochs start from the database's clock in microseconds and each bump
+//! takes at least the clock, so when the epoch row or every table is
+//! created anew (an operator clearing them, a restored database) epochs
+//! keep growing; the floor (below) starts with them, so no ticket from
+//! before can write. A missing epoch row is created again by the next call.
 //!
 //! Records are swept after `max_ttl`, when every entry they could hide has
 //! expired. A computation still running may hold an older ticket: the sweep
@@ -34,19 +59,25 @@
 //! (or ignored). So no sweep, by any process, whatever its `max_ttl`, lets a
 //! value computed before an invalidation be served.
 //!
+//! # Keys
+//! PostgreSQL text cannot hold NUL: a key or prefix containing one is
+//! refused as bad input ([`Error::InvalidKey`], [`Error::InvalidPrefix`]),
+//! never sent, so it never counts as a store failure.
+//!
 //! # Connections
-//! Pools are created on first use (no I/O, no runtime needed to build the
-//! backend), so the application starts while the database is down; every
-//! call is bounded by the cache's op timeout and circuit breaker like any
-//! other store. Opening a connection (TCP, TLS, SCRAM) can take longer than
-//! the op timeout, which would cancel every attempt and never connect; so
-//! connections are opened by a background task that no caller's timeout
-//! cancels, started when the pool is made and after any failure.
+//! Every parameter of the URL is honoured or refused at build (see
+//! [`SqlConfig::new`]). Pools are created on first use (no I/O, no runtime
+//! needed to build the backend), so the application starts while the
+//! database is down; every call is bounded by the cache's op timeout and
+//! circuit breaker like any other store. Opening a connection (TCP, TLS,
+//! SCRAM) can take longer than the op timeout, which would cancel every
+//! attempt and never connect; so connections are opened by a background
+//! task that no caller's timeout cancels, started when the pool is made and
+//! after any failure.
 
 use std::fmt;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,49 +88,18 @@ use crate::clock::Clock;
 use crate::url::{redact, Secrets};
 use crate::Error;
 
-/// The PostgreSQL DDL for the default table name, `cache_entries`.
-pub const POSTGRES_DDL: &str = include_str!("../../sql/postgres.sql");
-/// The SQLite DDL for the default table name, `cache_entries`.
-pub const SQLITE_DDL: &str = include_str!("../../sql/sqlite.sql");
+use self::connect::{connect_options, Connect};
+pub(crate) use self::connect::{POSTGRES_PARAMS, SQLITE_PARAMS};
+pub use self::schema::{ddl, validate_table_name, POSTGRES_DDL, SQLITE_DDL};
+use self::schema::{validate_table_for, DEFAULT_TABLE};
+use self::statements::Statements;
 
-const DEFAULT_TABLE: &str = "cache_entries";
+/// The longest [`SqlConfig::max_ttl`]: ten years, far within what the
+/// `BIGINT` millisecond columns hold once added to the clock.
+pub const MAX_TTL_LIMIT: Duration = Duration::from_secs(10 * 365 * 86_400);
 
-/// Checks a table name (optionally `schema.table`): letters, digits and
-/// `_`, not starting with a digit, at most 48 characters so the derived
-/// names (`<table>_invalidations`, ...) stay within PostgreSQL's 63.
-pub fn validate_table_name(name: &str) -> Result<(), Error> {
-    let ok_part = |p: &str| {
-        !p.is_empty()
-            && !p.starts_with(|c: char| c.is_ascii_digit())
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
-    let parts: Vec<&str> = name.split('.').collect();
-    if name.len() <= 48 && parts.len() <= 2 && parts.iter().all(|p| ok_part(p)) {
-        Ok(())
-    } else {
-        Err(Error::Config(format!(
-            "table name {name:?} is not allowed: use letters, digits and `_` (optionally \
-             `schema.table`), not starting with a digit, at most 48 characters"
-        )))
-    }
-}
-
-/// The DDL for `table` in the given dialect.
-pub fn ddl(dialect: Dialect, table: &str) -> Result<String, Error> {
-    validate_table_name(table)?;
-    let base = match dialect {
-        Dialect::Postgres => POSTGRES_DDL,
-        Dialect::Sqlite => SQLITE_DDL,
-    };
-    // Index names cannot be schema-qualified in CREATE INDEX.
-    let unqualified = table.rsplit('.').next().unwrap_or(table);
-    Ok(base
-        .replace(
-            "cache_entries_expires_at",
-            &format!("{unqualified}_expires_at"),
-        )
-        .replace(DEFAULT_TABLE, table))
-}
+/// The shortest [`SqlConfig::sweep_interval`].
+pub const MIN_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Which SQL database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,7 +137,7 @@ pub struct SqlConfig {
     ssl_mode: Option<String>,
     ssl_root_cert: Option<String>,
     ssl_client_cert: Option<(String, String)>,
-    clock: Clock,
+    database_clock: Option<Clock>,
 }
 
 impl fmt::Debug for SqlConfig {
@@ -153,6 +153,15 @@ impl fmt::Debug for SqlConfig {
 
 impl SqlConfig {
     /// `postgres://user:pass@host/db` or `sqlite://path/to/cache.db`.
+    ///
+    /// The URL's connection parameters are honoured: for PostgreSQL
+    /// `sslmode` (use `verify-full` with `sslrootcert` in production),
+    /// `sslrootcert`, `sslcert` with `sslkey`, and `application_name`; for
+    /// SQLite `mode` (`rw` or `rwc`), `cache=private` and `vfs`. Any other
+    /// parameter, a cache setting (`table`, `max_ttl`, ...: use the methods,
+    /// or `Cache::from_url`), an in-memory SQLite database, or a value given
+    /// both here and by a method with another value is refused by
+    /// [`SqlBackend::new`], naming the fix.
     pub fn new(url: impl Into<String>) -> Self {
         SqlConfig {
             url: url.into(),
@@ -166,24 +175,40 @@ impl SqlConfig {
             ssl_mode: None,
             ssl_root_cert: None,
             ssl_client_cert: None,
-            clock: Clock::system(),
+            database_clock: None,
         }
     }
 
-    /// The clock for expiry times (tests use [`Clock::manual`]).
-    pub fn clock(mut self, clock: Clock) -> Self {
-        self.clock = clock;
+    /// Once the clock for expiry times. Rows' times now come from the
+    /// database's clock (see the module docs), so an application clock
+    /// never decides them: this setting does nothing. Tests that moved a
+    /// manual clock to expire rows use [`database_clock`](Self::database_clock).
+    #[deprecated(
+        since = "0.1.0",
+        note = "rows' times come from the database's clock; tests: use `database_clock`"
+    )]
+    pub fn clock(self, clock: Clock) -> Self {
+        let _ = clock;
         self
     }
 
-    /// The table's name (default `cache_entries`); validated, never
-    /// interpolated unchecked.
+    /// For tests: a clock that stands in for the database's, so a
+    /// [`Clock::manual`] expires rows, locks and invalidation records
+    /// without sleeping. Give every handle on the same tables the same
+    /// clock (and the cache's builder too, for entries' own deadlines).
+    pub fn database_clock(mut self, clock: Clock) -> Self {
+        self.database_clock = Some(clock);
+        self
+    }
+
+    /// The table's name (default `cache_entries`; on PostgreSQL
+    /// `schema.table` too); validated, never interpolated unchecked.
     pub fn table(mut self, name: impl Into<String>) -> Self {
         self.table = name.into();
         self
     }
 
-    /// Create the tables on first use (default true).
+    /// Create the tables on first use when they are missing (default true).
     pub fn auto_create(mut self, yes: bool) -> Self {
         self.auto_create = yes;
         self
@@ -196,7 +221,8 @@ impl SqlConfig {
         self
     }
 
-    /// How often expired rows are swept (default 60 s).
+    /// How often expired rows are swept (default 60 s; at least
+    /// [`MIN_SWEEP_INTERVAL`]).
     pub fn sweep_interval(mut self, every: Duration) -> Self {
         self.sweep_interval = every;
         self
@@ -208,14 +234,18 @@ impl SqlConfig {
         self
     }
 
-    /// Longest life of an entry (default 30 days); longer TTLs are capped.
+    /// Longest life of an entry (default 30 days, at most
+    /// [`MAX_TTL_LIMIT`]); longer TTLs are capped. Invalidation records
+    /// are kept this long.
     pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
         self.max_ttl = max_ttl;
         self
     }
 
-    /// PostgreSQL `sslmode` (`disable`, `prefer`, `require`, `verify-ca`,
-    /// `verify-full`).
+    /// PostgreSQL `sslmode` (`disable`, `allow`, `prefer`, `require`,
+    /// `verify-ca`, `verify-full`). In production use `verify-full` with
+    /// [`ssl_root_cert`](Self::ssl_root_cert): the others either send in
+    /// plaintext or accept any certificate.
     pub fn ssl_mode(mut self, mode: impl Into<String>) -> Self {
         self.ssl_mode = Some(mode.into());
         self
@@ -234,7 +264,7 @@ impl SqlConfig {
     }
 
     fn dialect(&self) -> Result<Dialect, Error> {
-        let scheme = self.url.split("://").next().unwrap_or("");
+        let scheme = self.url.split(':').next().unwrap_or("");
         match scheme {
             "postgres" | "postgresql" => Ok(Dialect::Postgres),
             "sqlite" => Ok(Dialect::Sqlite),
@@ -244,136 +274,25 @@ impl SqlConfig {
             }),
         }
     }
-}
 
-/// The statements, with the validated table name in place.
-struct Statements {
-    get: String,
-    raise_floor: String,
-    ensure_floor: String,
-    put_ticketed: String,
-    put_current: String,
-    delete: String,
-    bump: String,
-    record: String,
-    range_delete: String,
-    delete_all: String,
-    lock_take: String,
-    lock_release: String,
-    sweep: String,
-    sweep_locks: String,
-    sweep_invalidations: String,
-    count: String,
-    cull: String,
-}
-
-impl Statements {
-    fn new(dialect: Dialect, t: &str) -> Statements {
-        let pg = dialect == Dialect::Postgres;
-        // Placeholders: $n on PostgreSQL, ?n on SQLite (same numbering).
-        let p = |n: u32| if pg { format!("${n}") } else { format!("?{n}") };
-        // Invalidation records naming the key, its prefixes or its delete,
-        // bound as one array parameter.
-        let records_of = |n: u32| {
-            if pg {
-                format!("i.prefix = ANY({}::text[])", p(n))
-            } else {
-                format!("i.prefix IN (SELECT value FROM json_each({}))", p(n))
-            }
-        };
-        let floor = format!("COALESCE((SELECT epoch FROM {t}_epoch WHERE id = 2), 0)");
-        Statements {
-            // One round trip: the current epoch (the ticket), the newest
-            // record naming the key and the floor (the newer is its scope:
-            // a swept record leaves the floor at least as high), and the
-            // entry, unless expired, under the floor, or older than a record
-            // naming it.
-            get: format!(
-                "SELECT (SELECT epoch FROM {t}_epoch WHERE id = 1) AS now_epoch, \
-                 (SELECT COALESCE(MAX(i.epoch), 0) FROM {t}_invalidations i WHERE {records}) \
-                 AS scope, {floor} AS floor, \
-                 (SELECT c.value FROM {t} c WHERE c.key = {k} AND c.expires_at > {now} \
-                 AND c.epoch >= {floor} \
-                 AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
-                 AND i.epoch > c.epoch)) AS value",
-                k = p(1),
-                now = p(2),
-                records = records_of(3),
-            ),
-            // Refused when the ticket is under the floor or a record naming
-            // the key is newer than it.
-            put_ticketed: format!(
-                "INSERT INTO {t} (key, value, expires_at, epoch) \
-                 SELECT {k}, {v}, {exp}, {e} WHERE {e} >= {floor} \
-                 AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
-                 AND i.epoch > {e}) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-                 expires_at = excluded.expires_at, epoch = excluded.epoch",
-                k = p(1),
-                v = p(2),
-                exp = p(3),
-                e = p(4),
-                records = records_of(5),
-            ),
-            put_current: format!(
-                "INSERT INTO {t} (key, value, expires_at, epoch) \
-                 SELECT {}, {}, {}, epoch FROM {t}_epoch WHERE id = 1 \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-                 expires_at = excluded.expires_at, epoch = excluded.epoch",
-                p(1),
-                p(2),
-                p(3)
-            ),
-            delete: format!("DELETE FROM {t} WHERE key = {}", p(1)),
-            ensure_floor: format!(
-                "INSERT INTO {t}_epoch (id, epoch) VALUES (2, 0) ON CONFLICT (id) DO NOTHING"
-            ),
-            raise_floor: format!(
-                "UPDATE {t}_epoch SET epoch = \
-                 (SELECT MAX(epoch) FROM {t}_invalidations WHERE at <= {h}) \
-                 WHERE id = 2 AND epoch < \
-                 (SELECT COALESCE(MAX(epoch), 0) FROM {t}_invalidations WHERE at <= {h})",
-                h = p(1)
-            ),
-            bump: format!("UPDATE {t}_epoch SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch"),
-            record: format!(
-                "INSERT INTO {t}_invalidations (prefix, epoch, at) VALUES ({}, {}, {}) \
-                 ON CONFLICT (prefix) DO UPDATE SET epoch = excluded.epoch, at = excluded.at",
-                p(1),
-                p(2),
-                p(3)
-            ),
-            range_delete: format!("DELETE FROM {t} WHERE key >= {} AND key < {}", p(1), p(2)),
-            delete_all: format!("DELETE FROM {t}"),
-            lock_take: format!(
-                "INSERT INTO {t}_locks (key, token, expires_at) VALUES ({}, {}, {}) \
-                 ON CONFLICT (key) DO UPDATE SET token = excluded.token, \
-                 expires_at = excluded.expires_at WHERE {t}_locks.expires_at <= {}",
-                p(1),
-                p(2),
-                p(3),
-                p(4)
-            ),
-            lock_release: format!(
-                "DELETE FROM {t}_locks WHERE key = {} AND token = {}",
-                p(1),
-                p(2)
-            ),
-            sweep: format!(
-                "DELETE FROM {t} WHERE key IN \
-                 (SELECT key FROM {t} WHERE expires_at <= {} LIMIT {})",
-                p(1),
-                p(2)
-            ),
-            sweep_locks: format!("DELETE FROM {t}_locks WHERE expires_at <= {}", p(1)),
-            sweep_invalidations: format!("DELETE FROM {t}_invalidations WHERE at <= {}", p(1)),
-            count: format!("SELECT COUNT(*) AS n FROM {t}"),
-            cull: format!(
-                "DELETE FROM {t} WHERE key IN \
-                 (SELECT key FROM {t} ORDER BY expires_at LIMIT {})",
-                p(1)
-            ),
+    /// The settings that no database can work with, refused at build.
+    fn check(&self) -> Result<(), Error> {
+        if self.max_ttl.is_zero() || self.max_ttl > MAX_TTL_LIMIT {
+            return Err(Error::Config(format!(
+                "max_ttl {:?} is out of range: give the sql backend a max_ttl between 1 ms and \
+                 {} days (entries and invalidation records live at most this long)",
+                self.max_ttl,
+                MAX_TTL_LIMIT.as_secs() / 86_400
+            )));
         }
+        if self.sweep_interval < MIN_SWEEP_INTERVAL {
+            return Err(Error::Config(format!(
+                "sweep_interval {:?} would sweep continuously (each sweep is a few \
+                 transactions): set it to at least 1s; 30s to 60s suits most caches",
+                self.sweep_interval
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -403,20 +322,26 @@ macro_rules! on_pool {
     };
 }
 
-struct Shared {
+// After `on_pool!`, which they use.
+mod connect;
+mod schema;
+mod statements;
+mod sweep;
+
+pub(super) struct Shared {
     config: SqlConfig,
     dialect: Dialect,
     sql: Statements,
+    connect: Connect,
     pool: OnceLock<Pool>,
     /// Whether the tables are known to exist; cleared when a statement
     /// finds one missing (a restored or recreated database), so the next
     /// call creates them again.
-    schema_ready: std::sync::atomic::AtomicBool,
+    schema_ready: AtomicBool,
     schema_lock: tokio::sync::Mutex<()>,
-    clock: Clock,
     writes_since_sweep: AtomicU64,
     sweeper: OnceLock<()>,
-    warming: std::sync::atomic::AtomicBool,
+    warming: AtomicBool,
     /// One sweep at a time per process: two concurrent culls would each
     /// remove the excess and leave far fewer than `max_entries`.
     sweeping: tokio::sync::Mutex<()>,
@@ -439,9 +364,10 @@ impl fmt::Debug for SqlBackend {
 }
 
 impl SqlBackend {
-    /// Prepares the backend without connecting.
+    /// Checks the configuration and prepares the backend without
+    /// connecting: a URL parameter, table name or setting that cannot work
+    /// is refused here, saying what to write instead.
     pub fn new(config: SqlConfig) -> Result<Self, Error> {
-        validate_table_name(&config.table)?;
         let dialect = config.dialect()?;
         match dialect {
             #[cfg(not(feature = "postgres"))]
@@ -459,22 +385,24 @@ impl SqlBackend {
             #[allow(unreachable_patterns)]
             _ => {}
         }
-        let sql = Statements::new(dialect, &config.table);
+        validate_table_for(dialect, &config.table)?;
+        config.check()?;
         let label = redact(&config.url);
+        let connect = connect_options(&config, dialect, &label)?;
+        let sql = Statements::new(dialect, &config.table);
         let secrets = Secrets::of([&config.url]);
-        let clock = config.clock.clone();
         Ok(SqlBackend {
             shared: Arc::new(Shared {
                 config,
                 dialect,
                 sql,
+                connect,
                 pool: OnceLock::new(),
-                schema_ready: std::sync::atomic::AtomicBool::new(false),
+                schema_ready: AtomicBool::new(false),
                 schema_lock: tokio::sync::Mutex::new(()),
-                clock,
                 writes_since_sweep: AtomicU64::new(0),
                 sweeper: OnceLock::new(),
-                warming: std::sync::atomic::AtomicBool::new(false),
+                warming: AtomicBool::new(false),
                 sweeping: tokio::sync::Mutex::new(()),
                 label,
                 secrets,
@@ -516,69 +444,40 @@ impl Shared {
         }
     }
 
-    fn pool(&self) -> Result<&Pool, Error> {
-        if let Some(pool) = self.pool.get() {
-            return Ok(pool);
-        }
-        let made = self.make_pool()?;
-        Ok(self.pool.get_or_init(|| made))
+    /// What stands in for the database's clock: `None` (bound as NULL, so
+    /// the statement reads the database's clock) unless a test gave one.
+    fn now(&self) -> Option<i64> {
+        self.config
+            .database_clock
+            .as_ref()
+            .map(|c| i64::try_from(c.now_ms()).unwrap_or(i64::MAX))
     }
 
-    fn make_pool(&self) -> Result<Pool, Error> {
-        let c = &self.config;
-        let bad = |e: sqlx::Error| Error::InvalidUrl {
-            url: self.label.clone(),
-            message: self.secrets.scrub(&e.to_string()),
-        };
-        match self.dialect {
+    fn pool(&self) -> &Pool {
+        self.pool.get_or_init(|| match &self.connect {
             #[cfg(feature = "postgres")]
-            Dialect::Postgres => {
-                use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
-                let base = c.url.split('?').next().unwrap_or(&c.url);
-                let mut options = PgConnectOptions::from_str(base).map_err(bad)?;
-                if let Some(mode) = &c.ssl_mode {
-                    options = options.ssl_mode(PgSslMode::from_str(mode).map_err(bad)?);
-                }
-                if let Some(ca) = &c.ssl_root_cert {
-                    options = options.ssl_root_cert(ca);
-                }
-                if let Some((cert, key)) = &c.ssl_client_cert {
-                    options = options.ssl_client_cert(cert).ssl_client_key(key);
-                }
-                let pool = PgPoolOptions::new()
-                    .max_connections(c.max_connections)
+            Connect::Postgres(options) => Pool::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(self.config.max_connections)
                     .min_connections(0)
                     .acquire_timeout(Duration::from_secs(10))
-                    .connect_lazy_with(options);
-                Ok(Pool::Postgres(pool))
-            }
+                    .connect_lazy_with(options.clone()),
+            ),
             #[cfg(feature = "sqlite")]
-            Dialect::Sqlite => {
-                use sqlx::sqlite::{
-                    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-                };
-                let options = SqliteConnectOptions::from_str(&c.url)
-                    .map_err(bad)?
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(5));
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(c.max_connections)
+            Connect::Sqlite(options) => Pool::Sqlite(
+                sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(self.config.max_connections)
                     .min_connections(0)
                     .acquire_timeout(Duration::from_secs(2))
-                    .connect_lazy_with(options);
-                Ok(Pool::Sqlite(pool))
-            }
-            #[allow(unreachable_patterns)]
-            _ => Err(Error::Config("this SQL dialect is not compiled in".into())),
-        }
+                    .connect_lazy_with(options.clone()),
+            ),
+        })
     }
 
     /// Creates the tables once per process (and starts the sweeper).
     async fn ready(self: &Arc<Self>) -> Result<&Pool, Error> {
         let fresh = self.pool.get().is_none();
-        let pool = self.pool()?;
+        let pool = self.pool();
         if fresh {
             self.warm_up();
         }
@@ -617,148 +516,6 @@ impl Shared {
         });
     }
 
-    async fn create_schema(&self, pool: &Pool) -> Result<(), Error> {
-        let ddl = ddl(self.dialect, &self.config.table)?;
-        match pool {
-            #[cfg(feature = "postgres")]
-            Pool::Postgres(pool) => {
-                let mut tx = pool.begin().await.map_err(|e| self.error(e))?;
-                // Serialise creators across processes; released at commit.
-                let lock_id = crate::envelope::fingerprint(&self.config.table, 0x5ca1) as i64;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(lock_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.error(e))?;
-                sqlx::raw_sql(AssertSqlSafe(ddl))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.error(e))?;
-                tx.commit().await.map_err(|e| self.error(e))?;
-            }
-            #[cfg(feature = "sqlite")]
-            Pool::Sqlite(pool) => {
-                // Processes opening a new file at once can meet SQLITE_BUSY
-                // where the busy handler does not apply (switching the file
-                // to WAL): retry briefly; the op timeout bounds the total.
-                let script = format!("BEGIN IMMEDIATE;\n{ddl}\nCOMMIT;");
-                let mut attempt = 0;
-                loop {
-                    match sqlx::raw_sql(AssertSqlSafe(script.as_str()))
-                        .execute(pool)
-                        .await
-                    {
-                        Ok(_) => break,
-                        Err(sqlx::Error::Database(db))
-                            if attempt < 100
-                                && (db.message().contains("locked")
-                                    || db.message().contains("busy")) =>
-                        {
-                            attempt += 1;
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                        Err(e) => return Err(self.error(e)),
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn start_sweeper(self: &Arc<Self>) {
-        if self.sweeper.get().is_some() || tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        if self.sweeper.set(()).is_err() {
-            return;
-        }
-        let weak: Weak<Shared> = Arc::downgrade(self);
-        let every = self.config.sweep_interval;
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Some(shared) = weak.upgrade() else { return };
-                let Ok(_one_at_a_time) = shared.sweeping.try_lock() else {
-                    continue;
-                };
-                if let Err(e) = shared.sweep().await {
-                    tracing::debug!(error = %e, "cache sweep failed; retrying next interval");
-                }
-            }
-        });
-    }
-
-    async fn sweep(&self) -> Result<u64, Error> {
-        let pool = self.pool()?;
-        let now = self.clock.now_ms() as i64;
-        let batch = i64::from(self.config.sweep_batch);
-        let mut removed = 0u64;
-        // Bounded: at most 100 batches per sweep.
-        for _ in 0..100 {
-            let n = on_pool!(pool, |p| sqlx::query(AssertSqlSafe(
-                self.sql.sweep.as_str()
-            ))
-            .bind(now)
-            .bind(batch)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))
-            .map_err(|e| self.error(e))?;
-            removed += n;
-            if (n as i64) < batch {
-                break;
-            }
-        }
-        let horizon = now.saturating_sub(millis(self.config.max_ttl));
-        on_pool!(pool, |p| {
-            sqlx::query(AssertSqlSafe(self.sql.sweep_locks.as_str()))
-                .bind(now)
-                .execute(p)
-                .await
-                .map_err(|e| self.error(e))?;
-            // The floor rises with the records it replaces, in one
-            // transaction: no reader or writer sees the records gone and
-            // the floor not yet raised.
-            let mut tx = p.begin().await.map_err(|e| self.error(e))?;
-            sqlx::query(AssertSqlSafe(self.sql.ensure_floor.as_str()))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.error(e))?;
-            sqlx::query(AssertSqlSafe(self.sql.raise_floor.as_str()))
-                .bind(horizon)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.error(e))?;
-            sqlx::query(AssertSqlSafe(self.sql.sweep_invalidations.as_str()))
-                .bind(horizon)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.error(e))?;
-            tx.commit().await.map_err(|e| self.error(e))?;
-        });
-        if let Some(max) = self.config.max_entries {
-            let count: i64 = on_pool!(pool, |p| sqlx::query(AssertSqlSafe(
-                self.sql.count.as_str()
-            ))
-            .fetch_one(p)
-            .await
-            .and_then(|row| row.try_get::<i64, _>("n")))
-            .map_err(|e| self.error(e))?;
-            let excess = count - max as i64;
-            if excess > 0 {
-                let n = on_pool!(pool, |p| sqlx::query(AssertSqlSafe(self.sql.cull.as_str()))
-                    .bind(excess)
-                    .execute(p)
-                    .await
-                    .map(|r| r.rows_affected()))
-                .map_err(|e| self.error(e))?;
-                removed += n;
-            }
-        }
-        self.writes_since_sweep.store(0, Ordering::Relaxed);
-        Ok(removed)
-    }
-
     /// The records that can name `key`: `""`, each prefix ending with `:`,
     /// and the key's delete record ([`deleted`]).
     fn records(key: &str) -> Vec<String> {
@@ -774,8 +531,41 @@ impl Shared {
     }
 
     async fn get(self: &Arc<Self>, key: &str) -> Result<Lookup, Error> {
+        check_key(key)?;
         let pool = self.ready().await?;
-        let now = self.clock.now_ms() as i64;
+        let found = self.read(pool, key).await?;
+        let (epoch, scope, floor, value) = match found {
+            Some(found) => found,
+            None => {
+                // The epoch rows are gone (an operator cleared the table):
+                // created again, from the clock, within this call.
+                self.seed(pool).await?;
+                self.read(pool, key).await?.ok_or_else(|| {
+                    Error::backend(
+                        self.backend_name(),
+                        format!(
+                            "the epoch rows of {}_epoch could not be created: create the \
+                             tables with the DDL (`backends::sql::ddl`) or enable auto_create",
+                            self.config.table
+                        ),
+                    )
+                })?
+            }
+        };
+        // Epochs are never negative; saturating all the same.
+        let seq = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok(Lookup::new(value.map(Bytes::from))
+            .with_ticket(Ticket::scoped(seq(epoch), seq(scope.max(floor)))))
+    }
+
+    /// The epoch, the key's scope, the floor and the live entry; `None`
+    /// when an epoch row is missing.
+    async fn read(
+        &self,
+        pool: &Pool,
+        key: &str,
+    ) -> Result<Option<(i64, i64, i64, Option<Vec<u8>>)>, Error> {
+        let now = self.now();
         let records = Self::records(key);
         type Columns = (
             Result<Option<i64>, sqlx::Error>,
@@ -815,21 +605,17 @@ impl Shared {
                 .map(|row| row.map(columns)),
         }
         .map_err(|e| self.error(e))?;
-        let missing = || {
-            Error::backend(
-                self.backend_name(),
-                "the epoch row is missing: the cache tables were not created \
-                 (run the DDL or enable auto_create)",
-            )
+        let Some((epoch, scope, floor, value)) = row else {
+            return Ok(None);
         };
-        let (epoch, scope, floor, value) = row.ok_or_else(missing)?;
-        let epoch = epoch.map_err(|e| self.error(e))?.ok_or_else(missing)?;
+        let epoch = epoch.map_err(|e| self.error(e))?;
+        let floor = floor.map_err(|e| self.error(e))?;
         let scope = scope.map_err(|e| self.error(e))?.unwrap_or(0);
-        let floor = floor.map_err(|e| self.error(e))?.unwrap_or(0);
-        let scope = scope.max(floor);
         let value = value.map_err(|e| self.error(e))?;
-        Ok(Lookup::new(value.map(Bytes::from))
-            .with_ticket(Ticket::scoped(epoch as u64, scope as u64)))
+        Ok(match (epoch, floor) {
+            (Some(epoch), Some(floor)) => Some((epoch, scope, floor, value)),
+            _ => None,
+        })
     }
 
     async fn set(
@@ -839,44 +625,64 @@ impl Shared {
         ttl: Duration,
         ticket: Option<&Ticket>,
     ) -> Result<(), Error> {
+        check_key(key)?;
         let pool = self.ready().await?;
-        let expires = (self.clock.now_ms() as i64).saturating_add(self.ttl_ms(ttl));
-        let result = match (ticket.and_then(Ticket::as_seq), pool) {
-            #[cfg(feature = "postgres")]
-            (Some(epoch), Pool::Postgres(p)) => {
-                sqlx::query(AssertSqlSafe(self.sql.put_ticketed.as_str()))
+        let ttl = self.ttl_ms(ttl);
+        let now = self.now();
+        match ticket.and_then(Ticket::as_seq) {
+            Some(epoch) => {
+                // A ticket from a read: refused (silently: a write is a
+                // best effort) if anything newer names the key. A missing
+                // floor refuses it too; the next read creates the floor.
+                let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+                let result = match pool {
+                    #[cfg(feature = "postgres")]
+                    Pool::Postgres(p) => sqlx::query(AssertSqlSafe(self.sql.put_ticketed.as_str()))
+                        .bind(key)
+                        .bind(&value[..])
+                        .bind(ttl)
+                        .bind(epoch)
+                        .bind(Self::records(key))
+                        .bind(now)
+                        .execute(p)
+                        .await
+                        .map(|_| ()),
+                    #[cfg(feature = "sqlite")]
+                    Pool::Sqlite(p) => sqlx::query(AssertSqlSafe(self.sql.put_ticketed.as_str()))
+                        .bind(key)
+                        .bind(&value[..])
+                        .bind(ttl)
+                        .bind(epoch)
+                        .bind(json_array(&Self::records(key)))
+                        .bind(now)
+                        .execute(p)
+                        .await
+                        .map(|_| ()),
+                };
+                result.map_err(|e| self.error(e))?;
+            }
+            None => {
+                let put = || async {
+                    on_pool!(pool, |p| sqlx::query(AssertSqlSafe(
+                        self.sql.put_current.as_str()
+                    ))
                     .bind(key)
                     .bind(&value[..])
-                    .bind(expires)
-                    .bind(epoch as i64)
-                    .bind(Self::records(key))
+                    .bind(ttl)
+                    .bind(now)
                     .execute(p)
                     .await
-                    .map(|_| ())
+                    .map(|r| r.rows_affected()))
+                    .map_err(|e| self.error(e))
+                };
+                if put().await? == 0 {
+                    // No epoch row to write under: created again, then
+                    // written, within this call.
+                    self.seed(pool).await?;
+                    put().await?;
+                }
             }
-            #[cfg(feature = "sqlite")]
-            (Some(epoch), Pool::Sqlite(p)) => {
-                sqlx::query(AssertSqlSafe(self.sql.put_ticketed.as_str()))
-                    .bind(key)
-                    .bind(&value[..])
-                    .bind(expires)
-                    .bind(epoch as i64)
-                    .bind(json_array(&Self::records(key)))
-                    .execute(p)
-                    .await
-                    .map(|_| ())
-            }
-            (None, pool) => on_pool!(pool, |p| sqlx::query(AssertSqlSafe(
-                self.sql.put_current.as_str()
-            ))
-            .bind(key)
-            .bind(&value[..])
-            .bind(expires)
-            .execute(p)
-            .await
-            .map(|_| ())),
-        };
-        result.map_err(|e| self.error(e))?;
+        }
         // Sweep early when writes outpace the interval under a bound.
         if let Some(max) = self.config.max_entries {
             let writes = self.writes_since_sweep.fetch_add(1, Ordering::Relaxed) + 1;
@@ -894,31 +700,77 @@ impl Shared {
     }
 
     async fn delete(self: &Arc<Self>, key: &str) -> Result<(), Error> {
+        check_key(key)?;
         self.invalidate_rows(&deleted(key), Rows::Key(key)).await
     }
 
     async fn invalidate(self: &Arc<Self>, prefix: &str) -> Result<(), Error> {
+        if prefix.contains('\0') {
+            return Err(Error::InvalidPrefix {
+                prefix: prefix.chars().take(64).collect(),
+                reason: crate::key::NUL_REASON,
+            });
+        }
         // `p:` .. `p;`: the keys starting with `p:` in bytewise order.
         let rows = match prefix.strip_suffix(':') {
-            Some(head) => Rows::Range(prefix, format!("{head};")),
+            Some(head) => Rows::Range(prefix.to_owned(), format!("{head};")),
             None => Rows::All,
         };
         self.invalidate_rows(prefix, rows).await
     }
 
-    /// One transaction: bump the epoch, record `name` under it, delete
-    /// `rows`.
+    /// One short transaction: bump the epoch, record `name` under it, and
+    /// for a delete remove its row. A prefix's rows, already hidden by the
+    /// record, are deleted afterwards in batches ([`Shared::purge`]), so
+    /// the call takes the same time whatever the prefix holds.
     async fn invalidate_rows(self: &Arc<Self>, name: &str, rows: Rows<'_>) -> Result<(), Error> {
         let pool = self.ready().await?;
-        let now = self.clock.now_ms() as i64;
+        let epoch = match self.bump_and_record(pool, name, &rows).await? {
+            Some(epoch) => epoch,
+            None => {
+                self.seed(pool).await?;
+                self.bump_and_record(pool, name, &rows)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::backend(
+                            self.backend_name(),
+                            format!(
+                                "the epoch row of {}_epoch could not be created: create the \
+                                 tables with the DDL (`backends::sql::ddl`) or enable auto_create",
+                                self.config.table
+                            ),
+                        )
+                    })?
+            }
+        };
+        match rows {
+            Rows::Key(_) => {}
+            Rows::Range(from, to) => self.purge(Some((from, to)), epoch),
+            Rows::All => self.purge(None, epoch),
+        }
+        Ok(())
+    }
+
+    /// The invalidation's transaction; `None` (nothing done) when the
+    /// epoch row is missing.
+    async fn bump_and_record(
+        &self,
+        pool: &Pool,
+        name: &str,
+        rows: &Rows<'_>,
+    ) -> Result<Option<i64>, Error> {
+        let now = self.now();
         macro_rules! run {
             ($p:expr) => {{
                 let mut tx = $p.begin().await.map_err(|e| self.error(e))?;
-                let epoch: i64 = sqlx::query(AssertSqlSafe(self.sql.bump.as_str()))
-                    .fetch_one(&mut *tx)
+                let epoch: Option<i64> = sqlx::query(AssertSqlSafe(self.sql.bump.as_str()))
+                    .fetch_optional(&mut *tx)
                     .await
-                    .and_then(|row| row.try_get::<i64, _>(0))
+                    .and_then(|row| row.map(|r| r.try_get::<i64, _>(0)).transpose())
                     .map_err(|e| self.error(e))?;
+                let Some(epoch) = epoch else {
+                    return Ok(None);
+                };
                 sqlx::query(AssertSqlSafe(self.sql.record.as_str()))
                     .bind(name)
                     .bind(epoch)
@@ -926,28 +778,15 @@ impl Shared {
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| self.error(e))?;
-                match &rows {
-                    Rows::Key(key) => {
-                        sqlx::query(AssertSqlSafe(self.sql.delete.as_str()))
-                            .bind(*key)
-                            .execute(&mut *tx)
-                            .await
-                    }
-                    Rows::Range(from, to) => {
-                        sqlx::query(AssertSqlSafe(self.sql.range_delete.as_str()))
-                            .bind(*from)
-                            .bind(to.as_str())
-                            .execute(&mut *tx)
-                            .await
-                    }
-                    Rows::All => {
-                        sqlx::query(AssertSqlSafe(self.sql.delete_all.as_str()))
-                            .execute(&mut *tx)
-                            .await
-                    }
+                if let Rows::Key(key) = rows {
+                    sqlx::query(AssertSqlSafe(self.sql.delete.as_str()))
+                        .bind(*key)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.error(e))?;
                 }
-                .map_err(|e| self.error(e))?;
-                tx.commit().await.map_err(|e| self.error(e))
+                tx.commit().await.map_err(|e| self.error(e))?;
+                Ok(Some(epoch))
             }};
         }
         match pool {
@@ -959,16 +798,15 @@ impl Shared {
     }
 
     async fn lock(self: &Arc<Self>, key: &str, token: Bytes, ttl: Duration) -> Result<bool, Error> {
+        check_key(key)?;
         let pool = self.ready().await?;
-        let now = self.clock.now_ms() as i64;
-        let expires = now.saturating_add(self.ttl_ms(ttl));
         let n = on_pool!(pool, |p| sqlx::query(AssertSqlSafe(
             self.sql.lock_take.as_str()
         ))
         .bind(key)
         .bind(&token[..])
-        .bind(expires)
-        .bind(now)
+        .bind(self.ttl_ms(ttl))
+        .bind(self.now())
         .execute(p)
         .await
         .map(|r| r.rows_affected()))
@@ -977,6 +815,7 @@ impl Shared {
     }
 
     async fn unlock(self: &Arc<Self>, key: &str, token: &[u8]) -> Result<bool, Error> {
+        check_key(key)?;
         let pool = self.ready().await?;
         let n = on_pool!(pool, |p| sqlx::query(AssertSqlSafe(
             self.sql.lock_release.as_str()
@@ -991,6 +830,17 @@ impl Shared {
     }
 }
 
+/// Refuses, as bad input, a key no SQL database can hold.
+fn check_key(key: &str) -> Result<(), Error> {
+    if key.contains('\0') {
+        return Err(Error::InvalidKey {
+            key: key.chars().take(64).collect(),
+            reason: crate::key::NUL_REASON,
+        });
+    }
+    Ok(())
+}
+
 /// The record of a delete of `key`: the key and `\u{1}`, which no prefix
 /// ends with (prefixes are empty or end with `:`), so it names that key
 /// only.
@@ -1000,14 +850,14 @@ fn deleted(key: &str) -> String {
 
 /// A duration in ms as SQL stores it, saturating.
 fn millis(d: Duration) -> i64 {
-    d.as_millis().min(i64::MAX as u128) as i64
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The rows an invalidation deletes.
+/// The rows an invalidation removes.
 enum Rows<'a> {
     Key(&'a str),
     /// `key >= from AND key < to`.
-    Range(&'a str, String),
+    Range(String, String),
     All,
 }
 
@@ -1044,7 +894,7 @@ impl SqlBackend {
             let guard = WarmOnDrop(&self.shared, true);
             let result = fut.await;
             std::mem::forget(guard);
-            if result.is_err() {
+            if matches!(&result, Err(e) if e.is_store_failure()) {
                 self.shared.warm_up();
             }
             result
@@ -1114,32 +964,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn table_names_are_validated_against_injection() {
-        assert!(validate_table_name("cache_entries").is_ok());
-        assert!(validate_table_name("app.web_cache").is_ok());
-        for bad in [
-            "",
-            "1abc",
-            "a;drop table x",
-            "a b",
-            "a.b.c",
-            "x\"y",
-            &"a".repeat(49),
-        ] {
-            assert!(validate_table_name(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn ddl_renames_every_table_and_index() {
-        let d = ddl(Dialect::Postgres, "app.web_cache").unwrap();
-        assert!(!d.contains("cache_entries"), "{d}");
-        assert!(d.contains("CREATE TABLE IF NOT EXISTS app.web_cache_invalidations"));
-        assert!(d.contains("CREATE INDEX IF NOT EXISTS web_cache_expires_at ON app.web_cache"));
-        assert!(ddl(Dialect::Sqlite, "x;y").is_err());
-    }
-
-    #[test]
     fn records_are_whole_segments_and_the_key_itself() {
         assert_eq!(Shared::records("a:b:c"), ["", "a:", "a:b:", "a:b:c\u{1}"]);
         assert_eq!(Shared::records("k"), ["", "k\u{1}"]);
@@ -1154,5 +978,30 @@ mod tests {
         assert_eq!(json_array(&["", "a\"b:", "c\\:"]), r#"["","a\"b:","c\\:"]"#);
         assert_eq!(json_array(&["k\u{1}"]), r#"["k\u0001"]"#);
         assert_eq!(json_array(&["\n"]), r#"["\u000a"]"#);
+    }
+
+    #[test]
+    fn conversions_saturate() {
+        assert_eq!(millis(Duration::MAX), i64::MAX);
+        assert_eq!(millis(Duration::from_millis(5)), 5);
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused() {
+        for config in [
+            SqlConfig::new("sqlite:///tmp/x.db").max_ttl(Duration::MAX),
+            SqlConfig::new("sqlite:///tmp/x.db").max_ttl(Duration::ZERO),
+            SqlConfig::new("sqlite:///tmp/x.db").sweep_interval(Duration::ZERO),
+        ] {
+            let err = config.check().unwrap_err().to_string();
+            assert!(
+                err.contains("max_ttl") || err.contains("sweep_interval"),
+                "{err}"
+            );
+        }
+        assert!(SqlConfig::new("sqlite:///tmp/x.db")
+            .max_ttl(MAX_TTL_LIMIT)
+            .check()
+            .is_ok());
     }
 }

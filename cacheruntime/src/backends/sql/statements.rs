@@ -1,0 +1,210 @@
+//! Every statement the SQL backend runs, with the validated table name in
+//! place, for one dialect.
+//!
+//! Times that decide which rows live (`expires_at`, the sweep's horizon,
+//! lock expiry, invalidation records' `at`) are the database's clock, read
+//! in the statement (`now`), so processes whose clocks disagree still agree
+//! on them. Each such statement takes a nullable `now` parameter that, when
+//! bound (tests with a manual clock, see `SqlConfig::database_clock`),
+//! stands in for the database's clock.
+
+use super::Dialect;
+
+/// The statements, built once per backend.
+pub(super) struct Statements {
+    pub(super) get: String,
+    pub(super) put_ticketed: String,
+    pub(super) put_current: String,
+    pub(super) delete: String,
+    pub(super) bump: String,
+    pub(super) seed_epoch: String,
+    pub(super) floor_to_epoch: String,
+    pub(super) floor_if_missing: String,
+    pub(super) record: String,
+    pub(super) purge: String,
+    pub(super) lock_take: String,
+    pub(super) lock_release: String,
+    pub(super) sweep: String,
+    pub(super) sweep_locks: String,
+    pub(super) raise_floor: String,
+    pub(super) sweep_invalidations: String,
+    pub(super) count: String,
+    pub(super) cull: String,
+}
+
+/// The database's clock in ms since the Unix epoch, unless parameter `n`
+/// is bound. PostgreSQL: `statement_timestamp()`, stable within a
+/// statement so the sweep's range still uses the `expires_at` index.
+fn now_ms(dialect: Dialect, n: u32) -> String {
+    match dialect {
+        Dialect::Postgres => format!(
+            "COALESCE(${n}::bigint, (extract(epoch from statement_timestamp()) * 1000)::bigint)"
+        ),
+        Dialect::Sqlite => {
+            format!("COALESCE(?{n}, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))")
+        }
+    }
+}
+
+/// The database's clock in microseconds: where an epoch starts, so that
+/// epochs keep growing when the epoch row (or every table) is created anew.
+pub(super) fn now_us(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Postgres => "(extract(epoch from clock_timestamp()) * 1000000)::bigint",
+        Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER)",
+    }
+}
+
+impl Statements {
+    pub(super) fn new(dialect: Dialect, t: &str) -> Statements {
+        let pg = dialect == Dialect::Postgres;
+        // Placeholders: $n on PostgreSQL, ?n on SQLite (same numbering).
+        let p = |n: u32| if pg { format!("${n}") } else { format!("?{n}") };
+        let now = |n: u32| now_ms(dialect, n);
+        let us = now_us(dialect);
+        let greatest = if pg { "GREATEST" } else { "MAX" };
+        // Invalidation records naming the key, its prefixes or its delete,
+        // bound as one array parameter.
+        let records_of = |n: u32| {
+            if pg {
+                format!("i.prefix = ANY({}::text[])", p(n))
+            } else {
+                format!("i.prefix IN (SELECT value FROM json_each({}))", p(n))
+            }
+        };
+        // No COALESCE: a missing floor row refuses writes and hides
+        // entries until it is seeded again (`Shared::seed`).
+        let floor = format!("(SELECT epoch FROM {t}_epoch WHERE id = 2)");
+        Statements {
+            // One round trip: the current epoch (the ticket), the newest
+            // record naming the key, the floor (the newer of the two is its
+            // scope: a swept record leaves the floor at least as high), and
+            // the entry, unless expired, under the floor, or older than a
+            // record naming it.
+            get: format!(
+                "SELECT (SELECT epoch FROM {t}_epoch WHERE id = 1) AS now_epoch, \
+                 (SELECT COALESCE(MAX(i.epoch), 0) FROM {t}_invalidations i WHERE {records}) \
+                 AS scope, {floor} AS floor, \
+                 (SELECT c.value FROM {t} c WHERE c.key = {k} AND c.expires_at > {now} \
+                 AND c.epoch >= {floor} \
+                 AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
+                 AND i.epoch > c.epoch)) AS value",
+                k = p(1),
+                now = now(2),
+                records = records_of(3),
+            ),
+            // Refused when the ticket is under the floor or a record naming
+            // the key is newer than it.
+            put_ticketed: format!(
+                "INSERT INTO {t} (key, value, expires_at, epoch) \
+                 SELECT {k}, {v}, {now} + {ttl}, {e} WHERE {e} >= {floor} \
+                 AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
+                 AND i.epoch > {e}) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                 expires_at = excluded.expires_at, epoch = excluded.epoch",
+                k = p(1),
+                v = p(2),
+                ttl = p(3),
+                e = p(4),
+                records = records_of(5),
+                now = now(6),
+            ),
+            put_current: format!(
+                "INSERT INTO {t} (key, value, expires_at, epoch) \
+                 SELECT {}, {}, {} + {}, epoch FROM {t}_epoch WHERE id = 1 \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                 expires_at = excluded.expires_at, epoch = excluded.epoch",
+                p(1),
+                p(2),
+                now(4),
+                p(3),
+            ),
+            delete: format!("DELETE FROM {t} WHERE key = {}", p(1)),
+            // Never below the clock: an epoch row created again later starts
+            // from the clock, above every epoch this one handed out (unless
+            // invalidations outran a million a second).
+            bump: format!(
+                "UPDATE {t}_epoch SET epoch = {greatest}(epoch + 1, {us}) WHERE id = 1 \
+                 RETURNING epoch"
+            ),
+            seed_epoch: format!(
+                "INSERT INTO {t}_epoch (id, epoch) VALUES (1, {us}) ON CONFLICT (id) DO NOTHING"
+            ),
+            // After the epoch row was created anew: no ticket from before
+            // it (whose records may be gone) may write.
+            floor_to_epoch: format!(
+                "INSERT INTO {t}_epoch AS f (id, epoch) \
+                 SELECT 2, epoch FROM {t}_epoch WHERE id = 1 \
+                 ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch \
+                 WHERE f.epoch < excluded.epoch"
+            ),
+            floor_if_missing: format!(
+                "INSERT INTO {t}_epoch (id, epoch) \
+                 SELECT 2, epoch FROM {t}_epoch WHERE id = 1 ON CONFLICT (id) DO NOTHING"
+            ),
+            record: format!(
+                "INSERT INTO {t}_invalidations AS r (prefix, epoch, at) \
+                 VALUES ({}, {}, {}) \
+                 ON CONFLICT (prefix) DO UPDATE SET epoch = excluded.epoch, at = excluded.at \
+                 WHERE r.epoch < excluded.epoch",
+                p(1),
+                p(2),
+                now(3)
+            ),
+            // Rows an invalidation hides, removed after it in batches: only
+            // those written under an older epoch (a value computed after it
+            // stays). In key order from where the last batch ended, so no
+            // batch walks again over the dead rows of the ones before.
+            purge: format!(
+                "DELETE FROM {t} WHERE key IN (SELECT key FROM {t} \
+                 WHERE key >= {from} AND ({to} IS NULL OR key < {to}) AND epoch < {} \
+                 ORDER BY key LIMIT {}) RETURNING key",
+                p(3),
+                p(4),
+                from = p(1),
+                to = if pg { "$2::text".to_owned() } else { p(2) },
+            ),
+            lock_take: format!(
+                "INSERT INTO {t}_locks AS l (key, token, expires_at) \
+                 VALUES ({}, {}, {now} + {}) \
+                 ON CONFLICT (key) DO UPDATE SET token = excluded.token, \
+                 expires_at = excluded.expires_at WHERE l.expires_at <= {now}",
+                p(1),
+                p(2),
+                p(3),
+                now = now(4),
+            ),
+            lock_release: format!(
+                "DELETE FROM {t}_locks WHERE key = {} AND token = {}",
+                p(1),
+                p(2)
+            ),
+            sweep: format!(
+                "DELETE FROM {t} WHERE key IN \
+                 (SELECT key FROM {t} WHERE expires_at <= {} LIMIT {})",
+                now(1),
+                p(2)
+            ),
+            sweep_locks: format!("DELETE FROM {t}_locks WHERE expires_at <= {}", now(1)),
+            // The horizon: `max_ttl` ($2) before now.
+            raise_floor: format!(
+                "UPDATE {t}_epoch SET epoch = \
+                 (SELECT MAX(epoch) FROM {t}_invalidations WHERE at <= {h}) \
+                 WHERE id = 2 AND epoch < \
+                 (SELECT COALESCE(MAX(epoch), 0) FROM {t}_invalidations WHERE at <= {h})",
+                h = format!("{} - {}", now(1), p(2))
+            ),
+            sweep_invalidations: format!(
+                "DELETE FROM {t}_invalidations WHERE at <= {} - {}",
+                now(1),
+                p(2)
+            ),
+            count: format!("SELECT COUNT(*) AS n FROM {t}"),
+            cull: format!(
+                "DELETE FROM {t} WHERE key IN \
+                 (SELECT key FROM {t} ORDER BY expires_at LIMIT {})",
+                p(1)
+            ),
+        }
+    }
+}
