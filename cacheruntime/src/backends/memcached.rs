@@ -211,6 +211,7 @@ impl MemcachedBackend {
                 "Memcached needs at least one server, e.g. `memcached://127.0.0.1:11211`".into(),
             ));
         }
+        check_max_ttl(config.max_ttl)?;
         Ok(MemcachedBackend {
             config,
             client: tokio::sync::OnceCell::new(),
@@ -428,6 +429,31 @@ impl MemcachedBackend {
             .map_err(error)?;
         Ok(done.status == MutationStatus::Applied)
     }
+}
+
+/// The longest `max_ttl` accepted: Memcached's expiry times are 32-bit
+/// Unix seconds (they end in 2106), so TTLs over 30 days, sent as absolute
+/// times, must stay well inside them.
+const MAX_TTL_LIMIT: Duration = Duration::from_secs(3650 * 86_400);
+
+/// `max_ttl` must be a TTL Memcached can keep: at least its one-second
+/// resolution (every TTL is clamped between one second and `max_ttl`), and
+/// at most [`MAX_TTL_LIMIT`].
+fn check_max_ttl(max_ttl: Duration) -> Result<(), Error> {
+    if max_ttl < Duration::from_secs(1) {
+        return Err(Error::Config(format!(
+            "Memcached max_ttl is {max_ttl:?}, under its one-second resolution: give at least \
+             one second (`?max_ttl=1s`, `MemcachedConfig::max_ttl`); the default is 365 days"
+        )));
+    }
+    if max_ttl > MAX_TTL_LIMIT {
+        return Err(Error::Config(format!(
+            "Memcached max_ttl is {} days, past what its 32-bit expiry times can hold: give at \
+             most 3650 days (`?max_ttl=3650d`); the default is 365 days",
+            max_ttl.as_secs() / 86_400
+        )));
+    }
+    Ok(())
 }
 
 /// A TTL as Memcached's protocol takes it where the client does not convert
