@@ -2,9 +2,9 @@
 //! randomized history checker, against real servers.
 //!
 //! `stores.rs` has one fixture per store (memory, Redis, Redis Cluster,
-//! PostgreSQL, SQLite, Memcached): two `Cache` handles standing for two
-//! processes, a third on demand, the store's clock, and a hook that loses
-//! its invalidation state. `scenarios.rs` writes the contract once;
+//! PostgreSQL, SQLite, Memcached on one server and on a pool of three):
+//! two `Cache` handles standing for two processes, a third on demand, the
+//! store's clock, and a hook that loses its invalidation state. `scenarios.rs` writes the contract once;
 //! `history.rs` runs random operations over three handles and checks every
 //! answer against the origin. The `conformance!` list below makes one test
 //! per (store, scenario), named `<store>::<scenario>`, so adding a store
@@ -95,7 +95,7 @@ macro_rules! conformance {
 }
 
 conformance! {
-    stores: [memory, redis, redis_cluster, postgres, sqlite, memcached],
+    stores: [memory, redis, redis_cluster, postgres, sqlite, memcached, memcached_pool],
     scenarios: [
         round_trip,
         ttl_expiry,

@@ -851,9 +851,9 @@ async fn failed_read_never_outlives_an_invalidation() {
 /// The store's own client, to write entries the cache did not.
 ///
 /// Layouts (from `cacheruntime/src/backends`): Redis keeps entry `a:b` at
-/// `v:{a}:b`, Memcached at `{a}v:a:b`, both as a 2-byte big-endian length,
-/// the generations of the key's prefixes (`0`) and then the envelope; SQL
-/// keeps the envelope in `cache_entries.value`.
+/// `v:{a}:b`, Memcached at `v:a:b` (on the server `a:b` maps to), both as
+/// a 2-byte big-endian length, the generations of the key's prefixes (`0`)
+/// and then the envelope; SQL keeps the envelope in `cache_entries.value`.
 enum Raw {
     Redis(redis::aio::MultiplexedConnection),
     Memcached(memcache::exp::AsyncMemcache),
@@ -875,7 +875,7 @@ impl Raw {
         let (tag, rest) = key.split_at(key.find(':').unwrap_or(key.len()));
         match self {
             Raw::Redis(_) => format!("v:{{{tag}}}{rest}"),
-            Raw::Memcached(_) => format!("{{{tag}}}v:{key}"),
+            Raw::Memcached(_) => format!("v:{key}"),
             _ => key.to_owned(),
         }
     }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use cacheruntime::backend::Backend;
 use cacheruntime::backends::memcached::{MemcachedBackend, MemcachedConfig};
 use cacheruntime::{cached, Cache, Error};
+use futures::StreamExt as _;
 use support::MemcachedServer;
 
 #[derive(Debug, PartialEq)]
@@ -175,14 +176,27 @@ async fn keys_spread_over_several_servers_and_stay_readable() {
             Some(i)
         );
     }
-    // Each key is three items, on one server: the entry, its prefix's
-    // generation counter and its own.
+    // Each key is five items: its entry (on the server its whole key maps
+    // to) and two copies (on two servers) of its prefix's counter and of
+    // its own. Placed by hashing, they spread over the three servers.
     let per_server: Vec<u64> = servers.iter().map(|s| s.items()).collect();
-    assert_eq!(per_server.iter().sum::<u64>(), 180, "{per_server:?}");
+    assert_eq!(per_server.iter().sum::<u64>(), 300, "{per_server:?}");
     assert!(
-        per_server.iter().all(|&n| n >= 15),
+        per_server.iter().all(|&n| (70..130).contains(&n)),
         "spread: {per_server:?}"
     );
+    // The entries alone spread too.
+    let entries: Vec<usize> = servers
+        .iter()
+        .map(|s| {
+            memcached_keys(s.port)
+                .iter()
+                .filter(|k| k.starts_with("v:"))
+                .count()
+        })
+        .collect();
+    assert_eq!(entries.iter().sum::<usize>(), 60, "{entries:?}");
+    assert!(entries.iter().all(|&n| n >= 10), "entries: {entries:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,7 +311,7 @@ async fn a_key_counter_no_entry_records_lives_an_hour() {
     // A read of a key that is not cached (Cache::get, or a computation
     // returning Err): nothing is written but the counters.
     assert_eq!(cache.get::<u32>("grp:k1").await.unwrap(), None);
-    let own = memcached_ask(server.port, "mg {grp}x:grp:k1 t\r\n");
+    let own = memcached_ask(server.port, "mg x:grp:k1 t\r\n");
     let ttl: i64 = own
         .trim()
         .split(' ')
@@ -308,4 +322,467 @@ async fn a_key_counter_no_entry_records_lives_an_hour() {
         ttl <= 3600,
         "the key's own counter, recorded by no entry, lives {ttl} s (claim: an hour)"
     );
+}
+
+// ------------------------------------------------- issue 13: pools of servers
+
+/// One `stats` figure of the server on `port`.
+fn memcached_stat(port: u16, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"stats\r\n").unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !out.ends_with(b"END\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "memcached closed the stats connection");
+        out.extend_from_slice(&buf[..n]);
+    }
+    let prefix = format!("STAT {name} ");
+    String::from_utf8_lossy(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{name}` in stats"))
+}
+
+/// Every key stored on the server on `port` (`lru_crawler metadump all`).
+fn memcached_keys(port: u16) -> Vec<String> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"lru_crawler metadump all\r\n").unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 16 << 10];
+        while !out.ends_with(b"END\r\n") && !out.starts_with(b"BUSY") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "memcached closed the connection");
+            out.extend_from_slice(&buf[..n]);
+        }
+        if out.ends_with(b"END\r\n") {
+            return String::from_utf8_lossy(&out)
+                .lines()
+                .filter_map(|l| l.strip_prefix("key="))
+                .map(|l| {
+                    let raw = l.split(' ').next().unwrap_or("");
+                    percent_encoding::percent_decode_str(raw)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+                .collect();
+        }
+        // BUSY: a crawl is running; ask again.
+        assert!(Instant::now() < deadline, "metadump kept failing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pool_url(servers: &[&MemcachedServer], host: &str) -> String {
+    let hosts: Vec<String> = servers
+        .iter()
+        .map(|s| format!("{host}:{}", s.port))
+        .collect();
+    format!("memcached://{}", hosts.join(","))
+}
+
+/// Finding 11: with one server of three dead, the keys the other two hold
+/// keep being served and their prefixes keep being invalidated; only the
+/// dead server's keys compute (and fail fast once its breaker opens).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_dead_server_leaves_the_keys_of_the_others_cached() {
+    let mut servers = [
+        MemcachedServer::start(),
+        MemcachedServer::start(),
+        MemcachedServer::start(),
+    ];
+    let url = pool_url(&servers.iter().collect::<Vec<_>>(), "127.0.0.1");
+    let cache = Cache::from_url(&format!("{url}?op_timeout=500ms"))
+        .await
+        .unwrap();
+    let n = 90;
+    for i in 0..n {
+        cache
+            .set(&format!("t{i}:top"), &i, Duration::from_secs(600))
+            .await
+            .unwrap();
+    }
+    // The keys whose entry the doomed server holds.
+    let doomed = memcached_keys(servers[2].port);
+    let on_doomed = |i: i32| doomed.iter().any(|k| k.ends_with(&format!("v:t{i}:top")));
+    let healthy: Vec<i32> = (0..n).filter(|&i| !on_doomed(i)).collect();
+    assert!(
+        !healthy.is_empty() && healthy.len() < n as usize,
+        "keys should spread over the servers: {} of {n} on the two kept",
+        healthy.len()
+    );
+    servers[2].kill();
+    let (mut hits, mut asked) = (0, 0);
+    let mut failed_invalidations = Vec::new();
+    for round in 0..3 {
+        // A burst of requests for the dead server's keys, then the rest.
+        for i in (0..n).filter(|i| !healthy.contains(i)) {
+            let _ = cache.get::<i32>(&format!("t{i}:top")).await;
+        }
+        for &i in &healthy {
+            asked += 1;
+            if matches!(cache.get::<i32>(&format!("t{i}:top")).await, Ok(Some(v)) if v == i) {
+                hits += 1;
+            }
+        }
+        // Invalidate a few of the healthy keys' prefixes, then write again.
+        for &i in healthy.iter().filter(|&&i| i % 7 == round) {
+            if let Err(e) = cache.invalidate_prefix(&format!("t{i}:")).await {
+                failed_invalidations.push(format!("t{i}: {e}"));
+            }
+            let _ = cache
+                .set(&format!("t{i}:top"), &i, Duration::from_secs(600))
+                .await;
+        }
+    }
+    let rate = f64::from(hits) / f64::from(asked);
+    assert!(
+        rate >= 0.95,
+        "hit rate on the keys of the healthy servers fell to {rate:.2} ({hits} of {asked})"
+    );
+    assert!(
+        failed_invalidations.is_empty(),
+        "{} invalidations of healthy prefixes failed: {:?}",
+        failed_invalidations.len(),
+        &failed_invalidations[..failed_invalidations.len().min(3)]
+    );
+}
+
+/// Finding 12: the keys of one template (with or without a namespace)
+/// spread evenly over the servers, and invalidation still reaches them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keys_of_one_template_spread_evenly_over_the_servers() {
+    for namespace in ["", "shop"] {
+        let servers = [
+            MemcachedServer::start(),
+            MemcachedServer::start(),
+            MemcachedServer::start(),
+        ];
+        let mut url = pool_url(&servers.iter().collect::<Vec<_>>(), "127.0.0.1");
+        url.push_str("?op_timeout=5s");
+        if !namespace.is_empty() {
+            url.push_str(&format!("&namespace={namespace}"));
+        }
+        let cache = Cache::from_url(&url).await.unwrap();
+        let keys = 10_000;
+        let writes = futures::stream::iter(0..keys).map(|i| {
+            let cache = cache.clone();
+            async move {
+                cache
+                    .set(&format!("author:{i}:top"), &i, Duration::from_secs(600))
+                    .await
+            }
+        });
+        let results: Vec<_> = writes.buffer_unordered(32).collect().await;
+        assert!(results.iter().all(Result::is_ok), "writes failed");
+        let items: Vec<u64> = servers.iter().map(|s| s.items()).collect();
+        let mean = items.iter().sum::<u64>() as f64 / 3.0;
+        assert!(
+            items.iter().all(|&n| (n as f64 - mean).abs() <= 0.2 * mean),
+            "namespace {namespace:?}: items per server {items:?}, mean {mean:.0}"
+        );
+        // An entry and the counters it is checked against stay consistent.
+        cache.invalidate_prefix("author:7:").await.unwrap();
+        assert_eq!(cache.get::<i32>("author:7:top").await.unwrap(), None);
+        assert_eq!(cache.get::<i32>("author:8:top").await.unwrap(), Some(8));
+        cache.delete("author:9:top").await.unwrap();
+        assert_eq!(cache.get::<i32>("author:9:top").await.unwrap(), None);
+        cache.invalidate_prefix("author:").await.unwrap();
+        assert_eq!(cache.get::<i32>("author:8:top").await.unwrap(), None);
+    }
+}
+
+/// Finding 13: processes that write the same servers differently (names,
+/// order) route every key alike, so an invalidation made by one is seen
+/// by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_written_differently_route_alike() {
+    let servers = [
+        MemcachedServer::start(),
+        MemcachedServer::start(),
+        MemcachedServer::start(),
+    ];
+    let by_ip = Cache::from_url(&pool_url(
+        &[&servers[0], &servers[1], &servers[2]],
+        "127.0.0.1",
+    ))
+    .await
+    .unwrap();
+    let by_name = Cache::from_url(&pool_url(
+        &[&servers[2], &servers[0], &servers[1]],
+        "localhost",
+    ))
+    .await
+    .unwrap();
+    let ttl = Duration::from_secs(600);
+    let mut stale = Vec::new();
+    for i in 0..30 {
+        let key = format!("p{i}:price");
+        by_ip.set(&key, &1, ttl).await.unwrap();
+        assert_eq!(by_ip.get::<i32>(&key).await.unwrap(), Some(1));
+        by_name.invalidate_prefix(&format!("p{i}:")).await.unwrap();
+        if by_ip.get::<i32>(&key).await.unwrap() == Some(1) {
+            stale.push(key);
+        }
+    }
+    assert!(stale.is_empty(), "served after invalidation: {stale:?}");
+}
+
+/// Finding 13: growing a pool and shrinking it back (or the reverse, or
+/// processes on both pools at once during a rolling change) never serves a
+/// value invalidated or deleted in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_grown_and_shrunk_never_serves_an_invalidated_value() {
+    let servers = [
+        MemcachedServer::start(),
+        MemcachedServer::start(),
+        MemcachedServer::start(),
+    ];
+    let (two_url, three_url) = (
+        pool_url(&[&servers[0], &servers[1]], "127.0.0.1"),
+        pool_url(&servers.iter().collect::<Vec<_>>(), "127.0.0.1"),
+    );
+    let two = || Cache::from_url(&two_url);
+    let three = || Cache::from_url(&three_url);
+    let ttl = Duration::from_secs(600);
+    let mut stale = Vec::new();
+    // 2 -> 3 -> 2, then 3 -> 2 -> 3.
+    for (round, (before, during, after)) in [
+        (
+            two().await.unwrap(),
+            three().await.unwrap(),
+            two().await.unwrap(),
+        ),
+        (
+            three().await.unwrap(),
+            two().await.unwrap(),
+            three().await.unwrap(),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for i in 0..30 {
+            let key = format!("r{round}k{i}:price");
+            before.set(&key, &1, ttl).await.unwrap();
+            assert_eq!(before.get::<i32>(&key).await.unwrap(), Some(1));
+        }
+        for i in 0..30 {
+            let key = format!("r{round}k{i}:price");
+            if i % 2 == 0 {
+                during
+                    .invalidate_prefix(&format!("r{round}k{i}:"))
+                    .await
+                    .unwrap();
+            } else {
+                during.delete(&key).await.unwrap();
+            }
+            // Processes still on the old pool see it at once too.
+            if before.get::<i32>(&key).await.unwrap() == Some(1) {
+                stale.push(format!("{key} (old pool, during)"));
+            }
+            during.set(&key, &2, ttl).await.unwrap();
+        }
+        for i in 0..30 {
+            let key = format!("r{round}k{i}:price");
+            if after.get::<i32>(&key).await.unwrap() == Some(1) {
+                stale.push(format!("{key} (after)"));
+            }
+        }
+    }
+    assert!(stale.is_empty(), "{} stale: {stale:?}", stale.len());
+}
+
+/// Finding 14: a burst of calls queues for a bounded set of connections
+/// per server (16 by default, `max_connections` in the URL) within the op
+/// timeout, instead of opening one per call until the server refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_calls_stays_within_the_connection_cap() {
+    for (query, cap) in [("", 16u64), ("&max_connections=4", 4)] {
+        let server = MemcachedServer::start();
+        let cache = Cache::from_url(&format!(
+            "memcached://{}?op_timeout=5s{query}",
+            server.addr()
+        ))
+        .await
+        .unwrap();
+        cache
+            .set("warm", &0, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let before = memcached_stat(server.port, "total_connections");
+        let calls = (0..2_000).map(|i| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get::<i32>(&format!("burst:{i}")).await.map(|_| ()) })
+        });
+        let results = futures::future::join_all(calls).await;
+        let errors = results
+            .into_iter()
+            .filter(|r| !matches!(r, Ok(Ok(()))))
+            .count();
+        // Minus the `stats` connections of this test.
+        let opened = memcached_stat(server.port, "total_connections") - before - 1;
+        assert_eq!(errors, 0, "cap {cap}: {errors} of 2000 calls failed");
+        assert!(opened <= cap, "cap {cap}: {opened} connections opened");
+    }
+}
+
+/// Finding 15: a `max_ttl` Memcached cannot keep (under a second, or past
+/// its 32-bit clock) is refused when the cache is built, with the reason;
+/// no TTL a call passes can make it panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_ttl_out_of_range_is_refused_at_build_and_no_call_panics() {
+    let server = MemcachedServer::start();
+    for bad in ["500ms", "0", "999999d"] {
+        let err = Cache::from_url(&format!("memcached://{}?max_ttl={bad}", server.addr()))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("max_ttl={bad} was accepted"))
+            .to_string();
+        assert!(err.contains("max_ttl"), "{bad}: {err}");
+    }
+    let err = MemcachedBackend::new(
+        MemcachedConfig::new([server.addr()]).max_ttl(Duration::from_millis(999)),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("max_ttl"), "{err}");
+    // The smallest and the largest accepted value: every TTL is taken (an
+    // item living one second may be gone at once: Memcached's clock ticks
+    // in whole seconds).
+    for ok in ["1s", "3650d"] {
+        let cache = Cache::from_url(&format!("memcached://{}?max_ttl={ok}", server.addr()))
+            .await
+            .unwrap();
+        for ttl in [
+            Duration::from_millis(1),
+            Duration::from_secs(60),
+            Duration::MAX,
+        ] {
+            cache.set("ttl:k", &1, ttl).await.unwrap();
+            let got = cache.get::<i32>("ttl:k").await.unwrap();
+            if ok != "1s" && ttl >= Duration::from_secs(60) {
+                assert_eq!(got, Some(1), "{ok} {ttl:?}");
+            }
+        }
+        cache.invalidate_prefix("ttl:").await.unwrap();
+        cache.delete("ttl:k").await.unwrap();
+    }
+}
+
+/// The pid of the `memcached` listening on `port` (from `/proc`).
+fn memcached_pid(port: u16) -> i32 {
+    let wanted = format!("-p\0{port}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.starts_with("memcached\0") && c.contains(&wanted)
+            })
+        })
+        .expect("memcached's pid")
+}
+
+fn signal(pid: i32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// A server that hangs (stopped, connections open but unanswered) costs
+/// the calls that need it an op timeout only until its breaker opens; then
+/// they fail at once, and the other servers' keys are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_is_skipped_after_a_few_timeouts() {
+    let servers = [
+        MemcachedServer::start(),
+        MemcachedServer::start(),
+        MemcachedServer::start(),
+    ];
+    let url = pool_url(&servers.iter().collect::<Vec<_>>(), "127.0.0.1");
+    let cache = Cache::from_url(&format!("{url}?op_timeout=200ms"))
+        .await
+        .unwrap();
+    for i in 0..60 {
+        cache
+            .set(&format!("h{i}:top"), &i, Duration::from_secs(600))
+            .await
+            .unwrap();
+    }
+    let hung = memcached_keys(servers[2].port);
+    let (stuck, healthy): (Vec<i32>, Vec<i32>) =
+        (0..60).partition(|i| hung.iter().any(|k| k.ends_with(&format!("v:h{i}:top"))));
+    let pid = memcached_pid(servers[2].port);
+    signal(pid, "-STOP");
+    // A few calls wait out the op timeout, then the breaker opens.
+    for &i in stuck.iter().cycle().take(8) {
+        let _ = cache.get::<i32>(&format!("h{i}:top")).await;
+    }
+    let started = Instant::now();
+    for &i in &stuck {
+        assert!(cache.get::<i32>(&format!("h{i}:top")).await.is_err());
+    }
+    let per_call = started.elapsed() / stuck.len() as u32;
+    let mut hits = 0;
+    for &i in &healthy {
+        if cache.get::<i32>(&format!("h{i}:top")).await.unwrap() == Some(i) {
+            hits += 1;
+        }
+    }
+    signal(pid, "-CONT");
+    assert!(
+        per_call < Duration::from_millis(50),
+        "the hung server's keys took {per_call:?} each once its breaker was open"
+    );
+    assert_eq!(
+        hits,
+        healthy.len(),
+        "the other servers' keys stopped hitting"
+    );
+    assert!(cache.stats().circuit_skips > 0);
+}
+
+/// A server that cannot be resolved fails calls with its name and the fix
+/// (placement needs every server), then fails them at once for a
+/// cool-down; the same server written twice is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_that_cannot_be_placed_says_why() {
+    let server = MemcachedServer::start();
+    let unresolvable = Cache::builder()
+        .backend(
+            MemcachedBackend::new(MemcachedConfig::new([
+                server.addr(),
+                "no-such-host.invalid:11211".into(),
+            ]))
+            .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let err = unresolvable.get::<i32>("k").await.unwrap_err().to_string();
+    assert!(
+        err.contains("cannot resolve") && err.contains("no-such-host.invalid:11211"),
+        "{err}"
+    );
+    let err = unresolvable.get::<i32>("k").await.unwrap_err();
+    assert!(matches!(err, Error::CircuitOpen { .. }), "{err}");
+
+    let twice = Cache::from_url(&format!(
+        "memcached://127.0.0.1:{0},localhost:{0}",
+        server.port
+    ))
+    .await
+    .unwrap();
+    let err = twice.get::<i32>("k").await.unwrap_err().to_string();
+    assert!(err.contains("are one server"), "{err}");
 }

@@ -252,6 +252,19 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// Whether the backend isolates failures itself, finer than the whole
+    /// store: it keeps its own circuit breakers (Memcached: one per server)
+    /// and fails fast, with [`Error::CircuitOpen`], only the calls that
+    /// need the part of the store that is down.
+    ///
+    /// When true, the cache does not count this backend's failures towards
+    /// its own whole-store breaker, so one dead server of a pool does not
+    /// switch caching off for the keys the other servers hold. Default
+    /// `false`: the cache's breaker covers the store.
+    fn isolates_failures(&self) -> bool {
+        false
+    }
+
     /// For in-process stores: whether a value computed after a read under
     /// `ticket` would still be stored and served for `key` now (no
     /// invalidation or delete has reached the key since). Lets the cache
@@ -362,6 +375,9 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn max_value_bytes(&self) -> Option<usize> {
         (**self).max_value_bytes()
+    }
+    fn isolates_failures(&self) -> bool {
+        (**self).isolates_failures()
     }
     #[inline]
     fn is_current(&self, key: &str, ticket: &Ticket) -> Option<bool> {

@@ -616,7 +616,11 @@ impl Cache {
         };
         match &result {
             Ok(_) => inner.breaker.success(),
-            Err(e) if e.is_store_failure() => {
+            // Skipped by one of the backend's own breakers.
+            Err(Error::CircuitOpen { .. }) => inner.counters.circuit_skips.incr(),
+            // A backend that isolates failures (per server) keeps them from
+            // opening the whole store's circuit.
+            Err(e) if e.is_store_failure() && !inner.backend.isolates_failures() => {
                 if inner.breaker.failure(monotonic_ms()) {
                     tracing::warn!(
                         backend,

@@ -597,8 +597,9 @@ fn sql_cache(mut url: CacheUrl<'_>) -> Result<Cache, Error> {
     builder.backend(SqlBackend::new(config)?).build()
 }
 
-/// `memcached://host:11211[,host2:11211...]`, with `max_ttl` and
-/// `max_item_bytes` beside the common parameters.
+/// `memcached://host:11211[,host2:11211...]`, with `max_ttl`,
+/// `max_item_bytes` and `max_connections` (per server) beside the common
+/// parameters.
 #[cfg(feature = "memcached")]
 fn memcached_cache(mut url: CacheUrl<'_>) -> Result<Cache, Error> {
     use crate::backends::memcached::{MemcachedBackend, MemcachedConfig};
@@ -615,8 +616,11 @@ fn memcached_cache(mut url: CacheUrl<'_>) -> Result<Cache, Error> {
     if let Some(n) = url.take_parsed::<usize>("max_item_bytes", "a byte count")? {
         config = config.max_item_bytes(n);
     }
+    if let Some(n) = url.take_parsed::<usize>("max_connections", "a number of connections")? {
+        config = config.max_connections(n);
+    }
     let builder = url.common(Cache::builder())?;
-    url.finish("max_ttl, max_item_bytes")?;
+    url.finish("max_ttl, max_item_bytes, max_connections")?;
     builder.backend(MemcachedBackend::new(config)?).build()
 }
 
@@ -891,7 +895,7 @@ mod tests {
             "postgres:///db",
             "sqlite://path/to/cache.db?max_entries=10&sweep_interval=30s",
             "sqlite:///tmp/x.db?auto_create=false&max_connections=2",
-            "memcached://h1:11211,h2:11211?max_ttl=1d&max_item_bytes=1000",
+            "memcached://h1:11211,h2:11211?max_ttl=1d&max_item_bytes=1000&max_connections=4",
             "memcache://[::1]:11211",
         ] {
             build(url, Vec::new()).await.expect(url);

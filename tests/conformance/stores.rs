@@ -444,33 +444,56 @@ pub async fn memcached() -> Store {
 
 /// Memcached on a loopback `port`.
 pub async fn memcached_at(name: &'static str, port: u16, options: Options) -> Store {
+    memcached_on(name, vec![port], options).await
+}
+
+static MEMCACHED_POOL: OnceLock<Vec<u16>> = OnceLock::new();
+
+/// A pool of three Memcached servers, shared by the binary: every key's
+/// entry and counters spread over them.
+pub async fn memcached_pool() -> Store {
+    let ports = shared(&MEMCACHED_POOL, || {
+        let servers: Vec<MemcachedServer> = (0..3).map(|_| MemcachedServer::start()).collect();
+        let ports = servers.iter().map(|s| s.port).collect();
+        (Box::new(servers), ports)
+    })
+    .await;
+    memcached_on("memcached_pool", ports, Options::DEFAULT).await
+}
+
+/// Memcached on the loopback `ports`, one pool.
+async fn memcached_on(name: &'static str, ports: Vec<u16>, options: Options) -> Store {
     let ns = namespace();
-    let addr = format!("127.0.0.1:{port}");
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let make: Make = {
         let ns = ns.clone();
         Box::new(move |o| {
-            let backend = MemcachedBackend::new(MemcachedConfig::new([addr.clone()])).unwrap();
-            build(backend, &ns, None, o)
+            // Memcached keeps a breaker per server in place of the cache's.
+            let config = MemcachedConfig::new(addrs.clone())
+                .circuit_breaker(o.breaker_threshold, o.breaker_cool_down);
+            build(MemcachedBackend::new(config).unwrap(), &ns, None, o)
         })
     };
     let lose: Lose = Box::new(move || {
         let ns = ns.clone();
+        let ports = ports.clone();
         Box::pin(async move {
-            // Counters are `{<first segment>}g:<prefix>` (of prefixes) and
-            // `{<first segment>}x:<key>` (of keys).
-            let prefixes = [format!("{{{ns}}}g:"), format!("{{{ns}}}x:")];
+            // Counters are `g:<prefix>` (of prefixes) and `x:<key>` (of
+            // keys), two copies of each on two servers of a pool; every key
+            // and prefix of the test starts with its namespace.
+            let prefixes = [format!("g:{ns}:"), format!("x:{ns}:")];
             let deleted = tokio::task::spawn_blocking(move || {
-                prefixes
+                ports
                     .iter()
-                    .map(|p| delete_memcached_keys(port, p))
+                    .flat_map(|&port| prefixes.iter().map(move |p| delete_memcached_keys(port, p)))
                     .sum::<usize>()
             })
             .await
             .unwrap();
             assert!(
                 deleted > 0,
-                "found no Memcached generation counters ({{{ns}}}g:*) to delete: if the key \
-                 layout changed, update stores::memcached_at's lose_invalidation_state"
+                "found no Memcached generation counters (g:{ns}:*) to delete: if the key \
+                 layout changed, update stores::memcached_on's lose_invalidation_state"
             );
         })
     });

@@ -1,0 +1,89 @@
+//! The names things are stored under on the servers.
+//!
+//! | name | what | on |
+//! |---|---|---|
+//! | `v:<key>` | an entry | the key's server |
+//! | `l:<key>` | its lock | the key's server |
+//! | `x:<key>` | the key's own counter | the key's two servers |
+//! | `g:<prefix>` | a prefix's counter | the prefix's two servers |
+//!
+//! Memcached keys are at most 250 bytes with no whitespace or control
+//! characters: a longer or unusual key or prefix is stored under a
+//! readable part of it plus a SHA-256 of the whole, the same in every
+//! process. Placement (`ring.rs`) hashes the key or prefix itself, not
+//! these names.
+
+use std::fmt::Write as _;
+
+use sha2::{Digest, Sha256};
+
+/// Memcached's key length limit.
+pub(super) const MAX_KEY: usize = 250;
+
+pub(super) fn valid_byte(b: u8) -> bool {
+    b > b' ' && b != 0x7f
+}
+
+/// `kind` then `text`, itself when short and clean, otherwise a readable
+/// clean part of it and a SHA-256 of the whole.
+fn named(kind: &str, text: &str) -> String {
+    let budget = MAX_KEY - kind.len();
+    let mut out = String::with_capacity(kind.len() + text.len().min(budget));
+    out.push_str(kind);
+    if text.len() <= budget && text.bytes().all(valid_byte) {
+        out.push_str(text);
+        return out;
+    }
+    let digest = Sha256::digest(text.as_bytes());
+    let readable = text
+        .chars()
+        .filter(char::is_ascii_graphic)
+        .take(budget - 33);
+    out.extend(readable);
+    out.push('#');
+    for b in digest.iter().take(16) {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+pub(super) fn entry_key(key: &str) -> String {
+    named("v:", key)
+}
+
+pub(super) fn lock_key(key: &str) -> String {
+    named("l:", key)
+}
+
+pub(super) fn own_counter_key(key: &str) -> String {
+    named("x:", key)
+}
+
+pub(super) fn prefix_counter_key(prefix: &str) -> String {
+    named("g:", prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_obey_memcached_rules_and_stay_distinct() {
+        let long = format!("user:{}:feed", "x".repeat(400));
+        for key in ["author:42:top", "a b:\u{1}c", long.as_str(), "solo", "é:ü"] {
+            for name in [entry_key(key), lock_key(key), own_counter_key(key)] {
+                assert!(name.len() <= MAX_KEY, "{name}");
+                assert!(name.bytes().all(valid_byte), "{name:?}");
+            }
+        }
+        assert_eq!(entry_key("author:42:top"), "v:author:42:top");
+        assert_eq!(prefix_counter_key("shop:author:"), "g:shop:author:");
+        // Deterministic, distinct for distinct keys, and a shortened name
+        // keeps the start of the key (the conformance suite finds a
+        // namespace's counters by it).
+        assert_eq!(entry_key(&long), entry_key(&long));
+        assert_ne!(entry_key(&long), entry_key(&format!("{long}2")));
+        assert_ne!(entry_key("a b:1"), entry_key("a_b:1"));
+        assert!(own_counter_key(&long).starts_with("x:user:xxx"));
+    }
+}

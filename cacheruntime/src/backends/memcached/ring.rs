@@ -1,0 +1,242 @@
+//! Which servers hold a name: rendezvous (highest random weight) hashing
+//! with a hash fixed here, over each server's resolved address.
+//!
+//! Every process must place a counter on the same servers, or an
+//! invalidation bumps a counter that readers elsewhere never look at. So
+//! placement depends on nothing but the name and the set of servers: not on
+//! the Rust release (`DefaultHasher` may change between releases), not on
+//! how a server is written (`localhost:11211` and `127.0.0.1:11211` are one
+//! server), not on the order the servers are listed.
+//!
+//! The hash: FNV-1a (64-bit, the offset basis and prime of its
+//! specification) of the name's bytes and of each server's identity,
+//! finished with SplitMix64's mixer; a name scores `mix(mix(fnv(name)) ^
+//! mix(fnv(identity)))` on each server. Changing any of it moves keys and
+//! counters: `placement_is_pinned` pins it.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// Memcached's port, for a server written without one.
+const DEFAULT_PORT: u16 = 11211;
+
+/// FNV-1a, 64-bit.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// SplitMix64's finalizer: every input bit reaches every output bit.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The servers of a pool as placement sees them.
+pub(super) struct Ring {
+    /// One per server, in the configured order: `mix(fnv(identity))`.
+    weights: Vec<u64>,
+}
+
+impl Ring {
+    pub(super) fn new<S: AsRef<str>>(identities: &[S]) -> Ring {
+        Ring {
+            weights: identities
+                .iter()
+                .map(|id| mix(fnv1a(id.as_ref().as_bytes())))
+                .collect(),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// The two servers `name` scores highest on, best first (no second in
+    /// a pool of one). Ties, which need equal 64-bit scores, go to the
+    /// higher weight, so the order servers are listed in never matters.
+    pub(super) fn top2(&self, name: &str) -> (usize, Option<usize>) {
+        if self.weights.len() == 1 {
+            return (0, None);
+        }
+        let hash = mix(fnv1a(name.as_bytes()));
+        let mut first: Option<(u64, u64, usize)> = None;
+        let mut second: Option<(u64, u64, usize)> = None;
+        for (i, &weight) in self.weights.iter().enumerate() {
+            let candidate = (mix(hash ^ weight), weight, i);
+            if first.is_none_or(|f| candidate > f) {
+                second = first;
+                first = Some(candidate);
+            } else if second.is_none_or(|s| candidate > s) {
+                second = Some(candidate);
+            }
+        }
+        (first.map_or(0, |f| f.2), second.map(|s| s.2))
+    }
+}
+
+/// `host:port`, with Memcached's port when none is written.
+pub(super) fn with_port(server: &str) -> String {
+    let server = server.trim();
+    let has_port = match server.strip_prefix('[') {
+        Some(rest) => rest.contains("]:"),
+        // More than one `:` is an IPv6 address without brackets: left as
+        // written, and resolving it says what is wrong.
+        None => server.contains(':'),
+    };
+    if has_port {
+        server.to_owned()
+    } else {
+        format!("{server}:{DEFAULT_PORT}")
+    }
+}
+
+/// What a server is placed by: the address `server` (`host:port`)
+/// resolves to, as `ip:port`: its lowest IPv4 address, or its lowest IPv6
+/// one when it has no IPv4 address. So `localhost:11211` and
+/// `127.0.0.1:11211` are one server, in every process that resolves
+/// `localhost` alike.
+pub(super) async fn identity(server: &str) -> io::Result<String> {
+    if let Ok(addr) = server.parse::<SocketAddr>() {
+        return Ok(addr.to_string());
+    }
+    let owned = server.to_owned();
+    let addrs: Vec<SocketAddr> =
+        tokio::task::spawn_blocking(move || owned.to_socket_addrs().map(Iterator::collect))
+            .await
+            .map_err(io::Error::other)??;
+    chosen(&addrs)
+        .map(|addr| addr.to_string())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "it resolved to no address"))
+}
+
+fn chosen(addrs: &[SocketAddr]) -> Option<SocketAddr> {
+    let v4 = addrs.iter().filter(|a| a.is_ipv4()).min();
+    v4.or_else(|| addrs.iter().min()).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("10.0.0.{}:11211", i + 1)).collect()
+    }
+
+    #[test]
+    fn placement_is_pinned() {
+        // Every process and every build must agree: these values may only
+        // change with a documented change of the key layout.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let ring = Ring::new(&pool(5));
+        let placed: Vec<String> = (0..12)
+            .map(|i| {
+                let (first, second) = ring.top2(&format!("shop:author:{i}:top"));
+                format!("{first}{}", second.unwrap())
+            })
+            .collect();
+        assert_eq!(placed.join(" "), PINNED);
+    }
+
+    const PINNED: &str = "31 03 42 40 24 43 41 04 03 40 13 04";
+
+    #[test]
+    fn the_order_servers_are_listed_in_does_not_matter() {
+        let servers = pool(5);
+        let mut reversed = servers.clone();
+        reversed.reverse();
+        let (a, b) = (Ring::new(&servers), Ring::new(&reversed));
+        for i in 0..1000 {
+            let name = format!("k{i}:x");
+            let (p, s) = a.top2(&name);
+            let (q, t) = b.top2(&name);
+            assert_eq!(servers[p], reversed[q]);
+            assert_eq!(servers[s.unwrap()], reversed[t.unwrap()]);
+        }
+    }
+
+    #[test]
+    fn names_of_one_template_spread_evenly() {
+        let ring = Ring::new(&pool(3));
+        let mut counts = [0usize; 3];
+        for i in 0..30_000 {
+            counts[ring.top2(&format!("shop:author:{i}:top")).0] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (9_000..11_000).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn adding_a_server_moves_only_what_it_takes() {
+        let four = Ring::new(&pool(4));
+        let five = Ring::new(&pool(5));
+        let mut moved = 0;
+        for i in 0..10_000 {
+            let name = format!("t{i}:x");
+            let (before, after) = (four.top2(&name).0, five.top2(&name).0);
+            if before != after {
+                // Only to the new server, never between old ones.
+                assert_eq!(after, 4);
+                moved += 1;
+            }
+        }
+        assert!((1500..2500).contains(&moved), "{moved} of 10000 moved");
+    }
+
+    #[test]
+    fn the_second_choice_is_the_first_without_the_first() {
+        // So a counter's second copy is where its first goes when the
+        // first server leaves the pool.
+        let servers = pool(4);
+        let ring = Ring::new(&servers);
+        for i in 0..500 {
+            let name = format!("n{i}:");
+            let (first, second) = ring.top2(&name);
+            let rest: Vec<String> = servers
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != first)
+                .map(|(_, s)| s.clone())
+                .collect();
+            let without = Ring::new(&rest).top2(&name).0;
+            assert_eq!(rest[without], servers[second.unwrap()]);
+        }
+    }
+
+    #[test]
+    fn servers_get_a_port_and_resolve_to_one_identity() {
+        assert_eq!(with_port("h"), "h:11211");
+        assert_eq!(with_port(" h:1 "), "h:1");
+        assert_eq!(with_port("[::1]"), "[::1]:11211");
+        assert_eq!(with_port("[::1]:7"), "[::1]:7");
+        let v4: SocketAddr = "10.0.0.2:1".parse().unwrap();
+        let v4b: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let v6: SocketAddr = "[::1]:1".parse().unwrap();
+        assert_eq!(chosen(&[v6, v4, v4b]), Some(v4b));
+        assert_eq!(chosen(&[v6]), Some(v6));
+        assert_eq!(chosen(&[]), None);
+    }
+
+    #[tokio::test]
+    async fn localhost_and_its_address_are_one_server() {
+        assert_eq!(
+            identity("127.0.0.1:11211").await.unwrap(),
+            "127.0.0.1:11211"
+        );
+        assert_eq!(
+            identity("localhost:11211").await.unwrap(),
+            "127.0.0.1:11211"
+        );
+        assert!(identity("no-such-host.invalid:1").await.is_err());
+    }
+}
