@@ -136,6 +136,7 @@ async fn value_computed_before_an_invalidation_never_shows_after_it() {
     let server = MemcachedServer::start();
     let backend = MemcachedBackend::new(MemcachedConfig::new([server.addr()])).unwrap();
     support::stale_write_stays_hidden(&backend).await;
+    support::partial_prefixes_are_refused(&backend).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

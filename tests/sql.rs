@@ -113,6 +113,7 @@ async fn postgres_prefix_invalidation_is_exact_with_percent_and_underscore() {
 async fn stale_write_stays_hidden(url: String) {
     let backend = SqlBackend::new(SqlConfig::new(url)).unwrap();
     support::stale_write_stays_hidden(&backend).await;
+    support::partial_prefixes_are_refused(&backend).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -620,7 +620,14 @@ impl Cache {
             Err(Error::CircuitOpen { .. }) => inner.counters.circuit_skips.incr(),
             // A backend that isolates failures (per server) keeps them from
             // opening the whole store's circuit.
-            Err(e) if e.is_store_failure() && !inner.backend.isolates_failures() => {
+            // ... and a timeout shorter than the op timeout (what was left
+            // of a call's budget) is the call's limit, not the store's
+            // failure.
+            Err(e)
+                if e.is_store_failure()
+                    && !inner.backend.isolates_failures()
+                    && !(matches!(e, Error::Timeout { .. }) && timeout < inner.op_timeout) =>
+            {
                 if inner.breaker.failure(monotonic_ms()) {
                     tracing::warn!(
                         backend,

@@ -302,8 +302,14 @@ impl Cache {
         ticket: Option<Ticket>,
         timeout: Duration,
     ) {
-        if let Err(e) = self.write(key, bytes, ttl, ticket, timeout).await {
-            self.failed("set", &e);
+        match self.write(key, bytes, ttl, ticket, timeout).await {
+            Ok(()) => {}
+            // The call's budget ran out, not the store: the value is simply
+            // not stored this time.
+            Err(Error::Timeout { .. }) if timeout < self.inner.op_timeout => {
+                tracing::debug!(key, "value not stored: the call's store budget ran out");
+            }
+            Err(e) => self.failed("set", &e),
         }
     }
 }

@@ -76,17 +76,28 @@ pub(crate) enum Answer {
 }
 
 /// What one call may spend in store operations, all together: the op
-/// timeout. Each operation of the call (the read, the first lock attempt,
-/// the write) is bounded by what is left, so the cache adds at most one op
-/// timeout to a call however slow the store, and a call whose read was
-/// slow skips the lock and the write rather than add more.
+/// timeout, so the cache adds at most that much to a call however slow the
+/// store. The write comes first: the lock (and the look at the store that
+/// follows it) is taken only when what is left also covers the write, at
+/// the pace the call's read showed; the write gets what is left, and a call
+/// whose read used it all skips both. Waiting for another process's
+/// computation is not charged (it takes the place of computing), and a call
+/// that waited
+/// gets a fresh budget for what follows.
 pub(crate) struct Budget {
+    total: Duration,
     left: Duration,
+    /// How long one store call took: the first one's duration.
+    pace: Option<Duration>,
 }
 
 impl Budget {
     pub(crate) fn new(total: Duration) -> Self {
-        Budget { left: total }
+        Budget {
+            total,
+            left: total,
+            pace: None,
+        }
     }
 
     /// What is left, or `None` when nothing is.
@@ -96,7 +107,21 @@ impl Budget {
 
     /// Takes the time since `started` off what is left.
     pub(crate) fn spend(&mut self, started: Instant) {
-        self.left = self.left.saturating_sub(started.elapsed());
+        let took = started.elapsed();
+        self.pace.get_or_insert(took);
+        self.left = self.left.saturating_sub(took);
+    }
+
+    /// Whether what is left covers `calls` more store calls at the pace
+    /// seen so far.
+    pub(crate) fn affords(&self, calls: u32) -> bool {
+        let pace = self.pace.unwrap_or(Duration::ZERO);
+        !self.left.is_zero() && self.left >= pace.saturating_mul(calls)
+    }
+
+    /// A fresh budget, after waiting for another process's computation.
+    pub(crate) fn refill(&mut self) {
+        self.left = self.total;
     }
 }
 
@@ -300,9 +325,10 @@ impl Cache {
                         }
                     }
                     let compute = compute.take().expect("computed at most once");
-                    // A read that took half the budget or more: no lock and
-                    // no write, rather than add more waiting to the call.
-                    let slow = budget.left().is_none_or(|left| left < inner.op_timeout / 2);
+                    // A read that used the whole budget: no lock and no
+                    // write, rather than add more to the call. (With some
+                    // left, the write gets what is left.)
+                    let slow = budget.left().is_none();
                     let stored = if store_answered && !slow {
                         Stored::Under(ticket)
                     } else {
@@ -364,7 +390,13 @@ impl Cache {
         // The lock is released when this future ends however it ends:
         // returned, cancelled, or unwound by a panicking computation.
         let mut lock = None;
-        if !inner.local && matches!(stored, Stored::Under(_)) && !self.unreadable(fp) {
+        // The lock, the look that follows it and the write: the lock only
+        // if what is left covers all three (the write matters more).
+        if !inner.local
+            && matches!(stored, Stored::Under(_))
+            && !self.unreadable(fp)
+            && budget.affords(3)
+        {
             match self
                 .lock_or_value::<O::Value>(key, fp, policy.lock_ttl, budget)
                 .await

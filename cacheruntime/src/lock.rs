@@ -144,7 +144,11 @@ impl Cache {
                 return LockState::Unsupported;
             }
             Err(e) => {
-                self.failed("lock", &e);
+                // A timeout shorter than the op timeout is the call's budget
+                // running out, not the store failing.
+                if !(matches!(e, Error::Timeout { .. }) && timeout < self.inner.op_timeout) {
+                    self.failed("lock", &e);
+                }
                 // Only a timed-out request may still have taken the lock:
                 // for it the release goes out (on drop); not for others.
                 held.done = !matches!(e, Error::Timeout { .. });
@@ -193,25 +197,34 @@ impl Cache {
         let mut pause = Duration::from_millis(5);
         let mut waited = false;
         let op_timeout = self.inner.op_timeout;
-        let mut first = true;
         loop {
-            let timeout = if std::mem::take(&mut first) {
+            // The first attempt comes out of the call's budget; later ones
+            // are part of waiting, which is not charged.
+            let timeout = if waited {
+                op_timeout
+            } else {
                 let Some(left) = budget.left() else {
                     return Contended::Alone;
                 };
                 left
-            } else {
-                op_timeout
             };
             let started = Instant::now();
             let state = self.try_lock(key, bound, timeout).await;
-            budget.spend(started);
+            if waited {
+                // Waiting took the place of computing: what follows (the
+                // look, the write) gets a budget of its own.
+                budget.refill();
+            } else {
+                budget.spend(started);
+            }
             match state {
                 LockState::Held(held) => {
                     // The holder before us may have stored the value between
-                    // our miss and our lock: look once more, if time allows.
-                    let Some(left) = budget.left() else {
-                        return Contended::Locked(held);
+                    // our miss and our lock: look once more, if what is left
+                    // covers the look and the write.
+                    let left = match budget.left() {
+                        Some(left) if budget.affords(2) => left,
+                        _ => return Contended::Locked(held),
                     };
                     let started = Instant::now();
                     let found = self.peek::<V>(key, fp, left).await;

@@ -817,3 +817,18 @@ pub async fn long_keys_round_trip_and_invalidate(cache: &cacheruntime::Cache) {
     assert_eq!(cache.get::<u32>(&body).await.unwrap(), Some(7));
     assert_eq!(cache.stats().errors, 0, "no store call failed");
 }
+
+/// A store used directly refuses a prefix that is not whole segments (as
+/// `Cache::invalidate_prefix` does), rather than do less (or more) than
+/// asked: `abc` is neither "everything" nor a counter any read consults.
+#[allow(dead_code)]
+pub async fn partial_prefixes_are_refused(backend: &dyn cacheruntime::Backend) {
+    for bad in ["abc", "a:b", "x:\0:"] {
+        let err = backend.invalidate_prefix(bad).await;
+        assert!(
+            matches!(err, Err(cacheruntime::Error::InvalidPrefix { .. })),
+            "{} accepted {bad:?}: {err:?}",
+            backend.name()
+        );
+    }
+}

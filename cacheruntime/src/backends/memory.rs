@@ -463,8 +463,9 @@ impl Backend for MemoryBackend {
     }
 
     fn invalidate_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        self.invalidate(prefix);
-        Box::pin(async { Ok(()) })
+        // Whole segments only, as the cache checks.
+        let done = crate::key::check_prefix(prefix).map(|()| self.invalidate(prefix));
+        Box::pin(async { done })
     }
 
     fn set_if_absent<'a>(
@@ -761,5 +762,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(get(&m, "gone:1").as_deref(), Some(&b"new"[..]));
+    }
+
+    #[tokio::test]
+    async fn partial_prefixes_are_refused_by_the_store_itself() {
+        let m = MemoryBackend::new(1 << 20);
+        for bad in ["abc", "a:b"] {
+            assert!(matches!(
+                m.invalidate_prefix(bad).await,
+                Err(Error::InvalidPrefix { .. })
+            ));
+        }
+        assert!(m.invalidate_prefix("a:").await.is_ok());
     }
 }

@@ -476,8 +476,9 @@ impl RedisBackend {
         Error::backend(NAME, message)
     }
 
-    /// After the first successful call: warn when the server cannot evict,
-    /// since cache entries could then fill a store shared with a queue.
+    /// After the first successful call: load the scripts, and warn when the
+    /// server cannot evict (cache entries could then fill a store shared
+    /// with a queue) or can roll invalidations back (persistence).
     fn check_config_once(&self, conn: &AnyConn) {
         if self.checked_config.swap(true, Ordering::Relaxed) {
             return;
@@ -485,6 +486,13 @@ impl RedisBackend {
         let mut conn = conn.clone();
         let label = self.label.clone();
         tokio::spawn(async move {
+            // Load the scripts now, so a first write does not pay the
+            // NOSCRIPT round trips inside some call's budget.
+            for script in [&*ENSURE, &*WRITE, &*BUMP, &*DELETE, &*RELEASE] {
+                if script.load_async(&mut conn).await.is_err() {
+                    break;
+                }
+            }
             let policy: Result<Vec<String>, _> = redis::cmd("CONFIG")
                 .arg("GET")
                 .arg("maxmemory-policy")
@@ -666,6 +674,9 @@ impl RedisBackend {
     }
 
     async fn run_invalidate(&self, prefix: &str) -> Result<(), Error> {
+        // Whole segments only, as the cache checks (a store used directly
+        // must not bump a counter no read consults).
+        crate::key::check_prefix(prefix)?;
         if prefix.is_empty() {
             return Err(Error::InvalidPrefix {
                 prefix: prefix.to_owned(),

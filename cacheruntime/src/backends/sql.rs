@@ -705,12 +705,9 @@ impl Shared {
     }
 
     async fn invalidate(self: &Arc<Self>, prefix: &str) -> Result<(), Error> {
-        if prefix.contains('\0') {
-            return Err(Error::InvalidPrefix {
-                prefix: prefix.chars().take(64).collect(),
-                reason: crate::key::NUL_REASON,
-            });
-        }
+        // Whole segments only, as the cache checks: a store used directly
+        // must not read `abc` as everything.
+        crate::key::check_prefix(prefix)?;
         // `p:` .. `p;`: the keys starting with `p:` in bytewise order.
         let rows = match prefix.strip_suffix(':') {
             Some(head) => Rows::Range(prefix.to_owned(), format!("{head};")),

@@ -451,6 +451,9 @@ impl MemcachedBackend {
     }
 
     async fn run_invalidate(&self, prefix: &str) -> Result<(), Error> {
+        // Whole segments only, as the cache checks (a store used directly
+        // must not bump a counter no read consults).
+        crate::key::check_prefix(prefix)?;
         if prefix.is_empty() {
             return Err(Error::InvalidPrefix {
                 prefix: prefix.to_owned(),
