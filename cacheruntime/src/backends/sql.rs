@@ -339,6 +339,12 @@ pub(super) struct Shared {
     /// call creates them again.
     schema_ready: AtomicBool,
     schema_lock: tokio::sync::Mutex<()>,
+    /// A schema creation is running (in the background: no caller's op
+    /// timeout cancels it), and callers wait for it here.
+    schema_creating: AtomicBool,
+    schema_done: tokio::sync::Notify,
+    /// Why the last creation failed, for the callers that waited on it.
+    schema_error: std::sync::Mutex<Option<String>>,
     writes_since_sweep: AtomicU64,
     sweeper: OnceLock<()>,
     warming: AtomicBool,
@@ -400,6 +406,9 @@ impl SqlBackend {
                 pool: OnceLock::new(),
                 schema_ready: AtomicBool::new(false),
                 schema_lock: tokio::sync::Mutex::new(()),
+                schema_creating: AtomicBool::new(false),
+                schema_done: tokio::sync::Notify::new(),
+                schema_error: std::sync::Mutex::new(None),
                 writes_since_sweep: AtomicU64::new(0),
                 sweeper: OnceLock::new(),
                 warming: AtomicBool::new(false),
@@ -482,18 +491,62 @@ impl Shared {
             self.warm_up();
         }
         if self.config.auto_create && !self.schema_ready.load(Ordering::Acquire) {
-            let _creating = self.schema_lock.lock().await;
-            if !self.schema_ready.load(Ordering::Acquire) {
-                let created = self.create_schema(pool).await;
-                if created.is_err() {
-                    self.warm_up();
-                }
-                created?;
-                self.schema_ready.store(true, Ordering::Release);
-            }
+            self.schema().await?;
         }
         self.start_sweeper();
         Ok(pool)
+    }
+
+    /// Creates the tables in a background task (one at a time) and waits
+    /// for it. The creation (an advisory lock, DDL, seeding the epochs) can
+    /// take longer than an op timeout on a cold or loaded database; a
+    /// caller's timeout then ends the wait, never the creation, so the
+    /// next call finds the tables made instead of starting over.
+    async fn schema(self: &Arc<Self>) -> Result<(), Error> {
+        let done = self.schema_done.notified();
+        let mut done = std::pin::pin!(done);
+        done.as_mut().enable();
+        if self.schema_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if tokio::runtime::Handle::try_current().is_ok()
+            && !self.schema_creating.swap(true, Ordering::AcqRel)
+        {
+            let shared = Arc::clone(self);
+            tokio::spawn(async move {
+                let created = async {
+                    let _one_at_a_time = shared.schema_lock.lock().await;
+                    if shared.schema_ready.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
+                    shared.create_schema(shared.pool()).await
+                }
+                .await;
+                match created {
+                    Ok(()) => shared.schema_ready.store(true, Ordering::Release),
+                    Err(e) => {
+                        *shared
+                            .schema_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        shared.warm_up();
+                    }
+                }
+                shared.schema_creating.store(false, Ordering::Release);
+                shared.schema_done.notify_waiters();
+            });
+        }
+        done.await;
+        if self.schema_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let why = self
+            .schema_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "the cache tables could not be created".to_owned());
+        Err(Error::backend(self.backend_name(), why))
     }
 
     /// Opens a connection in the background (at most one attempt at a
