@@ -430,7 +430,9 @@ fn ttl_millis(ttl: &TtlArg) -> Result<u64, String> {
             .ok()
             .and_then(|s| s.checked_mul(1000))
             .ok_or_else(|| "`ttl` must be a whole number of seconds, e.g. `ttl = 3600`".to_owned())?,
-        TtlArg::Text(lit) => parse_duration_ms(&lit.value()).ok_or_else(|| {
+        TtlArg::Text(lit) => cacheduration::parse(&lit.value())
+            .and_then(|d| u64::try_from(d.as_millis()).ok())
+            .ok_or_else(|| {
             format!(
                 "`{}` is not a duration; write seconds (`ttl = 3600`) or a string like \"90s\", \"10m\", \"1h\", \"1h30m\", \"500ms\"",
                 lit.value()
@@ -443,42 +445,4 @@ fn ttl_millis(ttl: &TtlArg) -> Result<u64, String> {
         );
     }
     Ok(ms)
-}
-
-/// The runtime's duration grammar (`cacheruntime::url::parse_duration`),
-/// checked here at compile time.
-fn parse_duration_ms(text: &str) -> Option<u64> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return secs.checked_mul(1000);
-    }
-    if text.is_empty() {
-        return None;
-    }
-    let mut total: u64 = 0;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return None;
-        }
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let per = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return None,
-        };
-        total = total.checked_add(n.checked_mul(per)?)?;
-        rest = &rest[unit_len..];
-    }
-    Some(total)
 }
