@@ -169,12 +169,18 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
             quote!(::core::result::Result::Ok(__cachemacro_value)),
         ),
     };
-    let storable = value.map(|ty| {
-        quote_spanned! {ty.span()=>
-            let _ = ::cacheruntime::__private::assert_cacheable::<#ty>;
-        }
-    });
-    let local_hit = quote! {
+    // The calls that need the stored type to be `Cacheable` are spanned at
+    // that type: a missing `Serialize` / `Deserialize` is one error there
+    // (the compiler reports one unmet bound once per span), worded by the
+    // trait's `on_unimplemented`.
+    let at = match (value, &sig.output) {
+        (Some(ty), _) => ty.span(),
+        (None, ReturnType::Type(_, ty)) => ty.span(),
+        (None, ReturnType::Default) => Span::call_site(),
+    };
+    // The whole calls, arguments too: the compiler points an unmet bound
+    // at the argument whose type carries the bounded parameter.
+    let local_hit = quote_spanned! {at=>
         ::cacheruntime::__private::local_hit(
             __cachemacro_cache,
             &__CACHEMACRO_SITE,
@@ -182,8 +188,8 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
             __cachemacro_memo,
         )
     };
-    let entry = Ident::new(entry, Span::call_site());
-    let slow = quote! {
+    let entry = Ident::new(entry, at);
+    let slow = quote_spanned! {at=>
         ::std::boxed::Box::pin(::cacheruntime::__private::#entry(
             __cachemacro_cache,
             &__CACHEMACRO_SITE,
@@ -193,6 +199,8 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
             #body,
         ))
     };
+    // An `async fn`'s bounds are checked again where its future is awaited.
+    let awaited = quote_spanned!(at=> __cachemacro_slow.await);
     let memo = match value {
         Some(ty) => memo_of(ty.to_token_stream()),
         None => quote!(::cacheruntime::__private::Memo::decode_only()),
@@ -200,7 +208,6 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
     quote! {
         #(#attrs)*
         #vis #sig {
-            #storable
             #site
             // Everything before the await lives in this block, so the key
             // buffer is not kept in the future's state: in-process hits
@@ -215,8 +222,7 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
                 };
                 #slow
             };
-            __cachemacro_slow
-            .await
+            #awaited
         }
         #helpers
     }
