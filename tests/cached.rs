@@ -116,6 +116,58 @@ async fn default_ttl_applies_when_the_attribute_has_none() {
     assert_ne!(no_ttl(&cache, 1).await, a);
 }
 
+/// One `#[cached(ttl = $text)]` function per accepted text of the shared
+/// duration table, each checked against the runtime's URL parser: the
+/// entry is fresh 1 ms before what `url::parse_duration` reads and gone at
+/// it. (The texts both refuse are compile errors here: the trybuild cases
+/// `bad-ttl-string`, `stale-bad-duration`, `every-error-at-once`.)
+macro_rules! ttl_agrees_with_url_grammar {
+    ($($text:tt),* $(,)?) => {{
+        let mut fed = Vec::new();
+        $({
+            static RUNS: AtomicUsize = AtomicUsize::new(0);
+            #[cached(key = "ttl_grammar:{x}", ttl = $text, cache = cache)]
+            async fn probe(cache: &Cache, x: u8) -> usize {
+                RUNS.fetch_add(1, Ordering::SeqCst) + usize::from(x)
+            }
+            let runtime = cacheruntime::url::parse_duration($text)
+                .unwrap_or_else(|| panic!("the runtime refuses {:?}", $text));
+            let clock = Clock::manual();
+            let cache = Cache::builder()
+                .clock(clock.clone())
+                .memory(1 << 20)
+                .build()
+                .unwrap();
+            let first = probe(&cache, 0).await;
+            clock.advance(runtime - Duration::from_millis(1));
+            assert_eq!(probe(&cache, 0).await, first, "ttl = {:?}: fresh just before {runtime:?}", $text);
+            clock.advance(Duration::from_millis(1));
+            assert_ne!(probe(&cache, 0).await, first, "ttl = {:?}: expired at {runtime:?}", $text);
+            fed.push(($text, runtime));
+        })*
+        fed
+    }};
+}
+
+#[tokio::test]
+async fn macro_and_url_read_durations_alike() {
+    let fed = ttl_agrees_with_url_grammar!(
+        "300", "90s", "10m", "1h", "1h30m", "250ms", "500ms", "1d", "7d", "1m30s", "1s500ms",
+        " 90s ",
+    );
+    // The table both crates test against: what the macro was fed is every
+    // accepted text of it, with the value it lists; the runtime refuses the
+    // rest, as the macro does.
+    let accepted: Vec<(&str, Duration)> = cacheduration::EXAMPLES
+        .iter()
+        .filter_map(|&(text, d)| d.map(|d| (text, d)))
+        .collect();
+    assert_eq!(fed, accepted);
+    for &(text, d) in cacheduration::EXAMPLES {
+        assert_eq!(cacheruntime::url::parse_duration(text), d, "{text:?}");
+    }
+}
+
 // ---------------------------------------------------------------- vary
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -3,14 +3,20 @@
 //!
 //! Layout, after thiserror and tracing-attributes: [`args`] parses the
 //! attribute into typed arguments, [`template`] reads `key` templates,
-//! [`valid`] checks everything in one pass and reports every error at its
-//! span, [`expand`] generates a thin wrapper that calls
-//! `::cacheruntime::__private`. Set `CACHEMACRO_DEBUG=1` to print expansions.
+//! [`valid`] checks every rule (one function per group, one error
+//! collector) into a [`valid::Plan`], [`expand`] generates a thin wrapper
+//! that calls `::cacheruntime::__private`, [`key`] renders keys, [`helpers`]
+//! adds `<fn>_cache_key` / `<fn>_invalidate`, and [`fallback`] emits the
+//! errors beside the function and stubs of its helpers. Set
+//! `CACHEMACRO_DEBUG=1` to print expansions.
 
 use proc_macro::TokenStream;
 
 mod args;
 mod expand;
+mod fallback;
+mod helpers;
+mod key;
 mod template;
 mod valid;
 

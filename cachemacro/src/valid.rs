@@ -1,12 +1,19 @@
-//! Every semantic rule of `#[cached]`, checked in one pass that reports all
-//! problems at once, each at its span.
+//! Every semantic rule of `#[cached]`: one function per group of rules,
+//! each writing into one collector ([`Errors`]), so that every problem is
+//! reported at once, each at its span (serde's `Ctxt`, thiserror's
+//! `valid.rs`).
+
+use std::time::Duration;
 
 use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::visit::Visit;
-use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+use syn::{
+    Expr, FnArg, GenericArgument, Ident, ItemFn, LitInt, LitStr, Pat, PathArguments, ReturnType,
+    Signature, Type,
+};
 
-use crate::args::{Args, TtlArg};
+use crate::args::{self, Args, TtlArg};
 use crate::template::{self, Piece};
 
 /// A named argument of the function.
@@ -24,23 +31,59 @@ pub enum KeyPlan {
     Default,
 }
 
-/// What `expand` needs, all checked.
-pub struct Plan {
+/// What the key and the two helpers are made of. Known even when another
+/// rule fails, so that the fallback can still stub the helpers.
+pub struct Keyed {
     pub key: KeyPlan,
-    pub ttl_ms: Option<u64>,
-    pub version: u32,
-    pub stale_ms: Option<u64>,
-    pub early: Option<f64>,
     pub vary: Vec<Ident>,
-    pub cache: Option<syn::Expr>,
-    /// Returns `Result<T, E>`: only `Ok` is cached.
-    pub fallible: bool,
-    /// The stored type (`T` of `Result<T, E>`, or the return type).
-    pub value_ty: Option<Type>,
-    /// `ids = ...`: the hydrator; the stored value is the ids of `value_ty`.
-    pub ids: Option<Hydrator>,
+    pub cache: Option<Expr>,
     pub params: Vec<Param>,
     pub has_receiver: bool,
+}
+
+impl Keyed {
+    /// For a function whose attribute did not parse: a default key over
+    /// every named argument (what the helpers of a key-less function take).
+    pub fn of_signature(sig: &Signature) -> Keyed {
+        let arguments = read_arguments(sig, &mut Errors::default());
+        Keyed {
+            key: KeyPlan::Default,
+            vary: Vec::new(),
+            cache: None,
+            params: arguments.params,
+            has_receiver: arguments.receiver.is_some(),
+        }
+    }
+}
+
+/// The function's static policy, checked.
+pub struct Timing {
+    pub ttl: Option<Duration>,
+    pub stale: Option<Duration>,
+    pub early: Option<f64>,
+    pub version: u32,
+}
+
+impl Timing {
+    /// `stale` / `early` refresh in a spawned task.
+    pub fn refreshes(&self) -> bool {
+        self.stale.is_some() || self.early.is_some()
+    }
+}
+
+/// What the function returns, and so what is stored and how a hit becomes
+/// its return value.
+pub enum Shape {
+    /// `-> T`: every value is stored and a hit is returned as it is.
+    Value(Type),
+    /// `-> Result<T, E>`: `Ok(T)` is stored, `Err` never; a hit is `Ok`.
+    /// `None` when `T` cannot be named (a `Result` alias without
+    /// arguments): it is inferred.
+    Ok(Option<Type>),
+    /// `ids = ...` on `-> Result<S, E>` with `S` a `Vec<T>` or an
+    /// `Option<T>`, `T: CacheId`: the ids of `S` are stored, and a hit hands
+    /// them to the hydrator.
+    Ids { ty: Type, hydrator: Hydrator },
 }
 
 /// How the stored ids become objects again on a hit.
@@ -49,16 +92,30 @@ pub enum Hydrator {
     /// the function's arguments and the ids.
     Closure {
         pat: Box<Pat>,
-        body: Box<syn::Expr>,
+        body: Box<Expr>,
         is_async: bool,
     },
     /// Anything else: called with the ids.
-    Call(syn::Expr),
+    Call(Expr),
 }
 
-/// Collects errors; combines them into one `syn::Error` at the end.
+/// What `expand` needs, all checked.
+pub struct Plan {
+    pub keyed: Keyed,
+    pub timing: Timing,
+    pub shape: Shape,
+}
+
+/// Every problem found, and what the fallback needs to stub the helpers.
+pub struct Rejected {
+    pub error: syn::Error,
+    pub keyed: Keyed,
+}
+
+/// The error collector: every rule pushes here; [`Errors::finish`] turns
+/// the lot into one `syn::Error` that renders one `compile_error!` each.
 #[derive(Default)]
-struct Errors(Vec<syn::Error>);
+pub struct Errors(Vec<syn::Error>);
 
 impl Errors {
     fn at(&mut self, span: Span, msg: impl std::fmt::Display) {
@@ -77,11 +134,59 @@ impl Errors {
     }
 }
 
-pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
-    let mut errs = Errors(args.errors);
+pub fn check(args: Args, func: &ItemFn) -> Result<Plan, Box<Rejected>> {
+    let Args {
+        key,
+        ttl,
+        vary,
+        cache,
+        version,
+        stale,
+        early,
+        ids,
+        errors,
+    } = args;
+    let mut errs = Errors(errors);
     let sig = &func.sig;
-    let fn_name = &sig.ident;
+    check_signature(sig, &mut errs);
+    let arguments = read_arguments(sig, &mut errs);
+    let key = check_key(key.as_ref(), vary.as_ref(), func, &arguments, &mut errs);
+    let vary = check_vary(vary, &arguments, &sig.ident, &mut errs);
+    // A refresh (`stale`, or else `early`) runs the body in a spawned task.
+    let refresher = match (&stale, &early) {
+        (Some(_), _) => Some(args::STALE),
+        (None, Some(_)) => Some(args::EARLY),
+        (None, None) => None,
+    };
+    let timing = Timing {
+        ttl: check_duration(args::TTL, ttl.as_ref(), &mut errs),
+        stale: check_duration(args::STALE, stale.as_ref(), &mut errs),
+        early: check_early(early, &mut errs),
+        version: check_version(version.as_ref(), &mut errs),
+    };
+    if let Some(what) = refresher {
+        check_owned_for_refresh(sig, what, &mut errs);
+    }
+    let shape = check_shape(sig, ids, &mut errs);
+    let keyed = Keyed {
+        key,
+        vary,
+        cache,
+        params: arguments.params,
+        has_receiver: arguments.receiver.is_some(),
+    };
+    match errs.finish() {
+        Err(error) => Err(Box::new(Rejected { error, keyed })),
+        Ok(()) => Ok(Plan {
+            keyed,
+            timing,
+            shape: shape.expect("a function without a shape has an error"),
+        }),
+    }
+}
 
+/// `async`, not variadic.
+fn check_signature(sig: &Signature, errs: &mut Errors) {
     if sig.asyncness.is_none() {
         errs.at(
             sig.fn_token.span(),
@@ -91,11 +196,40 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
     if let Some(v) = &sig.variadic {
         errs.at(v.span(), "#[cached] functions cannot be variadic");
     }
+}
 
-    // Arguments.
-    let mut params = Vec::new();
-    let mut unnamed = Vec::new();
-    let mut receiver = None;
+/// The function's arguments as the key sees them.
+struct Arguments {
+    params: Vec<Param>,
+    /// Arguments bound by a pattern (`(a, b): (u32, u32)`): no name.
+    unnamed: Vec<Span>,
+    /// `self`'s span and how it is taken (`&self`).
+    receiver: Option<(Span, &'static str)>,
+}
+
+impl Arguments {
+    fn names(&self) -> Vec<String> {
+        self.params.iter().map(|p| p.ident.to_string()).collect()
+    }
+
+    /// "its arguments are: a, b", for messages about a name that is none.
+    fn listing(&self) -> String {
+        let names = self.names();
+        if names.is_empty() {
+            "it has no named arguments".to_owned()
+        } else {
+            format!("its arguments are: {}", names.join(", "))
+        }
+    }
+}
+
+/// Reads the arguments; a receiver must be `&self`.
+fn read_arguments(sig: &Signature, errs: &mut Errors) -> Arguments {
+    let mut arguments = Arguments {
+        params: Vec::new(),
+        unnamed: Vec::new(),
+        receiver: None,
+    };
     for input in &sig.inputs {
         match input {
             FnArg::Receiver(r) => {
@@ -104,7 +238,7 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
                     (Some(_), None) => "&self",
                     (None, _) => "self",
                 };
-                receiver = Some((r.self_token.span, shown));
+                arguments.receiver = Some((r.self_token.span, shown));
                 if r.reference.is_none() || r.colon_token.is_some() {
                     errs.at(
                         r.span(),
@@ -113,242 +247,258 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, syn::Error> {
                 }
             }
             FnArg::Typed(pt) => match &*pt.pat {
-                Pat::Ident(pi) if pi.subpat.is_none() => params.push(Param {
+                Pat::Ident(pi) if pi.subpat.is_none() => arguments.params.push(Param {
                     ident: pi.ident.clone(),
                     ty: (*pt.ty).clone(),
                 }),
-                other => unnamed.push(other.span()),
+                other => arguments.unnamed.push(other.span()),
             },
         }
     }
-    let has_receiver = receiver.is_some();
-    let names: Vec<String> = params.iter().map(|p| p.ident.to_string()).collect();
-    let listing = if names.is_empty() {
-        "it has no named arguments".to_owned()
-    } else {
-        format!("its arguments are: {}", names.join(", "))
-    };
+    arguments
+}
 
-    // Key.
-    let key = match &args.key {
-        Some(lit) => match template::parse(&lit.value()) {
-            Ok(pieces) => {
-                for p in &pieces {
-                    if let Piece::Placeholder { root, .. } = p {
-                        if root == "self" {
-                            if !has_receiver {
-                                errs.at(lit.span(), format!(
-                                    "`{{self...}}` in the key, but `{fn_name}` has no `&self` receiver"
-                                ));
-                            }
-                        } else if !names.contains(root) {
-                            errs.at(lit.span(), format!(
-                                "`{{{root}}}` in the key does not name an argument of `{fn_name}`; {listing}"
-                            ));
-                        }
-                    }
-                }
-                KeyPlan::Template(pieces, lit.span())
+/// A template's placeholders name arguments (or `self` of a method); a
+/// default key needs every argument named and no receiver. A template with
+/// a problem plans a default key: the fallback's helpers then take every
+/// argument, the likeliest thing their callers pass.
+fn check_key(
+    template: Option<&LitStr>,
+    vary: Option<&(Span, Vec<Ident>)>,
+    func: &ItemFn,
+    arguments: &Arguments,
+    errs: &mut Errors,
+) -> KeyPlan {
+    let fn_name = &func.sig.ident;
+    let names = arguments.names();
+    let Some(lit) = template else {
+        if let Some((span, shown)) = arguments.receiver {
+            let vary: Vec<String> = vary
+                .iter()
+                .flat_map(|(_, idents)| idents.iter().map(Ident::to_string))
+                .collect();
+            errs.at(span, receiver_needs_a_key(func, shown, &names, &vary));
+        }
+        for span in &arguments.unnamed {
+            errs.at(
+                *span,
+                "without `key = \"...\"` every argument goes into the key, so each needs a name; \
+                 bind it to a name or write a key template",
+            );
+        }
+        return KeyPlan::Default;
+    };
+    let pieces = match template::parse(&lit.value()) {
+        Ok(pieces) => pieces,
+        Err(problems) => {
+            for p in problems {
+                errs.at(lit.span(), p);
             }
-            Err(problems) => {
-                for p in problems {
-                    errs.at(lit.span(), p);
-                }
-                KeyPlan::Default
-            }
-        },
-        None => {
-            if let Some((span, shown)) = receiver {
-                let vary: Vec<String> = args
-                    .vary
-                    .iter()
-                    .flat_map(|(_, idents)| idents.iter().map(Ident::to_string))
-                    .collect();
-                errs.at(span, receiver_needs_a_key(func, shown, &names, &vary));
-            }
-            for span in &unnamed {
-                errs.at(
-                    *span,
-                    "without `key = \"...\"` every argument goes into the key, so each needs a name; \
-                     bind it to a name or write a key template",
-                );
-            }
-            KeyPlan::Default
+            return KeyPlan::Default;
         }
     };
-
-    // Vary.
-    let mut vary = Vec::new();
-    if let Some((_, idents)) = args.vary {
-        for ident in idents {
-            let s = ident.to_string();
-            if vary.contains(&ident) {
-                errs.at(ident.span(), format!("`{s}` is listed twice in `vary`"));
-            } else if !names.contains(&s) {
+    let mut sound = true;
+    for p in &pieces {
+        if let Piece::Placeholder { root, .. } = p {
+            if root == "self" {
+                if arguments.receiver.is_none() {
+                    sound = false;
+                    errs.at(
+                        lit.span(),
+                        format!(
+                            "`{{self...}}` in the key, but `{fn_name}` has no `&self` receiver"
+                        ),
+                    );
+                }
+            } else if !names.contains(root) {
+                sound = false;
                 errs.at(
-                    ident.span(),
-                    format!("`vary = {s}` does not name an argument of `{fn_name}`; {listing}"),
-                );
-            }
-            vary.push(ident);
-        }
-    }
-
-    // TTL.
-    let ttl_ms = match &args.ttl {
-        None => None,
-        Some(ttl) => match ttl_millis(ttl) {
-            Ok(ms) => Some(ms),
-            Err(msg) => {
-                errs.at(ttl.span(), msg);
-                None
-            }
-        },
-    };
-
-    let stale_ms = match &args.stale {
-        None => None,
-        Some(stale) => match ttl_millis(stale) {
-            Ok(ms) => Some(ms),
-            Err(msg) => {
-                errs.at(
-                    stale.span(),
-                    msg.replace("`ttl`", "`stale`")
-                        .replace("ttl = ", "stale = "),
-                );
-                None
-            }
-        },
-    };
-
-    let early = match &args.early {
-        None => None,
-        Some((span, digits)) => match digits.parse::<f64>() {
-            Ok(beta) if beta.is_finite() && beta > 0.0 => Some(beta),
-            _ => {
-                errs.at(
-                    *span,
-                    "`early` must be a positive number (XFetch's beta): `early = 1.0`",
-                );
-                None
-            }
-        },
-    };
-
-    // A refresh runs the body in a spawned task: it cannot borrow.
-    let refreshing = match (&args.stale, &args.early) {
-        (Some(_), _) => Some("stale"),
-        (None, Some(_)) => Some("early"),
-        (None, None) => None,
-    };
-    if let Some(what) = refreshing {
-        for input in &sig.inputs {
-            let borrowed = match input {
-                FnArg::Receiver(r) => r.reference.is_some(),
-                FnArg::Typed(pt) => matches!(&*pt.ty, Type::Reference(_)),
-            };
-            if borrowed {
-                errs.at(
-                    input.span(),
+                    lit.span(),
                     format!(
-                        "`{what}` refreshes in a background task, so the function's arguments must \
-                         be owned: take `String` instead of `&str` (methods on `&self` cannot use it)"
+                        "`{{{root}}}` in the key does not name an argument of `{fn_name}`; {}",
+                        arguments.listing()
                     ),
                 );
             }
         }
     }
+    if sound {
+        KeyPlan::Template(pieces, lit.span())
+    } else {
+        KeyPlan::Default
+    }
+}
 
-    let version = match &args.version {
-        None => 0,
-        Some(lit) => match lit.base10_parse::<u32>() {
-            Ok(v) => v,
-            Err(_) => {
-                errs.at(lit.span(), "`version` must fit in a u32: `version = 2`");
-                0
-            }
-        },
-    };
-
-    // Return type.
-    let (fallible, value_ty) = match &sig.output {
-        ReturnType::Default => {
+/// Each `vary` name is an argument, listed once.
+fn check_vary(
+    vary: Option<(Span, Vec<Ident>)>,
+    arguments: &Arguments,
+    fn_name: &Ident,
+    errs: &mut Errors,
+) -> Vec<Ident> {
+    let names = arguments.names();
+    let mut checked: Vec<Ident> = Vec::new();
+    for ident in vary.map(|(_, idents)| idents).unwrap_or_default() {
+        let s = ident.to_string();
+        if checked.contains(&ident) {
+            errs.at(ident.span(), format!("`{s}` is listed twice in `vary`"));
+        } else if !names.contains(&s) {
             errs.at(
-                sig.ident.span(),
+                ident.span(),
                 format!(
-                    "`{fn_name}` returns nothing, so there is nothing to cache; return the value"
+                    "`vary = {s}` does not name an argument of `{fn_name}`; {}",
+                    arguments.listing()
                 ),
             );
-            (false, None)
         }
-        ReturnType::Type(_, ty) => {
-            if let Type::ImplTrait(it) = &**ty {
-                errs.at(
-                    it.span(),
-                    "#[cached] needs a concrete return type to store, not `impl Trait`",
-                );
-            }
-            match result_ok_type(ty) {
-                Some(ok) => (true, ok),
-                None => (false, Some((**ty).clone())),
-            }
-        }
-    };
+        checked.push(ident);
+    }
+    checked
+}
 
-    // Ids.
-    let ids = match args.ids {
-        None => None,
-        Some((span, expr)) => {
-            if !fallible {
-                let at = match &sig.output {
-                    ReturnType::Type(_, ty) => ty.span(),
-                    ReturnType::Default => span,
-                };
-                errs.at(
-                    at,
-                    "`ids` needs a fallible return, `Result<Vec<T>, E>` or `Result<Option<T>, E>` \
-                     with `T: CacheId`: a hit fetches the objects by id, which can fail",
-                );
-            }
-            if fallible && value_ty.is_none() {
-                errs.at(
-                    span,
-                    "`ids` needs the `Ok` type named in the signature: `Result<Vec<Book>, E>`",
-                );
-            }
-            match expr {
-                syn::Expr::Closure(c) if c.inputs.len() != 1 => {
-                    errs.at(
-                        c.span(),
-                        "the `ids` closure takes one argument, the stored ids (a `Vec` of `T::Id`): \
-                         `ids = |ids| Book::by_ids(&pool, &ids)`",
-                    );
-                    None
-                }
-                syn::Expr::Closure(c) => Some(Hydrator::Closure {
-                    pat: Box::new(c.inputs.into_iter().next().expect("one input")),
-                    body: c.body,
-                    is_async: c.asyncness.is_some(),
-                }),
-                other => Some(Hydrator::Call(other)),
-            }
+/// `ttl` / `stale`: a positive duration in the grammar the runtime's URLs
+/// use (`cacheduration`).
+fn check_duration(name: &str, arg: Option<&TtlArg>, errs: &mut Errors) -> Option<Duration> {
+    let arg = arg?;
+    match duration(name, arg) {
+        Ok(d) => Some(d),
+        Err(msg) => {
+            errs.at(arg.span(), msg);
+            None
         }
-    };
+    }
+}
 
-    errs.finish()?;
-    Ok(Plan {
-        key,
-        ttl_ms,
-        version,
-        stale_ms,
-        early,
-        vary,
-        cache: args.cache,
-        fallible,
-        value_ty,
-        ids,
-        params,
-        has_receiver,
+/// The duration of `name = <arg>`, or what to write instead. `ttl = 300`
+/// reads as `ttl = "300"`.
+fn duration(name: &str, arg: &TtlArg) -> Result<Duration, String> {
+    let d = match arg {
+        TtlArg::Seconds(lit) => cacheduration::parse(lit.base10_digits()).ok_or_else(|| {
+            format!("`{name}` must be a whole number of seconds, e.g. `{name} = 3600`")
+        })?,
+        TtlArg::Text(lit) => cacheduration::parse(&lit.value()).ok_or_else(|| {
+            format!(
+                "`{}` is not a duration; write seconds (`{name} = 3600`) or a string like \"90s\", \"10m\", \"1h\", \"1h30m\", \"500ms\"",
+                lit.value()
+            )
+        })?,
+    };
+    if d.is_zero() {
+        return Err(format!(
+            "`{name}` must be greater than zero; to switch caching off use `Cache::disabled()`"
+        ));
+    }
+    Ok(d)
+}
+
+/// `early`: XFetch's beta, a positive number.
+fn check_early(early: Option<(Span, String)>, errs: &mut Errors) -> Option<f64> {
+    let (span, digits) = early?;
+    match digits.parse::<f64>() {
+        Ok(beta) if beta.is_finite() && beta > 0.0 => Some(beta),
+        _ => {
+            errs.at(
+                span,
+                "`early` must be a positive number (XFetch's beta): `early = 1.0`",
+            );
+            None
+        }
+    }
+}
+
+/// `version`: fits the envelope's u32.
+fn check_version(version: Option<&LitInt>, errs: &mut Errors) -> u32 {
+    let Some(lit) = version else { return 0 };
+    lit.base10_parse::<u32>().unwrap_or_else(|_| {
+        errs.at(lit.span(), "`version` must fit in a u32: `version = 2`");
+        0
+    })
+}
+
+/// A refresh (`what` is `stale` or `early`) runs the body in a spawned
+/// task: it cannot borrow.
+fn check_owned_for_refresh(sig: &Signature, what: &str, errs: &mut Errors) {
+    for input in &sig.inputs {
+        let borrowed = match input {
+            FnArg::Receiver(r) => r.reference.is_some(),
+            FnArg::Typed(pt) => matches!(&*pt.ty, Type::Reference(_)),
+        };
+        if borrowed {
+            errs.at(
+                input.span(),
+                format!(
+                    "`{what}` refreshes in a background task, so the function's arguments must \
+                     be owned: take `String` instead of `&str` (methods on `&self` cannot use it)"
+                ),
+            );
+        }
+    }
+}
+
+/// The return type: something concrete to store; with `ids`, a `Result`
+/// whose `Ok` type is named, and a hydrator taking one argument. `None`
+/// only after an error.
+fn check_shape(sig: &Signature, ids: Option<(Span, Expr)>, errs: &mut Errors) -> Option<Shape> {
+    let ReturnType::Type(_, ty) = &sig.output else {
+        errs.at(
+            sig.ident.span(),
+            format!(
+                "`{}` returns nothing, so there is nothing to cache; return the value",
+                sig.ident
+            ),
+        );
+        return None;
+    };
+    if let Type::ImplTrait(it) = &**ty {
+        errs.at(
+            it.span(),
+            "#[cached] needs a concrete return type to store, not `impl Trait`",
+        );
+    }
+    let ok = result_ok_type(ty);
+    let Some((name_span, expr)) = ids else {
+        return Some(match ok {
+            Some(ok) => Shape::Ok(ok),
+            None => Shape::Value((**ty).clone()),
+        });
+    };
+    let ok = match ok {
+        None => {
+            errs.at(
+                ty.span(),
+                "`ids` needs a fallible return, `Result<Vec<T>, E>` or `Result<Option<T>, E>` \
+                 with `T: CacheId`: a hit fetches the objects by id, which can fail",
+            );
+            None
+        }
+        Some(None) => {
+            errs.at(
+                name_span,
+                "`ids` needs the `Ok` type named in the signature: `Result<Vec<Book>, E>`",
+            );
+            None
+        }
+        Some(Some(ok)) => Some(ok),
+    };
+    let hydrator = match expr {
+        Expr::Closure(c) if c.inputs.len() != 1 => {
+            errs.at(
+                c.span(),
+                "the `ids` closure takes one argument, the stored ids (a `Vec` of `T::Id`): \
+                 `ids = |ids| Book::by_ids(&pool, &ids)`",
+            );
+            None
+        }
+        Expr::Closure(c) => Some(Hydrator::Closure {
+            pat: Box::new(c.inputs.into_iter().next().expect("one input")),
+            body: c.body,
+            is_async: c.asyncness.is_some(),
+        }),
+        other => Some(Hydrator::Call(other)),
+    };
+    Some(Shape::Ids {
+        ty: ok?,
+        hydrator: hydrator?,
     })
 }
 
@@ -390,7 +540,7 @@ struct SelfFields(Vec<String>);
 
 impl<'ast> Visit<'ast> for SelfFields {
     fn visit_expr_field(&mut self, e: &'ast syn::ExprField) {
-        if let syn::Expr::Path(p) = &*e.base {
+        if let Expr::Path(p) = &*e.base {
             if p.path.is_ident("self") {
                 let field = match &e.member {
                     syn::Member::Named(ident) => ident.to_string(),
@@ -423,62 +573,26 @@ fn result_ok_type(ty: &Type) -> Option<Option<Type>> {
     Some(ok)
 }
 
-fn ttl_millis(ttl: &TtlArg) -> Result<u64, String> {
-    let ms = match ttl {
-        TtlArg::Seconds(lit) => lit
-            .base10_parse::<u64>()
-            .ok()
-            .and_then(|s| s.checked_mul(1000))
-            .ok_or_else(|| "`ttl` must be a whole number of seconds, e.g. `ttl = 3600`".to_owned())?,
-        TtlArg::Text(lit) => parse_duration_ms(&lit.value()).ok_or_else(|| {
-            format!(
-                "`{}` is not a duration; write seconds (`ttl = 3600`) or a string like \"90s\", \"10m\", \"1h\", \"1h30m\", \"500ms\"",
-                lit.value()
-            )
-        })?,
-    };
-    if ms == 0 {
-        return Err(
-            "`ttl` must be greater than zero; to switch caching off use `Cache::disabled()`".into(),
-        );
-    }
-    Ok(ms)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The runtime's duration grammar (`cacheruntime::url::parse_duration`),
-/// checked here at compile time.
-fn parse_duration_ms(text: &str) -> Option<u64> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return secs.checked_mul(1000);
-    }
-    if text.is_empty() {
-        return None;
-    }
-    let mut total: u64 = 0;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return None;
+    /// The macro reads `ttl = "..."` with the runtime's grammar: every
+    /// example of `cacheduration` gives the listed duration (or an error),
+    /// and bare seconds read like their text.
+    #[test]
+    fn ttl_reads_the_shared_grammar() {
+        for &(text, expected) in cacheduration::EXAMPLES {
+            let lit = TtlArg::Text(LitStr::new(text, Span::call_site()));
+            let read = duration(args::TTL, &lit).ok();
+            let expected = expected.filter(|d| !d.is_zero());
+            assert_eq!(read, expected, "ttl = {text:?}");
         }
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let per = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return None,
-        };
-        total = total.checked_add(n.checked_mul(per)?)?;
-        rest = &rest[unit_len..];
+        let seconds = TtlArg::Seconds(LitInt::new("300", Span::call_site()));
+        assert_eq!(duration(args::TTL, &seconds), Ok(Duration::from_secs(300)));
+        let zero = TtlArg::Seconds(LitInt::new("0", Span::call_site()));
+        assert!(duration(args::TTL, &zero)
+            .unwrap_err()
+            .contains("greater than zero"));
     }
-    Some(total)
 }

@@ -1,4 +1,13 @@
 //! What `#[cached]` expands to. Not public API: no stability promise.
+//!
+//! This module is the whole contract between the macro and the runtime:
+//! generated code names nothing else of the crate but `Cache` and `Error`.
+//! It gets a `Site` static, a `KeyBuilder`, a `Memo` picked by `Probe`, then
+//! calls `local_hit` (a `Fast::Hit` returns at once) and, on anything else,
+//! one of the four `cached_*` entry points with the `Fast` unopened. Every
+//! bound on the stored type is [`Cacheable`], so one unmet bound is one
+//! error at the return type. Engine details (refresh jobs, calls, tickets)
+//! stay behind these functions, so the engine changes without the macro.
 
 use std::future::Future;
 
@@ -13,9 +22,26 @@ pub use crate::ids::{assert_id_shape, clone_for_refresh, store_ids, IdShape, IdS
 pub use crate::key::KeyBuilder;
 pub use crate::memo::{Memo, Probe, ViaClone, ViaDecode};
 pub use crate::policy::Policy;
-pub use crate::refresh::{spawn_refresh, RefreshJob};
+use crate::refresh::{spawn_refresh, RefreshJob};
 pub use crate::site::Site;
 use crate::Cache;
+
+/// What a `#[cached]` function's stored value needs. Every bound the
+/// generated code puts on that type goes through this one trait, and the
+/// calls carrying it are spanned at the type in the signature: a type
+/// without `Serialize` or `Deserialize` gives one error, there, saying what
+/// to derive.
+#[diagnostic::on_unimplemented(
+    message = "`#[cached]` cannot store `{Self}`: it needs `serde::Serialize` and `serde::Deserialize`",
+    label = "the cached value: it is stored serialized",
+    note = "derive both where they are missing: `#[derive(serde::Serialize, serde::Deserialize)]`; for a type from another crate, see whether the crate has a `serde` feature"
+)]
+pub trait Cacheable: Serialize + DeserializeOwned {}
+
+/// Any serde type. `do_not_recommend`: a missing impl is reported as
+/// `Cacheable` (the message above), not as the serde bound behind it.
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + DeserializeOwned> Cacheable for T {}
 
 /// A key builder that starts with the cache's namespace.
 #[inline]
@@ -31,7 +57,7 @@ pub fn key_for(cache: &Cache) -> KeyBuilder {
 /// The synchronous hit path `#[cached]` tries first: in-process stores
 /// answer here without building the async machinery.
 #[inline]
-pub fn local_hit<T: DeserializeOwned>(
+pub fn local_hit<T: Cacheable>(
     cache: &Cache,
     site: &'static Site,
     key: &KeyBuilder,
@@ -92,7 +118,7 @@ pub async fn cached_value<T, F>(
     body: F,
 ) -> T
 where
-    T: Serialize + DeserializeOwned,
+    T: Cacheable,
     F: Future<Output = T>,
 {
     run(
@@ -119,7 +145,7 @@ pub async fn cached_result<T, E, F>(
     body: F,
 ) -> Result<T, E>
 where
-    T: Serialize + DeserializeOwned,
+    T: Cacheable,
     F: Future<Output = Result<T, E>>,
 {
     run(cache, site, key, memo, first, body, None).await
@@ -174,9 +200,6 @@ impl<T> KeyDisplay for KeyArg<'_, T> {
         key.value(self.1);
     }
 }
-
-/// Checks at the return type's span that the cached value is storable.
-pub fn assert_cacheable<T: Serialize + DeserializeOwned>() {}
 
 /// The default key's prefix for the helpers `<name>_cache_key` and
 /// `<name>_invalidate` (`helper`), computed on the spot: `probe` is a
@@ -237,7 +260,7 @@ pub async fn cached_value_refreshing<T, F>(
     body: F,
 ) -> T
 where
-    T: Serialize + DeserializeOwned + Send + 'static,
+    T: Cacheable + Send + 'static,
     F: Future<Output = T> + Send + 'static,
 {
     let body = async move { Always(body.await) };
@@ -257,7 +280,7 @@ pub async fn cached_result_refreshing<T, E, F>(
     body: F,
 ) -> Result<T, E>
 where
-    T: Serialize + DeserializeOwned + Send + 'static,
+    T: Cacheable + Send + 'static,
     E: Send + 'static,
     F: Future<Output = Result<T, E>> + Send + 'static,
 {

@@ -243,41 +243,11 @@ mod scrub {
     }
 }
 
-/// Parses `300`, `"90s"`, `"10m"`, `"1h30m"`, `"250ms"`, `"1d"`.
+/// Parses `300`, `"90s"`, `"10m"`, `"1h30m"`, `"250ms"`, `"1d"`: the
+/// grammar `#[cached(ttl = ...)]` checks at compile time, from the one
+/// implementation both use (the `cacheduration` crate).
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return None;
-        }
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60)?),
-            "h" => Duration::from_secs(n.checked_mul(3600)?),
-            "d" => Duration::from_secs(n.checked_mul(86_400)?),
-            _ => return None,
-        };
-        total = total.checked_add(unit)?;
-        rest = &rest[unit_len..];
-    }
-    Some(total)
+    cacheduration::parse(text)
 }
 
 /// A parsed cache URL: its scheme, user info, hosts and path as written
