@@ -10,7 +10,7 @@ use cacheruntime::backend::Backend;
 use cacheruntime::backends::memcached::{MemcachedBackend, MemcachedConfig};
 use cacheruntime::{cached, Cache, Error};
 use futures::StreamExt as _;
-use support::MemcachedServer;
+use support::{MemcachedServer, StallProxy};
 
 #[derive(Debug, PartialEq)]
 struct Upstream;
@@ -786,4 +786,112 @@ async fn a_pool_that_cannot_be_placed_says_why() {
     .unwrap();
     let err = twice.get::<i32>("k").await.unwrap_err().to_string();
     assert!(err.contains("are one server"), "{err}");
+}
+
+// ------------------------------------------- quorum copies of the counters
+
+/// Calls `get` on `key` until the server behind `proxy` has failed often
+/// enough for its breaker to open: each call needing it waits out the op
+/// timeout while it is stalled.
+async fn trip_breaker(cache: &Cache, key: &str, threshold: u32) {
+    for _ in 0..threshold + 1 {
+        let _ = cache.get::<String>(key).await;
+    }
+}
+
+/// Review finding (double fault): a pool of two servers behind stall
+/// proxies. The server holding the entry stalls until its breaker opens;
+/// the prefix is invalidated, which can reach only the other server's copy
+/// of its counter; the first server comes back (its copy never bumped) and
+/// the second stalls, so a read sees only the first server.
+///
+/// Before: the invalidation returned `Ok` having bumped one copy, and the
+/// read served the value written before it. Now, on two servers, an
+/// invalidation needs both copies (it returns `Err`, saying to retry, and
+/// the caller retries until `Ok`); on three it needs two of three, and a
+/// read takes the greatest of at least two copies, so neither pool serves
+/// the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_double_fault_never_serves_an_invalidated_value() {
+    let mut failures = Vec::new();
+    for pool in [2usize, 3] {
+        let servers: Vec<MemcachedServer> = (0..pool).map(|_| MemcachedServer::start()).collect();
+        let proxies: Vec<StallProxy> = servers.iter().map(|s| StallProxy::start(s.port)).collect();
+        let threshold = 3;
+        let cache = Cache::builder()
+            .backend(
+                MemcachedBackend::new(
+                    MemcachedConfig::new(proxies.iter().map(StallProxy::addr))
+                        .circuit_breaker(threshold, Duration::from_millis(300)),
+                )
+                .unwrap(),
+            )
+            .op_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let key = "df:k";
+        let ttl = Duration::from_secs(600);
+        cache.set(key, &"old".to_string(), ttl).await.unwrap();
+        assert_eq!(
+            cache.get::<String>(key).await.unwrap().as_deref(),
+            Some("old")
+        );
+        // The first fault: the entry's server stalls until its breaker opens.
+        let first = servers
+            .iter()
+            .position(|s| memcached_keys(s.port).iter().any(|k| k == "v:df:k"))
+            .expect("the entry is on one of the servers");
+        proxies[first].stall();
+        trip_breaker(&cache, key, threshold).await;
+        let invalidated = cache.invalidate_prefix("df:").await;
+        if pool == 2 && invalidated.is_ok() {
+            failures.push(format!(
+                "pool of {pool}: the invalidation reached one of two copies and returned Ok"
+            ));
+        }
+        if let Err(e) = &invalidated {
+            let said = e.to_string();
+            if pool == 2 && !said.contains("retry") {
+                failures.push(format!(
+                    "pool of {pool}: the error does not say to retry: {said}"
+                ));
+            }
+            if pool == 3 {
+                failures.push(format!("pool of {pool}: one server down failed it: {said}"));
+            }
+        }
+        // The first server comes back; a caller that was told the
+        // invalidation may not have happened retries it until it lands.
+        proxies[first].resume();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut landed = invalidated.is_ok();
+        while !landed {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            landed = cache.invalidate_prefix("df:").await.is_ok();
+            assert!(
+                Instant::now() < deadline,
+                "pool of {pool}: the retry never landed"
+            );
+        }
+        // Every server answers again (the first one's breaker closed).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.get::<String>(key).await.is_err() {
+            assert!(Instant::now() < deadline, "pool of {pool}: not back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The second fault: another server stalls until its breaker opens.
+        let second = (first + 1) % pool;
+        proxies[second].stall();
+        trip_breaker(&cache, key, threshold).await;
+        for _ in 0..3 {
+            if let Ok(Some(v)) = cache.get::<String>(key).await {
+                failures.push(format!(
+                    "pool of {pool}: served {v:?} after the invalidation"
+                ));
+                break;
+            }
+        }
+        proxies[second].resume();
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
