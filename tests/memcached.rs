@@ -895,3 +895,93 @@ async fn a_double_fault_never_serves_an_invalidated_value() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Review finding F4: a name lookup slower than the op timeout while the
+/// pool is set up. Before, the op timeout cancelled the setup before a
+/// failure was recorded, so every call started a new blocking lookup and
+/// waited out the op timeout. Now one setup runs in the background, which
+/// no caller's timeout cancels; once a caller has given up on it, calls
+/// fail at once until it ends; a failed setup is recorded and calls fail
+/// at once for a cool-down, then one starts another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_lookup_sets_the_pool_up_once_and_calls_fail_fast_meanwhile() {
+    use std::net::ToSocketAddrs as _;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let server = MemcachedServer::start();
+    let lookups = Arc::new(AtomicUsize::new(0));
+    let fail = Arc::new(AtomicBool::new(true));
+    let lookup = Duration::from_millis(1000);
+    let config = MemcachedConfig::new([format!("localhost:{}", server.port)])
+        .circuit_breaker(5, Duration::from_millis(500))
+        .resolver({
+            let (lookups, fail) = (lookups.clone(), fail.clone());
+            move |addr| {
+                lookups.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(lookup);
+                if fail.load(Ordering::SeqCst) {
+                    return Err(std::io::Error::other("the name server timed out"));
+                }
+                addr.to_socket_addrs().map(Iterator::collect)
+            }
+        });
+    let cache = Cache::builder()
+        .backend(MemcachedBackend::new(config).unwrap())
+        .op_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let mut problems = Vec::new();
+    // A lookup that ends in failure, then one that succeeds, both slow.
+    for (round, ends_in) in ["failure", "success"].into_iter().enumerate() {
+        let started = Instant::now();
+        // The call that starts the setup waits for it up to its op timeout.
+        let first = cache.get::<i32>("dns:k").await;
+        assert!(first.is_err(), "{ends_in}: {first:?}");
+        // Then calls fail at once while it runs, and start no lookup.
+        let mut slowest = Duration::ZERO;
+        while started.elapsed() < lookup - Duration::from_millis(200) {
+            let call = Instant::now();
+            assert!(cache.get::<i32>("dns:k").await.is_err());
+            slowest = slowest.max(call.elapsed());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if slowest > Duration::from_millis(50) {
+            problems.push(format!(
+                "{ends_in}: a call during the lookup took {slowest:?}"
+            ));
+        }
+        let n = lookups.load(Ordering::SeqCst);
+        if n != round + 1 {
+            problems.push(format!(
+                "{ends_in}: {n} lookups started (expected {})",
+                round + 1
+            ));
+        }
+        tokio::time::sleep(lookup).await;
+        if round == 0 {
+            // The failure is recorded: calls fail at once for a cool-down.
+            let call = Instant::now();
+            let err = cache.get::<i32>("dns:k").await.unwrap_err();
+            if !matches!(err, Error::CircuitOpen { .. })
+                || call.elapsed() > Duration::from_millis(50)
+            {
+                problems.push(format!("after the failure: {err} in {:?}", call.elapsed()));
+            }
+            fail.store(false, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+    }
+    // Set up: served, with no further lookup.
+    let served = match cache.set("dns:k", &7, Duration::from_secs(60)).await {
+        Ok(()) => cache.get::<i32>("dns:k").await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if served != Ok(Some(7)) {
+        problems.push(format!("once set up: {served:?}"));
+    }
+    let n = lookups.load(Ordering::SeqCst);
+    if n != 2 {
+        problems.push(format!("{n} lookups in all (expected 2)"));
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}

@@ -17,6 +17,8 @@
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 
+use super::config::Resolver;
+
 /// Memcached's port, for a server written without one.
 const DEFAULT_PORT: u16 = 11211;
 
@@ -102,16 +104,20 @@ pub(super) fn with_port(server: &str) -> String {
 /// resolves to, as `ip:port`: its lowest IPv4 address, or its lowest IPv6
 /// one when it has no IPv4 address. So `localhost:11211` and
 /// `127.0.0.1:11211` are one server, in every process that resolves
-/// `localhost` alike.
-pub(super) async fn identity(server: &str) -> io::Result<String> {
+/// `localhost` alike. Names are looked up on a blocking thread, with
+/// `resolver` when given (tests), else the system's resolver.
+pub(super) async fn identity(server: &str, resolver: Option<&Resolver>) -> io::Result<String> {
     if let Ok(addr) = server.parse::<SocketAddr>() {
         return Ok(addr.to_string());
     }
     let owned = server.to_owned();
-    let addrs: Vec<SocketAddr> =
-        tokio::task::spawn_blocking(move || owned.to_socket_addrs().map(Iterator::collect))
-            .await
-            .map_err(io::Error::other)??;
+    let resolver = resolver.cloned();
+    let addrs: Vec<SocketAddr> = tokio::task::spawn_blocking(move || match resolver {
+        Some(resolve) => resolve(&owned),
+        None => owned.to_socket_addrs().map(Iterator::collect),
+    })
+    .await
+    .map_err(io::Error::other)??;
     chosen(&addrs)
         .map(|addr| addr.to_string())
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "it resolved to no address"))
@@ -230,13 +236,13 @@ mod tests {
     #[tokio::test]
     async fn localhost_and_its_address_are_one_server() {
         assert_eq!(
-            identity("127.0.0.1:11211").await.unwrap(),
+            identity("127.0.0.1:11211", None).await.unwrap(),
             "127.0.0.1:11211"
         );
         assert_eq!(
-            identity("localhost:11211").await.unwrap(),
+            identity("localhost:11211", None).await.unwrap(),
             "127.0.0.1:11211"
         );
-        assert!(identity("no-such-host.invalid:1").await.is_err());
+        assert!(identity("no-such-host.invalid:1", None).await.is_err());
     }
 }
