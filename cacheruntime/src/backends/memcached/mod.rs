@@ -73,6 +73,7 @@ mod counters;
 mod keys;
 mod ring;
 mod servers;
+mod setup;
 
 use std::fmt;
 use std::time::Duration;
@@ -83,10 +84,10 @@ use memcache::exp::{Arithmetic, Delete, Get, Meta, MutationStatus, Op, OpResult,
 pub use self::config::MemcachedConfig;
 use self::counters::{current_entry, every_counter_read, stamp, Layout, Seen};
 use self::keys::{lock_key, prefix_counter_key};
-use self::servers::{now_ms, Pool};
+use self::servers::Pool;
+use self::setup::Setup;
 use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
 use crate::backends::generations::{seed, wrap_entry};
-use crate::breaker::Breaker;
 use crate::clock::Clock;
 use crate::url::redact;
 use crate::Error;
@@ -96,11 +97,8 @@ const NAME: &str = "memcached";
 /// A Memcached store; see the module docs.
 pub struct MemcachedBackend {
     config: MemcachedConfig,
-    pool: tokio::sync::OnceCell<Pool>,
-    /// Setting the pool up (resolving every server) failed recently: calls
-    /// fail at once for a cool-down rather than each retrying a lookup
-    /// that may hang.
-    setup: Breaker,
+    /// The pool, set up in the background (`setup.rs`).
+    setup: Setup,
     clock: Clock,
 }
 
@@ -136,31 +134,14 @@ impl MemcachedBackend {
     pub fn new(config: MemcachedConfig) -> Result<Self, Error> {
         config.check()?;
         Ok(MemcachedBackend {
-            setup: Breaker::new(1, config.breaker_cool_down),
+            setup: Setup::new(config.clone()),
             config,
-            pool: tokio::sync::OnceCell::new(),
             clock: Clock::system(),
         })
     }
 
     async fn pool(&self) -> Result<&Pool, Error> {
-        if let Some(pool) = self.pool.get() {
-            return Ok(pool);
-        }
-        if !self.setup.allow(now_ms()) {
-            return Err(Error::CircuitOpen { backend: NAME });
-        }
-        let pool = self
-            .pool
-            .get_or_try_init(|| Pool::connect(&self.config))
-            .await;
-        match pool {
-            Ok(_) => self.setup.success(),
-            Err(_) => {
-                self.setup.failure(now_ms());
-            }
-        }
-        pool
+        self.setup.pool().await
     }
 
     /// An entry's TTL as Memcached keeps it: whole seconds, at least one,
