@@ -177,13 +177,13 @@ async fn keys_spread_over_several_servers_and_stay_readable() {
             Some(i)
         );
     }
-    // Each key is five items: its entry (on the server its whole key maps
-    // to) and two copies (on two servers) of its prefix's counter and of
-    // its own. Placed by hashing, they spread over the three servers.
+    // Each key is seven items: its entry (on the server its whole key maps
+    // to) and three copies (one per server, on a pool of three) of its
+    // prefix's counter and of its own.
     let per_server: Vec<u64> = servers.iter().map(|s| s.items()).collect();
-    assert_eq!(per_server.iter().sum::<u64>(), 300, "{per_server:?}");
+    assert_eq!(per_server.iter().sum::<u64>(), 420, "{per_server:?}");
     assert!(
-        per_server.iter().all(|&n| (70..130).contains(&n)),
+        per_server.iter().all(|&n| n >= 120 + 10),
         "spread: {per_server:?}"
     );
     // The entries alone spread too.
@@ -445,7 +445,7 @@ async fn one_dead_server_leaves_the_keys_of_the_others_cached() {
     }
     let rate = f64::from(hits) / f64::from(asked);
     assert!(
-        rate >= 0.95,
+        hits == asked,
         "hit rate on the keys of the healthy servers fell to {rate:.2} ({hits} of {asked})"
     );
     assert!(
@@ -790,13 +790,85 @@ async fn a_pool_that_cannot_be_placed_says_why() {
 
 // ------------------------------------------- quorum copies of the counters
 
-/// Calls `get` on `key` until the server behind `proxy` has failed often
-/// enough for its breaker to open: each call needing it waits out the op
-/// timeout while it is stalled.
-async fn trip_breaker(cache: &Cache, key: &str, threshold: u32) {
-    for _ in 0..threshold + 1 {
+/// Breakers of the pools behind stall proxies: open after this many
+/// failures of a server, for 300 ms.
+const THRESHOLD: u32 = 3;
+
+/// A pool of `n` servers, each behind a stall proxy, and a cache on it
+/// (op timeout 200 ms).
+fn proxied_pool(n: usize) -> (Vec<MemcachedServer>, Vec<StallProxy>, Cache) {
+    let servers: Vec<MemcachedServer> = (0..n).map(|_| MemcachedServer::start()).collect();
+    let proxies: Vec<StallProxy> = servers.iter().map(|s| StallProxy::start(s.port)).collect();
+    let cache = Cache::builder()
+        .backend(
+            MemcachedBackend::new(
+                MemcachedConfig::new(proxies.iter().map(StallProxy::addr))
+                    .circuit_breaker(THRESHOLD, Duration::from_millis(300)),
+            )
+            .unwrap(),
+        )
+        .op_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    (servers, proxies, cache)
+}
+
+/// Calls `get` on `key` until a stalled server it needs has failed often
+/// enough for its breaker to open (each call waits out the op timeout).
+async fn trip_breaker(cache: &Cache, key: &str) {
+    for _ in 0..THRESHOLD + 1 {
         let _ = cache.get::<String>(key).await;
     }
+}
+
+/// Writes `value` under `key`, retrying: the first calls also connect, on
+/// a busy machine, within a 200 ms op timeout.
+async fn write_retrying(cache: &Cache, key: &str, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache
+        .set(key, &value.to_string(), Duration::from_secs(600))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "no write of {key}");
+    }
+}
+
+/// Waits until every server answers `key`'s reads again.
+async fn until_answered(cache: &Cache, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache.get::<String>(key).await.is_err() {
+        assert!(Instant::now() < deadline, "{key}: not answered again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The index of the server holding `name`.
+fn holder(servers: &[MemcachedServer], name: &str) -> usize {
+    servers
+        .iter()
+        .position(|s| memcached_ask(s.port, &format!("mg {name}\r\n")).starts_with("HD"))
+        .unwrap_or_else(|| panic!("{name} is on none of the servers"))
+}
+
+/// The value of `name` on the server on `port`, if there.
+fn stored(port: u16, name: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("get {name}\r\n").as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !out.ends_with(b"END\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "memcached closed the connection");
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.lines()
+        .nth(1)
+        .filter(|_| text.starts_with("VALUE"))
+        .map(str::to_owned)
 }
 
 /// Review finding (double fault): a pool of two servers behind stall
@@ -815,34 +887,17 @@ async fn trip_breaker(cache: &Cache, key: &str, threshold: u32) {
 async fn a_double_fault_never_serves_an_invalidated_value() {
     let mut failures = Vec::new();
     for pool in [2usize, 3] {
-        let servers: Vec<MemcachedServer> = (0..pool).map(|_| MemcachedServer::start()).collect();
-        let proxies: Vec<StallProxy> = servers.iter().map(|s| StallProxy::start(s.port)).collect();
-        let threshold = 3;
-        let cache = Cache::builder()
-            .backend(
-                MemcachedBackend::new(
-                    MemcachedConfig::new(proxies.iter().map(StallProxy::addr))
-                        .circuit_breaker(threshold, Duration::from_millis(300)),
-                )
-                .unwrap(),
-            )
-            .op_timeout(Duration::from_millis(200))
-            .build()
-            .unwrap();
+        let (servers, proxies, cache) = proxied_pool(pool);
         let key = "df:k";
-        let ttl = Duration::from_secs(600);
-        cache.set(key, &"old".to_string(), ttl).await.unwrap();
+        write_retrying(&cache, key, "old").await;
         assert_eq!(
             cache.get::<String>(key).await.unwrap().as_deref(),
             Some("old")
         );
         // The first fault: the entry's server stalls until its breaker opens.
-        let first = servers
-            .iter()
-            .position(|s| memcached_keys(s.port).iter().any(|k| k == "v:df:k"))
-            .expect("the entry is on one of the servers");
+        let first = holder(&servers, "v:df:k");
         proxies[first].stall();
-        trip_breaker(&cache, key, threshold).await;
+        trip_breaker(&cache, key).await;
         let invalidated = cache.invalidate_prefix("df:").await;
         if pool == 2 && invalidated.is_ok() {
             failures.push(format!(
@@ -874,22 +929,29 @@ async fn a_double_fault_never_serves_an_invalidated_value() {
             );
         }
         // Every server answers again (the first one's breaker closed).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cache.get::<String>(key).await.is_err() {
-            assert!(Instant::now() < deadline, "pool of {pool}: not back");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_answered(&cache, key).await;
         // The second fault: another server stalls until its breaker opens.
         let second = (first + 1) % pool;
         proxies[second].stall();
-        trip_breaker(&cache, key, threshold).await;
+        trip_breaker(&cache, key).await;
+        let mut answered = 0;
         for _ in 0..3 {
-            if let Ok(Some(v)) = cache.get::<String>(key).await {
-                failures.push(format!(
-                    "pool of {pool}: served {v:?} after the invalidation"
-                ));
-                break;
+            match cache.get::<String>(key).await {
+                Ok(Some(v)) => {
+                    failures.push(format!(
+                        "pool of {pool}: served {v:?} after the invalidation"
+                    ));
+                    break;
+                }
+                Ok(None) => answered += 1,
+                Err(_) => {}
             }
+        }
+        // The read was made, from the first server (and the third).
+        if answered == 0 && failures.is_empty() {
+            failures.push(format!(
+                "pool of {pool}: no read answered in the second fault"
+            ));
         }
         proxies[second].resume();
     }
@@ -987,4 +1049,51 @@ async fn a_slow_lookup_sets_the_pool_up_once_and_calls_fail_fast_meanwhile() {
         problems.push(format!("{n} lookups in all (expected 2)"));
     }
     assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// A bump that reached a majority but not every copy (one server stalled),
+/// then the loss of the copies it reached (their servers restarted): the
+/// copy it missed must not bring the old value back. The next read with
+/// every server up brings that copy up to the counter's value, in the
+/// background; before that repair, the entry written before the
+/// invalidation was served again once both servers had restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_copies_a_bump_reached_never_brings_the_old_value_back() {
+    let (mut servers, proxies, cache) = proxied_pool(3);
+    let key = "rp:k";
+    write_retrying(&cache, key, "old").await;
+    // The entry's server misses the invalidation, which reaches the others.
+    let missed = holder(&servers, "v:rp:k");
+    proxies[missed].stall();
+    trip_breaker(&cache, key).await;
+    cache.invalidate_prefix("rp:").await.unwrap();
+    proxies[missed].resume();
+    until_answered(&cache, key).await;
+    let reached: Vec<usize> = (0..3).filter(|&i| i != missed).collect();
+    let bumped = stored(servers[reached[0]].port, "g:rp:").expect("the bumped copy");
+    // A read with every server up repairs the copy the bump missed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored(servers[missed].port, "g:rp:").as_ref() != Some(&bumped) {
+        assert!(
+            Instant::now() < deadline,
+            "the missed copy was never repaired"
+        );
+        let _ = cache.get::<String>(key).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The servers the bump reached lose everything.
+    for &i in &reached {
+        servers[i].restart();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cache.get::<String>(key).await {
+            Ok(got) => {
+                assert_eq!(got, None, "the invalidated value came back");
+                break;
+            }
+            Err(_) => assert!(Instant::now() < deadline, "never answered"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -32,7 +32,7 @@ pub(super) struct Setup {
 
 struct Shared {
     config: MemcachedConfig,
-    pool: OnceLock<Pool>,
+    pool: OnceLock<Arc<Pool>>,
     /// Open for a cool-down after a failed setup.
     breaker: Breaker,
     state: Mutex<State>,
@@ -65,7 +65,7 @@ impl Setup {
 
     /// The pool, set up by a background task started by the first call
     /// (or the first after a failure's cool-down); see the module docs.
-    pub(super) async fn pool(&self) -> Result<&Pool, Error> {
+    pub(super) async fn pool(&self) -> Result<&Arc<Pool>, Error> {
         if let Some(pool) = self.shared.pool.get() {
             return Ok(pool);
         }
@@ -118,7 +118,7 @@ async fn set_up(shared: Arc<Shared>, done: watch::Sender<bool>) {
         let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
         match outcome {
             Ok(pool) => {
-                let _ = shared.pool.set(pool);
+                let _ = shared.pool.set(Arc::new(pool));
                 shared.breaker.success();
                 state.failure = None;
             }
