@@ -1097,3 +1097,70 @@ async fn losing_the_copies_a_bump_reached_never_brings_the_old_value_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// What servers down do, by pool size (README, Memcached): each counter has
+/// `min(3, servers)` copies; an invalidation needs a majority of them, a
+/// read the rest (one of two, two of three).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_servers_down_do_depends_on_the_pool_size() {
+    let mut problems = Vec::new();
+    for n in 1..=3usize {
+        let mut servers: Vec<MemcachedServer> = (0..n).map(|_| MemcachedServer::start()).collect();
+        let cache = Cache::from_url(&format!(
+            "{}?op_timeout=500ms",
+            pool_url(&servers.iter().collect::<Vec<_>>(), "127.0.0.1")
+        ))
+        .await
+        .unwrap();
+        let keys = 30;
+        for i in 0..keys {
+            cache
+                .set(&format!("ps{i}:k"), &i, Duration::from_secs(600))
+                .await
+                .unwrap();
+        }
+        let homes: Vec<usize> = (0..keys)
+            .map(|i| holder(&servers, &format!("v:ps{i}:k")))
+            .collect();
+        for down in 1..n.min(2) + 1 {
+            servers[down - 1].kill();
+            // The keys whose entry a live server holds.
+            let live: Vec<i32> = (0..keys).filter(|&i| homes[i as usize] >= down).collect();
+            let mut hits = 0;
+            for &i in &live {
+                if let Ok(Some(v)) = cache.get::<i32>(&format!("ps{i}:k")).await {
+                    hits += usize::from(v == i);
+                }
+            }
+            let invalidated = match live.first() {
+                Some(i) => cache.invalidate_prefix(&format!("ps{i}:")).await,
+                None => cache.invalidate_prefix("ps0:").await,
+            };
+            // Reads need R copies of each counter, invalidations W.
+            let (reads, invalidations) = match (n, down) {
+                (2, 1) | (3, 1) => (true, n == 3),
+                _ => (false, false),
+            };
+            let said = format!("{n} servers, {down} down");
+            if reads && hits != live.len() {
+                problems.push(format!("{said}: {hits} of {} live keys hit", live.len()));
+            }
+            if !reads && hits > 0 {
+                problems.push(format!("{said}: {hits} hits with counters unknown"));
+            }
+            match invalidated {
+                Ok(()) if !invalidations => {
+                    problems.push(format!("{said}: an invalidation without a majority was Ok"))
+                }
+                Err(e) if invalidations => {
+                    problems.push(format!("{said}: the invalidation failed: {e}"))
+                }
+                Err(e) if n > 1 && !e.to_string().contains("retry") => {
+                    problems.push(format!("{said}: the error does not say to retry: {e}"))
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
