@@ -238,6 +238,35 @@ mod tests {
     }
 
     #[test]
+    fn a_server_added_removed_or_replaced_leaves_two_of_a_names_three() {
+        // So a counter's copies before and after one change share two
+        // servers: every read quorum (two of three) after the change meets
+        // a copy that a bump made before it, with every server up, moved.
+        let all = pool(7);
+        let ring_of = |servers: &[String]| Ring::new(servers);
+        let top = |servers: &[String], name: &str| -> Vec<String> {
+            ring_of(servers)
+                .top(name, 3)
+                .into_iter()
+                .map(|i| servers[i].clone())
+                .collect()
+        };
+        let before: Vec<String> = all[..5].to_vec();
+        let added: Vec<String> = all[..6].to_vec();
+        let replaced: Vec<String> = all[1..6].to_vec();
+        let removed: Vec<String> = all[1..5].to_vec();
+        for i in 0..2000 {
+            let name = format!("n{i}:");
+            let old = top(&before, &name);
+            for after in [&added, &replaced, &removed] {
+                let new = top(after, &name);
+                let shared = old.iter().filter(|s| new.contains(s)).count();
+                assert!(shared >= 2, "{name}: {old:?} then {new:?}");
+            }
+        }
+    }
+
+    #[test]
     fn servers_get_a_port_and_resolve_to_one_identity() {
         assert_eq!(with_port("h"), "h:11211");
         assert_eq!(with_port(" h:1 "), "h:1");
