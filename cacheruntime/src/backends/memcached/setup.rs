@@ -74,6 +74,15 @@ impl Setup {
             if let Some(pool) = self.shared.pool.get() {
                 return Ok(pool);
             }
+            if state
+                .running
+                .as_ref()
+                .is_some_and(|r| r.has_changed().is_err())
+            {
+                // The task ended without a word (it panicked, or the
+                // runtime is shutting down): another may start.
+                state.running = None;
+            }
             match &state.running {
                 Some(_) if state.slow => return Err(still_setting_up()),
                 Some(running) => (state.attempt, running.clone()),
