@@ -1164,3 +1164,43 @@ async fn what_servers_down_do_depends_on_the_pool_size() {
     }
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+/// Many callers creating one counter at once (the first writes under a new
+/// prefix, on a pool of three) must settle on one value: a caller that
+/// found some copies added and others not yet must not record a value that
+/// a copy landing later outgrows, which made its entry a miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_creating_a_counter_at_once_settle_on_one_value() {
+    let servers = [
+        MemcachedServer::start(),
+        MemcachedServer::start(),
+        MemcachedServer::start(),
+    ];
+    let url = pool_url(&servers.iter().collect::<Vec<_>>(), "127.0.0.1");
+    let cache = Cache::from_url(&format!("{url}?op_timeout=5s"))
+        .await
+        .unwrap();
+    let (prefixes, per_prefix) = (40, 32);
+    let keys: Vec<String> = (0..prefixes)
+        .flat_map(|p| (0..per_prefix).map(move |i| format!("cc{p}:k{i}")))
+        .collect();
+    let writes = futures::stream::iter(keys.iter().enumerate()).map(|(i, key)| {
+        let cache = cache.clone();
+        async move { cache.set(key, &i, Duration::from_secs(600)).await }
+    });
+    let results: Vec<_> = writes.buffer_unordered(per_prefix).collect().await;
+    assert!(results.iter().all(Result::is_ok), "writes failed");
+    let mut missed = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        if cache.get::<usize>(key).await.unwrap() != Some(i) {
+            missed.push(key.clone());
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "{} of {} entries written are misses: {:?}",
+        missed.len(),
+        keys.len(),
+        &missed[..missed.len().min(5)]
+    );
+}

@@ -34,17 +34,28 @@
 //! seed; so the bumped value is above anything an entry recorded before
 //! the bump, and a read quorum always contains a copy holding it.
 //! Concurrent bumps may leave copies at different values, all above
-//! anything from before either: that only costs misses.
+//! anything from before either: that only costs misses. Copies a read
+//! finds below their counter's value (a bump reached a majority only) are
+//! raised to it in the background, compare-and-set (`repair` in
+//! `mod.rs`), so that losing the copies the bump reached later cannot
+//! bring the old value back.
 //!
 //! A read that hears from fewer than `R` copies of a counter does not know
 //! it: the entry is a miss, and the read gives no ticket, so nothing
 //! computed after it is stored. A counter whose every copy heard from is
 //! absent (never used, evicted, expired, on restarted servers) is
 //! missing: the read adds it on those copies from a fresh clock seed,
-//! above any value it held, and the entry is a miss.
+//! above any value it held, reads them again, and the entry is a miss. A
+//! counter with some copies absent (a server restarted or added, or a
+//! counter being created by another caller at this moment) has them added
+//! with its greatest value and read again before the read decides: so
+//! callers that create a counter at once settle on one value, rather
+//! than record a value that a copy landing later outgrows. Only these
+//! reads take a second round trip.
 //!
-//! A pool that changes by one server (grown, shrunk, or processes on the
-//! old and the new pool side by side) keeps at least `min(N, N') - 1` of
+//! A pool that changes by one server (grown, shrunk, one replaced, or
+//! processes on the old and the new pool side by side) keeps at least
+//! `min(N, N') - 1` of
 //! each counter's servers (rendezvous hashing: removing a server promotes
 //! the next choice, an added one takes at most one place): with no server
 //! down, every bump reaches copies that readers under either pool read.
@@ -159,11 +170,15 @@ impl Seen {
 /// What the copies read say of a counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Reading {
-    /// At least `R` copies answered: the greatest value among them.
+    /// At least `R` copies answered, each with a value: the greatest.
     Known(u64),
-    /// At least `R` copies answered, none with a value: it must be added
-    /// before anything is recorded under it.
-    Missing,
+    /// At least `R` copies answered, some without a value: the greatest of
+    /// those with one, `None` when none has (the counter is missing). The
+    /// absent copies are added (with that value, or a fresh seed for a
+    /// missing counter) and read again before anything is recorded under
+    /// the counter, so callers creating it at once, or filling copies lost
+    /// in a restart, settle on the same value.
+    Incomplete(Option<u64>),
     /// Fewer than `R` copies answered: nothing is served or recorded.
     Unknown {
         /// How many did.
@@ -178,8 +193,8 @@ pub(super) fn reading(seen: &[Seen], quorum: Quorum) -> Reading {
         return Reading::Unknown { answered };
     }
     match greatest(seen) {
-        Some(value) => Reading::Known(value),
-        None => Reading::Missing,
+        Some(value) if !seen.contains(&Seen::Absent) => Reading::Known(value),
+        greatest => Reading::Incomplete(greatest),
     }
 }
 
@@ -299,23 +314,18 @@ mod tests {
     fn a_counter_is_the_greatest_of_at_least_r_copies() {
         use Seen::{Absent, Unread, Value};
         let three = Quorum::of(3);
-        assert_eq!(
-            reading(&[Value(7), Value(9), Value(8)], three),
-            Reading::Known(9)
-        );
+        let known = |seen: &[Seen]| reading(seen, three);
+        assert_eq!(known(&[Value(7), Value(9), Value(8)]), Reading::Known(9));
         // One copy down: two still decide.
+        assert_eq!(known(&[Unread, Value(9), Value(8)]), Reading::Known(9));
+        // A copy absent answered, without a value: it is filled first.
         assert_eq!(
-            reading(&[Unread, Value(9), Value(8)], three),
-            Reading::Known(9)
+            known(&[Absent, Unread, Value(8)]),
+            Reading::Incomplete(Some(8))
         );
-        // An absent copy answered, without a value.
+        assert_eq!(known(&[Absent, Unread, Absent]), Reading::Incomplete(None));
         assert_eq!(
-            reading(&[Absent, Unread, Value(8)], three),
-            Reading::Known(8)
-        );
-        assert_eq!(reading(&[Absent, Unread, Absent], three), Reading::Missing);
-        assert_eq!(
-            reading(&[Unread, Unread, Value(8)], three),
+            known(&[Unread, Unread, Value(8)]),
             Reading::Unknown { answered: 1 }
         );
         let two = Quorum::of(2);
@@ -325,7 +335,7 @@ mod tests {
             Reading::Unknown { answered: 0 }
         );
         let one = Quorum::of(1);
-        assert_eq!(reading(&[Absent], one), Reading::Missing);
+        assert_eq!(reading(&[Absent], one), Reading::Incomplete(None));
         assert_eq!(reading(&[Unread], one), Reading::Unknown { answered: 0 });
     }
 

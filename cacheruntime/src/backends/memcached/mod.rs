@@ -81,7 +81,11 @@
 //! A missing counter (every copy that answered is absent: never used,
 //! evicted, expired, on restarted servers) is never read as a value: the
 //! entry is a miss, and the read adds the counter anew on those copies
-//! before its computation starts. A counter starts at the current time in
+//! before its computation starts. A counter with only some copies absent
+//! (a server restarted or added, or another caller creating the counter
+//! at this moment) has them added with its greatest value and read again
+//! before the read decides, so that callers settle on one value; only
+//! these reads take a second round trip. A counter starts at the current time in
 //! microseconds times 1,000 (plus a random part below 1,000), so one that
 //! is lost and created again never repeats a value an entry recorded
 //! (this relies on the app servers' clocks not running backwards by more
@@ -310,21 +314,33 @@ impl MemcachedBackend {
         Ok(read)
     }
 
-    /// Every counter's value from a read that found each one known or
-    /// missing: adds the missing ones (a fresh seed on each copy that
-    /// answered without a value, then reads them again, in one exchange
-    /// per server) and reads their values. (`add` leaves a copy another
-    /// process added first: the value read is the copy's either way.)
-    async fn add_missing(
+    /// Every counter's value from a read that found each one at least
+    /// `R` answers (see [`Reading`]): adds the copies that answered
+    /// without a value (with the counter's greatest value, or a fresh seed
+    /// when it has none) and reads them again, in one exchange per server,
+    /// then takes the greatest of what the two rounds saw. (`add` leaves a
+    /// copy another caller added first: the value read is the copy's
+    /// either way, and copies with a value do not change but by a bump.)
+    async fn fill(
         &self,
         pool: &Pool,
         layout: &Layout,
         readings: &[Reading],
         seen: &[Vec<Seen>],
     ) -> Result<Vec<u64>, Error> {
+        // One value per counter, the same on each of its copies: a counter
+        // whose copies differ loses entries when its greatest copy is down.
+        let added: Vec<String> = readings
+            .iter()
+            .enumerate()
+            .map(|(c, reading)| match reading {
+                Reading::Incomplete(Some(value)) => value.to_string(),
+                _ => self.fresh_seed(c).to_string(),
+            })
+            .collect();
         let mut slots: Vec<Vec<(usize, usize)>> = vec![Vec::new(); pool.ring().len()];
         for (c, reading) in readings.iter().enumerate() {
-            if *reading == Reading::Missing {
+            if let Reading::Incomplete(_) = reading {
                 for (k, s) in seen[c].iter().enumerate() {
                     if *s == Seen::Absent {
                         slots[layout.counters[c].servers[k]].push((c, k));
@@ -332,11 +348,6 @@ impl MemcachedBackend {
                 }
             }
         }
-        // One seed per counter, the same on each of its copies: a counter
-        // whose copies differ loses entries when its greatest copy is down.
-        let seeds: Vec<String> = (0..readings.len())
-            .map(|c| self.fresh_seed(c).to_string())
-            .collect();
         let mut groups = Vec::new();
         let mut batches = Vec::new();
         for (server, group) in slots.into_iter().enumerate() {
@@ -347,7 +358,7 @@ impl MemcachedBackend {
             for &(c, _) in &group {
                 let counter = &layout.counters[c];
                 ops.push(Op::from(
-                    Set::new(&counter.key, &seeds[c][..])
+                    Set::new(&counter.key, &added[c][..])
                         .add()
                         .ttl(self.life(counter.own)),
                 ));
@@ -356,17 +367,26 @@ impl MemcachedBackend {
             batches.push((server, ops));
             groups.push(group);
         }
-        let mut again: Vec<Vec<Seen>> = layout
-            .counters
+        // What the copies hold now: those read with a value, as read (only
+        // a bump changes them); the others, as read again.
+        let mut now: Vec<Vec<Seen>> = seen
             .iter()
-            .map(|c| vec![Seen::Unread; c.servers.len()])
+            .map(|copies| {
+                copies
+                    .iter()
+                    .map(|s| match s {
+                        Seen::Value(_) => *s,
+                        _ => Seen::Unread,
+                    })
+                    .collect()
+            })
             .collect();
         let mut failure = None;
         for (group, outcome) in groups.into_iter().zip(pool.fan_out(batches).await) {
             match outcome {
                 Ok(results) => {
                     for ((c, k), pair) in group.into_iter().zip(results.chunks(2)) {
-                        again[c][k] = match pair.get(1) {
+                        now[c][k] = match pair.get(1) {
                             Some(OpResult::Get(got)) => Seen::of(got.value.as_deref()),
                             _ => Seen::Absent,
                         };
@@ -381,12 +401,14 @@ impl MemcachedBackend {
         for (c, reading) in readings.iter().enumerate() {
             values.push(match *reading {
                 Reading::Known(value) => value,
-                Reading::Missing => match reading_of(&again[c], layout.quorum) {
-                    Reading::Known(value) => value,
-                    Reading::Missing => return Err(vanished()),
+                Reading::Incomplete(_) => match reading_of(&now[c], layout.quorum) {
                     Reading::Unknown { answered } => {
                         return Err(unknown(layout, c, answered, failure))
                     }
+                    // A copy absent just after it was added: evicted at
+                    // once. The others decide, if any has a value.
+                    Reading::Known(value) | Reading::Incomplete(Some(value)) => value,
+                    Reading::Incomplete(None) => return Err(vanished()),
                 },
                 Reading::Unknown { answered } => return Err(unknown(layout, c, answered, failure)),
             });
@@ -394,10 +416,10 @@ impl MemcachedBackend {
         Ok(values)
     }
 
-    /// Each counter's value from `read`, adding the missing ones; `Err` if
+    /// Each counter's value from `read`, filling absent copies; `Err` if
     /// one is unknown (fewer than `R` copies answered). The second item
-    /// says whether every counter was there at the read (otherwise no
-    /// entry recorded before is current).
+    /// says whether an entry may be served: not when a counter was missing
+    /// (no entry can have recorded its new value).
     async fn values(
         &self,
         pool: &Pool,
@@ -409,27 +431,22 @@ impl MemcachedBackend {
             .iter()
             .map(|seen| reading_of(seen, layout.quorum))
             .collect();
-        if let Some((c, answered)) = readings.iter().enumerate().find_map(|(c, r)| match r {
-            Reading::Unknown { answered } => Some((c, *answered)),
-            _ => None,
-        }) {
-            return Err(unknown(layout, c, answered, read.failure.take()));
+        let mut complete = Vec::with_capacity(readings.len());
+        for (c, reading) in readings.iter().enumerate() {
+            match reading {
+                Reading::Known(value) => complete.push(*value),
+                Reading::Unknown { answered } => {
+                    return Err(unknown(layout, c, *answered, read.failure.take()))
+                }
+                Reading::Incomplete(_) => {}
+            }
         }
-        if readings.iter().all(|r| matches!(r, Reading::Known(_))) {
-            let values = readings
-                .iter()
-                .map(|r| match r {
-                    Reading::Known(value) => *value,
-                    _ => 0,
-                })
-                .collect();
-            return Ok((values, true));
+        if complete.len() == readings.len() {
+            return Ok((complete, true));
         }
-        // A counter is missing: nothing recorded under it is served.
-        let values = self
-            .add_missing(pool, layout, &readings, &read.seen)
-            .await?;
-        Ok((values, false))
+        let missing = readings.contains(&Reading::Incomplete(None));
+        let values = self.fill(pool, layout, &readings, &read.seen).await?;
+        Ok((values, !missing))
     }
 
     /// Brings the copies a read found below their counter's value up to
@@ -494,12 +511,10 @@ impl MemcachedBackend {
         let pool = self.pool().await?;
         let layout = Layout::of(pool.ring(), key);
         let mut read = self.read(pool, &layout, true).await?;
-        let (values, present) = self.values(pool, &layout, &mut read).await?;
-        if present {
-            self.repair(pool, &layout, &read, &values);
-        }
+        let (values, servable) = self.values(pool, &layout, &mut read).await?;
+        self.repair(pool, &layout, &read, &values);
         let value = match read.stored {
-            Some(stored) if present => current_entry(stored, &values),
+            Some(stored) if servable => current_entry(stored, &values),
             _ => None,
         };
         Ok(Lookup::new(value).with_ticket(Ticket::tag(stamp(&values))))
