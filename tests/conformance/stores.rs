@@ -479,8 +479,10 @@ async fn memcached_on(name: &'static str, ports: Vec<u16>, options: Options) -> 
         let ports = ports.clone();
         Box::pin(async move {
             // Counters are `g:<prefix>` (of prefixes) and `x:<key>` (of
-            // keys), two copies of each on two servers of a pool; every key
-            // and prefix of the test starts with its namespace.
+            // keys), one copy of each on each of up to three servers of a
+            // pool (all of them here); every key and prefix of the test
+            // starts with its namespace. Every copy is deleted: losing
+            // some only is a test of `tests/memcached.rs`.
             let prefixes = [format!("g:{ns}:"), format!("x:{ns}:")];
             let deleted = tokio::task::spawn_blocking(move || {
                 ports

@@ -3,6 +3,9 @@
 //! choose (or panic).
 
 use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::ring::with_port;
@@ -24,7 +27,12 @@ pub struct MemcachedConfig {
     pub(super) max_connections: usize,
     pub(super) breaker_threshold: u32,
     pub(super) breaker_cool_down: Duration,
+    /// Resolves `host:port` in place of the system's resolver (tests).
+    pub(super) resolver: Option<Resolver>,
 }
+
+/// A name lookup run on a blocking thread: `host:port` to its addresses.
+pub(super) type Resolver = Arc<dyn Fn(&str) -> io::Result<Vec<SocketAddr>> + Send + Sync>;
 
 impl fmt::Debug for MemcachedConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -55,6 +63,7 @@ impl MemcachedConfig {
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             breaker_threshold: 5,
             breaker_cool_down: Duration::from_secs(1),
+            resolver: None,
         }
     }
 
@@ -93,6 +102,19 @@ impl MemcachedConfig {
     pub fn circuit_breaker(mut self, threshold: u32, cool_down: Duration) -> Self {
         self.breaker_threshold = threshold;
         self.breaker_cool_down = cool_down;
+        self
+    }
+
+    /// For tests: looks the servers' names up with `resolve` (called on a
+    /// blocking thread with `host:port`) instead of the system's resolver,
+    /// to make a lookup slow or fail without touching DNS. Addresses
+    /// written as IPs are never looked up.
+    #[doc(hidden)]
+    pub fn resolver(
+        mut self,
+        resolve: impl Fn(&str) -> io::Result<Vec<SocketAddr>> + Send + Sync + 'static,
+    ) -> Self {
+        self.resolver = Some(Arc::new(resolve));
         self
     }
 

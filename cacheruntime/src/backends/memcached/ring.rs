@@ -17,6 +17,8 @@
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 
+use super::config::Resolver;
+
 /// Memcached's port, for a server written without one.
 const DEFAULT_PORT: u16 = 11211;
 
@@ -59,26 +61,30 @@ impl Ring {
         self.weights.len()
     }
 
-    /// The two servers `name` scores highest on, best first (no second in
-    /// a pool of one). Ties, which need equal 64-bit scores, go to the
-    /// higher weight, so the order servers are listed in never matters.
-    pub(super) fn top2(&self, name: &str) -> (usize, Option<usize>) {
-        if self.weights.len() == 1 {
-            return (0, None);
-        }
+    /// The `n` servers `name` scores highest on, best first (every server,
+    /// in a pool of `n` or fewer). Ties, which need equal 64-bit scores, go
+    /// to the higher weight, so the order servers are listed in never
+    /// matters. The first `k` of them do not depend on `n`.
+    pub(super) fn top(&self, name: &str, n: usize) -> Vec<usize> {
         let hash = mix(fnv1a(name.as_bytes()));
-        let mut first: Option<(u64, u64, usize)> = None;
-        let mut second: Option<(u64, u64, usize)> = None;
+        let mut best: Vec<(u64, u64, usize)> = Vec::with_capacity(n + 1);
         for (i, &weight) in self.weights.iter().enumerate() {
             let candidate = (mix(hash ^ weight), weight, i);
-            if first.is_none_or(|f| candidate > f) {
-                second = first;
-                first = Some(candidate);
-            } else if second.is_none_or(|s| candidate > s) {
-                second = Some(candidate);
+            let at = best
+                .iter()
+                .position(|b| candidate > *b)
+                .unwrap_or(best.len());
+            if at < n {
+                best.insert(at, candidate);
+                best.truncate(n);
             }
         }
-        (first.map_or(0, |f| f.2), second.map(|s| s.2))
+        best.into_iter().map(|(_, _, i)| i).collect()
+    }
+
+    /// The server `name` scores highest on.
+    pub(super) fn first(&self, name: &str) -> usize {
+        self.top(name, 1).first().copied().unwrap_or(0)
     }
 }
 
@@ -102,16 +108,20 @@ pub(super) fn with_port(server: &str) -> String {
 /// resolves to, as `ip:port`: its lowest IPv4 address, or its lowest IPv6
 /// one when it has no IPv4 address. So `localhost:11211` and
 /// `127.0.0.1:11211` are one server, in every process that resolves
-/// `localhost` alike.
-pub(super) async fn identity(server: &str) -> io::Result<String> {
+/// `localhost` alike. Names are looked up on a blocking thread, with
+/// `resolver` when given (tests), else the system's resolver.
+pub(super) async fn identity(server: &str, resolver: Option<&Resolver>) -> io::Result<String> {
     if let Ok(addr) = server.parse::<SocketAddr>() {
         return Ok(addr.to_string());
     }
     let owned = server.to_owned();
-    let addrs: Vec<SocketAddr> =
-        tokio::task::spawn_blocking(move || owned.to_socket_addrs().map(Iterator::collect))
-            .await
-            .map_err(io::Error::other)??;
+    let resolver = resolver.cloned();
+    let addrs: Vec<SocketAddr> = tokio::task::spawn_blocking(move || match resolver {
+        Some(resolve) => resolve(&owned),
+        None => owned.to_socket_addrs().map(Iterator::collect),
+    })
+    .await
+    .map_err(io::Error::other)??;
     chosen(&addrs)
         .map(|addr| addr.to_string())
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "it resolved to no address"))
@@ -139,8 +149,8 @@ mod tests {
         let ring = Ring::new(&pool(5));
         let placed: Vec<String> = (0..12)
             .map(|i| {
-                let (first, second) = ring.top2(&format!("shop:author:{i}:top"));
-                format!("{first}{}", second.unwrap())
+                let top = ring.top(&format!("shop:author:{i}:top"), 2);
+                format!("{}{}", top[0], top[1])
             })
             .collect();
         assert_eq!(placed.join(" "), PINNED);
@@ -156,10 +166,10 @@ mod tests {
         let (a, b) = (Ring::new(&servers), Ring::new(&reversed));
         for i in 0..1000 {
             let name = format!("k{i}:x");
-            let (p, s) = a.top2(&name);
-            let (q, t) = b.top2(&name);
-            assert_eq!(servers[p], reversed[q]);
-            assert_eq!(servers[s.unwrap()], reversed[t.unwrap()]);
+            let (p, q) = (a.top(&name, 3), b.top(&name, 3));
+            for (i, j) in p.into_iter().zip(q) {
+                assert_eq!(servers[i], reversed[j]);
+            }
         }
     }
 
@@ -168,7 +178,7 @@ mod tests {
         let ring = Ring::new(&pool(3));
         let mut counts = [0usize; 3];
         for i in 0..30_000 {
-            counts[ring.top2(&format!("shop:author:{i}:top")).0] += 1;
+            counts[ring.first(&format!("shop:author:{i}:top"))] += 1;
         }
         assert!(
             counts.iter().all(|&c| (9_000..11_000).contains(&c)),
@@ -183,7 +193,7 @@ mod tests {
         let mut moved = 0;
         for i in 0..10_000 {
             let name = format!("t{i}:x");
-            let (before, after) = (four.top2(&name).0, five.top2(&name).0);
+            let (before, after) = (four.first(&name), five.first(&name));
             if before != after {
                 // Only to the new server, never between old ones.
                 assert_eq!(after, 4);
@@ -194,22 +204,65 @@ mod tests {
     }
 
     #[test]
-    fn the_second_choice_is_the_first_without_the_first() {
-        // So a counter's second copy is where its first goes when the
-        // first server leaves the pool.
-        let servers = pool(4);
+    fn a_pool_changed_by_one_server_keeps_all_but_one_of_a_names_servers() {
+        // So a counter's copies under the old pool and the new share all
+        // but one server: removing a server promotes the next choice, an
+        // added one takes at most one place, and the rest keep their order.
+        let servers = pool(5);
         let ring = Ring::new(&servers);
         for i in 0..500 {
             let name = format!("n{i}:");
-            let (first, second) = ring.top2(&name);
-            let rest: Vec<String> = servers
-                .iter()
-                .enumerate()
-                .filter(|&(j, _)| j != first)
-                .map(|(_, s)| s.clone())
-                .collect();
-            let without = Ring::new(&rest).top2(&name).0;
-            assert_eq!(rest[without], servers[second.unwrap()]);
+            let top = ring.top(&name, 3);
+            assert_eq!(top[..2], ring.top(&name, 2)[..]);
+            for gone in 0..servers.len() {
+                let rest: Vec<String> = servers
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != gone)
+                    .map(|(_, s)| s.clone())
+                    .collect();
+                let after: Vec<&String> = Ring::new(&rest)
+                    .top(&name, 3)
+                    .into_iter()
+                    .map(|j| &rest[j])
+                    .collect();
+                let kept: Vec<&String> = top
+                    .iter()
+                    .filter(|&&j| j != gone)
+                    .map(|&j| &servers[j])
+                    .collect();
+                // The servers kept come first, in the same order.
+                assert_eq!(after[..kept.len()], kept[..], "{name} without {gone}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_server_added_removed_or_replaced_leaves_two_of_a_names_three() {
+        // So a counter's copies before and after one change share two
+        // servers: every read quorum (two of three) after the change meets
+        // a copy that a bump made before it, with every server up, moved.
+        let all = pool(7);
+        let ring_of = |servers: &[String]| Ring::new(servers);
+        let top = |servers: &[String], name: &str| -> Vec<String> {
+            ring_of(servers)
+                .top(name, 3)
+                .into_iter()
+                .map(|i| servers[i].clone())
+                .collect()
+        };
+        let before: Vec<String> = all[..5].to_vec();
+        let added: Vec<String> = all[..6].to_vec();
+        let replaced: Vec<String> = all[1..6].to_vec();
+        let removed: Vec<String> = all[1..5].to_vec();
+        for i in 0..2000 {
+            let name = format!("n{i}:");
+            let old = top(&before, &name);
+            for after in [&added, &replaced, &removed] {
+                let new = top(after, &name);
+                let shared = old.iter().filter(|s| new.contains(s)).count();
+                assert!(shared >= 2, "{name}: {old:?} then {new:?}");
+            }
         }
     }
 
@@ -230,13 +283,13 @@ mod tests {
     #[tokio::test]
     async fn localhost_and_its_address_are_one_server() {
         assert_eq!(
-            identity("127.0.0.1:11211").await.unwrap(),
+            identity("127.0.0.1:11211", None).await.unwrap(),
             "127.0.0.1:11211"
         );
         assert_eq!(
-            identity("localhost:11211").await.unwrap(),
+            identity("localhost:11211", None).await.unwrap(),
             "127.0.0.1:11211"
         );
-        assert!(identity("no-such-host.invalid:1").await.is_err());
+        assert!(identity("no-such-host.invalid:1", None).await.is_err());
     }
 }

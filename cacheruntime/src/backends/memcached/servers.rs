@@ -57,13 +57,15 @@ impl Pool {
             let addr = with_port(written);
             let shown = redact(&addr);
             let fail = |what: String| Error::backend(NAME, secrets.scrub(&what));
-            let id = identity(&addr).await.map_err(|e| {
-                fail(format!(
-                    "cannot resolve the Memcached server `{shown}` ({e}): every server's \
+            let id = identity(&addr, config.resolver.as_ref())
+                .await
+                .map_err(|e| {
+                    fail(format!(
+                        "cannot resolve the Memcached server `{shown}` ({e}): every server's \
                      address is needed to place keys alike in every process; fix the name or \
                      its DNS record"
-                ))
-            })?;
+                    ))
+                })?;
             if let Some(same) = identities.iter().position(|other| *other == id) {
                 return Err(Error::Config(format!(
                     "the Memcached servers `{}` and `{shown}` are one server ({id}): list each \
