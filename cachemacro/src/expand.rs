@@ -216,9 +216,9 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
             let __cachemacro_slow = {
                 #key
                 let __cachemacro_memo = #memo;
-                let __cachemacro_first = match #local_hit {
-                    ::cacheruntime::__private::Fast::Hit(__cachemacro_value) => return #hit,
-                    __cachemacro_other => __cachemacro_other,
+                let __cachemacro_first = match #local_hit.hit() {
+                    ::core::result::Result::Ok(__cachemacro_value) => return #hit,
+                    ::core::result::Result::Err(__cachemacro_other) => __cachemacro_other,
                 };
                 #slow
             };
@@ -278,9 +278,11 @@ fn ids_body(
             &__CACHEMACRO_SITE,
             &__cachemacro_k,
             __cachemacro_memo,
-        ) {
-            ::cacheruntime::__private::Fast::Hit(__cachemacro_ids) => __cachemacro_ids,
-            __cachemacro_first => #entry(
+        )
+        .hit()
+        {
+            ::core::result::Result::Ok(__cachemacro_ids) => __cachemacro_ids,
+            ::core::result::Result::Err(__cachemacro_first) => #entry(
                 __cachemacro_cache,
                 &__CACHEMACRO_SITE,
                 __cachemacro_k,

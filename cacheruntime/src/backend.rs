@@ -9,12 +9,11 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::memo::Decoded;
 use crate::Error;
 
 /// A boxed, `Send` future, the return type of [`Backend`] methods.
@@ -119,21 +118,6 @@ fn generations_cover(a: &str, b: &str) -> bool {
     }
 }
 
-/// Where a store keeps its entries, which decides what the cache does
-/// around it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Locality {
-    /// In this process's memory: nothing outside the process can write it,
-    /// so entries are not signature-checked and locks are in-process only;
-    /// reads may use [`Backend::get_local`].
-    InProcess,
-    /// Shared with other processes (a server, a file): every read is
-    /// signature-checked when signing is on, and cold misses take the
-    /// store's lock.
-    Shared,
-}
-
 /// The answer to a read.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -161,71 +145,6 @@ impl Lookup {
     }
 }
 
-/// An entry held in process memory, shared by reference count, with a slot
-/// where the cache keeps the decoded value of hot `Clone` types (see
-/// [`Backend::get_local`]).
-pub struct LocalEntry {
-    bytes: Bytes,
-    expires_ms: u64,
-    tag: u64,
-    pub(crate) decoded: OnceLock<Decoded>,
-}
-
-impl fmt::Debug for LocalEntry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LocalEntry")
-            .field("len", &self.bytes.len())
-            .field("expires_ms", &self.expires_ms)
-            .finish_non_exhaustive()
-    }
-}
-
-impl LocalEntry {
-    /// An entry of `bytes` live until `expires_ms`; `tag` is the backend's.
-    pub fn new(bytes: Bytes, expires_ms: u64, tag: u64) -> Self {
-        LocalEntry {
-            bytes,
-            expires_ms,
-            tag,
-            decoded: OnceLock::new(),
-        }
-    }
-
-    /// The stored bytes.
-    pub fn bytes(&self) -> &Bytes {
-        &self.bytes
-    }
-
-    /// Wall-clock ms after which the entry is gone.
-    pub fn expires_ms(&self) -> u64 {
-        self.expires_ms
-    }
-
-    /// The backend's own number for the entry (the memory store's sequence).
-    pub fn tag(&self) -> u64 {
-        self.tag
-    }
-}
-
-/// The answer of [`Backend::get_local`].
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct LocalLookup {
-    /// The entry, if any, not yet checked for expiry: the caller compares
-    /// [`LocalEntry::expires_ms`] with the clock it reads anyway (one clock
-    /// read per hit instead of two).
-    pub entry: Option<Arc<LocalEntry>>,
-    /// As in [`Lookup::ticket`].
-    pub ticket: Ticket,
-}
-
-impl LocalLookup {
-    /// A read that found `entry` (or nothing) under `ticket`.
-    pub fn new(entry: Option<Arc<LocalEntry>>, ticket: Ticket) -> Self {
-        LocalLookup { entry, ticket }
-    }
-}
-
 /// A store of bytes under string keys, with TTLs and prefix invalidation.
 ///
 /// Keys arrive fully formed (namespace included). Prefixes passed to
@@ -236,14 +155,6 @@ impl LocalLookup {
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Short name used in errors, logs and stats (`memory`, `redis`, ...).
     fn name(&self) -> &'static str;
-
-    /// Where the store keeps its entries (default: [`Locality::Shared`]).
-    /// Said explicitly, never inferred from which methods a backend
-    /// implements: an in-process store skips signature checks and store
-    /// locks, so a shared store must never pass for one.
-    fn locality(&self) -> Locality {
-        Locality::Shared
-    }
 
     /// The largest value (in bytes) the store can hold, if it has a limit
     /// below what the cache might hand it: the cache refuses, at build, a
@@ -265,35 +176,8 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         false
     }
 
-    /// For in-process stores: whether a value computed after a read under
-    /// `ticket` would still be stored and served for `key` now (no
-    /// invalidation or delete has reached the key since). Lets the cache
-    /// decide at once whether a computation already running may be shared.
-    /// Other stores keep the default (`None`) and tickets are compared with
-    /// [`Ticket::covers`].
-    fn is_current(&self, _key: &str, _ticket: &Ticket) -> Option<bool> {
-        None
-    }
-
     /// Reads the entry under `key`, ignoring expired or invalidated ones.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>>;
-
-    /// Answers a read without a future when the backend is in-process.
-    ///
-    /// Returning `Some` lets the cache skip boxing a future and arming the op
-    /// timeout, which is most of the cost of a memory hit. Remote backends
-    /// keep the default (`None`).
-    fn get_now(&self, _key: &str) -> Option<Result<Lookup, Error>> {
-        None
-    }
-
-    /// For in-process stores: the entry itself, without copying its bytes,
-    /// so the cache can keep the decoded value beside it. This is the memory
-    /// hit path; everything else uses [`get`](Backend::get). Called only
-    /// when [`locality`](Backend::locality) is [`Locality::InProcess`].
-    fn get_local(&self, _key: &str) -> Option<LocalLookup> {
-        None
-    }
 
     /// Stores `value` under `key` for `ttl`. `ticket` is the one returned by
     /// the read that missed, if any (see [`Ticket`]).
@@ -304,19 +188,6 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         ttl: Duration,
         ticket: Option<&'a Ticket>,
     ) -> BoxFuture<'a, Result<(), Error>>;
-
-    /// Stores without a future when the backend is in-process (the memory
-    /// store), so a miss does not arm a timer for an operation that cannot
-    /// block. Remote backends keep the default (`None`).
-    fn set_now(
-        &self,
-        _key: &str,
-        _value: &Bytes,
-        _ttl: Duration,
-        _ticket: Option<&Ticket>,
-    ) -> Option<Result<(), Error>> {
-        None
-    }
 
     /// Removes the entry under `key`, if any, including an entry being
     /// written concurrently under an older [`Ticket`]: after this returns, a
@@ -370,29 +241,14 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     fn name(&self) -> &'static str {
         (**self).name()
     }
-    fn locality(&self) -> Locality {
-        (**self).locality()
-    }
     fn max_value_bytes(&self) -> Option<usize> {
         (**self).max_value_bytes()
     }
     fn isolates_failures(&self) -> bool {
         (**self).isolates_failures()
     }
-    #[inline]
-    fn is_current(&self, key: &str, ticket: &Ticket) -> Option<bool> {
-        (**self).is_current(key, ticket)
-    }
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
         (**self).get(key)
-    }
-    #[inline]
-    fn get_now(&self, key: &str) -> Option<Result<Lookup, Error>> {
-        (**self).get_now(key)
-    }
-    #[inline]
-    fn get_local(&self, key: &str) -> Option<LocalLookup> {
-        (**self).get_local(key)
     }
     fn set<'a>(
         &'a self,
@@ -402,15 +258,6 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
         ticket: Option<&'a Ticket>,
     ) -> BoxFuture<'a, Result<(), Error>> {
         (**self).set(key, value, ttl, ticket)
-    }
-    fn set_now(
-        &self,
-        key: &str,
-        value: &Bytes,
-        ttl: Duration,
-        ticket: Option<&Ticket>,
-    ) -> Option<Result<(), Error>> {
-        (**self).set_now(key, value, ttl, ticket)
     }
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         (**self).delete(key)

@@ -1,13 +1,18 @@
-//! [`CacheBuilder`]: every setting of a [`Cache`].
+//! Every way to build a [`Cache`]: [`Cache::memory`], [`Cache::disabled`],
+//! and [`CacheBuilder`] with every setting, checked at
+//! [`build`](CacheBuilder::build). (`Cache::from_url` and `from_env` parse a
+//! URL into a builder.)
 
+use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::Backend;
 use crate::backends::{DisabledBackend, MemoryBackend};
-use crate::cache::{Cache, Parts};
+use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::codec::AnyCodec;
+use crate::engine::{Engine, Parts, Store};
 use crate::signing::{Signer, SigningKeys};
 use crate::Error;
 
@@ -32,11 +37,10 @@ const DEFAULT_MAX_ENTRY_BYTES: usize = 1 << 20;
 #[must_use]
 #[derive(Debug)]
 pub struct CacheBuilder {
-    backend: Option<Arc<dyn Backend>>,
+    backend: Option<Store>,
     /// A memory store of this many bytes, made at `build` (so it is sized
     /// for the final `max_entry_bytes`, whatever the order of the calls).
     memory: Option<u64>,
-    enabled: bool,
     namespace: String,
     default_ttl: Duration,
     op_timeout: Duration,
@@ -63,7 +67,6 @@ impl CacheBuilder {
         CacheBuilder {
             backend: None,
             memory: None,
-            enabled: true,
             namespace: String::new(),
             default_ttl: Duration::from_secs(300),
             op_timeout: Duration::from_millis(250),
@@ -87,10 +90,16 @@ impl CacheBuilder {
     }
 
     /// The store. Any [`Backend`], including an `Arc` of one you keep.
-    pub fn backend(mut self, backend: impl Backend) -> Self {
-        self.backend = Some(Arc::new(backend));
+    ///
+    /// A [`MemoryBackend`] (or an `Arc` of one) is the in-process store:
+    /// entries are answered synchronously and not signature-checked.
+    /// Every other backend is treated as shared with other processes,
+    /// however it is implemented (a wrapper around a memory store
+    /// included): its entries are signature-checked and its cold misses
+    /// take its lock.
+    pub fn backend<B: Backend>(mut self, backend: B) -> Self {
+        self.backend = Some(store_of(backend));
         self.memory = None;
-        self.enabled = true;
         self
     }
 
@@ -99,15 +108,13 @@ impl CacheBuilder {
     pub fn memory(mut self, max_bytes: u64) -> Self {
         self.backend = None;
         self.memory = Some(max_bytes);
-        self.enabled = true;
         self
     }
 
     /// Store nothing; every call computes.
     pub fn disabled(mut self) -> Self {
-        self.backend = Some(Arc::new(DisabledBackend));
+        self.backend = Some(Store::Disabled);
         self.memory = None;
-        self.enabled = false;
         self
     }
 
@@ -189,14 +196,15 @@ impl CacheBuilder {
         }
         let signer = Signer::new(&self.signing_keys)?;
         let wanted = self.max_entry_bytes.unwrap_or(DEFAULT_MAX_ENTRY_BYTES);
-        let backend: Arc<dyn Backend> = match self.backend {
-            Some(b) => b,
-            None => Arc::new(MemoryBackend::sized(
+        let store = match self.backend {
+            Some(store) => store,
+            None => Store::Memory(Arc::new(MemoryBackend::sized(
                 self.memory.unwrap_or(MemoryBackend::DEFAULT_MAX_BYTES),
                 wanted,
                 self.clock.clone(),
-            )),
+            ))),
         };
+        let backend = store.backend();
         let max_entry_bytes = match (backend.max_value_bytes(), self.max_entry_bytes) {
             (Some(holds), Some(asked)) if asked > holds => {
                 return Err(Error::Config(format!(
@@ -209,9 +217,8 @@ impl CacheBuilder {
             (Some(holds), None) => wanted.min(holds),
             _ => wanted,
         };
-        Ok(Cache::from_parts(Parts {
-            backend,
-            enabled: self.enabled,
+        Ok(Cache::from_engine(Engine::new(Parts {
+            store,
             namespace: self.namespace,
             default_ttl: self.default_ttl,
             op_timeout: self.op_timeout,
@@ -221,7 +228,55 @@ impl CacheBuilder {
             breaker_threshold: self.breaker_threshold,
             breaker_cool_down: self.breaker_cool_down,
             signer,
-        }))
+        })))
+    }
+}
+
+/// The kind of store `backend` is, from its type: the crate's memory store
+/// (or an `Arc` of it) is in-process, the disabled store stores nothing,
+/// anything else is shared.
+fn store_of<B: Backend>(backend: B) -> Store {
+    let any: Box<dyn Any> = Box::new(backend);
+    let any = match any.downcast::<MemoryBackend>() {
+        Ok(memory) => return Store::Memory(Arc::new(*memory)),
+        Err(other) => other,
+    };
+    let any = match any.downcast::<Arc<MemoryBackend>>() {
+        Ok(memory) => return Store::Memory(*memory),
+        Err(other) => other,
+    };
+    if any.is::<DisabledBackend>() || any.is::<Arc<DisabledBackend>>() {
+        return Store::Disabled;
+    }
+    match any.downcast::<B>() {
+        Ok(backend) => Store::Shared(Arc::new(*backend)),
+        Err(_) => unreachable!("a Box<dyn Any> of a B is a B"),
+    }
+}
+
+impl Cache {
+    /// A builder for every setting: backend, namespace, default TTL, op
+    /// timeout, codec, max entry size, circuit breaker, clock.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::new()
+    }
+
+    /// An in-process cache bounded to 64 MiB, with the default settings.
+    /// Needs no runtime, so it can initialise a `static LazyLock`.
+    pub fn memory() -> Cache {
+        Cache::builder()
+            .backend(MemoryBackend::new(MemoryBackend::DEFAULT_MAX_BYTES))
+            .build()
+            .expect("the default configuration is valid")
+    }
+
+    /// A cache that stores nothing: every call computes. For running an app
+    /// with caching switched off (`CACHE_URL=none://`).
+    pub fn disabled() -> Cache {
+        Cache::builder()
+            .disabled()
+            .build()
+            .expect("the default configuration is valid")
     }
 }
 
@@ -245,20 +300,20 @@ mod tests {
             .backend(MemoryBackend::new(256 << 10))
             .build()
             .unwrap();
-        assert!(cache.inner.max_entry_bytes < 128 << 10);
-        assert!(cache.inner.max_entry_bytes > 100 << 10);
+        assert!(cache.engine.max_entry_bytes < 128 << 10);
+        assert!(cache.engine.max_entry_bytes > 100 << 10);
         // A store made by the builder is sized for the limit, in any order.
         let cache = Cache::builder()
             .max_entry_bytes(4 << 20)
             .memory(64 << 20)
             .build()
             .unwrap();
-        assert_eq!(cache.inner.max_entry_bytes, 4 << 20);
+        assert_eq!(cache.engine.max_entry_bytes, 4 << 20);
         let cache = Cache::builder()
             .memory(64 << 20)
             .max_entry_bytes(4 << 20)
             .build()
             .unwrap();
-        assert_eq!(cache.inner.max_entry_bytes, 4 << 20);
+        assert_eq!(cache.engine.max_entry_bytes, 4 << 20);
     }
 }

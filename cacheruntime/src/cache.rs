@@ -1,32 +1,27 @@
-//! The [`Cache`] handle: building, the direct API, get-or-compute entry
-//! points and stats. The get-or-compute core is in `fetch.rs`, entries are
-//! sealed and opened in `entry.rs`, store locks live in `lock.rs`.
+//! The [`Cache`] handle and its public methods: the direct API, the
+//! get-or-compute entry points and stats. The handle is an `Arc` of the
+//! engine (`engine.rs`); the get-or-compute core is in `fetch.rs`, entries
+//! are sealed and opened in `entry.rs`, store I/O is guarded in
+//! `guarded.rs`, store locks live in `lock.rs`. Building is in
+//! `builder.rs`.
 
-use std::borrow::Cow;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::backend::{Backend, BoxFuture, Locality};
-use crate::backends::MemoryBackend;
-use crate::breaker::Breaker;
-use crate::builder::CacheBuilder;
-use crate::clock::Clock;
-use crate::codec::AnyCodec;
+use crate::engine::{Answer, Engine};
+use crate::entry::{Accept, UNTYPED};
 use crate::envelope;
-use crate::errlog::ErrorLog;
-use crate::fetch::{Accept, Answer, Budget, Call, Fast, Read, UNTYPED};
-use crate::flight::Flights;
+use crate::fetch::{Call, Fast, Read};
+use crate::guarded::Budget;
 use crate::memo::Memo;
+use crate::outcome::{Always, Outcome};
 use crate::policy::Policy;
 use crate::refresh::{self, RefreshJob};
-use crate::signing::Signer;
-use crate::site::Site;
-use crate::stats::{Counters, FunctionStats, Stats};
+use crate::stats::Stats;
 use crate::{key, Error};
 
 /// A handle on a cache: cheap to clone (one `Arc`), `Send + Sync + 'static`.
@@ -74,136 +69,16 @@ use crate::{key, Error};
 /// disabled cache needs no runtime (they can live in a `static LazyLock`).
 #[derive(Clone)]
 pub struct Cache {
-    pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    id: u64,
-    pub(crate) backend: Arc<dyn Backend>,
-    /// The store is in this process ([`Locality::InProcess`]): no signature
-    /// checks, no store locks; asked of the backend once, at build.
-    pub(crate) local: bool,
-    pub(crate) enabled: bool,
-    /// `""` or `"namespace:"`.
-    namespace: Box<str>,
-    pub(crate) default_ttl: Duration,
-    pub(crate) op_timeout: Duration,
-    pub(crate) codec: AnyCodec,
-    pub(crate) max_entry_bytes: usize,
-    pub(crate) clock: Clock,
-    pub(crate) flights: Flights,
-    /// Keys with a background refresh running in this process.
-    pub(crate) refreshing: dashmap::DashMap<Box<str>, ()>,
-    pub(crate) counters: Counters,
-    breaker: Breaker,
-    errlog: ErrorLog,
-    functions: Mutex<Vec<&'static Site>>,
-    pub(crate) signer: Option<Signer>,
-    /// Type fingerprints of values that did not read back through the
-    /// codec: never stored again.
-    pub(crate) unreadable: dashmap::DashMap<u64, ()>,
+    pub(crate) engine: Arc<Engine>,
 }
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache")
-            .field("backend", &self.inner.backend)
-            .field("enabled", &self.inner.enabled)
-            .field("namespace", &self.inner.namespace)
-            .field("default_ttl", &self.inner.default_ttl)
-            .field("op_timeout", &self.inner.op_timeout)
-            .finish_non_exhaustive()
+        self.engine.fmt(f)
     }
-}
-
-/// The parts a [`CacheBuilder`] hands over.
-pub(crate) struct Parts {
-    pub(crate) backend: Arc<dyn Backend>,
-    pub(crate) enabled: bool,
-    pub(crate) namespace: String,
-    pub(crate) default_ttl: Duration,
-    pub(crate) op_timeout: Duration,
-    pub(crate) codec: AnyCodec,
-    pub(crate) max_entry_bytes: usize,
-    pub(crate) clock: Clock,
-    pub(crate) breaker_threshold: u32,
-    pub(crate) breaker_cool_down: Duration,
-    pub(crate) signer: Option<Signer>,
-}
-
-/// What a get-or-compute call returns, and which part of it is cached.
-///
-/// `Result<T, E>` caches `Ok` only; [`Always<T>`] caches every value,
-/// `None` included (negative caching).
-pub trait Outcome: Sized {
-    /// The stored type.
-    type Value: Serialize + DeserializeOwned;
-    /// The part to store, if any.
-    fn cacheable(&self) -> Option<&Self::Value>;
-    /// Rebuilds the outcome from a stored value.
-    fn from_cached(value: Self::Value) -> Self;
-}
-
-impl<T: Serialize + DeserializeOwned, E> Outcome for Result<T, E> {
-    type Value = T;
-    #[inline]
-    fn cacheable(&self) -> Option<&T> {
-        self.as_ref().ok()
-    }
-    #[inline]
-    fn from_cached(value: T) -> Self {
-        Ok(value)
-    }
-}
-
-/// An outcome that is always cached.
-#[derive(Debug)]
-pub struct Always<T>(pub T);
-
-impl<T: Serialize + DeserializeOwned> Outcome for Always<T> {
-    type Value = T;
-    #[inline]
-    fn cacheable(&self) -> Option<&T> {
-        Some(&self.0)
-    }
-    #[inline]
-    fn from_cached(value: T) -> Self {
-        Always(value)
-    }
-}
-
-/// Milliseconds on a monotonic clock, for the breaker and the error log,
-/// which must not stand still under a manual test clock.
-fn monotonic_ms() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 impl Cache {
-    /// A builder for every setting: backend, namespace, default TTL, op
-    /// timeout, codec, max entry size, circuit breaker, clock.
-    pub fn builder() -> CacheBuilder {
-        CacheBuilder::new()
-    }
-
-    /// An in-process cache bounded to 64 MiB, with the default settings.
-    /// Needs no runtime, so it can initialise a `static LazyLock`.
-    pub fn memory() -> Cache {
-        Cache::builder()
-            .backend(MemoryBackend::new(MemoryBackend::DEFAULT_MAX_BYTES))
-            .build()
-            .expect("the default configuration is valid")
-    }
-
-    /// A cache that stores nothing: every call computes. For running an app
-    /// with caching switched off (`CACHE_URL=none://`).
-    pub fn disabled() -> Cache {
-        Cache::builder()
-            .disabled()
-            .build()
-            .expect("the default configuration is valid")
-    }
-
     /// Builds a cache from a URL: `memory://?max_bytes=67108864`, `none://`,
     /// and the remote backends enabled by features. Query parameters common
     /// to all: `namespace`, `default_ttl`, `op_timeout`, `max_entry_bytes`
@@ -230,86 +105,32 @@ impl Cache {
         }
     }
 
-    pub(crate) fn from_parts(p: Parts) -> Cache {
-        static IDS: AtomicU64 = AtomicU64::new(1);
-        let namespace = if p.namespace.is_empty() {
-            String::new()
-        } else {
-            format!("{}:", p.namespace)
-        };
+    /// The handle on a freshly built engine.
+    pub(crate) fn from_engine(engine: Engine) -> Cache {
         Cache {
-            inner: Arc::new(Inner {
-                id: IDS.fetch_add(1, Ordering::Relaxed),
-                local: p.backend.locality() == Locality::InProcess,
-                backend: p.backend,
-                enabled: p.enabled,
-                namespace: namespace.into_boxed_str(),
-                default_ttl: p.default_ttl,
-                op_timeout: p.op_timeout,
-                codec: p.codec,
-                max_entry_bytes: p.max_entry_bytes,
-                clock: p.clock,
-                flights: Flights::default(),
-                refreshing: dashmap::DashMap::new(),
-                counters: Counters::default(),
-                breaker: Breaker::new(p.breaker_threshold, p.breaker_cool_down),
-                errlog: ErrorLog::new(10_000),
-                functions: Mutex::new(Vec::new()),
-                signer: p.signer,
-                unreadable: dashmap::DashMap::new(),
-            }),
+            engine: Arc::new(engine),
         }
-    }
-
-    /// Whether the cache stores anything (false for [`Cache::disabled`]).
-    pub fn is_enabled(&self) -> bool {
-        self.inner.enabled
-    }
-
-    /// The backend's name (`memory`, `disabled`, `redis`, ...).
-    pub fn backend_name(&self) -> &'static str {
-        self.inner.backend.name()
-    }
-
-    /// The TTL used when a call does not give one.
-    pub fn default_ttl(&self) -> Duration {
-        self.inner.default_ttl
     }
 
     /// A snapshot of the counters, with the per-function counters of the
     /// `#[cached]` functions that used this cache.
     pub fn stats(&self) -> Stats {
-        let c = &self.inner.counters;
-        let functions = self
-            .inner
-            .functions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|s| FunctionStats {
-                name: s.qualified_name(),
-                hits: s.hits.get(),
-                stale_hits: s.stale_hits.get(),
-                misses: s.misses.get(),
-            })
-            .collect();
-        Stats {
-            hits: c.hits.get(),
-            misses: c.misses.get(),
-            stale_hits: c.stale_hits.get(),
-            errors: c.errors.get(),
-            computations: c.computations.get(),
-            coalesced: c.coalesced.get(),
-            decode_failures: c.decode_failures.get(),
-            oversize: c.oversize.get(),
-            circuit_skips: c.circuit_skips.get(),
-            refreshes: c.refreshes.get(),
-            refresh_failures: c.refresh_failures.get(),
-            lock_waits: c.lock_waits.get(),
-            lock_timeouts: c.lock_timeouts.get(),
-            signature_failures: c.signature_failures.get(),
-            functions,
-        }
+        self.engine.stats()
+    }
+
+    /// Whether the cache stores anything (false for [`Cache::disabled`]).
+    pub fn is_enabled(&self) -> bool {
+        self.engine.enabled()
+    }
+
+    /// The backend's name (`memory`, `disabled`, `redis`, ...).
+    pub fn backend_name(&self) -> &'static str {
+        self.engine.store.backend().name()
+    }
+
+    /// The TTL used when a call does not give one.
+    pub fn default_ttl(&self) -> Duration {
+        self.engine.sealer.default_ttl
     }
 
     /// Reads `key`. `Ok(None)` for a miss, an expired entry, or an entry that
@@ -318,28 +139,29 @@ impl Cache {
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
         key::check_key(key)?;
         let typed = envelope::fingerprint(std::any::type_name::<T>(), 0);
-        let full = self.full_key(key);
+        let full = self.engine.full_key(key);
         let read = self
+            .engine
             .read::<T>(
                 &full,
                 Accept::Direct(typed),
                 Memo::decode_only(),
                 None,
-                &mut Budget::new(self.inner.op_timeout),
+                &mut Budget::new(self.engine.op_timeout),
             )
             .await;
         match read {
             Ok(Read::Hit(v) | Read::Refresh(v, _, _)) => {
-                self.tally(None, Answer::Hit);
+                self.engine.tally(None, Answer::Hit);
                 Ok(Some(v))
             }
             Ok(Read::Miss(_)) => {
-                self.tally(None, Answer::Miss);
+                self.engine.tally(None, Answer::Miss);
                 Ok(None)
             }
             Err(e) => {
-                self.tally(None, Answer::Miss);
-                self.failed("get", &e);
+                self.engine.tally(None, Answer::Miss);
+                self.engine.failed("get", &e);
                 Err(e)
             }
         }
@@ -353,12 +175,16 @@ impl Cache {
         ttl: Duration,
     ) -> Result<(), Error> {
         key::check_key(key)?;
-        if !self.inner.enabled {
+        if !self.engine.enabled() {
             return Ok(());
         }
-        let full = self.full_key(key);
-        let bytes = self.seal_with(&full, value, ttl, Duration::ZERO, UNTYPED, 0)?;
-        self.write(&full, bytes, ttl, None, self.inner.op_timeout)
+        let full = self.engine.full_key(key);
+        let bytes = self
+            .engine
+            .sealer
+            .seal_with(&full, value, ttl, Duration::ZERO, UNTYPED, 0)?;
+        self.engine
+            .write(&full, bytes, ttl, None, self.engine.op_timeout)
             .await
     }
 
@@ -371,15 +197,17 @@ impl Cache {
     /// callers do not wait for it).
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
         key::check_key(key)?;
-        if !self.inner.enabled {
+        if !self.engine.enabled() {
             return Ok(());
         }
-        let full = self.full_key(key);
-        let backend = &*self.inner.backend;
-        self.guarded("delete", || backend.delete(&full)).await?;
+        let full = self.engine.full_key(key);
+        let backend = self.engine.store.backend();
+        self.engine
+            .guarded("delete", || backend.delete(&full))
+            .await?;
         // After the store: nobody may join a computation of the key that
         // started before the delete.
-        self.inner.flights.detach_key(&full);
+        self.engine.flights.detach_key(&full);
         Ok(())
     }
 
@@ -395,16 +223,17 @@ impl Cache {
     /// it returns, no reader gets a value computed before it.
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<(), Error> {
         key::check_prefix(prefix)?;
-        if !self.inner.enabled {
+        if !self.engine.enabled() {
             return Ok(());
         }
-        let full = self.full_prefix(prefix)?;
-        let backend = &*self.inner.backend;
-        self.guarded("invalidate_prefix", || backend.invalidate_prefix(&full))
+        let full = self.engine.full_prefix(prefix)?;
+        let backend = self.engine.store.backend();
+        self.engine
+            .guarded("invalidate_prefix", || backend.invalidate_prefix(&full))
             .await?;
         // After the store: a flight started before this point may carry a
         // value computed before the invalidation; nobody may join it now.
-        self.inner.flights.detach_prefix(&full);
+        self.engine.flights.detach_prefix(&full);
         Ok(())
     }
 
@@ -499,146 +328,18 @@ impl Cache {
         if let Err(e) = key::check_key(key) {
             // Not cacheable under this key: computed as without a cache,
             // counted and logged (never silently).
-            self.failed("get", &e);
+            self.engine.failed("get", &e);
             let call = Call::new(policy, fp, None, Memo::decode_only());
-            return self.fetch("", call, Fast::Remote, compute, refresh).await;
+            return self
+                .engine
+                .fetch("", call, Fast::Remote, compute, refresh)
+                .await;
         }
-        let full = self.full_key(key);
+        let full = self.engine.full_key(key);
         let call = Call::new(policy, fp, None, Memo::decode_only());
-        self.fetch(&full, call, Fast::Remote, compute, refresh)
+        self.engine
+            .fetch(&full, call, Fast::Remote, compute, refresh)
             .await
-    }
-
-    /// `""` or `"namespace:"`, what every stored key starts with.
-    pub(crate) fn namespace_prefix(&self) -> &str {
-        &self.inner.namespace
-    }
-
-    /// The key as the store sees it: namespaced, and shortened when long
-    /// ([`key::stored`]).
-    #[inline]
-    fn full_key<'k>(&self, key: &'k str) -> Cow<'k, str> {
-        if self.inner.namespace.is_empty() {
-            return key::stored(key);
-        }
-        let full = format!("{}{key}", self.inner.namespace);
-        // The namespaced key itself unless it had to be shortened.
-        let shortened = match key::stored(&full) {
-            Cow::Owned(short) => Some(short),
-            Cow::Borrowed(_) => None,
-        };
-        Cow::Owned(shortened.unwrap_or(full))
-    }
-
-    /// The prefix as the store sees it ([`key::stored_prefix`]).
-    fn full_prefix<'k>(&self, prefix: &'k str) -> Result<Cow<'k, str>, Error> {
-        let namespace = &*self.inner.namespace;
-        let refused = || Error::InvalidPrefix {
-            prefix: prefix.to_owned(),
-            reason: "a prefix longer than 959 bytes (with the namespace) is applied as its \
-                     whole ':'-segments within them, and this one has none (past the \
-                     namespace): put a ':' early in it, or invalidate a shorter prefix",
-        };
-        if namespace.is_empty() {
-            return key::stored_prefix(prefix, 0)
-                .map(Cow::Borrowed)
-                .ok_or_else(refused);
-        }
-        let mut full = format!("{namespace}{prefix}");
-        // Always a leading part of `full`: keep that much of it.
-        let len = key::stored_prefix(&full, namespace.len())
-            .ok_or_else(refused)?
-            .len();
-        full.truncate(len);
-        Ok(Cow::Owned(full))
-    }
-
-    /// Counts and logs a failure the caller recovers from.
-    pub(crate) fn failed(&self, op: &'static str, err: &Error) {
-        let inner = &*self.inner;
-        match err {
-            Error::CircuitOpen { .. } => {}
-            Error::Decode { .. } => inner.counters.decode_failures.incr(),
-            // Over the cache's limit or the store's (Memcached's item size).
-            Error::TooLarge { .. } => inner.counters.oversize.incr(),
-            _ => inner.counters.errors.incr(),
-        }
-        if !matches!(err, Error::CircuitOpen { .. }) {
-            inner
-                .errlog
-                .report(monotonic_ms(), inner.backend.name(), op, err);
-        }
-    }
-
-    #[inline]
-    pub(crate) fn register(&self, site: &'static Site) {
-        if site.last_cache.load(Ordering::Relaxed) == self.inner.id {
-            return;
-        }
-        let mut fns = self
-            .inner
-            .functions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if !fns.iter().any(|s| std::ptr::eq(*s, site)) {
-            fns.push(site);
-        }
-        site.last_cache.store(self.inner.id, Ordering::Relaxed);
-    }
-
-    /// Runs one store call under the circuit breaker and the op timeout.
-    pub(crate) async fn guarded<'b, T>(
-        &self,
-        op: &'static str,
-        call: impl FnOnce() -> BoxFuture<'b, Result<T, Error>>,
-    ) -> Result<T, Error> {
-        self.guarded_for(op, self.inner.op_timeout, call).await
-    }
-
-    /// [`guarded`](Self::guarded) with a shorter bound: what is left of a
-    /// call's budget (see `fetch::Budget`).
-    pub(crate) async fn guarded_for<'b, T>(
-        &self,
-        op: &'static str,
-        timeout: Duration,
-        call: impl FnOnce() -> BoxFuture<'b, Result<T, Error>>,
-    ) -> Result<T, Error> {
-        let inner = &*self.inner;
-        let backend = inner.backend.name();
-        if !inner.breaker.allow(monotonic_ms()) {
-            inner.counters.circuit_skips.incr();
-            return Err(Error::CircuitOpen { backend });
-        }
-        // The call is made only now, so an open circuit costs no store work.
-        let result = match tokio::time::timeout(timeout, call()).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout { backend, timeout }),
-        };
-        match &result {
-            Ok(_) => inner.breaker.success(),
-            // Skipped by one of the backend's own breakers.
-            Err(Error::CircuitOpen { .. }) => inner.counters.circuit_skips.incr(),
-            // A backend that isolates failures (per server) keeps them from
-            // opening the whole store's circuit.
-            // ... and a timeout shorter than the op timeout (what was left
-            // of a call's budget) is the call's limit, not the store's
-            // failure.
-            Err(e)
-                if e.is_store_failure()
-                    && !inner.backend.isolates_failures()
-                    && !(matches!(e, Error::Timeout { .. }) && timeout < inner.op_timeout) =>
-            {
-                if inner.breaker.failure(monotonic_ms()) {
-                    tracing::warn!(
-                        backend,
-                        op,
-                        "cache store failing repeatedly; circuit open, calls skip it for a cool-down"
-                    );
-                }
-            }
-            Err(_) => {}
-        }
-        result
     }
 }
 

@@ -1,21 +1,61 @@
 //! Sealing values into entries and opening them again: the envelope's
-//! deadlines, the type fingerprint, signatures, XFetch, and the check that a
-//! type survives its codec before anything of it is stored.
+//! deadlines, the type fingerprint, signatures and XFetch. Synchronous and
+//! store-free; the check that a type survives its codec before anything of
+//! it is stored is the engine's (`engine.rs`), since it counts and logs.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::backend::{LocalEntry, Ticket};
-use crate::cache::Cache;
-use crate::codec::Codec;
+use crate::backends::memory::LocalEntry;
+use crate::clock::Clock;
+use crate::codec::{AnyCodec, Codec};
 use crate::envelope::{self, Header};
-use crate::fetch::{Accept, Due};
 use crate::memo::Memo;
 use crate::policy::Policy;
-use crate::{refresh, signing, Error};
+use crate::signing::{self, Signer};
+use crate::stats::Counter;
+use crate::Error;
+
+/// The fingerprint of entries written by [`Cache::set`](crate::Cache::set):
+/// the direct API checks values with the codec only, so
+/// `set(k, &"text")` reads back as `get::<String>(k)`. Typed calls
+/// (`#[cached]`, `get_or_compute`) see such an entry as another type's: a
+/// miss.
+pub(crate) const UNTYPED: u64 = 0;
+
+/// Which fingerprints a read accepts.
+#[derive(Clone, Copy)]
+pub(crate) enum Accept {
+    /// Exactly this one (typed calls).
+    Exactly(u64),
+    /// `Cache::get`: entries from `Cache::set`, or typed entries of `T`
+    /// at version 0.
+    Direct(u64),
+}
+
+impl Accept {
+    #[inline]
+    pub(crate) fn admits(self, fp: u64) -> bool {
+        match self {
+            Accept::Exactly(want) => fp == want,
+            Accept::Direct(typed) => fp == UNTYPED || fp == typed,
+        }
+    }
+}
+
+/// Whether a servable entry should be refreshed in the background.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Due {
+    No,
+    /// Fresh, but picked by probabilistic early refresh.
+    Early,
+    /// Past its TTL, inside its stale window.
+    Stale,
+}
 
 /// Where an entry's bytes come from, which decides whether its signature is
 /// checked.
@@ -28,7 +68,40 @@ pub(crate) enum Source<'k> {
     Store(&'k str),
 }
 
-impl Cache {
+/// Seals values into entries and opens them: synchronous, with no store,
+/// so it can be tested and fuzzed on bytes alone.
+pub(crate) struct Sealer {
+    pub(crate) codec: AnyCodec,
+    signer: Option<Signer>,
+    pub(crate) clock: Clock,
+    /// Entries read from the store are checked against the signing keys:
+    /// the store is shared (an in-process store's entries were sealed
+    /// here).
+    verify: bool,
+    /// The TTL of calls whose policy sets none.
+    pub(crate) default_ttl: Duration,
+    /// Entries refused for a missing or wrong signature.
+    pub(crate) signature_failures: Counter,
+}
+
+impl Sealer {
+    pub(crate) fn new(
+        codec: AnyCodec,
+        signer: Option<Signer>,
+        clock: Clock,
+        verify: bool,
+        default_ttl: Duration,
+    ) -> Self {
+        Sealer {
+            codec,
+            signer,
+            clock,
+            verify,
+            default_ttl,
+            signature_failures: Counter::default(),
+        }
+    }
+
     /// Opens an in-process entry, serving (and keeping) the decoded copy
     /// when `memo` allows. The header is checked first either way, so a
     /// memoised value is never served past its deadline or to a caller
@@ -41,7 +114,7 @@ impl Cache {
         memo: Memo<V>,
         policy: Option<&Policy>,
     ) -> Result<Option<(V, Due)>, Error> {
-        let now = self.inner.clock.now_ms();
+        let now = self.clock.now_ms();
         if entry.expires_ms() <= now {
             return Ok(None);
         }
@@ -55,7 +128,7 @@ impl Cache {
                 return Ok(Some((v, due)));
             }
         }
-        let value = self.inner.codec.decode(payload)?;
+        let value = self.codec.decode(payload)?;
         if let Some(put) = memo.put {
             let _ = entry.decoded.set(put(&value));
         }
@@ -71,9 +144,9 @@ impl Cache {
         policy: Option<&Policy>,
         source: Source<'_>,
     ) -> Result<Option<(V, Due)>, Error> {
-        let now = self.inner.clock.now_ms();
+        let now = self.clock.now_ms();
         match self.check_header_at(bytes, fp, now, policy, source)? {
-            Some((payload, due)) => Ok(Some((self.inner.codec.decode(payload)?, due))),
+            Some((payload, due)) => Ok(Some((self.codec.decode(payload)?, due))),
             None => Ok(None),
         }
     }
@@ -103,23 +176,21 @@ impl Cache {
             payload = &payload[..payload.len() - signing::TAG_LEN];
         }
         // Entries read from a shared store must carry a tag of ours.
-        if let (Some(signer), Source::Store(key), false) =
-            (&self.inner.signer, source, self.inner.local)
-        {
+        if let (Some(signer), Source::Store(key), true) = (&self.signer, source, self.verify) {
             let body = &bytes[..bytes.len() - if signed { signing::TAG_LEN } else { 0 }];
             let tag = &bytes[body.len()..];
             if !signed || !signer.verify(key, body, tag) {
-                self.inner.counters.signature_failures.incr();
+                self.signature_failures.incr();
                 return Err(Error::decode(
                     "entry is not signed with a current signing key",
                 ));
             }
         }
-        if header.codec != self.inner.codec.id() {
+        if header.codec != self.codec.id() {
             return Err(Error::decode(format!(
                 "entry written by codec {} but this cache uses {}",
                 header.codec,
-                self.inner.codec.name()
+                self.codec.name()
             )));
         }
         if !fp.admits(header.fingerprint) {
@@ -135,7 +206,7 @@ impl Cache {
             return Ok(refreshing.map(|_| (payload, Due::Stale)));
         }
         if let Some(beta) = refreshing.and_then(|p| p.early) {
-            let gap = f64::from(header.compute_ms) * beta * -refresh::uniform().ln();
+            let gap = f64::from(header.compute_ms) * beta * -uniform().ln();
             if now as f64 + gap >= header.fresh_until_ms as f64 {
                 return Ok(Some((payload, Due::Early)));
             }
@@ -145,7 +216,7 @@ impl Cache {
 
     /// The payload of an entry this process sealed (signature tag
     /// stripped, nothing verified).
-    fn own_payload(bytes: &[u8]) -> Result<&[u8], Error> {
+    pub(crate) fn own_payload(bytes: &[u8]) -> Result<&[u8], Error> {
         let (header, payload) = Header::read(bytes)?;
         if header.flags & envelope::FLAG_SIGNED == 0 {
             return Ok(payload);
@@ -166,14 +237,14 @@ impl Cache {
         fp: u64,
         compute_ms: u32,
     ) -> Result<Bytes, Error> {
-        let now = self.inner.clock.now_ms();
+        let now = self.clock.now_ms();
         let fresh_until = now.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
         let stale_until =
             fresh_until.saturating_add(stale.as_millis().min(u64::MAX as u128) as u64);
         let mut out = Vec::with_capacity(64);
-        let signer = self.inner.signer.as_ref();
+        let signer = self.signer.as_ref();
         Header {
-            codec: self.inner.codec.id(),
+            codec: self.codec.id(),
             flags: if signer.is_some() {
                 envelope::FLAG_SIGNED
             } else {
@@ -185,7 +256,7 @@ impl Cache {
             compute_ms,
         }
         .write(&mut out);
-        self.inner.codec.encode(value, &mut out)?;
+        self.codec.encode(value, &mut out)?;
         if let Some(signer) = signer {
             let tag = signer.sign(key, &out);
             out.extend_from_slice(&tag);
@@ -203,113 +274,51 @@ impl Cache {
         fp: u64,
         compute_ms: u32,
     ) -> Result<(Bytes, Duration), Error> {
-        let ttl = policy.ttl.unwrap_or(self.inner.default_ttl);
+        let ttl = policy.ttl.unwrap_or(self.default_ttl);
         let stale = policy.stale.unwrap_or(Duration::ZERO);
         let bytes = self.seal_with(key, value, ttl, stale, fp, compute_ms)?;
         Ok((bytes, ttl.saturating_add(stale)))
     }
+}
 
-    /// [`seal_for`](Self::seal_for), for values that will be stored: `None`
-    /// (counted and logged) when the value cannot be encoded, or when it
-    /// does not read back through the codec. Every write is checked, since
-    /// some shapes fail for some values only (`skip_serializing_if`); the
-    /// first failure of a type (fingerprint) is reported once, and from then
-    /// on the type is never stored: every call computes, as without a cache.
-    pub(crate) fn seal_checked<T: Serialize + DeserializeOwned>(
-        &self,
-        key: &str,
-        policy: &Policy,
-        value: &T,
-        fp: u64,
-        compute_ms: u32,
-    ) -> Option<(Bytes, Duration)> {
-        if self.unreadable(fp) {
-            return None;
-        }
-        match self.seal_for(key, policy, value, fp, compute_ms) {
-            Ok((bytes, ttl)) => self.reads_back::<T>(&bytes, fp).then_some((bytes, ttl)),
-            Err(e) => {
-                self.failed("encode", &e);
-                None
-            }
-        }
+/// A uniform number in (0, 1] from a per-thread xorshift generator: enough
+/// for XFetch's coin, no dependency.
+pub(crate) fn uniform() -> f64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x9E37_79B9_7F4A_7C15, |d| d.as_nanos() as u64);
+            (seed ^ (std::thread::current().id().as_u64_fallback())) | 1
+        });
     }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        ((x >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    })
+}
 
-    /// Whether values of the type behind `fp` have failed to read back.
-    pub(crate) fn unreadable(&self, fp: u64) -> bool {
-        !self.inner.unreadable.is_empty() && self.inner.unreadable.contains_key(&fp)
+trait ThreadIdBits {
+    fn as_u64_fallback(&self) -> u64;
+}
+
+impl ThreadIdBits for std::thread::ThreadId {
+    fn as_u64_fallback(&self) -> u64 {
+        crate::envelope::fingerprint(&format!("{self:?}"), 0)
     }
+}
 
-    /// Whether `bytes`, just sealed, decode again as `T`. The first failure
-    /// of a type is counted in `decode_failures` and reported at warn level
-    /// with what to do.
-    fn reads_back<T: DeserializeOwned>(&self, bytes: &Bytes, fp: u64) -> bool {
-        let decoded =
-            Self::own_payload(bytes).and_then(|payload| self.inner.codec.decode::<T>(payload));
-        let Err(e) = decoded else {
-            return true;
-        };
-        if self.inner.unreadable.insert(fp, ()).is_none() {
-            self.inner.counters.decode_failures.incr();
-            tracing::warn!(
-                value_type = std::any::type_name::<T>(),
-                codec = self.inner.codec.name(),
-                error = %e,
-                "a value of this type did not read back through the cache's codec, so values of \
-                 this type are no longer stored: every call computes. The codecs are not \
-                 self-describing and cannot read serde_json::Value, #[serde(untagged)], \
-                 internally or adjacently tagged enums, #[serde(flatten)] or \
-                 #[serde(skip_serializing_if)]: cache a type without them (for JSON, its text \
-                 as a String)"
-            );
-        }
-        false
-    }
-
-    /// Writes an entry through the store (no type check), bounded by
-    /// `timeout`.
-    pub(crate) async fn write(
-        &self,
-        key: &str,
-        bytes: Bytes,
-        ttl: Duration,
-        ticket: Option<Ticket>,
-        timeout: Duration,
-    ) -> Result<(), Error> {
-        if bytes.len() > self.inner.max_entry_bytes {
-            return Err(Error::TooLarge {
-                size: bytes.len(),
-                limit: self.inner.max_entry_bytes,
-            });
-        }
-        let backend = &*self.inner.backend;
-        if let Some(done) = backend.set_now(key, &bytes, ttl, ticket.as_ref()) {
-            return done;
-        }
-        self.guarded_for("set", timeout, || {
-            backend.set(key, bytes, ttl, ticket.as_ref())
-        })
-        .await
-    }
-
-    /// Stores an encoded entry within `timeout`, counting (never returning)
-    /// failures.
-    pub(crate) async fn store(
-        &self,
-        key: &str,
-        bytes: Bytes,
-        ttl: Duration,
-        ticket: Option<Ticket>,
-        timeout: Duration,
-    ) {
-        match self.write(key, bytes, ttl, ticket, timeout).await {
-            Ok(()) => {}
-            // The call's budget ran out, not the store: the value is simply
-            // not stored this time.
-            Err(Error::Timeout { .. }) if timeout < self.inner.op_timeout => {
-                tracing::debug!(key, "value not stored: the call's store budget ran out");
-            }
-            Err(e) => self.failed("set", &e),
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uniform_stays_in_the_open_closed_unit_interval() {
+        for _ in 0..10_000 {
+            let u = super::uniform();
+            assert!(u > 0.0 && u <= 1.0, "{u}");
         }
     }
 }

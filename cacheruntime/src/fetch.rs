@@ -13,47 +13,23 @@
 //! - Every call counts exactly one of hit, stale hit or miss.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 
 use crate::backend::Ticket;
-use crate::cache::{Cache, Outcome};
-use crate::entry::Source;
+use crate::engine::{Answer, Engine};
+use crate::entry::{Accept, Due, Source};
 use crate::flight::{self, Landing, LeaderGuard, Role, Seen};
+use crate::guarded::Budget;
 use crate::lock::Contended;
 use crate::memo::Memo;
+use crate::outcome::Outcome;
 use crate::policy::Policy;
 use crate::refresh::RefreshJob;
 use crate::site::Site;
-use crate::stats::slot;
 use crate::Error;
-
-/// The fingerprint of entries written by [`Cache::set`]: the direct API
-/// checks values with the codec only, so `set(k, &"text")` reads back as
-/// `get::<String>(k)`. Typed calls (`#[cached]`, `get_or_compute`) see such
-/// an entry as another type's: a miss.
-pub(crate) const UNTYPED: u64 = 0;
-
-/// Which fingerprints a read accepts.
-#[derive(Clone, Copy)]
-pub(crate) enum Accept {
-    /// Exactly this one (typed calls).
-    Exactly(u64),
-    /// `Cache::get`: entries from `Cache::set`, or typed entries of `T`
-    /// at version 0.
-    Direct(u64),
-}
-
-impl Accept {
-    #[inline]
-    pub(crate) fn admits(self, fp: u64) -> bool {
-        match self {
-            Accept::Exactly(want) => fp == want,
-            Accept::Direct(typed) => fp == UNTYPED || fp == typed,
-        }
-    }
-}
 
 /// What a read of the store found.
 pub(crate) enum Read<V> {
@@ -61,68 +37,6 @@ pub(crate) enum Read<V> {
     /// Servable, and due for a refresh (stale, or picked by early refresh).
     Refresh(V, Option<Ticket>, Due),
     Miss(Option<Ticket>),
-}
-
-/// How a call was answered: each call counts exactly one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Answer {
-    /// A fresh value from the cache.
-    Hit,
-    /// A value past its TTL, inside its stale window, served while it is
-    /// refreshed in the background.
-    Stale,
-    /// Computed, or waited for another caller's computation.
-    Miss,
-}
-
-/// What one call may spend in store operations, all together: the op
-/// timeout, so the cache adds at most that much to a call however slow the
-/// store. The write comes first: the lock (and the look at the store that
-/// follows it) is taken only when what is left also covers the write, at
-/// the pace the call's read showed; the write gets what is left, and a call
-/// whose read used it all skips both. Waiting for another process's
-/// computation is not charged (it takes the place of computing), and a call
-/// that waited
-/// gets a fresh budget for what follows.
-pub(crate) struct Budget {
-    total: Duration,
-    left: Duration,
-    /// How long one store call took: the first one's duration.
-    pace: Option<Duration>,
-}
-
-impl Budget {
-    pub(crate) fn new(total: Duration) -> Self {
-        Budget {
-            total,
-            left: total,
-            pace: None,
-        }
-    }
-
-    /// What is left, or `None` when nothing is.
-    pub(crate) fn left(&self) -> Option<Duration> {
-        (!self.left.is_zero()).then_some(self.left)
-    }
-
-    /// Takes the time since `started` off what is left.
-    pub(crate) fn spend(&mut self, started: Instant) {
-        let took = started.elapsed();
-        self.pace.get_or_insert(took);
-        self.left = self.left.saturating_sub(took);
-    }
-
-    /// Whether what is left covers `calls` more store calls at the pace
-    /// seen so far.
-    pub(crate) fn affords(&self, calls: u32) -> bool {
-        let pace = self.pace.unwrap_or(Duration::ZERO);
-        !self.left.is_zero() && self.left >= pace.saturating_mul(calls)
-    }
-
-    /// A fresh budget, after waiting for another process's computation.
-    pub(crate) fn refill(&mut self) {
-        self.left = self.total;
-    }
 }
 
 /// What one get-or-compute call knows about its value.
@@ -149,17 +63,6 @@ impl<'p, V> Call<'p, V> {
     }
 }
 
-/// Whether a servable entry should be refreshed in the background.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[doc(hidden)]
-pub enum Due {
-    No,
-    /// Fresh, but picked by probabilistic early refresh.
-    Early,
-    /// Past its TTL, inside its stale window.
-    Stale,
-}
-
 /// Whether a computed value may be written, and under which ticket.
 enum Stored {
     /// The read answered (with this ticket, if the store gives them).
@@ -169,9 +72,8 @@ enum Stored {
     Never,
 }
 
-/// What the synchronous in-process read found. Not public API.
-#[doc(hidden)]
-pub enum Fast<V> {
+/// What the synchronous in-process read found.
+pub(crate) enum Fast<V> {
     /// A live entry, decoded (and already counted as a hit).
     Hit(V),
     /// A servable entry due for a background refresh, with the read's ticket.
@@ -182,29 +84,13 @@ pub enum Fast<V> {
     Remote,
 }
 
-impl Cache {
-    /// Counts how a call was answered.
-    #[inline(always)]
-    pub(crate) fn tally(&self, site: Option<&'static Site>, answer: Answer) {
-        let counters = &self.inner.counters;
-        let slot = slot();
-        let (cache, function) = match answer {
-            Answer::Hit => (&counters.hits, site.map(|s| &s.hits)),
-            Answer::Stale => (&counters.stale_hits, site.map(|s| &s.stale_hits)),
-            Answer::Miss => (&counters.misses, site.map(|s| &s.misses)),
-        };
-        cache.incr_in(slot);
-        if let Some(function) = function {
-            function.incr_in(slot);
-        }
-    }
-
+impl Engine {
     /// The get-or-compute core; see the module docs for its guarantees.
     ///
     /// `key` already carries the namespace. `first` is what the synchronous
     /// in-process read found (`Fast::Remote` if it was not tried).
     pub(crate) async fn fetch<O, F>(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         call: Call<'_, O::Value>,
         first: Fast<O::Value>,
@@ -221,11 +107,11 @@ impl Cache {
             site,
             memo,
         } = call;
-        let inner = &*self.inner;
+        let inner = &**self;
         if let Some(site) = site {
             self.register(site);
         }
-        if !inner.enabled || key.is_empty() {
+        if !inner.enabled() || key.is_empty() {
             self.tally(site, Answer::Miss);
             inner.counters.computations.incr();
             return compute.await;
@@ -290,30 +176,25 @@ impl Cache {
                 }
             };
             tally(Answer::Miss);
-            let backend = &*inner.backend;
             let seen = if store_answered {
                 Seen::Answered(ticket.as_ref())
             } else {
                 Seen::Failed
             };
-            let role = inner.flights.join(key, seen, |flight, mine| {
-                backend
-                    .is_current(key, flight)
-                    .unwrap_or_else(|| flight.covers(mine))
+            let memory = inner.store.memory();
+            let role = inner.flights.join(key, seen, |flight, mine| match memory {
+                Some(memory) => memory.is_current(key, flight),
+                None => flight.covers(mine),
             });
             match role {
                 Role::Leader(guard) => {
                     // A flight that landed between our read and our join
                     // already stored the value: read once more when that is
                     // free (in-process stores) instead of computing twice.
-                    let again = if inner.local {
-                        backend.get_now(key)
-                    } else {
-                        None
-                    };
-                    if let Some(Ok(found)) = again {
+                    let again = memory.map(|memory| memory.lookup(key));
+                    if let Some(found) = again {
                         if let Some(bytes) = found.value {
-                            if let Ok(Some((v, Due::No))) = self.open_checked::<O::Value>(
+                            if let Ok(Some((v, Due::No))) = inner.sealer.open_checked::<O::Value>(
                                 &bytes,
                                 Accept::Exactly(fp),
                                 None,
@@ -347,7 +228,7 @@ impl Cache {
                     inner.counters.coalesced.incr();
                     match flight::wait(rx).await {
                         Some(Landing::Entry(bytes)) => {
-                            if let Ok(Some((v, _))) = self.open_checked::<O::Value>(
+                            if let Ok(Some((v, _))) = inner.sealer.open_checked::<O::Value>(
                                 &bytes,
                                 Accept::Exactly(fp),
                                 None,
@@ -371,7 +252,7 @@ impl Cache {
 
     #[allow(clippy::too_many_arguments)]
     async fn lead<O, F>(
-        &self,
+        self: &Arc<Self>,
         guard: LeaderGuard<'_>,
         key: &str,
         stored: Stored,
@@ -384,7 +265,7 @@ impl Cache {
         O: Outcome,
         F: Future<Output = O>,
     {
-        let inner = &*self.inner;
+        let inner = &**self;
         // Across processes: one computes under the store's lock, the others
         // wait for its value (in-process callers already wait on `guard`).
         // The lock is released when this future ends however it ends:
@@ -392,7 +273,7 @@ impl Cache {
         let mut lock = None;
         // The lock, the look that follows it and the write: the lock only
         // if what is left covers all three (the write matters more).
-        if !inner.local
+        if inner.store.is_shared()
             && matches!(stored, Stored::Under(_))
             && !self.unreadable(fp)
             && budget.affords(3)
@@ -444,8 +325,8 @@ impl Cache {
         policy: Option<&Policy>,
         budget: &mut Budget,
     ) -> Result<Read<V>, Error> {
-        let inner = &*self.inner;
-        if !inner.enabled {
+        let inner = self;
+        if !inner.enabled() {
             return Ok(Read::Miss(None));
         }
         match self.local_read::<V, false>(key, fp, None, memo, policy) {
@@ -454,24 +335,22 @@ impl Cache {
             Fast::Miss(ticket) => return Ok(Read::Miss(ticket)),
             Fast::Remote => {}
         }
-        let lookup = match inner.backend.get_now(key) {
-            Some(found) => found?,
-            None => {
-                let backend = &*inner.backend;
-                // A retried read of a call that spent its budget: as if the
-                // store timed out.
-                let timeout = budget.left().ok_or(Error::Timeout {
-                    backend: backend.name(),
-                    timeout: inner.op_timeout,
-                })?;
-                let started = Instant::now();
-                let found = self.guarded_for("get", timeout, || backend.get(key)).await;
-                budget.spend(started);
-                found?
-            }
-        };
+        let backend = inner.store.backend();
+        // A retried read of a call that spent its budget: as if the store
+        // timed out.
+        let timeout = budget.left().ok_or(Error::Timeout {
+            backend: backend.name(),
+            timeout: inner.op_timeout,
+        })?;
+        let started = Instant::now();
+        let found = self.guarded_for("get", timeout, || backend.get(key)).await;
+        budget.spend(started);
+        let lookup = found?;
         if let Some(bytes) = lookup.value {
-            match self.open_checked::<V>(&bytes, fp, policy, Source::Store(key)) {
+            match inner
+                .sealer
+                .open_checked::<V>(&bytes, fp, policy, Source::Store(key))
+            {
                 Ok(Some((v, due))) => {
                     return Ok(match due {
                         Due::No => Read::Hit(v),
@@ -498,15 +377,13 @@ impl Cache {
         memo: Memo<V>,
         policy: Option<&Policy>,
     ) -> Fast<V> {
-        let inner = &*self.inner;
-        if !inner.local {
-            return Fast::Remote;
-        }
-        let Some(found) = inner.backend.get_local(key) else {
+        let inner = self;
+        let Some(memory) = inner.store.memory() else {
             return Fast::Remote;
         };
+        let found = memory.local(key);
         if let Some(entry) = found.entry {
-            match self.open_local(&entry, fp, memo, policy) {
+            match inner.sealer.open_local(&entry, fp, memo, policy) {
                 Ok(Some((v, due))) => {
                     return match due {
                         Due::No => {
@@ -528,7 +405,7 @@ impl Cache {
     /// Starts a background refresh of `key` unless one already runs in this
     /// process; the job itself takes the cross-process refresh lock.
     fn begin_refresh<O, F>(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         policy: &Policy,
         fp: u64,
@@ -542,16 +419,12 @@ impl Cache {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        if self.inner.refreshing.insert(key.into(), ()).is_some() {
+        if self.refreshing.insert(key.into(), ()).is_some() {
             return;
         }
         spawn(
             compute,
-            RefreshJob::new(self.clone(), key.to_owned(), *policy, fp, ticket),
+            RefreshJob::new(Arc::clone(self), key.to_owned(), *policy, fp, ticket),
         );
-    }
-
-    pub(crate) fn finish_refresh(&self, key: &str) {
-        self.inner.refreshing.remove(key);
     }
 }

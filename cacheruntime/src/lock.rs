@@ -9,14 +9,15 @@
 //! ([`keep`](HeldLock::keep): a failed background refresh backs off so).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
-use crate::cache::Cache;
-use crate::entry::Source;
-use crate::fetch::{Accept, Budget};
+use crate::engine::Engine;
+use crate::entry::{Accept, Source};
+use crate::guarded::Budget;
 use crate::Error;
 
 /// The outcome of taking a store lock.
@@ -41,7 +42,7 @@ pub(crate) enum Contended<V> {
 
 /// A store lock this process holds; released on drop if not before.
 pub(crate) struct HeldLock {
-    cache: Cache,
+    engine: Arc<Engine>,
     key: Box<str>,
     token: Bytes,
     /// When the store lets the lock expire by itself (`None`: too far to
@@ -54,7 +55,7 @@ impl HeldLock {
     /// Releases the lock (compare-and-delete on our token). If the store
     /// fails to answer, the release is retried in the background.
     pub(crate) async fn release(mut self) {
-        let released = self.cache.unlock(&self.key, &self.token).await;
+        let released = self.engine.unlock(&self.key, &self.token).await;
         // Only now: if this future is dropped mid-release, `drop` retries;
         // a store that failed gets the retries too.
         self.done = released;
@@ -78,13 +79,13 @@ impl Drop for HeldLock {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let cache = self.cache.clone();
+        let engine = Arc::clone(&self.engine);
         let key = std::mem::take(&mut self.key);
         let token = std::mem::take(&mut self.token);
         let expires = self.expires;
         runtime.spawn(async move {
             let mut pause = Duration::from_millis(50);
-            while !cache.unlock(&key, &token).await {
+            while !engine.unlock(&key, &token).await {
                 let next = Instant::now() + pause;
                 if expires.is_some_and(|e| next >= e) {
                     return;
@@ -115,17 +116,22 @@ fn token() -> Bytes {
     Bytes::from(format!("{}-{nanos}-{n}", std::process::id()))
 }
 
-impl Cache {
+impl Engine {
     /// Takes the store's lock for `key` (locks live apart from entries).
     ///
     /// The release is armed before the request goes out: if this call is
     /// dropped while the store takes the lock (a client timeout around the
     /// caller), or the request times out after the store took it, the lock
     /// is released from a spawned task rather than left to its TTL.
-    pub(crate) async fn try_lock(&self, key: &str, ttl: Duration, timeout: Duration) -> LockState {
-        let backend = &*self.inner.backend;
+    pub(crate) async fn try_lock(
+        self: &Arc<Self>,
+        key: &str,
+        ttl: Duration,
+        timeout: Duration,
+    ) -> LockState {
+        let backend = self.store.backend();
         let mut held = HeldLock {
-            cache: self.clone(),
+            engine: Arc::clone(self),
             key: key.into(),
             token: token(),
             expires: Instant::now().checked_add(ttl),
@@ -146,7 +152,7 @@ impl Cache {
             Err(e) => {
                 // A timeout shorter than the op timeout is the call's budget
                 // running out, not the store failing.
-                if !(matches!(e, Error::Timeout { .. }) && timeout < self.inner.op_timeout) {
+                if !(matches!(e, Error::Timeout { .. }) && timeout < self.op_timeout) {
                     self.failed("lock", &e);
                 }
                 // Only a timed-out request may still have taken the lock:
@@ -162,7 +168,7 @@ impl Cache {
     /// Releases our lock on `key`; `false` if the store failed to answer
     /// (a lock that is no longer ours, or none, counts as released).
     pub(crate) async fn unlock(&self, key: &str, token: &Bytes) -> bool {
-        let backend = &*self.inner.backend;
+        let backend = self.store.backend();
         match self
             .guarded("unlock", || backend.delete_if_equals(key, token))
             .await
@@ -186,7 +192,7 @@ impl Cache {
     /// without the lock. Polls while waiting for another process are
     /// waiting for its computation, bounded by `bound` as a whole.
     pub(crate) async fn lock_or_value<V: DeserializeOwned>(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         fp: u64,
         bound: Duration,
@@ -196,7 +202,7 @@ impl Cache {
         let deadline = Instant::now().checked_add(bound);
         let mut pause = Duration::from_millis(5);
         let mut waited = false;
-        let op_timeout = self.inner.op_timeout;
+        let op_timeout = self.op_timeout;
         loop {
             // The first attempt comes out of the call's budget; later ones
             // are part of waiting, which is not charged.
@@ -242,11 +248,11 @@ impl Cache {
             }
             if !waited {
                 waited = true;
-                self.inner.counters.lock_waits.incr();
+                self.counters.lock_waits.incr();
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
-                self.inner.counters.lock_timeouts.incr();
+                self.counters.lock_timeouts.incr();
                 return Contended::Alone;
             }
             let left = deadline.map_or(pause, |d| d.saturating_duration_since(now));
@@ -265,13 +271,16 @@ impl Cache {
         fp: u64,
         timeout: Duration,
     ) -> Option<(V, Bytes)> {
-        let backend = &*self.inner.backend;
+        let backend = self.store.backend();
         let found = self
             .guarded_for("get", timeout, || backend.get(key))
             .await
             .ok()?;
         let bytes = found.value?;
-        match self.open_checked::<V>(&bytes, Accept::Exactly(fp), None, Source::Store(key)) {
+        match self
+            .sealer
+            .open_checked::<V>(&bytes, Accept::Exactly(fp), None, Source::Store(key))
+        {
             Ok(Some((v, _))) => Some((v, bytes)),
             _ => None,
         }

@@ -14,13 +14,13 @@ use std::future::Future;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::cache::{Always, Outcome};
 pub use crate::default::default_cache;
-pub use crate::fetch::Fast;
-use crate::fetch::{Accept, Call};
+use crate::entry::Accept;
+use crate::fetch::{Call, Fast};
 pub use crate::ids::{assert_id_shape, clone_for_refresh, store_ids, IdShape, IdSlot, Rows};
 pub use crate::key::KeyBuilder;
 pub use crate::memo::{Memo, Probe, ViaClone, ViaDecode};
+use crate::outcome::{Always, Outcome};
 pub use crate::policy::Policy;
 use crate::refresh::{spawn_refresh, RefreshJob};
 pub use crate::site::Site;
@@ -47,11 +47,28 @@ impl<T: Serialize + DeserializeOwned> Cacheable for T {}
 #[inline]
 pub fn key_for(cache: &Cache) -> KeyBuilder {
     let mut k = KeyBuilder::new();
-    let namespace = cache.namespace_prefix();
+    let namespace = cache.engine.namespace();
     if !namespace.is_empty() {
         k.literal(namespace);
     }
     k
+}
+
+/// What the synchronous read found, opaque to the generated code: a hit
+/// is taken out with [`First::hit`], anything else is handed on, unopened,
+/// to a `cached_*` entry point. (The engine's enum stays private, so it can
+/// change without the macro.)
+pub struct First<T>(Fast<T>);
+
+impl<T> First<T> {
+    /// The value of a fresh hit (already counted), or what to hand on.
+    #[inline(always)]
+    pub fn hit(self) -> Result<T, First<T>> {
+        match self.0 {
+            Fast::Hit(value) => Ok(value),
+            other => Err(First(other)),
+        }
+    }
 }
 
 /// The synchronous hit path `#[cached]` tries first: in-process stores
@@ -62,14 +79,24 @@ pub fn local_hit<T: Cacheable>(
     site: &'static Site,
     key: &KeyBuilder,
     memo: Memo<T>,
+) -> First<T> {
+    First(local_read(cache, site, key, memo))
+}
+
+#[inline(always)]
+fn local_read<T: Cacheable>(
+    cache: &Cache,
+    site: &'static Site,
+    key: &KeyBuilder,
+    memo: Memo<T>,
 ) -> Fast<T> {
-    if !cache.is_enabled() {
+    if !cache.engine.enabled() {
         return Fast::Remote;
     }
     let fp = site.fingerprint::<T>();
     // A hit is this call's answer (counted there); anything else is
     // counted by the core.
-    cache.local_read::<T, true>(
+    cache.engine.local_read::<T, true>(
         &crate::key::stored(key.as_str()),
         Accept::Exactly(fp),
         Some(site),
@@ -86,7 +113,7 @@ async fn run<O, F>(
     site: &'static Site,
     key: KeyBuilder,
     memo: Memo<O::Value>,
-    first: Fast<O::Value>,
+    first: First<O::Value>,
     body: F,
     refresh: Option<fn(F, RefreshJob)>,
 ) -> O
@@ -97,10 +124,11 @@ where
     let fp = site.fingerprint::<O::Value>();
     let call = Call::new(&site.policy, fp, Some(site), memo);
     cache
+        .engine
         .fetch(
             &crate::key::stored(key.as_str()),
             call,
-            first,
+            first.0,
             body,
             refresh,
         )
@@ -114,7 +142,7 @@ pub async fn cached_value<T, F>(
     site: &'static Site,
     key: KeyBuilder,
     memo: Memo<T>,
-    first: Fast<T>,
+    first: First<T>,
     body: F,
 ) -> T
 where
@@ -141,7 +169,7 @@ pub async fn cached_result<T, E, F>(
     site: &'static Site,
     key: KeyBuilder,
     memo: Memo<T>,
-    first: Fast<T>,
+    first: First<T>,
     body: F,
 ) -> Result<T, E>
 where
@@ -256,7 +284,7 @@ pub async fn cached_value_refreshing<T, F>(
     site: &'static Site,
     key: KeyBuilder,
     memo: Memo<T>,
-    first: Fast<T>,
+    first: First<T>,
     body: F,
 ) -> T
 where
@@ -276,7 +304,7 @@ pub async fn cached_result_refreshing<T, E, F>(
     site: &'static Site,
     key: KeyBuilder,
     memo: Memo<T>,
-    first: Fast<T>,
+    first: First<T>,
     body: F,
 ) -> Result<T, E>
 where

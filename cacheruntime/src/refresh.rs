@@ -11,20 +11,19 @@
 //! read. The refresh lock is not the key's own lock: a cold miss of the key
 //! (once the stale window is over) never waits for a failed refresh.
 
-use std::cell::Cell;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::backend::Ticket;
-use crate::cache::Outcome;
+use crate::engine::Engine;
 use crate::lock::{refresh_lock_key, LockState};
+use crate::outcome::Outcome;
 use crate::policy::Policy;
-use crate::Cache;
 
 /// Everything a refresh task needs besides the computation. Not public API.
-#[doc(hidden)]
-pub struct RefreshJob {
-    cache: Cache,
+pub(crate) struct RefreshJob {
+    engine: Arc<Engine>,
     key: String,
     policy: Policy,
     fp: u64,
@@ -38,20 +37,20 @@ pub struct RefreshJob {
 /// for the life of the cache.
 impl Drop for RefreshJob {
     fn drop(&mut self) {
-        self.cache.finish_refresh(&self.key);
+        self.engine.finish_refresh(&self.key);
     }
 }
 
 impl RefreshJob {
     pub(crate) fn new(
-        cache: Cache,
+        engine: Arc<Engine>,
         key: String,
         policy: Policy,
         fp: u64,
         ticket: Option<Ticket>,
     ) -> Self {
         RefreshJob {
-            cache,
+            engine,
             key,
             policy,
             fp,
@@ -66,13 +65,9 @@ impl RefreshJob {
         O: Outcome + Send + 'static,
         F: Future<Output = O> + Send + 'static,
     {
-        let (cache, key, policy, fp) = (&self.cache, self.key.as_str(), &self.policy, self.fp);
-        let lock = match cache
-            .try_lock(
-                &refresh_lock_key(key),
-                policy.lock_ttl,
-                cache.inner.op_timeout,
-            )
+        let (engine, key, policy, fp) = (&self.engine, self.key.as_str(), &self.policy, self.fp);
+        let lock = match engine
+            .try_lock(&refresh_lock_key(key), policy.lock_ttl, engine.op_timeout)
             .await
         {
             LockState::Held(held) => Some(held),
@@ -82,7 +77,7 @@ impl RefreshJob {
             // serving what is there.
             LockState::Busy | LockState::Failed => return,
         };
-        let counters = &cache.inner.counters;
+        let counters = &engine.counters;
         counters.refreshes.incr();
         let started = Instant::now();
         let outcome = tokio::spawn(compute).await;
@@ -108,9 +103,9 @@ impl RefreshJob {
             }
             return;
         };
-        if let Some((bytes, ttl)) = cache.seal_checked(key, policy, value, fp, compute_ms) {
-            cache
-                .store(key, bytes, ttl, self.ticket.clone(), cache.inner.op_timeout)
+        if let Some((bytes, ttl)) = engine.seal_checked(key, policy, value, fp, compute_ms) {
+            engine
+                .store(key, bytes, ttl, self.ticket.clone(), engine.op_timeout)
                 .await;
         }
         if let Some(held) = lock {
@@ -121,53 +116,10 @@ impl RefreshJob {
 
 /// Spawns a refresh on the current Tokio runtime; what `#[cached(stale
 /// = ..)]` and `early` hand to the cache. Not public API.
-#[doc(hidden)]
-pub fn spawn_refresh<O, F>(compute: F, job: RefreshJob)
+pub(crate) fn spawn_refresh<O, F>(compute: F, job: RefreshJob)
 where
     O: Outcome + Send + 'static,
     F: Future<Output = O> + Send + 'static,
 {
     tokio::spawn(job.run(compute));
-}
-
-/// A uniform number in (0, 1] from a per-thread xorshift generator: enough
-/// for XFetch's coin, no dependency.
-pub(crate) fn uniform() -> f64 {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let seed = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0x9E37_79B9_7F4A_7C15, |d| d.as_nanos() as u64);
-            (seed ^ (std::thread::current().id().as_u64_fallback())) | 1
-        });
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        ((x >> 11) as f64 + 1.0) / (1u64 << 53) as f64
-    })
-}
-
-trait ThreadIdBits {
-    fn as_u64_fallback(&self) -> u64;
-}
-
-impl ThreadIdBits for std::thread::ThreadId {
-    fn as_u64_fallback(&self) -> u64 {
-        crate::envelope::fingerprint(&format!("{self:?}"), 0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn uniform_stays_in_the_open_closed_unit_interval() {
-        for _ in 0..10_000 {
-            let u = super::uniform();
-            assert!(u > 0.0 && u <= 1.0, "{u}");
-        }
-    }
 }

@@ -151,7 +151,6 @@ pub(crate) struct Counters {
     pub(crate) refresh_failures: Counter,
     pub(crate) lock_waits: Counter,
     pub(crate) lock_timeouts: Counter,
-    pub(crate) signature_failures: Counter,
 }
 
 /// A snapshot of a cache's counters, from [`Cache::stats`](crate::Cache::stats).

@@ -78,36 +78,20 @@ impl Backend for Slot {
         "fuzz-slot"
     }
 
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
-        let found = self.get_now(key).unwrap();
-        Box::pin(async move { found })
-    }
-
-    // Answering synchronously keeps timers and boxed futures out of the loop.
-    fn get_now(&self, _key: &str) -> Option<Result<Lookup, Error>> {
-        Some(Ok(Lookup::new(self.entry.lock().unwrap().clone())))
+    fn get<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
+        let found = Lookup::new(self.entry.lock().unwrap().clone());
+        Box::pin(async move { Ok(found) })
     }
 
     fn set<'a>(
         &'a self,
-        key: &'a str,
+        _key: &'a str,
         value: Bytes,
-        ttl: Duration,
-        ticket: Option<&'a Ticket>,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        let done = self.set_now(key, &value, ttl, ticket).unwrap();
-        Box::pin(async move { done })
-    }
-
-    fn set_now(
-        &self,
-        _key: &str,
-        value: &Bytes,
         _ttl: Duration,
-        _ticket: Option<&Ticket>,
-    ) -> Option<Result<(), Error>> {
-        self.put(value.clone());
-        Some(Ok(()))
+        _ticket: Option<&'a Ticket>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        self.put(value);
+        Box::pin(async { Ok(()) })
     }
 
     fn delete<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<(), Error>> {

@@ -21,10 +21,6 @@ impl Backend for DisabledBackend {
         Box::pin(async { Ok(Lookup::new(None)) })
     }
 
-    fn get_now(&self, _key: &str) -> Option<Result<Lookup, Error>> {
-        Some(Ok(Lookup::new(None)))
-    }
-
     fn set<'a>(
         &'a self,
         _key: &'a str,

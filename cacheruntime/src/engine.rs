@@ -1,0 +1,373 @@
+//! The engine behind every [`Cache`](crate::Cache) handle: the store, the
+//! settings and the shared state (flights, counters, breaker) that the
+//! get-or-compute core (`fetch.rs`), store locks (`lock.rs`) and background
+//! refreshes (`refresh.rs`) work on.
+//!
+//! The handle is an `Arc` of this and nothing else, so a refresh job or a
+//! lock release running in the background holds the engine, never a
+//! `Cache`; and nothing here depends on the public API in `cache.rs`.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::backends::{DisabledBackend, MemoryBackend};
+use crate::breaker::Breaker;
+use crate::clock::Clock;
+use crate::codec::{AnyCodec, Codec};
+use crate::entry::Sealer;
+use crate::errlog::ErrorLog;
+use crate::flight::Flights;
+use crate::policy::Policy;
+use crate::signing::Signer;
+use crate::site::Site;
+use crate::stats::{slot, Counters, FunctionStats, Stats};
+use crate::{key, Error};
+
+/// What kind of store a cache has, decided once, at build, from the
+/// store's type (never from which methods a backend implements).
+///
+/// Only the crate's own memory store is in-process: its entries are
+/// answered synchronously and kept decoded, without signature checks or
+/// store locks (nothing outside the process can write them). Every other
+/// [`Backend`] is shared, however fast it answers, so its entries are
+/// signature-checked and its cold misses take the store's lock.
+pub(crate) enum Store {
+    /// The in-process memory store.
+    Memory(Arc<MemoryBackend>),
+    /// Stores nothing: every call computes, without single-flight.
+    Disabled,
+    /// A store shared with other processes (a server, a file).
+    Shared(Arc<dyn Backend>),
+}
+
+impl Store {
+    /// The store as a [`Backend`], for the calls every kind answers alike.
+    #[inline]
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        match self {
+            Store::Memory(memory) => &**memory,
+            Store::Disabled => &DisabledBackend,
+            Store::Shared(shared) => &**shared,
+        }
+    }
+
+    /// The memory store, when that is the kind.
+    #[inline(always)]
+    pub(crate) fn memory(&self) -> Option<&MemoryBackend> {
+        match self {
+            Store::Memory(memory) => Some(memory),
+            _ => None,
+        }
+    }
+
+    /// Whether other processes share the store: their entries are
+    /// signature-checked and cold misses take the store's lock.
+    #[inline]
+    pub(crate) fn is_shared(&self) -> bool {
+        matches!(self, Store::Shared(_))
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Store::Memory(memory) => memory.fmt(f),
+            Store::Disabled => f.write_str("Disabled"),
+            Store::Shared(shared) => shared.fmt(f),
+        }
+    }
+}
+
+/// The parts a [`CacheBuilder`](crate::CacheBuilder) hands over, checked.
+pub(crate) struct Parts {
+    pub(crate) store: Store,
+    pub(crate) namespace: String,
+    pub(crate) default_ttl: Duration,
+    pub(crate) op_timeout: Duration,
+    pub(crate) codec: AnyCodec,
+    pub(crate) max_entry_bytes: usize,
+    pub(crate) clock: Clock,
+    pub(crate) breaker_threshold: u32,
+    pub(crate) breaker_cool_down: Duration,
+    pub(crate) signer: Option<Signer>,
+}
+
+/// One cache's store, settings and shared state.
+pub(crate) struct Engine {
+    id: u64,
+    pub(crate) store: Store,
+    /// `""` or `"namespace:"`.
+    namespace: Box<str>,
+    pub(crate) op_timeout: Duration,
+    pub(crate) max_entry_bytes: usize,
+    /// Seals and opens entries: codec, signer, clock, TTL defaults.
+    pub(crate) sealer: Sealer,
+    pub(crate) flights: Flights,
+    /// Keys with a background refresh running in this process.
+    pub(crate) refreshing: dashmap::DashMap<Box<str>, ()>,
+    pub(crate) counters: Counters,
+    pub(crate) breaker: Breaker,
+    errlog: ErrorLog,
+    functions: Mutex<Vec<&'static Site>>,
+    /// Type fingerprints of values that did not read back through the
+    /// codec: never stored again.
+    pub(crate) unreadable: dashmap::DashMap<u64, ()>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("backend", &self.store)
+            .field("enabled", &self.enabled())
+            .field("namespace", &self.namespace)
+            .field("default_ttl", &self.sealer.default_ttl)
+            .field("op_timeout", &self.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a call was answered: each call counts exactly one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// A fresh value from the cache.
+    Hit,
+    /// A value past its TTL, inside its stale window, served while it is
+    /// refreshed in the background.
+    Stale,
+    /// Computed, or waited for another caller's computation.
+    Miss,
+}
+
+/// Milliseconds on a monotonic clock, for the breaker and the error log,
+/// which must not stand still under a manual test clock.
+pub(crate) fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+impl Engine {
+    pub(crate) fn new(p: Parts) -> Engine {
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        let namespace = if p.namespace.is_empty() {
+            String::new()
+        } else {
+            format!("{}:", p.namespace)
+        };
+        let verify = p.store.is_shared();
+        Engine {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            store: p.store,
+            namespace: namespace.into_boxed_str(),
+            op_timeout: p.op_timeout,
+            max_entry_bytes: p.max_entry_bytes,
+            sealer: Sealer::new(p.codec, p.signer, p.clock, verify, p.default_ttl),
+            flights: Flights::default(),
+            refreshing: dashmap::DashMap::new(),
+            counters: Counters::default(),
+            breaker: Breaker::new(p.breaker_threshold, p.breaker_cool_down),
+            errlog: ErrorLog::new(10_000),
+            functions: Mutex::new(Vec::new()),
+            unreadable: dashmap::DashMap::new(),
+        }
+    }
+
+    /// Whether the cache stores anything.
+    #[inline(always)]
+    pub(crate) fn enabled(&self) -> bool {
+        !matches!(self.store, Store::Disabled)
+    }
+
+    /// `""` or `"namespace:"`, what every stored key starts with.
+    #[inline]
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The key as the store sees it: namespaced, and shortened when long
+    /// ([`key::stored`]).
+    #[inline]
+    pub(crate) fn full_key<'k>(&self, key: &'k str) -> Cow<'k, str> {
+        if self.namespace.is_empty() {
+            return key::stored(key);
+        }
+        let full = format!("{}{key}", self.namespace);
+        // The namespaced key itself unless it had to be shortened.
+        let shortened = match key::stored(&full) {
+            Cow::Owned(short) => Some(short),
+            Cow::Borrowed(_) => None,
+        };
+        Cow::Owned(shortened.unwrap_or(full))
+    }
+
+    /// The prefix as the store sees it ([`key::stored_prefix`]).
+    pub(crate) fn full_prefix<'k>(&self, prefix: &'k str) -> Result<Cow<'k, str>, Error> {
+        let namespace = &*self.namespace;
+        let refused = || Error::InvalidPrefix {
+            prefix: prefix.to_owned(),
+            reason: "a prefix longer than 959 bytes (with the namespace) is applied as its \
+                     whole ':'-segments within them, and this one has none (past the \
+                     namespace): put a ':' early in it, or invalidate a shorter prefix",
+        };
+        if namespace.is_empty() {
+            return key::stored_prefix(prefix, 0)
+                .map(Cow::Borrowed)
+                .ok_or_else(refused);
+        }
+        let mut full = format!("{namespace}{prefix}");
+        // Always a leading part of `full`: keep that much of it.
+        let len = key::stored_prefix(&full, namespace.len())
+            .ok_or_else(refused)?
+            .len();
+        full.truncate(len);
+        Ok(Cow::Owned(full))
+    }
+
+    /// Counts how a call was answered.
+    #[inline(always)]
+    pub(crate) fn tally(&self, site: Option<&'static Site>, answer: Answer) {
+        let counters = &self.counters;
+        let slot = slot();
+        let (cache, function) = match answer {
+            Answer::Hit => (&counters.hits, site.map(|s| &s.hits)),
+            Answer::Stale => (&counters.stale_hits, site.map(|s| &s.stale_hits)),
+            Answer::Miss => (&counters.misses, site.map(|s| &s.misses)),
+        };
+        cache.incr_in(slot);
+        if let Some(function) = function {
+            function.incr_in(slot);
+        }
+    }
+
+    /// Counts and logs a failure the caller recovers from.
+    pub(crate) fn failed(&self, op: &'static str, err: &Error) {
+        match err {
+            Error::CircuitOpen { .. } => {}
+            Error::Decode { .. } => self.counters.decode_failures.incr(),
+            // Over the cache's limit or the store's (Memcached's item size).
+            Error::TooLarge { .. } => self.counters.oversize.incr(),
+            _ => self.counters.errors.incr(),
+        }
+        if !matches!(err, Error::CircuitOpen { .. }) {
+            self.errlog
+                .report(monotonic_ms(), self.store.backend().name(), op, err);
+        }
+    }
+
+    /// Records that a `#[cached]` function used this cache, for
+    /// [`stats`](Self::stats).
+    #[inline]
+    pub(crate) fn register(&self, site: &'static Site) {
+        if site.last_cache.load(Ordering::Relaxed) == self.id {
+            return;
+        }
+        let mut fns = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if !fns.iter().any(|s| std::ptr::eq(*s, site)) {
+            fns.push(site);
+        }
+        site.last_cache.store(self.id, Ordering::Relaxed);
+    }
+
+    /// A background refresh of `key` in this process ended.
+    pub(crate) fn finish_refresh(&self, key: &str) {
+        self.refreshing.remove(key);
+    }
+
+    /// A snapshot of the counters, with the per-function counters of the
+    /// `#[cached]` functions that used this cache.
+    pub(crate) fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let functions = self
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|s| FunctionStats {
+                name: s.qualified_name(),
+                hits: s.hits.get(),
+                stale_hits: s.stale_hits.get(),
+                misses: s.misses.get(),
+            })
+            .collect();
+        Stats {
+            hits: c.hits.get(),
+            misses: c.misses.get(),
+            stale_hits: c.stale_hits.get(),
+            errors: c.errors.get(),
+            computations: c.computations.get(),
+            coalesced: c.coalesced.get(),
+            decode_failures: c.decode_failures.get(),
+            oversize: c.oversize.get(),
+            circuit_skips: c.circuit_skips.get(),
+            refreshes: c.refreshes.get(),
+            refresh_failures: c.refresh_failures.get(),
+            lock_waits: c.lock_waits.get(),
+            lock_timeouts: c.lock_timeouts.get(),
+            signature_failures: self.sealer.signature_failures.get(),
+            functions,
+        }
+    }
+
+    /// [`seal_for`](Sealer::seal_for), for values that will be stored: `None`
+    /// (counted and logged) when the value cannot be encoded, or when it
+    /// does not read back through the codec. Every write is checked, since
+    /// some shapes fail for some values only (`skip_serializing_if`); the
+    /// first failure of a type (fingerprint) is reported once, and from then
+    /// on the type is never stored: every call computes, as without a cache.
+    pub(crate) fn seal_checked<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &str,
+        policy: &Policy,
+        value: &T,
+        fp: u64,
+        compute_ms: u32,
+    ) -> Option<(Bytes, Duration)> {
+        if self.unreadable(fp) {
+            return None;
+        }
+        match self.sealer.seal_for(key, policy, value, fp, compute_ms) {
+            Ok((bytes, ttl)) => self.reads_back::<T>(&bytes, fp).then_some((bytes, ttl)),
+            Err(e) => {
+                self.failed("encode", &e);
+                None
+            }
+        }
+    }
+
+    /// Whether values of the type behind `fp` have failed to read back.
+    pub(crate) fn unreadable(&self, fp: u64) -> bool {
+        !self.unreadable.is_empty() && self.unreadable.contains_key(&fp)
+    }
+
+    /// Whether `bytes`, just sealed, decode again as `T`. The first failure
+    /// of a type is counted in `decode_failures` and reported at warn level
+    /// with what to do.
+    fn reads_back<T: DeserializeOwned>(&self, bytes: &Bytes, fp: u64) -> bool {
+        let decoded =
+            Sealer::own_payload(bytes).and_then(|payload| self.sealer.codec.decode::<T>(payload));
+        let Err(e) = decoded else {
+            return true;
+        };
+        if self.unreadable.insert(fp, ()).is_none() {
+            self.counters.decode_failures.incr();
+            tracing::warn!(
+                value_type = std::any::type_name::<T>(),
+                codec = self.sealer.codec.name(),
+                error = %e,
+                "a value of this type did not read back through the cache's codec, so values of \
+                 this type are no longer stored: every call computes. The codecs are not \
+                 self-describing and cannot read serde_json::Value, #[serde(untagged)], \
+                 internally or adjacently tagged enums, #[serde(flatten)] or \
+                 #[serde(skip_serializing_if)]: cache a type without them (for JSON, its text \
+                 as a String)"
+            );
+        }
+        false
+    }
+}

@@ -1,0 +1,167 @@
+//! Store I/O under the cache's guards: every call bounded by the op timeout
+//! (or what is left of a call's [`Budget`]) and skipped while the circuit
+//! breaker is open, failures counted and logged (rate-limited), writes
+//! checked against the entry size limit.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::backend::{BoxFuture, Ticket};
+use crate::engine::{monotonic_ms, Engine};
+use crate::Error;
+
+/// What one call may spend in store operations, all together: the op
+/// timeout, so the cache adds at most that much to a call however slow the
+/// store. The write comes first: the lock (and the look at the store that
+/// follows it) is taken only when what is left also covers the write, at
+/// the pace the call's read showed; the write gets what is left, and a call
+/// whose read used it all skips both. Waiting for another process's
+/// computation is not charged (it takes the place of computing), and a call
+/// that waited
+/// gets a fresh budget for what follows.
+pub(crate) struct Budget {
+    total: Duration,
+    left: Duration,
+    /// How long one store call took: the first one's duration.
+    pace: Option<Duration>,
+}
+
+impl Budget {
+    pub(crate) fn new(total: Duration) -> Self {
+        Budget {
+            total,
+            left: total,
+            pace: None,
+        }
+    }
+
+    /// What is left, or `None` when nothing is.
+    pub(crate) fn left(&self) -> Option<Duration> {
+        (!self.left.is_zero()).then_some(self.left)
+    }
+
+    /// Takes the time since `started` off what is left.
+    pub(crate) fn spend(&mut self, started: Instant) {
+        let took = started.elapsed();
+        self.pace.get_or_insert(took);
+        self.left = self.left.saturating_sub(took);
+    }
+
+    /// Whether what is left covers `calls` more store calls at the pace
+    /// seen so far.
+    pub(crate) fn affords(&self, calls: u32) -> bool {
+        let pace = self.pace.unwrap_or(Duration::ZERO);
+        !self.left.is_zero() && self.left >= pace.saturating_mul(calls)
+    }
+
+    /// A fresh budget, after waiting for another process's computation.
+    pub(crate) fn refill(&mut self) {
+        self.left = self.total;
+    }
+}
+
+impl Engine {
+    /// Runs one store call under the circuit breaker and the op timeout.
+    pub(crate) async fn guarded<'b, T>(
+        &self,
+        op: &'static str,
+        call: impl FnOnce() -> BoxFuture<'b, Result<T, Error>>,
+    ) -> Result<T, Error> {
+        self.guarded_for(op, self.op_timeout, call).await
+    }
+
+    /// [`guarded`](Self::guarded) with a shorter bound: what is left of a
+    /// call's budget (see `fetch::Budget`).
+    pub(crate) async fn guarded_for<'b, T>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        call: impl FnOnce() -> BoxFuture<'b, Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let inner = self;
+        let backend = inner.store.backend().name();
+        if !inner.breaker.allow(monotonic_ms()) {
+            inner.counters.circuit_skips.incr();
+            return Err(Error::CircuitOpen { backend });
+        }
+        // The call is made only now, so an open circuit costs no store work.
+        let result = match tokio::time::timeout(timeout, call()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout { backend, timeout }),
+        };
+        match &result {
+            Ok(_) => inner.breaker.success(),
+            // Skipped by one of the backend's own breakers.
+            Err(Error::CircuitOpen { .. }) => inner.counters.circuit_skips.incr(),
+            // A backend that isolates failures (per server) keeps them from
+            // opening the whole store's circuit.
+            // ... and a timeout shorter than the op timeout (what was left
+            // of a call's budget) is the call's limit, not the store's
+            // failure.
+            Err(e)
+                if e.is_store_failure()
+                    && !inner.store.backend().isolates_failures()
+                    && !(matches!(e, Error::Timeout { .. }) && timeout < inner.op_timeout) =>
+            {
+                if inner.breaker.failure(monotonic_ms()) {
+                    tracing::warn!(
+                        backend,
+                        op,
+                        "cache store failing repeatedly; circuit open, calls skip it for a cool-down"
+                    );
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Writes an entry through the store (no type check), bounded by
+    /// `timeout`.
+    pub(crate) async fn write(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        ttl: Duration,
+        ticket: Option<Ticket>,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        if bytes.len() > self.max_entry_bytes {
+            return Err(Error::TooLarge {
+                size: bytes.len(),
+                limit: self.max_entry_bytes,
+            });
+        }
+        // The memory store cannot block: no timer for it.
+        if let Some(memory) = self.store.memory() {
+            return memory.store(key, bytes, ttl, ticket.as_ref());
+        }
+        let backend = self.store.backend();
+        self.guarded_for("set", timeout, || {
+            backend.set(key, bytes, ttl, ticket.as_ref())
+        })
+        .await
+    }
+
+    /// Stores an encoded entry within `timeout`, counting (never returning)
+    /// failures.
+    pub(crate) async fn store(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        ttl: Duration,
+        ticket: Option<Ticket>,
+        timeout: Duration,
+    ) {
+        match self.write(key, bytes, ttl, ticket, timeout).await {
+            Ok(()) => {}
+            // The call's budget ran out, not the store: the value is simply
+            // not stored this time.
+            Err(Error::Timeout { .. }) if timeout < self.op_timeout => {
+                tracing::debug!(key, "value not stored: the call's store budget ran out");
+            }
+            Err(e) => self.failed("set", &e),
+        }
+    }
+}
