@@ -12,11 +12,24 @@ use serde::Serialize;
 
 use crate::Error;
 
+mod sealed {
+    /// Only this crate's codecs implement [`Codec`](super::Codec).
+    pub trait Sealed {}
+    impl Sealed for super::BincodeCodec {}
+    #[cfg(feature = "postcard")]
+    impl Sealed for super::PostcardCodec {}
+    impl Sealed for super::AnyCodec {}
+}
+
 /// A serialization format for cached values.
 ///
-/// Methods are generic over the value type, so the trait is used through the
-/// concrete codecs and [`AnyCodec`], which the builder accepts.
-pub trait Codec: Send + Sync + std::fmt::Debug {
+/// Sealed: the codecs are the ones listed here ([`BincodeCodec`],
+/// [`PostcardCodec`], and [`AnyCodec`], which the builder accepts). A codec
+/// is part of the stored format (its id is in every entry, and entries must
+/// decode the same in every process sharing a store), and its methods are
+/// generic over the value type, so the cache could not call a codec of the
+/// user's through the builder anyway. Ask for a codec you need in an issue.
+pub trait Codec: sealed::Sealed + Send + Sync + std::fmt::Debug {
     /// Stable one-byte id written into every envelope; entries written by
     /// another codec are misses, not garbage.
     fn id(&self) -> u8;

@@ -12,7 +12,13 @@ pub mod codec;
 mod default;
 mod engine;
 mod entry;
+// The entry format: crate-private, but the fuzz targets and property tests
+// feed it bytes directly (feature `fuzzing`; no stability promise).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
 pub mod envelope;
+#[cfg(not(feature = "fuzzing"))]
+mod envelope;
 mod errlog;
 mod error;
 mod fetch;

@@ -17,9 +17,10 @@ use crate::Error;
 /// Length of the tag appended to signed envelopes.
 pub const TAG_LEN: usize = 32;
 
-/// Signing keys; `Debug` never shows them.
+/// Signing keys, as [`CacheBuilder::signing_keys`](crate::CacheBuilder::signing_keys)
+/// takes them; `Debug` never shows them.
 #[derive(Clone, Default)]
-pub struct SigningKeys(pub(crate) Vec<Vec<u8>>);
+pub(crate) struct SigningKeys(pub(crate) Vec<Vec<u8>>);
 
 impl std::fmt::Debug for SigningKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
