@@ -216,7 +216,7 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
             let __cachemacro_slow = {
                 #key
                 let __cachemacro_memo = #memo;
-                let __cachemacro_first = match #local_hit.hit() {
+                let __cachemacro_first = match #local_hit {
                     ::core::result::Result::Ok(__cachemacro_value) => return #hit,
                     ::core::result::Result::Err(__cachemacro_other) => __cachemacro_other,
                 };
@@ -278,9 +278,7 @@ fn ids_body(
             &__CACHEMACRO_SITE,
             &__cachemacro_k,
             __cachemacro_memo,
-        )
-        .hit()
-        {
+        ) {
             ::core::result::Result::Ok(__cachemacro_ids) => __cachemacro_ids,
             ::core::result::Result::Err(__cachemacro_first) => #entry(
                 __cachemacro_cache,

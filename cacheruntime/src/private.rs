@@ -54,33 +54,25 @@ pub fn key_for(cache: &Cache) -> KeyBuilder {
     k
 }
 
-/// What the synchronous read found, opaque to the generated code: a hit
-/// is taken out with [`First::hit`], anything else is handed on, unopened,
-/// to a `cached_*` entry point. (The engine's enum stays private, so it can
-/// change without the macro.)
+/// What the synchronous read found when it is not a hit, opaque to the
+/// generated code: handed on, unopened, to a `cached_*` entry point. (The
+/// engine's enum stays private, so it can change without the macro.)
 pub struct First<T>(Fast<T>);
 
-impl<T> First<T> {
-    /// The value of a fresh hit (already counted), or what to hand on.
-    #[inline(always)]
-    pub fn hit(self) -> Result<T, First<T>> {
-        match self.0 {
-            Fast::Hit(value) => Ok(value),
-            other => Err(First(other)),
-        }
-    }
-}
-
 /// The synchronous hit path `#[cached]` tries first: in-process stores
-/// answer here without building the async machinery.
+/// answer here without building the async machinery. `Ok` is a fresh hit
+/// (already counted).
 #[inline]
 pub fn local_hit<T: Cacheable>(
     cache: &Cache,
     site: &'static Site,
     key: &KeyBuilder,
     memo: Memo<T>,
-) -> First<T> {
-    First(local_read(cache, site, key, memo))
+) -> Result<T, First<T>> {
+    match local_read(cache, site, key, memo) {
+        Fast::Hit(value) => Ok(value),
+        other => Err(First(other)),
+    }
 }
 
 #[inline(always)]
