@@ -40,6 +40,8 @@ pub mod __private;
 pub use backend::{Backend, Locality};
 pub use builder::CacheBuilder;
 pub use cache::{Always, Cache, Outcome};
+#[doc = include_str!("../docs/cached.md")]
+#[doc(inline)]
 pub use cachemacro::cached;
 pub use clock::Clock;
 pub use default::set_default;
