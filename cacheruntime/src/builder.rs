@@ -21,6 +21,13 @@ const DEFAULT_MAX_ENTRY_BYTES: usize = 1 << 20;
 
 /// Builds a [`Cache`]. Start from [`Cache::builder`].
 ///
+/// Every setting has a default that suits a web application (see
+/// [`new`](Self::new)), so a builder names only what differs. The
+/// settings are checked together in [`build`](Self::build), which never
+/// connects anywhere: a cache on a remote store is built while the store is
+/// down, and its calls compute until it answers. [`Cache::from_url`] and
+/// [`Cache::from_env`] build the same caches from configuration.
+///
 /// ```
 /// use std::time::Duration;
 /// use cacheruntime::{Cache, backends::MemoryBackend};
@@ -33,6 +40,32 @@ const DEFAULT_MAX_ENTRY_BYTES: usize = 1 << 20;
 ///     .build()
 ///     .unwrap();
 /// # let _ = cache;
+/// ```
+///
+/// Signed entries, for a shared store that others can write to: the first
+/// key signs and every key verifies, so a key rotates without a wave of
+/// misses (add the new key last, then move it first, then drop the old one
+/// once the entries it signed have expired).
+///
+/// ```
+/// use cacheruntime::Cache;
+///
+/// let cache = Cache::builder()
+///     .signing_keys(["new-key-at-least-16-bytes", "old-key-at-least-16-bytes"])
+///     .build()
+///     .unwrap();
+/// # let _ = cache;
+/// ```
+///
+/// Mistakes are errors at `build`, saying what to change, rather than a
+/// cache that misbehaves later:
+///
+/// ```
+/// use cacheruntime::{Cache, Error};
+///
+/// // A namespace is one key segment: letters, digits and `._-`.
+/// let err = Cache::builder().namespace("my shop").build().unwrap_err();
+/// assert!(matches!(err, Error::Config(_)), "{err}");
 /// ```
 #[must_use]
 #[derive(Debug)]

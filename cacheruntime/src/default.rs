@@ -8,8 +8,30 @@ static DEFAULT: AtomicPtr<Cache> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Installs the cache that `#[cached]` functions without `cache = ...` use.
 ///
-/// Call it once at startup, before serving: until then (or if it is never
-/// called) they use a process-wide [`Cache::memory`].
+/// This is what keeps the store out of the code: functions name no cache,
+/// and `main` decides, from configuration, which one they all share. Call it
+/// once at startup, before serving: until then (or if it is never called)
+/// they use a process-wide [`Cache::memory`].
+///
+/// ```
+/// use cacheruntime::{cached, Cache};
+///
+/// #[cached(key = "greeting:{name}")]
+/// async fn greeting(name: &str) -> String {
+///     format!("hello {name}")
+/// }
+///
+/// #[tokio::main(flavor = "current_thread")]
+/// async fn main() -> Result<(), cacheruntime::Error> {
+///     // In production `Cache::from_env()`, which reads CACHE_URL.
+///     let cache = Cache::from_url("memory://?namespace=web").await?;
+///     cacheruntime::set_default(cache.clone());
+///
+///     assert_eq!(greeting("Ann").await, "hello Ann");
+///     assert_eq!(cache.stats().misses, 1); // the call went to the installed cache
+///     Ok(())
+/// }
+/// ```
 ///
 /// Replacing an installed cache works, but the replaced cache is never
 /// dropped: calls already running may hold a `&'static` reference to it, so

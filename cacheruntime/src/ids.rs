@@ -168,7 +168,8 @@ impl<T: Clone> CloneForRefresh for T {
     }
 }
 
-/// See [`CloneForRefresh`].
+/// What generated code calls to clone an argument for the refresh: through
+/// `CloneForRefresh`, so a missing `Clone` is reported in its words.
 pub fn clone_for_refresh<T: CloneForRefresh>(value: &T) -> T {
     value.clone_for_refresh()
 }

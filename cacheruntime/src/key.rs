@@ -190,7 +190,10 @@ pub fn check_prefix(prefix: &str) -> Result<(), Error> {
 /// The longest key a store is handed as written: PostgreSQL's index entries
 /// are limited to about 2.7 KB (after compression), Memcached's keys to 250
 /// bytes (it shortens further), and long keys cost memory and time
-/// everywhere. A longer key is stored as [`stored`] shortens it.
+/// everywhere. A longer key (with the namespace) is stored shortened: its
+/// whole `:`-segments within the first `MAX_STORED_KEY - 65` bytes, then `#`
+/// and the SHA-256 of the whole key, so it stays distinct and prefix
+/// invalidation still reaches it.
 pub const MAX_STORED_KEY: usize = 1024;
 
 /// `'#'` and 64 hex digits of SHA-256.

@@ -4,17 +4,38 @@ use std::time::Duration;
 
 /// How a get-or-compute call caches its value: what `#[cached(ttl = ..,
 /// stale = .., early = .., version = ..)]` expands to, and what
-/// [`Cache::get_or_compute`](crate::Cache::get_or_compute) takes.
+/// [`Cache::get_or_compute`](crate::Cache::get_or_compute) and its siblings
+/// take, so code without the macro gets the same behaviour.
+///
+/// Every method is `const`: a policy shared by several call sites can be a
+/// `const` item, written once beside the data it describes.
 ///
 /// ```
 /// use std::time::Duration;
-/// use cacheruntime::Policy;
-/// let p = Policy::new()
+/// use cacheruntime::{Cache, Policy};
+///
+/// /// Feeds: fresh for 10 minutes, then served for up to an hour more while
+/// /// one caller refreshes them in the background.
+/// const FEEDS: Policy = Policy::new()
 ///     .ttl(Duration::from_secs(600))
 ///     .stale(Duration::from_secs(3600))
-///     .early(1.0)
 ///     .version(2);
-/// # let _ = p;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cache = Cache::memory();
+/// let feed: String = cache
+///     .get_or_refresh("feed:news", &FEEDS, || async { "<rss/>".to_string() })
+///     .await;
+/// assert_eq!(feed, "<rss/>");
+///
+/// // `get_or_compute` takes the same policy, but without a task to spawn it
+/// // recomputes a stale entry in the foreground.
+/// let again: String = cache
+///     .get_or_compute("feed:news", &FEEDS, || async { unreachable!("a hit") })
+///     .await;
+/// assert_eq!(again, "<rss/>");
+/// # }
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]

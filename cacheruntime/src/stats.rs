@@ -154,6 +154,35 @@ pub(crate) struct Counters {
 }
 
 /// A snapshot of a cache's counters, from [`Cache::stats`](crate::Cache::stats).
+///
+/// A failing cache never fails a call (it computes instead), so these
+/// counters are where a failing store shows: export them to your metrics
+/// and watch `errors` and `circuit_skips` (the store is down or too slow for
+/// the op timeout), `decode_failures` (entries of another type or version,
+/// or values the codec cannot read back) and `oversize` (values over the max
+/// entry size, never stored), beside the hit rate. Counters only grow; take
+/// differences between snapshots for rates.
+///
+/// ```
+/// use cacheruntime::{cached, Cache};
+///
+/// #[cached(key = "square:{n}", cache = cache)]
+/// async fn square(cache: &Cache, n: u64) -> u64 {
+///     n * n
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cache = Cache::memory();
+/// square(&cache, 3).await; // a miss: computed
+/// square(&cache, 3).await; // a hit
+///
+/// let stats = cache.stats();
+/// assert_eq!((stats.hits, stats.misses, stats.calls()), (1, 1, 2));
+/// assert_eq!(stats.hit_rate(), 0.5);
+/// assert_eq!((stats.errors, stats.computations), (0, 1));
+/// # }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -219,10 +248,38 @@ fn rate(served: u64, total: u64) -> f64 {
     }
 }
 
-/// Hit and miss counts of one `#[cached]` function.
+/// Hit and miss counts of one `#[cached]` function, in [`Stats::functions`].
+///
+/// A cache-wide hit rate hides a function whose key never repeats (a
+/// timestamp in the key, an argument that differs on every call): per
+/// function, it shows as a hit rate near zero, and that function's entries
+/// only take room from the others.
 ///
 /// A function's counters are process-wide: if it is called with several
 /// caches, each cache's `Stats` shows the same totals.
+///
+/// ```
+/// use cacheruntime::{cached, Cache};
+///
+/// #[cached(key = "profile:{user_id}", cache = cache)]
+/// async fn profile(cache: &Cache, user_id: u64) -> String {
+///     format!("user {user_id}")
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let cache = Cache::memory();
+/// for user_id in [1, 1, 1, 2] {
+///     profile(&cache, user_id).await;
+/// }
+/// for f in cache.stats().functions {
+///     // `name` is `module::path::function`, here `rust_out::profile`.
+///     println!("{}: {:.0}% hits", f.name, f.hit_rate() * 100.0);
+///     assert!(f.name.ends_with("::profile"));
+///     assert_eq!((f.hits, f.misses), (2, 2));
+/// }
+/// # }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FunctionStats {
