@@ -32,8 +32,34 @@ use crate::{key, Error};
 /// - Direct use: [`get`](Cache::get), [`set`](Cache::set),
 ///   [`delete`](Cache::delete), [`invalidate_prefix`](Cache::invalidate_prefix).
 /// - Get-or-compute: [`get_or_compute`](Cache::get_or_compute),
-///   [`try_get_or_compute`](Cache::try_get_or_compute) (what `#[cached]` calls).
-/// - Watching: [`stats`](Cache::stats).
+///   [`try_get_or_compute`](Cache::try_get_or_compute) (what `#[cached]` calls),
+///   and with `stale` / `early` refreshed in the background:
+///   [`get_or_refresh`](Cache::get_or_refresh),
+///   [`try_get_or_refresh`](Cache::try_get_or_refresh).
+/// - Watching: [`stats`](Cache::stats), [`is_enabled`](Cache::is_enabled),
+///   [`backend_name`](Cache::backend_name), [`default_ttl`](Cache::default_ttl).
+///
+/// ```
+/// use std::time::Duration;
+/// use cacheruntime::{Cache, Policy};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), cacheruntime::Error> {
+/// // One handle per app, cloned into every request (an `Arc` inside).
+/// let cache = Cache::memory();
+///
+/// // What `#[cached]` does for you, by hand: the closure runs on a miss.
+/// const RANKING: Policy = Policy::new().ttl(Duration::from_secs(3600));
+/// let top: Vec<u64> = cache
+///     .get_or_compute("author:42:top_books", &RANKING, || async { vec![421, 422] })
+///     .await;
+/// assert_eq!(top, [421, 422]);
+///
+/// // A purchase changed author 42's data: drop everything under it.
+/// cache.invalidate_prefix("author:42:").await?;
+/// assert_eq!(cache.get::<Vec<u64>>("author:42:top_books").await?, None);
+/// # Ok(()) }
+/// ```
 ///
 /// # When the store fails
 /// Get-or-compute never fails because of the cache: a store error, a timeout
@@ -136,6 +162,22 @@ impl Cache {
     /// Reads `key`. `Ok(None)` for a miss, an expired entry, or an entry that
     /// does not decode as `T` (which also counts in `Stats::decode_failures`).
     /// Counts a hit or a miss (a failed read counts as a miss and an error).
+    ///
+    /// It reads what [`set`](Self::set) wrote, and what `get_or_compute`
+    /// wrote for the same `T` (at policy version 0); a value of another type
+    /// under the key is a miss, never a wrong value.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use cacheruntime::Cache;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cacheruntime::Error> {
+    /// let cache = Cache::memory();
+    /// cache.set("feed:etag", "W/\"42\"", Duration::from_secs(60)).await?;
+    /// assert_eq!(cache.get::<String>("feed:etag").await?.as_deref(), Some("W/\"42\""));
+    /// assert_eq!(cache.get::<u64>("feed:etag").await?, None, "another type: a miss");
+    /// # Ok(()) }
+    /// ```
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
         key::check_key(key)?;
         let typed = envelope::fingerprint(std::any::type_name::<T>(), 0);
@@ -168,6 +210,11 @@ impl Cache {
     }
 
     /// Stores `value` under `key` for `ttl`.
+    ///
+    /// A plain write, the last one wins: unlike
+    /// [`delete`](Self::delete) and
+    /// [`invalidate_prefix`](Self::invalidate_prefix) it fences nothing, so
+    /// a computation of the same key already running may overwrite it.
     pub async fn set<T: Serialize + ?Sized>(
         &self,
         key: &str,
@@ -189,6 +236,18 @@ impl Cache {
     }
 
     /// Removes `key`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use cacheruntime::Cache;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cacheruntime::Error> {
+    /// let cache = Cache::memory();
+    /// cache.set("session:9", &"alice", Duration::from_secs(60)).await?;
+    /// cache.delete("session:9").await?;
+    /// assert_eq!(cache.get::<String>("session:9").await?, None);
+    /// # Ok(()) }
+    /// ```
     ///
     /// Like [`invalidate_prefix`](Self::invalidate_prefix), it fences
     /// computations in flight: after it returns, no caller in any process
@@ -221,6 +280,21 @@ impl Cache {
     ///
     /// Entries being computed while this runs are not stored visibly: after
     /// it returns, no reader gets a value computed before it.
+    ///
+    /// ```
+    /// # use cacheruntime::{Cache, Error};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// let cache = Cache::memory();
+    /// cache.invalidate_prefix("author:42:").await?; // author 42's entries
+    /// cache.invalidate_prefix("").await?; // everything in the namespace
+    /// // Not a whole segment: refused, rather than reaching `author:420:` too.
+    /// assert!(matches!(
+    ///     cache.invalidate_prefix("author:42").await,
+    ///     Err(Error::InvalidPrefix { .. })
+    /// ));
+    /// # Ok(()) }
+    /// ```
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<(), Error> {
         key::check_prefix(prefix)?;
         if !self.engine.enabled() {
@@ -238,7 +312,32 @@ impl Cache {
     }
 
     /// Returns the cached value of `key`, or runs `compute`, caches its value
-    /// and returns it. Every value is cached, `None` included.
+    /// and returns it. Every value is cached, `None` included (negative
+    /// caching: a lookup that found nothing is not repeated for the TTL).
+    ///
+    /// Callers missing the same key at once share one computation (see
+    /// [`Cache`]); if the store fails, `compute` runs and its value is
+    /// returned as without a cache.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use cacheruntime::{Cache, Policy};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache = Cache::memory();
+    /// let policy = Policy::new().ttl(Duration::from_secs(60));
+    /// let user_id = 7;
+    /// let key = format!("user:{user_id}:avatar");
+    /// let avatar: Option<String> = cache.get_or_compute(&key, &policy, || async { None }).await;
+    /// assert_eq!(avatar, None);
+    /// // Cached, `None` included: this closure does not run.
+    /// let again: Option<String> = cache
+    ///     .get_or_compute(&key, &policy, || async { unreachable!() })
+    ///     .await;
+    /// assert_eq!(again, None);
+    /// assert_eq!(cache.stats().hits, 1);
+    /// # }
+    /// ```
     pub async fn get_or_compute<T, F, Fut>(&self, key: &str, policy: &Policy, compute: F) -> T
     where
         T: Serialize + DeserializeOwned,
@@ -252,6 +351,25 @@ impl Cache {
 
     /// Like [`get_or_compute`](Self::get_or_compute) for fallible
     /// computations: `Ok` values are cached, `Err` never is.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use cacheruntime::{Cache, Policy};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache = Cache::memory();
+    /// let policy = Policy::new().ttl(Duration::from_secs(300));
+    /// // An upstream failure is returned, not cached: the next call retries.
+    /// let failed: Result<String, &str> = cache
+    ///     .try_get_or_compute("oembed:v1", &policy, || async { Err("upstream 503") })
+    ///     .await;
+    /// assert!(failed.is_err());
+    /// let ok: Result<String, &str> = cache
+    ///     .try_get_or_compute("oembed:v1", &policy, || async { Ok("<iframe>".to_string()) })
+    ///     .await;
+    /// assert_eq!(ok.unwrap(), "<iframe>");
+    /// # }
+    /// ```
     pub async fn try_get_or_compute<T, E, F, Fut>(
         &self,
         key: &str,
@@ -277,6 +395,26 @@ impl Cache {
     ///
     /// With `get_or_compute` a stale entry is recomputed in the foreground,
     /// as a miss, and early refresh does not happen.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use cacheruntime::{Cache, Policy};
+    /// # async fn fetch_feed(url: String) -> String { url }
+    /// # #[tokio::main]
+    /// # async fn main() {
+    /// let cache = Cache::memory();
+    /// // Fresh for a minute, then served for up to an hour more while one
+    /// // caller refreshes it in the background.
+    /// const FEED: Policy = Policy::new()
+    ///     .ttl(Duration::from_secs(60))
+    ///     .stale(Duration::from_secs(3600));
+    /// let url = "https://example.test/rss".to_string();
+    /// let body = cache
+    ///     .get_or_refresh("feed:example", &FEED, move || fetch_feed(url))
+    ///     .await;
+    /// assert_eq!(body, "https://example.test/rss");
+    /// # }
+    /// ```
     pub async fn get_or_refresh<T, F, Fut>(&self, key: &str, policy: &Policy, compute: F) -> T
     where
         T: Serialize + DeserializeOwned + Send + 'static,
