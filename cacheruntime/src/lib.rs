@@ -22,6 +22,7 @@ mod lock;
 mod memo;
 mod policy;
 mod refresh;
+mod secrets;
 pub mod signing;
 mod site;
 mod stats;

@@ -67,7 +67,7 @@ use redis::{Cmd, RedisError, RedisFuture, Script, Value};
 
 use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
 use crate::backends::generations::{generations, prefixes, unwrap_entry};
-use crate::url::{redact, Secrets};
+use crate::secrets::{redact, Secrets};
 use crate::Error;
 
 const NAME: &str = "redis";

@@ -85,7 +85,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
 use crate::clock::Clock;
-use crate::url::{redact, Secrets};
+use crate::secrets::{redact, Secrets};
 use crate::Error;
 
 use self::connect::{connect_options, Connect};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::ring::with_port;
-use crate::url::redact;
+use crate::secrets::redact;
 use crate::Error;
 
 /// The longest `max_ttl` accepted: Memcached's expiry times are 32-bit

@@ -121,7 +121,7 @@ use self::setup::Setup;
 use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
 use crate::backends::generations::{seed, wrap_entry};
 use crate::clock::Clock;
-use crate::url::redact;
+use crate::secrets::redact;
 use crate::Error;
 
 const NAME: &str = "memcached";

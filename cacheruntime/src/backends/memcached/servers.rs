@@ -21,7 +21,7 @@ use super::config::MemcachedConfig;
 use super::ring::{identity, with_port, Ring};
 use super::NAME;
 use crate::breaker::Breaker;
-use crate::url::{redact, Secrets};
+use crate::secrets::{redact, Secrets};
 use crate::Error;
 
 struct Server {
