@@ -173,6 +173,11 @@ mod scrub {
     /// message: exact matching of the password as given is not enough, since
     /// redis-rs and sqlx decode it and the `url` crate re-encodes it.
     ///
+    /// Every remote backend (Redis, SQL, Memcached) builds one from every
+    /// URL or server it is given and passes every message of its client
+    /// library through [`scrub`](Secrets::scrub) before it goes into an
+    /// error or a log line.
+    ///
     /// A password written carelessly (a raw `/`, `?`, `#` or `@`) is found both
     /// where the URL grammar ends it and where its writer meant it to end (the
     /// last `@`), so it is scrubbed whichever way a library reads the URL.
