@@ -67,6 +67,7 @@ use redis::{Cmd, RedisError, RedisFuture, Script, Value};
 
 use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
 use crate::backends::generations::{generations, prefixes, unwrap_entry};
+use crate::params::{CacheUrl, Common};
 use crate::secrets::{redact, Secrets};
 use crate::Error;
 
@@ -158,6 +159,61 @@ impl RedisConfig {
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// Reads a cache URL (`Cache::from_url`) for this store; returns the
+    /// parameters every scheme shares for the cache. Forms:
+    /// `redis://[user:pass@]host[:port][/db]`, `rediss://...` and
+    /// `redis+cluster://[user:pass@]h1:p1,h2:p2`, with `ca_file`, `cert_file`,
+    /// `key_file` and `max_ttl` beside the common parameters.
+    pub(crate) fn from_url(url: &mut CacheUrl<'_>) -> Result<(RedisConfig, Common), Error> {
+        let ca_file = url.take("ca_file");
+        let cert_file = url.take("cert_file");
+        let key_file = url.take("key_file");
+        let max_ttl = url.take_duration("max_ttl")?;
+        let common = url.finish("ca_file, cert_file, key_file, max_ttl")?;
+        let tls = url.scheme.starts_with("rediss");
+        let base = if tls { "rediss" } else { "redis" };
+        let mut config = if url.scheme.ends_with("+cluster") {
+            if url.hosts.is_empty() {
+                return Err(url.error(
+                    "name at least one cluster node: `redis+cluster://host1:6379,host2:6379`",
+                ));
+            }
+            let userinfo = url.userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+            Self::cluster(
+                url.hosts
+                    .split(',')
+                    .map(|h| format!("{base}://{userinfo}{h}")),
+            )
+        } else {
+            if url.hosts.is_empty() {
+                return Err(url.error("name the server: `redis://host:6379/0`"));
+            }
+            if url.hosts.contains(',') {
+                return Err(url.error(format!(
+                    "`{}://` takes one server; name several nodes of a cluster as \
+                     `{base}+cluster://host1:6379,host2:6379`",
+                    url.scheme
+                )));
+            }
+            Self::new(format!("{base}://{}", url.rest))
+        };
+        if (ca_file.is_some() || cert_file.is_some()) && !tls {
+            return Err(url.error("`ca_file` and `cert_file` need TLS: use `rediss://`"));
+        }
+        if let Some(ca) = ca_file {
+            config = config.ca_file(ca);
+        }
+        match (cert_file, key_file) {
+            (Some(cert), Some(key)) => config = config.client_cert(cert, key),
+            (None, None) => {}
+            _ => return Err(url.error("mutual TLS needs both `cert_file` and `key_file`")),
+        }
+        if let Some(max_ttl) = max_ttl {
+            config = config.max_ttl(max_ttl);
+        }
+        Ok((config, common))
     }
 }
 

@@ -85,6 +85,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
 use crate::clock::Clock;
+use crate::params::{CacheUrl, Common};
 use crate::secrets::{redact, Secrets};
 use crate::Error;
 
@@ -293,6 +294,63 @@ impl SqlConfig {
             )));
         }
         Ok(())
+    }
+
+    /// Reads a cache URL (`Cache::from_url`) for this store; returns the
+    /// parameters every scheme shares for the cache. Forms:
+    /// `postgres://user:pass@host/db?sslmode=verify-full&sslrootcert=ca.pem` and
+    /// `sqlite://path/to/cache.db`, with `table`, `auto_create`, `max_entries`,
+    /// `sweep_interval`, `max_connections`, `max_ttl` beside the common ones,
+    /// and the connection parameters (PostgreSQL `sslmode`, `sslrootcert`,
+    /// `sslcert`, `sslkey`, `application_name`; SQLite `mode`, `cache`, `vfs`),
+    /// which go to the backend's URL and are checked there, as for
+    /// `SqlConfig::new`.
+    pub(crate) fn from_url(url: &mut CacheUrl<'_>) -> Result<(SqlConfig, Common), Error> {
+        let postgres = url.scheme.starts_with("postgres");
+        if postgres && url.hosts.contains(',') {
+            return Err(url.error("name one PostgreSQL server: `postgres://user:pass@host/db`"));
+        }
+        let connection: &[&str] = if postgres {
+            &POSTGRES_PARAMS
+        } else {
+            &SQLITE_PARAMS
+        };
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for name in connection {
+            if let Some(value) = url.take(name) {
+                query.append_pair(name, &value);
+            }
+        }
+        let query = query.finish();
+        let base = format!("{}://{}", url.scheme, url.rest);
+        let mut config = Self::new(if query.is_empty() {
+            base
+        } else {
+            format!("{base}?{query}")
+        });
+        if let Some(table) = url.take("table") {
+            config = config.table(table);
+        }
+        if let Some(v) = url.take_parsed::<bool>("auto_create", "`true` or `false`")? {
+            config = config.auto_create(v);
+        }
+        if let Some(n) = url.take_parsed::<u64>("max_entries", "a count")? {
+            config = config.max_entries(n);
+        }
+        if let Some(d) = url.take_duration("sweep_interval")? {
+            config = config.sweep_interval(d);
+        }
+        if let Some(n) = url.take_parsed::<u32>("max_connections", "a count")? {
+            config = config.max_connections(n);
+        }
+        if let Some(d) = url.take_duration("max_ttl")? {
+            config = config.max_ttl(d);
+        }
+        let common = url.finish(&format!(
+            "table, auto_create, max_entries, sweep_interval, max_connections, max_ttl, {}",
+            connection.join(", ")
+        ))?;
+        Ok((config, common))
     }
 }
 
