@@ -37,7 +37,7 @@
 //! anything from before either: that only costs misses. Copies a read
 //! finds below their counter's value (a bump reached a majority only) are
 //! raised to it in the background, compare-and-set (`repair` in
-//! `mod.rs`), so that losing the copies the bump reached later cannot
+//! `reads.rs`), so that losing the copies the bump reached later cannot
 //! bring the old value back.
 //!
 //! A read that hears from fewer than `R` copies of a counter does not know
