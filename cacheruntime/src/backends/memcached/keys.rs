@@ -86,4 +86,30 @@ mod tests {
         assert_ne!(entry_key("a b:1"), entry_key("a_b:1"));
         assert!(own_counter_key(&long).starts_with("x:user:xxx"));
     }
+
+    #[test]
+    fn stored_names_are_pinned() {
+        // Deployed data lives under these names: changing one strands it.
+        let key = "shop:author:42:top";
+        assert_eq!(entry_key(key), "v:shop:author:42:top");
+        assert_eq!(lock_key(key), "l:shop:author:42:top");
+        assert_eq!(own_counter_key(key), "x:shop:author:42:top");
+        assert_eq!(prefix_counter_key("shop:author:"), "g:shop:author:");
+        assert_eq!(
+            entry_key("a b:1"),
+            "v:ab:1#d70f071cfe988d2dba8e5e637082d919"
+        );
+        let long = format!("user:{}:feed", "x".repeat(400));
+        assert_eq!(
+            own_counter_key(&long),
+            format!(
+                "x:user:{}#361eb275f87e0190aa9def765069db14",
+                "x".repeat(210)
+            )
+        );
+        assert_eq!(
+            prefix_counter_key("a\u{1}b:"),
+            "g:ab:#9350963255789199d7089ecbfd3a9981"
+        );
+    }
 }

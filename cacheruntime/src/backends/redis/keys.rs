@@ -186,4 +186,23 @@ mod tests {
         assert_eq!(physical(Kind::Prefix, "a*:"), "g:{a*}:a*:");
         assert_eq!(physical(Kind::Entry, "a[1]:?"), "v:{a[1]}:?");
     }
+
+    #[test]
+    fn stored_names_are_pinned() {
+        // Deployed data lives under these names: changing one strands it.
+        let key = "shop:author:42:top";
+        assert_eq!(physical(Kind::Entry, key), "v:{shop}:author:42:top");
+        assert_eq!(lock_key(key), "l:{shop}:author:42:top");
+        assert_eq!(physical(Kind::Own, key), "x:{shop}:author:42:top");
+        assert_eq!(
+            physical(Kind::Prefix, "shop:author:"),
+            "g:{shop}:shop:author:"
+        );
+        assert_eq!(
+            physical(Kind::Entry, ":posts"),
+            "v:{~e3b0c44298fc1c14}!:posts"
+        );
+        assert_eq!(physical(Kind::Prefix, "{a}:"), "g:{~460c3a93211614ac}!{a}:");
+        assert_eq!(lock_key("{a}:b"), "l:{~460c3a93211614ac}!{a}:b");
+    }
 }
