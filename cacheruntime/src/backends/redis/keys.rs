@@ -2,29 +2,7 @@
 //! generation counters, each hash-tagged so that everything one key's
 //! read or write touches sits in one Cluster slot.
 
-use crate::backends::generations::prefixes;
-
-/// What a physical key holds.
-#[derive(Clone, Copy)]
-pub(super) enum Kind {
-    Entry,
-    Lock,
-    /// A prefix's generation counter.
-    Prefix,
-    /// A key's own generation counter (bumped by `delete`).
-    Own,
-}
-
-impl Kind {
-    fn letter(self) -> &'static str {
-        match self {
-            Kind::Entry => "v",
-            Kind::Lock => "l",
-            Kind::Prefix => "g",
-            Kind::Own => "x",
-        }
-    }
-}
+use crate::backends::generations::{counters, Kind};
 
 /// The physical key of `kind` for `name` (a key, or a prefix for
 /// [`Kind::Prefix`]), tagged with `name`'s first segment so everything of
@@ -75,21 +53,18 @@ pub(super) struct Layout {
 impl Layout {
     pub(super) fn of(key: &str) -> Layout {
         let mut buf = String::with_capacity(key.len() * 5 + 48);
-        let mut counters = Vec::with_capacity(5);
         push_physical(&mut buf, Kind::Entry, key);
         let entry = 0..buf.len();
-        for prefix in prefixes(key) {
+        let mut ranges = Vec::with_capacity(5);
+        for (kind, name) in counters(key) {
             let start = buf.len();
-            push_physical(&mut buf, Kind::Prefix, prefix);
-            counters.push(start..buf.len());
+            push_physical(&mut buf, kind, name);
+            ranges.push(start..buf.len());
         }
-        let start = buf.len();
-        push_physical(&mut buf, Kind::Own, key);
-        counters.push(start..buf.len());
         Layout {
             buf,
             entry,
-            counters,
+            counters: ranges,
         }
     }
 
@@ -110,6 +85,7 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backends::generations::prefixes;
 
     /// The slot of a physical key, as Redis Cluster computes it: CRC16 of
     /// the hash tag when there is a non-empty one.

@@ -74,10 +74,10 @@ use redis::RedisError;
 
 pub use self::config::RedisConfig;
 use self::connection::{AnyConn, Conn};
-use self::keys::{lock_key, physical, Kind, Layout};
+use self::keys::{lock_key, physical, Layout};
 use self::scripts::{BUMP, DELETE, ENSURE, RELEASE, WRITE};
 use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
-use crate::backends::generations::{generations, unwrap_entry};
+use crate::backends::generations::{generations, unwrap_entry, Kind};
 use crate::secrets::{redact, Secrets};
 use crate::Error;
 
