@@ -68,8 +68,8 @@
 //! `R + W > N` every read meets a copy that every successful bump moved.
 //! A bump that reaches fewer returns an error saying it may have partly
 //! happened and to retry it. A bump costs two round trips (read, then
-//! set; `bumps.rs`). `delete` also removes the entry (in the first), so a value
-//! computed before the delete and written after it is never served.
+//! set; `bumps.rs`). `delete` also removes the entry (in the first), so a
+//! value computed before the delete and written after it is never served.
 //!
 //! | servers | one server down | two servers down |
 //! |---|---|---|
