@@ -70,7 +70,7 @@ impl SqlConfig {
     /// parameter, a cache setting (`table`, `max_ttl`, ...: use the methods,
     /// or `Cache::from_url`), an in-memory SQLite database, or a value given
     /// both here and by a method with another value is refused by
-    /// [`SqlBackend::new`], naming the fix.
+    /// [`SqlBackend::new`](super::SqlBackend::new), naming the fix.
     pub fn new(url: impl Into<String>) -> Self {
         SqlConfig {
             url: url.into(),
