@@ -110,7 +110,7 @@ impl Cache {
     /// to all: `namespace`, `default_ttl`, `op_timeout`, `max_entry_bytes`
     /// (durations as `300`, `"90s"`, `"10m"`, `"250ms"`). See [`crate::url`].
     pub async fn from_url(url: &str) -> Result<Cache, Error> {
-        crate::url::build(url, Vec::new()).await
+        crate::config::build(url, Vec::new()).await
     }
 
     /// Builds a cache from the `CACHE_URL` environment variable, or an
@@ -126,7 +126,7 @@ impl Cache {
             .map(|k| k.as_bytes().to_vec())
             .collect();
         match std::env::var("CACHE_URL") {
-            Ok(url) if !url.trim().is_empty() => crate::url::build(url.trim(), keys).await,
+            Ok(url) if !url.trim().is_empty() => crate::config::build(url.trim(), keys).await,
             _ => Cache::builder().signing_keys(keys).build(),
         }
     }

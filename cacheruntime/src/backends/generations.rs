@@ -14,6 +14,14 @@
 //! (never a value an old counter held, which grew by one per invalidation
 //! from an older such start). So losing a counter can only hide entries,
 //! never bring an invalidated one back.
+//!
+//! # Names
+//! Both stores keep an entry, its lock and each counter under a name that
+//! starts with its [`Kind`]'s letter and `:` (`v:`, `l:`, `g:`, `x:`),
+//! followed by the key or prefix in the store's own form (Redis adds a
+//! Cluster hash tag, `redis/keys.rs`; Memcached shortens a long or unusual
+//! key, `memcached/keys.rs`); and both read a key's counters in the order
+//! [`counters`] gives, which is the order its entry records them in.
 
 use bytes::Bytes;
 
@@ -73,6 +81,40 @@ pub(crate) fn wrap_entry(gens: &str, value: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What a stored name holds: its letter starts the name on every store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// An entry.
+    Entry,
+    /// An entry's lock.
+    Lock,
+    /// A prefix's generation counter.
+    Prefix,
+    /// A key's own generation counter (bumped by `delete`).
+    Own,
+}
+
+impl Kind {
+    /// The letter a name of this kind starts with, before its `:`.
+    pub(crate) fn letter(self) -> &'static str {
+        match self {
+            Kind::Entry => "v",
+            Kind::Lock => "l",
+            Kind::Prefix => "g",
+            Kind::Own => "x",
+        }
+    }
+}
+
+/// The counters a read of `key` consults, each with the key or prefix it
+/// is named for, in the order an entry records their generations: each
+/// prefix's, shallowest first, then the key's own.
+pub(crate) fn counters(key: &str) -> impl Iterator<Item = (Kind, &str)> {
+    prefixes(key)
+        .map(|prefix| (Kind::Prefix, prefix))
+        .chain(std::iter::once((Kind::Own, key)))
+}
+
 /// The `:`-ending prefixes of `key`, shallowest first: the prefixes an
 /// invalidation can name (the empty one aside, which a namespace stands for).
 pub(crate) fn prefixes(key: &str) -> impl Iterator<Item = &str> {
@@ -125,6 +167,27 @@ mod tests {
         // 2 ms later: more than a million invalidations of `a` apart.
         assert!(b > a + 1_000_000, "{a} {b}");
         assert!(b < i64::MAX as u64);
+    }
+
+    #[test]
+    fn both_stores_share_the_letters_and_the_order_of_counters() {
+        // Deployed data lives under names that start with these letters, and
+        // entries record counters in this order: neither may change.
+        let letters: Vec<&str> = [Kind::Entry, Kind::Lock, Kind::Prefix, Kind::Own]
+            .into_iter()
+            .map(Kind::letter)
+            .collect();
+        assert_eq!(letters, ["v", "l", "g", "x"]);
+        assert_eq!(
+            counters("shop:author:42:top").collect::<Vec<_>>(),
+            [
+                (Kind::Prefix, "shop:"),
+                (Kind::Prefix, "shop:author:"),
+                (Kind::Prefix, "shop:author:42:"),
+                (Kind::Own, "shop:author:42:top"),
+            ]
+        );
+        assert_eq!(counters("solo").collect::<Vec<_>>(), [(Kind::Own, "solo")]);
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::ring::with_port;
-use crate::url::redact;
+use crate::params::{CacheUrl, Common};
+use crate::secrets::redact;
 use crate::Error;
 
 /// The longest `max_ttl` accepted: Memcached's expiry times are 32-bit
@@ -171,6 +172,32 @@ impl MemcachedConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Reads a cache URL (`Cache::from_url`) for this store; returns the
+    /// parameters every scheme shares for the cache. Forms:
+    /// `memcached://host:11211[,host2:11211...]`, with `max_ttl`,
+    /// `max_item_bytes` and `max_connections` (per server) beside the common
+    /// parameters.
+    pub(crate) fn from_url(url: &mut CacheUrl<'_>) -> Result<(MemcachedConfig, Common), Error> {
+        if url.hosts.is_empty() || url.userinfo.is_some() {
+            return Err(url.error(
+                "name the servers as `memcached://host:11211,host2:11211` (no credentials: this \
+                 client has no SASL; see the memcached backend's docs)",
+            ));
+        }
+        let mut config = Self::new(url.hosts.split(','));
+        if let Some(d) = url.take_duration("max_ttl")? {
+            config = config.max_ttl(d);
+        }
+        if let Some(n) = url.take_parsed::<usize>("max_item_bytes", "a byte count")? {
+            config = config.max_item_bytes(n);
+        }
+        if let Some(n) = url.take_parsed::<usize>("max_connections", "a number of connections")? {
+            config = config.max_connections(n);
+        }
+        let common = url.finish("max_ttl, max_item_bytes, max_connections")?;
+        Ok((config, common))
     }
 }
 

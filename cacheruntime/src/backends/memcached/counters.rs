@@ -37,7 +37,7 @@
 //! anything from before either: that only costs misses. Copies a read
 //! finds below their counter's value (a bump reached a majority only) are
 //! raised to it in the background, compare-and-set (`repair` in
-//! `mod.rs`), so that losing the copies the bump reached later cannot
+//! `reads.rs`), so that losing the copies the bump reached later cannot
 //! bring the old value back.
 //!
 //! A read that hears from fewer than `R` copies of a counter does not know
@@ -62,9 +62,9 @@
 
 use bytes::Bytes;
 
-use super::keys::{entry_key, own_counter_key, prefix_counter_key};
+use super::keys::{entry_key, name};
 use super::ring::Ring;
-use crate::backends::generations::prefixes;
+use crate::backends::generations::{self, Kind};
 
 /// The most copies a counter has.
 pub(super) const MAX_COPIES: usize = 3;
@@ -117,20 +117,15 @@ pub(super) struct Layout {
 impl Layout {
     pub(super) fn of(ring: &Ring, key: &str) -> Layout {
         let quorum = Quorum::of(ring.len());
-        let mut counters: Vec<Counter> = prefixes(key)
-            .map(|prefix| Counter {
-                key: prefix_counter_key(prefix),
-                own: false,
-                servers: ring.top(prefix, quorum.copies),
+        let counters: Vec<Counter> = generations::counters(key)
+            .map(|(kind, key_or_prefix)| Counter {
+                key: name(kind, key_or_prefix),
+                own: kind == Kind::Own,
+                servers: ring.top(key_or_prefix, quorum.copies),
             })
             .collect();
-        let own = ring.top(key, quorum.copies);
-        let home = own[0];
-        counters.push(Counter {
-            key: own_counter_key(key),
-            own: true,
-            servers: own,
-        });
+        // The key's own counter, last, is placed by the key itself.
+        let home = counters.last().expect("a key has its own counter").servers[0];
         Layout {
             home,
             entry: entry_key(key),

@@ -21,7 +21,7 @@ use super::config::MemcachedConfig;
 use super::ring::{identity, with_port, Ring};
 use super::NAME;
 use crate::breaker::Breaker;
-use crate::url::{redact, Secrets};
+use crate::secrets::{redact, Secrets};
 use crate::Error;
 
 struct Server {
@@ -37,6 +37,9 @@ struct Server {
 pub(super) struct Pool {
     servers: Vec<Server>,
     ring: Ring,
+    /// The secrets of the servers as configured, scrubbed from every
+    /// message of the client library, as the other backends do.
+    secrets: Secrets,
 }
 
 /// Milliseconds on a monotonic clock, for the breakers.
@@ -91,6 +94,7 @@ impl Pool {
         Ok(Pool {
             ring: Ring::new(&identities),
             servers,
+            secrets,
         })
     }
 
@@ -140,7 +144,11 @@ impl Pool {
         }
         Err(Error::backend(
             NAME,
-            format!("server `{}`: {failure}", server.shown),
+            format!(
+                "server `{}`: {}",
+                server.shown,
+                self.secrets.scrub(&failure.to_string())
+            ),
         ))
     }
 

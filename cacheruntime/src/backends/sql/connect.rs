@@ -5,13 +5,15 @@
 //! `sslmode` included).
 
 use std::str::FromStr;
+#[cfg(feature = "sqlite")]
 use std::time::Duration;
 
 use super::{Dialect, SqlConfig};
+use crate::params::shown_name;
 use crate::Error;
 
 /// Connection parameters a PostgreSQL URL may carry (libpq's names).
-pub(crate) const POSTGRES_PARAMS: [&str; 5] = [
+pub(super) const POSTGRES_PARAMS: [&str; 5] = [
     "sslmode",
     "sslrootcert",
     "sslcert",
@@ -21,8 +23,9 @@ pub(crate) const POSTGRES_PARAMS: [&str; 5] = [
 
 /// Connection parameters a SQLite URL may carry (SQLite's URI names;
 /// values that cannot hold a shared cache are refused).
-pub(crate) const SQLITE_PARAMS: [&str; 3] = ["mode", "cache", "vfs"];
+pub(super) const SQLITE_PARAMS: [&str; 3] = ["mode", "cache", "vfs"];
 
+#[cfg(feature = "postgres")]
 const SSL_MODES: [&str; 6] = [
     "disable",
     "allow",
@@ -71,7 +74,7 @@ fn query_pairs(
 ) -> Result<Vec<(String, String)>, Error> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-        let name = shown(&k);
+        let name = shown_name(&k);
         if pairs.iter().any(|(seen, _)| *seen == k) {
             return Err(invalid(format!("parameter {name} is given twice")));
         }
@@ -86,23 +89,10 @@ fn query_pairs(
     Ok(pairs)
 }
 
-/// A parameter's name in backquotes if it looks like one (it may be a
-/// piece of a password written with a raw `?`).
-fn shown(name: &str) -> String {
-    let plain = name.len() <= 32
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if plain {
-        format!("`{name}`")
-    } else {
-        "(a name that is not letters, digits and `_-.`; not shown)".to_owned()
-    }
-}
-
 /// Takes a setting given both in the URL and by a `SqlConfig` method:
 /// equal, or refused (a URL saying `verify-full` never loses to code
 /// saying otherwise, nor the other way round, silently).
+#[cfg(feature = "postgres")]
 fn one_of(
     name: &str,
     from_url: Option<String>,
@@ -165,7 +155,7 @@ pub(super) fn connect_options(
             if let Some((name, _)) = pairs.first() {
                 return Err(invalid(format!(
                     "unknown connection parameter {}; a PostgreSQL URL takes {}",
-                    shown(name),
+                    shown_name(name),
                     POSTGRES_PARAMS.join(", ")
                 )));
             }
@@ -234,7 +224,7 @@ pub(super) fn connect_options(
                     _ => {
                         return Err(invalid(format!(
                             "unknown connection parameter {}; a SQLite URL takes {}",
-                            shown(&name),
+                            shown_name(&name),
                             SQLITE_PARAMS.join(", ")
                         )))
                     }

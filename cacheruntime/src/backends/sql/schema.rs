@@ -1,5 +1,8 @@
 //! The tables: their names, their DDL, and making sure they exist.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use sqlx::AssertSqlSafe;
 
 use super::{Dialect, Pool, Shared};
@@ -76,6 +79,58 @@ fn table_names(table: &str) -> [String; 4] {
 }
 
 impl Shared {
+    /// Creates the tables in a background task (one at a time) and waits
+    /// for it. The creation (an advisory lock, DDL, seeding the epochs) can
+    /// take longer than an op timeout on a cold or loaded database; a
+    /// caller's timeout then ends the wait, never the creation, so the
+    /// next call finds the tables made instead of starting over.
+    pub(super) async fn schema(self: &Arc<Self>) -> Result<(), Error> {
+        let done = self.schema_done.notified();
+        let mut done = std::pin::pin!(done);
+        done.as_mut().enable();
+        if self.schema_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if tokio::runtime::Handle::try_current().is_ok()
+            && !self.schema_creating.swap(true, Ordering::AcqRel)
+        {
+            let shared = Arc::clone(self);
+            tokio::spawn(async move {
+                let created = async {
+                    let _one_at_a_time = shared.schema_lock.lock().await;
+                    if shared.schema_ready.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
+                    shared.create_schema(shared.pool()).await
+                }
+                .await;
+                match created {
+                    Ok(()) => shared.schema_ready.store(true, Ordering::Release),
+                    Err(e) => {
+                        *shared
+                            .schema_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        shared.warm_up();
+                    }
+                }
+                shared.schema_creating.store(false, Ordering::Release);
+                shared.schema_done.notify_waiters();
+            });
+        }
+        done.await;
+        if self.schema_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let why = self
+            .schema_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "the cache tables could not be created".to_owned());
+        Err(Error::backend(self.backend_name(), why))
+    }
+
     /// Makes sure the tables exist: nothing to do when they all do (so a
     /// role that may only read and write tables someone else owns, and
     /// may not create any, works with `auto_create` on); otherwise the DDL.

@@ -1,0 +1,371 @@
+//! Redis backend (feature `redis`): standalone, TLS, ACL users and Cluster.
+//!
+//! # Prefix invalidation in O(1)
+//! No `KEYS`, no `SCAN`. Every `:`-prefix of a key has a generation counter,
+//! and so has the key itself, and every entry records the generations of
+//! all of them as its read saw them, in front of its bytes. A read is one
+//! plain `MGET` of the entry and those counters (one round trip, no Lua, so
+//! a hit costs the server about what a `GET` does); the entry is served only
+//! if every counter is there and holds what it recorded.
+//! `invalidate_prefix("author:42:")` is one `INCR`, and `delete` unlinks the
+//! entry and bumps the key's own counter, in one script: from then on every
+//! entry under the prefix (or of the key) records an old generation and
+//! reads as a miss until it is rewritten or its TTL removes it. Writes go
+//! through a small Lua script that stores the entry only if the generations
+//! are still the ones its read saw (the [`Ticket`]), so a value computed
+//! before an invalidation or delete is never stored as current, whatever
+//! the interleaving of writers.
+//!
+//! # Counters that disappear
+//! A counter may be evicted (`allkeys-lru`), expire, or be deleted by hand.
+//! A missing counter is never read as a value: the entry is a miss, and the
+//! read creates the counter anew (`SET NX`) from the server's clock
+//! (microseconds times 1,000), above any value an older counter of that name
+//! reached, before its computation starts. Writes refuse a missing counter.
+//! So a lost counter can only hide entries, never bring an invalidated one
+//! back. A counter lives at least as long as the entries that record it
+//! (every write extends it to its entry's TTL), and an hour otherwise, so
+//! the counters of keys no longer cached do not pile up. Entry TTLs are
+//! capped at `max_ttl` (30 days by default).
+//!
+//! # Cluster
+//! Keys carry a hash tag of their first segment (`{author}`), so an entry and
+//! the generations of all its prefixes sit in one slot and each script stays
+//! one round trip. With a cache namespace the first segment is the
+//! namespace, so the whole namespace lives in one slot; without one, keys
+//! spread by their first segment. A first segment that cannot be a tag
+//! (empty, as in `:posts`, or holding `{` or `}`) is replaced in the tag by
+//! `~` and a hash of it, in a key form no other key can take.
+//!
+//! The empty prefix ("everything") is only accepted with a cache namespace,
+//! where it is the namespace's own prefix and has a counter like any other.
+//! Without a namespace it would need a counter read by every call (one more
+//! key per read, and on Cluster a key in no common slot), so it is rejected
+//! with an error that says to set a namespace.
+//!
+//! # Connections
+//! Building the backend does no I/O: the first call connects (bounded by the
+//! cache's op timeout like every call), so an application starts and serves
+//! while Redis is down. Standalone connections go through redis-rs's
+//! `ConnectionManager`, which reconnects in the background; cluster
+//! connections are created on first use and retried on the next call after a
+//! failure. After the first successful connection the backend reads
+//! `maxmemory` and `maxmemory-policy` (where `CONFIG GET` is allowed) and
+//! warns when the store cannot evict.
+//!
+//! # Files
+//! `config.rs` ([`RedisConfig`] and its URL forms), `connection.rs` (the
+//! clients, made on first use), `keys.rs` (the names things are stored
+//! under, and their hash tags), `scripts.rs` (the Lua), `server_config.rs`
+//! (what is checked of the server's own settings); the calls are here.
+
+mod config;
+mod connection;
+mod keys;
+mod scripts;
+mod server_config;
+
+use std::fmt;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::RedisError;
+
+pub use self::config::RedisConfig;
+use self::connection::{AnyConn, Conn};
+use self::keys::{lock_key, physical, Layout};
+use self::scripts::{BUMP, DELETE, ENSURE, RELEASE, WRITE};
+use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
+use crate::backends::generations::{generations, unwrap_entry, Kind};
+use crate::secrets::{redact, Secrets};
+use crate::Error;
+
+const NAME: &str = "redis";
+
+/// A Redis (or Redis Cluster) store; see the module docs.
+pub struct RedisBackend {
+    conn: Conn,
+    label: String,
+    secrets: Secrets,
+    cluster: bool,
+    max_ttl_ms: u64,
+    checked_config: AtomicBool,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("url", &self.label)
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackend {
+    /// Prepares the backend without connecting: a down server does not stop
+    /// the application from starting.
+    pub fn new(config: RedisConfig) -> Result<Self, Error> {
+        if config.nodes.is_empty() || config.nodes.iter().any(|n| n.is_empty()) {
+            return Err(Error::Config(
+                "Redis needs at least one node URL, e.g. `redis://127.0.0.1:6379`".into(),
+            ));
+        }
+        let label = config
+            .nodes
+            .iter()
+            .map(|n| redact(n))
+            .collect::<Vec<_>>()
+            .join(",");
+        let secrets = Secrets::of(&config.nodes);
+        let conn = Conn::new(&config, |e: RedisError| Error::InvalidUrl {
+            url: label.clone(),
+            message: secrets.scrub(&e.to_string()),
+        })?;
+        Ok(RedisBackend {
+            conn,
+            label,
+            secrets,
+            cluster: config.cluster,
+            // Redis refuses expiry times that overflow its clock: cap far below.
+            max_ttl_ms: config.max_ttl.as_millis().clamp(1, i64::MAX as u128 / 4) as u64,
+            checked_config: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether this talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    async fn connection(&self) -> Result<AnyConn, Error> {
+        self.conn.get().await.map_err(|e| self.error(e))
+    }
+
+    fn error(&self, e: RedisError) -> Error {
+        let message = match e.kind() {
+            redis::ErrorKind::AuthenticationFailed => format!(
+                "authentication failed: check the user name and password in the cache URL ({})",
+                self.secrets.scrub(&e.to_string())
+            ),
+            _ => self.secrets.scrub(&e.to_string()),
+        };
+        Error::backend(NAME, message)
+    }
+
+    /// How long a counter no entry records lives: an hour (or `max_ttl`
+    /// if shorter). Writes extend a counter to the life of the entries that
+    /// record it, so counters of keys long gone do not pile up, and a
+    /// computation longer than this finds its counter gone and writes
+    /// nothing.
+    fn idle_ms(&self) -> u64 {
+        self.max_ttl_ms.min(3_600_000)
+    }
+
+    fn ttl_ms(&self, ttl: Duration) -> u64 {
+        (ttl.as_millis().min(u128::from(u64::MAX)) as u64).clamp(1, self.max_ttl_ms)
+    }
+
+    /// Entry base key and generation keys for `key`.
+    fn layout(&self, key: &str) -> Layout {
+        Layout::of(key)
+    }
+
+    fn validate_key(&self, key: &str) -> Result<(), Error> {
+        if key.len() > 64 * 1024 {
+            return Err(Error::InvalidKey {
+                key: key.chars().take(64).collect(),
+                reason: "Redis keys over 64 KiB are refused; shorten the key template",
+            });
+        }
+        Ok(())
+    }
+
+    async fn run_get(&self, key: &str) -> Result<Lookup, Error> {
+        self.validate_key(key)?;
+        let mut conn = self.connection().await?;
+        let layout = self.layout(key);
+        let mut mget = redis::cmd("MGET");
+        mget.arg(layout.entry());
+        for c in layout.counters() {
+            mget.arg(c);
+        }
+        let mut found: Vec<Option<Vec<u8>>> = mget
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        self.check_config_once(&conn);
+        if found.len() != layout.counters.len() + 1 {
+            return Err(Error::backend(
+                NAME,
+                "MGET answered with the wrong number of values",
+            ));
+        }
+        let stored = found[0].take();
+        // Hits carry the ticket too: a background refresh of a stale entry
+        // writes under the generations its read saw.
+        if let Some(current) = generations(&found[1..]) {
+            let value = stored.and_then(|stored| unwrap_entry(stored, &found[1..]));
+            return Ok(Lookup::new(value).with_ticket(Ticket::tag(current)));
+        }
+        // A counter is missing: nothing recorded under it can be served, and
+        // the computation this miss starts needs counters to write under.
+        let mut ensure = ENSURE.prepare_invoke();
+        for c in layout.counters() {
+            ensure.key(c);
+        }
+        let current: Vec<Option<Vec<u8>>> = ensure
+            .arg(self.idle_ms())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        match generations(&current) {
+            Some(current) => Ok(Lookup::new(None).with_ticket(Ticket::tag(current))),
+            // Gone again at once (a store evicting everything): no ticket, so
+            // the caller computes without writing.
+            None => Err(Error::backend(
+                NAME,
+                "generation counters vanished as they were created (is the server out of memory?)",
+            )),
+        }
+    }
+
+    async fn run_write(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        expected: &str,
+    ) -> Result<(), Error> {
+        self.validate_key(key)?;
+        let mut conn = self.connection().await?;
+        let layout = self.layout(key);
+        let mut call = WRITE.key(layout.entry());
+        for c in layout.counters() {
+            call.key(c);
+        }
+        let _: i64 = call
+            .arg(value)
+            .arg(self.ttl_ms(ttl))
+            .arg(expected)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn run_delete(&self, key: &str) -> Result<(), Error> {
+        self.validate_key(key)?;
+        let mut conn = self.connection().await?;
+        let layout = self.layout(key);
+        let _: i64 = DELETE
+            .key(layout.entry())
+            .key(layout.own_counter())
+            .arg(self.idle_ms())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn run_invalidate(&self, prefix: &str) -> Result<(), Error> {
+        // Whole segments only, as the cache checks (a store used directly
+        // must not bump a counter no read consults).
+        crate::key::check_prefix(prefix)?;
+        if prefix.is_empty() {
+            return Err(Error::InvalidPrefix {
+                prefix: prefix.to_owned(),
+                reason: "on Redis, invalidating everything needs a namespace: give the cache \
+                         one (`?namespace=app` or `.namespace(\"app\")`) and invalidate \"\" \
+                         within it",
+            });
+        }
+        let mut conn = self.connection().await?;
+        let _: i64 = BUMP
+            .key(physical(Kind::Prefix, prefix))
+            .arg(self.idle_ms())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn run_set_if_absent(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, Error> {
+        self.validate_key(key)?;
+        let mut conn = self.connection().await?;
+        let done: Option<String> = redis::cmd("SET")
+            .arg(lock_key(key))
+            .arg(&value[..])
+            .arg("NX")
+            .arg("PX")
+            .arg(self.ttl_ms(ttl))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(done.is_some())
+    }
+
+    async fn run_delete_if_equals(&self, key: &str, value: &[u8]) -> Result<bool, Error> {
+        self.validate_key(key)?;
+        let mut conn = self.connection().await?;
+        let n: i64 = RELEASE
+            .key(lock_key(key))
+            .arg(value)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(n == 1)
+    }
+}
+
+impl Backend for RedisBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
+        Box::pin(self.run_get(key))
+    }
+
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&'a Ticket>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        // A generation string never contains `*`: it means "current".
+        let expected = ticket.and_then(Ticket::as_tag).unwrap_or("*");
+        Box::pin(async move { self.run_write(key, &value, ttl, expected).await })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.run_delete(key))
+    }
+
+    fn invalidate_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.run_invalidate(prefix))
+    }
+
+    fn set_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(self.run_set_if_absent(key, value, ttl))
+    }
+
+    fn delete_if_equals<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(self.run_delete_if_equals(key, value))
+    }
+}

@@ -1,0 +1,119 @@
+//! The Lua scripts of the Redis backend: each write, delete and
+//! invalidation is one script, so it is atomic and one round trip, and a
+//! Cluster runs it in the slot of the key's hash tag (`keys.rs`).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// A fresh counter value from the server's clock: microseconds times 1,000
+/// (see `generations::seed`). Shared by the scripts below.
+const SEED_LUA: &str = r"
+local function seed()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%06d', tonumber(t[2])) .. '000'
+end
+local function bump(key, life)
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('INCR', key)
+  else
+    redis.call('SET', key, seed(), 'PX', life)
+  end
+end
+";
+
+/// Creates the missing counters of a read. KEYS: counters; ARGV[1]: their
+/// life in ms until an entry's write extends it. Returns every counter's
+/// value.
+pub(super) static ENSURE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{SEED_LUA}
+local out = {{}}
+local fresh = nil
+for i = 1, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  if not v then
+    fresh = fresh or seed()
+    redis.call('SET', KEYS[i], fresh, 'PX', ARGV[1])
+    v = fresh
+  end
+  out[i] = v
+end
+return out
+"
+    ))
+});
+
+/// Stores an entry under the current generations. KEYS[1]: entry key;
+/// KEYS[2..]: its counters (prefixes shallowest first, then the key's own).
+/// ARGV[1]: value, ARGV[2]: TTL ms, ARGV[3]: the generations the writer's
+/// read saw, or `*` for "whatever is current" (direct `set`, which creates
+/// missing counters). Writes nothing if a counter moved or is missing.
+/// Every counter is made to live at least as long as the entry.
+pub(super) static WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{SEED_LUA}
+local g = {{}}
+if #KEYS > 1 then
+  g = redis.call('MGET', unpack(KEYS, 2))
+end
+for i = 1, #g do
+  if not g[i] then
+    if ARGV[3] ~= '*' then
+      return 0
+    end
+    g[i] = seed()
+    redis.call('SET', KEYS[i + 1], g[i])
+  end
+end
+local gens = table.concat(g, '.')
+if ARGV[3] ~= '*' and ARGV[3] ~= gens then
+  return 0
+end
+local ttl = tonumber(ARGV[2])
+for i = 2, #KEYS do
+  if redis.call('PTTL', KEYS[i]) < ttl then
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+end
+redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ttl)
+return 1
+"
+    ))
+});
+
+/// Bumps a prefix's generation, or creates it from the clock if missing
+/// (to live ARGV[1] ms unless an entry's write extends it).
+pub(super) static BUMP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{SEED_LUA}
+bump(KEYS[1], ARGV[1])
+return 1
+"
+    ))
+});
+
+/// Deletes an entry and bumps the key's own counter, so a write under a
+/// ticket read before the delete is refused. KEYS[1]: entry, KEYS[2]: the
+/// key's counter; ARGV[1]: its life in ms if it has to be created.
+pub(super) static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{SEED_LUA}
+redis.call('UNLINK', KEYS[1])
+bump(KEYS[2], ARGV[1])
+return 1
+"
+    ))
+});
+
+/// Deletes a lock only if it still holds our token.
+pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+",
+    )
+});

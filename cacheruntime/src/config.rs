@@ -1,0 +1,166 @@
+//! `Cache::from_url` and `Cache::from_env`: from a cache URL to a cache.
+//!
+//! The scheme picks the store; the store's own config module reads its
+//! parameters (`RedisConfig::from_url`, `SqlConfig::from_url`,
+//! `MemcachedConfig::from_url`) with the helpers of `params.rs`; this module
+//! hands the builder the store and what every scheme shares. It depends on
+//! the backends and the builder, and nothing in the backends depends on it.
+//! The URL forms are documented on [`crate::url`].
+
+use crate::backends::MemoryBackend;
+use crate::builder::CacheBuilder;
+use crate::params::{CacheUrl, Common};
+use crate::{Cache, Error};
+
+#[cfg(feature = "memcached")]
+use crate::backends::memcached::{MemcachedBackend, MemcachedConfig};
+#[cfg(feature = "redis")]
+use crate::backends::redis::{RedisBackend, RedisConfig};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use crate::backends::sql::{SqlBackend, SqlConfig};
+
+/// The cache `raw` describes, signing with `signing_keys` (from
+/// `CACHE_SIGNING_KEY`: keys never go in a URL).
+pub(crate) async fn build(raw: &str, signing_keys: Vec<Vec<u8>>) -> Result<Cache, Error> {
+    let mut url = CacheUrl::parse(raw)?;
+    let (mut builder, common) = store(&mut url)?;
+    if !signing_keys.is_empty() {
+        builder = builder.signing_keys(&signing_keys);
+    }
+    if let Some(namespace) = common.namespace {
+        builder = builder.namespace(namespace);
+    }
+    if let Some(ttl) = common.default_ttl {
+        builder = builder.default_ttl(ttl);
+    }
+    if let Some(timeout) = common.op_timeout {
+        builder = builder.op_timeout(timeout);
+    }
+    if let Some(bytes) = common.max_entry_bytes {
+        builder = builder.max_entry_bytes(bytes);
+    }
+    builder.build()
+}
+
+/// A builder holding the store `url`'s scheme names, read with that
+/// store's own parameters, and the parameters every scheme shares.
+fn store(url: &mut CacheUrl<'_>) -> Result<(CacheBuilder, Common), Error> {
+    match url.scheme {
+        "memory" | "mem" => {
+            if !url.rest.is_empty() {
+                return Err(
+                    url.error("`memory://` takes no host or path; size it with `?max_bytes=`")
+                );
+            }
+            let max_bytes = url
+                .take_parsed::<u64>("max_bytes", "a byte count")?
+                .unwrap_or(MemoryBackend::DEFAULT_MAX_BYTES);
+            let common = url.finish("max_bytes")?;
+            Ok((CacheBuilder::new().memory(max_bytes), common))
+        }
+        "none" | "disabled" | "dummy" => {
+            let common = url.finish("no backend parameters")?;
+            Ok((CacheBuilder::new().disabled(), common))
+        }
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
+            let (config, common) = RedisConfig::from_url(url)?;
+            Ok((
+                CacheBuilder::new().backend(RedisBackend::new(config)?),
+                common,
+            ))
+        }
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => Err(url
+            .error("Redis support is not compiled in: enable the `redis` feature of cacheruntime")),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => sql(url),
+        #[cfg(not(feature = "postgres"))]
+        "postgres" | "postgresql" => Err(url.error(
+            "PostgreSQL support is not compiled in: enable the `postgres` feature of cacheruntime",
+        )),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => sql(url),
+        #[cfg(not(feature = "sqlite"))]
+        "sqlite" => Err(url.error(
+            "SQLite support is not compiled in: enable the `sqlite` feature of cacheruntime",
+        )),
+        #[cfg(feature = "memcached")]
+        "memcached" | "memcache" => {
+            let (config, common) = MemcachedConfig::from_url(url)?;
+            Ok((
+                CacheBuilder::new().backend(MemcachedBackend::new(config)?),
+                common,
+            ))
+        }
+        #[cfg(not(feature = "memcached"))]
+        "memcached" | "memcache" => Err(url.error(
+            "Memcached support is not compiled in: enable the `memcached` feature of cacheruntime",
+        )),
+        other => Err(url.error(format!(
+            "unknown scheme `{other}`; expected memory://, none://, redis://, rediss://, \
+             redis+cluster://, postgres://, sqlite:// or memcached://"
+        ))),
+    }
+}
+
+/// `postgres://...` and `sqlite://...`: one backend for both.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn sql(url: &mut CacheUrl<'_>) -> Result<(CacheBuilder, Common), Error> {
+    let (config, common) = SqlConfig::from_url(url)?;
+    Ok((
+        CacheBuilder::new().backend(SqlBackend::new(config)?),
+        common,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_documented_form_still_parses() {
+        for url in [
+            "memory://",
+            "memory://?max_bytes=16777216&namespace=shop&default_ttl=10m",
+            "mem://?op_timeout=250ms&max_entry_bytes=1024",
+            "none://",
+            "disabled://?namespace=x",
+        ] {
+            build(url, Vec::new()).await.expect(url);
+        }
+        let parsed = CacheUrl::parse("sqlite:///tmp/my cache/x.db?table=t&max_ttl=1d").unwrap();
+        assert_eq!(parsed.rest, "/tmp/my cache/x.db");
+        let parsed = CacheUrl::parse("redis+cluster://u:p@h1:7000,h2:7000?namespace=a").unwrap();
+        assert_eq!(parsed.hosts, "h1:7000,h2:7000");
+        #[cfg(all(
+            feature = "redis",
+            feature = "postgres",
+            feature = "sqlite",
+            feature = "memcached"
+        ))]
+        for url in [
+            "redis://h:6379/0",
+            "redis://user:pass@h:6379/0?max_ttl=7d",
+            "redis://u:p%2Fw@[::1]:6379/0",
+            "redis+cluster://u:p@h1:7000,h2:7000",
+            "rediss+cluster://h1:7000,h2:7000?namespace=a",
+            "postgres://user:pass@host/db?sslmode=verify-full&sslrootcert=ca.pem",
+            "postgresql://user:pass@host:5432/db?sslcert=c.pem&sslkey=c.key&table=t",
+            "postgres:///db",
+            "sqlite://path/to/cache.db?max_entries=10&sweep_interval=30s",
+            "sqlite:///tmp/x.db?auto_create=false&max_connections=2",
+            "memcached://h1:11211,h2:11211?max_ttl=1d&max_item_bytes=1000&max_connections=4",
+            "memcache://[::1]:11211",
+        ] {
+            build(url, Vec::new()).await.expect(url);
+        }
+        #[cfg(feature = "redis")]
+        {
+            // Parsed; then the files are read, and these do not exist.
+            let url = "rediss://h:6380/0?ca_file=ca.pem&cert_file=c.pem&key_file=c.key";
+            let err = build(url, Vec::new()).await.err().unwrap();
+            assert!(matches!(err, Error::Config(_)), "{err}");
+        }
+    }
+}
