@@ -105,32 +105,6 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// Builds a cache from a URL: `memory://?max_bytes=67108864`, `none://`,
-    /// and the remote backends enabled by features. Query parameters common
-    /// to all: `namespace`, `default_ttl`, `op_timeout`, `max_entry_bytes`
-    /// (durations as `300`, `"90s"`, `"10m"`, `"250ms"`). See [`crate::url`].
-    pub async fn from_url(url: &str) -> Result<Cache, Error> {
-        crate::config::build(url, Vec::new()).await
-    }
-
-    /// Builds a cache from the `CACHE_URL` environment variable, or an
-    /// in-memory cache when it is unset or empty. `CACHE_SIGNING_KEY`
-    /// (comma-separated for rotation, the first signs) turns on signed
-    /// entries; keys never go in the URL.
-    pub async fn from_env() -> Result<Cache, Error> {
-        let keys: Vec<Vec<u8>> = std::env::var("CACHE_SIGNING_KEY")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .map(|k| k.as_bytes().to_vec())
-            .collect();
-        match std::env::var("CACHE_URL") {
-            Ok(url) if !url.trim().is_empty() => crate::config::build(url.trim(), keys).await,
-            _ => Cache::builder().signing_keys(keys).build(),
-        }
-    }
-
     /// The handle on a freshly built engine.
     pub(crate) fn from_engine(engine: Engine) -> Cache {
         Cache {
