@@ -152,6 +152,95 @@ impl Lookup {
 /// `:`-separated segments: either empty (everything) or ending in `:`; the
 /// [`Cache`](crate::Cache) rejects any other prefix before it reaches the
 /// backend, so every backend gives the call the same meaning.
+///
+/// The cache treats every backend but its own memory store as shared with
+/// other processes: entries read from it are signature-checked when signing
+/// keys are set, and (with [`supports_locks`](Backend::supports_locks)) cold
+/// misses take its lock.
+///
+/// # Writing one
+/// What makes a backend correct is the [`Ticket`]: a write under the ticket
+/// of a read must not become visible if the key was deleted or a prefix of
+/// it invalidated after that read. The simplest correct scheme, below, is
+/// one counter that every delete and invalidation bumps: a write whose read
+/// saw an older count is dropped (coarse: it drops writes of unrelated keys
+/// too, which costs misses, never wrong answers).
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use std::time::{Duration, Instant};
+///
+/// use bytes::Bytes;
+/// use cacheruntime::backend::{Backend, BoxFuture, Lookup, Ticket};
+/// use cacheruntime::{Cache, Error, Policy};
+///
+/// #[derive(Debug, Default)]
+/// struct MapBackend(Mutex<Map>);
+///
+/// #[derive(Debug, Default)]
+/// struct Map {
+///     entries: HashMap<String, (Bytes, Instant)>,
+///     /// Bumped by every delete and invalidation.
+///     fence: u64,
+/// }
+///
+/// impl Backend for MapBackend {
+///     fn name(&self) -> &'static str {
+///         "map"
+///     }
+///
+///     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
+///         let map = self.0.lock().unwrap();
+///         let value = map.entries.get(key).filter(|(_, until)| *until > Instant::now());
+///         let lookup = Lookup::new(value.map(|(bytes, _)| bytes.clone()))
+///             .with_ticket(Ticket::seq(map.fence));
+///         Box::pin(async move { Ok(lookup) })
+///     }
+///
+///     fn set<'a>(
+///         &'a self,
+///         key: &'a str,
+///         value: Bytes,
+///         ttl: Duration,
+///         ticket: Option<&'a Ticket>,
+///     ) -> BoxFuture<'a, Result<(), Error>> {
+///         let mut map = self.0.lock().unwrap();
+///         // Read before a delete or invalidation: never visible.
+///         let fenced = ticket.and_then(Ticket::as_seq).is_some_and(|seen| seen < map.fence);
+///         if !fenced {
+///             let until = Instant::now() + ttl;
+///             map.entries.insert(key.to_owned(), (value, until));
+///         }
+///         Box::pin(async { Ok(()) })
+///     }
+///
+///     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+///         let mut map = self.0.lock().unwrap();
+///         map.fence += 1;
+///         map.entries.remove(key);
+///         Box::pin(async { Ok(()) })
+///     }
+///
+///     fn invalidate_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+///         let mut map = self.0.lock().unwrap();
+///         map.fence += 1;
+///         map.entries.retain(|key, _| !key.starts_with(prefix));
+///         Box::pin(async { Ok(()) })
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// let cache = Cache::builder().backend(MapBackend::default()).build()?;
+/// let policy = Policy::new().ttl(Duration::from_secs(60));
+/// let v: u32 = cache.get_or_compute("answer:1", &policy, || async { 42 }).await;
+/// assert_eq!(v, 42);
+/// assert_eq!(cache.get::<u32>("answer:1").await?, Some(42));
+/// cache.invalidate_prefix("answer:").await?;
+/// assert_eq!(cache.get::<u32>("answer:1").await?, None);
+/// # Ok(()) }
+/// ```
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Short name used in errors, logs and stats (`memory`, `redis`, ...).
     fn name(&self) -> &'static str;
@@ -173,6 +262,16 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// switch caching off for the keys the other servers hold. Default
     /// `false`: the cache's breaker covers the store.
     fn isolates_failures(&self) -> bool {
+        false
+    }
+
+    /// Whether [`set_if_absent`](Backend::set_if_absent) and
+    /// [`delete_if_equals`](Backend::delete_if_equals) are implemented, so
+    /// that cold misses across processes can take the store's lock (one
+    /// computes, the others wait for its value). Default `false`: the
+    /// cache never calls them and each process computes its own misses. A
+    /// backend implementing both says `true`.
+    fn supports_locks(&self) -> bool {
         false
     }
 
@@ -246,6 +345,9 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn isolates_failures(&self) -> bool {
         (**self).isolates_failures()
+    }
+    fn supports_locks(&self) -> bool {
+        (**self).supports_locks()
     }
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
         (**self).get(key)

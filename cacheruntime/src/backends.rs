@@ -13,6 +13,9 @@ pub mod redis;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod sql;
+mod store;
+
+pub(crate) use store::Store;
 
 pub use disabled::DisabledBackend;
 pub use memory::MemoryBackend;

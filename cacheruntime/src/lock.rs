@@ -130,6 +130,9 @@ impl Engine {
         timeout: Duration,
     ) -> LockState {
         let backend = self.store.backend();
+        if !backend.supports_locks() {
+            return LockState::Unsupported;
+        }
         let mut held = HeldLock {
             engine: Arc::clone(self),
             key: key.into(),
@@ -145,10 +148,6 @@ impl Engine {
         match taken {
             Ok(true) => return LockState::Held(held),
             Ok(false) => {}
-            Err(Error::Unsupported { .. }) => {
-                held.done = true;
-                return LockState::Unsupported;
-            }
             Err(e) => {
                 // A timeout shorter than the op timeout is the call's budget
                 // running out, not the store failing.
@@ -173,7 +172,7 @@ impl Engine {
             .guarded("unlock", || backend.delete_if_equals(key, token))
             .await
         {
-            Ok(_) | Err(Error::Unsupported { .. }) => true,
+            Ok(_) => true,
             Err(e) => {
                 self.failed("unlock", &e);
                 false

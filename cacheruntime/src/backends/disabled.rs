@@ -1,10 +1,12 @@
 //! The backend of a disabled cache: stores nothing.
 
+use std::future::{ready, Future};
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
+use crate::backend::{Lookup, Ticket};
+use crate::backends::Store;
 use crate::Error;
 
 /// Stores nothing and finds nothing. A cache built on it also skips
@@ -12,30 +14,59 @@ use crate::Error;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DisabledBackend;
 
-impl Backend for DisabledBackend {
+impl Store for DisabledBackend {
     fn name(&self) -> &'static str {
         "disabled"
     }
 
-    fn get<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
-        Box::pin(async { Ok(Lookup::new(None)) })
+    fn supports_locks(&self) -> bool {
+        false
     }
 
-    fn set<'a>(
-        &'a self,
-        _key: &'a str,
+    fn get(&self, _key: &str) -> impl Future<Output = Result<Lookup, Error>> + Send {
+        ready(Ok(Lookup::new(None)))
+    }
+
+    fn set(
+        &self,
+        _key: &str,
         _value: Bytes,
         _ttl: Duration,
-        _ticket: Option<&'a Ticket>,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
+        _ticket: Option<&Ticket>,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        ready(Ok(()))
     }
 
-    fn delete<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
+    fn delete(&self, _key: &str) -> impl Future<Output = Result<(), Error>> + Send {
+        ready(Ok(()))
     }
 
-    fn invalidate_prefix<'a>(&'a self, _prefix: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(async { Ok(()) })
+    fn invalidate_prefix(&self, _prefix: &str) -> impl Future<Output = Result<(), Error>> + Send {
+        ready(Ok(()))
+    }
+
+    /// Nothing is stored, so nothing is locked: never called, since
+    /// [`supports_locks`](Store::supports_locks) says so.
+    fn set_if_absent(
+        &self,
+        _key: &str,
+        _value: Bytes,
+        _ttl: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        ready(Err(Error::Unsupported {
+            backend: "disabled",
+            operation: "set_if_absent",
+        }))
+    }
+
+    fn delete_if_equals(
+        &self,
+        _key: &str,
+        _value: &[u8],
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        ready(Err(Error::Unsupported {
+            backend: "disabled",
+            operation: "delete_if_equals",
+        }))
     }
 }

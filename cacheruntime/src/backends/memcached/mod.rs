@@ -106,6 +106,7 @@ mod setup;
 
 use std::collections::HashSet;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -117,8 +118,9 @@ use self::counters::{current_entry, stamp, Layout};
 use self::keys::lock_key;
 use self::servers::Pool;
 use self::setup::Setup;
-use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
+use crate::backend::{Lookup, Ticket};
 use crate::backends::generations::{seed, wrap_entry};
+use crate::backends::Store;
 use crate::clock::Clock;
 use crate::secrets::redact;
 use crate::Error;
@@ -292,7 +294,7 @@ impl MemcachedBackend {
     }
 }
 
-impl Backend for MemcachedBackend {
+impl Store for MemcachedBackend {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -303,42 +305,42 @@ impl Backend for MemcachedBackend {
         true
     }
 
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
-        Box::pin(self.run_get(key))
+    fn get(&self, key: &str) -> impl Future<Output = Result<Lookup, Error>> + Send {
+        self.run_get(key)
     }
 
-    fn set<'a>(
-        &'a self,
-        key: &'a str,
+    fn set(
+        &self,
+        key: &str,
         value: Bytes,
         ttl: Duration,
-        ticket: Option<&'a Ticket>,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(self.run_set(key, value, ttl, ticket))
+        ticket: Option<&Ticket>,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        self.run_set(key, value, ttl, ticket)
     }
 
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(self.run_delete(key))
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), Error>> + Send {
+        self.run_delete(key)
     }
 
-    fn invalidate_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(self.run_invalidate(prefix))
+    fn invalidate_prefix(&self, prefix: &str) -> impl Future<Output = Result<(), Error>> + Send {
+        self.run_invalidate(prefix)
     }
 
-    fn set_if_absent<'a>(
-        &'a self,
-        key: &'a str,
+    fn set_if_absent(
+        &self,
+        key: &str,
         value: Bytes,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(self.run_lock(key, value, ttl))
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.run_lock(key, value, ttl)
     }
 
-    fn delete_if_equals<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-    ) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(self.run_unlock(key, value))
+    fn delete_if_equals(
+        &self,
+        key: &str,
+        value: &[u8],
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.run_unlock(key, value)
     }
 }

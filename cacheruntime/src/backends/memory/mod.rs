@@ -43,6 +43,7 @@
 //! size of an arbitrary type cannot be known; for strings and byte blobs it
 //! is close to the encoded size, for lists of small integers it is larger.
 
+use std::future::{ready, Future};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +51,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 
-use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
+use crate::backend::{Lookup, Ticket};
+use crate::backends::Store;
 use crate::clock::Clock;
 use crate::key::MAX_STORED_KEY;
 use crate::Error;
@@ -421,7 +423,7 @@ impl MemoryBackend {
     }
 }
 
-impl Backend for MemoryBackend {
+impl Store for MemoryBackend {
     fn name(&self) -> &'static str {
         "memory"
     }
@@ -430,39 +432,36 @@ impl Backend for MemoryBackend {
         Some(MemoryBackend::max_value_bytes(self))
     }
 
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
-        let lookup = self.lookup(key);
-        Box::pin(async move { Ok(lookup) })
+    fn get(&self, key: &str) -> impl Future<Output = Result<Lookup, Error>> + Send {
+        ready(Ok(self.lookup(key)))
     }
 
-    fn set<'a>(
-        &'a self,
-        key: &'a str,
+    fn set(
+        &self,
+        key: &str,
         value: Bytes,
         ttl: Duration,
-        ticket: Option<&'a Ticket>,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        let done = self.store(key, value, ttl, ticket);
-        Box::pin(async { done })
+        ticket: Option<&Ticket>,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        ready(self.store(key, value, ttl, ticket))
     }
 
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), Error>> + Send {
         self.delete_key(key);
-        Box::pin(async { Ok(()) })
+        ready(Ok(()))
     }
 
-    fn invalidate_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+    fn invalidate_prefix(&self, prefix: &str) -> impl Future<Output = Result<(), Error>> + Send {
         // Whole segments only, as the cache checks.
-        let done = crate::key::check_prefix(prefix).map(|()| self.invalidate(prefix));
-        Box::pin(async { done })
+        ready(crate::key::check_prefix(prefix).map(|()| self.invalidate(prefix)))
     }
 
-    fn set_if_absent<'a>(
-        &'a self,
-        key: &'a str,
+    fn set_if_absent(
+        &self,
+        key: &str,
         value: Bytes,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, Error>> {
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
         let now = self.clock.now_ms();
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         if locks.len() > 1024 {
@@ -477,14 +476,14 @@ impl Backend for MemoryBackend {
                 true
             }
         };
-        Box::pin(async move { Ok(taken) })
+        ready(Ok(taken))
     }
 
-    fn delete_if_equals<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-    ) -> BoxFuture<'a, Result<bool, Error>> {
+    fn delete_if_equals(
+        &self,
+        key: &str,
+        value: &[u8],
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
         let now = self.clock.now_ms();
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         let ours =
@@ -492,7 +491,7 @@ impl Backend for MemoryBackend {
         if ours {
             locks.remove(key);
         }
-        Box::pin(async move { Ok(ours) })
+        ready(Ok(ours))
     }
 }
 

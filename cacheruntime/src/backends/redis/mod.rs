@@ -66,6 +66,7 @@ mod scripts;
 mod server_config;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -76,8 +77,9 @@ pub use self::config::RedisConfig;
 use self::connection::{AnyConn, Conn};
 use self::keys::{lock_key, physical, Layout};
 use self::scripts::{BUMP, DELETE, ENSURE, RELEASE, WRITE};
-use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
+use crate::backend::{Lookup, Ticket};
 use crate::backends::generations::{generations, unwrap_entry, Kind};
+use crate::backends::Store;
 use crate::secrets::{redact, Secrets};
 use crate::Error;
 
@@ -323,49 +325,49 @@ impl RedisBackend {
     }
 }
 
-impl Backend for RedisBackend {
+impl Store for RedisBackend {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
-        Box::pin(self.run_get(key))
+    fn get(&self, key: &str) -> impl Future<Output = Result<Lookup, Error>> + Send {
+        self.run_get(key)
     }
 
-    fn set<'a>(
-        &'a self,
-        key: &'a str,
+    async fn set(
+        &self,
+        key: &str,
         value: Bytes,
         ttl: Duration,
-        ticket: Option<&'a Ticket>,
-    ) -> BoxFuture<'a, Result<(), Error>> {
+        ticket: Option<&Ticket>,
+    ) -> Result<(), Error> {
         // A generation string never contains `*`: it means "current".
         let expected = ticket.and_then(Ticket::as_tag).unwrap_or("*");
-        Box::pin(async move { self.run_write(key, &value, ttl, expected).await })
+        self.run_write(key, &value, ttl, expected).await
     }
 
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(self.run_delete(key))
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), Error>> + Send {
+        self.run_delete(key)
     }
 
-    fn invalidate_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(self.run_invalidate(prefix))
+    fn invalidate_prefix(&self, prefix: &str) -> impl Future<Output = Result<(), Error>> + Send {
+        self.run_invalidate(prefix)
     }
 
-    fn set_if_absent<'a>(
-        &'a self,
-        key: &'a str,
+    fn set_if_absent(
+        &self,
+        key: &str,
         value: Bytes,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(self.run_set_if_absent(key, value, ttl))
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.run_set_if_absent(key, value, ttl)
     }
 
-    fn delete_if_equals<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-    ) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(self.run_delete_if_equals(key, value))
+    fn delete_if_equals(
+        &self,
+        key: &str,
+        value: &[u8],
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.run_delete_if_equals(key, value)
     }
 }

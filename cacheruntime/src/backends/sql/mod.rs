@@ -83,13 +83,15 @@
 //! `sweep.rs` (the work done after calls); the backend itself is here.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
+use crate::backend::{Lookup, Ticket};
+use crate::backends::Store;
 use crate::secrets::{redact, Secrets};
 use crate::Error;
 
@@ -347,19 +349,14 @@ fn millis(d: Duration) -> i64 {
 impl SqlBackend {
     /// Runs one operation; a failure (or a cancellation by the op timeout,
     /// noticed on the next call) starts a background reconnect.
-    fn op<'a, T: Send + 'a>(
-        &'a self,
-        fut: impl std::future::Future<Output = Result<T, Error>> + Send + 'a,
-    ) -> BoxFuture<'a, Result<T, Error>> {
-        Box::pin(async move {
-            let guard = WarmOnDrop(&self.shared, true);
-            let result = fut.await;
-            std::mem::forget(guard);
-            if matches!(&result, Err(e) if e.is_store_failure()) {
-                self.shared.warm_up();
-            }
-            result
-        })
+    async fn op<T>(&self, fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        let guard = WarmOnDrop(&self.shared, true);
+        let result = fut.await;
+        std::mem::forget(guard);
+        if matches!(&result, Err(e) if e.is_store_failure()) {
+            self.shared.warm_up();
+        }
+        result
     }
 }
 
@@ -375,47 +372,47 @@ impl Drop for WarmOnDrop<'_> {
     }
 }
 
-impl Backend for SqlBackend {
+impl Store for SqlBackend {
     fn name(&self) -> &'static str {
         self.shared.backend_name()
     }
 
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
+    fn get(&self, key: &str) -> impl Future<Output = Result<Lookup, Error>> + Send {
         self.op(self.shared.get(key))
     }
 
-    fn set<'a>(
-        &'a self,
-        key: &'a str,
+    fn set(
+        &self,
+        key: &str,
         value: Bytes,
         ttl: Duration,
-        ticket: Option<&'a Ticket>,
-    ) -> BoxFuture<'a, Result<(), Error>> {
+        ticket: Option<&Ticket>,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
         self.op(self.shared.set(key, value, ttl, ticket))
     }
 
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), Error>> + Send {
         self.op(self.shared.delete(key))
     }
 
-    fn invalidate_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+    fn invalidate_prefix(&self, prefix: &str) -> impl Future<Output = Result<(), Error>> + Send {
         self.op(self.shared.invalidate(prefix))
     }
 
-    fn set_if_absent<'a>(
-        &'a self,
-        key: &'a str,
+    fn set_if_absent(
+        &self,
+        key: &str,
         value: Bytes,
         ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, Error>> {
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
         self.op(self.shared.lock(key, value, ttl))
     }
 
-    fn delete_if_equals<'a>(
-        &'a self,
-        key: &'a str,
-        value: &'a [u8],
-    ) -> BoxFuture<'a, Result<bool, Error>> {
+    fn delete_if_equals(
+        &self,
+        key: &str,
+        value: &[u8],
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
         self.op(self.shared.unlock(key, value))
     }
 }

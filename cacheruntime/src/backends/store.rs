@@ -1,0 +1,129 @@
+//! How the crate's own stores implement [`Backend`]: a crate-private trait
+//! with `impl Future` methods (plain `async fn`s in each store), and one
+//! blanket impl that boxes them for the object-safe public trait.
+//!
+//! So no store repeats the boxing, every store of the crate reports that it
+//! has locks (its `set_if_absent` and `delete_if_equals` are required
+//! here, not defaulted to an error), and the public trait stays what a
+//! user's own backend implements.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
+use crate::Error;
+
+/// A store of this crate; see [`Backend`] for what each method must do.
+pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
+    /// As [`Backend::name`].
+    fn name(&self) -> &'static str;
+
+    /// As [`Backend::max_value_bytes`].
+    fn max_value_bytes(&self) -> Option<usize> {
+        None
+    }
+
+    /// As [`Backend::isolates_failures`].
+    fn isolates_failures(&self) -> bool {
+        false
+    }
+
+    /// As [`Backend::supports_locks`]: every store of the crate has them
+    /// but the disabled one.
+    fn supports_locks(&self) -> bool {
+        true
+    }
+
+    /// As [`Backend::get`].
+    fn get(&self, key: &str) -> impl Future<Output = Result<Lookup, Error>> + Send;
+
+    /// As [`Backend::set`].
+    fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// As [`Backend::delete`].
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// As [`Backend::invalidate_prefix`].
+    fn invalidate_prefix(&self, prefix: &str) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// As [`Backend::set_if_absent`].
+    fn set_if_absent(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// As [`Backend::delete_if_equals`].
+    fn delete_if_equals(
+        &self,
+        key: &str,
+        value: &[u8],
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+}
+
+impl<S: Store> Backend for S {
+    fn name(&self) -> &'static str {
+        Store::name(self)
+    }
+
+    fn max_value_bytes(&self) -> Option<usize> {
+        Store::max_value_bytes(self)
+    }
+
+    fn isolates_failures(&self) -> bool {
+        Store::isolates_failures(self)
+    }
+
+    fn supports_locks(&self) -> bool {
+        Store::supports_locks(self)
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
+        Box::pin(Store::get(self, key))
+    }
+
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&'a Ticket>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(Store::set(self, key, value, ttl, ticket))
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(Store::delete(self, key))
+    }
+
+    fn invalidate_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(Store::invalidate_prefix(self, prefix))
+    }
+
+    fn set_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(Store::set_if_absent(self, key, value, ttl))
+    }
+
+    fn delete_if_equals<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(Store::delete_if_equals(self, key, value))
+    }
+}
