@@ -4,6 +4,16 @@
 //! |---|---|
 //! | `memory://` or `memory://?max_bytes=16777216` | bounded in-process memory |
 //! | `none://` (also `disabled://`) | nothing; every call computes |
+//! | `redis://[user:pass@]host:6379/0`, `rediss://...` | Redis, plain or TLS (feature `redis`) |
+//! | `redis+cluster://h1:7000,h2:7000` (`rediss+cluster://` for TLS) | Redis Cluster (feature `redis`) |
+//! | `postgres://user:pass@host/db?sslmode=verify-full` | PostgreSQL (feature `postgres`) |
+//! | `sqlite://path/to/cache.db` | SQLite file (feature `sqlite`) |
+//! | `memcached://h1:11211,h2:11211` | a Memcached pool (feature `memcached`) |
+//!
+//! Each store's own parameters are listed on its config type:
+//! [`RedisConfig`](crate::backends::redis::RedisConfig),
+//! [`SqlConfig`](crate::backends::sql::SqlConfig),
+//! [`MemcachedConfig`](crate::backends::memcached::MemcachedConfig).
 //!
 //! Query parameters every scheme accepts: `namespace`, `default_ttl`,
 //! `op_timeout` (durations: `300` seconds, or `"90s"`, `"10m"`, `"1h"`,

@@ -18,6 +18,23 @@ use crate::Error;
 const MAX_TTL_LIMIT: Duration = Duration::from_secs(3650 * 86_400);
 
 /// How to reach Memcached. `Debug` shows the servers' hosts and ports only.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use cacheruntime::backends::memcached::{MemcachedBackend, MemcachedConfig};
+/// use cacheruntime::Cache;
+///
+/// # fn main() -> Result<(), cacheruntime::Error> {
+/// // The same as `Cache::from_url("memcached://10.0.0.1,10.0.0.2,10.0.0.3?max_ttl=1d")`.
+/// let config = MemcachedConfig::new(["10.0.0.1:11211", "10.0.0.2:11211", "10.0.0.3:11211"])
+///     .max_ttl(Duration::from_secs(86_400));
+/// let cache = Cache::builder()
+///     .backend(MemcachedBackend::new(config)?)
+///     .namespace("shop")
+///     .build()?;
+/// # let _ = cache;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct MemcachedConfig {
