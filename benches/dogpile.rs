@@ -38,6 +38,9 @@ impl Backend for NoLocks {
     fn name(&self) -> &'static str {
         "redis-without-locks"
     }
+    fn supports_locks(&self) -> bool {
+        false
+    }
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, cacheruntime::Error>> {
         self.0.get(key)
     }

@@ -304,6 +304,9 @@ impl Backend for BrokenBackend {
     fn name(&self) -> &'static str {
         "broken"
     }
+    fn supports_locks(&self) -> bool {
+        false
+    }
     fn get<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
         self.fail()
     }

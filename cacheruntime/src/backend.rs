@@ -190,6 +190,12 @@ impl Lookup {
 ///         "map"
 ///     }
 ///
+///     // No `set_if_absent` / `delete_if_equals`: each process computes
+///     // its own cold misses.
+///     fn supports_locks(&self) -> bool {
+///         false
+///     }
+///
 ///     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
 ///         let map = self.0.lock().unwrap();
 ///         let value = map.entries.get(key).filter(|(_, until)| *until > Instant::now());
@@ -267,13 +273,15 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Whether [`set_if_absent`](Backend::set_if_absent) and
     /// [`delete_if_equals`](Backend::delete_if_equals) are implemented, so
-    /// that cold misses across processes can take the store's lock (one
-    /// computes, the others wait for its value). Default `false`: the
-    /// cache never calls them and each process computes its own misses. A
-    /// backend implementing both says `true`.
-    fn supports_locks(&self) -> bool {
-        false
-    }
+    /// that cold misses across processes take the store's lock (one
+    /// computes, the others wait for its value) and a background refresh
+    /// runs once across processes. With `false` the cache never calls them
+    /// and each process computes its own misses and refreshes.
+    ///
+    /// Required, with no default: a wrapper that forwards the lock methods
+    /// of the store it wraps must forward this too, or its locks would be
+    /// off without a word.
+    fn supports_locks(&self) -> bool;
 
     /// Reads the entry under `key`, ignoring expired or invalidated ones.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>>;

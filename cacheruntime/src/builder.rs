@@ -125,7 +125,10 @@ impl CacheBuilder {
     /// The store. Any [`Backend`], including an `Arc` of one you keep.
     ///
     /// A [`MemoryBackend`] (or an `Arc` of one) is the in-process store:
-    /// entries are answered synchronously and not signature-checked.
+    /// entries are answered synchronously and not signature-checked. A
+    /// [`DisabledBackend`] switches caching off, as
+    /// [`disabled`](Self::disabled) does (every call computes, without
+    /// single-flight).
     /// Every other backend is treated as shared with other processes,
     /// however it is implemented (a wrapper around a memory store
     /// included): its entries are signature-checked and its cold misses
@@ -316,6 +319,45 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The store kind comes from the store's type: the crate's memory store
+    /// (or an `Arc` of it) is in-process, the disabled store switches
+    /// caching off as `.disabled()` does, anything else is shared.
+    #[test]
+    fn the_store_kind_comes_from_the_store_type() {
+        let kind = |builder: CacheBuilder| {
+            let cache = builder.build().unwrap();
+            match &cache.engine.store {
+                Store::Memory(_) => "memory",
+                Store::Disabled => "disabled",
+                Store::Shared(_) => "shared",
+            }
+        };
+        assert_eq!(kind(Cache::builder()), "memory");
+        assert_eq!(kind(Cache::builder().memory(1 << 20)), "memory");
+        let memory = MemoryBackend::new(1 << 20);
+        assert_eq!(kind(Cache::builder().backend(memory)), "memory");
+        let shared = Arc::new(MemoryBackend::new(1 << 20));
+        assert_eq!(kind(Cache::builder().backend(shared.clone())), "memory");
+        // A wrapper is somebody else's store: shared, signature-checked.
+        assert_eq!(kind(Cache::builder().backend(Arc::new(shared))), "shared");
+        assert_eq!(kind(Cache::builder().backend(DisabledBackend)), "disabled");
+        assert_eq!(kind(Cache::builder().disabled()), "disabled");
+        assert!(!Cache::builder()
+            .backend(DisabledBackend)
+            .build()
+            .unwrap()
+            .is_enabled());
+        assert_eq!(
+            kind(
+                Cache::builder()
+                    .disabled()
+                    .backend(MemoryBackend::new(1 << 20))
+            ),
+            "memory",
+            "the last store set wins"
+        );
+    }
 
     #[test]
     fn max_entry_bytes_above_what_the_store_holds_is_refused_at_build() {

@@ -173,6 +173,9 @@ impl Engine {
             .await
         {
             Ok(_) => true,
+            // A backend that takes locks but cannot release them early: the
+            // lock is left to its TTL, not retried until then.
+            Err(Error::Unsupported { .. }) => true,
             Err(e) => {
                 self.failed("unlock", &e);
                 false

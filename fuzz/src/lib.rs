@@ -77,6 +77,9 @@ impl Backend for Slot {
     fn name(&self) -> &'static str {
         "fuzz-slot"
     }
+    fn supports_locks(&self) -> bool {
+        false
+    }
 
     fn get<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
         let found = Lookup::new(self.entry.lock().unwrap().clone());

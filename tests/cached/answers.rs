@@ -265,6 +265,9 @@ impl Backend for SharedWithFastPath {
     fn name(&self) -> &'static str {
         "shared-fast"
     }
+    fn supports_locks(&self) -> bool {
+        false
+    }
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
         self.0.get(key)
     }
@@ -320,6 +323,9 @@ struct PlainMap {
 impl cacheruntime::Backend for PlainMap {
     fn name(&self) -> &'static str {
         "plain"
+    }
+    fn supports_locks(&self) -> bool {
+        false
     }
     fn get<'a>(
         &'a self,
