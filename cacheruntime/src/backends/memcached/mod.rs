@@ -23,7 +23,7 @@
 //!   exchanges the op timeout abandoned) the calls that need that server
 //!   fail at once for a cool-down, while the others' keys are served and
 //!   invalidated as usual. The backend says so through
-//!   [`Backend::isolates_failures`], and the cache keeps its whole-store
+//!   [`Backend::isolates_failures`](crate::Backend::isolates_failures), and the cache keeps its whole-store
 //!   breaker out of the way ([`MemcachedConfig::circuit_breaker`]);
 //! - **a bounded set of connections** (16 by default,
 //!   [`MemcachedConfig::max_connections`], URL `max_connections`): a burst
