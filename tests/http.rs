@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use cacheruntime::backends::redis::{RedisBackend, RedisConfig};
-use cacheruntime::http::CacheLayer;
+use cacheruntime::http::{cache_control, never_cache, CacheLayer};
 use cacheruntime::{Cache, Clock};
 use support::RedisServer;
 
@@ -451,6 +451,53 @@ async fn set_cookie_private_no_store_and_server_errors_are_not_cached() {
         assert_eq!(r.text().await.unwrap(), "no such page");
     }
     assert_eq!(runs.get(), before + 1);
+}
+
+#[tokio::test]
+async fn handlers_setting_their_own_cache_control_keep_it() {
+    let runs = Runs::default();
+    let layer = CacheLayer::builder(Cache::memory())
+        .ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (r1, r2) = (runs.clone(), runs.clone());
+    let app = Router::new()
+        .route(
+            "/account",
+            get(move || async move {
+                r1.bump();
+                (never_cache(), "balance")
+            }),
+        )
+        .route(
+            "/logo",
+            get(move || async move {
+                r2.bump();
+                let year = Duration::from_secs(365 * 24 * 3600);
+                let cc = cache_control().public().max_age(year).immutable();
+                (cc.header(), "<svg/>")
+            }),
+        )
+        .layer(layer);
+    let base = serve(app).await;
+    let c = client();
+    for _ in 0..2 {
+        let r = c.get(format!("{base}/account")).send().await.unwrap();
+        assert_eq!(x_cache(&r), "miss");
+        let cc = header_of(&r, "cache-control").unwrap();
+        assert!(cc.contains("no-store") && cc.contains("private"), "{cc}");
+    }
+    assert_eq!(runs.get(), 2, "never_cache: never stored");
+    for expect in ["miss", "hit"] {
+        let r = c.get(format!("{base}/logo")).send().await.unwrap();
+        assert_eq!(x_cache(&r), expect);
+        assert_eq!(
+            header_of(&r, "cache-control"),
+            Some("public, immutable, max-age=31536000"),
+            "the handler's, not the layer's max-age=60"
+        );
+    }
+    assert_eq!(runs.get(), 3);
 }
 
 #[tokio::test]

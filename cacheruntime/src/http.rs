@@ -49,7 +49,10 @@
 //! `{query}` is the query as the handler's extractors read it, filtered by
 //! [`only_query`](CacheLayerBuilder::only_query) /
 //! [`ignore_query`](CacheLayerBuilder::ignore_query), sorted by name and
-//! written in one encoding. `{method}` is `GET` for HEAD too.
+//! written in one encoding. `{method}` is `GET` for HEAD too. Header and
+//! cookie values are written into the key as they are (escaped), so the
+//! store sees them: key on a language or a theme, not on a session cookie
+//! (vary on the user instead); `Authorization` alone is keyed by a hash.
 //!
 //! After the rendered template come `:` and the variant: one segment per
 //! [`vary_on_header`](CacheLayerBuilder::vary_on_header) (its value, `%`
@@ -89,16 +92,23 @@
 //! is answered `304 Not Modified`, from the cache without running the
 //! handler when the page is there.
 //!
+//! A handler that must set its own `Cache-Control` keeps it: the layer
+//! then sends the handler's, and does not store a response marked
+//! `private` or `no-store`. [`cache_control`] and [`never_cache`] write
+//! those headers.
+//!
 //! # When the store fails
 //! As for any get-or-compute call: the handler runs and its response is
 //! served, the store costing at most the cache's op timeout.
 
 mod body;
+mod control;
 mod layer;
 mod page;
 mod service;
 mod template;
 
 pub use body::CacheBody;
+pub use control::{cache_control, never_cache, CacheControl};
 pub use layer::{CacheLayer, CacheLayerBuilder, LayerError};
 pub use service::CacheService;

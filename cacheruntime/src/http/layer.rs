@@ -170,7 +170,10 @@ impl CacheLayerBuilder {
     }
 
     /// Bodies larger than this pass through uncached (default 1 MiB): up to
-    /// this much is buffered, the rest streamed as it comes.
+    /// this much is buffered, the rest streamed as it comes. The cache's
+    /// own `max_entry_bytes` (1 MiB by default) also bounds a stored page,
+    /// headers included: a page over it is served and not stored (counted
+    /// in `Stats::oversize`), so raise both together.
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
