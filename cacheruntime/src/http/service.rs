@@ -97,16 +97,15 @@ fn key_for<B>(settings: &Settings, request: &Request<B>) -> Option<String> {
         Some(user) => Some((user.read)(request.extensions())?),
         None => None,
     };
-    let (parts, ()) = {
-        // Render from the request's head only; the body stays where it is.
-        let mut head = Request::new(());
-        *head.method_mut() = request.method().clone();
-        *head.uri_mut() = request.uri().clone();
-        *head.headers_mut() = request.headers().clone();
-        head.into_parts()
-    };
+    let headers = request.headers();
     let mut key = KeyBuilder::new();
-    settings.template.render(&parts, &settings.query, &mut key);
+    settings.template.render(
+        request.method(),
+        request.uri(),
+        headers,
+        &settings.query,
+        &mut key,
+    );
     key.literal(":");
     if settings.vary.is_empty() && user.is_none() {
         // One segment even when nothing varies, so that
@@ -117,7 +116,7 @@ fn key_for<B>(settings: &Settings, request: &Request<B>) -> Option<String> {
         if i > 0 {
             key.literal(":");
         }
-        let segment = super::template::header_segment(&parts.headers, name);
+        let segment = super::template::header_segment(headers, name);
         // Absent (or empty): `%`, which no escaped value is, and never an
         // empty last segment (a key must not look like a prefix).
         key.literal(if segment.is_empty() { "%" } else { &segment });

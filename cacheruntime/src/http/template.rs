@@ -14,8 +14,7 @@
 use std::borrow::Cow;
 
 use ::http::header::{HeaderName, AUTHORIZATION, COOKIE};
-use ::http::request::Parts;
-use ::http::{HeaderMap, Method};
+use ::http::{HeaderMap, Method, Uri};
 use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 
@@ -106,32 +105,39 @@ impl Template {
         self.parts.iter().any(|p| matches!(p, Part::Cookie(_)))
     }
 
-    /// Renders the key of `request` into `out`.
-    pub(crate) fn render(&self, request: &Parts, query: &QueryRules, out: &mut KeyBuilder) {
+    /// Renders the key of a request (its head) into `out`.
+    pub(crate) fn render(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        query: &QueryRules,
+        out: &mut KeyBuilder,
+    ) {
         for part in &self.parts {
             match part {
                 Part::Literal(text) => {
                     out.literal(text);
                 }
                 // HEAD is answered from the GET entry.
-                Part::Method if request.method == Method::HEAD => {
+                Part::Method if method == Method::HEAD => {
                     out.literal("GET");
                 }
                 Part::Method => {
-                    out.value(request.method.as_str());
+                    out.value(method.as_str());
                 }
                 Part::Path => {
-                    out.value(&normal_path(request.uri.path()));
+                    out.value(&normal_path(uri.path()));
                 }
                 // Canonical encoding: no ':', '#', whitespace or controls.
                 Part::Query => {
-                    out.literal(&query.normalise(request.uri.query()));
+                    out.literal(&query.normalise(uri.query()));
                 }
                 Part::Header(name) => {
-                    out.literal(&header_segment(&request.headers, name));
+                    out.literal(&header_segment(headers, name));
                 }
                 Part::Cookie(name) => {
-                    out.value(cookie(&request.headers, name).unwrap_or(""));
+                    out.value(cookie(headers, name).unwrap_or(""));
                 }
             }
         }
@@ -368,9 +374,13 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut out = KeyBuilder::new();
-        Template::parse(template)
-            .unwrap()
-            .render(&parts, rules, &mut out);
+        Template::parse(template).unwrap().render(
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            rules,
+            &mut out,
+        );
         out.finish()
     }
 
