@@ -665,6 +665,49 @@ async fn invalidation_on_one_instance_reaches_another_sharing_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn varying_on_authorization_caches_per_credential_without_storing_it() {
+    let server = RedisServer::start();
+    let runs = Runs::default();
+    let layer = CacheLayer::builder(redis_cache(&server.url()))
+        .key("page:{path}")
+        .vary_on_header("Authorization")
+        .build()
+        .unwrap();
+    let counted = runs.clone();
+    let app = Router::new()
+        .route(
+            "/feed",
+            get(move |headers: HeaderMap| async move {
+                counted.bump();
+                format!("feed for {:?}", headers["authorization"])
+            }),
+        )
+        .layer(layer);
+    let base = serve(app).await;
+    let c = client();
+    let get = |token: &str| {
+        c.get(format!("{base}/feed"))
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+    };
+    for (token, expect) in [
+        ("s3cret-a", "miss"),
+        ("s3cret-b", "miss"),
+        ("s3cret-a", "hit"),
+    ] {
+        let r = get(token).await.unwrap();
+        assert_eq!(x_cache(&r), expect, "{token}");
+        assert_eq!(header_of(&r, "cache-control"), Some("private, max-age=300"));
+        assert_eq!(header_of(&r, "vary"), Some("authorization"));
+        assert!(r.text().await.unwrap().contains(token));
+    }
+    assert_eq!(runs.get(), 2);
+    let keys = server.cli(&["--scan"]);
+    assert!(keys.contains("shop:page:/feed:"), "{keys}");
+    assert!(!keys.contains("s3cret"), "credentials in the store: {keys}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_stalls_or_dies_still_serves_within_the_op_timeout() {
     let mut server = RedisServer::start();
     let cache = redis_cache(&server.url());
