@@ -501,6 +501,40 @@ async fn handlers_setting_their_own_cache_control_keep_it() {
 }
 
 #[tokio::test]
+async fn a_response_varying_on_a_header_the_key_does_not_read_is_not_cached() {
+    let runs = Runs::default();
+    let app = |layer: CacheLayer| {
+        let counted = runs.clone();
+        Router::new()
+            .route(
+                "/packed",
+                get(move || async move {
+                    counted.bump();
+                    ([(header::VARY, "Accept-Encoding")], "as if compressed")
+                }),
+            )
+            .layer(layer)
+    };
+    let unkeyed = serve(app(CacheLayer::builder(Cache::memory()).build().unwrap())).await;
+    let keyed = CacheLayer::builder(Cache::memory())
+        .vary_on_header("Accept-Encoding")
+        .build()
+        .unwrap();
+    let keyed = serve(app(keyed)).await;
+    let c = client();
+    for expect in ["miss", "miss"] {
+        let r = c.get(format!("{unkeyed}/packed")).send().await.unwrap();
+        assert_eq!(x_cache(&r), expect);
+    }
+    assert_eq!(runs.get(), 2);
+    for expect in ["miss", "hit"] {
+        let r = c.get(format!("{keyed}/packed")).send().await.unwrap();
+        assert_eq!(x_cache(&r), expect);
+    }
+    assert_eq!(runs.get(), 3);
+}
+
+#[tokio::test]
 async fn a_body_that_fails_midway_is_not_cached() {
     let runs = Runs::default();
     let layer = CacheLayer::builder(Cache::memory()).build().unwrap();

@@ -69,7 +69,9 @@
 //! - Only the listed statuses ([`statuses`](CacheLayerBuilder::statuses),
 //!   default 200, 203, 301, 404, 410); never a 5xx nor a handler error,
 //!   never a response with `Set-Cookie`, `Cache-Control: private` or
-//!   `no-store`, or `Vary: *`.
+//!   `no-store`, nor one whose `Vary` names a header the key does not
+//!   read (`*`, or a compression layer's `Accept-Encoding`: add
+//!   [`vary_on_header`](CacheLayerBuilder::vary_on_header) for it).
 //! - A request with `Authorization` passes through, unless the key varies
 //!   on the user or on `Authorization` (keyed by a SHA-256 of it, never the
 //!   credentials). With `vary_on_user`, a request whose extensions hold no

@@ -66,6 +66,9 @@ pub(crate) struct Settings {
     pub(crate) keyed_on_credentials: bool,
     pub(crate) cache_control: HeaderValue,
     pub(crate) vary_header: Option<HeaderValue>,
+    /// The headers the key reads: a response varying on any other is not
+    /// stored (it would be served to requests it was not made for).
+    pub(crate) keyed_headers: Vec<HeaderName>,
     pub(crate) x_cache: bool,
 }
 
@@ -310,6 +313,7 @@ impl CacheLayerBuilder {
             keyed_on_credentials: on_credentials || self.user.is_some(),
             cache_control: HeaderValue::from_str(&cache_control).expect("ASCII"),
             vary_header,
+            keyed_headers: listed,
             x_cache: self.x_cache,
             cache: self.cache,
         };

@@ -46,8 +46,13 @@ pub(crate) fn refusal(settings: &Settings, parts: &Parts) -> Option<&'static str
     if directives(&parts.headers, CACHE_CONTROL).any(|d| d == "private" || d == "no-store") {
         return Some("Cache-Control private or no-store");
     }
-    if directives(&parts.headers, VARY).any(|d| d == "*") {
-        return Some("Vary: *");
+    // A response that varies on a header the key does not read (a
+    // compression layer's `Vary: accept-encoding`) would be served to
+    // requests it was not made for.
+    if directives(&parts.headers, VARY)
+        .any(|d| !settings.keyed_headers.iter().any(|k| k.as_str() == d))
+    {
+        return Some("Vary names a header the key does not read: add .vary_on_header(..)");
     }
     None
 }
@@ -63,6 +68,7 @@ fn directives(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = Str
             let name = d.split('=').next().unwrap_or("");
             name.trim().to_ascii_lowercase()
         })
+        .filter(|d| !d.is_empty())
 }
 
 /// Headers that belong to one connection or one transfer, never stored.
