@@ -210,3 +210,46 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+
+    /// A body in chunks with no size hint, as a streaming handler sends.
+    struct Chunks(VecDeque<&'static str>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(Bytes::from(c)))))
+        }
+    }
+
+    fn chunks(parts: &[&'static str]) -> Chunks {
+        Chunks(parts.iter().copied().collect())
+    }
+
+    #[tokio::test]
+    async fn a_body_of_exactly_the_limit_is_stored_one_byte_more_replays_whole() {
+        match read_up_to(chunks(&["abc", "de"]), 5).await {
+            Read::Whole(b) => assert_eq!(b, "abcde"),
+            Read::Passed(_) => panic!("5 bytes fit a 5-byte limit"),
+        }
+        let Read::Passed(body) = read_up_to(chunks(&["abc", "def", "gh"]), 5).await else {
+            panic!("8 bytes do not fit");
+        };
+        let all = body.collect().await.unwrap().to_bytes();
+        assert_eq!(all, "abcdefgh", "what was read, then the rest");
+        let full = http_body_util::Full::new(Bytes::from_static(b"0123456789"));
+        assert!(
+            matches!(read_up_to(full, 5).await, Read::Passed(_)),
+            "a body known to be larger is not read"
+        );
+    }
+}
