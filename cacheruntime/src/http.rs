@@ -90,6 +90,10 @@
 //! [`private`](CacheLayerBuilder::private)), `Vary` listing the headers
 //! the key reads (`Cookie` for `{cookie:..}`), and `X-Cache: hit`, `miss`
 //! or `stale` ([`x_cache_header`](CacheLayerBuilder::x_cache_header)).
+//! A response the handler made for a cacheable request but that may not be
+//! stored goes out as the handler sent it, with `X-Cache: miss` only; a
+//! request that bypasses the cache (another method, `Authorization`, no
+//! user value) gets the handler's response untouched, without `X-Cache`.
 //! `If-None-Match` (or, without it, `If-Modified-Since`) matching the page
 //! is answered `304 Not Modified`, from the cache without running the
 //! handler when the page is there.
