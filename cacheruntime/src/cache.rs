@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::clock::Clock;
 use crate::engine::{Answer, Engine};
 use crate::entry::{Accept, UNTYPED};
 use crate::envelope;
@@ -131,6 +132,14 @@ impl Cache {
     /// The TTL used when a call does not give one.
     pub fn default_ttl(&self) -> Duration {
         self.engine.sealer.default_ttl
+    }
+
+    /// The clock entry deadlines are read from ([`Clock::manual`] in tests):
+    /// what layers above the cache use to date what they store (the HTTP
+    /// layer's `Age` and `Last-Modified`), so they agree with the engine on
+    /// when an entry turns stale.
+    pub fn clock(&self) -> &Clock {
+        &self.engine.sealer.clock
     }
 
     /// Reads `key`. `Ok(None)` for a miss, an expired entry, or an entry that

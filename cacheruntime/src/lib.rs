@@ -31,6 +31,8 @@ mod error;
 mod fetch;
 mod flight;
 mod guarded;
+#[cfg(feature = "http")]
+pub mod http;
 mod ids;
 pub mod key;
 mod lock;

@@ -1,0 +1,309 @@
+//! A stored page, and the HTTP rules on both of its sides: which handler
+//! responses may be stored (status, `Set-Cookie`, `Cache-Control`), and
+//! what a response served from one carries downstream (`ETag`,
+//! `Last-Modified`, `Age`, `Cache-Control`, `Vary`, `X-Cache`), including
+//! the `304 Not Modified` answer to a conditional request.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ::http::header::{
+    HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, DATE, ETAG,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, SET_COOKIE, TRANSFER_ENCODING, VARY,
+};
+use ::http::response::Parts;
+use ::http::{Response, StatusCode};
+use bytes::Bytes;
+use http_body::Body;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::body::CacheBody;
+use super::layer::Settings;
+
+/// A response as stored: status, end-to-end headers, body, and when and by
+/// which request it was computed.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Page {
+    status: u16,
+    /// Lower-case names; `ETag` and `Last-Modified` always among them.
+    headers: Vec<(String, Bytes)>,
+    body: Bytes,
+    /// Milliseconds since the epoch on the cache's clock.
+    pub(crate) stored_ms: u64,
+    /// The request that computed it: a request seeing its own value back
+    /// was a miss.
+    pub(crate) computed_by: u64,
+}
+
+/// Why a handler's response is not stored (logged at debug level).
+pub(crate) fn refusal(settings: &Settings, parts: &Parts) -> Option<&'static str> {
+    if !settings.statuses.contains(&parts.status.as_u16()) {
+        return Some("status not listed");
+    }
+    if parts.headers.contains_key(SET_COOKIE) {
+        return Some("Set-Cookie");
+    }
+    if directives(&parts.headers, CACHE_CONTROL).any(|d| d == "private" || d == "no-store") {
+        return Some("Cache-Control private or no-store");
+    }
+    // A response that varies on a header the key does not read (a
+    // compression layer's `Vary: accept-encoding`) would be served to
+    // requests it was not made for.
+    if directives(&parts.headers, VARY)
+        .any(|d| !settings.keyed_headers.iter().any(|k| k.as_str() == d))
+    {
+        return Some("Vary names a header the key does not read: add .vary_on_header(..)");
+    }
+    None
+}
+
+/// The lower-cased names of a comma-separated header's items.
+fn directives(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = String> + '_ {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| {
+            let name = d.split('=').next().unwrap_or("");
+            name.trim().to_ascii_lowercase()
+        })
+        .filter(|d| !d.is_empty())
+}
+
+/// Headers that belong to one connection or one transfer, never stored.
+fn per_transfer(name: &HeaderName) -> bool {
+    [CONNECTION, TRANSFER_ENCODING, CONTENT_LENGTH, DATE, AGE].contains(name)
+        || matches!(
+            name.as_str(),
+            "keep-alive" | "proxy-connection" | "te" | "trailer" | "upgrade" | "x-cache"
+        )
+}
+
+impl Page {
+    /// Stores a response: adds a strong `ETag` (the body's SHA-256) and a
+    /// `Last-Modified` (now) unless the handler sent its own.
+    pub(crate) fn new(parts: &Parts, body: Bytes, now_ms: u64, computed_by: u64) -> Page {
+        let mut headers: Vec<(String, Bytes)> = parts
+            .headers
+            .iter()
+            .filter(|(n, _)| !per_transfer(n))
+            .map(|(n, v)| (n.as_str().to_owned(), Bytes::copy_from_slice(v.as_bytes())))
+            .collect();
+        if !parts.headers.contains_key(ETAG) {
+            let digest = Sha256::digest(&body);
+            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            headers.push((ETAG.as_str().into(), format!("\"{hex}\"").into()));
+        }
+        if !parts.headers.contains_key(LAST_MODIFIED) {
+            let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(now_ms));
+            headers.push((LAST_MODIFIED.as_str().into(), date.into()));
+        }
+        Page {
+            status: parts.status.as_u16(),
+            headers,
+            body,
+            stored_ms: now_ms,
+            computed_by,
+        }
+    }
+
+    fn header(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name.as_str())
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+/// What a request asks for conditionally.
+pub(crate) struct Conditional {
+    if_none_match: Vec<HeaderValue>,
+    if_modified_since: Option<SystemTime>,
+}
+
+impl Conditional {
+    pub(crate) fn of(headers: &HeaderMap) -> Conditional {
+        Conditional {
+            if_none_match: headers.get_all(IF_NONE_MATCH).iter().cloned().collect(),
+            if_modified_since: headers
+                .get(IF_MODIFIED_SINCE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| httpdate::parse_http_date(v).ok()),
+        }
+    }
+
+    /// RFC 9110 §13.1.2 and §13.1.3: `If-None-Match` (weak comparison)
+    /// decides when present; otherwise `If-Modified-Since` against
+    /// `Last-Modified`. Only for 200 pages.
+    fn not_modified(&self, page: &Page) -> bool {
+        if page.status != 200 {
+            return false;
+        }
+        if !self.if_none_match.is_empty() {
+            let Some(etag) = page.header(&ETAG) else {
+                return false;
+            };
+            let etag = weak(etag);
+            return self
+                .if_none_match
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .map(|t| t.trim_ascii())
+                .any(|t| t == b"*" || weak(t) == etag);
+        }
+        let modified = page
+            .header(&LAST_MODIFIED)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok());
+        matches!((self.if_modified_since, modified), (Some(since), Some(m)) if m <= since)
+    }
+}
+
+fn weak(tag: &[u8]) -> &[u8] {
+    tag.strip_prefix(b"W/").unwrap_or(tag)
+}
+
+/// How a page reached this request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Served {
+    Hit,
+    Miss,
+    Stale,
+}
+
+impl Served {
+    fn label(self) -> &'static str {
+        match self {
+            Served::Hit => "hit",
+            Served::Miss => "miss",
+            Served::Stale => "stale",
+        }
+    }
+}
+
+/// The response for `page`: the stored one, or `304` when the request's
+/// copy is current; without the body for HEAD.
+pub(crate) fn respond<B: Body>(
+    settings: &Settings,
+    page: Page,
+    served: Served,
+    conditional: &Conditional,
+    head: bool,
+    now_ms: u64,
+) -> Response<CacheBody<B>> {
+    let not_modified = conditional.not_modified(&page);
+    let mut headers = HeaderMap::with_capacity(page.headers.len() + 6);
+    for (name, value) in &page.headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_maybe_shared(value.clone()),
+        ) else {
+            continue;
+        };
+        // RFC 9110 §15.4.5: a 304 carries what identifies and qualifies
+        // the representation, not what describes its body.
+        if not_modified && !is_validator_or_cache_header(&name) {
+            continue;
+        }
+        headers.append(name, value);
+    }
+    if !headers.contains_key(CACHE_CONTROL) {
+        headers.insert(CACHE_CONTROL, settings.cache_control.clone());
+    }
+    if let Some(vary) = &settings.vary_header {
+        headers.append(VARY, vary.clone());
+    }
+    if served != Served::Miss {
+        let age = now_ms.saturating_sub(page.stored_ms) / 1000;
+        headers.insert(AGE, HeaderValue::from(age));
+    }
+    if settings.x_cache {
+        headers.insert(
+            HeaderName::from_static("x-cache"),
+            HeaderValue::from_static(served.label()),
+        );
+    }
+    let (status, body) = if not_modified {
+        (StatusCode::NOT_MODIFIED, CacheBody::empty())
+    } else {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(page.body.len()));
+        let status = StatusCode::from_u16(page.status).unwrap_or(StatusCode::OK);
+        if head {
+            (status, CacheBody::empty())
+        } else {
+            (status, CacheBody::full(page.body))
+        }
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+fn is_validator_or_cache_header(name: &HeaderName) -> bool {
+    [ETAG, LAST_MODIFIED, CACHE_CONTROL, VARY].contains(name)
+        || matches!(name.as_str(), "expires" | "content-location")
+}
+
+/// Marks a response that was not stored: the handler ran, so `X-Cache:
+/// miss`; HEAD gets its headers without the body.
+pub(crate) fn uncached<B: Body>(
+    settings: &Settings,
+    mut response: Response<CacheBody<B>>,
+    head: bool,
+) -> Response<CacheBody<B>> {
+    if settings.x_cache {
+        response.headers_mut().insert(
+            HeaderName::from_static("x-cache"),
+            HeaderValue::from_static("miss"),
+        );
+    }
+    if head {
+        *response.body_mut() = CacheBody::empty();
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(etag: Option<&str>) -> Page {
+        let mut builder = Response::builder().status(200);
+        if let Some(tag) = etag {
+            builder = builder.header(ETAG, tag);
+        }
+        let (parts, ()) = builder.body(()).unwrap().into_parts();
+        Page::new(&parts, Bytes::from_static(b"hello"), 1_700_000_000_000, 1)
+    }
+
+    #[test]
+    fn etag_is_the_body_hash_unless_the_handler_sent_one() {
+        let p = page(None);
+        let tag = std::str::from_utf8(p.header(&ETAG).unwrap()).unwrap();
+        assert!(tag.starts_with('"') && tag.len() == 34, "{tag}");
+        assert_eq!(page(Some("\"v1\"")).header(&ETAG).unwrap(), b"\"v1\"");
+    }
+
+    #[test]
+    fn if_none_match_wins_over_if_modified_since() {
+        let p = page(Some("\"v1\""));
+        let cond = |inm: Option<&str>, ims: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = inm {
+                h.insert(IF_NONE_MATCH, v.parse().unwrap());
+            }
+            if let Some(v) = ims {
+                h.insert(IF_MODIFIED_SINCE, v.parse().unwrap());
+            }
+            Conditional::of(&h).not_modified(&p)
+        };
+        assert!(cond(Some("\"x\", W/\"v1\""), None));
+        assert!(cond(Some("*"), None));
+        assert!(!cond(Some("\"x\""), Some("Fri, 01 Jan 2100 00:00:00 GMT")));
+        assert!(cond(None, Some("Fri, 01 Jan 2100 00:00:00 GMT")));
+        assert!(!cond(None, Some("Thu, 01 Jan 1970 00:00:00 GMT")));
+        assert!(!cond(None, None));
+    }
+}
