@@ -1,5 +1,6 @@
-//! Over a real Redis: invalidation seen by a second instance, credentials
-//! kept out of the store, and a store that stalls or dies.
+//! Over a real Redis: invalidation seen by a second instance, one refresh of
+//! a stale page across two instances, credentials kept out of the store,
+//! and a store that stalls or dies.
 
 use super::*;
 
@@ -130,4 +131,93 @@ async fn a_store_that_stalls_or_dies_still_serves_within_the_op_timeout() {
         assert!(started.elapsed() < Duration::from_millis(600));
     }
     assert!(cache.stats().errors + cache.stats().circuit_skips > 0);
+}
+
+/// A GET answered 200: its `X-Cache` and its body.
+async fn served(c: &reqwest::Client, url: String) -> (String, String) {
+    let r = c.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    (x_cache(&r).to_owned(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_page_refreshes_once_across_two_instances_sharing_redis() {
+    let server = RedisServer::start();
+    let clock = Clock::manual();
+    let cache = || {
+        Cache::builder()
+            .clock(clock.clone())
+            .backend(RedisBackend::new(RedisConfig::new(server.url())).unwrap())
+            .op_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap()
+    };
+    let (cache_a, cache_b) = (cache(), cache());
+    // Runs counted across both instances. Every run after the first waits
+    // for a permit, so the refresh is still running while the stale page is
+    // asked for, whatever the machine's speed.
+    let runs = Runs::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let instance = |cache: &Cache| {
+        let layer = CacheLayer::builder(cache.clone())
+            .key("page:{path}")
+            .ttl(Duration::from_secs(60))
+            .stale(Duration::from_secs(600))
+            .build()
+            .unwrap();
+        let (runs, gate) = (runs.clone(), gate.clone());
+        let page = get(move || async move {
+            let n = runs.bump();
+            if n > 1 {
+                gate.acquire().await.unwrap().forget();
+            }
+            format!("news #{n}")
+        });
+        Router::new().route("/news", page).layer(layer)
+    };
+    let a = serve(instance(&cache_a)).await;
+    let b = serve(instance(&cache_b)).await;
+    let c = client();
+    assert_eq!(
+        served(&c, format!("{a}/news")).await,
+        ("miss".into(), "news #1".into())
+    );
+    assert_eq!(
+        served(&c, format!("{b}/news")).await,
+        ("hit".into(), "news #1".into())
+    );
+
+    clock.advance(Duration::from_secs(61));
+    let requests = (0..16).map(|i| {
+        let url = format!("{}/news", if i % 2 == 0 { &a } else { &b });
+        let c = c.clone();
+        async move { served(&c, url).await }
+    });
+    for answer in futures::future::join_all(requests).await {
+        assert_eq!(answer, ("stale".into(), "news #1".into()));
+    }
+    let refreshing = Instant::now() + Duration::from_secs(5);
+    while runs.get() < 2 {
+        assert!(Instant::now() < refreshing, "no refresh started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(runs.get(), 2, "one refresh across both instances");
+    assert_eq!(cache_a.stats().refreshes + cache_b.stats().refreshes, 1);
+
+    let keys = server.cli(&["--scan"]);
+    assert!(keys.contains("/news:_#refresh"), "the refresh lock: {keys}");
+
+    // Let the refresh finish: it stores the page, then drops its lock.
+    gate.add_permits(16);
+    let stored = Instant::now() + Duration::from_secs(5);
+    while server.cli(&["--scan"]).contains("#refresh") {
+        assert!(Instant::now() < stored, "the refresh never finished");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for base in [&a, &b] {
+        let fresh = served(&c, format!("{base}/news")).await;
+        assert_eq!(fresh, ("hit".into(), "news #2".into()), "{base}");
+    }
+    assert_eq!(runs.get(), 2, "and no second refresh after it");
+    assert_eq!(cache_a.stats().refreshes + cache_b.stats().refreshes, 1);
 }
