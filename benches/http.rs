@@ -53,8 +53,14 @@ async fn serve(app: Router) -> String {
     format!("http://{addr}")
 }
 
-fn static_route() -> axum::routing::MethodRouter {
-    get(|| async { BODY.clone() })
+/// How many times each hit contestant's handler ran: bare, ours, peer.
+static RUNS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+fn static_route(runs: &'static AtomicU64) -> axum::routing::MethodRouter {
+    get(move || async move {
+        runs.fetch_add(1, Ordering::Relaxed);
+        BODY.clone()
+    })
 }
 
 /// One GET, body read whole; its length and `X-Cache`.
@@ -109,15 +115,20 @@ fn hits(c: &mut Criterion, rt: &tokio::runtime::Runtime, client: &reqwest::Clien
         let urls = Contestants {
             bare: format!(
                 "{}/static",
-                serve(Router::new().route("/static", static_route())).await
+                serve(Router::new().route("/static", static_route(&RUNS[0]))).await
             ),
             ours: format!(
                 "{}/static",
-                serve(Router::new().route("/static", static_route()).layer(layer)).await
+                serve(
+                    Router::new()
+                        .route("/static", static_route(&RUNS[1]))
+                        .layer(layer)
+                )
+                .await
             ),
             peer: format!(
                 "{}/static",
-                serve(Router::new().route("/static", static_route().layer(peer))).await
+                serve(Router::new().route("/static", static_route(&RUNS[2]).layer(peer))).await
             ),
         };
         for url in [&urls.bare, &urls.ours, &urls.peer] {
@@ -148,6 +159,11 @@ fn hits(c: &mut Criterion, rt: &tokio::runtime::Runtime, client: &reqwest::Clien
         }
         g.finish();
     }
+    // Both caches answered every measured request: each handler ran once,
+    // for the first request.
+    let runs = |i: usize| RUNS[i].load(Ordering::Relaxed);
+    assert_eq!((runs(1), runs(2)), (1, 1), "ours, axum-response-cache");
+    assert!(runs(0) > 100, "the bare handler ran for every request");
     cache
 }
 
