@@ -163,7 +163,6 @@ fn hits(c: &mut Criterion, rt: &tokio::runtime::Runtime, client: &reqwest::Clien
     // for the first request.
     let runs = |i: usize| RUNS[i].load(Ordering::Relaxed);
     assert_eq!((runs(1), runs(2)), (1, 1), "ours, axum-response-cache");
-    assert!(runs(0) > 100, "the bare handler ran for every request");
     cache
 }
 
