@@ -47,14 +47,27 @@ impl Accept {
     }
 }
 
-/// Whether a servable entry should be refreshed in the background.
+/// Whether a servable entry should be refreshed in the background, with
+/// the entry's fresh-until (ms) when it should: a refresh job compares it
+/// with the entry in the store when it gets the lock, so that it does not
+/// compute again for an entry another refresh already replaced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Due {
     No,
     /// Fresh, but picked by probabilistic early refresh.
-    Early,
+    Early(u64),
     /// Past its TTL, inside its stale window.
-    Stale,
+    Stale(u64),
+}
+
+impl Due {
+    /// The fresh-until of the entry due for a refresh (0 when it is not).
+    pub(crate) fn fresh_until(self) -> u64 {
+        match self {
+            Due::No => 0,
+            Due::Early(until) | Due::Stale(until) => until,
+        }
+    }
 }
 
 /// Where an entry's bytes come from, which decides whether its signature is
@@ -167,6 +180,43 @@ impl Sealer {
         policy: Option<&Policy>,
         source: Source<'_>,
     ) -> Result<Option<(&'b [u8], Due)>, Error> {
+        let (header, payload) = self.verified(bytes, fp, source)?;
+        if now >= header.stale_until_ms {
+            return Ok(None);
+        }
+        let refreshing = policy.filter(|p| p.refreshes());
+        if now >= header.fresh_until_ms {
+            return Ok(refreshing.map(|_| (payload, Due::Stale(header.fresh_until_ms))));
+        }
+        if let Some(beta) = refreshing.and_then(|p| p.early) {
+            let gap = f64::from(header.compute_ms) * beta * -uniform().ln();
+            if now as f64 + gap >= header.fresh_until_ms as f64 {
+                return Ok(Some((payload, Due::Early(header.fresh_until_ms))));
+            }
+        }
+        Ok(Some((payload, Due::No)))
+    }
+
+    /// The fresh-until (ms) of an entry `fp` admits, whatever its age:
+    /// what a refresh job compares with the entry it was started for.
+    pub(crate) fn fresh_until(
+        &self,
+        bytes: &[u8],
+        fp: Accept,
+        source: Source<'_>,
+    ) -> Result<u64, Error> {
+        Ok(self.verified(bytes, fp, source)?.0.fresh_until_ms)
+    }
+
+    /// The header and payload of an entry whose signature (from a shared
+    /// store), codec and fingerprint are what this cache accepts.
+    #[inline]
+    fn verified<'b>(
+        &self,
+        bytes: &'b [u8],
+        fp: Accept,
+        source: Source<'_>,
+    ) -> Result<(Header, &'b [u8]), Error> {
         let (header, mut payload) = Header::read(bytes)?;
         let signed = header.flags & envelope::FLAG_SIGNED != 0;
         if signed {
@@ -198,20 +248,7 @@ impl Sealer {
                 "entry stored under another type or version for the same key",
             ));
         }
-        if now >= header.stale_until_ms {
-            return Ok(None);
-        }
-        let refreshing = policy.filter(|p| p.refreshes());
-        if now >= header.fresh_until_ms {
-            return Ok(refreshing.map(|_| (payload, Due::Stale)));
-        }
-        if let Some(beta) = refreshing.and_then(|p| p.early) {
-            let gap = f64::from(header.compute_ms) * beta * -uniform().ln();
-            if now as f64 + gap >= header.fresh_until_ms as f64 {
-                return Ok(Some((payload, Due::Early)));
-            }
-        }
-        Ok(Some((payload, Due::No)))
+        Ok((header, payload))
     }
 
     /// The payload of an entry this process sealed (signature tag

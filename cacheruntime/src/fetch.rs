@@ -152,18 +152,18 @@ impl Engine {
                 }
                 Ok(Read::Refresh(v, ticket, due)) => match refresh {
                     Some(spawn) => {
-                        tally(if due == Due::Stale {
+                        tally(if matches!(due, Due::Stale(_)) {
                             Answer::Stale
                         } else {
                             Answer::Hit
                         });
                         let compute = compute.take().expect("computed at most once");
-                        self.begin_refresh(key, policy, fp, ticket, compute, spawn);
+                        self.begin_refresh(key, policy, fp, (ticket, due), compute, spawn);
                         return O::from_cached(v);
                     }
                     // No background refresh possible: early refreshes are
                     // skipped, stale entries are computed as misses.
-                    None if due == Due::Early => {
+                    None if matches!(due, Due::Early(_)) => {
                         tally(Answer::Hit);
                         return O::from_cached(v);
                     }
@@ -354,7 +354,7 @@ impl Engine {
                 Ok(Some((v, due))) => {
                     return Ok(match due {
                         Due::No => Read::Hit(v),
-                        Due::Early | Due::Stale => Read::Refresh(v, lookup.ticket, due),
+                        Due::Early(_) | Due::Stale(_) => Read::Refresh(v, lookup.ticket, due),
                     });
                 }
                 Ok(None) => {}
@@ -392,7 +392,7 @@ impl Engine {
                             }
                             Fast::Hit(v)
                         }
-                        Due::Early | Due::Stale => Fast::Refresh(v, Some(found.ticket), due),
+                        Due::Early(_) | Due::Stale(_) => Fast::Refresh(v, Some(found.ticket), due),
                     };
                 }
                 Ok(None) => {}
@@ -409,7 +409,7 @@ impl Engine {
         key: &str,
         policy: &Policy,
         fp: u64,
-        ticket: Option<Ticket>,
+        (ticket, due): (Option<Ticket>, Due),
         compute: F,
         spawn: fn(F, RefreshJob),
     ) where
@@ -424,7 +424,14 @@ impl Engine {
         }
         spawn(
             compute,
-            RefreshJob::new(Arc::clone(self), key.to_owned(), *policy, fp, ticket),
+            RefreshJob::new(
+                Arc::clone(self),
+                key.to_owned(),
+                *policy,
+                fp,
+                ticket,
+                due.fresh_until(),
+            ),
         );
     }
 }

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use crate::backend::Ticket;
 use crate::engine::Engine;
+use crate::entry::{Accept, Source};
 use crate::lock::{refresh_lock_key, LockState};
 use crate::outcome::Outcome;
 use crate::policy::Policy;
@@ -28,6 +29,8 @@ pub(crate) struct RefreshJob {
     policy: Policy,
     fp: u64,
     ticket: Option<Ticket>,
+    /// The fresh-until of the entry the job was started for.
+    seen: u64,
 }
 
 /// The job owns the key's place in the in-process set of refreshing keys
@@ -48,6 +51,7 @@ impl RefreshJob {
         policy: Policy,
         fp: u64,
         ticket: Option<Ticket>,
+        seen: u64,
     ) -> Self {
         RefreshJob {
             engine,
@@ -55,6 +59,7 @@ impl RefreshJob {
             policy,
             fp,
             ticket,
+            seen,
         }
     }
 
@@ -77,6 +82,16 @@ impl RefreshJob {
             // serving what is there.
             LockState::Busy | LockState::Failed => return,
         };
+        // A reader late past another refresh (its read came before that
+        // refresh stored, its lock after that refresh released) finds a
+        // newer entry than the one it was started for: computing again
+        // would be a second origin call for one stale entry.
+        if refreshed_since(engine, key, fp, self.seen).await {
+            if let Some(held) = lock {
+                held.release().await;
+            }
+            return;
+        }
         let counters = &engine.counters;
         counters.refreshes.incr();
         let started = Instant::now();
@@ -122,4 +137,28 @@ where
     F: Future<Output = O> + Send + 'static,
 {
     tokio::spawn(job.run(compute));
+}
+
+/// Whether the entry now in the store for `key` is newer than the one with
+/// fresh-until `seen` (a refresh stored it since). A read that fails, or
+/// finds nothing, says no: the job refreshes, as it would have.
+async fn refreshed_since(engine: &Engine, key: &str, fp: u64, seen: u64) -> bool {
+    let bytes = match engine.store.memory() {
+        Some(memory) => memory.lookup(key).value,
+        None => {
+            let backend = engine.store.backend();
+            match engine.guarded("get", || backend.get(key)).await {
+                Ok(found) => found.value,
+                Err(_) => None,
+            }
+        }
+    };
+    bytes
+        .and_then(|bytes| {
+            engine
+                .sealer
+                .fresh_until(&bytes, Accept::Exactly(fp), Source::Store(key))
+                .ok()
+        })
+        .is_some_and(|fresh_until| fresh_until > seen)
 }

@@ -520,3 +520,125 @@ fn a_refresh_dropped_before_it_runs_gives_its_key_back() {
         "the key stayed marked as refreshing"
     );
 }
+
+/// A store shared by processes (a wrapper around the memory store: shared,
+/// with its locks) whose reads answer late: the bytes are read at once and
+/// handed back after `delay`, as a slow network would.
+#[derive(Debug)]
+struct LateReads {
+    store: Arc<MemoryBackend>,
+    delay_ms: Arc<AtomicU64>,
+}
+
+impl Backend for LateReads {
+    fn name(&self) -> &'static str {
+        "late-reads"
+    }
+    fn supports_locks(&self) -> bool {
+        true
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
+        let delay = Duration::from_millis(self.delay_ms.load(Ordering::SeqCst));
+        let read = self.store.get(key);
+        Box::pin(async move {
+            let found = read.await;
+            tokio::time::sleep(delay).await;
+            found
+        })
+    }
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&'a Ticket>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        self.store.set(key, value, ttl, ticket)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        self.store.delete(key)
+    }
+    fn invalidate_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        self.store.invalidate_prefix(prefix)
+    }
+    fn set_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        self.store.set_if_absent(key, value, ttl)
+    }
+    fn delete_if_equals<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        self.store.delete_if_equals(key, value)
+    }
+}
+
+/// A caller that read the stale entry before another process's refresh
+/// stored the new one, and whose own refresh job asks for the lock after
+/// that refresh released it, must not compute the page again: one refresh
+/// per stale entry across processes, not one per late reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_late_past_a_finished_refresh_does_not_refresh_again() {
+    let clock = Clock::manual();
+    let store = Arc::new(MemoryBackend::with_clock(8 << 20, clock.clone()));
+    let handle = |delay_ms: Arc<AtomicU64>| {
+        Cache::builder()
+            .backend(LateReads {
+                store: store.clone(),
+                delay_ms,
+            })
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let (fast, late_delay) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (a, b) = (handle(fast), handle(late_delay.clone()));
+    let policy = Policy::new()
+        .ttl(Duration::from_secs(60))
+        .stale(Duration::from_secs(600));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let page = |cache: Cache| {
+        let runs = runs.clone();
+        async move {
+            cache
+                .get_or_refresh("news:1", &policy, move || async move {
+                    format!("v{}", runs.fetch_add(1, Ordering::SeqCst) + 1)
+                })
+                .await
+        }
+    };
+    assert_eq!(page(a.clone()).await, "v1");
+    clock.advance(Duration::from_secs(61));
+    // B reads the stale entry now and gets its answer 150 ms later (within
+    // the 250 ms op timeout)...
+    late_delay.store(150, Ordering::SeqCst);
+    let late = tokio::spawn(page(b.clone()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // ...while A serves it stale and refreshes it to completion.
+    assert_eq!(page(a.clone()).await, "v1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while a.get::<String>("news:1").await.unwrap().as_deref() != Some("v2") {
+        assert!(std::time::Instant::now() < deadline, "A never refreshed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        late.await.unwrap(),
+        "v1",
+        "B read before the refresh: stale"
+    );
+    // B's refresh job runs after A's released the lock: give it time to
+    // compute, if it were going to.
+    late_delay.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "the page was refreshed twice for one stale entry"
+    );
+    assert_eq!(page(b).await, "v2");
+}
