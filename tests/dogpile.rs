@@ -236,16 +236,8 @@ async fn cold_key_once_across_four(caches: Vec<Cache>) {
     // checks the SQL tables) first. Otherwise on a loaded machine a leader's
     // first read can take most of its store budget, and a call with too
     // little budget left computes without the lock, by design.
-    let deadline = Instant::now() + Duration::from_secs(20);
     for cache in &caches {
-        while cache
-            .set("warm:pool", &1u8, Duration::from_secs(60))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "store never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        support::until_ready(cache).await;
     }
     let runs = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();

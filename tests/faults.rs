@@ -30,7 +30,7 @@ use cacheruntime::backends::sql::{SqlBackend, SqlConfig};
 use cacheruntime::{Cache, Policy, Stats};
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
-use support::{MemcachedServer, Postgres, RedisServer, StallProxy};
+use support::{until_ready, MemcachedServer, Postgres, RedisServer, StallProxy};
 
 /// The op timeout of the fault scenarios.
 const OP_TIMEOUT: Duration = Duration::from_millis(100);
@@ -446,20 +446,6 @@ fn pg_backend(url: &str) -> SqlBackend {
 
 fn memcached_backend(addr: &str) -> MemcachedBackend {
     MemcachedBackend::new(MemcachedConfig::new([addr])).unwrap()
-}
-
-/// Opens the pool and creates the tables before a scenario starts, so a
-/// cold TLS + SCRAM connection is not mistaken for a fault.
-async fn until_ready(cache: &Cache) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while cache
-        .set("ready:1", &1u8, Duration::from_secs(5))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "store never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Lets the workers run until the cache serves a steady stream of hits

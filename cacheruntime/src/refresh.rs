@@ -143,17 +143,11 @@ where
 /// fresh-until `seen` (a refresh stored it since). A read that fails, or
 /// finds nothing, says no: the job refreshes, as it would have.
 async fn refreshed_since(engine: &Engine, key: &str, fp: u64, seen: u64) -> bool {
-    let bytes = match engine.store.memory() {
-        Some(memory) => memory.lookup(key).value,
-        None => {
-            let backend = engine.store.backend();
-            match engine.guarded("get", || backend.get(key)).await {
-                Ok(found) => found.value,
-                Err(_) => None,
-            }
-        }
-    };
-    bytes
+    let backend = engine.store.backend();
+    let found = engine.guarded("get", || backend.get(key)).await;
+    found
+        .ok()
+        .and_then(|found| found.value)
         .and_then(|bytes| {
             engine
                 .sealer

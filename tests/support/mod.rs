@@ -832,3 +832,19 @@ pub async fn partial_prefixes_are_refused(backend: &dyn cacheruntime::Backend) {
         );
     }
 }
+
+/// Opens the pool (and creates the SQL tables) before a scenario starts, so
+/// a cold store (a TLS + SCRAM handshake, a pool's first connection) is not
+/// mistaken for what the scenario tests. Panics if no write succeeds within
+/// 20 s.
+pub async fn until_ready(cache: &cacheruntime::Cache) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cache
+        .set("ready:1", &1u8, Duration::from_secs(5))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "store never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
