@@ -97,6 +97,61 @@ async fn concurrently(client: &reqwest::Client, url: &str, iters: u64) -> Durati
         .mul_f64(iters.max(1) as f64 / (per * HIT_CLIENTS) as f64)
 }
 
+/// The same three routes called in process (`Router` as a tower service,
+/// body collected), without sockets or an HTTP client: what the layer
+/// itself costs per hit, which the loopback groups show only as a share of
+/// a request's whole cost.
+fn in_process(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    use tower::ServiceExt;
+    let cache = &Cache::builder().memory(64 << 20).build().unwrap();
+    static RUNS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+    let layer = CacheLayer::builder(cache.clone())
+        .key("inproc:{path}")
+        .ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let peer = axum_response_cache::CacheLayer::with_lifespan(Duration::from_secs(3600));
+    let routers = [
+        (
+            "bare",
+            Router::new().route("/static", static_route(&RUNS[0])),
+        ),
+        (
+            "ours",
+            Router::new()
+                .route("/static", static_route(&RUNS[1]))
+                .layer(layer),
+        ),
+        (
+            "axum_response_cache",
+            Router::new().route("/static", static_route(&RUNS[2]).layer(peer)),
+        ),
+    ];
+    let call = |router: Router| async move {
+        let request = axum::http::Request::get("/static")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .len()
+    };
+    rt.block_on(async {
+        for (name, router) in &routers {
+            assert_eq!(call(router.clone()).await, 2048, "{name}");
+        }
+        warm::until_hit(cache, || call(routers[1].1.clone())).await;
+    });
+    let mut g = c.benchmark_group("http_hit_2k_in_process");
+    for (name, router) in &routers {
+        g.bench_function(*name, |b| b.to_async(rt).iter(|| call(router.clone())));
+    }
+    g.finish();
+    let runs = |i: usize| RUNS[i].load(Ordering::Relaxed);
+    assert_eq!((runs(1), runs(2)), (1, 1), "ours, axum-response-cache");
+}
+
 struct Contestants {
     bare: String,
     ours: String,
@@ -138,6 +193,7 @@ fn hits(c: &mut Criterion, rt: &tokio::runtime::Runtime, client: &reqwest::Clien
         assert_eq!(fetch(client, &urls.ours).await.1.as_deref(), Some("hit"));
         urls
     });
+    in_process(c, rt);
     let contestants = [
         ("bare", &urls.bare),
         ("ours", &urls.ours),
@@ -261,6 +317,12 @@ fn print_hit_ratios() {
             "time per request; target <= 1.18 (throughput >= 0.85x)",
         ),
         ("http_hit_2k", "ours", "axum_response_cache", "target < 1"),
+        (
+            "http_hit_2k_in_process",
+            "ours",
+            "axum_response_cache",
+            "the layer alone, no sockets",
+        ),
         (
             "http_hit_2k_16_clients",
             "ours",

@@ -110,6 +110,7 @@
 mod body;
 mod control;
 mod layer;
+mod lookup;
 mod page;
 mod service;
 mod template;
@@ -117,4 +118,4 @@ mod template;
 pub use body::CacheBody;
 pub use control::{cache_control, never_cache, CacheControl};
 pub use layer::{CacheLayer, CacheLayerBuilder, LayerError};
-pub use service::CacheService;
+pub use service::{CacheService, ResponseFuture};

@@ -209,3 +209,51 @@ async fn stale_page_is_served_while_one_refresh_runs() {
     assert_eq!(fresh, "news #2");
     assert_eq!(runs.get(), 2, "one refresh");
 }
+
+/// A page keeps the headers it was first served with ready for the next
+/// hit; a second layer with other settings reading the same entry must
+/// still send its own `Cache-Control` and `X-Cache` choice, not the first
+/// layer's.
+#[tokio::test]
+async fn two_layers_sharing_an_entry_each_send_their_own_headers() {
+    let cache = Cache::memory();
+    let runs = Runs::default();
+    let public = CacheLayer::builder(cache.clone())
+        .key("page:{path}")
+        .ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let private = CacheLayer::builder(cache.clone())
+        .key("page:{path}")
+        .ttl(Duration::from_secs(60))
+        .private()
+        .x_cache_header(false)
+        .build()
+        .unwrap();
+    let a = serve(
+        Router::new()
+            .route("/shared", counting_page(&runs, "one page"))
+            .layer(public),
+    )
+    .await;
+    let b = serve(
+        Router::new()
+            .route("/shared", counting_page(&runs, "one page"))
+            .layer(private),
+    )
+    .await;
+    let c = client();
+    for (round, base) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let r = c.get(format!("{base}/shared")).send().await.unwrap();
+        let (cc, xc) = (header_of(&r, "cache-control"), header_of(&r, "x-cache"));
+        if base == &a {
+            assert_eq!(cc, Some("public, max-age=60"), "round {round}");
+            assert_eq!(xc, Some(if round == 0 { "miss" } else { "hit" }));
+        } else {
+            assert_eq!(cc, Some("private, max-age=60"), "round {round}");
+            assert_eq!(xc, None, "round {round}: switched off on this layer");
+        }
+        assert_eq!(r.text().await.unwrap(), "one page #1");
+    }
+    assert_eq!(runs.get(), 1, "one entry served both layers");
+}

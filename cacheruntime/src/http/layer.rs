@@ -53,12 +53,17 @@ fn read_user<T: Display + Clone + Send + Sync + 'static>(ext: &Extensions) -> Op
 
 /// Everything a service needs per request, built once.
 pub(crate) struct Settings {
+    /// Unique per built layer in this process: pages remember the headers
+    /// they were served with under it.
+    pub(crate) id: u64,
     pub(crate) cache: Cache,
     pub(crate) template: Template,
     pub(crate) query: QueryRules,
     pub(crate) vary: Vec<HeaderName>,
     pub(crate) user: Option<UserVary>,
     pub(crate) policy: Policy,
+    /// The stored pages' type fingerprint under `policy`.
+    pub(crate) fingerprint: u64,
     pub(crate) ttl_ms: u64,
     pub(crate) statuses: Vec<u16>,
     pub(crate) max_body: usize,
@@ -301,11 +306,17 @@ impl CacheLayerBuilder {
         }
         let vary_header = (!names.is_empty())
             .then(|| HeaderValue::from_str(&names.join(", ")).expect("header names are valid"));
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let settings = Settings {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             template,
             query,
             vary,
             user: self.user,
+            fingerprint: crate::envelope::fingerprint(
+                std::any::type_name::<super::page::Page>(),
+                policy.version,
+            ),
             policy,
             ttl_ms: ttl.as_millis().min(u128::from(u64::MAX)) as u64,
             statuses: self.statuses,

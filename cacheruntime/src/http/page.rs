@@ -4,6 +4,7 @@
 //! `Last-Modified`, `Age`, `Cache-Control`, `Vary`, `X-Cache`), including
 //! the `304 Not Modified` answer to a conditional request.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::http::header::{
@@ -20,19 +21,52 @@ use sha2::{Digest, Sha256};
 use super::body::CacheBody;
 use super::layer::Settings;
 
+/// A response as stored, with its headers ready to serve. Cheap to clone:
+/// the memory store keeps one decoded page beside its entry and serves
+/// clones of it, so a hit neither decodes nor copies the body.
+#[derive(Clone)]
+pub(crate) struct Page(Arc<Ready>);
+
+/// What a page holds: the stored form, and what is derived from it once,
+/// when the page is made or decoded.
+struct Ready {
+    stored: Stored,
+    /// The stored headers parsed, with `Content-Length`; headers a stored
+    /// name or value the `http` crate refuses are left out.
+    headers: HeaderMap,
+    last_modified: Option<SystemTime>,
+    /// What a full response from the page carries under the first layer
+    /// that serves it (its `Settings::id`): `headers` with `Cache-Control`,
+    /// `Vary`, and `Age` and `X-Cache` set to be overwritten. A hit clones
+    /// it and sets two values; other layers build theirs per response.
+    served: OnceLock<(u64, HeaderMap)>,
+}
+
 /// A response as stored: status, end-to-end headers, body, and when and by
 /// which request it was computed.
 #[derive(Serialize, Deserialize)]
-pub(crate) struct Page {
+struct Stored {
     status: u16,
     /// Lower-case names; `ETag` and `Last-Modified` always among them.
     headers: Vec<(String, Bytes)>,
     body: Bytes,
     /// Milliseconds since the epoch on the cache's clock.
-    pub(crate) stored_ms: u64,
+    stored_ms: u64,
     /// The request that computed it: a request seeing its own value back
     /// was a miss.
-    pub(crate) computed_by: u64,
+    computed_by: u64,
+}
+
+impl Serialize for Page {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.stored.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Page {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Stored::deserialize(deserializer).map(Page::ready)
+    }
 }
 
 /// Why a handler's response is not stored (logged at debug level).
@@ -99,20 +133,57 @@ impl Page {
             let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(now_ms));
             headers.push((LAST_MODIFIED.as_str().into(), date.into()));
         }
-        Page {
+        Page::ready(Stored {
             status: parts.status.as_u16(),
             headers,
             body,
             stored_ms: now_ms,
             computed_by,
-        }
+        })
     }
 
+    /// Parses what every response served from the page needs, once.
+    fn ready(stored: Stored) -> Page {
+        // Room for what `respond` adds, so that serving never rehashes.
+        let mut headers = HeaderMap::with_capacity(stored.headers.len() + 6);
+        for (name, value) in &stored.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_maybe_shared(value.clone()),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
+        let last_modified = headers
+            .get(LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok());
+        Page(Arc::new(Ready {
+            stored,
+            headers,
+            last_modified,
+            served: OnceLock::new(),
+        }))
+    }
+
+    /// When the page was stored, in milliseconds on the cache's clock.
+    pub(crate) fn stored_ms(&self) -> u64 {
+        self.0.stored.stored_ms
+    }
+
+    /// The request that computed the page.
+    pub(crate) fn computed_by(&self) -> u64 {
+        self.0.stored.computed_by
+    }
+
+    fn status(&self) -> u16 {
+        self.0.stored.status
+    }
+
+    #[cfg(test)]
     fn header(&self, name: &HeaderName) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name.as_str())
-            .map(|(_, v)| v.as_ref())
+        self.0.headers.get(name).map(HeaderValue::as_bytes)
     }
 }
 
@@ -137,14 +208,14 @@ impl Conditional {
     /// decides when present; otherwise `If-Modified-Since` against
     /// `Last-Modified`. Only for 200 pages.
     fn not_modified(&self, page: &Page) -> bool {
-        if page.status != 200 {
+        if page.status() != 200 {
             return false;
         }
         if !self.if_none_match.is_empty() {
-            let Some(etag) = page.header(&ETAG) else {
+            let Some(etag) = page.0.headers.get(ETAG) else {
                 return false;
             };
-            let etag = weak(etag);
+            let etag = weak(etag.as_bytes());
             return self
                 .if_none_match
                 .iter()
@@ -152,11 +223,10 @@ impl Conditional {
                 .map(|t| t.trim_ascii())
                 .any(|t| t == b"*" || weak(t) == etag);
         }
-        let modified = page
-            .header(&LAST_MODIFIED)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok());
-        matches!((self.if_modified_since, modified), (Some(since), Some(m)) if m <= since)
+        matches!(
+            (self.if_modified_since, page.0.last_modified),
+            (Some(since), Some(modified)) if modified <= since
+        )
     }
 }
 
@@ -186,59 +256,91 @@ impl Served {
 /// copy is current; without the body for HEAD.
 pub(crate) fn respond<B: Body>(
     settings: &Settings,
-    page: Page,
     served: Served,
     conditional: &Conditional,
     head: bool,
     now_ms: u64,
+    page: Page,
 ) -> Response<CacheBody<B>> {
     let not_modified = conditional.not_modified(&page);
-    let mut headers = HeaderMap::with_capacity(page.headers.len() + 6);
-    for (name, value) in &page.headers {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_maybe_shared(value.clone()),
-        ) else {
-            continue;
-        };
+    let mut headers = if not_modified {
         // RFC 9110 §15.4.5: a 304 carries what identifies and qualifies
         // the representation, not what describes its body.
-        if not_modified && !is_validator_or_cache_header(&name) {
-            continue;
+        let mut kept = HeaderMap::with_capacity(page.0.headers.len() + 6);
+        for (name, value) in &page.0.headers {
+            if is_validator_or_cache_header(name) {
+                kept.append(name.clone(), value.clone());
+            }
         }
-        headers.append(name, value);
+        kept
+    } else if let Some((_, served)) = page.0.served.get().filter(|(id, _)| *id == settings.id) {
+        served.clone()
+    } else {
+        let mut full = page.0.headers.clone();
+        add_layer_headers(settings, &mut full);
+        // Placeholders, overwritten below: setting a present name never
+        // grows the map.
+        full.insert(AGE, HeaderValue::from_static("0"));
+        if settings.x_cache {
+            full.insert(X_CACHE, HeaderValue::from_static("hit"));
+        }
+        let _ = page.0.served.set((settings.id, full.clone()));
+        full
+    };
+    if not_modified {
+        add_layer_headers(settings, &mut headers);
     }
+    if served == Served::Miss {
+        headers.remove(AGE);
+    } else {
+        let age = now_ms.saturating_sub(page.stored_ms()) / 1000;
+        headers.insert(AGE, age_value(age));
+    }
+    if settings.x_cache {
+        headers.insert(X_CACHE, HeaderValue::from_static(served.label()));
+    }
+    let status = if not_modified {
+        StatusCode::NOT_MODIFIED
+    } else {
+        StatusCode::from_u16(page.status()).unwrap_or(StatusCode::OK)
+    };
+    let body = if not_modified || head {
+        CacheBody::empty()
+    } else {
+        CacheBody::full(page.0.stored.body.clone())
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// What the layer adds to every page it serves: its `Cache-Control` unless
+/// the handler sent one, and `Vary`.
+fn add_layer_headers(settings: &Settings, headers: &mut HeaderMap) {
     if !headers.contains_key(CACHE_CONTROL) {
         headers.insert(CACHE_CONTROL, settings.cache_control.clone());
     }
     if let Some(vary) = &settings.vary_header {
         headers.append(VARY, vary.clone());
     }
-    if served != Served::Miss {
-        let age = now_ms.saturating_sub(page.stored_ms) / 1000;
-        headers.insert(AGE, HeaderValue::from(age));
+}
+
+/// `Age` in seconds; the first minute's values are static, so that most
+/// hits on a page with a short TTL allocate nothing for it.
+fn age_value(secs: u64) -> HeaderValue {
+    const SMALL: [&str; 60] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31",
+        "32", "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46",
+        "47", "48", "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59",
+    ];
+    match SMALL.get(secs as usize) {
+        Some(small) => HeaderValue::from_static(small),
+        None => HeaderValue::from(secs),
     }
-    if settings.x_cache {
-        headers.insert(
-            HeaderName::from_static("x-cache"),
-            HeaderValue::from_static(served.label()),
-        );
-    }
-    let (status, body) = if not_modified {
-        (StatusCode::NOT_MODIFIED, CacheBody::empty())
-    } else {
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(page.body.len()));
-        let status = StatusCode::from_u16(page.status).unwrap_or(StatusCode::OK);
-        if head {
-            (status, CacheBody::empty())
-        } else {
-            (status, CacheBody::full(page.body))
-        }
-    };
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    response
 }
 
 fn is_validator_or_cache_header(name: &HeaderName) -> bool {
@@ -254,10 +356,9 @@ pub(crate) fn uncached<B: Body>(
     head: bool,
 ) -> Response<CacheBody<B>> {
     if settings.x_cache {
-        response.headers_mut().insert(
-            HeaderName::from_static("x-cache"),
-            HeaderValue::from_static("miss"),
-        );
+        response
+            .headers_mut()
+            .insert(X_CACHE, HeaderValue::from_static("miss"));
     }
     if head {
         *response.body_mut() = CacheBody::empty();

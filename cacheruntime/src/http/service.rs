@@ -1,10 +1,11 @@
 //! The service a [`CacheLayer`](super::CacheLayer) wraps around a handler:
 //! decides whether a request may use the cache, renders its key, and asks
-//! the cache for the page through [`Cache::try_get_or_refresh`], so that
-//! single-flight, stale-while-revalidate, fail-open, signing and stats are
-//! the engine's, exactly as for `#[cached]`. A response that may not be
-//! stored travels back as the computation's `Err`, which the engine never
-//! caches.
+//! the engine for the page as `#[cached]` does (see [`super::lookup`]): an
+//! in-process hit is answered before any future is built; anything else
+//! goes through the get-or-refresh core, so that single-flight,
+//! stale-while-revalidate, fail-open, signing and stats are the engine's.
+//! A response that may not be stored travels back as the computation's
+//! `Err`, which the engine never caches.
 
 use std::collections::hash_map::RandomState;
 use std::future::Future;
@@ -22,9 +23,9 @@ use tower::{Service, ServiceExt};
 
 use super::body::{read_up_to, CacheBody, Read};
 use super::layer::Settings;
+use super::lookup;
 use super::page::{self, Conditional, Page, Served};
-use crate::key::KeyBuilder;
-use crate::Cache;
+use crate::fetch::Fast;
 
 /// The [`CacheLayer`](super::CacheLayer)'s service around `S`.
 ///
@@ -59,6 +60,58 @@ enum Uncached<B: Body, E> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// The [`CacheService`]'s future: ready at once when the page was an
+/// in-process hit, the engine's (boxed) otherwise.
+pub struct ResponseFuture<T> {
+    state: State<T>,
+}
+
+enum State<T> {
+    Ready(Option<T>),
+    Pending(BoxFuture<T>),
+}
+
+// The answer is only ever moved out, never pinned; the pending future is
+// boxed.
+impl<T> Unpin for ResponseFuture<T> {}
+
+impl<T> Future for ResponseFuture<T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match &mut self.get_mut().state {
+            State::Ready(answer) => Poll::Ready(answer.take().expect("polled after completion")),
+            State::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for ResponseFuture<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            State::Ready(_) => "ready",
+            State::Pending(_) => "pending",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<T> ResponseFuture<T> {
+    fn ready(answer: T) -> Self {
+        ResponseFuture {
+            state: State::Ready(Some(answer)),
+        }
+    }
+
+    fn pending(future: impl Future<Output = T> + Send + 'static) -> Self {
+        ResponseFuture {
+            state: State::Pending(Box::pin(future)),
+        }
+    }
+}
+
 impl<S, ReqB, ResB> Service<Request<ReqB>> for CacheService<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -70,20 +123,52 @@ where
 {
     type Response = Response<CacheBody<ResB>>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+    type Future = ResponseFuture<Result<Self::Response, S::Error>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        let inner = self.inner.clone();
-        let settings = self.settings.clone();
-        Box::pin(serve(settings, inner, request))
+        let settings = &self.settings;
+        let Some(key) = key_for(settings, &request) else {
+            let inner = self.inner.clone();
+            return ResponseFuture::pending(async move {
+                let response = inner.oneshot(request).await?;
+                Ok(response.map(CacheBody::passthrough))
+            });
+        };
+        let first = lookup::first(settings, &key);
+        let Fast::Hit(page) = first else {
+            let (settings, inner) = (settings.clone(), self.inner.clone());
+            return ResponseFuture::pending(serve(settings, inner, request, key, first));
+        };
+        let now = settings.cache.clock().now_ms();
+        ResponseFuture::ready(Ok(page::respond(
+            settings,
+            served(settings, &page, None, now),
+            &Conditional::of(request.headers()),
+            request.method() == Method::HEAD,
+            now,
+            page,
+        )))
     }
 }
 
-/// Who may use the cache, and the key, or `None` to pass the request on.
+/// How the page reached the request with id `id` (`None`: a request that
+/// did not compute).
+fn served(settings: &Settings, page: &Page, id: Option<u64>, now_ms: u64) -> Served {
+    if id == Some(page.computed_by()) {
+        Served::Miss
+    } else if now_ms >= page.stored_ms().saturating_add(settings.ttl_ms) {
+        Served::Stale
+    } else {
+        Served::Hit
+    }
+}
+
+/// Who may use the cache, and the key as the store sees it, or `None` to
+/// pass the request on.
 fn key_for<B>(settings: &Settings, request: &Request<B>) -> Option<String> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return None;
@@ -98,7 +183,7 @@ fn key_for<B>(settings: &Settings, request: &Request<B>) -> Option<String> {
         None => None,
     };
     let headers = request.headers();
-    let mut key = KeyBuilder::new();
+    let mut key = lookup::key_builder(settings);
     settings.template.render(
         request.method(),
         request.uri(),
@@ -128,7 +213,7 @@ fn key_for<B>(settings: &Settings, request: &Request<B>) -> Option<String> {
         // `u=` keeps a user's segment apart from any header's.
         key.literal("u=").value(&user);
     }
-    Some(key.finish())
+    Some(lookup::stored(settings, key.finish()))
 }
 
 /// A number no other request of this process (nor, but by chance, of
@@ -144,6 +229,8 @@ async fn serve<S, ReqB, ResB>(
     settings: Arc<Settings>,
     inner: S,
     mut request: Request<ReqB>,
+    key: String,
+    first: Fast<Page>,
 ) -> Result<Response<CacheBody<ResB>>, S::Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
@@ -153,10 +240,6 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Send + 'static,
 {
-    let Some(key) = key_for(&settings, &request) else {
-        let response = inner.oneshot(request).await?;
-        return Ok(response.map(CacheBody::passthrough));
-    };
     let head = request.method() == Method::HEAD;
     if head {
         // Filled from (and into) the GET entry.
@@ -164,30 +247,22 @@ where
     }
     let conditional = Conditional::of(request.headers());
     let id = request_id();
-    let cache: Cache = settings.cache.clone();
     let computing = settings.clone();
-    let answer = cache
-        .try_get_or_refresh(&key, &settings.policy, move || {
-            compute(computing, inner, request, id)
-        })
-        .await;
-    let now = cache.clock().now_ms();
+    let answer = lookup::fetch(&settings, &key, first, move || {
+        compute(computing, inner, request, id)
+    })
+    .await;
     match answer {
         Ok(page) => {
-            let served = if page.computed_by == id {
-                Served::Miss
-            } else if now >= page.stored_ms.saturating_add(settings.ttl_ms) {
-                Served::Stale
-            } else {
-                Served::Hit
-            };
+            let now = settings.cache.clock().now_ms();
+            let served = served(&settings, &page, Some(id), now);
             Ok(page::respond(
                 &settings,
-                page,
                 served,
                 &conditional,
                 head,
                 now,
+                page,
             ))
         }
         Err(Uncached::Response(response)) => Ok(page::uncached(&settings, *response, head)),
