@@ -181,6 +181,7 @@ const SCORE: &str = "SUM(p.qty / (1.0 + (?1 - p.ts) / 2592000.0)) * (1.0 + b.boo
     key = "author:{author_id}:top_books",
     ttl = 3600,
     cache = shop.cache,
+    skip = [shop],
     ids = |ids| Book::by_ids(&shop.pool, &ids)
 )]
 async fn top_books(shop: &Shop, author_id: i64) -> Result<Vec<Book>, sqlx::Error> {
@@ -203,6 +204,7 @@ async fn top_books(shop: &Shop, author_id: i64) -> Result<Vec<Book>, sqlx::Error
     key = "book:{book_id}:also_bought",
     ttl = 600,
     cache = shop.cache,
+    skip = [shop],
     ids = |ids| Book::by_ids(&shop.pool, &ids)
 )]
 async fn also_bought(shop: &Shop, book_id: i64) -> Result<Vec<Book>, sqlx::Error> {
@@ -230,6 +232,7 @@ async fn also_bought(shop: &Shop, book_id: i64) -> Result<Vec<Book>, sqlx::Error
     ttl = 600,
     vary = user_id,
     cache = shop.cache,
+    skip = [shop],
     ids = |ids| Book::not_owned(&shop.pool, &ids, user_id)
 )]
 async fn recommended(shop: &Shop, user_id: i64) -> Result<Vec<Book>, sqlx::Error> {

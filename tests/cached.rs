@@ -1293,6 +1293,7 @@ mod ids {
         key = "shop:author:{author_id}:top",
         ttl = 3600,
         cache = cache,
+        skip = [pool],
         ids = |ids| Book::by_ids(pool, &ids)
     )]
     async fn top_books(
@@ -1311,7 +1312,7 @@ mod ids {
     }
 
     /// One object, hydrated by a one-row loader (`Option` rows).
-    #[cached(key = "shop:book:{id}", ttl = 3600, cache = cache, ids = |ids| Book::one(pool, ids[0]))]
+    #[cached(key = "shop:book:{id}", ttl = 3600, cache = cache, skip = [pool], ids = |ids| Book::one(pool, ids[0]))]
     async fn find_book(
         cache: &Cache,
         pool: &SqlitePool,
@@ -1468,7 +1469,7 @@ mod ids {
 
     /// Owned arguments: the body borrows them, so the hydrator can still
     /// use them when another caller's computation (or the store) answers.
-    #[cached(key = "shop:owned:{author_id}", ttl = 3600, cache = cache, ids = |ids| Book::by_ids(&pool, &ids))]
+    #[cached(key = "shop:owned:{author_id}", ttl = 3600, cache = cache, skip = [pool], ids = |ids| Book::by_ids(&pool, &ids))]
     async fn owned_top(
         cache: Cache,
         pool: SqlitePool,
@@ -1484,6 +1485,7 @@ mod ids {
         ttl = 60,
         stale = 3600,
         cache = cache,
+        skip = [pool],
         ids = |ids| Book::by_ids(&pool, &ids)
     )]
     async fn stale_top(

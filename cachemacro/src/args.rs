@@ -1,6 +1,7 @@
 //! The attribute's arguments, parsed into a typed struct.
 
 use proc_macro2::Span;
+use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
 use syn::{bracketed, Expr, Ident, LitInt, LitStr, Token};
@@ -14,7 +15,8 @@ pub const VERSION: &str = "version";
 pub const STALE: &str = "stale";
 pub const EARLY: &str = "early";
 pub const IDS: &str = "ids";
-pub const ALL: &[&str] = &[KEY, TTL, VARY, CACHE, VERSION, STALE, EARLY, IDS];
+pub const SKIP: &str = "skip";
+pub const ALL: &[&str] = &[KEY, TTL, VARY, SKIP, CACHE, VERSION, STALE, EARLY, IDS];
 
 /// `ttl = 3600` or `ttl = "10m"`.
 pub enum TtlArg {
@@ -38,6 +40,8 @@ pub struct Args {
     pub key: Option<LitStr>,
     pub ttl: Option<TtlArg>,
     pub vary: Option<(Span, Vec<Ident>)>,
+    /// `skip = [pool, self]`: arguments that do not change the result.
+    pub skip: Option<(Span, Vec<Ident>)>,
     pub cache: Option<Expr>,
     pub version: Option<LitInt>,
     pub stale: Option<TtlArg>,
@@ -105,6 +109,25 @@ impl Parse for Args {
                             "`ttl` must be seconds or a duration string: `ttl = 3600` or `ttl = \"1h\"`",
                         )),
                     },
+                    SKIP => {
+                        let span = name.span();
+                        let idents = if input.peek(syn::token::Bracket) {
+                            let content;
+                            bracketed!(content in input);
+                            content
+                                .parse_terminated(Ident::parse_any, Token![,])?
+                                .into_iter()
+                                .collect()
+                        } else {
+                            vec![Ident::parse_any(input).map_err(|e| {
+                                syn::Error::new(
+                                    e.span(),
+                                    "`skip` takes an argument name or a list: `skip = pool` or `skip = [pool, self]`",
+                                )
+                            })?]
+                        };
+                        set_once(&mut args.skip, (span, idents), &name, &mut args.errors);
+                    }
                     VARY => {
                         let span = name.span();
                         let idents = if input.peek(syn::token::Bracket) {
@@ -207,6 +230,7 @@ fn example(name: &str) -> &'static str {
         KEY => "`key = \"author:{author_id}:top_books\"`",
         TTL => "`ttl = 3600` or `ttl = \"1h\"`",
         VARY => "`vary = user_id` or `vary = [user_id, locale]`",
+        SKIP => "`skip = pool` or `skip = [pool, self]`",
         CACHE => "`cache = MY_CACHE` (anything `&(...)` turns into `&Cache`)",
         STALE => "`stale = 600` or `stale = \"10m\"`",
         EARLY => "`early = 1.0`",

@@ -6,7 +6,9 @@
 //! Layout, after thiserror and tracing-attributes: `args` parses the
 //! attribute into typed arguments, `template` reads `key` templates,
 //! `valid` checks every rule (one function per group, one error
-//! collector) into a `valid::Plan`, `expand` generates a thin wrapper
+//! collector, `errors`) into a `valid::Plan`, with the function's
+//! `arguments` and the `privacy` guard (every argument in the key, in
+//! `vary` or in `skip`), `expand` generates a thin wrapper
 //! that calls `::cacheruntime::__private`, `key` renders keys, `helpers`
 //! adds `<fn>_cache_key` / `<fn>_invalidate`, and `fallback` emits the
 //! errors beside the function and stubs of its helpers (the modules are
@@ -19,10 +21,13 @@
 use proc_macro::TokenStream;
 
 mod args;
+mod arguments;
+mod errors;
 mod expand;
 mod fallback;
 mod helpers;
 mod key;
+mod privacy;
 mod template;
 mod valid;
 

@@ -189,3 +189,14 @@ mod tests {
         assert!(parse("feed:{id}:x").is_ok());
     }
 }
+
+/// The arguments (or `self`) a template's placeholders start from.
+pub fn roots(pieces: &[Piece]) -> Vec<String> {
+    pieces
+        .iter()
+        .filter_map(|p| match p {
+            Piece::Placeholder { root, .. } => Some(root.clone()),
+            Piece::Literal(_) => None,
+        })
+        .collect()
+}

@@ -14,13 +14,11 @@ use syn::{
 };
 
 use crate::args::{self, Args, TtlArg};
+pub use crate::arguments::Param;
+use crate::arguments::{read_arguments, Arguments};
+use crate::errors::Errors;
+use crate::privacy::{check_skip, check_vary};
 use crate::template::{self, Piece};
-
-/// A named argument of the function.
-pub struct Param {
-    pub ident: Ident,
-    pub ty: Type,
-}
 
 pub enum KeyPlan {
     /// A `key = "..."` template, with its literal's span.
@@ -112,28 +110,6 @@ pub struct Rejected {
     pub keyed: Keyed,
 }
 
-/// The error collector: every rule pushes here; [`Errors::finish`] turns
-/// the lot into one `syn::Error` that renders one `compile_error!` each.
-#[derive(Default)]
-pub struct Errors(Vec<syn::Error>);
-
-impl Errors {
-    fn at(&mut self, span: Span, msg: impl std::fmt::Display) {
-        self.0.push(syn::Error::new(span, msg));
-    }
-
-    fn finish(self) -> Result<(), syn::Error> {
-        let mut it = self.0.into_iter();
-        match it.next() {
-            None => Ok(()),
-            Some(mut first) => {
-                first.extend(it);
-                Err(first)
-            }
-        }
-    }
-}
-
 pub fn check(args: Args, func: &ItemFn) -> Result<Plan, Box<Rejected>> {
     let Args {
         key,
@@ -144,14 +120,30 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, Box<Rejected>> {
         stale,
         early,
         ids,
+        skip,
         errors,
     } = args;
-    let mut errs = Errors(errors);
+    let mut errs = Errors::from_parse(errors);
     let sig = &func.sig;
     check_signature(sig, &mut errs);
     let arguments = read_arguments(sig, &mut errs);
     let key = check_key(key.as_ref(), vary.as_ref(), func, &arguments, &mut errs);
     let vary = check_vary(vary, &arguments, &sig.ident, &mut errs);
+    let roots = match &key {
+        KeyPlan::Template(pieces, _) => Some(template::roots(pieces)),
+        KeyPlan::Default => None,
+    };
+    // A template that failed its own checks planned a default key, and is
+    // not guarded: that would only repeat its errors.
+    let skipped = check_skip(
+        skip,
+        roots.as_deref(),
+        &vary,
+        cache.as_ref(),
+        &arguments,
+        &sig.ident,
+        &mut errs,
+    );
     // A refresh (`stale`, or else `early`) runs the body in a spawned task.
     let refresher = match (&stale, &early) {
         (Some(_), _) => Some(args::STALE),
@@ -168,11 +160,16 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, Box<Rejected>> {
         check_owned_for_refresh(sig, what, &mut errs);
     }
     let shape = check_shape(sig, ids, &mut errs);
+    let mut params = arguments.params;
+    if matches!(key, KeyPlan::Default) {
+        // A default key has every argument but those skipped.
+        params.retain(|p| !skipped.iter().any(|s| p.ident == s));
+    }
     let keyed = Keyed {
         key,
         vary,
         cache,
-        params: arguments.params,
+        params,
         has_receiver: arguments.receiver.is_some(),
     };
     match errs.finish() {
@@ -198,66 +195,6 @@ fn check_signature(sig: &Signature, errs: &mut Errors) {
     }
 }
 
-/// The function's arguments as the key sees them.
-struct Arguments {
-    params: Vec<Param>,
-    /// Arguments bound by a pattern (`(a, b): (u32, u32)`): no name.
-    unnamed: Vec<Span>,
-    /// `self`'s span and how it is taken (`&self`).
-    receiver: Option<(Span, &'static str)>,
-}
-
-impl Arguments {
-    fn names(&self) -> Vec<String> {
-        self.params.iter().map(|p| p.ident.to_string()).collect()
-    }
-
-    /// "its arguments are: a, b", for messages about a name that is none.
-    fn listing(&self) -> String {
-        let names = self.names();
-        if names.is_empty() {
-            "it has no named arguments".to_owned()
-        } else {
-            format!("its arguments are: {}", names.join(", "))
-        }
-    }
-}
-
-/// Reads the arguments; a receiver must be `&self`.
-fn read_arguments(sig: &Signature, errs: &mut Errors) -> Arguments {
-    let mut arguments = Arguments {
-        params: Vec::new(),
-        unnamed: Vec::new(),
-        receiver: None,
-    };
-    for input in &sig.inputs {
-        match input {
-            FnArg::Receiver(r) => {
-                let shown = match (&r.reference, &r.mutability) {
-                    (Some(_), Some(_)) => "&mut self",
-                    (Some(_), None) => "&self",
-                    (None, _) => "self",
-                };
-                arguments.receiver = Some((r.self_token.span, shown));
-                if r.reference.is_none() || r.colon_token.is_some() {
-                    errs.at(
-                        r.span(),
-                        "#[cached] methods must take `&self`: the cached call cannot consume `self`",
-                    );
-                }
-            }
-            FnArg::Typed(pt) => match &*pt.pat {
-                Pat::Ident(pi) if pi.subpat.is_none() => arguments.params.push(Param {
-                    ident: pi.ident.clone(),
-                    ty: (*pt.ty).clone(),
-                }),
-                other => arguments.unnamed.push(other.span()),
-            },
-        }
-    }
-    arguments
-}
-
 /// A template's placeholders name arguments (or `self` of a method); a
 /// default key needs every argument named and no receiver. A template with
 /// a problem plans a default key: the fallback's helpers then take every
@@ -279,7 +216,7 @@ fn check_key(
                 .collect();
             errs.at(span, receiver_needs_a_key(func, shown, &names, &vary));
         }
-        for span in &arguments.unnamed {
+        for (span, _) in &arguments.unnamed {
             errs.at(
                 *span,
                 "without `key = \"...\"` every argument goes into the key, so each needs a name; \
@@ -327,33 +264,6 @@ fn check_key(
     } else {
         KeyPlan::Default
     }
-}
-
-/// Each `vary` name is an argument, listed once.
-fn check_vary(
-    vary: Option<(Span, Vec<Ident>)>,
-    arguments: &Arguments,
-    fn_name: &Ident,
-    errs: &mut Errors,
-) -> Vec<Ident> {
-    let names = arguments.names();
-    let mut checked: Vec<Ident> = Vec::new();
-    for ident in vary.map(|(_, idents)| idents).unwrap_or_default() {
-        let s = ident.to_string();
-        if checked.contains(&ident) {
-            errs.at(ident.span(), format!("`{s}` is listed twice in `vary`"));
-        } else if !names.contains(&s) {
-            errs.at(
-                ident.span(),
-                format!(
-                    "`vary = {s}` does not name an argument of `{fn_name}`; {}",
-                    arguments.listing()
-                ),
-            );
-        }
-        checked.push(ident);
-    }
-    checked
 }
 
 /// `ttl` / `stale`: a positive duration in the grammar the runtime's URLs

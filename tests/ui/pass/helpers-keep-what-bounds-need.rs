@@ -6,13 +6,13 @@ use std::fmt::Display;
 
 use cacheruntime::cached;
 
-#[cached(key = "conv:{a}", ttl = 60)]
+#[cached(key = "conv:{a}", ttl = 60, skip = [b])]
 async fn convert<A: Display + From<B> + Send, B: Send>(a: A, b: B) -> String {
     let _ = A::from(b);
     a.to_string()
 }
 
-#[cached(key = "wrap:{a}", ttl = 60)]
+#[cached(key = "wrap:{a}", ttl = 60, skip = [b, c])]
 async fn wrap<A, B, C: Send>(a: A, b: B, c: C) -> String
 where
     A: Display + From<B> + Send,

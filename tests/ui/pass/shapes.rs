@@ -57,7 +57,7 @@ async fn io_alias(path: &str) -> std::io::Result<String> {
     Ok(path.to_owned())
 }
 
-#[cached(key = "generic:{id}", ttl = 60)]
+#[cached(key = "generic:{id}", ttl = 60, skip = [_unused])]
 async fn generic<'a, T, U: std::fmt::Display>(id: U, _unused: &'a str) -> T
 where
     T: Default + Serialize + DeserializeOwned,
@@ -98,7 +98,7 @@ impl Service {
         format!("hi {name} from {}", self.id)
     }
 
-    #[cached(key = "svc:{n}", ttl = 60)]
+    #[cached(key = "svc:{n}", ttl = 60, skip = [self])]
     async fn no_self_in_key(&self, n: u32) -> u32 {
         n + self.id
     }
