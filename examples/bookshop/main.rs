@@ -40,11 +40,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use cacheruntime::{cached, Cache, CacheId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -274,15 +275,71 @@ fn not_found(what: &str) -> Response {
     (StatusCode::NOT_FOUND, format!("no such {what}")).into_response()
 }
 
+// ------------------------------------------------------------------ sign-in
+
+/// The query parameter that signs a visitor in (a stand-in for a session
+/// cookie, kept so the load test can name its shopper).
 #[derive(Deserialize)]
 struct Visitor {
     user: Option<i64>,
 }
 
+/// Who is asking, as [`sign_in`] found them: what the handlers read
+/// instead of the query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shopper {
+    Anonymous,
+    /// `version` is the user's row version, bumped by each of their
+    /// purchases in the purchase's own transaction.
+    SignedIn {
+        id: i64,
+        version: i64,
+    },
+}
+
+impl Shopper {
+    fn user(self) -> Option<i64> {
+        match self {
+            Shopper::Anonymous => None,
+            Shopper::SignedIn { id, .. } => Some(id),
+        }
+    }
+}
+
+/// The middleware every request goes through: `?user=U` becomes a
+/// [`Shopper`] in the request extensions, with the user's row loaded as
+/// a real app loads its session user on each request. An unknown user is
+/// refused.
+async fn sign_in(
+    State(shop): State<Arc<Shop>>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, AppError> {
+    let visitor = match Query::<Visitor>::try_from_uri(request.uri()) {
+        Ok(Query(visitor)) => visitor,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
+    let shopper = match visitor.user {
+        None => Shopper::Anonymous,
+        Some(id) => {
+            let row: Option<(i64,)> = sqlx::query_as("SELECT version FROM users WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&shop.pool)
+                .await?;
+            let Some((version,)) = row else {
+                return Ok((StatusCode::BAD_REQUEST, format!("no such user: {id}")).into_response());
+            };
+            Shopper::SignedIn { id, version }
+        }
+    };
+    request.extensions_mut().insert(shopper);
+    Ok(next.run(request).await)
+}
+
 async fn author_page(
     State(shop): State<Arc<Shop>>,
     Path(id): Path<i64>,
-    Query(visitor): Query<Visitor>,
+    Extension(shopper): Extension<Shopper>,
 ) -> Result<Response, AppError> {
     let author: Option<(String,)> = sqlx::query_as("SELECT name FROM authors WHERE id = ?")
         .bind(id)
@@ -292,16 +349,16 @@ async fn author_page(
         return Ok(not_found("author"));
     };
     let top = top_books(&shop, id).await?;
-    let for_you = for_visitor(&shop, &visitor).await?;
+    let for_you = for_shopper(&shop, shopper).await?;
     Ok(
         Json(json!({ "id": id, "name": name, "top_books": top, "recommended": for_you }))
             .into_response(),
     )
 }
 
-/// Signed-in visitors see their recommendations on every page.
-async fn for_visitor(shop: &Shop, visitor: &Visitor) -> Result<Option<Vec<Book>>, sqlx::Error> {
-    match visitor.user {
+/// Signed-in shoppers see their recommendations on every page.
+async fn for_shopper(shop: &Shop, shopper: Shopper) -> Result<Option<Vec<Book>>, sqlx::Error> {
+    match shopper.user() {
         Some(user) => Ok(Some(recommended(shop, user).await?)),
         None => Ok(None),
     }
@@ -310,14 +367,14 @@ async fn for_visitor(shop: &Shop, visitor: &Visitor) -> Result<Option<Vec<Book>>
 async fn book_page(
     State(shop): State<Arc<Shop>>,
     Path(id): Path<i64>,
-    Query(visitor): Query<Visitor>,
+    Extension(shopper): Extension<Shopper>,
 ) -> Result<Response, AppError> {
     let Some(book) = Book::by_id(&shop.pool, id).await? else {
         return Ok(not_found("book"));
     };
     let by_author = top_books(&shop, book.author_id).await?;
     let also = also_bought(&shop, id).await?;
-    let for_you = for_visitor(&shop, &visitor).await?;
+    let for_you = for_shopper(&shop, shopper).await?;
     Ok(Json(json!({
         "book": book,
         "author_top_books": by_author,
@@ -334,20 +391,26 @@ async fn book_page(
 async fn purchase(
     State(shop): State<Arc<Shop>>,
     Path(id): Path<i64>,
-    Query(visitor): Query<Visitor>,
+    Extension(shopper): Extension<Shopper>,
 ) -> Result<Response, AppError> {
-    let Some(user) = visitor.user else {
+    let Some(user) = shopper.user() else {
         return Ok((StatusCode::BAD_REQUEST, "purchase needs ?user=ID").into_response());
     };
     let Some(book) = Book::by_id(&shop.pool, id).await? else {
         return Ok(not_found("book"));
     };
+    let mut tx = shop.pool.begin().await?;
     sqlx::query("INSERT INTO purchases (book_id, user_id, qty, ts) VALUES (?, ?, 1, ?)")
         .bind(id)
         .bind(user)
         .bind(now())
-        .execute(&shop.pool)
+        .execute(&mut *tx)
         .await?;
+    sqlx::query("UPDATE users SET version = version + 1 WHERE id = ?")
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
     invalidate(&shop, &format!("author:{}:", book.author_id)).await;
     Ok(Json(json!({ "purchased": id, "user": user })).into_response())
 }
@@ -423,6 +486,7 @@ fn app(shop: Arc<Shop>) -> Router {
         .route("/books/{id}", get(book_page).put(update_book))
         .route("/books/{id}/purchase", post(purchase))
         .route("/stats", get(stats))
+        .layer(middleware::from_fn_with_state(shop.clone(), sign_in))
         .with_state(shop)
 }
 
@@ -451,6 +515,12 @@ async fn open_database(dir: &std::path::Path) -> Result<SqlitePool, sqlx::Error>
             .to_owned(),
         "CREATE INDEX purchases_book ON purchases (book_id)".to_owned(),
         "CREATE INDEX purchases_user ON purchases (user_id)".to_owned(),
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, version INTEGER NOT NULL DEFAULT 0)"
+            .to_owned(),
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {USERS})
+             INSERT INTO users (id) SELECT i FROM n"
+        ),
         format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {AUTHORS})
              INSERT INTO authors SELECT i, 'Author ' || i FROM n"
