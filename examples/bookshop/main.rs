@@ -422,7 +422,11 @@ struct BookUpdate {
 }
 
 /// A new price needs no invalidation (hits fetch rows fresh by id); a new
-/// editorial boost re-ranks the author's books.
+/// editorial boost re-ranks the author's books. The update writes only
+/// the fields it names (`COALESCE` in SQL, not a value read before), so
+/// two updates at once (one price, one boost) cannot undo each other; and
+/// any boost drops the ranking, without comparing it to a value read
+/// before the write, which another update may have changed since.
 async fn update_book(
     State(shop): State<Arc<Shop>>,
     Path(id): Path<i64>,
@@ -431,13 +435,16 @@ async fn update_book(
     let Some(book) = Book::by_id(&shop.pool, id).await? else {
         return Ok(not_found("book"));
     };
-    sqlx::query("UPDATE books SET price_cents = ?, boost = ? WHERE id = ?")
-        .bind(update.price_cents.unwrap_or(book.price_cents))
-        .bind(update.boost.unwrap_or(book.boost))
-        .bind(id)
-        .execute(&shop.pool)
-        .await?;
-    if update.boost.is_some_and(|b| b != book.boost) {
+    sqlx::query(
+        "UPDATE books SET price_cents = COALESCE(?, price_cents), boost = COALESCE(?, boost)
+         WHERE id = ?",
+    )
+    .bind(update.price_cents)
+    .bind(update.boost)
+    .bind(id)
+    .execute(&shop.pool)
+    .await?;
+    if update.boost.is_some() {
         invalidate(&shop, &format!("author:{}:", book.author_id)).await;
     }
     let book = Book::by_id(&shop.pool, id).await?;
