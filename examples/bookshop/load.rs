@@ -71,9 +71,10 @@ struct Child {
 }
 
 impl Child {
-    fn start(cache_url: &str) -> Result<Child, Box<dyn std::error::Error>> {
+    fn start(cache_url: &str, pages: bool) -> Result<Child, Box<dyn std::error::Error>> {
         let mut process = Command::new(std::env::current_exe()?)
             .args(["--serve-child"])
+            .args((!pages).then_some("--no-page-cache"))
             .env("CACHE_URL", cache_url)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -141,9 +142,10 @@ impl Traffic {
 async fn drive(
     label: &str,
     cache_url: &str,
+    pages: bool,
     opts: &Options,
 ) -> Result<Run, Box<dyn std::error::Error>> {
-    let child = Child::start(cache_url)?;
+    let child = Child::start(cache_url, pages)?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency)
         .timeout(Duration::from_secs(30))
@@ -302,8 +304,8 @@ pub(crate) async fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error
         "bookshop load test: {} s per run, {} clients",
         opts.seconds, opts.concurrency
     );
-    let off = drive("cache off", "none://", &opts).await?;
-    let on = drive("cache on", &cache_url, &opts).await?;
+    let off = drive("cache off", "none://", false, &opts).await?;
+    let on = drive("cache on", &cache_url, false, &opts).await?;
     let runs = [off, on];
     println!("{}", report(&runs, &opts, &cache_url));
     let errors: u64 = runs.iter().map(|r| r.errors).sum();

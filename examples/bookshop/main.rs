@@ -1,23 +1,58 @@
-//! A bookshop: an axum app on an embedded SQLite database, with the
-//! expensive parts of its pages cached as ids.
+//! A bookshop: an axum app on an embedded SQLite database, with its pages
+//! cached whole by the HTTP layer and the expensive parts of those pages
+//! cached as ids underneath.
 //!
 //! ```sh
-//! cargo run --example bookshop                          # serve on 127.0.0.1:3000
-//! cargo run --release --example bookshop -- --load      # load test: cache off, then on
+//! cargo run --features http --example bookshop                      # serve on 127.0.0.1:3000
+//! cargo run --release --features http --example bookshop -- --load  # the load test
 //! ```
 //!
 //! Routes: `GET /authors/{id}[?user=U]`, `GET /books/{id}[?user=U]`,
 //! `POST /books/{id}/purchase?user=U`, `PUT /books/{id}` (JSON
-//! `{"price_cents": 1299, "boost": 0.5}`), `GET /stats`.
+//! `{"price_cents": 1299, "boost": 0.5}`), `GET /stats`. A sign-in
+//! middleware turns `?user=U` (a stand-in for a session) into a `Shopper`
+//! for the handlers, loading the user's row and its version. Pages are
+//! written in the language `Accept-Language` prefers (English, French or
+//! German: a greeting and the prices).
 //!
-//! What is cached, and why as ids: an author's ranking (`top_books`), a
-//! book's "also bought" list and each user's recommendations are
-//! expensive queries over the purchase log, but their output is only *which*
-//! books in *which* order. Storing ids (`#[cached(ids = ...)]`) and fetching
-//! the rows by primary key on each hit means a price change shows at once
-//! and a deleted book disappears, without invalidating anything. What does
-//! change a ranking (a purchase, an editorial boost) drops the author's key
-//! prefix, `author:{id}:`.
+//! # What is cached
+//! - **Pages** (`cacheruntime::http::CacheLayer`, on the two `GET` routes
+//!   only): key `page:{path}`, then the `Accept-Language` header, then the
+//!   shopper: `anon`, or `U.V` with V the user's version. Two minutes. A
+//!   purchase, a price or a boost never goes through it, nor does `/stats`.
+//!   `--no-page-cache` serves without it.
+//! - **Functions**, as ids: an author's ranking (`top_books`, an hour), a
+//!   book's "also bought" list and each user's recommendations (eight
+//!   minutes) are expensive queries over the purchase log, but their
+//!   output is only *which* books in *which* order. Storing ids
+//!   (`#[cached(ids = ...)]`) and fetching the rows by primary key on each
+//!   hit means a price change reaches them at once and a deleted book
+//!   disappears, without invalidating anything; a page miss is mostly hits
+//!   on these.
+//!
+//! # What a write drops, and what may lag
+//! After a write's response, no page shows what the write changed, except:
+//! a book's "also bought" list and other users' recommendations follow
+//! sales within ten minutes (eight in their function, two on the page).
+//! - A purchase of a book by author A: the ranking (`author:A:`), the
+//!   author's page (`page:/authors/A:`, every language and shopper) and
+//!   the page of each of A's books, which list A's top books
+//!   (`page:/books/B:`). It bumps the buyer's version in its transaction,
+//!   so every page cached for the buyer (their recommendations are on
+//!   each) is asked for under a new key from then on; their recommendations
+//!   drop the bought book when hydrated.
+//! - A price or a boost: every page (`page:`: a book's price is on pages no
+//!   prefix names, such as others' "also bought" lists; one record or
+//!   counter in the store, whatever the number of pages); a boost also
+//!   re-ranks the author (`author:A:`).
+//! - Invalidations run after the commit: a page or ranking computed from
+//!   the old rows whose cache read came before them is refused by the
+//!   store. A failed invalidation (a shared store down) is logged and
+//!   does not fail the write; what it should have dropped then lives to
+//!   its TTL.
+//! - Pages go out with `Cache-Control: no-cache` and the layer's `ETag`, so
+//!   browsers ask before each reuse (answered `304` from the cache while
+//!   the page is unchanged) rather than showing an old page.
 //!
 //! `CACHE_URL` picks the store (memory when unset, `none://` to switch the
 //! cache off; Redis, SQL and Memcached URLs need their cargo features). The
@@ -41,11 +76,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::header::ACCEPT_LANGUAGE;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use cacheruntime::http::{cache_control, CacheLayer, LayerError};
 use cacheruntime::{cached, Cache, CacheId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -195,10 +232,12 @@ async fn top_books(shop: &Shop, author_id: i64) -> Result<Vec<Book>, sqlx::Error
 }
 
 /// Readers who bought this book in the last 7 days also bought: five
-/// books by co-purchases, a self-join over the purchase log.
+/// books by co-purchases, a self-join over the purchase log. Eight
+/// minutes, so that with a page's two ([`PAGE_TTL`]) the list on a page
+/// follows sales within ten.
 #[cached(
     key = "book:{book_id}:also_bought",
-    ttl = 600,
+    ttl = "8m",
     cache = shop.cache,
     ids = |ids| Book::by_ids(&shop.pool, &ids)
 )]
@@ -221,10 +260,11 @@ async fn also_bought(shop: &Shop, book_id: i64) -> Result<Vec<Book>, sqlx::Error
 /// user buys most, that they have not bought. One entry per user (`vary`);
 /// the hydrator drops what the user has bought since, so their own
 /// purchase shows at once without an invalidation, and the list follows
-/// the shop's sales within its TTL.
+/// the shop's sales within its TTL: eight minutes, ten with a page's two
+/// ([`PAGE_TTL`]).
 #[cached(
     key = "recommended",
-    ttl = 600,
+    ttl = "8m",
     vary = user_id,
     cache = shop.cache,
     ids = |ids| Book::not_owned(&shop.pool, &ids, user_id)
@@ -297,6 +337,20 @@ enum Shopper {
     },
 }
 
+/// What the page cache's key holds for the shopper (`vary_on_user`):
+/// `anon`, or `U.V` for user U at row version V. A purchase bumps V, so
+/// every page cached for the buyer (their recommendations are on each)
+/// is under a name their later requests never ask for again; those
+/// entries age out by TTL or eviction.
+impl std::fmt::Display for Shopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shopper::Anonymous => f.write_str("anon"),
+            Shopper::SignedIn { id, version } => write!(f, "{id}.{version}"),
+        }
+    }
+}
+
 impl Shopper {
     fn user(self) -> Option<i64> {
         match self {
@@ -336,11 +390,98 @@ async fn sign_in(
     Ok(next.run(request).await)
 }
 
+// ------------------------------------------------------------------ pages
+
+/// The languages the shop writes its pages in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Locale {
+    En,
+    Fr,
+    De,
+}
+
+impl Locale {
+    /// The language `Accept-Language` gives the highest `q` among those
+    /// the shop speaks (the first listed among equals); English otherwise.
+    fn of(headers: &HeaderMap) -> Locale {
+        let mut best = (Locale::En, 0.0_f32);
+        let header = headers.get(ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok());
+        for item in header.unwrap_or("").split(',') {
+            let mut parts = item.split(';');
+            let tag = parts.next().unwrap_or("").trim();
+            let primary = tag.split('-').next().unwrap_or("");
+            let locale = match primary.to_ascii_lowercase().as_str() {
+                "en" => Locale::En,
+                "fr" => Locale::Fr,
+                "de" => Locale::De,
+                _ => continue,
+            };
+            let q = parts
+                .find_map(|p| p.trim().strip_prefix("q="))
+                .map_or(1.0, |q| q.trim().parse().unwrap_or(0.0));
+            if q > best.1 {
+                best = (locale, q);
+            }
+        }
+        best.0
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Locale::En => "en",
+            Locale::Fr => "fr",
+            Locale::De => "de",
+        }
+    }
+
+    fn greeting(self) -> &'static str {
+        match self {
+            Locale::En => "Welcome",
+            Locale::Fr => "Bienvenue",
+            Locale::De => "Willkommen",
+        }
+    }
+
+    /// A price as the language writes it.
+    fn price(self, cents: i64) -> String {
+        let (whole, cents) = (cents / 100, cents % 100);
+        match self {
+            Locale::En => format!("€{whole}.{cents:02}"),
+            Locale::Fr | Locale::De => format!("{whole},{cents:02} €"),
+        }
+    }
+}
+
+/// A book as a page shows it: the row, and its price in the page's
+/// language.
+fn listed(book: &Book, locale: Locale) -> Value {
+    let mut value = json!(book);
+    value["price"] = json!(locale.price(book.price_cents));
+    value
+}
+
+fn shelf(books: &[Book], locale: Locale) -> Vec<Value> {
+    books.iter().map(|book| listed(book, locale)).collect()
+}
+
+/// A page's response. `Cache-Control: no-cache` tells browsers to ask
+/// before each reuse (with the page's `ETag`, which the page cache answers
+/// with a `304` while the page is unchanged): the layer's own header
+/// (`private, max-age=120`) would let a browser show a page for two
+/// minutes without asking, so a buyer could see the book they just bought
+/// among their recommendations, or an old price. `private, no-cache` is
+/// not an option: the layer does not store a page marked `private`.
+fn page(body: Value) -> Response {
+    (cache_control().no_cache().header(), Json(body)).into_response()
+}
+
 async fn author_page(
     State(shop): State<Arc<Shop>>,
     Path(id): Path<i64>,
     Extension(shopper): Extension<Shopper>,
+    headers: HeaderMap,
 ) -> Result<Response, AppError> {
+    let locale = Locale::of(&headers);
     let author: Option<(String,)> = sqlx::query_as("SELECT name FROM authors WHERE id = ?")
         .bind(id)
         .fetch_optional(&shop.pool)
@@ -350,10 +491,14 @@ async fn author_page(
     };
     let top = top_books(&shop, id).await?;
     let for_you = for_shopper(&shop, shopper).await?;
-    Ok(
-        Json(json!({ "id": id, "name": name, "top_books": top, "recommended": for_you }))
-            .into_response(),
-    )
+    Ok(page(json!({
+        "lang": locale.tag(),
+        "greeting": locale.greeting(),
+        "id": id,
+        "name": name,
+        "top_books": shelf(&top, locale),
+        "recommended": for_you.map(|books| shelf(&books, locale)),
+    })))
 }
 
 /// Signed-in shoppers see their recommendations on every page.
@@ -368,26 +513,34 @@ async fn book_page(
     State(shop): State<Arc<Shop>>,
     Path(id): Path<i64>,
     Extension(shopper): Extension<Shopper>,
+    headers: HeaderMap,
 ) -> Result<Response, AppError> {
+    let locale = Locale::of(&headers);
     let Some(book) = Book::by_id(&shop.pool, id).await? else {
         return Ok(not_found("book"));
     };
     let by_author = top_books(&shop, book.author_id).await?;
     let also = also_bought(&shop, id).await?;
     let for_you = for_shopper(&shop, shopper).await?;
-    Ok(Json(json!({
-        "book": book,
-        "author_top_books": by_author,
-        "also_bought": also,
-        "recommended": for_you,
-    }))
-    .into_response())
+    Ok(page(json!({
+        "lang": locale.tag(),
+        "greeting": locale.greeting(),
+        "book": listed(&book, locale),
+        "author_top_books": shelf(&by_author, locale),
+        "also_bought": shelf(&also, locale),
+        "recommended": for_you.map(|books| shelf(&books, locale)),
+    })))
 }
 
-/// A purchase changes the author's ranking: drop the author's prefix. The
-/// buyer's recommendations drop the book when hydrated; the book's "also
-/// bought" list (a week of co-purchases, which one sale barely moves) and
-/// other users' recommendations follow within their 10-minute TTL.
+/// A purchase changes the author's ranking: drop the author's prefix, and
+/// the pages that show it: the author's page and every page of the
+/// author's books (each lists the author's top books), in every language
+/// and for every shopper. The buyer's recommendations drop the book when
+/// hydrated, and every page cached for the buyer (each shows their
+/// recommendations) has a new key from the version the purchase bumps.
+/// A book's "also bought" list (a week of co-purchases, which one sale
+/// barely moves) and other users' recommendations follow within ten
+/// minutes: their functions' TTL plus the page's.
 async fn purchase(
     State(shop): State<Arc<Shop>>,
     Path(id): Path<i64>,
@@ -399,6 +552,12 @@ async fn purchase(
     let Some(book) = Book::by_id(&shop.pool, id).await? else {
         return Ok(not_found("book"));
     };
+    // Named before the write, so that nothing can fail between the commit
+    // and the invalidations.
+    let author_books: Vec<(i64,)> = sqlx::query_as("SELECT id FROM books WHERE author_id = ?")
+        .bind(book.author_id)
+        .fetch_all(&shop.pool)
+        .await?;
     let mut tx = shop.pool.begin().await?;
     sqlx::query("INSERT INTO purchases (book_id, user_id, qty, ts) VALUES (?, ?, 1, ?)")
         .bind(id)
@@ -411,7 +570,17 @@ async fn purchase(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    // After the commit, before the response. A page (or ranking) computed
+    // from the old rows whose cache read came before its invalidation is
+    // refused by the store when it tries to write (its read's ticket is
+    // older); one whose read came after sees the new rows. The ranking goes
+    // first, so a page made after its own invalidation reads a ranking
+    // made after the purchase.
     invalidate(&shop, &format!("author:{}:", book.author_id)).await;
+    invalidate(&shop, &format!("page:/authors/{}:", book.author_id)).await;
+    for (book_id,) in author_books {
+        invalidate(&shop, &format!("page:/books/{book_id}:")).await;
+    }
     Ok(Json(json!({ "purchased": id, "user": user })).into_response())
 }
 
@@ -447,6 +616,15 @@ async fn update_book(
     if update.boost.is_some() {
         invalidate(&shop, &format!("author:{}:", book.author_id)).await;
     }
+    if update.price_cents.is_some() || update.boost.is_some() {
+        // The book's price and boost are on every page that lists it: its
+        // author's, its own, and any "also bought" or recommendations list
+        // holding it, which no prefix names. So every page goes: one
+        // prefix record in memory, one counter in Redis or Memcached,
+        // however many pages there are; their functions' entries (ids)
+        // stay, so the pages are rebuilt from hits.
+        invalidate(&shop, "page:").await;
+    }
     let book = Book::by_id(&shop.pool, id).await?;
     Ok(Json(json!(book)).into_response())
 }
@@ -473,9 +651,17 @@ async fn stats(State(shop): State<Arc<Shop>>) -> Page {
             json!({ "name": name, "hits": f.hits, "misses": f.misses, "hit_rate": f.hit_rate() })
         })
         .collect();
+    // The page cache's calls are the cache's less the functions'.
+    let (mut hits, mut stale_hits, mut misses) = (s.hits, s.stale_hits, s.misses);
+    for f in &s.functions {
+        hits = hits.saturating_sub(f.hits);
+        stale_hits = stale_hits.saturating_sub(f.stale_hits);
+        misses = misses.saturating_sub(f.misses);
+    }
     let o = &shop.origin;
     Ok(Json(json!({
         "functions": functions,
+        "pages": { "hits": hits, "stale_hits": stale_hits, "misses": misses },
         "hits": s.hits,
         "misses": s.misses,
         "errors": s.errors,
@@ -487,10 +673,38 @@ async fn stats(State(shop): State<Arc<Shop>>) -> Page {
     })))
 }
 
-fn app(shop: Arc<Shop>) -> Router {
-    Router::new()
+/// How long a page is kept: two minutes, so that the parts of a page that
+/// follow sales within a TTL (a book's "also bought", other shoppers'
+/// recommendations, eight minutes in their functions) are at most ten
+/// minutes old. Everything else on a page is dropped by the writes.
+const PAGE_TTL: Duration = Duration::from_secs(120);
+
+/// The page cache: whole GET pages, in the same cache as the functions,
+/// one per path, language and shopper. The key leaves the query out:
+/// handlers read none (the only parameter, `user`, reaches them as the
+/// [`Shopper`], which the key holds), so `?user=7` and `?user=7&x=1` share a
+/// page and `page:/authors/7:` names every variant of the author's page.
+fn page_cache(cache: &Cache) -> Result<CacheLayer, LayerError> {
+    CacheLayer::builder(cache.clone())
+        .key("page:{path}")
+        .ttl(PAGE_TTL)
+        .vary_on_header("accept-language")
+        .vary_on_user::<Shopper>()
+        .build()
+}
+
+/// The routes; with `pages`, the page cache in front of the two pages.
+/// Purchases and `/stats` are outside it, and it lets the `PUT` through
+/// (it caches GET and HEAD only). The sign-in middleware is outermost: it
+/// runs first, so the cache sees the [`Shopper`] it varies on.
+fn app(shop: Arc<Shop>, pages: Option<CacheLayer>) -> Router {
+    let mut router = Router::new()
         .route("/authors/{id}", get(author_page))
-        .route("/books/{id}", get(book_page).put(update_book))
+        .route("/books/{id}", get(book_page).put(update_book));
+    if let Some(pages) = pages {
+        router = router.route_layer(pages);
+    }
+    router
         .route("/books/{id}/purchase", post(purchase))
         .route("/stats", get(stats))
         .layer(middleware::from_fn_with_state(shop.clone(), sign_in))
@@ -554,10 +768,15 @@ async fn open_database(dir: &std::path::Path) -> Result<SqlitePool, sqlx::Error>
 
 // ------------------------------------------------------------------ serving
 
-async fn serve(port: u16, until_stdin_closes: bool) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(
+    port: u16,
+    until_stdin_closes: bool,
+    page_caching: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let pool = open_database(dir.path()).await?;
     let cache = Cache::from_env().await?;
+    let pages = page_caching.then(|| page_cache(&cache)).transpose()?;
     let shop = Arc::new(Shop {
         pool,
         cache,
@@ -575,7 +794,7 @@ async fn serve(port: u16, until_stdin_closes: bool) -> Result<(), Box<dyn std::e
             let _ = tokio::signal::ctrl_c().await;
         }
     };
-    axum::serve(listener, app(shop))
+    axum::serve(listener, app(shop, pages))
         .with_graceful_shutdown(stop)
         .await?;
     drop(dir);
@@ -597,12 +816,13 @@ fn flag<T: FromStr>(args: &[String], name: &str, default: T) -> Result<T, String
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let page_caching = !args.iter().any(|a| a == "--no-page-cache");
     if args.iter().any(|a| a == "--serve-child") {
-        return serve(0, true).await;
+        return serve(0, true, page_caching).await;
     }
     if args.iter().any(|a| a == "--load") {
         return load::run(&args).await;
     }
     let port = flag(&args, "--port", 3000u16)?;
-    serve(port, false).await
+    serve(port, false, page_caching).await
 }
