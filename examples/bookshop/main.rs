@@ -36,8 +36,8 @@
 //! sales within ten minutes (eight in their function, two on the page).
 //! - A purchase of a book by author A: the ranking (`author:A:`), the
 //!   author's page (`page:/authors/A:`, every language and shopper) and
-//!   the page of each of A's books, which list A's top books
-//!   (`page:/books/B:`). It bumps the buyer's version in its transaction,
+//!   the page of each of A's books, which show A's top books and copies
+//!   sold (`page:/books/B:`). It bumps the buyer's version in its transaction,
 //!   so every page cached for the buyer (their recommendations are on
 //!   each) is asked for under a new key from then on; their recommendations
 //!   drop the bought book when hydrated.
@@ -482,11 +482,12 @@ async fn author_page(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let locale = Locale::of(&headers);
-    let author: Option<(String,)> = sqlx::query_as("SELECT name FROM authors WHERE id = ?")
-        .bind(id)
-        .fetch_optional(&shop.pool)
-        .await?;
-    let Some((name,)) = author else {
+    let author: Option<(String, i64)> =
+        sqlx::query_as("SELECT name, sold FROM authors WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&shop.pool)
+            .await?;
+    let Some((name, sold)) = author else {
         return Ok(not_found("author"));
     };
     let top = top_books(&shop, id).await?;
@@ -496,6 +497,7 @@ async fn author_page(
         "greeting": locale.greeting(),
         "id": id,
         "name": name,
+        "sold": sold,
         "top_books": shelf(&top, locale),
         "recommended": for_you.map(|books| shelf(&books, locale)),
     })))
@@ -519,6 +521,10 @@ async fn book_page(
     let Some(book) = Book::by_id(&shop.pool, id).await? else {
         return Ok(not_found("book"));
     };
+    let (author_sold,): (i64,) = sqlx::query_as("SELECT sold FROM authors WHERE id = ?")
+        .bind(book.author_id)
+        .fetch_one(&shop.pool)
+        .await?;
     let by_author = top_books(&shop, book.author_id).await?;
     let also = also_bought(&shop, id).await?;
     let for_you = for_shopper(&shop, shopper).await?;
@@ -526,16 +532,17 @@ async fn book_page(
         "lang": locale.tag(),
         "greeting": locale.greeting(),
         "book": listed(&book, locale),
+        "author_sold": author_sold,
         "author_top_books": shelf(&by_author, locale),
         "also_bought": shelf(&also, locale),
         "recommended": for_you.map(|books| shelf(&books, locale)),
     })))
 }
 
-/// A purchase changes the author's ranking: drop the author's prefix, and
-/// the pages that show it: the author's page and every page of the
-/// author's books (each lists the author's top books), in every language
-/// and for every shopper. The buyer's recommendations drop the book when
+/// A purchase changes the author's ranking and copies sold: drop the
+/// author's prefix, and the pages that show them: the author's page and
+/// every page of the author's books (each lists the author's top books and
+/// sales), in every language and for every shopper. The buyer's recommendations drop the book when
 /// hydrated, and every page cached for the buyer (each shows their
 /// recommendations) has a new key from the version the purchase bumps.
 /// A book's "also bought" list (a week of co-purchases, which one sale
@@ -569,6 +576,11 @@ async fn purchase(
         .bind(user)
         .execute(&mut *tx)
         .await?;
+    let (author_sold,): (i64,) =
+        sqlx::query_as("UPDATE authors SET sold = sold + 1 WHERE id = ? RETURNING sold")
+            .bind(book.author_id)
+            .fetch_one(&mut *tx)
+            .await?;
     tx.commit().await?;
     // After the commit, before the response. A page (or ranking) computed
     // from the old rows whose cache read came before its invalidation is
@@ -581,7 +593,13 @@ async fn purchase(
     for (book_id,) in author_books {
         invalidate(&shop, &format!("page:/books/{book_id}:")).await;
     }
-    Ok(Json(json!({ "purchased": id, "user": user })).into_response())
+    Ok(Json(json!({
+        "purchased": id,
+        "user": user,
+        "author": book.author_id,
+        "author_sold": author_sold,
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -726,7 +744,9 @@ async fn open_database(dir: &std::path::Path) -> Result<SqlitePool, sqlx::Error>
         .connect_with(options)
         .await?;
     let statements = [
-        "CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT NOT NULL)".to_owned(),
+        "CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT NOT NULL,
+           sold INTEGER NOT NULL DEFAULT 0)"
+            .to_owned(),
         "CREATE TABLE books (id INTEGER PRIMARY KEY, author_id INTEGER NOT NULL, title TEXT NOT NULL,
            price_cents INTEGER NOT NULL, boost REAL NOT NULL DEFAULT 0)"
             .to_owned(),
@@ -744,7 +764,7 @@ async fn open_database(dir: &std::path::Path) -> Result<SqlitePool, sqlx::Error>
         ),
         format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {AUTHORS})
-             INSERT INTO authors SELECT i, 'Author ' || i FROM n"
+             INSERT INTO authors (id, name) SELECT i, 'Author ' || i FROM n"
         ),
         format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {BOOKS})
@@ -759,6 +779,10 @@ async fn open_database(dir: &std::path::Path) -> Result<SqlitePool, sqlx::Error>
                     1 + abs(random()) % 3, {now} - abs(random()) % 7776000 FROM n",
             now = now()
         ),
+        // Copies sold per author, which each purchase adds to.
+        "UPDATE authors SET sold = (SELECT COALESCE(SUM(p.qty), 0) FROM books b
+           JOIN purchases p ON p.book_id = b.id WHERE b.author_id = authors.id)"
+            .to_owned(),
     ];
     for sql in statements {
         sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await?;
