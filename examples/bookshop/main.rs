@@ -59,14 +59,20 @@
 //! database lives in a temporary directory and is created and seeded on
 //! start.
 //!
-//! `--load` runs the load test the numbers in BENCHMARKS.md come from: it
-//! starts this program twice as a child server (once with
-//! `CACHE_URL=none://`, once with the cache on), drives each over HTTP with
-//! a Zipf-distributed mix of author views, book views and purchases, and
-//! prints requests/s, latency percentiles, hit rate per cached function,
-//! origin computations and errors. Options: `--seconds 60` (per run),
-//! `--concurrency 32` (clients, each one shopper), `--purchases-per-mille 3`
-//! (purchases among the actions; each re-ranks an author).
+//! `--load` runs the load test the numbers in BENCHMARKS.md come from
+//! (`load.rs`): it starts this program three times as a child server (with
+//! `CACHE_URL=none://`; with the cache on for the functions only,
+//! `--no-page-cache`; with the cache on for functions and pages), drives
+//! each over HTTP with a Zipf-distributed mix of author views, book views
+//! (in three languages, a third signed in) and purchases, checks every
+//! page for a wrong answer (copies sold behind a purchase that had
+//! returned; a bought book among the buyer's recommendations), and prints
+//! requests/s, latency percentiles, the functions' and the pages' hit
+//! rates, `X-Cache` counts, origin computations, errors and wrong pages;
+//! it exits non-zero on any error or wrong page. Options: `--seconds 60`
+//! (per run), `--concurrency 32` (clients, each one shopper),
+//! `--purchases-per-mille 3` (purchases among the actions; each re-ranks
+//! an author).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -293,7 +299,7 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-// ------------------------------------------------------------------ routes
+// ------------------------------------------------------------------ errors
 
 struct AppError(String);
 
@@ -539,12 +545,15 @@ async fn book_page(
     })))
 }
 
+// ------------------------------------------------------------------ writes
+
 /// A purchase changes the author's ranking and copies sold: drop the
 /// author's prefix, and the pages that show them: the author's page and
 /// every page of the author's books (each lists the author's top books and
-/// sales), in every language and for every shopper. The buyer's recommendations drop the book when
-/// hydrated, and every page cached for the buyer (each shows their
-/// recommendations) has a new key from the version the purchase bumps.
+/// sales), in every language and for every shopper. The buyer's
+/// recommendations drop the book when hydrated, and every page cached for
+/// the buyer (each shows their recommendations) has a new key from the
+/// version the purchase bumps.
 /// A book's "also bought" list (a week of co-purchases, which one sale
 /// barely moves) and other users' recommendations follow within ten
 /// minutes: their functions' TTL plus the page's.
@@ -608,8 +617,9 @@ struct BookUpdate {
     boost: Option<f64>,
 }
 
-/// A new price needs no invalidation (hits fetch rows fresh by id); a new
-/// editorial boost re-ranks the author's books. The update writes only
+/// A new price needs no function invalidated (their hits fetch rows fresh
+/// by id), but the pages showing the book; a new editorial boost also
+/// re-ranks the author's books. The update writes only
 /// the fields it names (`COALESCE` in SQL, not a value read before), so
 /// two updates at once (one price, one boost) cannot undo each other; and
 /// any boost drops the ranking, without comparing it to a value read
@@ -658,6 +668,8 @@ async fn invalidate(shop: &Shop, prefix: &str) {
 fn tracing_free_warn(msg: &str) {
     eprintln!("warning: {msg}");
 }
+
+// ------------------------------------------------------------------ routes
 
 async fn stats(State(shop): State<Arc<Shop>>) -> Page {
     let s = shop.cache.stats();
