@@ -13,7 +13,7 @@
 //! - Every call counts exactly one of hit, stale hit or miss.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use serde::de::DeserializeOwned;
@@ -45,6 +45,9 @@ pub(crate) struct Call<'p, V> {
     fp: u64,
     site: Option<&'static Site>,
     memo: Memo<V>,
+    /// Where to say how the call was answered (as counted in the stats),
+    /// for a caller that reports it (the HTTP layer's `X-Cache`).
+    told: Option<&'p OnceLock<Answer>>,
 }
 
 impl<'p, V> Call<'p, V> {
@@ -59,6 +62,16 @@ impl<'p, V> Call<'p, V> {
             fp,
             site,
             memo,
+            told: None,
+        }
+    }
+
+    /// Says in `told` how the call was answered, exactly as it is counted.
+    #[cfg(feature = "http")]
+    pub(crate) fn telling(self, told: &'p OnceLock<Answer>) -> Self {
+        Call {
+            told: Some(told),
+            ..self
         }
     }
 }
@@ -106,13 +119,20 @@ impl Engine {
             fp,
             site,
             memo,
+            told,
         } = call;
         let inner = &**self;
         if let Some(site) = site {
             self.register(site);
         }
+        let tell = |answer| {
+            if let Some(told) = told {
+                let _ = told.set(answer);
+            }
+        };
         if !inner.enabled() || key.is_empty() {
             self.tally(site, Answer::Miss);
+            tell(Answer::Miss);
             inner.counters.computations.incr();
             return compute.await;
         }
@@ -124,6 +144,7 @@ impl Engine {
         let mut tally = |answer| {
             if !std::mem::replace(&mut counted, true) {
                 self.tally(site, answer);
+                tell(answer);
             }
         };
         loop {

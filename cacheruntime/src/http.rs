@@ -89,7 +89,9 @@
 //! `private` when varying on the user or on `Authorization`, or with
 //! [`private`](CacheLayerBuilder::private)), `Vary` listing the headers
 //! the key reads (`Cookie` for `{cookie:..}`), and `X-Cache: hit`, `miss`
-//! or `stale` ([`x_cache_header`](CacheLayerBuilder::x_cache_header)).
+//! or `stale` ([`x_cache_header`](CacheLayerBuilder::x_cache_header)):
+//! `X-Cache` says what the [`Stats`](crate::Stats) count, so a request that
+//! waited for another request's render of the page is a `miss`.
 //! A response the handler made for a cacheable request but that may not be
 //! stored goes out as the handler sent it, with `X-Cache: miss` only; a
 //! request that bypasses the cache (another method, `Authorization`, no
@@ -98,10 +100,26 @@
 //! is answered `304 Not Modified`, from the cache without running the
 //! handler when the page is there.
 //!
+//! The derived `Cache-Control` lets browsers and CDNs keep a page for its
+//! TTL, and no `invalidate_prefix` reaches their copies. For pages dropped
+//! on writes, send
+//! [`client_cache_control`](CacheLayerBuilder::client_cache_control)`(cache_control().no_cache())`
+//! instead: clients then ask each time with `If-None-Match`, answered `304`
+//! from the cache.
+//!
 //! A handler that must set its own `Cache-Control` keeps it: the layer
 //! then sends the handler's, and does not store a response marked
 //! `private` or `no-store`. [`cache_control`] and [`never_cache`] write
 //! those headers.
+//!
+//! # Staleness adds up
+//! A page rendered from `#[cached]` function results can store a result
+//! that was already up to the function's TTL (plus its `stale` window)
+//! old, and then serve it for the page's TTL (plus its own `stale`). When
+//! a write must show at once, drop the page and the function's entries;
+//! when a bound is documented, the page's and the functions' TTLs together
+//! must stay within it (the bookshop example splits ten minutes as 120 s
+//! of page and 480 s of function).
 //!
 //! # When the store fails
 //! As for any get-or-compute call: the handler runs and its response is

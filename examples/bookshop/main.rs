@@ -50,8 +50,8 @@
 //!   store. A failed invalidation (a shared store down) is logged and
 //!   does not fail the write; what it should have dropped then lives to
 //!   its TTL.
-//! - Pages go out with `Cache-Control: no-cache` and the layer's `ETag`, so
-//!   browsers ask before each reuse (answered `304` from the cache while
+//! - Pages go out with `Cache-Control: private, no-cache` and the layer's
+//!   `ETag`, so browsers ask before each reuse (answered `304` from the cache while
 //!   the page is unchanged) rather than showing an old page.
 //!
 //! `CACHE_URL` picks the store (memory when unset, `none://` to switch the
@@ -473,15 +473,9 @@ fn shelf(books: &[Book], locale: Locale) -> Vec<Value> {
     books.iter().map(|book| listed(book, locale)).collect()
 }
 
-/// A page's response. `Cache-Control: no-cache` tells browsers to ask
-/// before each reuse (with the page's `ETag`, which the page cache answers
-/// with a `304` while the page is unchanged): the layer's own header
-/// (`private, max-age=120`) would let a browser show a page for two
-/// minutes without asking, so a buyer could see the book they just bought
-/// among their recommendations, or an old price. `private, no-cache` is
-/// not an option: the layer does not store a page marked `private`.
+/// A page's response.
 fn page(body: Value) -> Response {
-    (cache_control().no_cache().header(), Json(body)).into_response()
+    Json(body).into_response()
 }
 
 async fn author_page(
@@ -723,6 +717,12 @@ fn page_cache(cache: &Cache) -> Result<CacheLayer, LayerError> {
         .ttl(PAGE_TTL)
         .vary_on_header("accept-language")
         .vary_on_user::<Shopper>()
+        // Browsers ask before each reuse (with the page's `ETag`, answered
+        // `304` from the cache while the page is unchanged): the derived
+        // `private, max-age=120` would let a browser show a page for two
+        // minutes without asking, so a buyer could see the book they just
+        // bought among their recommendations, or an old price.
+        .client_cache_control(cache_control().private().no_cache())
         .build()
 }
 

@@ -257,3 +257,45 @@ async fn two_layers_sharing_an_entry_each_send_their_own_headers() {
     }
     assert_eq!(runs.get(), 1, "one entry served both layers");
 }
+
+/// `X-Cache` says what the stats count: requests that waited for another
+/// request's render of the same page were misses (they got no stored
+/// entry), not hits.
+#[tokio::test]
+async fn requests_that_waited_for_a_render_are_misses_in_x_cache_and_stats() {
+    let cache = Cache::memory();
+    let runs = Runs::default();
+    let counted = runs.clone();
+    let layer = CacheLayer::builder(cache.clone())
+        .key("page:{path}")
+        .ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let slow = get(move || async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        format!("rendered #{}", counted.bump())
+    });
+    let base = serve(Router::new().route("/slow", slow).layer(layer)).await;
+    let c = client();
+    let answers = futures::future::join_all((0..6).map(|_| {
+        let (c, url) = (c.clone(), format!("{base}/slow"));
+        async move {
+            let r = c.get(url).send().await.unwrap();
+            let label = x_cache(&r).to_owned();
+            (label, r.text().await.unwrap())
+        }
+    }))
+    .await;
+    assert_eq!(runs.get(), 1, "one render for all six");
+    for (label, body) in &answers {
+        assert_eq!((label.as_str(), body.as_str()), ("miss", "rendered #1"));
+    }
+    let after = c.get(format!("{base}/slow")).send().await.unwrap();
+    assert_eq!(x_cache(&after), "hit");
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.misses, stats.hits),
+        (6, 1),
+        "the same split as X-Cache"
+    );
+}

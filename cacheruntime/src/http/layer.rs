@@ -11,6 +11,7 @@ use std::time::Duration;
 use ::http::header::{HeaderName, HeaderValue, AUTHORIZATION, COOKIE};
 use ::http::Extensions;
 
+use super::control::CacheControl;
 use super::service::CacheService;
 use super::template::{QueryRules, Template};
 use crate::{Cache, Policy};
@@ -64,7 +65,6 @@ pub(crate) struct Settings {
     pub(crate) policy: Policy,
     /// The stored pages' type fingerprint under `policy`.
     pub(crate) fingerprint: u64,
-    pub(crate) ttl_ms: u64,
     pub(crate) statuses: Vec<u16>,
     pub(crate) max_body: usize,
     /// Whether a request with `Authorization` may use the cache.
@@ -112,6 +112,7 @@ impl CacheLayer {
             vary: Vec::new(),
             user: None,
             private: None,
+            client: None,
             x_cache: true,
         }
     }
@@ -140,6 +141,7 @@ pub struct CacheLayerBuilder {
     vary: Vec<String>,
     user: Option<UserVary>,
     private: Option<bool>,
+    client: Option<CacheControl>,
     x_cache: bool,
 }
 
@@ -239,6 +241,20 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// The `Cache-Control` sent to clients, instead of the one derived from
+    /// the TTL (`max-age`) and the stale window. Use it for pages you drop
+    /// on writes: no invalidation reaches a browser's or a CDN's copy, so
+    /// `cache_control().private().no_cache()` has them ask each time, and
+    /// the layer answers their `If-None-Match` with a `304` from the cache.
+    /// A handler's own `Cache-Control` still wins. With `vary_on_user` or a
+    /// key on `Authorization`, it must say `private` or `no-store`
+    /// ([`build`](Self::build) refuses it otherwise: a shared cache would
+    /// hand one user's page to another).
+    pub fn client_cache_control(mut self, header: CacheControl) -> Self {
+        self.client = Some(header);
+        self
+    }
+
     /// Whether to send `X-Cache: hit | miss | stale` (default on).
     pub fn x_cache_header(mut self, on: bool) -> Self {
         self.x_cache = on;
@@ -298,6 +314,26 @@ impl CacheLayerBuilder {
         if let Some(stale) = self.stale {
             cache_control.push_str(&format!(", stale-while-revalidate={}", stale.as_secs()));
         }
+        if let Some(client) = self.client {
+            let given = client.to_string();
+            if given.is_empty() {
+                return Err(setting(
+                    "client_cache_control",
+                    "cache_control()",
+                    "no directive given: add one, e.g. `cache_control().private().no_cache()`",
+                ));
+            }
+            let per_user = self.user.is_some() || on_credentials;
+            if per_user && !(given.contains("private") || given.contains("no-store")) {
+                return Err(setting(
+                    "client_cache_control",
+                    &given,
+                    "pages vary on the user: say `private` (or `no-store`), or a shared \
+                     cache could hand one user's page to another",
+                ));
+            }
+            cache_control = given;
+        }
         let mut names: Vec<&str> = Vec::new();
         for name in &listed {
             if !names.contains(&name.as_str()) {
@@ -318,7 +354,6 @@ impl CacheLayerBuilder {
                 policy.version,
             ),
             policy,
-            ttl_ms: ttl.as_millis().min(u128::from(u64::MAX)) as u64,
             statuses: self.statuses,
             max_body: self.max_body,
             keyed_on_credentials: on_credentials || self.user.is_some(),
@@ -398,5 +433,43 @@ mod tests {
             .unwrap();
         assert_eq!(per_user.settings.cache_control, "private, max-age=300");
         assert!(per_user.settings.keyed_on_credentials);
+    }
+
+    #[test]
+    fn client_cache_control_replaces_the_derived_one_but_never_shares_per_user_pages() {
+        use crate::http::cache_control;
+        let layer = CacheLayer::builder(Cache::memory())
+            .ttl(Duration::from_secs(60))
+            .client_cache_control(cache_control().public().no_cache())
+            .build()
+            .unwrap();
+        assert_eq!(layer.settings.cache_control, "public, no-cache");
+        let per_user = CacheLayer::builder(Cache::memory())
+            .vary_on_user::<u64>()
+            .client_cache_control(cache_control().private().no_cache())
+            .build()
+            .unwrap();
+        assert_eq!(per_user.settings.cache_control, "private, no-cache");
+        for shared in [
+            cache_control().public().no_cache(),
+            cache_control().no_cache(),
+        ] {
+            let e = CacheLayer::builder(Cache::memory())
+                .vary_on_user::<u64>()
+                .client_cache_control(shared)
+                .build()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("client_cache_control") && e.contains("private"),
+                "{e}"
+            );
+        }
+        let e = CacheLayer::builder(Cache::memory())
+            .client_cache_control(cache_control())
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no directive"), "{e}");
     }
 }

@@ -6,9 +6,11 @@
 //! entry, and a hit clones it (a reference count) instead of decoding.
 
 use std::future::Future;
+use std::sync::OnceLock;
 
 use super::layer::Settings;
 use super::page::Page;
+use crate::engine::Answer;
 use crate::entry::Accept;
 use crate::fetch::{Call, Fast};
 use crate::key::{self, KeyBuilder};
@@ -56,11 +58,13 @@ pub(crate) fn first(settings: &Settings, key: &str) -> Fast<Page> {
 }
 
 /// The get-or-refresh core (single-flight, stale-while-revalidate, locks,
-/// fail-open) for what [`first`] did not answer.
+/// fail-open) for what [`first`] did not answer; `told` gets how the call
+/// was answered, as the stats count it.
 pub(crate) async fn fetch<E, F, Fut>(
     settings: &Settings,
     key: &str,
     first: Fast<Page>,
+    told: &OnceLock<Answer>,
     compute: F,
 ) -> Result<Page, E>
 where
@@ -73,7 +77,8 @@ where
         settings.fingerprint,
         None,
         Memo::cloning(),
-    );
+    )
+    .telling(told);
     // Called only when the computation runs (a miss or a refresh).
     let body = async move { compute().await };
     settings

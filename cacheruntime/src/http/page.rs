@@ -52,9 +52,6 @@ struct Stored {
     body: Bytes,
     /// Milliseconds since the epoch on the cache's clock.
     stored_ms: u64,
-    /// The request that computed it: a request seeing its own value back
-    /// was a miss.
-    computed_by: u64,
 }
 
 impl Serialize for Page {
@@ -117,7 +114,7 @@ fn per_transfer(name: &HeaderName) -> bool {
 impl Page {
     /// Stores a response: adds a strong `ETag` (the body's SHA-256) and a
     /// `Last-Modified` (now) unless the handler sent its own.
-    pub(crate) fn new(parts: &Parts, body: Bytes, now_ms: u64, computed_by: u64) -> Page {
+    pub(crate) fn new(parts: &Parts, body: Bytes, now_ms: u64) -> Page {
         let mut headers: Vec<(String, Bytes)> = parts
             .headers
             .iter()
@@ -138,7 +135,6 @@ impl Page {
             headers,
             body,
             stored_ms: now_ms,
-            computed_by,
         })
     }
 
@@ -170,11 +166,6 @@ impl Page {
     /// When the page was stored, in milliseconds on the cache's clock.
     pub(crate) fn stored_ms(&self) -> u64 {
         self.0.stored.stored_ms
-    }
-
-    /// The request that computed the page.
-    pub(crate) fn computed_by(&self) -> u64 {
-        self.0.stored.computed_by
     }
 
     fn status(&self) -> u16 {
@@ -376,7 +367,7 @@ mod tests {
             builder = builder.header(ETAG, tag);
         }
         let (parts, ()) = builder.body(()).unwrap().into_parts();
-        Page::new(&parts, Bytes::from_static(b"hello"), 1_700_000_000_000, 1)
+        Page::new(&parts, Bytes::from_static(b"hello"), 1_700_000_000_000)
     }
 
     #[test]

@@ -7,11 +7,8 @@
 //! A response that may not be stored travels back as the computation's
 //! `Err`, which the engine never caches.
 
-use std::collections::hash_map::RandomState;
 use std::future::Future;
-use std::hash::BuildHasher;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
@@ -25,6 +22,7 @@ use super::body::{read_up_to, CacheBody, Read};
 use super::layer::Settings;
 use super::lookup;
 use super::page::{self, Conditional, Page, Served};
+use crate::engine::Answer;
 use crate::fetch::Fast;
 
 /// The [`CacheLayer`](super::CacheLayer)'s service around `S`.
@@ -146,7 +144,7 @@ where
         let now = settings.cache.clock().now_ms();
         ResponseFuture::ready(Ok(page::respond(
             settings,
-            served(settings, &page, None, now),
+            Served::Hit,
             &Conditional::of(request.headers()),
             request.method() == Method::HEAD,
             now,
@@ -155,15 +153,14 @@ where
     }
 }
 
-/// How the page reached the request with id `id` (`None`: a request that
-/// did not compute).
-fn served(settings: &Settings, page: &Page, id: Option<u64>, now_ms: u64) -> Served {
-    if id == Some(page.computed_by()) {
-        Served::Miss
-    } else if now_ms >= page.stored_ms().saturating_add(settings.ttl_ms) {
-        Served::Stale
-    } else {
-        Served::Hit
+/// How the page reached the request, as the stats counted the call: a
+/// request that waited for another's computation is a miss, like the one
+/// that computed.
+fn served(answer: Option<&Answer>) -> Served {
+    match answer {
+        Some(Answer::Hit) => Served::Hit,
+        Some(Answer::Stale) => Served::Stale,
+        Some(Answer::Miss) | None => Served::Miss,
     }
 }
 
@@ -216,15 +213,6 @@ fn key_for<B>(settings: &Settings, request: &Request<B>) -> Option<String> {
     Some(lookup::stored(settings, key.finish()))
 }
 
-/// A number no other request of this process (nor, but by chance, of
-/// another process) carries.
-fn request_id() -> u64 {
-    static SEED: OnceLock<u64> = OnceLock::new();
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let seed = *SEED.get_or_init(|| RandomState::new().hash_one(std::process::id()));
-    seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
 async fn serve<S, ReqB, ResB>(
     settings: Arc<Settings>,
     inner: S,
@@ -246,16 +234,16 @@ where
         *request.method_mut() = Method::GET;
     }
     let conditional = Conditional::of(request.headers());
-    let id = request_id();
     let computing = settings.clone();
-    let answer = lookup::fetch(&settings, &key, first, move || {
-        compute(computing, inner, request, id)
+    let told = OnceLock::new();
+    let answer = lookup::fetch(&settings, &key, first, &told, move || {
+        compute(computing, inner, request)
     })
     .await;
     match answer {
         Ok(page) => {
             let now = settings.cache.clock().now_ms();
-            let served = served(&settings, &page, Some(id), now);
+            let served = served(told.get());
             Ok(page::respond(
                 &settings,
                 served,
@@ -276,7 +264,6 @@ async fn compute<S, ReqB, ResB>(
     settings: Arc<Settings>,
     inner: S,
     request: Request<ReqB>,
-    id: u64,
 ) -> Result<Page, Uncached<ResB, S::Error>>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
@@ -294,7 +281,7 @@ where
     match read_up_to(body, settings.max_body).await {
         Read::Whole(bytes) => {
             let now = settings.cache.clock().now_ms();
-            Ok(Page::new(&parts, bytes, now, id))
+            Ok(Page::new(&parts, bytes, now))
         }
         Read::Passed(body) => {
             tracing::debug!(limit = settings.max_body, "response body not cached");
