@@ -15,6 +15,8 @@ mod support;
 
 #[path = "cached/answers.rs"]
 mod answers;
+#[path = "cached/decided.rs"]
+mod decided;
 
 #[derive(Debug, PartialEq)]
 struct MyError(String);

@@ -16,12 +16,20 @@ pub const STALE: &str = "stale";
 pub const EARLY: &str = "early";
 pub const IDS: &str = "ids";
 pub const SKIP: &str = "skip";
-pub const ALL: &[&str] = &[KEY, TTL, VARY, SKIP, CACHE, VERSION, STALE, EARLY, IDS];
+pub const UNLESS: &str = "unless";
+pub const ALL: &[&str] = &[
+    KEY, TTL, VARY, SKIP, CACHE, VERSION, STALE, EARLY, IDS, UNLESS,
+];
 
-/// `ttl = 3600` or `ttl = "10m"`.
+/// `ttl = 3600` or `ttl = "10m"` (checked at compile time), any other
+/// expression of type `Duration` or integer seconds (evaluated when the
+/// value is computed), or, for `ttl` only, `|value| ..` (the TTL of that
+/// value).
 pub enum TtlArg {
     Seconds(LitInt),
     Text(LitStr),
+    Expr(Box<Expr>),
+    OfValue(Box<syn::ExprClosure>),
 }
 
 impl TtlArg {
@@ -29,6 +37,23 @@ impl TtlArg {
         match self {
             TtlArg::Seconds(l) => l.span(),
             TtlArg::Text(l) => l.span(),
+            TtlArg::Expr(e) => e.span(),
+            TtlArg::OfValue(c) => c.span(),
+        }
+    }
+
+    fn of(expr: Expr) -> TtlArg {
+        match expr {
+            Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Int(i),
+                ..
+            }) => TtlArg::Seconds(i),
+            Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
+                ..
+            }) => TtlArg::Text(s),
+            Expr::Closure(c) => TtlArg::OfValue(Box::new(c)),
+            other => TtlArg::Expr(Box::new(other)),
         }
     }
 }
@@ -42,6 +67,8 @@ pub struct Args {
     pub vary: Option<(Span, Vec<Ident>)>,
     /// `skip = [pool, self]`: arguments that do not change the result.
     pub skip: Option<(Span, Vec<Ident>)>,
+    /// `unless = |value| ..`: values not to store.
+    pub unless: Option<(Span, syn::ExprClosure)>,
     pub cache: Option<Expr>,
     pub version: Option<LitInt>,
     pub stale: Option<TtlArg>,
@@ -95,20 +122,10 @@ impl Parse for Args {
                             "`key` must be a string literal: `key = \"author:{author_id}:top_books\"`",
                         )),
                     },
-                    TTL => match input.parse::<Expr>()? {
-                        Expr::Lit(syn::ExprLit {
-                            lit: syn::Lit::Int(i),
-                            ..
-                        }) => set_once(&mut args.ttl, TtlArg::Seconds(i), &name, &mut args.errors),
-                        Expr::Lit(syn::ExprLit {
-                            lit: syn::Lit::Str(s),
-                            ..
-                        }) => set_once(&mut args.ttl, TtlArg::Text(s), &name, &mut args.errors),
-                        other => args.errors.push(syn::Error::new(
-                            other.span(),
-                            "`ttl` must be seconds or a duration string: `ttl = 3600` or `ttl = \"1h\"`",
-                        )),
-                    },
+                    TTL => {
+                        let arg = TtlArg::of(input.parse::<Expr>()?);
+                        set_once(&mut args.ttl, arg, &name, &mut args.errors);
+                    }
                     SKIP => {
                         let span = name.span();
                         let idents = if input.peek(syn::token::Bracket) {
@@ -155,18 +172,17 @@ impl Parse for Args {
                         let expr: Expr = input.parse()?;
                         set_once(&mut args.ids, (name.span(), expr), &name, &mut args.errors);
                     }
-                    STALE => match input.parse::<Expr>()? {
-                        Expr::Lit(syn::ExprLit {
-                            lit: syn::Lit::Int(i),
-                            ..
-                        }) => set_once(&mut args.stale, TtlArg::Seconds(i), &name, &mut args.errors),
-                        Expr::Lit(syn::ExprLit {
-                            lit: syn::Lit::Str(s),
-                            ..
-                        }) => set_once(&mut args.stale, TtlArg::Text(s), &name, &mut args.errors),
+                    STALE => {
+                        let arg = TtlArg::of(input.parse::<Expr>()?);
+                        set_once(&mut args.stale, arg, &name, &mut args.errors);
+                    }
+                    UNLESS => match input.parse::<Expr>()? {
+                        Expr::Closure(c) => {
+                            set_once(&mut args.unless, (name.span(), c), &name, &mut args.errors)
+                        }
                         other => args.errors.push(syn::Error::new(
                             other.span(),
-                            "`stale` must be seconds or a duration string: `stale = 600` or `stale = \"10m\"`",
+                            "`unless` takes a closure over the computed value: `unless = |feed| feed.items.is_empty()`",
                         )),
                     },
                     EARLY => match input.parse::<Expr>()? {
@@ -228,13 +244,14 @@ fn unknown(name: &Ident) -> String {
 fn example(name: &str) -> &'static str {
     match name {
         KEY => "`key = \"author:{author_id}:top_books\"`",
-        TTL => "`ttl = 3600` or `ttl = \"1h\"`",
+        TTL => "`ttl = 3600`, `ttl = \"1h\"`, `ttl = FEED_TTL` or `ttl = |token| token.expires_in`",
         VARY => "`vary = user_id` or `vary = [user_id, locale]`",
         SKIP => "`skip = pool` or `skip = [pool, self]`",
         CACHE => "`cache = MY_CACHE` (anything `&(...)` turns into `&Cache`)",
         STALE => "`stale = 600` or `stale = \"10m\"`",
         EARLY => "`early = 1.0`",
         IDS => "`ids = |ids| Book::by_ids(&pool, &ids)`",
+        UNLESS => "`unless = |feed| feed.items.is_empty()`",
         _ => "`version = 2`",
     }
 }

@@ -9,6 +9,7 @@ use syn::{Ident, ItemFn, ReturnType};
 
 use crate::args::Args;
 use crate::key::{self, DefaultPrefix};
+use crate::timing::{Decide, DecidedTtl};
 use crate::valid::{self, Hydrator, Keyed, Plan, Rejected, Shape};
 use crate::{fallback, helpers};
 
@@ -64,10 +65,16 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
         let d = duration(d);
         quote!(.ttl(#d))
     });
-    let stale = timing.stale.map(|d| {
-        let d = duration(d);
-        quote!(.stale(#d))
-    });
+    let stale = match (timing.stale, &timing.decide.stale) {
+        (Some(d), _) => {
+            let d = duration(d);
+            Some(quote!(.stale(#d)))
+        }
+        // Decided per computation; the static policy only says that stale
+        // entries are served while one caller refreshes.
+        (None, Some(_)) => Some(quote!(.stale(::core::time::Duration::ZERO))),
+        (None, None) => None,
+    };
     let early = timing.early.map(|beta| quote!(.early(#beta)));
     let version = timing.version;
     let policy =
@@ -86,11 +93,14 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
         ReturnType::Type(_, ty) => ty.to_token_stream(),
         ReturnType::Default => quote!(()),
     };
-    let entry = match (shape, refreshing) {
-        (Shape::Value(_), false) => "cached_value",
-        (Shape::Value(_), true) => "cached_value_refreshing",
-        (_, false) => "cached_result",
-        (_, true) => "cached_result_refreshing",
+    let deciding = timing.decide.any();
+    let entry = match (shape, refreshing, deciding) {
+        (_, false, true) => "cached_result_deciding",
+        (_, true, true) => "cached_result_deciding_refreshing",
+        (Shape::Value(_), false, false) => "cached_value",
+        (Shape::Value(_), true, false) => "cached_value_refreshing",
+        (_, false, false) => "cached_result",
+        (_, true, false) => "cached_result_refreshing",
     };
     // The "fake return edge" (tracing-attributes): pins the async block's
     // output to the declared return type, so `?` and `.into()` in the body
@@ -125,6 +135,11 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
             }
             #(#stmts)*
         }
+    };
+    let body = if deciding {
+        decided_body(&timing.decide, shape, &ret, stmts, block.span())
+    } else {
+        body
     };
     let body = if is_ids && refreshing {
         let clones = keyed.params.iter().map(|p| {
@@ -200,7 +215,17 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
         ))
     };
     // An `async fn`'s bounds are checked again where its future is awaited.
-    let awaited = quote_spanned!(at=> __cachemacro_slow.await);
+    let awaited = if deciding && matches!(shape, Shape::Value(_)) {
+        // A plain value went through the result entry point as `Ok`.
+        quote_spanned! {at=>
+            match __cachemacro_slow.await {
+                ::core::result::Result::Ok(__cachemacro_value) => __cachemacro_value,
+                ::core::result::Result::Err(__cachemacro_never) => match __cachemacro_never {},
+            }
+        }
+    } else {
+        quote_spanned!(at=> __cachemacro_slow.await)
+    };
     let memo = match value {
         Some(ty) => memo_of(ty.to_token_stream()),
         None => quote!(::cacheruntime::__private::Memo::decode_only()),
@@ -225,6 +250,101 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
             #awaited
         }
         #helpers
+    }
+}
+
+/// The body of a function that decides per computation how its value is
+/// stored: the statements run in an inner block that borrows the arguments
+/// (so the decision's expressions can read them too), then the decision is
+/// made over the value (an `Ok` value for `Result` functions; an `Err`
+/// stores nothing whatever is decided). Yields `(outcome, decision)`, a
+/// plain value as `Ok::<_, Infallible>`.
+fn decided_body(
+    decide: &Decide,
+    shape: &Shape,
+    ret: &TokenStream,
+    stmts: &[syn::Stmt],
+    span: Span,
+) -> TokenStream {
+    let private = quote!(::cacheruntime::__private);
+    let mut steps = Vec::new();
+    match &decide.ttl {
+        Some(DecidedTtl::Expr(expr)) => steps.push(quote_spanned! {expr.span()=>
+            __cachemacro_decision = __cachemacro_decision.ttl(#private::ttl_of(#expr));
+        }),
+        Some(DecidedTtl::OfValue(closure)) => {
+            let (pat, body) = (&closure.inputs[0], &closure.body);
+            steps.push(quote_spanned! {closure.body.span()=>
+                __cachemacro_decision = __cachemacro_decision.ttl(#private::ttl_of({
+                    let #pat = __cachemacro_value;
+                    #body
+                }));
+            });
+        }
+        None => {}
+    }
+    if let Some(expr) = &decide.stale {
+        steps.push(quote_spanned! {expr.span()=>
+            __cachemacro_decision = __cachemacro_decision.stale(#private::ttl_of(#expr));
+        });
+    }
+    if let Some(closure) = &decide.unless {
+        let (pat, body) = (&closure.inputs[0], &closure.body);
+        steps.push(quote_spanned! {closure.body.span()=>
+            let __cachemacro_unless: bool = {
+                let #pat = __cachemacro_value;
+                #body
+            };
+            if __cachemacro_unless {
+                __cachemacro_decision = __cachemacro_decision.skip();
+            }
+        });
+    }
+    let decide = quote! {
+        #[allow(unused_mut)]
+        let mut __cachemacro_decision = #private::Decision::new();
+        #(#steps)*
+        __cachemacro_decision
+    };
+    let (decision, outcome) = match shape {
+        Shape::Value(_) => (
+            quote! {{
+                let __cachemacro_value = &__cachemacro_out;
+                #decide
+            }},
+            quote!(::core::result::Result::Ok::<_, ::core::convert::Infallible>(__cachemacro_out)),
+        ),
+        _ => (
+            quote! {
+                match &__cachemacro_out {
+                    ::core::result::Result::Ok(__cachemacro_value) => { #decide }
+                    ::core::result::Result::Err(_) => #private::Decision::new(),
+                }
+            },
+            quote!(__cachemacro_out),
+        ),
+    };
+    quote_spanned! {span=>
+        async move {
+            let __cachemacro_out: #ret = async {
+                #[allow(
+                    unreachable_code,
+                    clippy::diverging_sub_expression,
+                    clippy::let_unit_value,
+                    clippy::unreachable,
+                    clippy::empty_loop,
+                    clippy::needless_return
+                )]
+                if false {
+                    let __cachemacro_fake_return: #ret = loop {};
+                    return __cachemacro_fake_return;
+                }
+                #(#stmts)*
+            }
+            .await;
+            let __cachemacro_decision = #decision;
+            (#outcome, __cachemacro_decision)
+        }
     }
 }
 

@@ -29,6 +29,7 @@ mod helpers;
 mod key;
 mod privacy;
 mod template;
+mod timing;
 mod valid;
 
 /// Implemented in the `cachemacro` crate and re-exported by `cacheruntime`,

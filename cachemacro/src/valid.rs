@@ -3,22 +3,22 @@
 //! reported at once, each at its span (serde's `Ctxt`, thiserror's
 //! `valid.rs`).
 
-use std::time::Duration;
-
 use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::visit::Visit;
 use syn::{
-    Expr, FnArg, GenericArgument, Ident, ItemFn, LitInt, LitStr, Pat, PathArguments, ReturnType,
-    Signature, Type,
+    Expr, FnArg, GenericArgument, Ident, ItemFn, LitStr, Pat, PathArguments, ReturnType, Signature,
+    Type,
 };
 
-use crate::args::{self, Args, TtlArg};
+use crate::args::{self, Args};
 pub use crate::arguments::Param;
 use crate::arguments::{read_arguments, Arguments};
 use crate::errors::Errors;
 use crate::privacy::{check_skip, check_vary};
 use crate::template::{self, Piece};
+use crate::timing;
+pub use crate::timing::Timing;
 
 pub enum KeyPlan {
     /// A `key = "..."` template, with its literal's span.
@@ -51,21 +51,6 @@ impl Keyed {
             params: arguments.params,
             has_receiver: arguments.receiver.is_some(),
         }
-    }
-}
-
-/// The function's static policy, checked.
-pub struct Timing {
-    pub ttl: Option<Duration>,
-    pub stale: Option<Duration>,
-    pub early: Option<f64>,
-    pub version: u32,
-}
-
-impl Timing {
-    /// `stale` / `early` refresh in a spawned task.
-    pub fn refreshes(&self) -> bool {
-        self.stale.is_some() || self.early.is_some()
     }
 }
 
@@ -121,6 +106,7 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, Box<Rejected>> {
         early,
         ids,
         skip,
+        unless,
         errors,
     } = args;
     let mut errs = Errors::from_parse(errors);
@@ -150,16 +136,19 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, Box<Rejected>> {
         (None, Some(_)) => Some(args::EARLY),
         (None, None) => None,
     };
-    let timing = Timing {
-        ttl: check_duration(args::TTL, ttl.as_ref(), &mut errs),
-        stale: check_duration(args::STALE, stale.as_ref(), &mut errs),
-        early: check_early(early, &mut errs),
-        version: check_version(version.as_ref(), &mut errs),
-    };
     if let Some(what) = refresher {
         check_owned_for_refresh(sig, what, &mut errs);
     }
     let shape = check_shape(sig, ids, &mut errs);
+    let timing = timing::check(
+        ttl,
+        stale,
+        early,
+        version.as_ref(),
+        unless,
+        matches!(shape, Some(Shape::Ids { .. })),
+        &mut errs,
+    );
     let mut params = arguments.params;
     if matches!(key, KeyPlan::Default) {
         // A default key has every argument but those skipped.
@@ -264,65 +253,6 @@ fn check_key(
     } else {
         KeyPlan::Default
     }
-}
-
-/// `ttl` / `stale`: a positive duration in the grammar the runtime's URLs
-/// use (`cacheduration`).
-fn check_duration(name: &str, arg: Option<&TtlArg>, errs: &mut Errors) -> Option<Duration> {
-    let arg = arg?;
-    match duration(name, arg) {
-        Ok(d) => Some(d),
-        Err(msg) => {
-            errs.at(arg.span(), msg);
-            None
-        }
-    }
-}
-
-/// The duration of `name = <arg>`, or what to write instead. `ttl = 300`
-/// reads as `ttl = "300"`.
-fn duration(name: &str, arg: &TtlArg) -> Result<Duration, String> {
-    let d = match arg {
-        TtlArg::Seconds(lit) => cacheduration::parse(lit.base10_digits()).ok_or_else(|| {
-            format!("`{name}` must be a whole number of seconds, e.g. `{name} = 3600`")
-        })?,
-        TtlArg::Text(lit) => cacheduration::parse(&lit.value()).ok_or_else(|| {
-            format!(
-                "`{}` is not a duration; write seconds (`{name} = 3600`) or a string like \"90s\", \"10m\", \"1h\", \"1h30m\", \"500ms\"",
-                lit.value()
-            )
-        })?,
-    };
-    if d.is_zero() {
-        return Err(format!(
-            "`{name}` must be greater than zero; to switch caching off use `Cache::disabled()`"
-        ));
-    }
-    Ok(d)
-}
-
-/// `early`: XFetch's beta, a positive number.
-fn check_early(early: Option<(Span, String)>, errs: &mut Errors) -> Option<f64> {
-    let (span, digits) = early?;
-    match digits.parse::<f64>() {
-        Ok(beta) if beta.is_finite() && beta > 0.0 => Some(beta),
-        _ => {
-            errs.at(
-                span,
-                "`early` must be a positive number (XFetch's beta): `early = 1.0`",
-            );
-            None
-        }
-    }
-}
-
-/// `version`: fits the envelope's u32.
-fn check_version(version: Option<&LitInt>, errs: &mut Errors) -> u32 {
-    let Some(lit) = version else { return 0 };
-    lit.base10_parse::<u32>().unwrap_or_else(|_| {
-        errs.at(lit.span(), "`version` must fit in a u32: `version = 2`");
-        0
-    })
 }
 
 /// A refresh (`what` is `stale` or `early`) runs the body in a spawned

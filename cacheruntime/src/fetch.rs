@@ -315,9 +315,10 @@ impl Engine {
         let started = Instant::now();
         let out = flight::computing(key, compute).await;
         let compute_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
+        let decided = out.decision().apply(policy);
         let sealed = out
             .cacheable()
-            .and_then(|value| self.seal_checked(key, policy, value, fp, compute_ms));
+            .and_then(|value| self.seal_checked(key, &decided, value, fp, compute_ms));
         match sealed {
             Some((bytes, ttl)) => {
                 // Waiters (and callers arriving until the store finishes)

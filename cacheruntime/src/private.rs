@@ -14,13 +14,14 @@ use std::future::Future;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use crate::decision::{ttl_of, Decision, IntoTtl};
 pub use crate::default::default_cache;
 use crate::entry::Accept;
 use crate::fetch::{Call, Fast};
 pub use crate::ids::{assert_id_shape, clone_for_refresh, store_ids, IdShape, IdSlot, Rows};
 pub use crate::key::KeyBuilder;
 pub use crate::memo::{Memo, Probe, ViaClone, ViaDecode};
-use crate::outcome::{Always, Outcome};
+use crate::outcome::{Always, Decided, Outcome};
 pub use crate::policy::Policy;
 use crate::refresh::{spawn_refresh, RefreshJob};
 pub use crate::site::Site;
@@ -305,6 +306,54 @@ where
     F: Future<Output = Result<T, E>> + Send + 'static,
 {
     run(cache, site, key, memo, first, body, Some(spawn_refresh)).await
+}
+
+/// A `#[cached]` function whose computation decides how (or whether) its
+/// value is stored: `ttl` or `stale` expressions, `ttl = |value| ..`,
+/// `unless = |value| ..`. The body yields the outcome and the decision; a
+/// function returning a plain value passes `Ok::<T, Infallible>`.
+#[inline]
+pub async fn cached_result_deciding<T, E, F>(
+    cache: &Cache,
+    site: &'static Site,
+    key: KeyBuilder,
+    memo: Memo<T>,
+    first: First<T>,
+    body: F,
+) -> Result<T, E>
+where
+    T: Cacheable,
+    F: Future<Output = (Result<T, E>, Decision)>,
+{
+    let body = async move {
+        let (out, decision) = body.await;
+        Decided(out, decision)
+    };
+    run(cache, site, key, memo, first, body, None).await.0
+}
+
+/// [`cached_result_deciding`] with background refresh (`stale` / `early`).
+#[inline]
+pub async fn cached_result_deciding_refreshing<T, E, F>(
+    cache: &Cache,
+    site: &'static Site,
+    key: KeyBuilder,
+    memo: Memo<T>,
+    first: First<T>,
+    body: F,
+) -> Result<T, E>
+where
+    T: Cacheable + Send + 'static,
+    E: Send + 'static,
+    F: Future<Output = (Result<T, E>, Decision)> + Send + 'static,
+{
+    let body = async move {
+        let (out, decision) = body.await;
+        Decided(out, decision)
+    };
+    run(cache, site, key, memo, first, body, Some(spawn_refresh))
+        .await
+        .0
 }
 
 #[cfg(test)]

@@ -97,6 +97,16 @@ impl RefreshJob {
         let started = Instant::now();
         let outcome = tokio::spawn(compute).await;
         let compute_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
+        if outcome.as_ref().is_ok_and(Outcome::declined) {
+            // A value it decided not to store (`unless`, a zero TTL): not a
+            // failure, and the stale value stays in service until the next
+            // reader past the lock's TTL tries again.
+            tracing::debug!(key = %key, "background refresh declined to store its value");
+            if let Some(held) = lock {
+                held.keep();
+            }
+            return;
+        }
         let value = match &outcome {
             Ok(out) => out.cacheable(),
             Err(_) => None,
@@ -118,7 +128,10 @@ impl RefreshJob {
             }
             return;
         };
-        if let Some((bytes, ttl)) = engine.seal_checked(key, policy, value, fp, compute_ms) {
+        let decided = outcome
+            .as_ref()
+            .map_or(*policy, |out| out.decision().apply(policy));
+        if let Some((bytes, ttl)) = engine.seal_checked(key, &decided, value, fp, compute_ms) {
             engine
                 .store(key, bytes, ttl, self.ticket.clone(), engine.op_timeout)
                 .await;

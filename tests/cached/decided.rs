@@ -1,0 +1,148 @@
+//! TTLs and storing decided per computation: `ttl` and `stale` as
+//! expressions (evaluated when the value is computed, arguments in scope),
+//! `ttl = |value| ..`, and `unless = |value| ..`.
+
+use super::*;
+
+fn clocked_cache() -> (Cache, Clock) {
+    let clock = Clock::manual();
+    let cache = Cache::builder()
+        .clock(clock.clone())
+        .memory(1 << 20)
+        .build()
+        .unwrap();
+    (cache, clock)
+}
+
+const FEED_TTL: Duration = Duration::from_secs(30);
+
+fn settings_ttl(kind: &str) -> u64 {
+    if kind == "slow" {
+        120
+    } else {
+        10
+    }
+}
+
+#[tokio::test]
+async fn ttl_expressions_are_evaluated_with_the_arguments_in_scope() {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    #[cached(key = "feed:{kind}", ttl = settings_ttl(&kind), cache = cache)]
+    async fn feed(cache: &Cache, kind: String) -> usize {
+        RUNS.fetch_add(1, Ordering::SeqCst)
+    }
+    #[cached(key = "const_feed", ttl = FEED_TTL, cache = cache)]
+    async fn const_feed(cache: &Cache) -> usize {
+        RUNS.fetch_add(1, Ordering::SeqCst)
+    }
+    let (cache, clock) = clocked_cache();
+    let slow = feed(&cache, "slow".into()).await;
+    let fast = feed(&cache, "fast".into()).await;
+    let constant = const_feed(&cache).await;
+    clock.advance(Duration::from_secs(29));
+    assert_eq!(
+        const_feed(&cache).await,
+        constant,
+        "FEED_TTL: fresh at 29 s"
+    );
+    assert_ne!(feed(&cache, "fast".into()).await, fast, "10 s for fast");
+    assert_eq!(feed(&cache, "slow".into()).await, slow, "120 s for slow");
+    clock.advance(Duration::from_secs(1));
+    assert_ne!(const_feed(&cache).await, constant, "FEED_TTL: gone at 30 s");
+    clock.advance(Duration::from_secs(90));
+    assert_ne!(feed(&cache, "slow".into()).await, slow, "gone at 120 s");
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct Token {
+    value: u32,
+    expires_in: u64,
+}
+
+#[tokio::test]
+async fn a_ttl_taken_from_the_value_and_zero_means_not_stored() {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    #[cached(key = "token:{scope}", ttl = |t| t.expires_in, cache = cache)]
+    async fn token(cache: &Cache, scope: u8) -> Result<Token, Error> {
+        let value = RUNS.fetch_add(1, Ordering::SeqCst) as u32;
+        // Scope 0 hands out tokens that expire at once: never stored.
+        let expires_in = if scope == 0 { 0 } else { 60 };
+        Ok(Token { value, expires_in })
+    }
+    let (cache, clock) = clocked_cache();
+    let first = token(&cache, 1).await.unwrap();
+    clock.advance(Duration::from_secs(59));
+    assert_eq!(token(&cache, 1).await.unwrap(), first, "fresh for its 60 s");
+    clock.advance(Duration::from_secs(1));
+    assert_ne!(token(&cache, 1).await.unwrap(), first, "gone at 60 s");
+    let a = token(&cache, 0).await.unwrap();
+    let b = token(&cache, 0).await.unwrap();
+    assert_ne!(a, b, "a zero TTL is not stored");
+    assert_eq!(cache.stats().hits, 1);
+}
+
+#[tokio::test]
+async fn unless_keeps_a_value_out_of_the_cache_and_errors_stay_out_too() {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    #[cached(key = "items:{page}", ttl = 60, unless = |items| items.is_empty(), cache = cache)]
+    async fn items(cache: &Cache, page: u32) -> Vec<u32> {
+        RUNS.fetch_add(1, Ordering::SeqCst);
+        if page == 0 {
+            Vec::new()
+        } else {
+            vec![page]
+        }
+    }
+    #[cached(key = "flaky:{n}", ttl = 60, unless = |v: &u32| *v == 0, cache = cache)]
+    async fn flaky(cache: &Cache, n: u32) -> Result<u32, String> {
+        RUNS.fetch_add(1, Ordering::SeqCst);
+        if n == 9 {
+            Err("upstream down".into())
+        } else {
+            Ok(n)
+        }
+    }
+    let (cache, _clock) = clocked_cache();
+    let before = RUNS.load(Ordering::SeqCst);
+    assert_eq!(items(&cache, 0).await, Vec::<u32>::new());
+    assert_eq!(items(&cache, 0).await, Vec::<u32>::new());
+    assert_eq!(RUNS.load(Ordering::SeqCst) - before, 2, "empty: not stored");
+    assert_eq!(items(&cache, 3).await, vec![3]);
+    assert_eq!(items(&cache, 3).await, vec![3]);
+    assert_eq!(RUNS.load(Ordering::SeqCst) - before, 3, "non-empty: stored");
+    assert_eq!(flaky(&cache, 0).await, Ok(0));
+    assert_eq!(flaky(&cache, 0).await, Ok(0));
+    assert_eq!(flaky(&cache, 9).await, Err("upstream down".into()));
+    assert_eq!(flaky(&cache, 9).await, Err("upstream down".into()));
+    assert_eq!(flaky(&cache, 5).await, Ok(5));
+    assert_eq!(flaky(&cache, 5).await, Ok(5));
+    assert_eq!(
+        RUNS.load(Ordering::SeqCst) - before,
+        8,
+        "only Ok(5) was stored"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_window_from_an_expression_serves_stale_while_refreshing() {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    fn window() -> Duration {
+        Duration::from_secs(100)
+    }
+    #[cached(key = "rates", ttl = 10, stale = window(), cache = cache)]
+    async fn rates(cache: Cache) -> usize {
+        RUNS.fetch_add(1, Ordering::SeqCst)
+    }
+    let (cache, clock) = clocked_cache();
+    let first = rates(cache.clone()).await;
+    clock.advance(Duration::from_secs(50));
+    assert_eq!(rates(cache.clone()).await, first, "stale at 50 s, served");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache.stats().refreshes == 0 || RUNS.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "the refresh never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The refresh stored its value with the same decided window.
+    assert_ne!(rates(cache.clone()).await, first, "the refreshed value");
+    assert_eq!(cache.stats().stale_hits, 1);
+}
