@@ -77,9 +77,15 @@ async fn fetch(client: &reqwest::Client, url: &str) -> (usize, Option<String>) {
 /// Runs `iters` requests to `url` over `HIT_CLIENTS` concurrent clients;
 /// wall time scaled to `iters`.
 async fn concurrently(client: &reqwest::Client, url: &str, iters: u64) -> Duration {
-    let per = iters / HIT_CLIENTS + 1;
+    with_clients(client, url, iters, HIT_CLIENTS).await
+}
+
+/// Runs `iters` requests to `url` over `clients` concurrent clients; wall
+/// time scaled to `iters`.
+async fn with_clients(client: &reqwest::Client, url: &str, iters: u64, clients: u64) -> Duration {
+    let per = iters / clients + 1;
     let started = Instant::now();
-    let tasks: Vec<_> = (0..HIT_CLIENTS)
+    let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let (client, url) = (client.clone(), url.to_owned());
             tokio::spawn(async move {
@@ -94,7 +100,70 @@ async fn concurrently(client: &reqwest::Client, url: &str, iters: u64) -> Durati
     }
     started
         .elapsed()
-        .mul_f64(iters.max(1) as f64 / (per * HIT_CLIENTS) as f64)
+        .mul_f64(iters.max(1) as f64 / (per * clients) as f64)
+}
+
+/// Medians of rounds that take turns between the contestants (the order
+/// rotating each round), so that a swing in the machine's load, which on
+/// two shared cores moves loopback figures by up to 2x within a run, falls
+/// on every contestant alike rather than on whichever criterion measured
+/// at the time.
+struct Interleaved {
+    clients: u64,
+    rounds: usize,
+    per_round: u64,
+    /// ns per request: bare, ours, axum-response-cache.
+    medians: [f64; 3],
+}
+
+async fn interleaved(
+    client: &reqwest::Client,
+    urls: [&str; 3],
+    clients: u64,
+    rounds: usize,
+    per_round: u64,
+) -> Interleaved {
+    let mut samples: [Vec<f64>; 3] = Default::default();
+    for round in 0..rounds {
+        for turn in 0..3 {
+            let i = (round + turn) % 3;
+            let took = with_clients(client, urls[i], per_round, clients).await;
+            samples[i].push(took.as_nanos() as f64 / per_round as f64);
+        }
+    }
+    let medians = samples.map(|mut v| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    });
+    Interleaved {
+        clients,
+        rounds,
+        per_round,
+        medians,
+    }
+}
+
+fn print_interleaved(runs: &[Interleaved]) {
+    println!("\ninterleaved rounds (median ns per request; throughput ratio = other / ours)");
+    println!(
+        "{:>7} {:>7} {:>9} {:>9} {:>9} {:>9}   {:>14} {:>22}",
+        "clients", "rounds", "requests", "bare", "ours", "peer", "ours vs bare", "ours vs axum-resp-cache"
+    );
+    for r in runs {
+        let [bare, ours, peer] = r.medians;
+        println!(
+            "{:>7} {:>7} {:>9} {:>9.0} {:>9.0} {:>9.0}   {:>13.3}x {:>22.3}x",
+            r.clients,
+            r.rounds,
+            r.per_round,
+            bare,
+            ours,
+            peer,
+            bare / ours,
+            peer / ours
+        );
+    }
+    println!("targets: ours vs bare >= 0.85x; ours vs axum-response-cache > 1x (faster)");
 }
 
 /// The same three routes called in process (`Router` as a tower service,
@@ -158,7 +227,11 @@ struct Contestants {
     peer: String,
 }
 
-fn hits(c: &mut Criterion, rt: &tokio::runtime::Runtime, client: &reqwest::Client) -> Cache {
+fn hits(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+) -> (Cache, Vec<Interleaved>) {
     let cache = Cache::builder().memory(64 << 20).build().unwrap();
     let urls = rt.block_on(async {
         let layer = CacheLayer::builder(cache.clone())
@@ -215,11 +288,19 @@ fn hits(c: &mut Criterion, rt: &tokio::runtime::Runtime, client: &reqwest::Clien
         }
         g.finish();
     }
+    let rounds = if std::env::args().any(|a| a == "--quick") { 5 } else { 21 };
+    let urls3 = [urls.bare.as_str(), urls.ours.as_str(), urls.peer.as_str()];
+    let fair = rt.block_on(async {
+        vec![
+            interleaved(client, urls3, 1, rounds, 400).await,
+            interleaved(client, urls3, HIT_CLIENTS, rounds, 4000).await,
+        ]
+    });
     // Both caches answered every measured request: each handler ran once,
     // for the first request.
     let runs = |i: usize| RUNS[i].load(Ordering::Relaxed);
     assert_eq!((runs(1), runs(2)), (1, 1), "ours, axum-response-cache");
-    cache
+    (cache, fair)
 }
 
 /// Requests answered and the layer's hit rate (if any) of one timed run of
@@ -390,7 +471,7 @@ fn main() {
         .build()
         .unwrap();
     let mut c = Criterion::default().configure_from_args();
-    let cache = hits(&mut c, &rt, &client);
+    let (cache, fair) = hits(&mut c, &rt, &client);
     let stats = cache.stats();
     assert_eq!(
         (stats.misses, stats.stale_hits),
@@ -401,5 +482,6 @@ fn main() {
     let slow = slow_handler(&rt, &client, SLOW_CLIENTS, run_for);
     c.final_summary();
     print_hit_ratios();
+    print_interleaved(&fair);
     print_slow(&slow, SLOW_CLIENTS, run_for);
 }
