@@ -147,7 +147,14 @@ fn print_interleaved(runs: &[Interleaved]) {
     println!("\ninterleaved rounds (median ns per request; throughput ratio = other / ours)");
     println!(
         "{:>7} {:>7} {:>9} {:>9} {:>9} {:>9}   {:>14} {:>22}",
-        "clients", "rounds", "requests", "bare", "ours", "peer", "ours vs bare", "ours vs axum-resp-cache"
+        "clients",
+        "rounds",
+        "requests",
+        "bare",
+        "ours",
+        "peer",
+        "ours vs bare",
+        "ours vs axum-resp-cache"
     );
     for r in runs {
         let [bare, ours, peer] = r.medians;
@@ -288,7 +295,11 @@ fn hits(
         }
         g.finish();
     }
-    let rounds = if std::env::args().any(|a| a == "--quick") { 5 } else { 21 };
+    let rounds = if std::env::args().any(|a| a == "--quick") {
+        5
+    } else {
+        21
+    };
     let urls3 = [urls.bare.as_str(), urls.ours.as_str(), urls.peer.as_str()];
     let fair = rt.block_on(async {
         vec![

@@ -23,7 +23,7 @@
 //! ```sh
 //! cargo run --example third_party
 //! cargo run --example third_party -- --latency-ms 300 --seconds 5 --clients 32
-//! CACHE_URL=redis://127.0.0.1:6379/0 cargo run --features redis --example third_party
+//! CACHE_URL_FEEDS=redis://127.0.0.1:6379/0 cargo run --features redis --example third_party
 //! ```
 
 use std::collections::BTreeMap;
@@ -37,7 +37,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use cacheruntime::{cached, Cache};
+use cacheruntime::{cached, Caches};
 use serde::{Deserialize, Serialize};
 
 /// The `ttl` and `stale` of the two cached functions below (the attribute
@@ -109,7 +109,7 @@ fn record_fetch(started: Instant) {
 }
 
 /// The feed's XML, kept as the string the upstream sent.
-#[cached(key = "feed:{url}", ttl = 2, stale = 30)]
+#[cached(key = "feed:{url}", ttl = 2, stale = 30, cache = "feeds")]
 async fn fetch_feed(url: String) -> Result<String, FetchError> {
     let started = Instant::now();
     let response = HTTP.get(&url).send().await?.error_for_status()?;
@@ -122,7 +122,7 @@ async fn fetch_feed(url: String) -> Result<String, FetchError> {
 }
 
 /// The oEmbed description of a page URL, from the provider's endpoint.
-#[cached(key = "oembed:{url}", ttl = 2, stale = 30)]
+#[cached(key = "oembed:{url}", ttl = 2, stale = 30, cache = "feeds")]
 async fn fetch_oembed(url: String) -> Result<Oembed, FetchError> {
     let endpoint = OEMBED_ENDPOINT.get().expect("the upstream is started");
     let request =
@@ -391,11 +391,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    // CACHE_URL picks the store: memory when unset, redis://.. with the
-    // `redis` feature, none:// to watch the upstream take every call (and the
+    // The third-party data lives in the named cache `feeds`, apart from the
+    // app's default cache (in production: its own bounded store, not the
+    // job queue's Redis). CACHE_URL_FEEDS picks its store; without it the
+    // feeds share CACHE_URL's (memory when unset). redis://.. needs the
+    // `redis` feature; none:// shows the upstream taking every call (and the
     // checks fail, as they should).
-    let cache = Cache::from_env().await?;
-    cacheruntime::set_default(cache.clone());
+    let env = Caches::from_env().await?;
+    let cache = match env.get("feeds") {
+        Ok(feeds) => feeds.clone(),
+        Err(_) => env.default_cache().clone(),
+    };
+    Caches::builder()
+        .default(env.default_cache().clone())
+        .add("feeds", cache.clone())
+        .build()?
+        .install();
 
     let upstream = Arc::new(Upstream {
         latency: opts.latency,

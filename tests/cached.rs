@@ -1019,6 +1019,16 @@ mod defaults {
     pub async fn area(w: u32, h: u32) -> u64 {
         u64::from(w) * u64::from(h)
     }
+
+    static FEED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+    #[cached(key = "feed:{url}", ttl = 60, cache = "feeds")]
+    pub async fn feed(url: &str) -> String {
+        format!(
+            "feed {url} #{}",
+            FEED_RUNS.fetch_add(1, Ordering::SeqCst) + 1
+        )
+    }
 }
 
 static SHARED: LazyLock<Arc<Cache>> = LazyLock::new(|| Arc::new(fresh()));
@@ -1159,6 +1169,66 @@ async fn default_cache_and_default_key_work_until_set_default_replaces_them() {
     assert_eq!((mine.stats().hits, mine.stats().misses), (1, 1));
     area_invalidate(7, 7).await.unwrap();
     assert_eq!(mine.get::<u64>(&area_cache_key(7, 7)).await.unwrap(), None);
+
+    // Named caches, in the same test (installing them sets the default).
+    // Before any install, a named function computes without a cache and
+    // counts the error in the default cache.
+    let errors = mine.stats().errors;
+    assert_eq!(defaults::feed("a").await, "feed a #1");
+    assert_eq!(defaults::feed("a").await, "feed a #2", "no cache: computed");
+    assert_eq!(
+        mine.stats().errors,
+        errors + 1,
+        "counted once, not per call"
+    );
+    let feeds = Cache::memory();
+    let main_cache = Cache::memory();
+    cacheruntime::Caches::builder()
+        .default(main_cache.clone())
+        .add("feeds", feeds.clone())
+        .build()
+        .unwrap()
+        .install();
+    assert_eq!(defaults::feed("a").await, "feed a #3");
+    assert_eq!(defaults::feed("a").await, "feed a #3", "a hit in `feeds`");
+    assert_eq!((feeds.stats().hits, feeds.stats().misses), (1, 1));
+    assert_eq!(
+        main_cache.stats().calls(),
+        0,
+        "nothing in the default cache"
+    );
+    defaults::feed_invalidate("a").await.unwrap();
+    assert_eq!(
+        defaults::feed("a").await,
+        "feed a #4",
+        "invalidated in `feeds`"
+    );
+    assert_eq!(area(8, 8).await, 64);
+    assert_eq!(
+        main_cache.stats().misses,
+        1,
+        "the default is the installed one"
+    );
+    // Installed again without `feeds`: an error listing what there is.
+    cacheruntime::Caches::builder()
+        .default(main_cache.clone())
+        .add("oembed", Cache::memory())
+        .build()
+        .unwrap()
+        .install();
+    let errors = main_cache.stats().errors;
+    assert_eq!(defaults::feed("a").await, "feed a #5");
+    assert_eq!(defaults::feed("a").await, "feed a #6");
+    assert_eq!(main_cache.stats().errors, errors + 1);
+    let e = cacheruntime::Caches::installed()
+        .unwrap()
+        .get("feeds")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("default, oembed") && e.contains("CACHE_URL_FEEDS"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,9 +127,18 @@ fn placeholder_expr(root: &str, path: &[String], span: Span) -> TokenStream {
     expr
 }
 
-/// The `&Cache` the function and its invalidation use.
+/// The `&Cache` the function and its invalidation use: `cache = "feeds"`
+/// names one of the installed `Caches`, resolved once per install.
 pub fn cache_ref(keyed: &Keyed) -> TokenStream {
     match &keyed.cache {
+        Some(syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(name),
+            ..
+        })) => quote_spanned! {name.span()=> {
+            static __CACHEMACRO_NAMED: ::cacheruntime::__private::NamedCache =
+                ::cacheruntime::__private::NamedCache::new(#name);
+            __CACHEMACRO_NAMED.get()
+        }},
         Some(expr) => quote_spanned!(expr.span()=> &(#expr)),
         None => quote!(::cacheruntime::__private::default_cache()),
     }

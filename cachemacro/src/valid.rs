@@ -139,6 +139,7 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, Box<Rejected>> {
     if let Some(what) = refresher {
         check_owned_for_refresh(sig, what, &mut errs);
     }
+    check_cache_name(cache.as_ref(), &mut errs);
     let shape = check_shape(sig, ids, &mut errs);
     let timing = timing::check(
         ttl,
@@ -434,5 +435,30 @@ mod tests {
         assert!(duration(args::TTL, &zero)
             .unwrap_err()
             .contains("greater than zero"));
+    }
+}
+
+/// `cache = "feeds"`: a name `CACHE_URL_FEEDS` can spell.
+fn check_cache_name(cache: Option<&Expr>, errs: &mut Errors) {
+    let Some(Expr::Lit(syn::ExprLit {
+        lit: syn::Lit::Str(name),
+        ..
+    })) = cache
+    else {
+        return;
+    };
+    let value = name.value();
+    let valid = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !valid {
+        errs.at(
+            name.span(),
+            format!(
+                "`cache = {value:?}`: a cache name is lower-case letters, digits and `_`, as \
+                 `CACHE_URL_<NAME>` spells it in upper case (`cache = \"feeds\"` for CACHE_URL_FEEDS)"
+            ),
+        );
     }
 }

@@ -148,6 +148,12 @@ impl Sealer {
         Ok(Some((value, due)))
     }
 
+    /// Whether entries are signed.
+    #[cfg(test)]
+    pub(crate) fn signs(&self) -> bool {
+        self.signer.is_some()
+    }
+
     /// `Ok(None)` when the entry is past its deadline.
     #[inline]
     pub(crate) fn open_checked<V: DeserializeOwned>(

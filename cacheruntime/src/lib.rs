@@ -38,6 +38,7 @@ mod ids;
 pub mod key;
 mod lock;
 mod memo;
+mod named;
 mod outcome;
 mod params;
 mod policy;
@@ -61,6 +62,7 @@ pub use cachemacro::cached;
 pub use clock::Clock;
 pub use default::set_default;
 pub use error::Error;
+pub use named::{Caches, CachesBuilder};
 pub use policy::Policy;
 pub use stats::{FunctionStats, Stats};
 

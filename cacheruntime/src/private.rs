@@ -21,6 +21,7 @@ use crate::fetch::{Call, Fast};
 pub use crate::ids::{assert_id_shape, clone_for_refresh, store_ids, IdShape, IdSlot, Rows};
 pub use crate::key::KeyBuilder;
 pub use crate::memo::{Memo, Probe, ViaClone, ViaDecode};
+pub use crate::named::NamedCache;
 use crate::outcome::{Always, Decided, Outcome};
 pub use crate::policy::Policy;
 use crate::refresh::{spawn_refresh, RefreshJob};
