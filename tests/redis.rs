@@ -5,7 +5,7 @@
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -840,6 +840,67 @@ impl std::io::Write for Logs {
     }
 }
 
+/// What the cache logs in this test binary, collected from the first call
+/// on (one subscriber per process: every test that checks a warning reads
+/// this one).
+fn logs() -> &'static Logs {
+    static LOGS: LazyLock<Logs> = LazyLock::new(|| {
+        let logs = Logs::default();
+        let sink = logs.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .try_init();
+        logs
+    });
+    &LOGS
+}
+
+impl Logs {
+    /// Whether a line mentions `port` and `text`.
+    fn has(&self, port: u16, text: &str) -> bool {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .any(|l| l.contains(text) && l.contains(&format!(":{port}")))
+    }
+}
+
+/// Managed Redis services block `CONFIG` (ElastiCache, Heroku, Upstash):
+/// the check that the server can evict reads `INFO memory` there, and says
+/// so when it cannot check at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_eviction_check_reads_info_where_config_is_blocked_and_says_when_it_cannot_check() {
+    let logs = logs();
+    let blocked = |lines: &[&str]| {
+        RedisServer::start_with(RedisOptions {
+            config: lines.iter().map(|l| (*l).to_owned()).collect(),
+            ..RedisOptions::default()
+        })
+    };
+    let no_eviction = blocked(&["rename-command CONFIG \"\""]);
+    let evicting = blocked(&[
+        "rename-command CONFIG \"\"",
+        "maxmemory 64mb",
+        "maxmemory-policy allkeys-lru",
+    ]);
+    let opaque = blocked(&["rename-command CONFIG \"\"", "rename-command INFO \"\""]);
+    for server in [&no_eviction, &evicting, &opaque] {
+        let cache = cache_on(&server.url());
+        assert_eq!(top_books(&cache, 4).await, Ok(vec![4, 8]));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(logs.has(no_eviction.port, "cannot evict")
+        && logs.has(opaque.port, "could not check whether Redis can evict"))
+    {
+        assert!(Instant::now() < deadline, "missing warnings");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!logs.has(evicting.port, "cannot evict"));
+    assert!(!logs.has(evicting.port, "could not check"));
+    assert!(!logs.has(no_eviction.port, "could not check"));
+}
+
 /// A Redis that can come back from a crash with an older state than it
 /// acknowledged (RDB snapshots, AOF not synced per write) rolls
 /// invalidations back with the entries they hid: the guarantee needs a
@@ -847,12 +908,7 @@ impl std::io::Write for Logs {
 /// always`, and the cache says so when it connects to one that persists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_can_roll_back_invalidations_is_named_in_a_warning() {
-    let logs = Logs::default();
-    let sink = logs.clone();
-    let _ = tracing_subscriber::fmt()
-        .with_writer(move || sink.clone())
-        .with_ansi(false)
-        .try_init();
+    let logs = logs();
     let persisting = RedisServer::start_with(RedisOptions {
         config: vec!["save 3600 1".into()],
         ..RedisOptions::default()

@@ -50,8 +50,9 @@
 //! `ConnectionManager`, which reconnects in the background; cluster
 //! connections are created on first use and retried on the next call after a
 //! failure. After the first successful connection the backend reads
-//! `maxmemory` and `maxmemory-policy` (where `CONFIG GET` is allowed) and
-//! warns when the store cannot evict.
+//! `maxmemory` and `maxmemory-policy` (with `CONFIG GET`, or from `INFO
+//! memory` where managed services block `CONFIG`) and warns when the store
+//! cannot evict, or when it could read neither.
 //!
 //! # Files
 //! `config.rs` ([`RedisConfig`] and its URL forms), `connection.rs` (the

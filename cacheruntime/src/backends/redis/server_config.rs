@@ -26,35 +26,26 @@ impl RedisBackend {
                     break;
                 }
             }
-            let policy: Result<Vec<String>, _> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg("maxmemory-policy")
-                .query_async(&mut conn)
-                .await;
-            let maxmemory: Result<Vec<String>, _> = redis::cmd("CONFIG")
-                .arg("GET")
-                .arg("maxmemory")
-                .query_async(&mut conn)
-                .await;
-            match (policy, maxmemory) {
-                (Ok(policy), Ok(maxmemory)) => {
-                    let policy = policy.get(1).cloned().unwrap_or_default();
-                    let maxmemory = maxmemory.get(1).cloned().unwrap_or_default();
-                    if policy == "noeviction" || maxmemory == "0" {
-                        tracing::warn!(
-                            url = %label,
-                            maxmemory_policy = %policy,
-                            maxmemory = %maxmemory,
-                            "Redis cannot evict (maxmemory-policy noeviction or maxmemory 0): \
-                             cache entries only leave by TTL and can fill the server, starving \
-                             anything else it stores (such as a job queue); give the cache its \
-                             own instance or set maxmemory with an allkeys-lru or volatile-lru policy"
-                        );
-                    }
+            // `CONFIG GET`, or `INFO memory` where managed services block
+            // `CONFIG` (ElastiCache, Heroku, Upstash), or neither.
+            match eviction_settings(&mut conn).await {
+                Some((policy, maxmemory)) if policy == "noeviction" || maxmemory == "0" => {
+                    tracing::warn!(
+                        url = %label,
+                        maxmemory_policy = %policy,
+                        maxmemory = %maxmemory,
+                        "Redis cannot evict (maxmemory-policy noeviction or maxmemory 0): \
+                         cache entries only leave by TTL and can fill the server, starving \
+                         anything else it stores (such as a job queue); give the cache its \
+                         own instance or set maxmemory with an allkeys-lru or volatile-lru policy"
+                    );
                 }
-                _ => tracing::debug!(
+                Some(_) => {}
+                None => tracing::warn!(
                     url = %label,
-                    "CONFIG GET not allowed; cannot check the Redis eviction policy"
+                    "could not check whether Redis can evict: both CONFIG GET and INFO memory \
+                     were refused; make sure it has maxmemory set with an allkeys-lru or \
+                     volatile-lru policy, or cache entries can fill it"
                 ),
             }
             let setting = |name: &'static str| {
@@ -92,6 +83,42 @@ impl RedisBackend {
     }
 }
 
+/// `maxmemory-policy` and `maxmemory`, from `CONFIG GET`, else from `INFO
+/// memory`; `None` when the server refuses both.
+async fn eviction_settings(conn: &mut AnyConn) -> Option<(String, String)> {
+    let policy: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(conn)
+        .await;
+    let maxmemory: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory")
+        .query_async(conn)
+        .await;
+    if let (Ok(policy), Ok(maxmemory)) = (policy, maxmemory) {
+        if let (Some(policy), Some(maxmemory)) = (policy.get(1), maxmemory.get(1)) {
+            return Some((policy.clone(), maxmemory.clone()));
+        }
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .ok()?;
+    info_memory(&info)
+}
+
+/// `maxmemory_policy` and `maxmemory` from the text of `INFO memory`.
+fn info_memory(info: &str) -> Option<(String, String)> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+            .map(str::to_owned)
+    };
+    Some((field("maxmemory_policy")?, field("maxmemory")?))
+}
+
 /// Whether a Redis with these settings can come back from a crash with an
 /// older state than it acknowledged: RDB snapshots without an AOF (when
 /// both are on, Redis loads the AOF), or an AOF not synced on every write.
@@ -106,6 +133,16 @@ fn loses_acknowledged_writes(save: &str, appendonly: &str, appendfsync: &str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn info_memory_gives_the_policy_and_the_limit() {
+        let info = "# Memory\r\nused_memory:1024\r\nmaxmemory:268435456\r\nmaxmemory_human:256.00M\r\nmaxmemory_policy:allkeys-lru\r\n";
+        assert_eq!(
+            info_memory(info),
+            Some(("allkeys-lru".to_owned(), "268435456".to_owned()))
+        );
+        assert_eq!(info_memory("# Memory\r\nused_memory:1\r\n"), None);
+    }
 
     #[test]
     fn persistence_that_can_roll_invalidations_back_is_recognised() {
