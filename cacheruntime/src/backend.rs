@@ -323,6 +323,36 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         })
     }
 
+    /// Atomically replaces the entry under `key` with `value` (for `ttl`)
+    /// only if [`get`](Backend::get) would still answer `expected` for it:
+    /// the bytes a read returned, or `None` when the read found no live
+    /// entry (an absent, expired, invalidated or deleted one alike). With
+    /// a `ticket` (the one that read returned), it also swaps nothing if
+    /// an invalidation or a delete reached the key since that read, as
+    /// [`set`](Backend::set) would hide such a write. Returns whether it
+    /// swapped.
+    ///
+    /// What `Cache::add`, `touch`, `incr` and `decr` are built on: the cache
+    /// reads, decides from the entry's envelope what to write, and swaps,
+    /// reading again when another writer came first. The default says the
+    /// backend has no such operation, which those methods return.
+    fn compare_and_set<'a>(
+        &'a self,
+        _key: &'a str,
+        _expected: Option<&'a [u8]>,
+        _value: Bytes,
+        _ttl: Duration,
+        _ticket: Option<&'a Ticket>,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        let backend = self.name();
+        Box::pin(async move {
+            Err(Error::Unsupported {
+                backend,
+                operation: "compare_and_set (needed by add, touch, incr and decr)",
+            })
+        })
+    }
+
     /// Atomically removes `key` only if it holds exactly `value`; returns
     /// whether it did. Releases a lock taken with
     /// [`set_if_absent`](Backend::set_if_absent) without touching a lock
@@ -389,5 +419,15 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
         value: &'a [u8],
     ) -> BoxFuture<'a, Result<bool, Error>> {
         (**self).delete_if_equals(key, value)
+    }
+    fn compare_and_set<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<&'a [u8]>,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&'a Ticket>,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        (**self).compare_and_set(key, expected, value, ttl, ticket)
     }
 }

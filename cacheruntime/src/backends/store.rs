@@ -69,6 +69,16 @@ pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
         key: &str,
         value: &[u8],
     ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// As [`Backend::compare_and_set`].
+    fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
 }
 
 impl<S: Store> Backend for S {
@@ -125,5 +135,18 @@ impl<S: Store> Backend for S {
         value: &'a [u8],
     ) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(Store::delete_if_equals(self, key, value))
+    }
+
+    fn compare_and_set<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<&'a [u8]>,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&'a Ticket>,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(Store::compare_and_set(
+            self, key, expected, value, ttl, ticket,
+        ))
     }
 }

@@ -103,6 +103,7 @@ mod reads;
 mod ring;
 mod servers;
 mod setup;
+mod swap;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -342,5 +343,16 @@ impl Store for MemcachedBackend {
         value: &[u8],
     ) -> impl Future<Output = Result<bool, Error>> + Send {
         self.run_unlock(key, value)
+    }
+
+    fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.run_swap(key, expected, value, ttl, ticket)
     }
 }

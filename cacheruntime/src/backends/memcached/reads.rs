@@ -27,6 +27,8 @@ fn vanished() -> Error {
 pub(super) struct Read {
     /// The entry, if asked for and there.
     pub(super) stored: Option<Vec<u8>>,
+    /// The entry's CAS token, when it was there.
+    pub(super) stored_cas: Option<u64>,
     /// Each counter's copies, in the order of their servers.
     seen: Vec<Vec<Seen>>,
     /// The CAS token of each copy read with a value.
@@ -88,7 +90,7 @@ impl MemcachedBackend {
             let ops = group
                 .iter()
                 .map(|slot| match slot {
-                    None => Op::from(Get::new(&layout.entry)),
+                    None => Op::from(Get::new(&layout.entry).meta(Meta::NONE.cas())),
                     Some((c, _)) => {
                         Op::from(Get::new(&layout.counters[*c].key).meta(Meta::NONE.cas()))
                     }
@@ -99,6 +101,7 @@ impl MemcachedBackend {
         }
         let mut read = Read {
             stored: None,
+            stored_cas: None,
             seen: layout
                 .counters
                 .iter()
@@ -120,7 +123,10 @@ impl MemcachedBackend {
                             _ => (None, None),
                         };
                         match slot {
-                            None => read.stored = value,
+                            None => {
+                                read.stored = value;
+                                read.stored_cas = cas;
+                            }
                             Some((c, k)) => {
                                 read.seen[c][k] = Seen::of(value.as_deref());
                                 read.cas[c][k] = cas;

@@ -415,6 +415,17 @@ impl Store for SqlBackend {
     ) -> impl Future<Output = Result<bool, Error>> + Send {
         self.op(self.shared.unlock(key, value))
     }
+
+    fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.op(self.shared.swap(key, expected, value, ttl, ticket))
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ pub(super) struct Statements {
     pub(super) get: String,
     pub(super) put_ticketed: String,
     pub(super) put_current: String,
+    pub(super) swap_absent: String,
+    pub(super) swap_present: String,
     pub(super) delete: String,
     pub(super) bump: String,
     pub(super) seed_epoch: String,
@@ -118,6 +120,44 @@ impl Statements {
                 p(2),
                 now(4),
                 p(3),
+            ),
+            // Compare-and-set, under a ticket as `put_ticketed` (refused
+            // when a record naming the key is newer than the read), when
+            // the read found no live row: inserts, or replaces a row a read
+            // would not serve (expired, under the floor, or older than a
+            // record naming it); a live row stays.
+            swap_absent: format!(
+                "INSERT INTO {t} AS c (key, value, expires_at, epoch) \
+                 SELECT {k}, {v}, {now} + {ttl}, {e} WHERE {e} >= {floor} \
+                 AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
+                 AND i.epoch > {e}) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                 expires_at = excluded.expires_at, epoch = excluded.epoch \
+                 WHERE c.expires_at <= {now} OR c.epoch < {floor} \
+                 OR EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
+                 AND i.epoch > c.epoch)",
+                k = p(1),
+                v = p(2),
+                ttl = p(3),
+                e = p(4),
+                records = records_of(5),
+                now = now(6),
+            ),
+            // ... and when it found bytes ($7): replaces the row only while
+            // it is live and holds them.
+            swap_present: format!(
+                "UPDATE {t} AS c SET value = {v}, expires_at = {now} + {ttl}, epoch = {e} \
+                 WHERE c.key = {k} AND c.value = {x} AND c.expires_at > {now} \
+                 AND c.epoch >= {floor} AND {e} >= {floor} \
+                 AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
+                 AND (i.epoch > c.epoch OR i.epoch > {e}))",
+                k = p(1),
+                v = p(2),
+                ttl = p(3),
+                e = p(4),
+                records = records_of(5),
+                now = now(6),
+                x = p(7),
             ),
             delete: format!("DELETE FROM {t} WHERE key = {}", p(1)),
             // Never below the clock: an epoch row created again later starts

@@ -1,0 +1,88 @@
+//! Compare-and-set of an entry: the entry (with its CAS token) and its
+//! counters read as a `get` reads them, the comparison made here, then the
+//! write conditioned on the entry being unchanged since (Memcached's CAS,
+//! or `add` when there was none), so two callers swapping from the same
+//! state cannot both succeed.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use memcache::exp::{Get, Op, OpResult, Set};
+
+use super::counters::{current_entry, stamp, Layout};
+use super::MemcachedBackend;
+use crate::backend::Ticket;
+use crate::backends::generations::wrap_entry;
+use crate::Error;
+
+impl MemcachedBackend {
+    pub(super) async fn run_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+    ) -> Result<bool, Error> {
+        let pool = self.pool().await?;
+        let layout = Layout::of(pool.ring(), key);
+        let mut read = self.read(pool, &layout, true).await?;
+        let (values, servable) = self.values(pool, &layout, &mut read).await?;
+        let now = stamp(&values);
+        // A counter moved since the caller's read: an invalidation or a
+        // delete reached the key, so what it read is not what a read
+        // answers now.
+        if ticket
+            .and_then(Ticket::as_tag)
+            .is_some_and(|seen| seen != now)
+        {
+            return Ok(false);
+        }
+        let live = match &read.stored {
+            Some(stored) if servable => current_entry(stored.clone(), &values),
+            _ => None,
+        };
+        let same = match (live.as_deref(), expected) {
+            (None, None) => true,
+            (Some(live), Some(expected)) => live == expected,
+            _ => false,
+        };
+        if !same {
+            return Ok(false);
+        }
+        let stored = wrap_entry(&now, &value);
+        if stored.len() > self.config.max_item_bytes {
+            return Err(Error::TooLarge {
+                size: stored.len(),
+                limit: self.config.max_item_bytes,
+            });
+        }
+        let ttl = self.ttl(ttl);
+        let set = Set::new(&layout.entry, stored).ttl(ttl);
+        // Unchanged since the read: the same item (CAS), or still none.
+        let set = match (&read.stored, read.stored_cas) {
+            (Some(_), Some(cas)) => set.compare_cas(cas),
+            (Some(_), None) => return Ok(false),
+            (None, _) => set.add(),
+        };
+        // As `run_set`: the key's own counter lives as long as its entry.
+        let own_life = ttl.max(self.life(true));
+        let own = layout.own();
+        let touch = || Op::from(Get::new(&own.key).touch(own_life).without_value());
+        let mut batches: Vec<(usize, Vec<Op>)> = own
+            .servers
+            .iter()
+            .map(|&server| (server, vec![touch()]))
+            .collect();
+        batches[0].1.insert(0, Op::from(set));
+        let mut outcomes = pool.fan_out(batches).await.into_iter();
+        match outcomes.next() {
+            Some(Ok(results)) => Ok(matches!(
+                results.first(),
+                Some(OpResult::Mutation(m)) if m.applied()
+            )),
+            Some(Err(e)) => Err(e),
+            None => Ok(false),
+        }
+    }
+}
