@@ -22,6 +22,8 @@ mod support;
 
 #[path = "conformance/history.rs"]
 mod history;
+#[path = "conformance/lowlevel.rs"]
+mod lowlevel;
 #[path = "conformance/scenarios.rs"]
 mod scenarios;
 #[path = "conformance/stores.rs"]
@@ -113,6 +115,10 @@ conformance! {
         refresh_after_delete,
         refresh_after_invalidate,
         delete_then_set_outlasts_an_older_computation,
+        contains_and_ttl,
+        touch_extends_and_never_resurrects,
+        add_only_if_absent,
+        add_race_across_handles,
     ],
     alone: [history],
 }

@@ -35,6 +35,9 @@ pub(crate) enum Accept {
     /// `Cache::get`: entries from `Cache::set`, or typed entries of `T`
     /// at version 0.
     Direct(u64),
+    /// Any type: the untyped direct ops (`contains`, `ttl`, `touch`,
+    /// `add`), which look at the envelope, never at the value.
+    Any,
 }
 
 impl Accept {
@@ -43,6 +46,7 @@ impl Accept {
         match self {
             Accept::Exactly(want) => fp == want,
             Accept::Direct(typed) => fp == UNTYPED || fp == typed,
+            Accept::Any => true,
         }
     }
 }
@@ -249,6 +253,55 @@ impl Sealer {
             ));
         }
         Ok((header, payload))
+    }
+
+    /// The header and payload (signature tag stripped) of an entry read
+    /// from the store under `key` that a direct read would serve if `fp`
+    /// admits it: signed as this cache requires, of its codec, and before
+    /// its TTL. `None` for anything else: absent to every direct op.
+    pub(crate) fn live<'b>(
+        &self,
+        bytes: &'b [u8],
+        key: &str,
+        fp: Accept,
+    ) -> Option<(Header, &'b [u8])> {
+        let (header, payload) = self.verified(bytes, fp, Source::Store(key)).ok()?;
+        (self.clock.now_ms() < header.fresh_until_ms).then_some((header, payload))
+    }
+
+    /// The entry `header` and `payload` came from (see [`live`](Self::live)),
+    /// fresh for `ttl` from now and keeping its stale window, sealed again
+    /// (and signed again) for `key`; with the TTL the store keeps it for.
+    pub(crate) fn reseal(
+        &self,
+        key: &str,
+        header: &Header,
+        payload: &[u8],
+        ttl: Duration,
+    ) -> (Bytes, Duration) {
+        let now = self.clock.now_ms();
+        let stale_ms = header.stale_until_ms - header.fresh_until_ms;
+        let fresh_until = now.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
+        let signer = self.signer.as_ref();
+        let mut out = Vec::with_capacity(envelope::HEADER_LEN + payload.len() + 32);
+        Header {
+            flags: if signer.is_some() {
+                envelope::FLAG_SIGNED
+            } else {
+                0
+            },
+            fresh_until_ms: fresh_until,
+            stale_until_ms: fresh_until.saturating_add(stale_ms),
+            ..*header
+        }
+        .write(&mut out);
+        out.extend_from_slice(payload);
+        if let Some(signer) = signer {
+            let tag = signer.sign(key, &out);
+            out.extend_from_slice(&tag);
+        }
+        let physical = ttl.saturating_add(Duration::from_millis(stale_ms));
+        (Bytes::from(out), physical)
     }
 
     /// The payload of an entry this process sealed (signature tag

@@ -98,6 +98,20 @@ pub enum Error {
     /// A builder setting out of range.
     #[error("invalid cache configuration: {0}")]
     Config(String),
+    /// A read-then-write op (`add`, `touch`, `incr`, `decr`) found the key
+    /// changed by other writers between its read and its write on every
+    /// attempt, for the whole op timeout. Nothing was written.
+    #[error(
+        "key {key:?} kept changing under other writers for {attempts} attempts within the op \
+         timeout; nothing was written: retry, spread the writes over more keys, or raise \
+         `Cache::builder().op_timeout(..)`"
+    )]
+    Contended {
+        /// The key (namespaced, as stored; at most 64 characters of it).
+        key: String,
+        /// How many times it read and tried to write.
+        attempts: u32,
+    },
     /// The backend has no such operation.
     #[error("the `{backend}` backend does not support {operation}")]
     Unsupported {

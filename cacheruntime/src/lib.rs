@@ -37,6 +37,7 @@ mod ids;
 pub mod key;
 mod lock;
 mod memo;
+mod ops;
 mod outcome;
 mod params;
 mod policy;
@@ -45,6 +46,7 @@ mod secrets;
 pub mod signing;
 mod site;
 mod stats;
+mod swap;
 pub mod url;
 
 #[doc(hidden)]

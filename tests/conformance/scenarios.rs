@@ -109,31 +109,33 @@ impl Origin {
     }
 }
 
+pub use crate::lowlevel::*;
+
 /// What a scenario saw that the contract forbids.
-struct Findings {
+pub struct Findings {
     label: String,
     problems: Vec<String>,
 }
 
 impl Findings {
-    fn new(store: &Store, scenario: &str) -> Findings {
+    pub fn new(store: &Store, scenario: &str) -> Findings {
         Findings {
             label: format!("{}::{scenario}", store.name),
             problems: Vec::new(),
         }
     }
 
-    fn fail(&mut self, problem: impl Into<String>) {
+    pub fn fail(&mut self, problem: impl Into<String>) {
         self.problems.push(problem.into());
     }
 
-    fn expect(&mut self, ok: bool, problem: impl FnOnce() -> String) {
+    pub fn expect(&mut self, ok: bool, problem: impl FnOnce() -> String) {
         if !ok {
             self.problems.push(problem());
         }
     }
 
-    fn finish(self) {
+    pub fn finish(self) {
         assert!(
             self.problems.is_empty(),
             "{}: {}",
@@ -168,13 +170,13 @@ async fn answer(call: tokio::task::JoinHandle<Val>, limit: Duration) -> Result<V
     }
 }
 
-const MINUTE: Duration = Duration::from_secs(60);
+pub const MINUTE: Duration = Duration::from_secs(60);
 /// How long a step may take before the scenario calls it stuck.
 const STUCK: Duration = Duration::from_secs(15);
 
 /// TTLs for scenarios that need an entry to expire: a minute on a manual
 /// clock, a second where the server keeps time.
-fn short_ttl(s: &Store) -> Duration {
+pub fn short_ttl(s: &Store) -> Duration {
     if s.manual_clock().is_some() {
         MINUTE
     } else {

@@ -1,0 +1,232 @@
+//! The low-level API (`contains`, `ttl`, `touch`, `add`, the batched ops,
+//! counters, `clear`) against every store: one meaning everywhere, and an
+//! entry hidden by an invalidation or a delete, or expired, is absent to
+//! every op.
+
+use std::time::Duration;
+
+use cacheruntime::{Cache, Stats};
+
+use crate::scenarios::{short_ttl, Findings, MINUTE};
+use crate::stores::Store;
+
+/// How a key was made absent after it was set.
+#[derive(Clone, Copy, Debug)]
+enum Gone {
+    Never,
+    Expired,
+    Invalidated,
+    Deleted,
+}
+
+const GONE: [Gone; 4] = [Gone::Never, Gone::Expired, Gone::Invalidated, Gone::Deleted];
+
+/// Sets `key` (under the prefix `prefix`) on A and makes it absent the
+/// `how` way, the fence coming from B. `Never`: it never was set.
+async fn make_absent(s: &Store, f: &mut Findings, prefix: &str, key: &str, how: Gone) {
+    let ttl = short_ttl(s);
+    let set_ttl = if matches!(how, Gone::Expired) {
+        ttl
+    } else {
+        MINUTE
+    };
+    if !matches!(how, Gone::Never) {
+        if let Err(e) = s.a.set(key, "old", set_ttl).await {
+            f.fail(format!("A.set({key}) failed: {e}"));
+        }
+    }
+    match how {
+        Gone::Never => {}
+        Gone::Expired => s.elapse(ttl + Duration::from_millis(100)).await,
+        Gone::Invalidated => {
+            if let Err(e) = s.b.invalidate_prefix(prefix).await {
+                f.fail(format!("B.invalidate_prefix({prefix}) failed: {e}"));
+            }
+        }
+        Gone::Deleted => {
+            if let Err(e) = s.b.delete(key).await {
+                f.fail(format!("B.delete({key}) failed: {e}"));
+            }
+        }
+    }
+}
+
+fn calls(h: &Cache) -> u64 {
+    let st: Stats = h.stats();
+    st.calls()
+}
+
+/// `contains` and `ttl`: true and the time left for a live entry, on both
+/// handles; false and `None` for a key never set, expired, invalidated or
+/// deleted; each call counted once in the stats.
+pub async fn contains_and_ttl(s: &Store) {
+    let mut f = Findings::new(s, "contains_and_ttl");
+    let (before_a, before_b) = (calls(&s.a), calls(&s.b));
+    let mut counted_a = 0;
+    if let Err(e) = s.a.set("ct:live:k", "v", MINUTE).await {
+        f.fail(format!("A.set failed: {e}"));
+    }
+    for (name, h) in [("A", &s.a), ("B", &s.b)] {
+        let has = h.contains("ct:live:k").await;
+        f.expect(matches!(has, Ok(true)), || {
+            format!("{name}.contains of a live entry returned {has:?}")
+        });
+        let left = h.ttl("ct:live:k").await;
+        f.expect(
+            matches!(left, Ok(Some(d)) if d <= MINUTE && d > MINUTE - Duration::from_secs(30)),
+            || format!("{name}.ttl of an entry set for {MINUTE:?} returned {left:?}"),
+        );
+    }
+    counted_a += 2;
+    for how in GONE {
+        let prefix = format!("ct:{how:?}:");
+        let key = format!("{prefix}k");
+        make_absent(s, &mut f, &prefix, &key, how).await;
+        for (name, h) in [("A", &s.a), ("B", &s.b)] {
+            let has = h.contains(&key).await;
+            f.expect(matches!(has, Ok(false)), || {
+                format!("{name}.contains of a key {how:?} returned {has:?}, expected false")
+            });
+            let left = h.ttl(&key).await;
+            f.expect(matches!(left, Ok(None)), || {
+                format!("{name}.ttl of a key {how:?} returned {left:?}, expected None")
+            });
+        }
+        counted_a += 2;
+    }
+    // A value of another type is there all the same (these ops are untyped).
+    let _ = s.a.set("ct:typed:k", &7u64, MINUTE).await;
+    let has = s.b.contains("ct:typed:k").await;
+    f.expect(matches!(has, Ok(true)), || {
+        format!("B.contains of a u64 entry returned {has:?}")
+    });
+    let (a, b) = (calls(&s.a) - before_a, calls(&s.b) - before_b);
+    f.expect(a == counted_a, || {
+        format!("A counted {a} calls for {counted_a} contains/ttl calls")
+    });
+    f.expect(b == counted_a + 1, || {
+        format!(
+            "B counted {b} calls for {} contains/ttl calls",
+            counted_a + 1
+        )
+    });
+    f.finish();
+}
+
+/// `touch` gives a live entry a new TTL (seen by the other handle), and
+/// leaves an absent one absent: a key never set, expired, invalidated or
+/// deleted is not brought back.
+pub async fn touch_extends_and_never_resurrects(s: &Store) {
+    let mut f = Findings::new(s, "touch_extends_and_never_resurrects");
+    let ttl = short_ttl(s);
+    if let Err(e) = s.a.set("tc:live:k", "v", ttl).await {
+        f.fail(format!("A.set failed: {e}"));
+    }
+    let longer = ttl * 10;
+    let touched = s.b.touch("tc:live:k", longer).await;
+    f.expect(matches!(touched, Ok(true)), || {
+        format!("B.touch of a live entry returned {touched:?}")
+    });
+    s.elapse(ttl + Duration::from_millis(100)).await;
+    let got = s.a.get::<String>("tc:live:k").await;
+    f.expect(matches!(&got, Ok(Some(v)) if v == "v"), || {
+        format!("A.get past the old TTL of a touched entry returned {got:?}")
+    });
+    let left = s.a.ttl("tc:live:k").await;
+    f.expect(
+        matches!(left, Ok(Some(d)) if d > longer - 2 * ttl && d <= longer),
+        || format!("A.ttl of an entry touched for {longer:?} returned {left:?}"),
+    );
+    for how in GONE {
+        let prefix = format!("tc:{how:?}:");
+        let key = format!("{prefix}k");
+        make_absent(s, &mut f, &prefix, &key, how).await;
+        let touched = s.a.touch(&key, MINUTE).await;
+        f.expect(matches!(touched, Ok(false)), || {
+            format!("A.touch of a key {how:?} returned {touched:?}, expected false")
+        });
+        for (name, h) in [("A", &s.a), ("B", &s.b)] {
+            let got = h.get::<String>(&key).await;
+            f.expect(matches!(got, Ok(None)), || {
+                format!("{name}.get of a key {how:?} after a touch returned {got:?}")
+            });
+        }
+    }
+    f.finish();
+}
+
+/// `add` stores only when no live entry is there: not over a live one (of
+/// any type), but over a key never set, expired, invalidated or deleted.
+pub async fn add_only_if_absent(s: &Store) {
+    let mut f = Findings::new(s, "add_only_if_absent");
+    let added = s.a.add("ad:live:k", "first", MINUTE).await;
+    f.expect(matches!(added, Ok(true)), || {
+        format!("A.add of a new key returned {added:?}")
+    });
+    let again = s.b.add("ad:live:k", "second", MINUTE).await;
+    f.expect(matches!(again, Ok(false)), || {
+        format!("B.add of a live key returned {again:?}, expected false")
+    });
+    let got = s.b.get::<String>("ad:live:k").await;
+    f.expect(matches!(&got, Ok(Some(v)) if v == "first"), || {
+        format!("B.get after a refused add returned {got:?}, expected the first value")
+    });
+    let _ = s.a.set("ad:typed:k", &7u64, MINUTE).await;
+    let typed = s.b.add("ad:typed:k", "text", MINUTE).await;
+    f.expect(matches!(typed, Ok(false)), || {
+        format!("B.add over a live u64 entry returned {typed:?}, expected false")
+    });
+    for how in GONE {
+        let prefix = format!("ad:{how:?}:");
+        let key = format!("{prefix}k");
+        make_absent(s, &mut f, &prefix, &key, how).await;
+        let added = s.a.add(&key, "new", MINUTE).await;
+        f.expect(matches!(added, Ok(true)), || {
+            format!("A.add of a key {how:?} returned {added:?}, expected true")
+        });
+        for (name, h) in [("A", &s.a), ("B", &s.b)] {
+            let got = h.get::<String>(&key).await;
+            f.expect(matches!(&got, Ok(Some(v)) if v == "new"), || {
+                format!("{name}.get after A.add of a key {how:?} returned {got:?}")
+            });
+        }
+    }
+    f.finish();
+}
+
+/// Two handles (two processes) `add` one key at once, many times, over a
+/// key never set and over one an invalidation hid: exactly one of each
+/// pair stores, and its value is the one read back.
+pub async fn add_race_across_handles(s: &Store) {
+    let mut f = Findings::new(s, "add_race_across_handles");
+    for round in 0..24 {
+        let prefix = format!("ar:{round}:");
+        let key = format!("{prefix}k");
+        if round % 2 == 1 {
+            let _ = s.a.set(&key, "hidden", MINUTE).await;
+            let _ = s.b.invalidate_prefix(&prefix).await;
+        }
+        let (a, b) = (s.a.clone(), s.b.clone());
+        let (ka, kb) = (key.clone(), key.clone());
+        let ta = tokio::spawn(async move { a.add(&ka, "A", MINUTE).await });
+        let tb = tokio::spawn(async move { b.add(&kb, "B", MINUTE).await });
+        let (ra, rb) = (ta.await.expect("no panic"), tb.await.expect("no panic"));
+        let winner = match (&ra, &rb) {
+            (Ok(true), Ok(false)) => Some("A"),
+            (Ok(false), Ok(true)) => Some("B"),
+            _ => {
+                f.fail(format!(
+                    "round {round}: A.add returned {ra:?} and B.add {rb:?}: exactly one must store"
+                ));
+                None
+            }
+        };
+        if let Some(winner) = winner {
+            let got = s.a.get::<String>(&key).await;
+            f.expect(matches!(&got, Ok(Some(v)) if v == winner), || {
+                format!("round {round}: {winner}'s add won but A.get returned {got:?}")
+            });
+        }
+    }
+    f.finish();
+}
