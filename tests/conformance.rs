@@ -119,6 +119,10 @@ conformance! {
         touch_extends_and_never_resurrects,
         add_only_if_absent,
         add_race_across_handles,
+        many_answer_as_single_key_ops,
+        fence_delete_many_same_handle,
+        fence_delete_many_other_handle,
+        refresh_after_delete_many,
     ],
     alone: [history],
 }

@@ -34,7 +34,9 @@ use crate::{key, Error};
 ///   [`delete`](Cache::delete), [`invalidate_prefix`](Cache::invalidate_prefix);
 ///   and the low-level ops, absent meaning the same as for `get`:
 ///   [`contains`](Cache::contains), [`ttl`](Cache::ttl),
-///   [`touch`](Cache::touch), [`add`](Cache::add).
+///   [`touch`](Cache::touch), [`add`](Cache::add),
+///   [`get_many`](Cache::get_many), [`set_many`](Cache::set_many),
+///   [`delete_many`](Cache::delete_many).
 /// - Get-or-compute: [`get_or_compute`](Cache::get_or_compute),
 ///   [`try_get_or_compute`](Cache::try_get_or_compute) (what `#[cached]` calls),
 ///   and with `stale` / `early` refreshed in the background:

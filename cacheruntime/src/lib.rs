@@ -36,6 +36,7 @@ pub mod http;
 mod ids;
 pub mod key;
 mod lock;
+mod many;
 mod memo;
 mod ops;
 mod outcome;

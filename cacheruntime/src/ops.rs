@@ -1,6 +1,5 @@
 //! The Django-style low-level API on [`Cache`]: `contains`, `ttl`, `touch`
-//! and `add` (this file); counters in `counter.rs`; the batched ops in
-//! `many.rs`.
+//! and `add` (this file); the batched ops in `many.rs`.
 //!
 //! One meaning on every store: an entry hidden by an invalidation or a
 //! delete, expired, or not signed with a current key is absent to every op

@@ -230,3 +230,74 @@ pub async fn add_race_across_handles(s: &Store) {
     }
     f.finish();
 }
+
+/// `get_many` answers, key by key, what `get` answers: the values
+/// `set_many` wrote, and nothing for keys never set, expired, invalidated,
+/// deleted (one by one or with `delete_many`) or of another type; each key
+/// counts one call in the stats.
+pub async fn many_answer_as_single_key_ops(s: &Store) {
+    let mut f = Findings::new(s, "many_answer_as_single_key_ops");
+    let mut keys: Vec<String> = Vec::new();
+    let mut want: Vec<Option<String>> = Vec::new();
+    for how in GONE {
+        let prefix = format!("mn:{how:?}:");
+        let key = format!("{prefix}k");
+        make_absent(s, &mut f, &prefix, &key, how).await;
+        keys.push(key);
+        want.push(None);
+    }
+    let live: Vec<(String, String)> = (0..5)
+        .map(|i| (format!("mn:live:{i}"), format!("value {i}")))
+        .collect();
+    let pairs: Vec<(&str, &str)> = live.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    if let Err(e) = s.a.set_many(&pairs, MINUTE).await {
+        f.fail(format!("A.set_many failed: {e}"));
+    }
+    for (k, v) in &live {
+        keys.push(k.clone());
+        want.push(Some(v.clone()));
+    }
+    let _ = s.a.set("mn:typed:k", &7u64, MINUTE).await;
+    keys.push("mn:typed:k".into());
+    want.push(None);
+    // Deleted together, through the other handle.
+    let _ =
+        s.a.set_many(&[("mn:dm:1", "x"), ("mn:dm:2", "y")], MINUTE)
+            .await;
+    if let Err(e) = s.b.delete_many(&["mn:dm:1", "mn:dm:2"]).await {
+        f.fail(format!("B.delete_many failed: {e}"));
+    }
+    keys.extend(["mn:dm:1".to_string(), "mn:dm:2".to_string()]);
+    want.extend([None, None]);
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    for (name, h) in [("A", &s.a), ("B", &s.b)] {
+        let before = calls(h);
+        let got = h.get_many::<String>(&refs).await;
+        let counted = calls(h) - before;
+        match got {
+            Ok(got) => {
+                for ((key, got), want) in refs.iter().zip(&got).zip(&want) {
+                    f.expect(got == want, || {
+                        format!("{name}.get_many: {key} was {got:?}, expected {want:?}")
+                    });
+                    let single = h.get::<String>(key).await;
+                    f.expect(matches!(&single, Ok(v) if v == got), || {
+                        format!("{name}: get({key}) = {single:?} but get_many said {got:?}")
+                    });
+                }
+            }
+            Err(e) => f.fail(format!("{name}.get_many failed: {e}")),
+        }
+        f.expect(counted == refs.len() as u64, || {
+            format!(
+                "{name}.get_many of {} keys counted {counted} calls",
+                refs.len()
+            )
+        });
+    }
+    let empty = s.a.get_many::<String>(&[]).await;
+    f.expect(matches!(&empty, Ok(v) if v.is_empty()), || {
+        format!("A.get_many of no keys returned {empty:?}")
+    });
+    f.finish();
+}

@@ -338,6 +338,8 @@ pub async fn negative_caching(s: &Store) {
 enum Fence {
     Invalidate,
     Delete,
+    /// `delete_many` of the key and another one.
+    DeleteMany,
 }
 
 impl Fence {
@@ -345,6 +347,7 @@ impl Fence {
         match self {
             Fence::Invalidate => "invalidate_prefix",
             Fence::Delete => "delete",
+            Fence::DeleteMany => "delete_many",
         }
     }
 }
@@ -373,6 +376,7 @@ async fn fence(s: &Store, scenario: &str, fence: Fence, through_b: bool) {
     let fenced = match fence {
         Fence::Invalidate => fencer.invalidate_prefix("acct:7:").await,
         Fence::Delete => fencer.delete(o.key).await,
+        Fence::DeleteMany => fencer.delete_many(&["acct:8:balance", o.key]).await,
     };
     if let Err(e) = fenced {
         f.fail(format!("{via}.{} failed: {e}", fence.name()));
@@ -447,6 +451,14 @@ pub async fn fence_invalidate_other_handle(s: &Store) {
 
 pub async fn fence_delete_other_handle(s: &Store) {
     fence(s, "fence_delete_other_handle", Fence::Delete, true).await;
+}
+
+pub async fn fence_delete_many_same_handle(s: &Store) {
+    fence(s, "fence_delete_many_same_handle", Fence::DeleteMany, false).await;
+}
+
+pub async fn fence_delete_many_other_handle(s: &Store) {
+    fence(s, "fence_delete_many_other_handle", Fence::DeleteMany, true).await;
 }
 
 // ------------------------------------------------------------- 6, 7. locks
@@ -798,6 +810,7 @@ async fn refresh_then(s: &Store, scenario: &str, fence: Fence) {
     let fenced = match fence {
         Fence::Invalidate => s.b.invalidate_prefix("rf:1:").await,
         Fence::Delete => s.b.delete(o.key).await,
+        Fence::DeleteMany => s.b.delete_many(&[o.key, "rf:2"]).await,
     };
     if let Err(e) = fenced {
         f.fail(format!("B.{} failed: {e}", fence.name()));
@@ -828,6 +841,10 @@ pub async fn refresh_after_delete(s: &Store) {
 
 pub async fn refresh_after_invalidate(s: &Store) {
     refresh_then(s, "refresh_after_invalidate", Fence::Invalidate).await;
+}
+
+pub async fn refresh_after_delete_many(s: &Store) {
+    refresh_then(s, "refresh_after_delete_many", Fence::DeleteMany).await;
 }
 
 /// A's computation reads version 1; the origin moves to 2 and B `delete`s

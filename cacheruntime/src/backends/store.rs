@@ -70,6 +70,41 @@ pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
         value: &[u8],
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
+    /// As [`Backend::get_many`]: by default one key after the other.
+    fn get_many(&self, keys: &[&str]) -> impl Future<Output = Result<Vec<Lookup>, Error>> + Send {
+        async move {
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                found.push(self.get(key).await?);
+            }
+            Ok(found)
+        }
+    }
+
+    /// As [`Backend::set_many`]: by default one key after the other.
+    fn set_many(
+        &self,
+        entries: &[(&str, Bytes)],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        async move {
+            for (key, value) in entries {
+                self.set(key, value.clone(), ttl, None).await?;
+            }
+            Ok(())
+        }
+    }
+
+    /// As [`Backend::delete_many`]: by default one key after the other.
+    fn delete_many(&self, keys: &[&str]) -> impl Future<Output = Result<(), Error>> + Send {
+        async move {
+            for key in keys {
+                self.delete(key).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// As [`Backend::compare_and_set`].
     fn compare_and_set(
         &self,
@@ -148,5 +183,21 @@ impl<S: Store> Backend for S {
         Box::pin(Store::compare_and_set(
             self, key, expected, value, ttl, ticket,
         ))
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Lookup>, Error>> {
+        Box::pin(Store::get_many(self, keys))
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        entries: &'a [(&'a str, Bytes)],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(Store::set_many(self, entries, ttl))
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(Store::delete_many(self, keys))
     }
 }

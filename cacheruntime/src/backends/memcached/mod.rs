@@ -355,4 +355,20 @@ impl Store for MemcachedBackend {
     ) -> impl Future<Output = Result<bool, Error>> + Send {
         self.run_swap(key, expected, value, ttl, ticket)
     }
+
+    fn get_many(&self, keys: &[&str]) -> impl Future<Output = Result<Vec<Lookup>, Error>> + Send {
+        self.run_get_many(keys)
+    }
+
+    fn set_many(
+        &self,
+        entries: &[(&str, Bytes)],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        self.run_set_many(entries, ttl)
+    }
+
+    fn delete_many(&self, keys: &[&str]) -> impl Future<Output = Result<(), Error>> + Send {
+        self.run_delete_many(keys)
+    }
 }

@@ -1,4 +1,6 @@
-//! Compare-and-set of an entry: the entry (with its CAS token) and its
+//! Compare-and-set of an entry, and the batched calls (`get_many`: one
+//! multi-get per server for every key; `set_many` / `delete_many`: the
+//! single-key calls side by side). Compare-and-set: the entry (with its CAS token) and its
 //! counters read as a `get` reads them, the comparison made here, then the
 //! write conditioned on the entry being unchanged since (Memcached's CAS,
 //! or `add` when there was none), so two callers swapping from the same
@@ -10,8 +12,9 @@ use bytes::Bytes;
 use memcache::exp::{Get, Op, OpResult, Set};
 
 use super::counters::{current_entry, stamp, Layout};
+use super::servers::join_all;
 use super::MemcachedBackend;
-use crate::backend::Ticket;
+use crate::backend::{Lookup, Ticket};
 use crate::backends::generations::wrap_entry;
 use crate::Error;
 
@@ -84,5 +87,48 @@ impl MemcachedBackend {
             Some(Err(e)) => Err(e),
             None => Ok(false),
         }
+    }
+}
+
+impl MemcachedBackend {
+    /// Every key's entry and counters in one multi-get per server involved,
+    /// the servers in parallel: one round trip, as for one key.
+    pub(super) async fn run_get_many(&self, keys: &[&str]) -> Result<Vec<Lookup>, Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pool = self.pool().await?;
+        let layouts: Vec<Layout> = keys.iter().map(|k| Layout::of(pool.ring(), k)).collect();
+        let reads = self.read_many(pool, &layouts, true).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (layout, mut read) in layouts.iter().zip(reads) {
+            let (values, servable) = self.values(pool, layout, &mut read).await?;
+            self.repair(pool, layout, &read, &values);
+            let value = match read.stored.take() {
+                Some(stored) if servable => current_entry(stored, &values),
+                _ => None,
+            };
+            out.push(Lookup::new(value).with_ticket(Ticket::tag(stamp(&values))));
+        }
+        Ok(out)
+    }
+
+    /// The writes side by side (each one exchange with the key's servers).
+    pub(super) async fn run_set_many(
+        &self,
+        entries: &[(&str, Bytes)],
+        ttl: Duration,
+    ) -> Result<(), Error> {
+        let writes = entries
+            .iter()
+            .map(|(key, value)| self.run_set(key, value.clone(), ttl, None))
+            .collect();
+        join_all(writes).await.into_iter().collect()
+    }
+
+    /// The deletes side by side, each as `delete` (fencing).
+    pub(super) async fn run_delete_many(&self, keys: &[&str]) -> Result<(), Error> {
+        let deletes = keys.iter().map(|key| self.run_delete(key)).collect();
+        join_all(deletes).await.into_iter().collect()
     }
 }

@@ -62,6 +62,7 @@
 mod config;
 mod connection;
 mod keys;
+mod many;
 mod scripts;
 mod server_config;
 
@@ -396,6 +397,22 @@ impl Store for RedisBackend {
         value: &[u8],
     ) -> impl Future<Output = Result<bool, Error>> + Send {
         self.run_delete_if_equals(key, value)
+    }
+
+    fn get_many(&self, keys: &[&str]) -> impl Future<Output = Result<Vec<Lookup>, Error>> + Send {
+        self.run_get_many(keys)
+    }
+
+    fn set_many(
+        &self,
+        entries: &[(&str, Bytes)],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        self.run_set_many(entries, ttl)
+    }
+
+    fn delete_many(&self, keys: &[&str]) -> impl Future<Output = Result<(), Error>> + Send {
+        self.run_delete_many(keys)
     }
 
     async fn compare_and_set(

@@ -293,7 +293,7 @@ pub(super) fn check_key(key: &str) -> Result<(), Error> {
 }
 
 #[cfg(feature = "sqlite")]
-fn json_array<S: AsRef<str>>(items: &[S]) -> String {
+pub(super) fn json_array<S: AsRef<str>>(items: &[S]) -> String {
     let mut out = String::from("[");
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
