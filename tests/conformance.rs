@@ -123,6 +123,8 @@ conformance! {
         fence_delete_many_same_handle,
         fence_delete_many_other_handle,
         refresh_after_delete_many,
+        counters,
+        incr_sum_across_handles,
     ],
     alone: [history],
 }

@@ -36,7 +36,8 @@ use crate::{key, Error};
 ///   [`contains`](Cache::contains), [`ttl`](Cache::ttl),
 ///   [`touch`](Cache::touch), [`add`](Cache::add),
 ///   [`get_many`](Cache::get_many), [`set_many`](Cache::set_many),
-///   [`delete_many`](Cache::delete_many).
+///   [`delete_many`](Cache::delete_many), counters with
+///   [`incr`](Cache::incr) and [`decr`](Cache::decr).
 /// - Get-or-compute: [`get_or_compute`](Cache::get_or_compute),
 ///   [`try_get_or_compute`](Cache::try_get_or_compute) (what `#[cached]` calls),
 ///   and with `stale` / `early` refreshed in the background:

@@ -112,6 +112,32 @@ pub enum Error {
         /// How many times it read and tried to write.
         attempts: u32,
     },
+    /// `incr` / `decr` found a live value under the key that is not one of
+    /// their counters. The value was left as it was.
+    #[error(
+        "key {key:?} holds a value that is not a counter (written by `set`, `add` or a \
+         computation), so it was not incremented and was left as it is: `delete` it first, \
+         or keep counters under keys of their own"
+    )]
+    NotACounter {
+        /// The key as given.
+        key: String,
+    },
+    /// `incr` / `decr` would take a counter past `i64`. The counter was left
+    /// as it was.
+    #[error(
+        "counter {key:?} is {value} and adding {delta} would overflow i64; it was left as it \
+         is: `delete` it to start again from 0"
+    )]
+    CounterOverflow {
+        /// The key as given.
+        key: String,
+        /// The counter's value.
+        value: i64,
+        /// What was to be added (negative for `decr`; wide enough for
+        /// `decr` of `i64::MIN`).
+        delta: i128,
+    },
     /// The backend has no such operation.
     #[error("the `{backend}` backend does not support {operation}")]
     Unsupported {

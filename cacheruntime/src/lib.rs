@@ -16,6 +16,7 @@ mod cache;
 mod clock;
 pub mod codec;
 mod config;
+mod counter;
 mod default;
 mod engine;
 mod entry;

@@ -1,5 +1,6 @@
 //! The Django-style low-level API on [`Cache`]: `contains`, `ttl`, `touch`
-//! and `add` (this file); the batched ops in `many.rs`.
+//! and `add` (this file); the batched ops in `many.rs`; counters in
+//! `counter.rs`.
 //!
 //! One meaning on every store: an entry hidden by an invalidation or a
 //! delete, expired, or not signed with a current key is absent to every op

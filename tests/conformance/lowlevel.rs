@@ -301,3 +301,140 @@ pub async fn many_answer_as_single_key_ops(s: &Store) {
     });
     f.finish();
 }
+
+/// Counters: a missing key starts at 0 with the given TTL, either handle
+/// adds to it, below zero too, and `get::<i64>` reads it; a counter that
+/// expired, was deleted or is under an invalidated prefix starts over; a
+/// live counter keeps its first TTL; a value that is not a counter (text,
+/// or a number from `set`) is an error and left as it was; overflow is an
+/// error and leaves the counter as it was.
+pub async fn counters(s: &Store) {
+    let mut f = Findings::new(s, "counters");
+    let ttl = short_ttl(s);
+    let long = ttl * 10;
+    let steps = [
+        (s.a.incr("cn:live:k", 1, long).await, 1),
+        (s.b.incr("cn:live:k", 5, long).await, 6),
+        (s.a.decr("cn:live:k", 10, long).await, -4),
+    ];
+    for (i, (got, want)) in steps.into_iter().enumerate() {
+        f.expect(matches!(got, Ok(v) if v == want), || {
+            format!("step {i} of incr 1, incr 5, decr 10: {got:?}, expected {want}")
+        });
+    }
+    for (name, h) in [("A", &s.a), ("B", &s.b)] {
+        let got = h.get::<i64>("cn:live:k").await;
+        f.expect(matches!(got, Ok(Some(-4))), || {
+            format!("{name}.get::<i64> of the counter returned {got:?}")
+        });
+    }
+    // Its first TTL stays: an increment with a longer one does not extend it.
+    let _ = s.a.incr("cn:live:k", 1, long * 100).await;
+    let left = s.b.ttl("cn:live:k").await;
+    f.expect(matches!(left, Ok(Some(d)) if d <= long), || {
+        format!("ttl of a counter started for {long:?} and incremented with a longer TTL: {left:?}")
+    });
+    for how in GONE {
+        let prefix = format!("cn:{how:?}:");
+        let key = format!("{prefix}k");
+        // A counter (not a `set` value) made absent.
+        let first_ttl = if matches!(how, Gone::Expired) {
+            ttl
+        } else {
+            long
+        };
+        if !matches!(how, Gone::Never) {
+            let _ = s.a.incr(&key, 41, first_ttl).await;
+        }
+        match how {
+            Gone::Never => {}
+            Gone::Expired => s.elapse(ttl + Duration::from_millis(100)).await,
+            Gone::Invalidated => {
+                let _ = s.b.invalidate_prefix(&prefix).await;
+            }
+            Gone::Deleted => {
+                let _ = s.b.delete(&key).await;
+            }
+        }
+        let got = s.a.incr(&key, 2, long).await;
+        f.expect(matches!(got, Ok(2)), || {
+            format!("A.incr by 2 of a counter {how:?} returned {got:?}, expected a restart at 2")
+        });
+        let left = s.b.ttl(&key).await;
+        f.expect(matches!(left, Ok(Some(d)) if d > long - 2 * ttl), || {
+            format!("a counter {how:?} restarted for {long:?} has ttl {left:?}")
+        });
+    }
+    let _ = s.a.set("cn:text:k", "hello", MINUTE).await;
+    let _ = s.a.set("cn:num:k", &5i64, MINUTE).await;
+    for key in ["cn:text:k", "cn:num:k"] {
+        let got = s.b.incr(key, 1, MINUTE).await;
+        f.expect(
+            matches!(&got, Err(cacheruntime::Error::NotACounter { key: k }) if k == key),
+            || format!("B.incr of a `set` value under {key} returned {got:?}"),
+        );
+    }
+    let text = s.a.get::<String>("cn:text:k").await;
+    f.expect(matches!(&text, Ok(Some(v)) if v == "hello"), || {
+        format!("the value under a refused incr became {text:?}")
+    });
+    let num = s.a.get::<i64>("cn:num:k").await;
+    f.expect(matches!(num, Ok(Some(5))), || {
+        format!("the number under a refused incr became {num:?}")
+    });
+    let _ = s.a.incr("cn:max:k", i64::MAX, MINUTE).await;
+    let over = s.b.incr("cn:max:k", 1, MINUTE).await;
+    f.expect(
+        matches!(
+            over,
+            Err(cacheruntime::Error::CounterOverflow {
+                value: i64::MAX,
+                ..
+            })
+        ),
+        || format!("incr past i64::MAX returned {over:?}"),
+    );
+    let under = s.b.decr("cn:min:k", i64::MIN, MINUTE).await;
+    f.expect(
+        matches!(under, Err(cacheruntime::Error::CounterOverflow { .. })),
+        || format!("decr of i64::MIN from 0 returned {under:?}"),
+    );
+    let kept = s.a.get::<i64>("cn:max:k").await;
+    f.expect(matches!(kept, Ok(Some(i64::MAX))), || {
+        format!("a counter after a refused overflow is {kept:?}")
+    });
+    f.finish();
+}
+
+/// Two handles (two processes) increment one counter concurrently, 20
+/// tasks each: the counter ends at exactly 40, and each increment returned
+/// a different value (each counted once).
+pub async fn incr_sum_across_handles(s: &Store) {
+    let mut f = Findings::new(s, "incr_sum_across_handles");
+    let mut tasks = Vec::new();
+    for h in [&s.a, &s.b] {
+        for _ in 0..20 {
+            let h = h.clone();
+            tasks.push(tokio::spawn(
+                async move { h.incr("sum:k", 1, MINUTE).await },
+            ));
+        }
+    }
+    let mut seen = Vec::new();
+    for task in tasks {
+        match task.await.expect("no panic") {
+            Ok(v) => seen.push(v),
+            Err(e) => f.fail(format!("an incr failed: {e}")),
+        }
+    }
+    seen.sort_unstable();
+    let want: Vec<i64> = (1..=40).collect();
+    f.expect(seen == want, || {
+        format!("40 increments returned {seen:?}, expected each of 1..=40 once")
+    });
+    let total = s.a.get::<i64>("sum:k").await;
+    f.expect(matches!(total, Ok(Some(40))), || {
+        format!("after 40 increments A.get::<i64> returned {total:?}")
+    });
+    f.finish();
+}
