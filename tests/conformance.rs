@@ -125,6 +125,9 @@ conformance! {
         refresh_after_delete_many,
         counters,
         incr_sum_across_handles,
+        clear_is_scoped_to_the_namespace,
+        fence_clear_other_handle,
+        refresh_after_clear,
     ],
     alone: [history],
 }

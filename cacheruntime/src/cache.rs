@@ -37,7 +37,8 @@ use crate::{key, Error};
 ///   [`touch`](Cache::touch), [`add`](Cache::add),
 ///   [`get_many`](Cache::get_many), [`set_many`](Cache::set_many),
 ///   [`delete_many`](Cache::delete_many), counters with
-///   [`incr`](Cache::incr) and [`decr`](Cache::decr).
+///   [`incr`](Cache::incr) and [`decr`](Cache::decr), and
+///   [`clear`](Cache::clear).
 /// - Get-or-compute: [`get_or_compute`](Cache::get_or_compute),
 ///   [`try_get_or_compute`](Cache::try_get_or_compute) (what `#[cached]` calls),
 ///   and with `stale` / `early` refreshed in the background:

@@ -138,6 +138,21 @@ pub enum Error {
         /// `decr` of `i64::MIN`).
         delta: i128,
     },
+    /// An operation that reaches everything of this cache (`clear`) on a
+    /// shared store, by a cache with no namespace: it would reach every
+    /// entry on the store, other applications' included, so it is refused.
+    #[error(
+        "{operation} on the shared `{backend}` store needs a cache namespace to know which \
+         entries are this cache's (without one it would reach every entry on the store, other \
+         applications' included): give the cache one, `?namespace=app` in the cache URL or \
+         `Cache::builder().namespace(\"app\")`"
+    )]
+    NamespaceRequired {
+        /// The backend's name.
+        backend: &'static str,
+        /// The refused operation.
+        operation: &'static str,
+    },
     /// The backend has no such operation.
     #[error("the `{backend}` backend does not support {operation}")]
     Unsupported {

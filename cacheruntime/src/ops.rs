@@ -1,5 +1,5 @@
-//! The Django-style low-level API on [`Cache`]: `contains`, `ttl`, `touch`
-//! and `add` (this file); the batched ops in `many.rs`; counters in
+//! The Django-style low-level API on [`Cache`]: `contains`, `ttl`, `touch`,
+//! `add` and `clear` (this file); the batched ops in `many.rs`; counters in
 //! `counter.rs`.
 //!
 //! One meaning on every store: an entry hidden by an invalidation or a
@@ -155,6 +155,43 @@ impl Cache {
                 })
             })
             .await
+    }
+
+    /// Removes everything this cache stored: every entry and counter under
+    /// its namespace, in O(1) (one invalidation of the namespace, as
+    /// `invalidate_prefix("")`: a generation bump on Redis and Memcached, a
+    /// record on SQL and memory), fencing computations in flight like it.
+    /// Other namespaces on the same store are untouched.
+    ///
+    /// A cache with no namespace on a shared store (Redis, SQL, Memcached,
+    /// a custom backend) is refused with [`Error::NamespaceRequired`]
+    /// rather than reaching other applications' entries: give it a
+    /// namespace. The memory store belongs to the process: without a
+    /// namespace, `clear` empties it (every handle sharing it included). On
+    /// [`Cache::disabled`] it does nothing.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use cacheruntime::Cache;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cacheruntime::Error> {
+    /// let cache = Cache::builder().namespace("shop").build()?;
+    /// cache.set("cart:1", &3u32, Duration::from_secs(60)).await?;
+    /// cache.incr("views:home", 1, Duration::from_secs(60)).await?;
+    /// cache.clear().await?;
+    /// assert!(!cache.contains("cart:1").await?);
+    /// assert_eq!(cache.incr("views:home", 1, Duration::from_secs(60)).await?, 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn clear(&self) -> Result<(), Error> {
+        let engine = &self.engine;
+        if engine.store.is_shared() && engine.namespace().is_empty() {
+            return Err(Error::NamespaceRequired {
+                backend: engine.store.backend().name(),
+                operation: "clear",
+            });
+        }
+        self.invalidate_prefix("").await
     }
 
     /// What `contains` and `ttl` share: one counted read of the envelope.

@@ -438,3 +438,61 @@ pub async fn incr_sum_across_handles(s: &Store) {
     });
     f.finish();
 }
+
+/// `clear` on A removes every entry and counter of the namespace, for A
+/// and B, and nothing of another namespace on the same store; a handle
+/// with no namespace is refused on a shared store (the memory store, the
+/// process's own, is emptied).
+pub async fn clear_is_scoped_to_the_namespace(s: &Store) {
+    let mut f = Findings::new(s, "clear_is_scoped_to_the_namespace");
+    let elsewhere_ns = format!(
+        "elsewhere{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let elsewhere = s.handle_in(&elsewhere_ns);
+    let _ = s.a.set("cl:1:k", "v", MINUTE).await;
+    let _ = s.a.set("solo", "v", MINUTE).await;
+    let _ = s.b.incr("cl:count", 5, MINUTE).await;
+    if let Err(e) = elsewhere.set("cl:1:k", "kept", MINUTE).await {
+        f.fail(format!("set in another namespace failed: {e}"));
+    }
+    if let Err(e) = s.a.clear().await {
+        f.fail(format!("A.clear failed: {e}"));
+    }
+    for (name, h) in [("A", &s.a), ("B", &s.b)] {
+        for key in ["cl:1:k", "solo", "cl:count"] {
+            let has = h.contains(key).await;
+            f.expect(matches!(has, Ok(false)), || {
+                format!("{name}.contains({key}) after A.clear returned {has:?}")
+            });
+        }
+    }
+    let restarted = s.b.incr("cl:count", 1, MINUTE).await;
+    f.expect(matches!(restarted, Ok(1)), || {
+        format!("B.incr of a cleared counter returned {restarted:?}, expected 1")
+    });
+    let kept = elsewhere.get::<String>("cl:1:k").await;
+    f.expect(matches!(&kept, Ok(Some(v)) if v == "kept"), || {
+        format!("another namespace's entry after A.clear: {kept:?}")
+    });
+    let bare = s.handle_in("");
+    let refused = bare.clear().await;
+    if s.name == "memory" {
+        f.expect(refused.is_ok(), || {
+            format!("clear without a namespace on the memory store returned {refused:?}")
+        });
+    } else {
+        f.expect(
+            matches!(&refused, Err(e @ cacheruntime::Error::NamespaceRequired { .. })
+                if e.to_string().contains("namespace(")),
+            || format!("clear without a namespace on a shared store returned {refused:?}"),
+        );
+        let still = elsewhere.get::<String>("cl:1:k").await;
+        f.expect(matches!(&still, Ok(Some(v)) if v == "kept"), || {
+            format!("another namespace's entry after a refused clear: {still:?}")
+        });
+    }
+    f.finish();
+}

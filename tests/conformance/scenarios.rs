@@ -340,6 +340,8 @@ enum Fence {
     Delete,
     /// `delete_many` of the key and another one.
     DeleteMany,
+    /// `clear` of the whole namespace.
+    Clear,
 }
 
 impl Fence {
@@ -348,6 +350,7 @@ impl Fence {
             Fence::Invalidate => "invalidate_prefix",
             Fence::Delete => "delete",
             Fence::DeleteMany => "delete_many",
+            Fence::Clear => "clear",
         }
     }
 }
@@ -377,6 +380,7 @@ async fn fence(s: &Store, scenario: &str, fence: Fence, through_b: bool) {
         Fence::Invalidate => fencer.invalidate_prefix("acct:7:").await,
         Fence::Delete => fencer.delete(o.key).await,
         Fence::DeleteMany => fencer.delete_many(&["acct:8:balance", o.key]).await,
+        Fence::Clear => fencer.clear().await,
     };
     if let Err(e) = fenced {
         f.fail(format!("{via}.{} failed: {e}", fence.name()));
@@ -459,6 +463,10 @@ pub async fn fence_delete_many_same_handle(s: &Store) {
 
 pub async fn fence_delete_many_other_handle(s: &Store) {
     fence(s, "fence_delete_many_other_handle", Fence::DeleteMany, true).await;
+}
+
+pub async fn fence_clear_other_handle(s: &Store) {
+    fence(s, "fence_clear_other_handle", Fence::Clear, true).await;
 }
 
 // ------------------------------------------------------------- 6, 7. locks
@@ -811,6 +819,7 @@ async fn refresh_then(s: &Store, scenario: &str, fence: Fence) {
         Fence::Invalidate => s.b.invalidate_prefix("rf:1:").await,
         Fence::Delete => s.b.delete(o.key).await,
         Fence::DeleteMany => s.b.delete_many(&[o.key, "rf:2"]).await,
+        Fence::Clear => s.b.clear().await,
     };
     if let Err(e) = fenced {
         f.fail(format!("B.{} failed: {e}", fence.name()));
@@ -845,6 +854,10 @@ pub async fn refresh_after_invalidate(s: &Store) {
 
 pub async fn refresh_after_delete_many(s: &Store) {
     refresh_then(s, "refresh_after_delete_many", Fence::DeleteMany).await;
+}
+
+pub async fn refresh_after_clear(s: &Store) {
+    refresh_then(s, "refresh_after_clear", Fence::Clear).await;
 }
 
 /// A's computation reads version 1; the origin moves to 2 and B `delete`s
