@@ -1,6 +1,6 @@
 //! Compare-and-set of an entry, and the batched calls (`get_many`: one
-//! multi-get per server for every key; `set_many` / `delete_many`: the
-//! single-key calls side by side). Compare-and-set: the entry (with its CAS token) and its
+//! multi-get per server for every key; `set_many`: one more exchange per
+//! server for the writes; `delete_many`: the deletes side by side). Compare-and-set: the entry (with its CAS token) and its
 //! counters read as a `get` reads them, the comparison made here, then the
 //! write conditioned on the entry being unchanged since (Memcached's CAS,
 //! or `add` when there was none), so two callers swapping from the same
@@ -113,17 +113,64 @@ impl MemcachedBackend {
         Ok(out)
     }
 
-    /// The writes side by side (each one exchange with the key's servers).
+    /// Two round trips whatever the number of keys: every key's counters
+    /// read in one multi-get per server (what a write without a ticket is
+    /// stamped with, as `set`'s), then every entry written, with its own
+    /// counter's copies touched as `set` does, in one exchange per server.
     pub(super) async fn run_set_many(
         &self,
         entries: &[(&str, Bytes)],
         ttl: Duration,
     ) -> Result<(), Error> {
-        let writes = entries
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let pool = self.pool().await?;
+        let layouts: Vec<Layout> = entries
             .iter()
-            .map(|(key, value)| self.run_set(key, value.clone(), ttl, None))
+            .map(|(k, _)| Layout::of(pool.ring(), k))
             .collect();
-        join_all(writes).await.into_iter().collect()
+        let reads = self.read_many(pool, &layouts, false).await?;
+        let ttl = self.ttl(ttl);
+        let own_life = ttl.max(self.life(true));
+        let mut batches: Vec<(usize, Vec<Op>)> = Vec::new();
+        let mut push = |server: usize, op: Op| match batches.iter_mut().find(|(s, _)| *s == server)
+        {
+            Some((_, ops)) => ops.push(op),
+            None => batches.push((server, vec![op])),
+        };
+        for ((layout, mut read), (_, value)) in layouts.iter().zip(reads).zip(entries) {
+            let (values, _) = self.values(pool, layout, &mut read).await?;
+            let stored = wrap_entry(&stamp(&values), value);
+            if stored.len() > self.config.max_item_bytes {
+                return Err(Error::TooLarge {
+                    size: stored.len(),
+                    limit: self.config.max_item_bytes,
+                });
+            }
+            push(
+                layout.home,
+                Op::from(Set::new(&layout.entry, stored).ttl(ttl)),
+            );
+            let own = layout.own();
+            for &server in &own.servers {
+                push(
+                    server,
+                    Op::from(Get::new(&own.key).touch(own_life).without_value()),
+                );
+            }
+        }
+        // A failed server holding entries fails the call (some of them may
+        // be unwritten), as a failed `set` does; one holding only counter
+        // copies to touch does not, as for `set`.
+        let homes: Vec<usize> = layouts.iter().map(|l| l.home).collect();
+        let servers: Vec<usize> = batches.iter().map(|(server, _)| *server).collect();
+        for (server, outcome) in servers.into_iter().zip(pool.fan_out(batches).await) {
+            if homes.contains(&server) {
+                outcome?;
+            }
+        }
+        Ok(())
     }
 
     /// The deletes side by side, each as `delete` (fencing).
