@@ -3,8 +3,8 @@
 //! would, in one store call: one round trip where the store allows it
 //! (Redis: one `MGET`, one pipeline per hash tag for writes; SQL: one
 //! statement, one transaction for deletes; Memcached: one multi-get per
-//! server for reads, one more exchange per server for `set_many`, the
-//! deletes side by side), one key after the other through a custom
+//! server for reads, then one more exchange per server for `set_many` and
+//! `delete_many`), one key after the other through a custom
 //! [`Backend`](crate::Backend) that does not override them.
 
 use std::borrow::Cow;

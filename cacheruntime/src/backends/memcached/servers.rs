@@ -221,7 +221,7 @@ impl Drop for Exchange<'_> {
 
 /// Awaits every future, concurrently; their outputs in order. (A few
 /// per-server exchanges: no need for a crate.)
-pub(super) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     let mut futures: Vec<Option<Pin<Box<F>>>> =
         futures.into_iter().map(|f| Some(Box::pin(f))).collect();
     let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();

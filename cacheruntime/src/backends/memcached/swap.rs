@@ -1,6 +1,6 @@
 //! Compare-and-set of an entry, and the batched calls (`get_many`: one
 //! multi-get per server for every key; `set_many`: one more exchange per
-//! server for the writes; `delete_many`: the deletes side by side). Compare-and-set: the entry (with its CAS token) and its
+//! server for the writes; `delete_many` is in `bumps.rs`). Compare-and-set: the entry (with its CAS token) and its
 //! counters read as a `get` reads them, the comparison made here, then the
 //! write conditioned on the entry being unchanged since (Memcached's CAS,
 //! or `add` when there was none), so two callers swapping from the same
@@ -12,7 +12,6 @@ use bytes::Bytes;
 use memcache::exp::{Get, Op, OpResult, Set};
 
 use super::counters::{current_entry, stamp, Layout};
-use super::servers::join_all;
 use super::MemcachedBackend;
 use crate::backend::{Lookup, Ticket};
 use crate::backends::generations::wrap_entry;
@@ -171,11 +170,5 @@ impl MemcachedBackend {
             }
         }
         Ok(())
-    }
-
-    /// The deletes side by side, each as `delete` (fencing).
-    pub(super) async fn run_delete_many(&self, keys: &[&str]) -> Result<(), Error> {
-        let deletes = keys.iter().map(|key| self.run_delete(key)).collect();
-        join_all(deletes).await.into_iter().collect()
     }
 }
