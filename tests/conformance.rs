@@ -22,6 +22,8 @@ mod support;
 
 #[path = "conformance/history.rs"]
 mod history;
+#[path = "conformance/lowlevel.rs"]
+mod lowlevel;
 #[path = "conformance/scenarios.rs"]
 mod scenarios;
 #[path = "conformance/stores.rs"]
@@ -113,6 +115,19 @@ conformance! {
         refresh_after_delete,
         refresh_after_invalidate,
         delete_then_set_outlasts_an_older_computation,
+        contains_and_ttl,
+        touch_extends_and_never_resurrects,
+        add_only_if_absent,
+        add_race_across_handles,
+        many_answer_as_single_key_ops,
+        fence_delete_many_same_handle,
+        fence_delete_many_other_handle,
+        refresh_after_delete_many,
+        counters,
+        incr_sum_across_handles,
+        clear_is_scoped_to_the_namespace,
+        fence_clear_other_handle,
+        refresh_after_clear,
     ],
     alone: [history],
 }

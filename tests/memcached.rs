@@ -1204,3 +1204,36 @@ async fn callers_creating_a_counter_at_once_settle_on_one_value() {
         &missed[..missed.len().min(5)]
     );
 }
+
+/// `delete_many` over a pool of three needs, like `delete`, a majority of
+/// each key's counter copies: with one server down it deletes (the keys
+/// read as misses after it) in its two round trips; with two down it fails
+/// and says to retry, rather than report a delete that readers may miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_many_keeps_the_quorum_of_delete() {
+    let mut servers: Vec<MemcachedServer> = (0..3).map(|_| MemcachedServer::start()).collect();
+    let cache = Cache::from_url(&format!(
+        "{}?op_timeout=500ms",
+        pool_url(&servers.iter().collect::<Vec<_>>(), "127.0.0.1")
+    ))
+    .await
+    .unwrap();
+    let keys: Vec<String> = (0..12).map(|i| format!("dm{i}:k")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        cache.set(key, &i, Duration::from_secs(600)).await.unwrap();
+    }
+    let live: Vec<&str> = keys
+        .iter()
+        .filter(|k| holder(&servers, &format!("v:{k}")) != 0)
+        .map(String::as_str)
+        .collect();
+    servers[0].kill();
+    assert!(!live.is_empty());
+    cache.delete_many(&live).await.unwrap();
+    for got in cache.get_many::<usize>(&live).await.unwrap() {
+        assert_eq!(got, None);
+    }
+    servers[1].kill();
+    let err = cache.delete_many(&live).await.unwrap_err();
+    assert!(err.to_string().contains("retry"), "{err}");
+}

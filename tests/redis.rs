@@ -551,6 +551,32 @@ async fn cluster_round_trip_and_invalidation_across_slots() {
     assert_eq!(ns.get::<u8>("a:1").await.unwrap(), None);
 }
 
+/// Without a namespace, a batch's keys spread over slots and masters:
+/// `get_many` is one `MGET` split by slot, `set_many` / `delete_many` one
+/// pipeline per hash tag; each answers as the single-key calls would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_batches_span_slots() {
+    let cluster = RedisCluster::start();
+    let cache = Cache::from_url(&cluster.url()).await.unwrap();
+    let keys: Vec<String> = (0..30).map(|i| format!("shop{i}:item:{i}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let pairs: Vec<(&str, u32)> = refs.iter().zip(0u32..).map(|(k, i)| (*k, i)).collect();
+    cache
+        .set_many(&pairs, Duration::from_secs(60))
+        .await
+        .unwrap();
+    cache.invalidate_prefix("shop3:").await.unwrap();
+    let got = cache.get_many::<u32>(&refs).await.unwrap();
+    for (i, got) in got.iter().enumerate() {
+        let want = (i != 3).then_some(i as u32);
+        assert_eq!(*got, want, "{}", refs[i]);
+    }
+    cache.delete_many(&refs[..10]).await.unwrap();
+    let got = cache.get_many::<u32>(&refs).await.unwrap();
+    assert!(got[..10].iter().all(Option::is_none), "{got:?}");
+    assert!(got[10..].iter().all(Option::is_some), "{got:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_keys_whose_first_segment_cannot_be_a_hash_tag_still_work() {
     let cluster = RedisCluster::start();

@@ -323,6 +323,77 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         })
     }
 
+    /// Reads several keys: one [`Lookup`] per key, in order, each what
+    /// [`get`](Backend::get) would answer for it. The default reads them
+    /// one after the other; a store that can read them in one round trip
+    /// (Redis `MGET`, one SQL statement) overrides it.
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Lookup>, Error>> {
+        Box::pin(async move {
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                found.push(self.get(key).await?);
+            }
+            Ok(found)
+        })
+    }
+
+    /// Stores each `(key, value)` for `ttl`, as [`set`](Backend::set)
+    /// without a ticket does. The default writes them one after the other.
+    fn set_many<'a>(
+        &'a self,
+        entries: &'a [(&'a str, Bytes)],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            for (key, value) in entries {
+                self.set(key, value.clone(), ttl, None).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes each key, as [`delete`](Backend::delete) does (fencing
+    /// writes under older tickets). The default deletes them one after the
+    /// other.
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            for key in keys {
+                self.delete(key).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Atomically replaces the entry under `key` with `value` (for `ttl`)
+    /// only if [`get`](Backend::get) would still answer `expected` for it:
+    /// the bytes a read returned, or `None` when the read found no live
+    /// entry (an absent, expired, invalidated or deleted one alike). With
+    /// a `ticket` (the one that read returned), it also swaps nothing if
+    /// an invalidation or a delete reached the key since that read, as
+    /// [`set`](Backend::set) would hide such a write. Returns whether it
+    /// swapped.
+    ///
+    /// What `Cache::add`, `touch`, `incr` and `decr` are built on: the cache
+    /// reads, decides from the entry's envelope what to write, and swaps,
+    /// reading again when another writer came first. The default says the
+    /// backend has no such operation, which those methods return.
+    fn compare_and_set<'a>(
+        &'a self,
+        _key: &'a str,
+        _expected: Option<&'a [u8]>,
+        _value: Bytes,
+        _ttl: Duration,
+        _ticket: Option<&'a Ticket>,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        let backend = self.name();
+        Box::pin(async move {
+            Err(Error::Unsupported {
+                backend,
+                operation: "compare_and_set (needed by add, touch, incr and decr)",
+            })
+        })
+    }
+
     /// Atomically removes `key` only if it holds exactly `value`; returns
     /// whether it did. Releases a lock taken with
     /// [`set_if_absent`](Backend::set_if_absent) without touching a lock
@@ -389,5 +460,28 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
         value: &'a [u8],
     ) -> BoxFuture<'a, Result<bool, Error>> {
         (**self).delete_if_equals(key, value)
+    }
+    fn compare_and_set<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<&'a [u8]>,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&'a Ticket>,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        (**self).compare_and_set(key, expected, value, ttl, ticket)
+    }
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Lookup>, Error>> {
+        (**self).get_many(keys)
+    }
+    fn set_many<'a>(
+        &'a self,
+        entries: &'a [(&'a str, Bytes)],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        (**self).set_many(entries, ttl)
+    }
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<(), Error>> {
+        (**self).delete_many(keys)
     }
 }

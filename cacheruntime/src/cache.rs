@@ -31,7 +31,14 @@ use crate::{key, Error};
 /// - Building: [`Cache::memory`], [`Cache::disabled`], [`Cache::from_url`],
 ///   [`Cache::from_env`], [`Cache::builder`].
 /// - Direct use: [`get`](Cache::get), [`set`](Cache::set),
-///   [`delete`](Cache::delete), [`invalidate_prefix`](Cache::invalidate_prefix).
+///   [`delete`](Cache::delete), [`invalidate_prefix`](Cache::invalidate_prefix);
+///   and the low-level ops, absent meaning the same as for `get`:
+///   [`contains`](Cache::contains), [`ttl`](Cache::ttl),
+///   [`touch`](Cache::touch), [`add`](Cache::add),
+///   [`get_many`](Cache::get_many), [`set_many`](Cache::set_many),
+///   [`delete_many`](Cache::delete_many), counters with
+///   [`incr`](Cache::incr) and [`decr`](Cache::decr), and
+///   [`clear`](Cache::clear).
 /// - Get-or-compute: [`get_or_compute`](Cache::get_or_compute),
 ///   [`try_get_or_compute`](Cache::try_get_or_compute) (what `#[cached]` calls),
 ///   and with `stale` / `early` refreshed in the background:

@@ -27,14 +27,25 @@ use crate::Error;
 /// miss.
 pub(crate) const UNTYPED: u64 = 0;
 
+/// The fingerprint of counters (`Cache::incr` / `decr`): their own, so
+/// that a number cached by `set` or a computation is never taken for one,
+/// and read back by `get::<i64>` ([`Accept::Direct`]).
+pub(crate) const COUNTER: u64 = envelope::fingerprint("cacheruntime::counter", 0);
+
+/// What `get::<i64>` asks for: it also reads counters.
+const I64: u64 = envelope::fingerprint("i64", 0);
+
 /// Which fingerprints a read accepts.
 #[derive(Clone, Copy)]
 pub(crate) enum Accept {
     /// Exactly this one (typed calls).
     Exactly(u64),
     /// `Cache::get`: entries from `Cache::set`, or typed entries of `T`
-    /// at version 0.
+    /// at version 0 (and counters, for `T = i64`).
     Direct(u64),
+    /// Any type: the untyped direct ops (`contains`, `ttl`, `touch`,
+    /// `add`), which look at the envelope, never at the value.
+    Any,
 }
 
 impl Accept {
@@ -42,7 +53,10 @@ impl Accept {
     pub(crate) fn admits(self, fp: u64) -> bool {
         match self {
             Accept::Exactly(want) => fp == want,
-            Accept::Direct(typed) => fp == UNTYPED || fp == typed,
+            Accept::Direct(typed) => {
+                fp == UNTYPED || fp == typed || (fp == COUNTER && typed == I64)
+            }
+            Accept::Any => true,
         }
     }
 }
@@ -257,6 +271,61 @@ impl Sealer {
         Ok((header, payload))
     }
 
+    /// The header and payload (signature tag stripped) of an entry read
+    /// from the store under `key` that a direct read would serve if `fp`
+    /// admits it: signed as this cache requires, of its codec, and before
+    /// its TTL. `None` for anything else: absent to every direct op.
+    pub(crate) fn live<'b>(
+        &self,
+        bytes: &'b [u8],
+        key: &str,
+        fp: Accept,
+    ) -> Option<(Header, &'b [u8])> {
+        let (header, payload) = self.verified(bytes, fp, Source::Store(key)).ok()?;
+        (self.clock.now_ms() < header.fresh_until_ms).then_some((header, payload))
+    }
+
+    /// The entry `header` and `payload` came from (see [`live`](Self::live)),
+    /// fresh for `ttl` from now and keeping its stale window, sealed again
+    /// (and signed again) for `key`; with the TTL the store keeps it for.
+    pub(crate) fn reseal(
+        &self,
+        key: &str,
+        header: &Header,
+        payload: &[u8],
+        ttl: Duration,
+    ) -> (Bytes, Duration) {
+        let now = self.clock.now_ms();
+        let stale_ms = header.stale_until_ms - header.fresh_until_ms;
+        let fresh_until = now.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
+        let signer = self.signer.as_ref();
+        let mut out = Vec::with_capacity(envelope::HEADER_LEN + payload.len() + 32);
+        Header {
+            flags: if signer.is_some() {
+                envelope::FLAG_SIGNED
+            } else {
+                0
+            },
+            fresh_until_ms: fresh_until,
+            stale_until_ms: fresh_until.saturating_add(stale_ms),
+            ..*header
+        }
+        .write(&mut out);
+        out.extend_from_slice(payload);
+        if let Some(signer) = signer {
+            let tag = signer.sign(key, &out);
+            out.extend_from_slice(&tag);
+        }
+        let physical = ttl.saturating_add(Duration::from_millis(stale_ms));
+        (Bytes::from(out), physical)
+    }
+
+    /// Decodes a payload (from [`live`](Self::live)) with this cache's
+    /// codec.
+    pub(crate) fn codec_decode<V: DeserializeOwned>(&self, payload: &[u8]) -> Result<V, Error> {
+        self.codec.decode(payload)
+    }
+
     /// The payload of an entry this process sealed (signature tag
     /// stripped, nothing verified).
     pub(crate) fn own_payload(bytes: &[u8]) -> Result<&[u8], Error> {
@@ -357,6 +426,17 @@ impl ThreadIdBits for std::thread::ThreadId {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn get_of_i64_reads_counters_and_nothing_else_does() {
+        use super::{Accept, COUNTER, I64};
+        let i64_fp = crate::envelope::fingerprint(std::any::type_name::<i64>(), 0);
+        assert_eq!(I64, i64_fp);
+        assert!(Accept::Direct(i64_fp).admits(COUNTER));
+        let u64_fp = crate::envelope::fingerprint(std::any::type_name::<u64>(), 0);
+        assert!(!Accept::Direct(u64_fp).admits(COUNTER));
+        assert!(!Accept::Exactly(i64_fp).admits(COUNTER));
+    }
+
     #[test]
     fn uniform_stays_in_the_open_closed_unit_interval() {
         for _ in 0..10_000 {

@@ -86,13 +86,19 @@ impl Header {
 
 /// FNV-1a over the type name and the user's version: stable across processes
 /// and builds of the same code, unlike `DefaultHasher`.
-pub fn fingerprint(type_name: &str, version: u32) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in type_name.bytes().chain(version.to_le_bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+/// (`const`, so fixed fingerprints such as counters' are constants.)
+pub const fn fingerprint(type_name: &str, version: u32) -> u64 {
+    const fn mix(mut h: u64, bytes: &[u8]) -> u64 {
+        let mut i = 0;
+        while i < bytes.len() {
+            h ^= bytes[i] as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+            i += 1;
+        }
+        h
     }
-    h
+    let h = mix(0xcbf2_9ce4_8422_2325, type_name.as_bytes());
+    mix(h, &version.to_le_bytes())
 }
 
 #[cfg(test)]

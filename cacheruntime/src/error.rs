@@ -98,6 +98,61 @@ pub enum Error {
     /// A builder setting out of range.
     #[error("invalid cache configuration: {0}")]
     Config(String),
+    /// A read-then-write op (`add`, `touch`, `incr`, `decr`) found the key
+    /// changed by other writers between its read and its write on every
+    /// attempt, for the whole op timeout. Nothing was written.
+    #[error(
+        "key {key:?} kept changing under other writers for {attempts} attempts within the op \
+         timeout; nothing was written: retry, spread the writes over more keys, or raise \
+         `Cache::builder().op_timeout(..)`"
+    )]
+    Contended {
+        /// The key (namespaced, as stored; at most 64 characters of it).
+        key: String,
+        /// How many times it read and tried to write.
+        attempts: u32,
+    },
+    /// `incr` / `decr` found a live value under the key that is not one of
+    /// their counters. The value was left as it was.
+    #[error(
+        "key {key:?} holds a value that is not a counter (written by `set`, `add` or a \
+         computation), so it was not incremented and was left as it is: `delete` it first, \
+         or keep counters under keys of their own"
+    )]
+    NotACounter {
+        /// The key as given.
+        key: String,
+    },
+    /// `incr` / `decr` would take a counter past `i64`. The counter was left
+    /// as it was.
+    #[error(
+        "counter {key:?} is {value} and adding {delta} would overflow i64; it was left as it \
+         is: `delete` it to start again from 0"
+    )]
+    CounterOverflow {
+        /// The key as given.
+        key: String,
+        /// The counter's value.
+        value: i64,
+        /// What was to be added (negative for `decr`; wide enough for
+        /// `decr` of `i64::MIN`).
+        delta: i128,
+    },
+    /// An operation that reaches everything of this cache (`clear`) on a
+    /// shared store, by a cache with no namespace: it would reach every
+    /// entry on the store, other applications' included, so it is refused.
+    #[error(
+        "{operation} on the shared `{backend}` store needs a cache namespace to know which \
+         entries are this cache's (without one it would reach every entry on the store, other \
+         applications' included): give the cache one, `?namespace=app` in the cache URL or \
+         `Cache::builder().namespace(\"app\")`"
+    )]
+    NamespaceRequired {
+        /// The backend's name.
+        backend: &'static str,
+        /// The refused operation.
+        operation: &'static str,
+    },
     /// The backend has no such operation.
     #[error("the `{backend}` backend does not support {operation}")]
     Unsupported {

@@ -16,6 +16,7 @@ mod cache;
 mod clock;
 pub mod codec;
 mod config;
+mod counter;
 mod decision;
 mod default;
 mod engine;
@@ -37,8 +38,10 @@ pub mod http;
 mod ids;
 pub mod key;
 mod lock;
+mod many;
 mod memo;
 mod named;
+mod ops;
 mod outcome;
 mod params;
 mod policy;
@@ -47,6 +50,7 @@ mod secrets;
 pub mod signing;
 mod site;
 mod stats;
+mod swap;
 pub mod url;
 
 #[doc(hidden)]

@@ -4,15 +4,17 @@
 //! operations for a bounded time (`CONFORMANCE_SECONDS`, default 5; 6 with
 //! faults) on a small key set (`k:<group>:<i>`, 3 groups of 4 keys):
 //! `get_or_compute`, `get_or_refresh` (with a stale window, as are all
-//! reads of the last group), `get`, `set`, `delete`,
-//! `invalidate_prefix("k:<group>:")`, and origin updates.
+//! reads of the last group), `get`, `get_many` (of two keys, checked as two
+//! reads), `set`, `add`, `delete`, `delete_many` (of two keys),
+//! `invalidate_prefix("k:<group>:")`, `clear`, and origin updates.
 //!
 //! The origin is a version per key. A computation returns `(key, version)`
 //! read from the origin when it starts (then sleeps 0-3 ms to widen
 //! races). Writers follow the app's discipline: update the origin, then
-//! `delete` the key or invalidate its prefix; a `set` writes the current
-//! version while holding the key's origin lock, so it is never older than
-//! the origin at its start. Every operation is recorded with its start and
+//! `delete` the key (or keys) or invalidate its prefix (or the whole
+//! namespace); a `set` or an `add` writes the current version while
+//! holding the key's origin lock, so it is never older than the origin at
+//! its start. Every operation is recorded with its start and
 //! end on one global counter (a total order agreeing with real time), and
 //! its result.
 //!
@@ -80,9 +82,15 @@ enum Kind {
     GetOrRefresh,
     Get,
     Set,
+    /// A `set` only if absent; `result` is its value when it stored.
+    Add,
     Delete,
+    /// `delete_many` of the keys in `versions`.
+    DeleteMany,
     /// `key` holds the group.
     Invalidate,
+    /// The whole namespace.
+    Clear,
     /// Origin only, no fence.
     Update,
 }
@@ -109,12 +117,17 @@ impl Op {
     }
 
     fn is_fence(&self) -> bool {
-        matches!(self.kind, Kind::Delete | Kind::Invalidate) && self.error.is_none()
+        matches!(
+            self.kind,
+            Kind::Delete | Kind::DeleteMany | Kind::Invalidate | Kind::Clear
+        ) && self.error.is_none()
     }
 
     fn touches(&self, k: usize) -> bool {
         match self.kind {
             Kind::Invalidate => self.key == k / PER_GROUP,
+            Kind::DeleteMany => self.versions.iter().any(|(key, _)| *key == k),
+            Kind::Clear => true,
             _ => self.key == k,
         }
     }
@@ -130,7 +143,22 @@ impl Op {
                 key_name(self.key),
                 self.result.as_ref().map_or(0, |v| v.version)
             ),
+            Kind::Add => format!(
+                "add({}, v{}) -> {}",
+                key_name(self.key),
+                self.result.as_ref().map_or(0, |v| v.version),
+                if self.result.is_some() {
+                    "stored"
+                } else {
+                    "refused"
+                }
+            ),
             Kind::Delete => format!("delete({})", key_name(self.key)),
+            Kind::DeleteMany => {
+                let keys: Vec<String> = self.versions.iter().map(|(k, _)| key_name(*k)).collect();
+                format!("delete_many({})", keys.join(", "))
+            }
+            Kind::Clear => "clear()".to_owned(),
             Kind::Update => format!("origin update({})", key_name(self.key)),
         };
         let mut out = format!(
@@ -140,7 +168,11 @@ impl Op {
             self.start,
             self.end
         );
-        if let Some(v) = self.result.as_ref().filter(|_| self.kind != Kind::Set) {
+        if let Some(v) = self
+            .result
+            .as_ref()
+            .filter(|_| !matches!(self.kind, Kind::Set | Kind::Add))
+        {
             out += &format!(
                 " -> {} v{} (by op#{}, origin read at seq {})",
                 v.key, v.version, v.by, v.read_at
@@ -283,7 +315,7 @@ async fn worker(seed: u64, handles: Arc<Vec<Cache>>, world: Arc<World>, until: I
                 op.end = world.tick();
                 op.result = Some(v);
             }
-            60..72 => {
+            60..69 => {
                 op.kind = Kind::Get;
                 op.start = world.tick();
                 let got = cache.get::<HVal>(&name).await;
@@ -293,7 +325,37 @@ async fn worker(seed: u64, handles: Arc<Vec<Cache>>, world: Arc<World>, until: I
                     Err(e) => op.error = Some(e.to_string()),
                 }
             }
-            72..80 => {
+            69..72 => {
+                // Two reads in one call, recorded (and checked) as two gets.
+                let k2 = rng.below(KEYS);
+                let start = world.tick();
+                let got = cache.get_many::<HVal>(&[&name, &key_name(k2)]).await;
+                let end = world.tick();
+                let mut second = Op {
+                    id: world.ids.fetch_add(1, Ordering::Relaxed),
+                    handle: h,
+                    kind: Kind::Get,
+                    key: k2,
+                    start,
+                    end,
+                    result: None,
+                    error: None,
+                    versions: Vec::new(),
+                };
+                (op.start, op.end) = (start, end);
+                match got {
+                    Ok(mut values) => {
+                        second.result = values.pop().flatten();
+                        op.result = values.pop().flatten();
+                    }
+                    Err(e) => {
+                        op.error = Some(e.to_string());
+                        second.error = Some(e.to_string());
+                    }
+                }
+                ops.push(second);
+            }
+            72..77 => {
                 op.kind = Kind::Set;
                 let _held = world.locks[k].lock().await;
                 op.start = world.tick();
@@ -308,7 +370,29 @@ async fn worker(seed: u64, handles: Arc<Vec<Cache>>, world: Arc<World>, until: I
                 op.result = Some(v);
                 op.error = done.err().map(|e| e.to_string());
             }
-            80..87 => {
+            77..80 => {
+                op.kind = Kind::Add;
+                let _held = world.locks[k].lock().await;
+                op.start = world.tick();
+                let v = HVal {
+                    key: name.clone(),
+                    version: world.versions[k].load(Ordering::SeqCst),
+                    by: op.id,
+                    read_at: op.start,
+                };
+                let done = cache.add(&name, &v, TTL).await;
+                op.end = world.tick();
+                match done {
+                    Ok(true) => op.result = Some(v),
+                    Ok(false) => {}
+                    // It may have stored: the checker excuses its value.
+                    Err(e) => {
+                        op.result = Some(v);
+                        op.error = Some(e.to_string());
+                    }
+                }
+            }
+            80..85 => {
                 op.kind = Kind::Delete;
                 op.start = world.tick();
                 op.versions.push((k, world.bump(k).await));
@@ -316,7 +400,17 @@ async fn worker(seed: u64, handles: Arc<Vec<Cache>>, world: Arc<World>, until: I
                 op.end = world.tick();
                 op.error = done.err().map(|e| e.to_string());
             }
-            87..92 => {
+            85..87 => {
+                op.kind = Kind::DeleteMany;
+                let k2 = (k + 1 + rng.below(KEYS - 1)) % KEYS;
+                op.start = world.tick();
+                op.versions.push((k, world.bump(k).await));
+                op.versions.push((k2, world.bump(k2).await));
+                let done = cache.delete_many(&[&name, &key_name(k2)]).await;
+                op.end = world.tick();
+                op.error = done.err().map(|e| e.to_string());
+            }
+            87..91 => {
                 op.kind = Kind::Invalidate;
                 op.key = g;
                 op.start = world.tick();
@@ -324,6 +418,16 @@ async fn worker(seed: u64, handles: Arc<Vec<Cache>>, world: Arc<World>, until: I
                     op.versions.push((k, world.bump(k).await));
                 }
                 let done = cache.invalidate_prefix(&group_prefix(g)).await;
+                op.end = world.tick();
+                op.error = done.err().map(|e| e.to_string());
+            }
+            91 => {
+                op.kind = Kind::Clear;
+                op.start = world.tick();
+                for k in 0..KEYS {
+                    op.versions.push((k, world.bump(k).await));
+                }
+                let done = cache.clear().await;
                 op.end = world.tick();
                 op.error = done.err().map(|e| e.to_string());
             }
@@ -358,11 +462,14 @@ impl Cause {
     fn of(op: &Op, fence: &Op, producer: Option<&Op>) -> Cause {
         let fence = match fence.kind {
             Kind::Delete => "delete",
+            Kind::DeleteMany => "delete_many",
+            Kind::Clear => "clear",
             _ => "invalidate_prefix",
         };
         let path = match producer {
             None => "written by an unrecorded operation",
             Some(p) if p.kind == Kind::Set => "a set's value, from the store",
+            Some(p) if p.kind == Kind::Add => "an add's value, from the store",
             // Only a computation on the reader's own handle can hand its
             // value over in process (single-flight).
             Some(p) if p.end > op.start && p.handle == op.handle => {
@@ -448,7 +555,7 @@ fn check(ops: &[Op]) -> Verdict {
             continue;
         }
         let producer = by_id.get(&val.by).copied();
-        if producer.is_some_and(|p| p.kind == Kind::Set && p.error.is_some()) {
+        if producer.is_some_and(|p| matches!(p.kind, Kind::Set | Kind::Add) && p.error.is_some()) {
             verdict.excused += 1;
             continue;
         }
@@ -584,7 +691,8 @@ async fn run(s: &Store, faults: Option<Faults>) {
     let count = |kind: Kind| ops.iter().filter(|o| o.kind == kind).count();
     println!(
         "CONFORMANCE | history | {} | seed={seed} secs={secs} faults={what} | ops={} reads={} \
-         returned={} gets={} sets={} deletes={} invalidations={} fences={} hits={} stale_hits={} \
+         returned={} gets={} sets={} adds={} deletes={} delete_manys={} invalidations={} \
+         clears={} fences={} hits={} stale_hits={} \
          misses={} computations={} store_errors={} op_errors={} excused={} violations={}",
         s.name,
         ops.len(),
@@ -592,8 +700,11 @@ async fn run(s: &Store, faults: Option<Faults>) {
         verdict.returned,
         count(Kind::Get),
         count(Kind::Set),
+        count(Kind::Add),
         count(Kind::Delete),
+        count(Kind::DeleteMany),
         count(Kind::Invalidate),
+        count(Kind::Clear),
         verdict.fences,
         sum(|s| s.hits),
         sum(|s| s.stale_hits),

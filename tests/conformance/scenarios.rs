@@ -109,31 +109,33 @@ impl Origin {
     }
 }
 
+pub use crate::lowlevel::*;
+
 /// What a scenario saw that the contract forbids.
-struct Findings {
+pub struct Findings {
     label: String,
     problems: Vec<String>,
 }
 
 impl Findings {
-    fn new(store: &Store, scenario: &str) -> Findings {
+    pub fn new(store: &Store, scenario: &str) -> Findings {
         Findings {
             label: format!("{}::{scenario}", store.name),
             problems: Vec::new(),
         }
     }
 
-    fn fail(&mut self, problem: impl Into<String>) {
+    pub fn fail(&mut self, problem: impl Into<String>) {
         self.problems.push(problem.into());
     }
 
-    fn expect(&mut self, ok: bool, problem: impl FnOnce() -> String) {
+    pub fn expect(&mut self, ok: bool, problem: impl FnOnce() -> String) {
         if !ok {
             self.problems.push(problem());
         }
     }
 
-    fn finish(self) {
+    pub fn finish(self) {
         assert!(
             self.problems.is_empty(),
             "{}: {}",
@@ -168,13 +170,13 @@ async fn answer(call: tokio::task::JoinHandle<Val>, limit: Duration) -> Result<V
     }
 }
 
-const MINUTE: Duration = Duration::from_secs(60);
+pub const MINUTE: Duration = Duration::from_secs(60);
 /// How long a step may take before the scenario calls it stuck.
 const STUCK: Duration = Duration::from_secs(15);
 
 /// TTLs for scenarios that need an entry to expire: a minute on a manual
 /// clock, a second where the server keeps time.
-fn short_ttl(s: &Store) -> Duration {
+pub fn short_ttl(s: &Store) -> Duration {
     if s.manual_clock().is_some() {
         MINUTE
     } else {
@@ -336,6 +338,10 @@ pub async fn negative_caching(s: &Store) {
 enum Fence {
     Invalidate,
     Delete,
+    /// `delete_many` of the key and another one.
+    DeleteMany,
+    /// `clear` of the whole namespace.
+    Clear,
 }
 
 impl Fence {
@@ -343,6 +349,8 @@ impl Fence {
         match self {
             Fence::Invalidate => "invalidate_prefix",
             Fence::Delete => "delete",
+            Fence::DeleteMany => "delete_many",
+            Fence::Clear => "clear",
         }
     }
 }
@@ -371,6 +379,8 @@ async fn fence(s: &Store, scenario: &str, fence: Fence, through_b: bool) {
     let fenced = match fence {
         Fence::Invalidate => fencer.invalidate_prefix("acct:7:").await,
         Fence::Delete => fencer.delete(o.key).await,
+        Fence::DeleteMany => fencer.delete_many(&["acct:8:balance", o.key]).await,
+        Fence::Clear => fencer.clear().await,
     };
     if let Err(e) = fenced {
         f.fail(format!("{via}.{} failed: {e}", fence.name()));
@@ -445,6 +455,18 @@ pub async fn fence_invalidate_other_handle(s: &Store) {
 
 pub async fn fence_delete_other_handle(s: &Store) {
     fence(s, "fence_delete_other_handle", Fence::Delete, true).await;
+}
+
+pub async fn fence_delete_many_same_handle(s: &Store) {
+    fence(s, "fence_delete_many_same_handle", Fence::DeleteMany, false).await;
+}
+
+pub async fn fence_delete_many_other_handle(s: &Store) {
+    fence(s, "fence_delete_many_other_handle", Fence::DeleteMany, true).await;
+}
+
+pub async fn fence_clear_other_handle(s: &Store) {
+    fence(s, "fence_clear_other_handle", Fence::Clear, true).await;
 }
 
 // ------------------------------------------------------------- 6, 7. locks
@@ -796,6 +818,8 @@ async fn refresh_then(s: &Store, scenario: &str, fence: Fence) {
     let fenced = match fence {
         Fence::Invalidate => s.b.invalidate_prefix("rf:1:").await,
         Fence::Delete => s.b.delete(o.key).await,
+        Fence::DeleteMany => s.b.delete_many(&[o.key, "rf:2"]).await,
+        Fence::Clear => s.b.clear().await,
     };
     if let Err(e) = fenced {
         f.fail(format!("B.{} failed: {e}", fence.name()));
@@ -826,6 +850,14 @@ pub async fn refresh_after_delete(s: &Store) {
 
 pub async fn refresh_after_invalidate(s: &Store) {
     refresh_then(s, "refresh_after_invalidate", Fence::Invalidate).await;
+}
+
+pub async fn refresh_after_delete_many(s: &Store) {
+    refresh_then(s, "refresh_after_delete_many", Fence::DeleteMany).await;
+}
+
+pub async fn refresh_after_clear(s: &Store) {
+    refresh_then(s, "refresh_after_clear", Fence::Clear).await;
 }
 
 /// A's computation reads version 1; the origin moves to 2 and B `delete`s

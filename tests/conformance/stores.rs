@@ -30,7 +30,8 @@ use cacheruntime::{Backend, Cache, Clock};
 use crate::support::{MemcachedServer, Postgres, RedisCluster, RedisServer};
 
 type Lose = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
-type Make = Box<dyn Fn(&Options) -> Cache + Send + Sync>;
+/// Builds a handle: under the fixture's namespace, or the one given.
+type Make = Box<dyn Fn(&Options, Option<&str>) -> Cache + Send + Sync>;
 type Keep = Vec<Box<dyn Any + Send + Sync>>;
 
 /// How a fixture builds its handles.
@@ -83,8 +84,8 @@ impl Store {
     ) -> Store {
         let store = Store {
             name,
-            a: make(&options),
-            b: make(&options),
+            a: make(&options, None),
+            b: make(&options, None),
             clock,
             options,
             make,
@@ -101,7 +102,12 @@ impl Store {
 
     /// A third "process" on the same store and namespace.
     pub fn handle(&self) -> Cache {
-        (self.make)(&self.options)
+        (self.make)(&self.options, None)
+    }
+
+    /// A handle on the same store under another namespace (`""`: none).
+    pub fn handle_in(&self, namespace: &str) -> Cache {
+        (self.make)(&self.options, Some(namespace))
     }
 
     /// The manual clock that the store and its handles keep time by, for
@@ -217,7 +223,9 @@ pub async fn memory() -> Store {
     let backend = Arc::new(MemoryBackend::with_clock(4 << 20, clock.clone()));
     let make: Make = {
         let (backend, ns, clock) = (backend.clone(), ns.clone(), clock.clone());
-        Box::new(move |o| build(backend.clone(), &ns, Some(&clock), o))
+        Box::new(move |o, other: Option<&str>| {
+            build(backend.clone(), other.unwrap_or(&ns), Some(&clock), o)
+        })
     };
     let losses = Arc::new(AtomicU32::new(0));
     let lose: Lose = {
@@ -308,13 +316,18 @@ pub async fn redis_at(
     let ns = namespace();
     let make: Make = {
         let (ns, ports) = (ns.clone(), ports.clone());
-        Box::new(move |o| {
+        Box::new(move |o, other: Option<&str>| {
             let config = if cluster {
                 RedisConfig::cluster(ports.iter().map(|p| format!("redis://127.0.0.1:{p}")))
             } else {
                 RedisConfig::new(url.clone())
             };
-            build(RedisBackend::new(config).unwrap(), &ns, None, o)
+            build(
+                RedisBackend::new(config).unwrap(),
+                other.unwrap_or(&ns),
+                None,
+                o,
+            )
         })
     };
     let lose: Lose = Box::new(move || {
@@ -410,7 +423,14 @@ pub async fn sql_at(name: &'static str, url: String, options: Options, keep: Kee
     };
     let make: Make = {
         let (config, ns, clock) = (config.clone(), ns.clone(), clock.clone());
-        Box::new(move |o| build(SqlBackend::new(config()).unwrap(), &ns, Some(&clock), o))
+        Box::new(move |o, other: Option<&str>| {
+            build(
+                SqlBackend::new(config()).unwrap(),
+                other.unwrap_or(&ns),
+                Some(&clock),
+                o,
+            )
+        })
     };
     let sweeper = Arc::new(SqlBackend::new(config()).unwrap());
     let lose: Lose = {
@@ -467,11 +487,16 @@ async fn memcached_on(name: &'static str, ports: Vec<u16>, options: Options) -> 
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let make: Make = {
         let ns = ns.clone();
-        Box::new(move |o| {
+        Box::new(move |o, other: Option<&str>| {
             // Memcached keeps a breaker per server in place of the cache's.
             let config = MemcachedConfig::new(addrs.clone())
                 .circuit_breaker(o.breaker_threshold, o.breaker_cool_down);
-            build(MemcachedBackend::new(config).unwrap(), &ns, None, o)
+            build(
+                MemcachedBackend::new(config).unwrap(),
+                other.unwrap_or(&ns),
+                None,
+                o,
+            )
         })
     };
     let lose: Lose = Box::new(move || {

@@ -69,6 +69,51 @@ pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
         key: &str,
         value: &[u8],
     ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// As [`Backend::get_many`]: by default one key after the other.
+    fn get_many(&self, keys: &[&str]) -> impl Future<Output = Result<Vec<Lookup>, Error>> + Send {
+        async move {
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                found.push(self.get(key).await?);
+            }
+            Ok(found)
+        }
+    }
+
+    /// As [`Backend::set_many`]: by default one key after the other.
+    fn set_many(
+        &self,
+        entries: &[(&str, Bytes)],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        async move {
+            for (key, value) in entries {
+                self.set(key, value.clone(), ttl, None).await?;
+            }
+            Ok(())
+        }
+    }
+
+    /// As [`Backend::delete_many`]: by default one key after the other.
+    fn delete_many(&self, keys: &[&str]) -> impl Future<Output = Result<(), Error>> + Send {
+        async move {
+            for key in keys {
+                self.delete(key).await?;
+            }
+            Ok(())
+        }
+    }
+
+    /// As [`Backend::compare_and_set`].
+    fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
 }
 
 impl<S: Store> Backend for S {
@@ -125,5 +170,34 @@ impl<S: Store> Backend for S {
         value: &'a [u8],
     ) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(Store::delete_if_equals(self, key, value))
+    }
+
+    fn compare_and_set<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<&'a [u8]>,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&'a Ticket>,
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(Store::compare_and_set(
+            self, key, expected, value, ttl, ticket,
+        ))
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Lookup>, Error>> {
+        Box::pin(Store::get_many(self, keys))
+    }
+
+    fn set_many<'a>(
+        &'a self,
+        entries: &'a [(&'a str, Bytes)],
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(Store::set_many(self, entries, ttl))
+    }
+
+    fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(Store::delete_many(self, keys))
     }
 }

@@ -103,6 +103,7 @@ mod reads;
 mod ring;
 mod servers;
 mod setup;
+mod swap;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -342,5 +343,32 @@ impl Store for MemcachedBackend {
         value: &[u8],
     ) -> impl Future<Output = Result<bool, Error>> + Send {
         self.run_unlock(key, value)
+    }
+
+    fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.run_swap(key, expected, value, ttl, ticket)
+    }
+
+    fn get_many(&self, keys: &[&str]) -> impl Future<Output = Result<Vec<Lookup>, Error>> + Send {
+        self.run_get_many(keys)
+    }
+
+    fn set_many(
+        &self,
+        entries: &[(&str, Bytes)],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        self.run_set_many(entries, ttl)
+    }
+
+    fn delete_many(&self, keys: &[&str]) -> impl Future<Output = Result<(), Error>> + Send {
+        self.run_delete_many(keys)
     }
 }

@@ -23,10 +23,25 @@ fn vanished() -> Error {
     )
 }
 
+/// The same failure again, for each key of a batched read that needed the
+/// server (errors are not `Clone`).
+fn copy(e: &Error) -> Error {
+    match e {
+        Error::CircuitOpen { backend } => Error::CircuitOpen { backend },
+        Error::Timeout { backend, timeout } => Error::Timeout {
+            backend,
+            timeout: *timeout,
+        },
+        other => Error::backend(NAME, other.to_string()),
+    }
+}
+
 /// What one read of a key's counters (and entry) found.
 pub(super) struct Read {
     /// The entry, if asked for and there.
     pub(super) stored: Option<Vec<u8>>,
+    /// The entry's CAS token, when it was there.
+    pub(super) stored_cas: Option<u64>,
     /// Each counter's copies, in the order of their servers.
     seen: Vec<Vec<Seen>>,
     /// The CAS token of each copy read with a value.
@@ -68,15 +83,32 @@ impl MemcachedBackend {
         layout: &Layout,
         entry: bool,
     ) -> Result<Read, Error> {
-        // Per server: the slots asked there (`None`: the entry; else a
-        // counter and which of its copies).
-        let mut slots: Vec<Vec<Option<(usize, usize)>>> = vec![Vec::new(); pool.ring().len()];
-        if entry {
-            slots[layout.home].push(None);
-        }
-        for (c, counter) in layout.counters.iter().enumerate() {
-            for (k, &server) in counter.servers.iter().enumerate() {
-                slots[server].push(Some((c, k)));
+        let mut reads = self
+            .read_many(pool, std::slice::from_ref(layout), entry)
+            .await?;
+        Ok(reads.pop().expect("one read per layout"))
+    }
+
+    /// [`read`](Self::read) for several keys at once: still one multi-get
+    /// per server involved, the servers in parallel.
+    pub(super) async fn read_many(
+        &self,
+        pool: &Pool,
+        layouts: &[Layout],
+        entry: bool,
+    ) -> Result<Vec<Read>, Error> {
+        // Per server: the slots asked there (which layout; `None`: its
+        // entry; else a counter and which of its copies).
+        type Slot = (usize, Option<(usize, usize)>);
+        let mut slots: Vec<Vec<Slot>> = vec![Vec::new(); pool.ring().len()];
+        for (l, layout) in layouts.iter().enumerate() {
+            if entry {
+                slots[layout.home].push((l, None));
+            }
+            for (c, counter) in layout.counters.iter().enumerate() {
+                for (k, &server) in counter.servers.iter().enumerate() {
+                    slots[server].push((l, Some((c, k))));
+                }
             }
         }
         let mut groups = Vec::with_capacity(slots.len());
@@ -87,40 +119,51 @@ impl MemcachedBackend {
             }
             let ops = group
                 .iter()
-                .map(|slot| match slot {
-                    None => Op::from(Get::new(&layout.entry)),
-                    Some((c, _)) => {
-                        Op::from(Get::new(&layout.counters[*c].key).meta(Meta::NONE.cas()))
+                .map(|(l, slot)| {
+                    let layout = &layouts[*l];
+                    match slot {
+                        None => Op::from(Get::new(&layout.entry).meta(Meta::NONE.cas())),
+                        Some((c, _)) => {
+                            Op::from(Get::new(&layout.counters[*c].key).meta(Meta::NONE.cas()))
+                        }
                     }
                 })
                 .collect();
             batches.push((server, ops));
             groups.push(group);
         }
-        let mut read = Read {
-            stored: None,
-            seen: layout
-                .counters
-                .iter()
-                .map(|c| vec![Seen::Unread; c.servers.len()])
-                .collect(),
-            cas: layout
-                .counters
-                .iter()
-                .map(|c| vec![None; c.servers.len()])
-                .collect(),
-            failure: None,
-        };
+        let mut reads: Vec<Read> = layouts
+            .iter()
+            .map(|layout| Read {
+                stored: None,
+                stored_cas: None,
+                seen: layout
+                    .counters
+                    .iter()
+                    .map(|c| vec![Seen::Unread; c.servers.len()])
+                    .collect(),
+                cas: layout
+                    .counters
+                    .iter()
+                    .map(|c| vec![None; c.servers.len()])
+                    .collect(),
+                failure: None,
+            })
+            .collect();
         for (group, outcome) in groups.into_iter().zip(pool.fan_out(batches).await) {
             match outcome {
                 Ok(results) => {
-                    for (slot, result) in group.into_iter().zip(results) {
+                    for ((l, slot), result) in group.into_iter().zip(results) {
                         let (value, cas) = match result {
                             OpResult::Get(got) => (got.value, got.item.cas),
                             _ => (None, None),
                         };
+                        let read = &mut reads[l];
                         match slot {
-                            None => read.stored = value,
+                            None => {
+                                read.stored = value;
+                                read.stored_cas = cas;
+                            }
                             Some((c, k)) => {
                                 read.seen[c][k] = Seen::of(value.as_deref());
                                 read.cas[c][k] = cas;
@@ -128,13 +171,17 @@ impl MemcachedBackend {
                         }
                     }
                 }
-                Err(e) if group.contains(&None) => return Err(e),
+                Err(e) if group.iter().any(|(_, slot)| slot.is_none()) => return Err(e),
                 Err(e) => {
-                    read.failure.get_or_insert(e);
+                    for (l, _) in group {
+                        if reads[l].failure.is_none() {
+                            reads[l].failure = Some(copy(&e));
+                        }
+                    }
                 }
             }
         }
-        Ok(read)
+        Ok(reads)
     }
 
     /// Every counter's value from a read that found each one at least

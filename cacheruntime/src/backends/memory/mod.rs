@@ -326,6 +326,59 @@ impl MemoryBackend {
         ttl: Duration,
         ticket: Option<&Ticket>,
     ) -> Result<(), Error> {
+        self.check_weight(key, &value)?;
+        let seq = self.seq_of(ticket);
+        let _one_at_a_time = self.stripe(key);
+        if !self.admits(key, seq) {
+            // Computed before an invalidation or delete that covers it (or
+            // one since swept): never visible.
+            return Ok(());
+        }
+        self.insert(key, value, ttl, seq);
+        Ok(())
+    }
+
+    /// [`Backend::compare_and_set`](crate::Backend::compare_and_set): under
+    /// the key's stripe, so no write or delete of the key comes between the
+    /// comparison and the swap.
+    pub(crate) fn swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+    ) -> Result<bool, Error> {
+        self.check_weight(key, &value)?;
+        let seq = self.seq_of(ticket);
+        let _one_at_a_time = self.stripe(key);
+        if !self.admits(key, seq) {
+            return Ok(false);
+        }
+        let now = self.clock.now_ms();
+        let current = self
+            .entries
+            .get(key)
+            .filter(|e| !self.hidden(key, e.tag()) && e.expires_ms() > now);
+        let same = match (&current, expected) {
+            (None, None) => true,
+            (Some(entry), Some(expected)) => entry.bytes()[..] == *expected,
+            _ => false,
+        };
+        if same {
+            self.insert(key, value, ttl, seq);
+        }
+        Ok(same)
+    }
+
+    fn seq_of(&self, ticket: Option<&Ticket>) -> u64 {
+        match ticket.and_then(Ticket::as_seq) {
+            Some(seq) => seq,
+            None => self.seq.load(Ordering::Acquire),
+        }
+    }
+
+    fn check_weight(&self, key: &str, value: &Bytes) -> Result<(), Error> {
         let weight = key.len() as u64 + 2 * value.len() as u64 + ENTRY_OVERHEAD;
         if weight > self.admits {
             return Err(Error::TooLarge {
@@ -333,16 +386,12 @@ impl MemoryBackend {
                 limit: self.max_value_bytes(),
             });
         }
-        let seq = match ticket.and_then(Ticket::as_seq) {
-            Some(seq) => seq,
-            None => self.seq.load(Ordering::Acquire),
-        };
-        let _one_at_a_time = self.stripe(key);
-        if !self.admits(key, seq) {
-            // Computed before an invalidation or delete that covers it (or
-            // one since swept): never visible.
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    /// Inserts an entry; the caller holds the key's stripe and checked
+    /// that `seq` is admitted.
+    fn insert(&self, key: &str, value: Bytes, ttl: Duration, seq: u64) {
         let ttl_ms = ttl.as_millis().min(u64::MAX as u128) as u64;
         self.longest_ttl_ms.fetch_max(ttl_ms, Ordering::Relaxed);
         let expires_ms = self.clock.now_ms().saturating_add(ttl_ms);
@@ -350,7 +399,6 @@ impl MemoryBackend {
             key.into(),
             Arc::new(LocalEntry::new(value, expires_ms, seq)),
         );
-        Ok(())
     }
 
     fn invalidate(&self, prefix: &str) {
@@ -492,6 +540,17 @@ impl Store for MemoryBackend {
             locks.remove(key);
         }
         ready(Ok(ours))
+    }
+
+    fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        ready(self.swap(key, expected, value, ttl, ticket))
     }
 }
 

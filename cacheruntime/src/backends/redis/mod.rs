@@ -63,6 +63,7 @@
 mod config;
 mod connection;
 mod keys;
+mod many;
 mod scripts;
 mod server_config;
 
@@ -77,7 +78,7 @@ use redis::RedisError;
 pub use self::config::RedisConfig;
 use self::connection::{AnyConn, Conn};
 use self::keys::{lock_key, physical, Layout};
-use self::scripts::{BUMP, DELETE, ENSURE, RELEASE, WRITE};
+use self::scripts::{BUMP, DELETE, ENSURE, RELEASE, SWAP, WRITE};
 use crate::backend::{Lookup, Ticket};
 use crate::backends::generations::{generations, unwrap_entry, Kind};
 use crate::backends::Store;
@@ -313,6 +314,33 @@ impl RedisBackend {
         Ok(done.is_some())
     }
 
+    async fn run_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+        ttl: Duration,
+        seen: &str,
+    ) -> Result<bool, Error> {
+        self.validate_key(key)?;
+        let mut conn = self.connection().await?;
+        let layout = self.layout(key);
+        let mut call = SWAP.key(layout.entry());
+        for c in layout.counters() {
+            call.key(c);
+        }
+        let swapped: i64 = call
+            .arg(value)
+            .arg(self.ttl_ms(ttl))
+            .arg(seen)
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or_default())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(swapped == 1)
+    }
+
     async fn run_delete_if_equals(&self, key: &str, value: &[u8]) -> Result<bool, Error> {
         self.validate_key(key)?;
         let mut conn = self.connection().await?;
@@ -370,5 +398,33 @@ impl Store for RedisBackend {
         value: &[u8],
     ) -> impl Future<Output = Result<bool, Error>> + Send {
         self.run_delete_if_equals(key, value)
+    }
+
+    fn get_many(&self, keys: &[&str]) -> impl Future<Output = Result<Vec<Lookup>, Error>> + Send {
+        self.run_get_many(keys)
+    }
+
+    fn set_many(
+        &self,
+        entries: &[(&str, Bytes)],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        self.run_set_many(entries, ttl)
+    }
+
+    fn delete_many(&self, keys: &[&str]) -> impl Future<Output = Result<(), Error>> + Send {
+        self.run_delete_many(keys)
+    }
+
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+    ) -> Result<bool, Error> {
+        let seen = ticket.and_then(Ticket::as_tag).unwrap_or("*");
+        self.run_swap(key, expected, &value, ttl, seen).await
     }
 }

@@ -82,6 +82,57 @@ return 1
     ))
 });
 
+/// Swaps an entry only if what a read of it answers now is what the caller
+/// read: KEYS as [`WRITE`]; ARGV[1]: value, ARGV[2]: TTL ms, ARGV[3]: the
+/// generations the caller's read saw (`*`: whatever is current), ARGV[4]:
+/// `1` when the caller read bytes (ARGV[5]), `0` when it read no live
+/// entry. An entry recorded under other generations than the current ones
+/// is no live entry, as on a read. Returns 0 (nothing written) when a
+/// counter is missing or moved since the caller's read, or the entry is not
+/// what it read.
+pub(super) static SWAP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local g = {}
+if #KEYS > 1 then
+  g = redis.call('MGET', unpack(KEYS, 2))
+end
+for i = 1, #g do
+  if not g[i] then
+    return 0
+  end
+end
+local gens = table.concat(g, '.')
+if ARGV[3] ~= '*' and ARGV[3] ~= gens then
+  return 0
+end
+local raw = redis.call('GET', KEYS[1])
+local live = false
+if raw and #raw >= 2 then
+  local n = struct.unpack('>I2', raw)
+  if string.sub(raw, 3, 2 + n) == gens then
+    live = string.sub(raw, 3 + n)
+  end
+end
+if ARGV[4] == '1' then
+  if live ~= ARGV[5] then
+    return 0
+  end
+elseif live then
+  return 0
+end
+local ttl = tonumber(ARGV[2])
+for i = 2, #KEYS do
+  if redis.call('PTTL', KEYS[i]) < ttl then
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+end
+redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ttl)
+return 1
+",
+    )
+});
+
 /// Bumps a prefix's generation, or creates it from the clock if missing
 /// (to live ARGV[1] ms unless an entry's write extends it).
 pub(super) static BUMP: LazyLock<Script> = LazyLock::new(|| {

@@ -183,6 +183,66 @@ impl Shared {
         Ok(())
     }
 
+    /// [`Backend::compare_and_set`](crate::Backend::compare_and_set): one
+    /// statement, `swap_absent` or `swap_present`.
+    pub(super) async fn swap(
+        self: &Arc<Self>,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+    ) -> Result<bool, Error> {
+        check_key(key)?;
+        let Some(epoch) = ticket.and_then(Ticket::as_seq) else {
+            return Err(Error::backend(
+                self.backend_name(),
+                "compare_and_set needs the ticket of the read it compares with",
+            ));
+        };
+        let pool = self.ready().await?;
+        let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+        let sql = match expected {
+            None => self.sql.swap_absent.as_str(),
+            Some(_) => self.sql.swap_present.as_str(),
+        };
+        let (ttl, now, records) = (self.ttl_ms(ttl), self.now(), Self::records(key));
+        let n = match pool {
+            #[cfg(feature = "postgres")]
+            Pool::Postgres(p) => {
+                let q = sqlx::query(AssertSqlSafe(sql))
+                    .bind(key)
+                    .bind(&value[..])
+                    .bind(ttl)
+                    .bind(epoch)
+                    .bind(&records)
+                    .bind(now);
+                let q = match expected {
+                    Some(x) => q.bind(x),
+                    None => q,
+                };
+                q.execute(p).await.map(|r| r.rows_affected())
+            }
+            #[cfg(feature = "sqlite")]
+            Pool::Sqlite(p) => {
+                let q = sqlx::query(AssertSqlSafe(sql))
+                    .bind(key)
+                    .bind(&value[..])
+                    .bind(ttl)
+                    .bind(epoch)
+                    .bind(json_array(&records))
+                    .bind(now);
+                let q = match expected {
+                    Some(x) => q.bind(x),
+                    None => q,
+                };
+                q.execute(p).await.map(|r| r.rows_affected())
+            }
+        }
+        .map_err(|e| self.error(e))?;
+        Ok(n == 1)
+    }
+
     pub(super) async fn lock(
         self: &Arc<Self>,
         key: &str,
@@ -233,7 +293,7 @@ pub(super) fn check_key(key: &str) -> Result<(), Error> {
 }
 
 #[cfg(feature = "sqlite")]
-fn json_array<S: AsRef<str>>(items: &[S]) -> String {
+pub(super) fn json_array<S: AsRef<str>>(items: &[S]) -> String {
     let mut out = String::from("[");
     for (i, item) in items.iter().enumerate() {
         if i > 0 {

@@ -119,7 +119,7 @@ impl Shared {
 /// The record of a delete of `key`: the key and `\u{1}`, which no prefix
 /// ends with (prefixes are empty or end with `:`), so it names that key
 /// only.
-fn deleted(key: &str) -> String {
+pub(super) fn deleted(key: &str) -> String {
     format!("{key}\u{1}")
 }
 

@@ -142,6 +142,7 @@ mod config;
 mod connect;
 mod entries;
 mod invalidation;
+mod many;
 mod schema;
 mod statements;
 mod sweep;
@@ -414,6 +415,33 @@ impl Store for SqlBackend {
         value: &[u8],
     ) -> impl Future<Output = Result<bool, Error>> + Send {
         self.op(self.shared.unlock(key, value))
+    }
+
+    fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.op(self.shared.swap(key, expected, value, ttl, ticket))
+    }
+
+    fn get_many(&self, keys: &[&str]) -> impl Future<Output = Result<Vec<Lookup>, Error>> + Send {
+        self.op(self.shared.get_many(keys))
+    }
+
+    fn set_many(
+        &self,
+        entries: &[(&str, Bytes)],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        self.op(self.shared.set_many(entries, ttl))
+    }
+
+    fn delete_many(&self, keys: &[&str]) -> impl Future<Output = Result<(), Error>> + Send {
+        self.op(self.shared.delete_many(keys))
     }
 }
 

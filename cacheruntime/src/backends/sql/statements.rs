@@ -15,6 +15,12 @@ pub(super) struct Statements {
     pub(super) get: String,
     pub(super) put_ticketed: String,
     pub(super) put_current: String,
+    pub(super) get_many: String,
+    pub(super) set_many: String,
+    pub(super) delete_many: String,
+    pub(super) record_many: String,
+    pub(super) swap_absent: String,
+    pub(super) swap_present: String,
     pub(super) delete: String,
     pub(super) bump: String,
     pub(super) seed_epoch: String,
@@ -118,6 +124,108 @@ impl Statements {
                 p(2),
                 now(4),
                 p(3),
+            ),
+            // Several keys ($1, an array) in one statement: each live row,
+            // unless expired, under the floor, or older than a record naming
+            // it. $3 holds the records of every key; a record names a key
+            // when it is "", the key's delete record, or a prefix of it
+            // ending with ':' (what `records` gives for one key).
+            get_many: format!(
+                "SELECT c.key AS key, c.value AS value FROM {t} c WHERE {keys} \
+                 AND c.expires_at > {now} AND c.epoch >= {floor} \
+                 AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
+                 AND i.epoch > c.epoch AND (i.prefix = '' OR i.prefix = c.key || {one} \
+                 OR (substr(i.prefix, length(i.prefix)) = ':' \
+                 AND substr(c.key, 1, length(i.prefix)) = i.prefix)))",
+                keys = if pg {
+                    "c.key = ANY($1::text[])".to_owned()
+                } else {
+                    "c.key IN (SELECT value FROM json_each(?1))".to_owned()
+                },
+                now = now(2),
+                records = records_of(3),
+                one = if pg { "chr(1)" } else { "char(1)" },
+            ),
+            // Several rows in one statement under the current epoch, as
+            // `put_current`: $3 the keys and $4 the values (SQLite: one JSON
+            // array of [key, hex value] pairs in $3).
+            set_many: if pg {
+                format!(
+                    "INSERT INTO {t} (key, value, expires_at, epoch) \
+                     SELECT u.k, u.v, {now} + $2, e.epoch \
+                     FROM unnest($3::text[], $4::bytea[]) AS u(k, v), {t}_epoch e \
+                     WHERE e.id = 1 \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                     expires_at = excluded.expires_at, epoch = excluded.epoch",
+                    now = now(1),
+                )
+            } else {
+                format!(
+                    "INSERT INTO {t} (key, value, expires_at, epoch) \
+                     SELECT json_extract(u.value, '$[0]'), unhex(json_extract(u.value, '$[1]')), \
+                     {now} + ?2, e.epoch FROM json_each(?3) AS u, {t}_epoch e WHERE e.id = 1 \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                     expires_at = excluded.expires_at, epoch = excluded.epoch",
+                    now = now(1),
+                )
+            },
+            delete_many: if pg {
+                format!("DELETE FROM {t} WHERE key = ANY($1::text[])")
+            } else {
+                format!("DELETE FROM {t} WHERE key IN (SELECT value FROM json_each(?1))")
+            },
+            // The delete records of several keys ($1) under one epoch.
+            record_many: format!(
+                "INSERT INTO {t}_invalidations AS r (prefix, epoch, at) \
+                 SELECT {names}, {e}, {now} {from} WHERE true \
+                 ON CONFLICT (prefix) DO UPDATE SET epoch = excluded.epoch, at = excluded.at \
+                 WHERE r.epoch < excluded.epoch",
+                names = if pg { "n" } else { "value" },
+                from = if pg {
+                    "FROM unnest($1::text[]) AS n"
+                } else {
+                    "FROM json_each(?1)"
+                },
+                e = p(2),
+                now = now(3),
+            ),
+            // Compare-and-set, under a ticket as `put_ticketed` (refused
+            // when a record naming the key is newer than the read), when
+            // the read found no live row: inserts, or replaces a row a read
+            // would not serve (expired, under the floor, or older than a
+            // record naming it); a live row stays.
+            swap_absent: format!(
+                "INSERT INTO {t} AS c (key, value, expires_at, epoch) \
+                 SELECT {k}, {v}, {now} + {ttl}, {e} WHERE {e} >= {floor} \
+                 AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
+                 AND i.epoch > {e}) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                 expires_at = excluded.expires_at, epoch = excluded.epoch \
+                 WHERE c.expires_at <= {now} OR c.epoch < {floor} \
+                 OR EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
+                 AND i.epoch > c.epoch)",
+                k = p(1),
+                v = p(2),
+                ttl = p(3),
+                e = p(4),
+                records = records_of(5),
+                now = now(6),
+            ),
+            // ... and when it found bytes ($7): replaces the row only while
+            // it is live and holds them.
+            swap_present: format!(
+                "UPDATE {t} AS c SET value = {v}, expires_at = {now} + {ttl}, epoch = {e} \
+                 WHERE c.key = {k} AND c.value = {x} AND c.expires_at > {now} \
+                 AND c.epoch >= {floor} AND {e} >= {floor} \
+                 AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
+                 AND (i.epoch > c.epoch OR i.epoch > {e}))",
+                k = p(1),
+                v = p(2),
+                ttl = p(3),
+                e = p(4),
+                records = records_of(5),
+                now = now(6),
+                x = p(7),
             ),
             delete: format!("DELETE FROM {t} WHERE key = {}", p(1)),
             // Never below the clock: an epoch row created again later starts
