@@ -1036,3 +1036,33 @@ async fn auto_create_uses_tables_that_another_user_owns() {
     let backend = SqlBackend::new(SqlConfig::new(url.as_str())).unwrap();
     backend.sweep().await.unwrap();
 }
+
+/// Invalidating everything without a namespace means one thing on every
+/// shared store: refused, naming the fix. SQL used to accept it and hide
+/// every row of the table, other namespaces' included (Redis and Memcached
+/// refused it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidating_everything_without_a_namespace_is_refused_and_reaches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir, "shared.db");
+    let other_app = Cache::builder()
+        .backend(SqlBackend::new(SqlConfig::new(url.clone())).unwrap())
+        .namespace("other")
+        .op_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    support::until_ready(&other_app).await;
+    other_app
+        .set("kept", &1u8, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let bare = cache_with(SqlConfig::new(url), None);
+    let e = bare.invalidate_prefix("").await.unwrap_err();
+    assert!(
+        matches!(e, cacheruntime::Error::NamespaceRequired { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("namespace"), "{e}");
+    assert_eq!(other_app.get::<u8>("kept").await.unwrap(), Some(1));
+    assert!(bare.clear().await.is_err(), "clear agrees");
+}

@@ -266,7 +266,11 @@ impl Cache {
     /// `author:42:top_books` (and every `vary` variant of it) but not
     /// `author:420:...`. A prefix that does not end with `:` is rejected
     /// with [`Error::InvalidPrefix`] instead of matching fewer keys than
-    /// asked; `""` invalidates everything in this cache's namespace.
+    /// asked; `""` invalidates everything in this cache's namespace (on a
+    /// shared store, only with a namespace: without one it is refused with
+    /// [`Error::NamespaceRequired`] on every shared store, as
+    /// [`clear`](Cache::clear) is, since it would reach other applications'
+    /// entries).
     ///
     /// Entries being computed while this runs are not stored visibly: after
     /// it returns, no reader gets a value computed before it.
@@ -289,6 +293,16 @@ impl Cache {
         key::check_prefix(prefix)?;
         if !self.engine.enabled() {
             return Ok(());
+        }
+        // Everything, without a namespace, on a store others may share:
+        // refused on every shared store alike (it would reach other
+        // applications' entries), as `clear` is.
+        if prefix.is_empty() && self.engine.namespace().is_empty() && self.engine.store.is_shared()
+        {
+            return Err(Error::NamespaceRequired {
+                backend: self.engine.store.backend().name(),
+                operation: "invalidate_prefix(\"\")",
+            });
         }
         let full = self.engine.full_prefix(prefix)?;
         let backend = self.engine.store.backend();
