@@ -24,6 +24,8 @@ mod support;
 mod history;
 #[path = "conformance/lowlevel.rs"]
 mod lowlevel;
+#[path = "conformance/policies.rs"]
+mod policies;
 #[path = "conformance/scenarios.rs"]
 mod scenarios;
 #[path = "conformance/stores.rs"]
@@ -128,6 +130,7 @@ conformance! {
         clear_is_scoped_to_the_namespace,
         fence_clear_other_handle,
         refresh_after_clear,
+        stale_if_error_serves_the_kept_value_until_it_is_fenced,
     ],
     alone: [history],
 }

@@ -17,8 +17,19 @@ pub const EARLY: &str = "early";
 pub const IDS: &str = "ids";
 pub const SKIP: &str = "skip";
 pub const UNLESS: &str = "unless";
+pub const STALE_IF_ERROR: &str = "stale_if_error";
 pub const ALL: &[&str] = &[
-    KEY, TTL, VARY, SKIP, CACHE, VERSION, STALE, EARLY, IDS, UNLESS,
+    KEY,
+    TTL,
+    VARY,
+    SKIP,
+    CACHE,
+    VERSION,
+    STALE,
+    EARLY,
+    IDS,
+    UNLESS,
+    STALE_IF_ERROR,
 ];
 
 /// `ttl = 3600` or `ttl = "10m"` (checked at compile time), any other
@@ -69,6 +80,8 @@ pub struct Args {
     pub skip: Option<(Span, Vec<Ident>)>,
     /// `unless = |value| ..`: values not to store.
     pub unless: Option<(Span, syn::ExprClosure)>,
+    /// `stale_if_error = "1h"`: serve the expired value when the body fails.
+    pub stale_if_error: Option<TtlArg>,
     pub cache: Option<Expr>,
     pub version: Option<LitInt>,
     pub stale: Option<TtlArg>,
@@ -176,6 +189,10 @@ impl Parse for Args {
                         let arg = TtlArg::of(input.parse::<Expr>()?);
                         set_once(&mut args.stale, arg, &name, &mut args.errors);
                     }
+                    STALE_IF_ERROR => {
+                        let arg = TtlArg::of(input.parse::<Expr>()?);
+                        set_once(&mut args.stale_if_error, arg, &name, &mut args.errors);
+                    }
                     UNLESS => match input.parse::<Expr>()? {
                         Expr::Closure(c) => {
                             set_once(&mut args.unless, (name.span(), c), &name, &mut args.errors)
@@ -252,6 +269,7 @@ fn example(name: &str) -> &'static str {
         EARLY => "`early = 1.0`",
         IDS => "`ids = |ids| Book::by_ids(&pool, &ids)`",
         UNLESS => "`unless = |feed| feed.items.is_empty()`",
+        STALE_IF_ERROR => "`stale_if_error = \"1h\"` or `stale_if_error = 3600`",
         _ => "`version = 2`",
     }
 }

@@ -76,9 +76,12 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
         (None, None) => None,
     };
     let early = timing.early.map(|beta| quote!(.early(#beta)));
+    let kept = timing.stale_if_error.map(|d| {
+        let d = duration(d);
+        quote!(.stale_if_error(#d))
+    });
     let version = timing.version;
-    let policy =
-        quote!(::cacheruntime::__private::Policy::new() #ttl #stale #early .version(#version));
+    let policy = quote!(::cacheruntime::__private::Policy::new() #ttl #stale #early #kept .version(#version));
     // `stale` / `early` refresh in a spawned task: the body must be
     // `Send + 'static` (owned arguments).
     let refreshing = timing.refreshes();

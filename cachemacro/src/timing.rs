@@ -21,6 +21,7 @@ pub struct Timing {
     pub stale: Option<Duration>,
     pub early: Option<f64>,
     pub version: u32,
+    pub stale_if_error: Option<Duration>,
     /// What each computation decides.
     pub decide: Decide,
 }
@@ -57,15 +58,35 @@ pub enum DecidedTtl {
 
 /// Checks the timing options; `ids` says the function stores ids, where
 /// nothing is decided per computation yet.
+#[allow(clippy::too_many_arguments)]
 pub fn check(
     ttl: Option<TtlArg>,
     stale: Option<TtlArg>,
     early: Option<(Span, String)>,
     version: Option<&LitInt>,
     unless: Option<(Span, ExprClosure)>,
+    stale_if_error: Option<TtlArg>,
+    fallible: bool,
     ids: bool,
     errs: &mut Errors,
 ) -> Timing {
+    let kept = match &stale_if_error {
+        Some(TtlArg::Expr(_) | TtlArg::OfValue(_)) => {
+            errs.at(
+                stale_if_error.as_ref().map_or(Span::call_site(), TtlArg::span),
+                "`stale_if_error` takes a literal duration: `stale_if_error = \"1h\"` or `stale_if_error = 3600`",
+            );
+            None
+        }
+        other => check_duration(args::STALE_IF_ERROR, other.as_ref(), errs),
+    };
+    if let (Some(arg), false) = (&stale_if_error, fallible) {
+        errs.at(
+            arg.span(),
+            "`stale_if_error` serves the expired value when the body returns `Err`: the \
+             function must return a `Result` (a value that cannot fail is never replaced)",
+        );
+    }
     let static_ttl = check_duration(args::TTL, ttl.as_ref(), errs);
     let static_stale = check_duration(args::STALE, stale.as_ref(), errs);
     let mut decide = Decide::default();
@@ -116,6 +137,7 @@ pub fn check(
         stale: static_stale,
         early: check_early(early, errs),
         version: check_version(version, errs),
+        stale_if_error: kept,
         decide,
     }
 }

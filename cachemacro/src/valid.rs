@@ -107,6 +107,7 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, Box<Rejected>> {
         ids,
         skip,
         unless,
+        stale_if_error,
         errors,
     } = args;
     let mut errs = Errors::from_parse(errors);
@@ -147,6 +148,8 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, Box<Rejected>> {
         early,
         version.as_ref(),
         unless,
+        stale_if_error,
+        !matches!(shape, Some(Shape::Value(_))),
         matches!(shape, Some(Shape::Ids { .. })),
         &mut errs,
     );

@@ -187,7 +187,7 @@ impl Cache {
                 self.engine.tally(None, Answer::Hit);
                 Ok(Some(v))
             }
-            Ok(Read::Miss(_)) => {
+            Ok(Read::Miss(_) | Read::Fallback(..)) => {
                 self.engine.tally(None, Answer::Miss);
                 Ok(None)
             }
@@ -216,10 +216,13 @@ impl Cache {
             return Ok(());
         }
         let full = self.engine.full_key(key);
-        let bytes = self
-            .engine
-            .sealer
-            .seal_with(&full, value, ttl, Duration::ZERO, UNTYPED, 0)?;
+        let bytes = self.engine.sealer.seal_with(
+            &full,
+            value,
+            crate::entry::Windows::ttl(ttl),
+            UNTYPED,
+            0,
+        )?;
         self.engine
             .write(&full, bytes, ttl, None, self.engine.op_timeout)
             .await

@@ -112,10 +112,13 @@ impl Cache {
                 };
                 let next =
                     i64::try_from(i128::from(current) + delta).map_err(|_| overflow(current))?;
-                let bytes =
-                    engine
-                        .sealer
-                        .seal_with(&full, &next, ttl, Duration::ZERO, COUNTER, 0)?;
+                let bytes = engine.sealer.seal_with(
+                    &full,
+                    &next,
+                    crate::entry::Windows::ttl(ttl),
+                    COUNTER,
+                    0,
+                )?;
                 Ok(Step::Write(bytes, ttl, next))
             })
             .await

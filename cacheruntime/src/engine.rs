@@ -119,7 +119,13 @@ pub(crate) struct Engine {
     /// Type fingerprints of values that did not read back through the
     /// codec: never stored again.
     pub(crate) unreadable: dashmap::DashMap<u64, ()>,
+    /// Keys an expired value was served for after a failed computation
+    /// (`stale_if_error`), each logged once (up to [`KEPT_LOGGED`] keys).
+    kept_logged: dashmap::DashMap<Box<str>, ()>,
 }
+
+/// How many keys `stale_if_error` logs by name; past that, only counted.
+const KEPT_LOGGED: usize = 10_000;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -175,6 +181,7 @@ impl Engine {
             errlog: ErrorLog::new(10_000),
             functions: Mutex::new(Vec::new()),
             unreadable: dashmap::DashMap::new(),
+            kept_logged: dashmap::DashMap::new(),
         }
     }
 
@@ -245,6 +252,21 @@ impl Engine {
         }
     }
 
+    /// Logs, once per key, that an expired value stood in for a failed
+    /// computation (`stale_if_error`).
+    pub(crate) fn kept_served(&self, key: &str) {
+        if self.kept_logged.len() >= KEPT_LOGGED || self.kept_logged.contains_key(key) {
+            return;
+        }
+        if self.kept_logged.insert(key.into(), ()).is_none() {
+            tracing::warn!(
+                key = %key,
+                "the computation failed; serving the expired value kept for stale_if_error \
+                 (logged once per key, counted in Stats::stale_if_error)"
+            );
+        }
+    }
+
     /// Counts and logs a failure the caller recovers from.
     pub(crate) fn failed(&self, op: &'static str, err: &Error) {
         match err {
@@ -307,6 +329,7 @@ impl Engine {
             circuit_skips: c.circuit_skips.get(),
             refreshes: c.refreshes.get(),
             refresh_failures: c.refresh_failures.get(),
+            stale_if_error: c.stale_if_error.get(),
             lock_waits: c.lock_waits.get(),
             lock_timeouts: c.lock_timeouts.get(),
             signature_failures: self.sealer.signature_failures.get(),

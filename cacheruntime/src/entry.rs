@@ -61,6 +61,27 @@ impl Accept {
     }
 }
 
+/// How long an entry is fresh, then servable stale, then kept (for
+/// `stale_if_error`), `stale` and `kept` both counted from the end of
+/// `ttl` (`kept` at least `stale`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Windows {
+    pub(crate) ttl: Duration,
+    pub(crate) stale: Duration,
+    pub(crate) kept: Duration,
+}
+
+impl Windows {
+    /// Fresh for `ttl`, then gone.
+    pub(crate) fn ttl(ttl: Duration) -> Windows {
+        Windows {
+            ttl,
+            stale: Duration::ZERO,
+            kept: Duration::ZERO,
+        }
+    }
+}
+
 /// Whether a servable entry should be refreshed in the background, with
 /// the entry's fresh-until (ms) when it should: a refresh job compares it
 /// with the entry in the store when it gets the lock, so that it does not
@@ -72,6 +93,9 @@ pub(crate) enum Due {
     Early(u64),
     /// Past its TTL, inside its stale window.
     Stale(u64),
+    /// Past what may be served, but kept for a caller whose computation
+    /// fails (`stale_if_error`): a miss that holds a fallback.
+    IfError(u64),
 }
 
 impl Due {
@@ -79,7 +103,7 @@ impl Due {
     pub(crate) fn fresh_until(self) -> u64 {
         match self {
             Due::No => 0,
-            Due::Early(until) | Due::Stale(until) => until,
+            Due::Early(until) | Due::Stale(until) | Due::IfError(until) => until,
         }
     }
 }
@@ -201,12 +225,18 @@ impl Sealer {
         source: Source<'_>,
     ) -> Result<Option<(&'b [u8], Due)>, Error> {
         let (header, payload) = self.verified(bytes, fp, source)?;
-        if now >= header.stale_until_ms {
+        if now >= header.kept_until_ms {
             return Ok(None);
         }
         let refreshing = policy.filter(|p| p.refreshes());
         if now >= header.fresh_until_ms {
-            return Ok(refreshing.map(|_| (payload, Due::Stale(header.fresh_until_ms))));
+            let f = header.fresh_until_ms;
+            if now < header.stale_until_ms && refreshing.is_some() {
+                return Ok(Some((payload, Due::Stale(f))));
+            }
+            // Not servable; a fallback only for a caller that asked for one.
+            let fallback = policy.is_some_and(|p| p.stale_if_error.is_some());
+            return Ok(fallback.then_some((payload, Due::IfError(f))));
         }
         if let Some(beta) = refreshing.and_then(|p| p.early) {
             let gap = f64::from(header.compute_ms) * beta * -uniform().ln();
@@ -297,6 +327,7 @@ impl Sealer {
     ) -> (Bytes, Duration) {
         let now = self.clock.now_ms();
         let stale_ms = header.stale_until_ms - header.fresh_until_ms;
+        let kept_ms = header.kept_until_ms - header.fresh_until_ms;
         let fresh_until = now.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
         let signer = self.signer.as_ref();
         let mut out = Vec::with_capacity(envelope::HEADER_LEN + payload.len() + 32);
@@ -308,6 +339,7 @@ impl Sealer {
             },
             fresh_until_ms: fresh_until,
             stale_until_ms: fresh_until.saturating_add(stale_ms),
+            kept_until_ms: fresh_until.saturating_add(kept_ms),
             ..*header
         }
         .write(&mut out);
@@ -316,7 +348,7 @@ impl Sealer {
             let tag = signer.sign(key, &out);
             out.extend_from_slice(&tag);
         }
-        let physical = ttl.saturating_add(Duration::from_millis(stale_ms));
+        let physical = ttl.saturating_add(Duration::from_millis(kept_ms));
         (Bytes::from(out), physical)
     }
 
@@ -344,15 +376,16 @@ impl Sealer {
         &self,
         key: &str,
         value: &T,
-        ttl: Duration,
-        stale: Duration,
+        windows: Windows,
         fp: u64,
         compute_ms: u32,
     ) -> Result<Bytes, Error> {
+        let Windows { ttl, stale, kept } = windows;
         let now = self.clock.now_ms();
-        let fresh_until = now.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
-        let stale_until =
-            fresh_until.saturating_add(stale.as_millis().min(u64::MAX as u128) as u64);
+        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        let fresh_until = now.saturating_add(ms(ttl));
+        let stale_until = fresh_until.saturating_add(ms(stale));
+        let kept_until = fresh_until.saturating_add(ms(kept.max(stale)));
         let mut out = Vec::with_capacity(64);
         let signer = self.signer.as_ref();
         Header {
@@ -365,6 +398,7 @@ impl Sealer {
             fingerprint: fp,
             fresh_until_ms: fresh_until,
             stale_until_ms: stale_until,
+            kept_until_ms: kept_until,
             compute_ms,
         }
         .write(&mut out);
@@ -377,7 +411,8 @@ impl Sealer {
     }
 
     /// Encodes a computed value under `policy`: the envelope's deadlines and
-    /// the physical TTL (`ttl + stale`, saturating).
+    /// the physical TTL (`ttl` plus the longer of `stale` and
+    /// `stale_if_error`, saturating).
     pub(crate) fn seal_for<T: Serialize + ?Sized>(
         &self,
         key: &str,
@@ -388,8 +423,10 @@ impl Sealer {
     ) -> Result<(Bytes, Duration), Error> {
         let ttl = policy.ttl.unwrap_or(self.default_ttl);
         let stale = policy.stale.unwrap_or(Duration::ZERO);
-        let bytes = self.seal_with(key, value, ttl, stale, fp, compute_ms)?;
-        Ok((bytes, ttl.saturating_add(stale)))
+        let kept = policy.stale_if_error.unwrap_or(Duration::ZERO).max(stale);
+        let windows = Windows { ttl, stale, kept };
+        let bytes = self.seal_with(key, value, windows, fp, compute_ms)?;
+        Ok((bytes, ttl.saturating_add(kept)))
     }
 }
 

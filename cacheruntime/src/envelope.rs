@@ -8,21 +8,29 @@
 //! 3      8    fingerprint: hash of the value's type name and `version = N`
 //! 11     8    fresh until, ms since the Unix epoch
 //! 19     8    stale until, ms since the Unix epoch (>= fresh until)
-//! 27     4    measured computation time, ms
-//! 31     ..   codec payload
+//! 27     8    kept until, ms since the Unix epoch (>= stale until): past
+//!             stale until, the value is only served when its computation
+//!             fails (`stale_if_error`); the store keeps it this long
+//! 35     4    measured computation time, ms
+//! 39     ..   codec payload
 //! ```
 //!
 //! Anything that does not match (short input, another format or codec,
-//! another type) is a miss that gets overwritten, never a wrong value.
+//! another type, a flag this build does not know) is a miss that gets
+//! overwritten, never a wrong value: a flag changes how the payload reads,
+//! so an entry with an unknown one is never decoded. Format 1 (before
+//! `kept until`) is read as another format.
 
 use crate::Error;
 
 /// Bumped whenever the layout above changes.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 /// Size of the fixed header.
-pub const HEADER_LEN: usize = 31;
+pub const HEADER_LEN: usize = 39;
 /// Flag: the entry ends with an HMAC-SHA256 tag (see [`crate::signing`]).
 pub const FLAG_SIGNED: u8 = 1;
+/// Every flag this build reads; an entry with another is refused.
+pub const KNOWN_FLAGS: u8 = FLAG_SIGNED;
 
 /// The decoded fixed part of an envelope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +45,9 @@ pub struct Header {
     pub fresh_until_ms: u64,
     /// Servable (stale) until this wall-clock ms.
     pub stale_until_ms: u64,
+    /// Kept until this wall-clock ms: served past `stale_until_ms` only
+    /// when the computation fails (`stale_if_error`).
+    pub kept_until_ms: u64,
     /// How long the value took to compute.
     pub compute_ms: u32,
 }
@@ -51,6 +62,7 @@ impl Header {
         out.extend_from_slice(&self.fingerprint.to_le_bytes());
         out.extend_from_slice(&self.fresh_until_ms.to_le_bytes());
         out.extend_from_slice(&self.stale_until_ms.to_le_bytes());
+        out.extend_from_slice(&self.kept_until_ms.to_le_bytes());
         out.extend_from_slice(&self.compute_ms.to_le_bytes());
     }
 
@@ -73,12 +85,19 @@ impl Header {
             fingerprint: u64_at(3),
             fresh_until_ms: u64_at(11),
             stale_until_ms: u64_at(19),
-            compute_ms: u32::from_le_bytes(bytes[27..31].try_into().unwrap()),
+            kept_until_ms: u64_at(27),
+            compute_ms: u32::from_le_bytes(bytes[35..39].try_into().unwrap()),
         };
-        if header.stale_until_ms < header.fresh_until_ms {
-            return Err(Error::decode(
-                "entry's stale deadline precedes its fresh one",
-            ));
+        if header.stale_until_ms < header.fresh_until_ms
+            || header.kept_until_ms < header.stale_until_ms
+        {
+            return Err(Error::decode("entry's deadlines are out of order"));
+        }
+        if header.flags & !KNOWN_FLAGS != 0 {
+            return Err(Error::decode(format!(
+                "entry has flags {:#04x}, this build reads {KNOWN_FLAGS:#04x}",
+                header.flags
+            )));
         }
         Ok((header, &bytes[HEADER_LEN..]))
     }
@@ -113,6 +132,7 @@ mod tests {
             fingerprint: 42,
             fresh_until_ms: 10,
             stale_until_ms: 20,
+            kept_until_ms: 30,
             compute_ms: 7,
         };
         let mut out = Vec::new();
@@ -122,8 +142,14 @@ mod tests {
         assert_eq!(back, h);
         assert_eq!(payload, b"xyz");
         assert!(Header::read(&out[..10]).is_err());
-        out[0] = 9;
-        assert!(Header::read(&out).is_err());
+        let mut unknown_flag = out.clone();
+        unknown_flag[2] = 0x80;
+        assert!(Header::read(&unknown_flag).is_err(), "unknown flag");
+        let mut disordered = out.clone();
+        disordered[27..35].copy_from_slice(&15u64.to_le_bytes());
+        assert!(Header::read(&disordered).is_err(), "kept before stale");
+        out[0] = 1;
+        assert!(Header::read(&out).is_err(), "format 1");
     }
 
     #[test]

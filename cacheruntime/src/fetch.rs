@@ -37,6 +37,9 @@ pub(crate) enum Read<V> {
     /// Servable, and due for a refresh (stale, or picked by early refresh).
     Refresh(V, Option<Ticket>, Due),
     Miss(Option<Ticket>),
+    /// Nothing servable, but an expired value kept for a caller whose
+    /// computation fails (`stale_if_error`); otherwise a miss.
+    Fallback(V, Option<Ticket>),
 }
 
 /// What one get-or-compute call knows about its value.
@@ -93,6 +96,8 @@ pub(crate) enum Fast<V> {
     Refresh(V, Option<Ticket>, Due),
     /// Nothing usable; the ticket of the read.
     Miss(Option<Ticket>),
+    /// As [`Read::Fallback`].
+    Fallback(V, Option<Ticket>),
     /// The store is remote: read it asynchronously.
     Remote,
 }
@@ -153,6 +158,7 @@ impl Engine {
                 Some(Fast::Hit(v)) => return O::from_cached(v),
                 Some(Fast::Refresh(v, ticket, due)) => Ok(Read::Refresh(v, ticket, due)),
                 Some(Fast::Miss(ticket)) => Ok(Read::Miss(ticket)),
+                Some(Fast::Fallback(v, ticket)) => Ok(Read::Fallback(v, ticket)),
                 Some(Fast::Remote) | None => {
                     self.read::<O::Value>(key, Accept::Exactly(fp), memo, Some(policy), &mut budget)
                         .await
@@ -190,7 +196,8 @@ impl Engine {
                     }
                     None => ticket,
                 },
-                Ok(Read::Miss(ticket)) => ticket,
+                // A kept value is only read again if the computation fails.
+                Ok(Read::Miss(ticket) | Read::Fallback(_, ticket)) => ticket,
                 Err(e) => {
                     self.failed("get", &e);
                     None
@@ -236,14 +243,16 @@ impl Engine {
                     } else {
                         Stored::Never
                     };
-                    return self
+                    let out = self
                         .lead(guard, key, stored, policy, fp, compute, &mut budget)
                         .await;
+                    return self.or_kept(key, out, fp, memo, policy, &mut budget).await;
                 }
                 Role::Alone => {
                     inner.counters.computations.incr();
                     let compute = compute.take().expect("computed at most once");
-                    return compute.await;
+                    let out = compute.await;
+                    return self.or_kept(key, out, fp, memo, policy, &mut budget).await;
                 }
                 Role::Waiter(rx) => {
                     inner.counters.coalesced.incr();
@@ -265,9 +274,42 @@ impl Engine {
                     // Nothing shareable: compute our own, as without a cache.
                     inner.counters.computations.incr();
                     let compute = compute.take().expect("computed at most once");
-                    return compute.await;
+                    let out = compute.await;
+                    return self.or_kept(key, out, fp, memo, policy, &mut budget).await;
                 }
             }
+        }
+    }
+
+    /// `out`, or, when the computation failed and `policy` keeps values for
+    /// that (`stale_if_error`), the value the store holds for `key` now.
+    /// Read again rather than remembered from before the computation: an
+    /// invalidation or delete that returned meanwhile must hide it.
+    async fn or_kept<O: Outcome>(
+        &self,
+        key: &str,
+        out: O,
+        fp: u64,
+        memo: Memo<O::Value>,
+        policy: &Policy,
+        budget: &mut Budget,
+    ) -> O {
+        if policy.stale_if_error.is_none() || out.cacheable().is_some() || out.declined() {
+            return out;
+        }
+        match self
+            .read::<O::Value>(key, Accept::Exactly(fp), memo, Some(policy), budget)
+            .await
+        {
+            // Another caller stored a value meanwhile, or it is servable
+            // stale: as good as a hit would have been.
+            Ok(Read::Hit(v) | Read::Refresh(v, _, _)) => O::from_cached(v),
+            Ok(Read::Fallback(v, _)) => {
+                self.counters.stale_if_error.incr();
+                self.kept_served(key);
+                O::from_cached(v)
+            }
+            Ok(Read::Miss(_)) | Err(_) => out,
         }
     }
 
@@ -355,6 +397,7 @@ impl Engine {
             Fast::Hit(v) => return Ok(Read::Hit(v)),
             Fast::Refresh(v, ticket, due) => return Ok(Read::Refresh(v, ticket, due)),
             Fast::Miss(ticket) => return Ok(Read::Miss(ticket)),
+            Fast::Fallback(v, ticket) => return Ok(Read::Fallback(v, ticket)),
             Fast::Remote => {}
         }
         let backend = inner.store.backend();
@@ -377,6 +420,7 @@ impl Engine {
                     return Ok(match due {
                         Due::No => Read::Hit(v),
                         Due::Early(_) | Due::Stale(_) => Read::Refresh(v, lookup.ticket, due),
+                        Due::IfError(_) => Read::Fallback(v, lookup.ticket),
                     });
                 }
                 Ok(None) => {}
@@ -415,6 +459,7 @@ impl Engine {
                             Fast::Hit(v)
                         }
                         Due::Early(_) | Due::Stale(_) => Fast::Refresh(v, Some(found.ticket), due),
+                        Due::IfError(_) => Fast::Fallback(v, Some(found.ticket)),
                     };
                 }
                 Ok(None) => {}

@@ -119,9 +119,13 @@ impl Cache {
         let mut sealed: Vec<(Cow<'_, str>, Bytes)> = Vec::with_capacity(entries.len());
         for (key, value) in entries {
             let full = engine.full_key(key);
-            let bytes = engine
-                .sealer
-                .seal_with(&full, value, ttl, Duration::ZERO, UNTYPED, 0)?;
+            let bytes = engine.sealer.seal_with(
+                &full,
+                value,
+                crate::entry::Windows::ttl(ttl),
+                UNTYPED,
+                0,
+            )?;
             if bytes.len() > engine.max_entry_bytes {
                 return Err(Error::TooLarge {
                     size: bytes.len(),

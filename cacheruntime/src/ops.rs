@@ -144,9 +144,10 @@ impl Cache {
         }
         let full = self.engine.full_key(key);
         let engine = &self.engine;
-        let bytes = engine
-            .sealer
-            .seal_with(&full, value, ttl, Duration::ZERO, UNTYPED, 0)?;
+        let bytes =
+            engine
+                .sealer
+                .seal_with(&full, value, crate::entry::Windows::ttl(ttl), UNTYPED, 0)?;
         engine
             .swap("add", &full, |seen| {
                 Ok(match seen.live(engine, &full, Accept::Any) {

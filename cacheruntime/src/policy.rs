@@ -45,6 +45,7 @@ pub struct Policy {
     pub(crate) stale: Option<Duration>,
     pub(crate) early: Option<f64>,
     pub(crate) lock_ttl: Duration,
+    pub(crate) stale_if_error: Option<Duration>,
 }
 
 impl Default for Policy {
@@ -63,6 +64,7 @@ impl Policy {
             stale: None,
             early: None,
             lock_ttl: Duration::from_secs(10),
+            stale_if_error: None,
         }
     }
 
@@ -98,6 +100,18 @@ impl Policy {
     #[must_use]
     pub const fn early(mut self, beta: f64) -> Self {
         self.early = Some(beta);
+        self
+    }
+
+    /// Stale-if-error (RFC 5861's name): when the computation fails (`Err`)
+    /// and the value it would replace expired less than `window` ago, that
+    /// value is served instead of the error (counted in
+    /// `Stats::stale_if_error`, logged once per key). The store keeps
+    /// entries for `ttl` plus the longer of `stale` and `window`. For
+    /// fallible computations; a computation that cannot fail never needs it.
+    #[must_use]
+    pub const fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = Some(window);
         self
     }
 

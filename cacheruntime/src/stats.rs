@@ -149,6 +149,7 @@ pub(crate) struct Counters {
     pub(crate) circuit_skips: Counter,
     pub(crate) refreshes: Counter,
     pub(crate) refresh_failures: Counter,
+    pub(crate) stale_if_error: Counter,
     pub(crate) lock_waits: Counter,
     pub(crate) lock_timeouts: Counter,
 }
@@ -216,6 +217,9 @@ pub struct Stats {
     /// Background refreshes whose computation returned `Err` or panicked;
     /// the old value kept being served.
     pub refresh_failures: u64,
+    /// Calls whose computation failed and that were answered with the
+    /// expired value instead (`stale_if_error`); counted as misses too.
+    pub stale_if_error: u64,
     /// Cold misses that waited for another process's computation.
     pub lock_waits: u64,
     /// Of those, the ones that gave up after the lock TTL and computed.

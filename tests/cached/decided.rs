@@ -146,3 +146,65 @@ async fn a_stale_window_from_an_expression_serves_stale_while_refreshing() {
     assert_ne!(rates(cache.clone()).await, first, "the refreshed value");
     assert_eq!(cache.stats().stale_hits, 1);
 }
+
+static UPSTREAM_DOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static FEED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+#[cached(key = "sie:{name}", ttl = 10, stale_if_error = 100, cache = cache)]
+async fn flaky_feed(cache: &Cache, name: &str) -> Result<String, String> {
+    let n = FEED_RUNS.fetch_add(1, Ordering::SeqCst);
+    if UPSTREAM_DOWN.load(Ordering::SeqCst) {
+        return Err(format!("{name}: upstream down"));
+    }
+    Ok(format!("{name} v{n}"))
+}
+
+/// One test (the upstream switch is shared by the function).
+#[tokio::test]
+async fn stale_if_error_serves_the_expired_value_only_when_the_body_fails_and_never_after_an_invalidation(
+) {
+    let (cache, clock) = clocked_cache();
+    UPSTREAM_DOWN.store(false, Ordering::SeqCst);
+    let first = flaky_feed(&cache, "a").await.unwrap();
+    clock.advance(Duration::from_secs(50));
+    // Expired; the upstream answers: a new value, as without the option.
+    let second = flaky_feed(&cache, "a").await.unwrap();
+    assert_ne!(second, first);
+    clock.advance(Duration::from_secs(50));
+    UPSTREAM_DOWN.store(true, Ordering::SeqCst);
+    assert_eq!(
+        flaky_feed(&cache, "a").await,
+        Ok(second.clone()),
+        "expired 40 s ago, inside the 100 s window: served for the error"
+    );
+    assert_eq!(cache.stats().stale_if_error, 1);
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(
+        flaky_feed(&cache, "a").await,
+        Err("a: upstream down".into()),
+        "expired 101 s ago: past the window, the error"
+    );
+    // An invalidation hides the kept value from the fallback too.
+    UPSTREAM_DOWN.store(false, Ordering::SeqCst);
+    let third = flaky_feed(&cache, "b").await.unwrap();
+    clock.advance(Duration::from_secs(20));
+    cache.invalidate_prefix("sie:").await.unwrap();
+    UPSTREAM_DOWN.store(true, Ordering::SeqCst);
+    assert_eq!(
+        flaky_feed(&cache, "b").await,
+        Err("b: upstream down".into())
+    );
+    assert_ne!(third, String::new());
+    // A plain `get` never sees a kept value: it is expired.
+    UPSTREAM_DOWN.store(false, Ordering::SeqCst);
+    flaky_feed(&cache, "c").await.unwrap();
+    clock.advance(Duration::from_secs(20));
+    assert_eq!(
+        cache
+            .get::<String>(&flaky_feed_cache_key("c"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(cache.stats().stale_if_error, 1);
+}

@@ -110,6 +110,7 @@ impl Origin {
 }
 
 pub use crate::lowlevel::*;
+pub use crate::policies::*;
 
 /// What a scenario saw that the contract forbids.
 pub struct Findings {
