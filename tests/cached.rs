@@ -1664,3 +1664,78 @@ async fn two_blocks(x: u32) -> (u32, u32) {
 async fn same_named_functions_in_sibling_blocks_never_share_default_keys() {
     assert_eq!(two_blocks(1).await, (2, 1001));
 }
+
+/// A memory store whose first `fails` invalidations fail.
+#[derive(Debug)]
+struct FlakyInvalidation {
+    inner: MemoryBackend,
+    fails: AtomicUsize,
+}
+
+impl Backend for FlakyInvalidation {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    fn supports_locks(&self) -> bool {
+        false
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
+        self.inner.get(key)
+    }
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&'a Ticket>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        self.inner.set(key, value, ttl, ticket)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        self.inner.delete(key)
+    }
+    fn invalidate_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        let left = self.fails.load(Ordering::SeqCst);
+        if left > 0 {
+            self.fails.store(left - 1, Ordering::SeqCst);
+            return Box::pin(async { Err(Error::backend("flaky", "connection reset")) });
+        }
+        self.inner.invalidate_prefix(prefix)
+    }
+}
+
+/// The write behind `invalidate_after` already happened: a failed
+/// invalidation does not fail it, and is retried until it lands.
+#[tokio::test]
+async fn a_failed_invalidation_after_a_commit_returns_the_commit_and_lands_later() {
+    let cache = Cache::builder()
+        .backend(FlakyInvalidation {
+            inner: MemoryBackend::new(1 << 20),
+            fails: AtomicUsize::new(2),
+        })
+        .circuit_breaker(1000, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    cache
+        .set("p:1:x", &1u8, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let committed = cache
+        .invalidate_after(async { "committed" }, &["p:1:"])
+        .await
+        .unwrap();
+    assert_eq!(committed, "committed");
+    assert_eq!(cache.stats().errors, 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.get::<u8>("p:1:x").await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the invalidation never landed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A malformed prefix is refused before the commit runs.
+    let ran = AtomicUsize::new(0);
+    let refused = cache
+        .invalidate_after(async { ran.fetch_add(1, Ordering::SeqCst) }, &["p:1"])
+        .await;
+    assert!(matches!(refused, Err(Error::InvalidPrefix { .. })));
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+}

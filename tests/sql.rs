@@ -1066,3 +1066,120 @@ async fn invalidating_everything_without_a_namespace_is_refused_and_reaches_noth
     assert_eq!(other_app.get::<u8>("kept").await.unwrap(), Some(1));
     assert!(bare.clear().await.is_err(), "clear agrees");
 }
+
+/// The price of `id` as a cached read of the database: `slow` holds the
+/// computation between its SELECT and its return (to let a commit land
+/// between them).
+async fn cached_price(
+    cache: &Cache,
+    pool: &sqlx::PgPool,
+    id: i64,
+    slow: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::sync::oneshot::Receiver<()>,
+    )>,
+) -> i64 {
+    let pool = pool.clone();
+    let policy = cacheruntime::Policy::new().ttl(Duration::from_secs(600));
+    cache
+        .get_or_compute(&format!("price:{id}:cents"), &policy, || async move {
+            let cents: i64 = sqlx::query("SELECT cents FROM prices WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get(0);
+            if let Some((read, go)) = slow {
+                let _ = read.send(());
+                let _ = go.await;
+            }
+            cents
+        })
+        .await
+}
+
+/// Invalidating before a commit leaves the old row cached (a reader misses
+/// between the two and caches what it still sees); `invalidate_after`
+/// commits first, and a reader that read the old row before the commit
+/// and stores after it stays hidden: every read begun after the call
+/// returned sees the new row. Against real PostgreSQL, with a concurrent
+/// reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_after_a_commit_leaves_no_old_row_where_invalidating_before_it_does() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    execute(
+        &url,
+        "CREATE TABLE prices (id BIGINT PRIMARY KEY, cents BIGINT NOT NULL);
+         INSERT INTO prices VALUES (1, 100), (2, 100);",
+    )
+    .await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let cache = Cache::builder()
+        .backend(SqlBackend::new(SqlConfig::new(url.clone())).unwrap())
+        .namespace("shop")
+        .op_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    support::until_ready(&cache).await;
+
+    // The mistake: invalidate, then commit.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("UPDATE prices SET cents = 200 WHERE id = 1")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    cache.invalidate_prefix("price:1:").await.unwrap();
+    assert_eq!(
+        cached_price(&cache, &pool, 1, None).await,
+        100,
+        "not committed yet"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(
+        cached_price(&cache, &pool, 1, None).await,
+        100,
+        "invalidating before the commit left the old row cached"
+    );
+
+    // The pattern: a reader reads the old row before the commit and stores
+    // after it; the commit and the invalidation land in between.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("UPDATE prices SET cents = 200 WHERE id = 2")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let (read_tx, read_rx) = tokio::sync::oneshot::channel();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel();
+    let early = {
+        let (cache, pool) = (cache.clone(), pool.clone());
+        tokio::spawn(async move { cached_price(&cache, &pool, 2, Some((read_tx, go_rx))).await })
+    };
+    read_rx.await.unwrap();
+    let committed = cache
+        .invalidate_after(tx.commit(), &["price:2:"])
+        .await
+        .unwrap();
+    committed.unwrap();
+    go_tx.send(()).unwrap();
+    assert_eq!(
+        early.await.unwrap(),
+        100,
+        "its call began before the commit"
+    );
+    // Every read from here on, from concurrent readers too.
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (cache, pool) = (cache.clone(), pool.clone());
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    assert_eq!(cached_price(&cache, &pool, 2, None).await, 200);
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.await.unwrap();
+    }
+    assert_eq!(cache.stats().errors, 0);
+}

@@ -15,6 +15,7 @@ mod builder;
 mod cache;
 mod clock;
 pub mod codec;
+pub mod commit;
 mod config;
 mod counter;
 mod decision;

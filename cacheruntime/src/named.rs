@@ -16,7 +16,13 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use crate::{Cache, Error};
 
-/// The default cache and the named ones; see the [module docs](self).
+/// The default cache and the named ones, Django's `CACHES` aliases: the
+/// default from `CACHE_URL`, the others from `CACHE_URL_<NAME>` (or a
+/// builder), installed once for the process and picked by
+/// `#[cached(cache = "feeds")]`. An unknown name in a function is an error
+/// logged once with the names there are, counted in the default cache's
+/// `Stats::errors`, and the function computes without a cache (never a
+/// failed call); [`Caches::get`] is the same check at startup.
 ///
 /// ```
 /// use cacheruntime::{cached, Cache, Caches};
