@@ -258,6 +258,14 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// The longest TTL the store keeps an entry for, if it caps them: the
+    /// cache then seals entries with deadlines within it, so what it
+    /// reports of an entry (`Cache::ttl`) is what the store keeps. Default
+    /// `None`: TTLs are kept as given.
+    fn max_ttl(&self) -> Option<Duration> {
+        None
+    }
+
     /// Whether the backend isolates failures itself, finer than the whole
     /// store: it keeps its own circuit breakers (Memcached: one per server)
     /// and fails fast, with [`Error::CircuitOpen`], only the calls that
@@ -418,6 +426,9 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 impl<B: Backend> Backend for std::sync::Arc<B> {
     fn name(&self) -> &'static str {
         (**self).name()
+    }
+    fn max_ttl(&self) -> Option<Duration> {
+        (**self).max_ttl()
     }
     fn max_value_bytes(&self) -> Option<usize> {
         (**self).max_value_bytes()

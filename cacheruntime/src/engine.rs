@@ -167,13 +167,14 @@ impl Engine {
             format!("{}:", p.namespace)
         };
         let verify = p.store.is_shared();
+        let max_ttl = p.store.backend().max_ttl();
         Engine {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             store: p.store,
             namespace: namespace.into_boxed_str(),
             op_timeout: p.op_timeout,
             max_entry_bytes: p.max_entry_bytes,
-            sealer: Sealer::new(p.codec, p.signer, p.clock, verify, p.default_ttl),
+            sealer: Sealer::new(p.codec, p.signer, p.clock, verify, p.default_ttl, max_ttl),
             flights: Flights::default(),
             refreshing: dashmap::DashMap::new(),
             counters: Counters::default(),

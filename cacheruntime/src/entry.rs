@@ -72,6 +72,18 @@ pub(crate) struct Windows {
 }
 
 impl Windows {
+    /// The windows within a store's cap: fresh for at most `max`, and
+    /// kept (so stale too) for at most what is left of it.
+    fn capped(self, max: Duration) -> Windows {
+        let ttl = self.ttl.min(max);
+        let left = max.saturating_sub(ttl);
+        Windows {
+            ttl,
+            stale: self.stale.min(left),
+            kept: self.kept.min(left),
+        }
+    }
+
     /// Fresh for `ttl`, then gone.
     pub(crate) fn ttl(ttl: Duration) -> Windows {
         Windows {
@@ -131,6 +143,10 @@ pub(crate) struct Sealer {
     verify: bool,
     /// The TTL of calls whose policy sets none.
     pub(crate) default_ttl: Duration,
+    /// The store's cap on TTLs (`Duration::MAX` when it has none): every
+    /// deadline sealed fits within it, so an entry says what the store
+    /// keeps.
+    max_ttl: Duration,
     /// Entries refused for a missing or wrong signature.
     pub(crate) signature_failures: Counter,
 }
@@ -142,6 +158,7 @@ impl Sealer {
         clock: Clock,
         verify: bool,
         default_ttl: Duration,
+        max_ttl: Option<Duration>,
     ) -> Self {
         Sealer {
             codec,
@@ -149,6 +166,7 @@ impl Sealer {
             clock,
             verify,
             default_ttl,
+            max_ttl: max_ttl.unwrap_or(Duration::MAX),
             signature_failures: Counter::default(),
         }
     }
@@ -326,8 +344,15 @@ impl Sealer {
         ttl: Duration,
     ) -> (Bytes, Duration) {
         let now = self.clock.now_ms();
-        let stale_ms = header.stale_until_ms - header.fresh_until_ms;
-        let kept_ms = header.kept_until_ms - header.fresh_until_ms;
+        let windows = Windows {
+            ttl,
+            stale: Duration::from_millis(header.stale_until_ms - header.fresh_until_ms),
+            kept: Duration::from_millis(header.kept_until_ms - header.fresh_until_ms),
+        }
+        .capped(self.max_ttl);
+        let ttl = windows.ttl;
+        let stale_ms = windows.stale.as_millis() as u64;
+        let kept_ms = windows.kept.max(windows.stale).as_millis() as u64;
         let fresh_until = now.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
         let signer = self.signer.as_ref();
         let mut out = Vec::with_capacity(envelope::HEADER_LEN + payload.len() + 32);
@@ -380,7 +405,7 @@ impl Sealer {
         fp: u64,
         compute_ms: u32,
     ) -> Result<Bytes, Error> {
-        let Windows { ttl, stale, kept } = windows;
+        let Windows { ttl, stale, kept } = windows.capped(self.max_ttl);
         let now = self.clock.now_ms();
         let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
         let fresh_until = now.saturating_add(ms(ttl));
@@ -426,7 +451,8 @@ impl Sealer {
         let kept = policy.stale_if_error.unwrap_or(Duration::ZERO).max(stale);
         let windows = Windows { ttl, stale, kept };
         let bytes = self.seal_with(key, value, windows, fp, compute_ms)?;
-        Ok((bytes, ttl.saturating_add(kept)))
+        let kept = windows.capped(self.max_ttl);
+        Ok((bytes, kept.ttl.saturating_add(kept.kept.max(kept.stale))))
     }
 }
 
@@ -463,6 +489,29 @@ impl ThreadIdBits for std::thread::ThreadId {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn windows_fit_the_store_cap() {
+        use super::Windows;
+        use std::time::Duration;
+        let d = Duration::from_secs;
+        let w = Windows {
+            ttl: d(100),
+            stale: d(50),
+            kept: d(80),
+        }
+        .capped(d(120));
+        assert_eq!((w.ttl, w.stale, w.kept), (d(100), d(20), d(20)));
+        let w = Windows {
+            ttl: Duration::MAX,
+            stale: d(5),
+            kept: d(5),
+        }
+        .capped(d(60));
+        assert_eq!((w.ttl, w.stale, w.kept), (d(60), d(0), d(0)));
+        let w = Windows::ttl(d(10)).capped(Duration::MAX);
+        assert_eq!((w.ttl, w.stale, w.kept), (d(10), d(0), d(0)));
+    }
+
     #[test]
     fn get_of_i64_reads_counters_and_nothing_else_does() {
         use super::{Accept, COUNTER, I64};

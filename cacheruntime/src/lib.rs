@@ -68,7 +68,7 @@ pub use clock::Clock;
 pub use default::set_default;
 pub use error::Error;
 pub use named::{Caches, CachesBuilder};
-pub use policy::Policy;
+pub use policy::{Policy, UNTIL_EVICTED};
 pub use stats::{FunctionStats, Stats};
 
 /// Types whose cached form is their id: `#[cached(ids = ...)]` stores the

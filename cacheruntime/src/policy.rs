@@ -48,6 +48,15 @@ pub struct Policy {
     pub(crate) stale_if_error: Option<Duration>,
 }
 
+/// "As long as the store allows", Django's `TIMEOUT = None`: a TTL the
+/// stores cap at their own limit. The memory store keeps the entry until
+/// its byte bound evicts it; Redis and SQL cap it at their `max_ttl` (30
+/// days unless configured), Memcached at its `max_ttl` (365 days unless
+/// configured). Every entry still has a TTL, so nothing outlives the
+/// store's cap. `#[cached(ttl = cacheruntime::UNTIL_EVICTED)]`,
+/// `Policy::new().ttl(UNTIL_EVICTED)`, `cache.set(key, &v, UNTIL_EVICTED)`.
+pub const UNTIL_EVICTED: Duration = Duration::MAX;
+
 impl Default for Policy {
     fn default() -> Self {
         Self::new()

@@ -80,3 +80,39 @@ pub async fn stale_if_error_serves_the_kept_value_until_it_is_fenced(s: &Store) 
     });
     f.finish();
 }
+
+/// `UNTIL_EVICTED` ("as long as the store allows") is accepted by every
+/// store and capped at its limit: the entry is there, with a TTL.
+pub async fn until_evicted_is_capped_by_every_store(s: &Store) {
+    let mut f = Findings::new(s, "until_evicted_is_capped_by_every_store");
+    let forever = cacheruntime::UNTIL_EVICTED;
+    if let Err(e) = s.a.set("forever:1", &7u32, forever).await {
+        f.fail(format!("A.set with UNTIL_EVICTED failed: {e}"));
+    }
+    let got = s.b.get::<u32>("forever:1").await;
+    f.expect(matches!(got, Ok(Some(7))), || {
+        format!("B.get returned {got:?}")
+    });
+    let p = Policy::new().ttl(forever);
+    let computed = s.a.get_or_compute("forever:2", &p, || async { 8u32 }).await;
+    let again = s.b.get_or_compute("forever:2", &p, || async { 9u32 }).await;
+    f.expect((computed, again) == (8, 8), || {
+        format!("get_or_compute with UNTIL_EVICTED: {computed} then {again}, expected 8 twice")
+    });
+    let left = s.a.ttl("forever:1").await;
+    // Shared stores cap it at their max_ttl (the SQL fixtures' is an hour,
+    // Memcached's default 365 days); the memory store keeps it until its
+    // byte bound evicts it.
+    let cap = if s.name == "memory" {
+        Duration::MAX
+    } else {
+        Duration::from_secs(366 * 86_400)
+    };
+    f.expect(
+        matches!(left, Ok(Some(d)) if d > Duration::from_secs(3_000) && d <= cap),
+        || format!("A.ttl of an UNTIL_EVICTED entry: {left:?}"),
+    );
+    let errors = s.a.stats().errors + s.b.stats().errors;
+    f.expect(errors == 0, || format!("store errors: {errors}"));
+    f.finish();
+}

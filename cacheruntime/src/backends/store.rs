@@ -26,6 +26,11 @@ pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// As [`Backend::max_ttl`].
+    fn max_ttl(&self) -> Option<Duration> {
+        None
+    }
+
     /// As [`Backend::isolates_failures`].
     fn isolates_failures(&self) -> bool {
         false
@@ -123,6 +128,10 @@ impl<S: Store> Backend for S {
 
     fn max_value_bytes(&self) -> Option<usize> {
         Store::max_value_bytes(self)
+    }
+
+    fn max_ttl(&self) -> Option<Duration> {
+        Store::max_ttl(self)
     }
 
     fn isolates_failures(&self) -> bool {

@@ -300,6 +300,10 @@ impl Store for MemcachedBackend {
         NAME
     }
 
+    fn max_ttl(&self) -> Option<Duration> {
+        Some(self.config.max_ttl)
+    }
+
     /// One breaker per server: a dead server fails its own keys fast and
     /// leaves the others' served.
     fn isolates_failures(&self) -> bool {

@@ -359,6 +359,10 @@ impl Store for RedisBackend {
         NAME
     }
 
+    fn max_ttl(&self) -> Option<Duration> {
+        Some(Duration::from_millis(self.max_ttl_ms))
+    }
+
     fn get(&self, key: &str) -> impl Future<Output = Result<Lookup, Error>> + Send {
         self.run_get(key)
     }

@@ -378,6 +378,10 @@ impl Store for SqlBackend {
         self.shared.backend_name()
     }
 
+    fn max_ttl(&self) -> Option<Duration> {
+        Some(self.shared.config.max_ttl)
+    }
+
     fn get(&self, key: &str) -> impl Future<Output = Result<Lookup, Error>> + Send {
         self.op(self.shared.get(key))
     }
