@@ -94,8 +94,15 @@ async fn prefix_exactness(url: String) {
         cache.invalidate_prefix("author:4").await,
         Err(Error::InvalidPrefix { .. })
     ));
-    cache.invalidate_prefix("").await.unwrap();
-    assert!(!left("ab:1").await, "everything");
+    // Everything needs a namespace (refused since ab28904): nothing hidden.
+    assert!(matches!(
+        cache.invalidate_prefix("").await,
+        Err(Error::NamespaceRequired { .. })
+    ));
+    assert!(
+        left("ab:1").await,
+        "nothing invalidated by the refused call"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
