@@ -157,7 +157,8 @@ struct Invalidation {
 async fn invalidation(url: &str, rows: u32) -> Invalidation {
     let table = "inv_bench";
     let cache = Cache::from_url(&format!(
-        "{url}{}table={table}&op_timeout=60s",
+        // Unbounded: the rows are for the invalidation to delete, not a cull.
+        "{url}{}table={table}&op_timeout=60s&max_entries=unbounded",
         if url.contains('?') { '&' } else { '?' }
     ))
     .await

@@ -1115,3 +1115,131 @@ async fn a_caller_that_takes_over_a_lock_after_waiting_writes_its_value() {
         "B held the lock and computed, but its value was never written"
     );
 }
+
+/// `tls_pin_sha256`'s form: the SHA-256 of the certificate's DER as hex,
+/// `separator` between bytes.
+fn pin_of(der: &[u8], separator: &str, upper: bool) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| {
+            if upper {
+                format!("{b:02X}")
+            } else {
+                format!("{b:02x}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(separator)
+}
+
+/// Heroku's Redis presents a self-signed certificate for a name that is
+/// not the one the app connects to: a pin of that certificate connects
+/// (neither CA nor name checked), a pin of any other certificate is
+/// refused and the cache fails open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_self_signed_certificate_connects_and_any_other_pin_is_refused() {
+    let mut server = RedisServer::start_with(RedisOptions {
+        tls: true,
+        self_signed: true,
+        ..RedisOptions::default()
+    });
+    let certs = server.certs.take().unwrap();
+    let right = pin_of(&certs.self_signed_der, ":", false);
+    let pinned = Cache::from_url(&format!("{}?tls_pin_sha256={right}", server.url()))
+        .await
+        .unwrap();
+    pinned
+        .set("pin:1", &"over pinned TLS", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        pinned.get::<String>("pin:1").await.unwrap().as_deref(),
+        Some("over pinned TLS")
+    );
+    assert_eq!(top_books(&pinned, 3).await, Ok(vec![3, 6]));
+    assert_eq!(top_books(&pinned, 3).await, Ok(vec![3, 6]));
+    assert!(pinned.stats().hits >= 1, "served from Redis");
+
+    // The builder takes the other spelling.
+    let built = Cache::builder()
+        .backend(
+            RedisBackend::new(RedisConfig::new(server.url()).tls_pin_sha256(pin_of(
+                &certs.self_signed_der,
+                "",
+                true,
+            )))
+            .unwrap(),
+        )
+        .op_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    assert_eq!(
+        built.get::<String>("pin:1").await.unwrap().as_deref(),
+        Some("over pinned TLS")
+    );
+
+    // The CA-signed certificate's pin is a wrong pin for this server.
+    let wrong = pin_of(&certs.server_der, ":", true);
+    let refused = Cache::builder()
+        .backend(RedisBackend::new(RedisConfig::new(server.url()).tls_pin_sha256(wrong)).unwrap())
+        .op_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let err = refused.get::<String>("pin:1").await.unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&right.to_uppercase())
+            && err.to_string().contains("tls_pin_sha256"),
+        "the error names the certificate's actual fingerprint and the option: {err}"
+    );
+    assert_eq!(bio(&refused, 7).await.split(' ').nth(1), Some("7"));
+    assert!(refused.stats().errors >= 2, "the call failed open");
+
+    // Without a pin the certificate is refused (no CA vouches for it).
+    let by_ca = Cache::from_url(&format!("{}?ca_file={}", server.url(), certs.ca.display()))
+        .await
+        .unwrap();
+    assert!(by_ca.get::<String>("pin:1").await.is_err());
+
+    // A restarted server is reached again over a new pinned connection.
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pinned
+        .set("pin:2", &"after restart", Duration::from_secs(60))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "never reconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        pinned.get::<String>("pin:2").await.unwrap().as_deref(),
+        Some("after restart")
+    );
+}
+
+/// `tls_insecure` connects whatever the certificate, and says at every
+/// connection that it can be intercepted and what to use instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_insecure_connects_to_a_self_signed_server_of_another_name_and_warns() {
+    let logs = logs();
+    let server = RedisServer::start_with(RedisOptions {
+        tls: true,
+        self_signed: true,
+        ..RedisOptions::default()
+    });
+    let cache = Cache::from_url(&format!("{}?tls_insecure=true", server.url()))
+        .await
+        .unwrap();
+    cache
+        .set("insecure:1", &5u32, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(cache.get::<u32>("insecure:1").await.unwrap(), Some(5));
+    assert!(
+        logs.has(server.port, "can intercept this connection"),
+        "warned at connect"
+    );
+    assert!(logs.has(server.port, "tls_pin_sha256"), "names the fix");
+}

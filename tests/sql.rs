@@ -94,8 +94,15 @@ async fn prefix_exactness(url: String) {
         cache.invalidate_prefix("author:4").await,
         Err(Error::InvalidPrefix { .. })
     ));
-    cache.invalidate_prefix("").await.unwrap();
-    assert!(!left("ab:1").await, "everything");
+    // Everything needs a namespace (refused since ab28904): nothing hidden.
+    assert!(matches!(
+        cache.invalidate_prefix("").await,
+        Err(Error::NamespaceRequired { .. })
+    ));
+    assert!(
+        left("ab:1").await,
+        "nothing invalidated by the refused call"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -672,7 +679,9 @@ async fn number(url: &str, sql: &str) -> i64 {
 }
 
 async fn large_prefix(url: String, rows: u32) {
-    let backend = std::sync::Arc::new(SqlBackend::new(SqlConfig::new(url.as_str())).unwrap());
+    // Unbounded: the rows are for the deletion to remove, not a cull.
+    let backend =
+        std::sync::Arc::new(SqlBackend::new(SqlConfig::new(url.as_str()).unbounded()).unwrap());
     // The default op timeout (250 ms).
     let cache = Cache::builder().backend(backend.clone()).build().unwrap();
     let ttl = Duration::from_secs(600);
@@ -918,21 +927,18 @@ async fn durations_and_counts_beyond_the_columns_are_handled() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("max_ttl"), "{err}");
-    // max_entries beyond i64 culls nothing.
-    let backend = SqlBackend::new(SqlConfig::new(url.as_str()).max_entries(u64::MAX)).unwrap();
-    for i in 0..10 {
-        backend
-            .set(
-                &format!("k:{i}"),
-                Bytes::from_static(b"v"),
-                Duration::from_secs(60),
-                None,
-            )
-            .await
-            .unwrap();
+    // A max_entries no count column holds, or 0, is refused at build,
+    // naming the range and the way to have no bound.
+    for n in [0, u64::MAX, i64::MAX as u64 + 1] {
+        let err = SqlBackend::new(SqlConfig::new(url.as_str()).max_entries(n))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_entries") && err.contains("unbounded"),
+            "{err}"
+        );
     }
-    backend.sweep().await.unwrap();
-    assert_eq!(number(&url, "SELECT COUNT(*) FROM cache_entries").await, 10);
+    SqlBackend::new(SqlConfig::new(url.as_str()).max_entries(i64::MAX as u64)).unwrap();
 }
 
 async fn clock_ahead(url: String) {
@@ -1182,4 +1188,168 @@ async fn invalidate_after_a_commit_leaves_no_old_row_where_invalidating_before_i
         r.await.unwrap();
     }
     assert_eq!(cache.stats().errors, 0);
+}
+
+/// Writes `n` entries through `backend`, entry `i` expiring after `1000 + i`
+/// seconds (so the soonest to expire are the first written).
+async fn write_entries(backend: &SqlBackend, prefix: &str, n: u64) {
+    for i in 0..n {
+        backend
+            .set(
+                &format!("{prefix}{i}"),
+                Bytes::from_static(b"v"),
+                Duration::from_secs(1000 + i),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+}
+
+async fn culls_to_the_bound(url: String) {
+    let backend = SqlBackend::new(SqlConfig::new(url.as_str()).max_entries(50)).unwrap();
+    write_entries(&backend, "many:", 230).await;
+    // Sweeps started by the writes run one at a time with this one.
+    backend.sweep().await.unwrap();
+    assert_eq!(
+        number(&url, "SELECT COUNT(*) FROM cache_entries").await,
+        50,
+        "culled down to max_entries"
+    );
+    // The ones left are the latest to expire; a culled one is a miss.
+    assert!(backend.get("many:229").await.unwrap().value.is_some());
+    assert!(backend.get("many:180").await.unwrap().value.is_some());
+    assert!(backend.get("many:0").await.unwrap().value.is_none());
+    assert!(backend.get("many:179").await.unwrap().value.is_none());
+    // Unbounded keeps everything.
+    let all = SqlBackend::new(SqlConfig::new(url.as_str()).unbounded()).unwrap();
+    write_entries(&all, "all:", 120).await;
+    all.sweep().await.unwrap();
+    assert_eq!(
+        number(
+            &url,
+            "SELECT COUNT(*) FROM cache_entries WHERE key LIKE 'all:%'"
+        )
+        .await,
+        120
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_writing_past_max_entries_is_culled_back_to_the_bound_soonest_to_expire_first() {
+    let dir = tempfile::tempdir().unwrap();
+    culls_to_the_bound(sqlite_url(&dir, "bound.db")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writing_past_max_entries_is_culled_back_to_the_bound_soonest_to_expire_first() {
+    let pg = Postgres::start();
+    culls_to_the_bound(pg.url()).await;
+}
+
+async fn invalidations_survive_the_cull(url: String) {
+    let backend = SqlBackend::new(SqlConfig::new(url.as_str()).max_entries(20)).unwrap();
+    let ttl = Duration::from_secs(100_000);
+    // Entries that outlive the cull, then hidden by an invalidation and a
+    // delete; a computation that read before the invalidation.
+    for k in ["feed:1", "feed:2", "page:1"] {
+        backend
+            .set(k, Bytes::from_static(b"old"), ttl, None)
+            .await
+            .unwrap();
+    }
+    let before = backend.get("feed:3").await.unwrap();
+    assert!(before.value.is_none());
+    backend.invalidate_prefix("feed:").await.unwrap();
+    backend.delete("page:1").await.unwrap();
+    let records = number(&url, "SELECT COUNT(*) FROM cache_entries_invalidations").await;
+    assert!(records >= 2, "an invalidation and a delete recorded");
+    let epochs = number(&url, "SELECT COUNT(*) FROM cache_entries_epoch").await;
+    // Far more entries than the bound, all expiring before the old ones.
+    write_entries(&backend, "filler:", 150).await;
+    backend.sweep().await.unwrap();
+    assert!(number(&url, "SELECT COUNT(*) FROM cache_entries").await <= 20);
+    assert_eq!(
+        number(&url, "SELECT COUNT(*) FROM cache_entries_invalidations").await,
+        records,
+        "the cull removes no invalidation record"
+    );
+    assert_eq!(
+        number(&url, "SELECT COUNT(*) FROM cache_entries_epoch").await,
+        epochs,
+        "nor the epoch rows"
+    );
+    for k in ["feed:1", "feed:2", "page:1"] {
+        assert!(
+            backend.get(k).await.unwrap().value.is_none(),
+            "{k}: hidden before the cull, hidden after it"
+        );
+    }
+    // The computation that read before the invalidation still cannot store.
+    backend
+        .set(
+            "feed:3",
+            Bytes::from_static(b"stale"),
+            ttl,
+            before.ticket.as_ref(),
+        )
+        .await
+        .unwrap();
+    assert!(backend.get("feed:3").await.unwrap().value.is_none());
+    // A fresh read's value is stored and served.
+    let now = backend.get("feed:3").await.unwrap();
+    backend
+        .set(
+            "feed:3",
+            Bytes::from_static(b"new"),
+            ttl,
+            now.ticket.as_ref(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.get("feed:3").await.unwrap().value.as_deref(),
+        Some(&b"new"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_and_deletes_still_hold_after_a_cull_on_sqlite_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    invalidations_survive_the_cull(sqlite_url(&dir, "cull.db")).await;
+    let pg = Postgres::start();
+    invalidations_survive_the_cull(pg.url()).await;
+}
+
+#[tokio::test]
+async fn max_entries_is_bounded_by_default_and_its_url_parameter_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir, "params.db");
+    assert_eq!(sql::DEFAULT_MAX_ENTRIES, 100_000);
+    let default = format!("{:?}", SqlConfig::new(url.as_str()));
+    assert!(default.contains("max_entries: Some(100000)"), "{default}");
+    assert!(format!("{:?}", SqlConfig::new(url.as_str()).unbounded()).contains("max_entries: None"));
+    for ok in [
+        "?max_entries=1",
+        "?max_entries=250000",
+        "?max_entries=unbounded",
+    ] {
+        Cache::from_url(&format!("{url}{ok}")).await.expect(ok);
+    }
+    for (bad, says) in [
+        ("?max_entries=0", "out of range"),
+        ("?max_entries=9223372036854775808", "out of range"),
+        ("?max_entries=-5", "not a count"),
+        ("?max_entries=lots", "not a count"),
+        ("?max_entries=99999999999999999999", "not a count"),
+    ] {
+        let Err(err) = Cache::from_url(&format!("{url}{bad}")).await else {
+            panic!("{bad} was accepted");
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains(says) && err.contains("max_entries") && err.contains("unbounded"),
+            "{bad}: {err}"
+        );
+    }
 }

@@ -191,4 +191,91 @@ mod tests {
             assert!(matches!(err, Error::Config(_)), "{err}");
         }
     }
+
+    /// `tls_pin_sha256` and `tls_insecure`: the forms accepted, and every
+    /// refusal saying what to do instead.
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn redis_certificate_pins_parse_in_every_spelling_and_misuse_is_refused_clearly() {
+        let hex = "ab".repeat(32);
+        let colons = vec!["AB"; 32].join(":");
+        let mixed = format!("aB{}", &colons[2..]);
+        for pin in [&hex, &colons, &mixed] {
+            let url = format!("rediss://:secret@h:6380/0?tls_pin_sha256={pin}");
+            build(&url, Vec::new()).await.expect(&url);
+        }
+        for on in ["true", "1", "false", "0"] {
+            let url = format!("rediss://h:6380?tls_insecure={on}");
+            build(&url, Vec::new()).await.expect(&url);
+        }
+        let refused = |url: String, says: &'static [&'static str]| async move {
+            let Err(err) = build(&url, Vec::new()).await else {
+                panic!("{url} was accepted");
+            };
+            let text = err.to_string();
+            for s in says {
+                assert!(text.contains(s), "{url}: {text}");
+            }
+            assert!(!text.contains("secret"), "{text}");
+        };
+        for bad in [
+            "ab".repeat(31),
+            "zz".repeat(32),
+            "ab".repeat(33),
+            "ab:".repeat(31),
+        ] {
+            refused(
+                format!("rediss://:secret@h:6380?tls_pin_sha256={bad}"),
+                &["64 hex digits", "SHA-256"],
+            )
+            .await;
+        }
+        refused(
+            format!("redis://:secret@h:6379?tls_pin_sha256={hex}"),
+            &["rediss://"],
+        )
+        .await;
+        refused(
+            "redis://:secret@h:6379?tls_insecure=true".into(),
+            &["rediss://"],
+        )
+        .await;
+        refused(
+            format!("rediss://:secret@h:6380?tls_pin_sha256={hex}&tls_insecure=true"),
+            &["exclude each other"],
+        )
+        .await;
+        refused(
+            format!("rediss+cluster://:secret@h1:7000,h2:7000?tls_pin_sha256={hex}"),
+            &["one server", "cluster"],
+        )
+        .await;
+        refused(
+            format!("rediss://:secret@h:6380?tls_pin_sha256={hex}&ca_file=ca.pem"),
+            &["ca_file", "replaces the CA check"],
+        )
+        .await;
+        refused(
+            "rediss://:secret@h:6380?tls_insecure=yes".into(),
+            &["`tls_insecure` takes `true` or `false`"],
+        )
+        .await;
+
+        // The builder is checked as the URL is, when the backend is made.
+        use crate::backends::redis::{RedisBackend, RedisConfig};
+        let err = RedisBackend::new(RedisConfig::new("rediss://h:6380").tls_pin_sha256("abc"))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("64 hex digits"), "{err}");
+        let err = RedisBackend::new(RedisConfig::cluster(["rediss://h1:7000"]).tls_insecure(true))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("one server"), "{err}");
+        RedisBackend::new(RedisConfig::new("rediss://h:6380").tls_pin_sha256(&colons)).unwrap();
+        let shown = format!(
+            "{:?}",
+            RedisConfig::new("rediss://u:secret@h:6380").tls_pin_sha256(&hex)
+        );
+        assert!(shown.contains(&hex) && !shown.contains("secret"), "{shown}");
+    }
 }

@@ -53,12 +53,18 @@ fn signal(child: &Child, sig: &str) {
 
 /// Certificates made at test time: a CA, a server certificate for
 /// `localhost`/`127.0.0.1` signed by it, a client certificate, and an
-/// unrelated CA for the "wrong CA" cases. PEM files in `dir`.
+/// unrelated CA for the "wrong CA" cases, and a self-signed certificate
+/// for a name that is not the server's (as Heroku's are). PEM files in
+/// `dir`; the DER of the two server certificates for pinning.
 pub struct TestCerts {
     pub dir: PathBuf,
     pub ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    pub server_der: Vec<u8>,
+    pub self_signed_cert: PathBuf,
+    pub self_signed_key: PathBuf,
+    pub self_signed_der: Vec<u8>,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
     pub other_ca: PathBuf,
@@ -89,15 +95,26 @@ impl TestCerts {
             let params = CertificateParams::new(names).unwrap();
             let key = KeyPair::generate().unwrap();
             let cert = params.signed_by(&key, &issuer).unwrap();
-            (cert.pem(), key.serialize_pem())
+            (cert.pem(), key.serialize_pem(), cert.der().to_vec())
         };
-        let (server_pem, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()]);
-        let (client_pem, client_key) = leaf(vec!["cache-client".into()]);
+        let (server_pem, server_key, server_der) =
+            leaf(vec!["localhost".into(), "127.0.0.1".into()]);
+        let (client_pem, client_key, _) = leaf(vec!["cache-client".into()]);
+        let (self_pem, self_key, self_signed_der) = {
+            let params = CertificateParams::new(vec!["redis.example.invalid".to_owned()]).unwrap();
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+        };
         TestCerts {
             dir: dir.to_owned(),
             ca: write("ca.pem", ca_pem),
             server_cert: write("server.pem", server_pem),
             server_key: write("server.key", server_key),
+            server_der,
+            self_signed_cert: write("self-signed.pem", self_pem),
+            self_signed_key: write("self-signed.key", self_key),
+            self_signed_der,
             client_cert: write("client.pem", client_pem),
             client_key: write("client.key", client_key),
             other_ca: write("other-ca.pem", other_pem),
@@ -111,6 +128,9 @@ pub struct RedisOptions {
     /// TLS only (the plain port is closed); `require_client_cert` for mTLS.
     pub tls: bool,
     pub require_client_cert: bool,
+    /// With `tls`: present the self-signed certificate for another name
+    /// (`TestCerts::self_signed_cert`) instead of the CA-signed one.
+    pub self_signed: bool,
     /// Extra `redis.conf` lines (ACL users, cluster settings, ...).
     pub config: Vec<String>,
 }
@@ -152,8 +172,24 @@ impl RedisServer {
             Some(c) => conf.extend([
                 "port 0".to_owned(),
                 format!("tls-port {port}"),
-                format!("tls-cert-file {}", c.server_cert.display()),
-                format!("tls-key-file {}", c.server_key.display()),
+                format!(
+                    "tls-cert-file {}",
+                    if options.self_signed {
+                        &c.self_signed_cert
+                    } else {
+                        &c.server_cert
+                    }
+                    .display()
+                ),
+                format!(
+                    "tls-key-file {}",
+                    if options.self_signed {
+                        &c.self_signed_key
+                    } else {
+                        &c.server_key
+                    }
+                    .display()
+                ),
                 format!("tls-ca-cert-file {}", c.ca.display()),
                 format!(
                     "tls-auth-clients {}",

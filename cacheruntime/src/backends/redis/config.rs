@@ -33,6 +33,8 @@ pub struct RedisConfig {
     pub(super) client_cert: Option<(PathBuf, PathBuf)>,
     pub(super) max_ttl: Duration,
     pub(super) connect_timeout: Duration,
+    pub(super) tls_pin_sha256: Option<String>,
+    pub(super) tls_insecure: bool,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -46,6 +48,8 @@ impl fmt::Debug for RedisConfig {
             .field("ca_file", &self.ca_file)
             .field("client_cert", &self.client_cert.as_ref().map(|(c, _)| c))
             .field("max_ttl", &self.max_ttl)
+            .field("tls_pin_sha256", &self.tls_pin_sha256)
+            .field("tls_insecure", &self.tls_insecure)
             .finish_non_exhaustive()
     }
 }
@@ -60,6 +64,8 @@ impl RedisConfig {
             client_cert: None,
             max_ttl: Duration::from_secs(30 * 86_400),
             connect_timeout: Duration::from_secs(1),
+            tls_pin_sha256: None,
+            tls_insecure: false,
         }
     }
 
@@ -85,6 +91,29 @@ impl RedisConfig {
         self
     }
 
+    /// Accept the server's certificate if, and only if, the SHA-256 of its
+    /// leaf certificate (DER) is `sha256`: 64 hex digits, in either case,
+    /// with or without `:` between bytes (as `openssl x509 -fingerprint
+    /// -sha256` prints it). For managed services with a self-signed
+    /// certificate (Heroku): the pin replaces the CA and host name checks;
+    /// the handshake's signature is still checked against that certificate.
+    /// `rediss://` on one server only; a malformed pin is refused by
+    /// `RedisBackend::new`.
+    pub fn tls_pin_sha256(mut self, sha256: impl Into<String>) -> Self {
+        self.tls_pin_sha256 = Some(sha256.into());
+        self
+    }
+
+    /// Accept any server certificate: **the connection can be intercepted**
+    /// by anyone on the path, who then reads and writes the cache (and
+    /// sees its password). Logged as a warning at every connection; prefer
+    /// [`tls_pin_sha256`](Self::tls_pin_sha256). `rediss://` on one server
+    /// only.
+    pub fn tls_insecure(mut self, insecure: bool) -> Self {
+        self.tls_insecure = insecure;
+        self
+    }
+
     /// Longest life of an entry (default 30 days); longer TTLs are capped
     /// to it.
     pub fn max_ttl(mut self, max_ttl: Duration) -> Self {
@@ -102,13 +131,17 @@ impl RedisConfig {
     /// parameters every scheme shares for the cache. Forms:
     /// `redis://[user:pass@]host[:port][/db]`, `rediss://...` and
     /// `redis+cluster://[user:pass@]h1:p1,h2:p2`, with `ca_file`, `cert_file`,
-    /// `key_file` and `max_ttl` beside the common parameters.
+    /// `key_file`, `tls_pin_sha256`, `tls_insecure` and `max_ttl` beside the
+    /// common parameters.
     pub(crate) fn from_url(url: &mut CacheUrl<'_>) -> Result<(RedisConfig, Common), Error> {
         let ca_file = url.take("ca_file");
         let cert_file = url.take("cert_file");
         let key_file = url.take("key_file");
+        let pin = url.take("tls_pin_sha256");
+        let insecure = url.take("tls_insecure");
         let max_ttl = url.take_duration("max_ttl")?;
-        let common = url.finish("ca_file, cert_file, key_file, max_ttl")?;
+        let common =
+            url.finish("ca_file, cert_file, key_file, tls_pin_sha256, tls_insecure, max_ttl")?;
         let tls = url.scheme.starts_with("rediss");
         let base = if tls { "rediss" } else { "redis" };
         let mut config = if url.scheme.ends_with("+cluster") {
@@ -139,6 +172,27 @@ impl RedisConfig {
         if (ca_file.is_some() || cert_file.is_some()) && !tls {
             return Err(url.error("`ca_file` and `cert_file` need TLS: use `rediss://`"));
         }
+        let insecure = match insecure.as_deref() {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(_) => return Err(url.error("`tls_insecure` takes `true` or `false`")),
+        };
+        if let Some(pin) = &pin {
+            parse_pin(pin).map_err(|m| url.error(m))?;
+        }
+        if let Some(why) = refuse_trust(
+            tls,
+            config.cluster,
+            pin.is_some(),
+            insecure,
+            ca_file.is_some(),
+        ) {
+            return Err(url.error(why));
+        }
+        if let Some(pin) = pin {
+            config = config.tls_pin_sha256(pin);
+        }
+        config = config.tls_insecure(insecure);
         if let Some(ca) = ca_file {
             config = config.ca_file(ca);
         }
@@ -152,4 +206,50 @@ impl RedisConfig {
         }
         Ok((config, common))
     }
+}
+
+/// The pin's expected form, for errors.
+const PIN_FORM: &str = "`tls_pin_sha256` takes the SHA-256 of the server's certificate (DER) as \
+                        64 hex digits, with or without `:` between bytes, e.g. \
+                        `openssl x509 -in server.pem -noout -fingerprint -sha256`";
+
+/// Reads a certificate pin: 32 bytes as hex, any case, `:` between bytes
+/// allowed (or none at all).
+pub(super) fn parse_pin(pin: &str) -> Result<[u8; 32], String> {
+    let digits: String = pin.chars().filter(|c| *c != ':').collect();
+    if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(PIN_FORM.to_owned());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+/// Why a pin or `tls_insecure` cannot be used as configured, if it cannot.
+pub(super) fn refuse_trust(
+    tls: bool,
+    cluster: bool,
+    pin: bool,
+    insecure: bool,
+    ca_file: bool,
+) -> Option<&'static str> {
+    if !pin && !insecure {
+        return None;
+    }
+    Some(if pin && insecure {
+        "`tls_pin_sha256` and `tls_insecure` exclude each other: keep the pin, which still \
+         refuses every other certificate"
+    } else if !tls {
+        "`tls_pin_sha256` and `tls_insecure` are TLS settings: use `rediss://`"
+    } else if cluster {
+        "`tls_pin_sha256` and `tls_insecure` are for one server: on a cluster, give the CA \
+         with `ca_file`"
+    } else if ca_file {
+        "`ca_file` with `tls_pin_sha256` or `tls_insecure`: the pin (or the insecure switch) \
+         replaces the CA check, so give one or the other"
+    } else {
+        return None;
+    })
 }

@@ -1,23 +1,28 @@
 //! Connections to Redis, made on first use so that building the backend
 //! does no I/O: one server through redis-rs's `ConnectionManager`, which
 //! reconnects in the background, or a Cluster connection, made again on
-//! the next call after a failure.
+//! the next call after a failure; a server pinned by its certificate (or
+//! reached with `tls_insecure`) over our own TLS (`pinned.rs`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisError, RedisFuture, Value};
 
-use super::config::RedisConfig;
+use super::config::{parse_pin, refuse_trust, RedisConfig};
+use super::pinned::{PinnedConn, Trust};
 use crate::Error;
 
 /// The client of one backend: one server's, or a Cluster's.
 pub(super) enum Conn {
     Single(Box<SingleConn>),
     Cluster(Box<ClusterConn>),
+    Pinned(Box<PinnedConn>),
 }
 
 /// The manager is made on first use: redis-rs spawns its reconnect task
@@ -38,6 +43,7 @@ pub(super) struct ClusterConn {
 pub(super) enum AnyConn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Pinned(MultiplexedConnection),
 }
 
 impl ConnectionLike for AnyConn {
@@ -45,6 +51,7 @@ impl ConnectionLike for AnyConn {
         match self {
             AnyConn::Single(c) => c.req_packed_command(cmd),
             AnyConn::Cluster(c) => c.req_packed_command(cmd),
+            AnyConn::Pinned(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -57,6 +64,7 @@ impl ConnectionLike for AnyConn {
         match self {
             AnyConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             AnyConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            AnyConn::Pinned(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -64,6 +72,7 @@ impl ConnectionLike for AnyConn {
         match self {
             AnyConn::Single(c) => c.get_db(),
             AnyConn::Cluster(c) => c.get_db(),
+            AnyConn::Pinned(c) => c.get_db(),
         }
     }
 }
@@ -82,8 +91,26 @@ impl Conn {
     /// connecting nowhere. `bad_url` says why redis-rs refused a URL.
     pub(super) fn new(
         config: &RedisConfig,
+        label: &str,
         bad_url: impl Fn(RedisError) -> Error,
     ) -> Result<Conn, Error> {
+        if let Some(trust) = trust_of(config)? {
+            let client_cert = match &config.client_cert {
+                Some((cert, key)) => Some((
+                    read_pem(cert, "client certificate")?,
+                    read_pem(key, "client key")?,
+                )),
+                None => None,
+            };
+            return Ok(Conn::Pinned(Box::new(PinnedConn::new(
+                &config.nodes[0],
+                trust,
+                client_cert,
+                label.to_owned(),
+                config.connect_timeout,
+                bad_url,
+            )?)));
+        }
         let certs = if config.ca_file.is_some() || config.client_cert.is_some() {
             let root_cert = config
                 .ca_file
@@ -156,7 +183,28 @@ impl Conn {
                     .await?
                     .clone(),
             ),
+            Conn::Pinned(pinned) => AnyConn::Pinned(pinned.get().await?),
         };
         Ok(conn)
     }
+}
+
+/// The pin or insecure switch of `config`, checked: `None` for the usual
+/// CA checks.
+fn trust_of(config: &RedisConfig) -> Result<Option<Trust>, Error> {
+    let tls = config.nodes.iter().all(|n| n.starts_with("rediss://"));
+    if let Some(why) = refuse_trust(
+        tls,
+        config.cluster,
+        config.tls_pin_sha256.is_some(),
+        config.tls_insecure,
+        config.ca_file.is_some(),
+    ) {
+        return Err(Error::Config(why.into()));
+    }
+    Ok(match &config.tls_pin_sha256 {
+        Some(pin) => Some(Trust::Pin(parse_pin(pin).map_err(Error::Config)?)),
+        None if config.tls_insecure => Some(Trust::Insecure),
+        None => None,
+    })
 }

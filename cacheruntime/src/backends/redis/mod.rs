@@ -54,9 +54,25 @@
 //! memory` where managed services block `CONFIG`) and warns when the store
 //! cannot evict, or when it could read neither.
 //!
+//! # Self-signed certificates
+//! A managed Redis whose certificate is self-signed, for a name other than
+//! the one connected to (Heroku's), is reached by pinning the certificate:
+//! [`RedisConfig::tls_pin_sha256`] (`?tls_pin_sha256=` with the SHA-256 of
+//! the leaf certificate's DER as hex, any case, `:` between bytes or not).
+//! The pin replaces the CA and name checks; the handshake signature is
+//! still verified against the pinned certificate's key, so only its holder
+//! gets through. [`RedisConfig::tls_insecure`] (`?tls_insecure=true`)
+//! accepts any certificate and logs a warning at every connection that it
+//! can be intercepted and that the pin is the fix. redis-rs takes no
+//! verifier of ours, so these connections are made here (tokio-rustls),
+//! handed to redis-rs's multiplexed connection, and made again on the next
+//! call after one closes. Both are for one `rediss://` server: a Cluster
+//! redirects to nodes this cannot reach the same way, and is refused.
+//!
 //! # Files
 //! `config.rs` ([`RedisConfig`] and its URL forms), `connection.rs` (the
-//! clients, made on first use), `keys.rs` (the names things are stored
+//! clients, made on first use), `pinned.rs` (TLS with a pinned certificate
+//! or none checked), `keys.rs` (the names things are stored
 //! under, and their hash tags), `scripts.rs` (the Lua), `server_config.rs`
 //! (what is checked of the server's own settings); the calls are here.
 
@@ -64,6 +80,7 @@ mod config;
 mod connection;
 mod keys;
 mod many;
+mod pinned;
 mod scripts;
 mod server_config;
 
@@ -122,7 +139,7 @@ impl RedisBackend {
             .collect::<Vec<_>>()
             .join(",");
         let secrets = Secrets::of(&config.nodes);
-        let conn = Conn::new(&config, |e: RedisError| Error::InvalidUrl {
+        let conn = Conn::new(&config, &label, |e: RedisError| Error::InvalidUrl {
             url: label.clone(),
             message: secrets.scrub(&e.to_string()),
         })?;

@@ -17,6 +17,20 @@ use crate::Error;
 /// `BIGINT` millisecond columns hold once added to the clock.
 pub const MAX_TTL_LIMIT: Duration = Duration::from_secs(10 * 365 * 86_400);
 
+/// The bound on entries a SQL store keeps unless told otherwise
+/// ([`SqlConfig::max_entries`]). Django's database cache culls at 300
+/// entries, sized for a small site's table; a shared cache table holds far
+/// more: 100,000 entries is 0.1 to 1 GB at typical page and query sizes,
+/// small for any database, and the sweep's `COUNT(*)` over it takes
+/// milliseconds once a minute. A bound by default keeps a busy site with
+/// long TTLs (or many distinct keys) from growing the table, and its
+/// backups, without limit.
+pub const DEFAULT_MAX_ENTRIES: u64 = 100_000;
+
+/// The largest [`SqlConfig::max_entries`]: the count is a signed 64-bit
+/// integer in SQL.
+const MAX_ENTRIES_LIMIT: u64 = i64::MAX as u64;
+
 /// The shortest [`SqlConfig::sweep_interval`].
 pub const MIN_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -76,7 +90,7 @@ impl SqlConfig {
             url: url.into(),
             table: DEFAULT_TABLE.to_owned(),
             auto_create: true,
-            max_entries: None,
+            max_entries: Some(DEFAULT_MAX_ENTRIES),
             sweep_interval: Duration::from_secs(60),
             sweep_batch: 1000,
             max_connections: 10,
@@ -123,10 +137,27 @@ impl SqlConfig {
         self
     }
 
-    /// Keep at most about this many entries: each sweep culls the rows that
-    /// expire soonest beyond it.
+    /// Keep at most about this many entries (default
+    /// [`DEFAULT_MAX_ENTRIES`], 100,000; from 1 to `i64::MAX`, else
+    /// [`SqlBackend::new`](super::SqlBackend::new) refuses it). Each sweep
+    /// (every `sweep_interval`, and early after `max_entries / 10` writes,
+    /// at least 100) removes expired rows, counts the table, and deletes
+    /// the excess rows that expire soonest: those lose the least of their
+    /// cached life, and the `expires_at` index finds them without a scan
+    /// (oldest-written or least-recently-read would need a column written
+    /// on every write or read). Only entries are culled, never invalidation
+    /// records, epochs or locks, so a culled entry is a miss, never a stale
+    /// value.
     pub fn max_entries(mut self, n: u64) -> Self {
         self.max_entries = Some(n);
+        self
+    }
+
+    /// No bound on the number of entries (`?max_entries=unbounded`): rows
+    /// leave when they expire or are invalidated, nothing else. For a table
+    /// whose size you watch yourself.
+    pub fn unbounded(mut self) -> Self {
+        self.max_entries = None;
         self
     }
 
@@ -194,6 +225,16 @@ impl SqlConfig {
                 MAX_TTL_LIMIT.as_secs() / 86_400
             )));
         }
+        match self.max_entries {
+            Some(n) if n == 0 || n > MAX_ENTRIES_LIMIT => {
+                return Err(Error::Config(format!(
+                    "max_entries {n} is out of range: give the sql backend a bound between 1 and \
+                     {MAX_ENTRIES_LIMIT} (default {DEFAULT_MAX_ENTRIES}), or no bound with \
+                     `max_entries=unbounded` (`SqlConfig::unbounded`)"
+                )))
+            }
+            _ => {}
+        }
         if self.sweep_interval < MIN_SWEEP_INTERVAL {
             return Err(Error::Config(format!(
                 "sweep_interval {:?} would sweep continuously (each sweep is a few \
@@ -242,8 +283,18 @@ impl SqlConfig {
         if let Some(v) = url.take_parsed::<bool>("auto_create", "`true` or `false`")? {
             config = config.auto_create(v);
         }
-        if let Some(n) = url.take_parsed::<u64>("max_entries", "a count")? {
-            config = config.max_entries(n);
+        match url.take("max_entries").as_deref() {
+            None => {}
+            Some("unbounded") => config = config.unbounded(),
+            Some(n) => match n.parse::<u64>() {
+                Ok(n) => config = config.max_entries(n),
+                Err(_) => {
+                    return Err(url.error(format!(
+                        "`max_entries` is not a count: give a bound from 1 to {MAX_ENTRIES_LIMIT} \
+                         (default {DEFAULT_MAX_ENTRIES}) or `unbounded`"
+                    )))
+                }
+            },
         }
         if let Some(d) = url.take_duration("sweep_interval")? {
             config = config.sweep_interval(d);

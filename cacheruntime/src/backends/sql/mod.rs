@@ -18,9 +18,20 @@
 //! # Schema
 //! `key` (bytewise collation, primary key), `value` bytes, `expires_at` (ms,
 //! indexed) and `epoch`. Reads ignore expired rows; a write is one upsert.
-//! A background task removes expired rows in bounded batches and, when
-//! [`SqlConfig::max_entries`] is set, culls the rows that expire soonest;
-//! it counts the table once per sweep, never per write.
+//! A background task removes expired rows in bounded batches and culls the
+//! rows that expire soonest down to [`SqlConfig::max_entries`] (default
+//! [`DEFAULT_MAX_ENTRIES`], 100,000; [`SqlConfig::unbounded`] for none);
+//! it counts the table once per sweep, never per write, and sweeps early
+//! after `max_entries / 10` writes (at least 100) so a burst of writes is
+//! culled before the next interval.
+//!
+//! # Culling is only ever a miss
+//! The cull deletes rows of the entries table, and nothing else: the
+//! invalidation records, the epoch and its floor, and the locks live in
+//! their own tables, which only their own rules sweep (below). A read of a
+//! culled key is a miss; its computation writes under the ticket that miss
+//! took, which is refused if an invalidation came since, as for any miss.
+//! So a cull costs recomputations, never a value an invalidation hid.
 //!
 //! # One clock: the database's
 //! Every time that decides which row lives (`expires_at`, the sweep, lock
@@ -95,7 +106,7 @@ use crate::backends::Store;
 use crate::secrets::{redact, Secrets};
 use crate::Error;
 
-pub use self::config::{SqlConfig, MAX_TTL_LIMIT, MIN_SWEEP_INTERVAL};
+pub use self::config::{SqlConfig, DEFAULT_MAX_ENTRIES, MAX_TTL_LIMIT, MIN_SWEEP_INTERVAL};
 use self::connect::{connect_options, Connect};
 use self::schema::validate_table_for;
 pub use self::schema::{ddl, validate_table_name, POSTGRES_DDL, SQLITE_DDL};
