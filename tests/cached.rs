@@ -1665,11 +1665,13 @@ async fn same_named_functions_in_sibling_blocks_never_share_default_keys() {
     assert_eq!(two_blocks(1).await, (2, 1001));
 }
 
-/// A memory store whose first `fails` invalidations fail.
+/// A memory store whose first `fails` invalidations fail, and whose
+/// invalidations take `slow` each.
 #[derive(Debug)]
 struct FlakyInvalidation {
     inner: MemoryBackend,
     fails: AtomicUsize,
+    slow: Duration,
 }
 
 impl Backend for FlakyInvalidation {
@@ -1695,12 +1697,15 @@ impl Backend for FlakyInvalidation {
         self.inner.delete(key)
     }
     fn invalidate_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        let left = self.fails.load(Ordering::SeqCst);
-        if left > 0 {
-            self.fails.store(left - 1, Ordering::SeqCst);
-            return Box::pin(async { Err(Error::backend("flaky", "connection reset")) });
-        }
-        self.inner.invalidate_prefix(prefix)
+        Box::pin(async move {
+            tokio::time::sleep(self.slow).await;
+            let left = self.fails.load(Ordering::SeqCst);
+            if left > 0 {
+                self.fails.store(left - 1, Ordering::SeqCst);
+                return Err(Error::backend("flaky", "connection reset"));
+            }
+            self.inner.invalidate_prefix(prefix).await
+        })
     }
 }
 
@@ -1712,6 +1717,7 @@ async fn a_failed_invalidation_after_a_commit_returns_the_commit_and_lands_later
         .backend(FlakyInvalidation {
             inner: MemoryBackend::new(1 << 20),
             fails: AtomicUsize::new(2),
+            slow: Duration::ZERO,
         })
         .circuit_breaker(1000, Duration::from_secs(1))
         .build()
@@ -1738,4 +1744,54 @@ async fn a_failed_invalidation_after_a_commit_returns_the_commit_and_lands_later
         .await;
     assert!(matches!(refused, Err(Error::InvalidPrefix { .. })));
     assert_eq!(ran.load(Ordering::SeqCst), 0);
+}
+
+/// A caller dropped after the commit (a client gone, a timeout layer) does
+/// not cancel the invalidation of what the commit changed; and a prefix the
+/// store would refuse is refused before the commit runs.
+#[tokio::test]
+async fn invalidate_after_survives_its_caller_and_refuses_before_the_commit() {
+    let cache = Cache::builder()
+        .backend(FlakyInvalidation {
+            inner: MemoryBackend::new(1 << 20),
+            fails: AtomicUsize::new(0),
+            slow: Duration::from_millis(200),
+        })
+        .op_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    cache
+        .set("q:1:x", &1u8, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let committed = Arc::new(AtomicUsize::new(0));
+    let c = committed.clone();
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(50),
+        cache.invalidate_after(async move { c.fetch_add(1, Ordering::SeqCst) }, &["q:1:"]),
+    )
+    .await;
+    assert!(
+        dropped.is_err(),
+        "the caller gave up during the invalidation"
+    );
+    assert_eq!(committed.load(Ordering::SeqCst), 1, "the commit ran");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.get::<u8>("q:1:x").await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the invalidation was cancelled with its caller"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Everything, without a namespace, on a shared store: refused first.
+    let ran = AtomicUsize::new(0);
+    let refused = cache
+        .invalidate_after(async { ran.fetch_add(1, Ordering::SeqCst) }, &[""])
+        .await;
+    assert!(
+        matches!(refused, Err(Error::NamespaceRequired { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(ran.load(Ordering::SeqCst), 0, "the commit did not run");
 }

@@ -975,17 +975,19 @@ async fn damage(raw: &Raw, key: &str, how: Damage) {
         )
     });
     let (wrapper, mut env) = raw.split(&stored);
-    assert_eq!(env[0], 1, "format version 1 today");
+    assert_eq!(env[0], 2, "format version 2 today");
     let env = match how {
         Damage::RandomEnvelope => random_bytes(64, 7),
         Damage::TruncatedHeader => env[..20].to_vec(),
         Damage::TruncatedPayload => env[..env.len() - 3].to_vec(),
         Damage::FormatVersionOld => {
-            env[0] = 0;
+            // Format 1, before `kept until`: a miss, never read at the
+            // old offsets.
+            env[0] = 1;
             env
         }
         Damage::FormatVersionNext => {
-            env[0] = 2;
+            env[0] = 3;
             env
         }
         Damage::UnknownCodec => {
@@ -1069,7 +1071,7 @@ async fn corrupt_entries(raw: Raw, cache: Cache) {
         assert_eq!(fails, expected, "{label}: decode_failures");
         counted += fails;
         let env = raw.envelope(&key).await.expect("rewritten");
-        assert_eq!(env[0], 1, "{label}: a valid envelope again");
+        assert_eq!(env[0], 2, "{label}: a valid envelope again");
     }
 
     // Another type under the same key (another deployment's, or a

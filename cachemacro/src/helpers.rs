@@ -36,7 +36,9 @@ impl Signatures {
                     }
                 }
             }
-            KeyPlan::Default => key_args.extend(keyed.params.iter().map(|p| p.ident.to_string())),
+            KeyPlan::Default => {
+                key_args.extend(keyed.default_key_params().map(|p| p.ident.to_string()))
+            }
         }
         let mut cache_args = key_args.clone();
         if let Some(expr) = &keyed.cache {

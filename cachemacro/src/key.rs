@@ -70,7 +70,7 @@ pub fn render(
                     }
                 }
             });
-            for p in &keyed.params {
+            for p in keyed.default_key_params() {
                 let ident = &p.ident;
                 steps.push(push_value(
                     quote!(__cachemacro_k.literal(":");),

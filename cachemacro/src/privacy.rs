@@ -139,7 +139,7 @@ pub fn check_skip(
 
 /// The argument a `cache = ...` expression is, if it is one alone (`cache`,
 /// `&cache`, `*cache`, `(cache)`), not a field or a call on it.
-fn bare_argument(expr: &Expr) -> Option<String> {
+pub fn bare_argument(expr: &Expr) -> Option<String> {
     match expr {
         Expr::Path(p) if p.qself.is_none() => p.path.get_ident().map(Ident::to_string),
         Expr::Reference(r) => bare_argument(&r.expr),

@@ -36,7 +36,18 @@ pub struct Keyed {
     pub vary: Vec<Ident>,
     pub cache: Option<Expr>,
     pub params: Vec<Param>,
+    /// Arguments a default key leaves out (`skip`, the cache argument).
+    pub left_out: Vec<String>,
     pub has_receiver: bool,
+}
+
+impl Keyed {
+    /// The arguments a default key is made of, in order.
+    pub fn default_key_params(&self) -> impl Iterator<Item = &Param> {
+        self.params
+            .iter()
+            .filter(|p| !self.left_out.iter().any(|l| p.ident == l))
+    }
 }
 
 impl Keyed {
@@ -49,6 +60,7 @@ impl Keyed {
             vary: Vec::new(),
             cache: None,
             params: arguments.params,
+            left_out: Vec::new(),
             has_receiver: arguments.receiver.is_some(),
         }
     }
@@ -153,16 +165,22 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, Box<Rejected>> {
         matches!(shape, Some(Shape::Ids { .. })),
         &mut errs,
     );
-    let mut params = arguments.params;
+    // A default key has every argument but those skipped and the one that
+    // is the cache itself (`cache = cache`): where a value is stored does
+    // not change it. (The helpers still take them where the `cache`
+    // expression needs them.)
+    let mut left_out: Vec<String> = Vec::new();
     if matches!(key, KeyPlan::Default) {
-        // A default key has every argument but those skipped.
-        params.retain(|p| !skipped.iter().any(|s| p.ident == s));
+        left_out.extend(skipped.iter().cloned());
+        left_out.extend(cache.as_ref().and_then(crate::privacy::bare_argument));
     }
+    let params = arguments.params;
     let keyed = Keyed {
         key,
         vary,
         cache,
         params,
+        left_out,
         has_receiver: arguments.receiver.is_some(),
     };
     match errs.finish() {

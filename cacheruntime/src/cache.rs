@@ -5,6 +5,7 @@
 //! `guarded.rs`, store locks live in `lock.rs`. Building is in
 //! `builder.rs`.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -293,21 +294,10 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<(), Error> {
-        key::check_prefix(prefix)?;
         if !self.engine.enabled() {
-            return Ok(());
+            return key::check_prefix(prefix);
         }
-        // Everything, without a namespace, on a store others may share:
-        // refused on every shared store alike (it would reach other
-        // applications' entries), as `clear` is.
-        if prefix.is_empty() && self.engine.namespace().is_empty() && self.engine.store.is_shared()
-        {
-            return Err(Error::NamespaceRequired {
-                backend: self.engine.store.backend().name(),
-                operation: "invalidate_prefix(\"\")",
-            });
-        }
-        let full = self.engine.full_prefix(prefix)?;
+        let full = self.checked_prefix(prefix)?;
         let backend = self.engine.store.backend();
         self.engine
             .guarded("invalidate_prefix", || backend.invalidate_prefix(&full))
@@ -316,6 +306,22 @@ impl Cache {
         // value computed before the invalidation; nobody may join it now.
         self.engine.flights.detach_prefix(&full);
         Ok(())
+    }
+
+    /// The prefix as the store sees it, or why it cannot be invalidated:
+    /// not whole segments, too long to apply, or everything without a
+    /// namespace on a store others may share (refused on every shared store
+    /// alike, as `clear` is: it would reach other applications' entries).
+    pub(crate) fn checked_prefix<'p>(&self, prefix: &'p str) -> Result<Cow<'p, str>, Error> {
+        key::check_prefix(prefix)?;
+        if prefix.is_empty() && self.engine.namespace().is_empty() && self.engine.store.is_shared()
+        {
+            return Err(Error::NamespaceRequired {
+                backend: self.engine.store.backend().name(),
+                operation: "invalidate_prefix(\"\")",
+            });
+        }
+        self.engine.full_prefix(prefix)
     }
 
     /// Returns the cached value of `key`, or runs `compute`, caches its value

@@ -30,8 +30,12 @@ impl Cache {
     /// retried in the background (backing off, for up to ten minutes) until
     /// it lands; meanwhile readers may get the old value, as they would
     /// without a cache for the length of a replica's lag. Prefixes are
-    /// checked first, so a malformed one is an error before the commit
-    /// (then `commit` is dropped unawaited, which for sqlx rolls back).
+    /// checked first (whole segments, length, and everything without a
+    /// namespace on a shared store), so one that would be refused is an
+    /// error before the commit (then `commit` is dropped unawaited, which
+    /// for sqlx rolls back). The invalidations run in a task of their own,
+    /// so a caller dropped after the commit (a client gone) does not cancel
+    /// them.
     ///
     /// ```no_run
     /// # #[cfg(feature = "postgres")]
@@ -53,15 +57,52 @@ impl Cache {
     where
         F: Future<Output = T>,
     {
+        // Everything that would refuse an invalidation, before the write.
         for prefix in prefixes {
-            crate::key::check_prefix(prefix)?;
+            self.checked_prefix(prefix)?;
         }
         let committed = commit.await;
-        let mut failed: Vec<String> = Vec::new();
+        let prefixes: Vec<String> = prefixes.iter().map(|p| (*p).to_owned()).collect();
+        match tokio::runtime::Handle::try_current() {
+            // In a task of its own: a caller dropped after the commit (a
+            // client gone, a timeout layer) must not cancel the
+            // invalidation of data that already changed.
+            Ok(runtime) => {
+                let cache = self.clone();
+                let (first, done) = tokio::sync::oneshot::channel();
+                runtime.spawn(async move {
+                    let failed = cache.invalidate_each(prefixes).await;
+                    let _ = first.send(());
+                    if !failed.is_empty() {
+                        cache.retry_invalidations(failed).await;
+                    }
+                });
+                // The first attempt, whatever it did, before returning.
+                let _ = done.await;
+            }
+            Err(_) => {
+                let failed = self.invalidate_each(prefixes).await;
+                if !failed.is_empty() {
+                    tracing::error!(
+                        prefixes = ?failed,
+                        "invalidation after a commit failed and cannot be retried outside \
+                         a Tokio runtime: entries under these prefixes may be old until \
+                         their TTL"
+                    );
+                }
+            }
+        }
+        Ok(committed)
+    }
+
+    /// Invalidates each prefix once; the ones that failed (counted and
+    /// logged).
+    async fn invalidate_each(&self, prefixes: Vec<String>) -> Vec<String> {
+        let mut failed = Vec::new();
         for prefix in prefixes {
-            if let Err(e) = self.invalidate_prefix(prefix).await {
+            if let Err(e) = self.invalidate_prefix(&prefix).await {
                 self.engine.failed("invalidate_after", &e);
-                failed.push((*prefix).to_owned());
+                failed.push(prefix);
             }
         }
         if !failed.is_empty() {
@@ -70,12 +111,8 @@ impl Cache {
                 "invalidation after a commit failed; retrying in the background (readers may \
                  get the old value until it lands)"
             );
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let cache = self.clone();
-                runtime.spawn(async move { cache.retry_invalidations(failed).await });
-            }
         }
-        Ok(committed)
+        failed
     }
 
     /// Retries `prefixes` until each lands or [`RETRY_FOR`] passes.

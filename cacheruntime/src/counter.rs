@@ -25,6 +25,9 @@ impl Cache {
     ///   over.
     /// - A live counter keeps the TTL it started with (`ttl` is not
     ///   applied again): a fixed window for rate limits.
+    /// - A counter the store drops early (evicted by Redis or Memcached
+    ///   under memory pressure, culled past the SQL store's `max_entries`)
+    ///   is absent and starts over at 0, as any evicted entry is a miss.
     /// - A live value that is not a counter (written by `set`, `add` or a
     ///   computation, numbers included) is left as it is and the call
     ///   returns [`Error::NotACounter`]; past `i64`,

@@ -252,8 +252,11 @@ impl Sealer {
             if now < header.stale_until_ms && refreshing.is_some() {
                 return Ok(Some((payload, Due::Stale(f))));
             }
-            // Not servable; a fallback only for a caller that asked for one.
-            let fallback = policy.is_some_and(|p| p.stale_if_error.is_some());
+            // Not servable; a fallback only for a caller that asked for one,
+            // within its own window (the writer's may be longer).
+            let fallback = policy.and_then(|p| p.stale_if_error).is_some_and(|w| {
+                now < f.saturating_add(w.as_millis().min(u64::MAX as u128) as u64)
+            });
             return Ok(fallback.then_some((payload, Due::IfError(f))));
         }
         if let Some(beta) = refreshing.and_then(|p| p.early) {

@@ -222,9 +222,16 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug)]
 pub struct NamedCache {
     name: &'static str,
-    /// The install generation `cache` was resolved under (0: never).
-    resolved: AtomicU64,
-    cache: AtomicPtr<Cache>,
+    /// The cache and the install generation it was resolved under,
+    /// published together (null: never resolved). Each resolution leaks
+    /// one small record: once per install per function.
+    resolved: AtomicPtr<Resolved>,
+}
+
+#[derive(Debug)]
+struct Resolved {
+    generation: u64,
+    cache: &'static Cache,
 }
 
 impl NamedCache {
@@ -232,8 +239,7 @@ impl NamedCache {
     pub const fn new(name: &'static str) -> Self {
         NamedCache {
             name,
-            resolved: AtomicU64::new(0),
-            cache: AtomicPtr::new(std::ptr::null_mut()),
+            resolved: AtomicPtr::new(std::ptr::null_mut()),
         }
     }
 
@@ -242,10 +248,13 @@ impl NamedCache {
     #[inline]
     pub fn get(&'static self) -> &'static Cache {
         let generation = GENERATION.load(Ordering::Acquire);
-        if self.resolved.load(Ordering::Acquire) == generation {
-            let p = self.cache.load(Ordering::Acquire);
-            // SAFETY: set below from a `&'static Cache`.
-            return unsafe { &*p };
+        let p = self.resolved.load(Ordering::Acquire);
+        // SAFETY: non-null pointers here come from Box::leak below and are
+        // never freed.
+        if let Some(r) = unsafe { p.as_ref() } {
+            if r.generation == generation {
+                return r.cache;
+            }
         }
         self.resolve(generation)
     }
@@ -267,9 +276,27 @@ impl NamedCache {
                 unknown(self.name, &e, crate::default::default_cache())
             }
         };
-        self.cache
-            .store(found as *const Cache as *mut Cache, Ordering::Release);
-        self.resolved.store(generation, Ordering::Release);
+        let mine: *mut Resolved = Box::leak(Box::new(Resolved {
+            generation,
+            cache: found,
+        }));
+        // Publish unless a resolution under a newer install got there
+        // first: a slow resolver never puts back a replaced cache.
+        let mut current = self.resolved.load(Ordering::Acquire);
+        loop {
+            // SAFETY: as in `get`.
+            let newer = unsafe { current.as_ref() }.is_some_and(|r| r.generation > generation);
+            if newer {
+                break;
+            }
+            match self
+                .resolved
+                .compare_exchange(current, mine, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
+        }
         found
     }
 }

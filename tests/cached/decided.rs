@@ -208,3 +208,45 @@ async fn stale_if_error_serves_the_expired_value_only_when_the_body_fails_and_ne
     );
     assert_eq!(cache.stats().stale_if_error, 1);
 }
+
+/// A caller's own `stale_if_error` window bounds what it is served, even
+/// when the entry was written with a longer one (a deploy that shortened
+/// it, or another caller's policy).
+#[tokio::test]
+async fn a_fallback_is_only_served_within_the_callers_own_window() {
+    let (cache, clock) = clocked_cache();
+    let writer = Policy::new()
+        .ttl(Duration::from_secs(10))
+        .stale_if_error(Duration::from_secs(3600));
+    let reader = Policy::new()
+        .ttl(Duration::from_secs(10))
+        .stale_if_error(Duration::from_secs(60));
+    let ok = cache
+        .try_get_or_compute("win:1", &writer, || async { Ok::<_, String>(1u32) })
+        .await;
+    assert_eq!(ok, Ok(1));
+    clock.advance(Duration::from_secs(10 + 30));
+    let within = cache
+        .try_get_or_compute("win:1", &reader, || async {
+            Err::<u32, _>("down".to_owned())
+        })
+        .await;
+    assert_eq!(within, Ok(1), "30 s past the TTL: inside the reader's 60 s");
+    clock.advance(Duration::from_secs(60));
+    let past = cache
+        .try_get_or_compute("win:1", &reader, || async {
+            Err::<u32, _>("down".to_owned())
+        })
+        .await;
+    assert_eq!(
+        past,
+        Err("down".to_owned()),
+        "90 s past: outside the reader's window"
+    );
+    let writer_side = cache
+        .try_get_or_compute("win:1", &writer, || async {
+            Err::<u32, _>("down".to_owned())
+        })
+        .await;
+    assert_eq!(writer_side, Ok(1), "still inside the writer's hour");
+}

@@ -52,6 +52,8 @@ struct Stored {
     body: Bytes,
     /// Milliseconds since the epoch on the cache's clock.
     stored_ms: u64,
+    /// Whether the layer wrote `Last-Modified` (the handler sent none).
+    layer_dated: bool,
 }
 
 impl Serialize for Page {
@@ -126,7 +128,8 @@ impl Page {
             let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
             headers.push((ETAG.as_str().into(), format!("\"{hex}\"").into()));
         }
-        if !parts.headers.contains_key(LAST_MODIFIED) {
+        let layer_dated = !parts.headers.contains_key(LAST_MODIFIED);
+        if layer_dated {
             let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(now_ms));
             headers.push((LAST_MODIFIED.as_str().into(), date.into()));
         }
@@ -135,6 +138,7 @@ impl Page {
             headers,
             body,
             stored_ms: now_ms,
+            layer_dated,
         })
     }
 
@@ -214,10 +218,21 @@ impl Conditional {
                 .map(|t| t.trim_ascii())
                 .any(|t| t == b"*" || weak(t) == etag);
         }
-        matches!(
-            (self.if_modified_since, page.0.last_modified),
-            (Some(since), Some(modified)) if modified <= since
-        )
+        let Some(since) = self.if_modified_since else {
+            return false;
+        };
+        if page.0.stored.layer_dated {
+            // The layer's `Last-Modified` is the store time cut to the
+            // second, so two pages stored in one second carry the same
+            // date: only a page stored before `since` itself is unchanged
+            // for sure. (Clients that send `If-None-Match` are answered by
+            // the ETag, exactly.)
+            let since_ms = since
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis().min(u128::from(u64::MAX)) as u64);
+            return page.0.stored.stored_ms < since_ms;
+        }
+        matches!(page.0.last_modified, Some(modified) if modified <= since)
     }
 }
 
@@ -397,5 +412,33 @@ mod tests {
         assert!(cond(None, Some("Fri, 01 Jan 2100 00:00:00 GMT")));
         assert!(!cond(None, Some("Thu, 01 Jan 1970 00:00:00 GMT")));
         assert!(!cond(None, None));
+    }
+
+    /// Two pages stored within one second carry the same layer-written
+    /// `Last-Modified`: a client holding the first must not be told by
+    /// `If-Modified-Since` that the second is what it has.
+    #[test]
+    fn if_modified_since_never_confuses_two_pages_of_one_second() {
+        let (parts, ()) = Response::builder()
+            .status(200)
+            .body(())
+            .unwrap()
+            .into_parts();
+        let first = Page::new(&parts, Bytes::from_static(b"old"), 1_700_000_000_100);
+        let second = Page::new(&parts, Bytes::from_static(b"new"), 1_700_000_000_900);
+        let held = first.header(&LAST_MODIFIED).unwrap().to_vec();
+        assert_eq!(held, second.header(&LAST_MODIFIED).unwrap(), "one second");
+        let mut h = HeaderMap::new();
+        h.insert(IF_MODIFIED_SINCE, HeaderValue::from_bytes(&held).unwrap());
+        assert!(!Conditional::of(&h).not_modified(&second), "the new page");
+        let mut later = HeaderMap::new();
+        later.insert(
+            IF_MODIFIED_SINCE,
+            "Tue, 14 Nov 2023 22:13:21 GMT".parse().unwrap(),
+        );
+        assert!(
+            Conditional::of(&later).not_modified(&second),
+            "a later date: unchanged"
+        );
     }
 }

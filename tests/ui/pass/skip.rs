@@ -24,6 +24,14 @@ async fn price(cache: &Cache, sku: u64) -> u64 {
     sku
 }
 
+// A default key leaves the cache argument out too (a `Cache` is no
+// `Display`): where a value is stored does not change it.
+#[cached(ttl = 60, cache = cache)]
+async fn stock(cache: &Cache, sku: u64) -> u64 {
+    let _ = cache;
+    sku + 1
+}
+
 struct Repo;
 
 impl Repo {
@@ -39,5 +47,10 @@ async fn main() {
     assert_eq!(author(&Pool, 2).await, "author 2");
     assert_eq!(author_cache_key(2).len() > 0, true);
     assert_eq!(price(&Cache::memory(), 3).await, 3);
+    let shop = Cache::memory();
+    assert_eq!(stock(&shop, 4).await, 5);
+    assert_eq!(stock(&shop, 4).await, 5);
+    assert_eq!(shop.stats().hits, 1);
+    assert!(stock_cache_key(4).ends_with(":4"));
     assert_eq!(Repo.count(4).await, 4);
 }
