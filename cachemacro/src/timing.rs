@@ -216,3 +216,28 @@ fn check_version(version: Option<&LitInt>, errs: &mut Errors) -> u32 {
         0
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syn::LitStr;
+
+    /// The macro reads `ttl = "..."` with the runtime's grammar: every
+    /// example of `cacheduration` gives the listed duration (or an error),
+    /// and bare seconds read like their text.
+    #[test]
+    fn ttl_reads_the_shared_grammar() {
+        for &(text, expected) in cacheduration::EXAMPLES {
+            let lit = TtlArg::Text(LitStr::new(text, Span::call_site()));
+            let read = duration(args::TTL, &lit).ok();
+            let expected = expected.filter(|d| !d.is_zero());
+            assert_eq!(read, expected, "ttl = {text:?}");
+        }
+        let seconds = TtlArg::Seconds(LitInt::new("300", Span::call_site()));
+        assert_eq!(duration(args::TTL, &seconds), Ok(Duration::from_secs(300)));
+        let zero = TtlArg::Seconds(LitInt::new("0", Span::call_site()));
+        assert!(duration(args::TTL, &zero)
+            .unwrap_err()
+            .contains("greater than zero"));
+    }
+}
