@@ -142,6 +142,17 @@ fn placeholder(inner: &str) -> Result<(String, Vec<String>), String> {
     Ok((root, path))
 }
 
+/// The arguments (or `self`) a template's placeholders start from.
+pub fn roots(pieces: &[Piece]) -> Vec<String> {
+    pieces
+        .iter()
+        .filter_map(|p| match p {
+            Piece::Placeholder { root, .. } => Some(root.clone()),
+            Piece::Literal(_) => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,15 +199,4 @@ mod tests {
         assert!(errors[0].contains("`#` cannot be part of a key"));
         assert!(parse("feed:{id}:x").is_ok());
     }
-}
-
-/// The arguments (or `self`) a template's placeholders start from.
-pub fn roots(pieces: &[Piece]) -> Vec<String> {
-    pieces
-        .iter()
-        .filter_map(|p| match p {
-            Piece::Placeholder { root, .. } => Some(root.clone()),
-            Piece::Literal(_) => None,
-        })
-        .collect()
 }
