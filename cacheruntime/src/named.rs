@@ -16,7 +16,13 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use crate::{Cache, Error};
 
-/// The default cache and the named ones; see the [module docs](self).
+/// The default cache and the named ones (Django's `CACHES` aliases):
+/// configured from the environment (`CACHE_URL`, and `CACHE_URL_<NAME>`
+/// for each named one) or in code, installed once for the process, and
+/// picked by `#[cached(cache = "feeds")]`. A name that is not installed is
+/// logged once, counted in the default cache's `Stats::errors`, and the
+/// function computes without a cache; [`Caches::get`] is that check at
+/// startup.
 ///
 /// ```
 /// use cacheruntime::{cached, Cache, Caches};
