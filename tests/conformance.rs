@@ -131,6 +131,7 @@ conformance! {
         fence_clear_other_handle,
         refresh_after_clear,
         stale_if_error_serves_the_kept_value_until_it_is_fenced,
+        compressed_and_plain_entries_read_across_handles,
     ],
     alone: [history],
 }

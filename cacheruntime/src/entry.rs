@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::backends::memory::LocalEntry;
 use crate::clock::Clock;
 use crate::codec::{AnyCodec, Codec};
+use crate::compress::Compression;
 use crate::envelope::{self, Header};
 use crate::memo::Memo;
 use crate::policy::Policy;
@@ -119,6 +120,10 @@ pub(crate) enum Source<'k> {
     Store(&'k str),
 }
 
+/// A servable entry's payload (as stored), whether it is due for a
+/// refresh, and its envelope flags (which say how the payload reads).
+type Servable<'b> = (&'b [u8], Due, u8);
+
 /// Seals values into entries and opens them: synchronous, with no store,
 /// so it can be tested and fuzzed on bytes alone.
 pub(crate) struct Sealer {
@@ -133,6 +138,11 @@ pub(crate) struct Sealer {
     pub(crate) default_ttl: Duration,
     /// Entries refused for a missing or wrong signature.
     pub(crate) signature_failures: Counter,
+    /// What is compressed on write, and the bound on decompression.
+    compression: Compression,
+    /// The envelope flags read ([`envelope::KNOWN_FLAGS`], or fewer to
+    /// behave as a build without a feature: tests).
+    known_flags: u8,
 }
 
 impl Sealer {
@@ -142,6 +152,8 @@ impl Sealer {
         clock: Clock,
         verify: bool,
         default_ttl: Duration,
+        compression: Compression,
+        known_flags: u8,
     ) -> Self {
         Sealer {
             codec,
@@ -150,7 +162,24 @@ impl Sealer {
             verify,
             default_ttl,
             signature_failures: Counter::default(),
+            compression,
+            known_flags: known_flags & envelope::KNOWN_FLAGS,
         }
+    }
+
+    /// Decodes a payload of an entry with `flags` (decompressing it first
+    /// when the entry says it is compressed).
+    #[inline]
+    pub(crate) fn decode<V: DeserializeOwned>(
+        &self,
+        flags: u8,
+        payload: &[u8],
+    ) -> Result<V, Error> {
+        if flags & envelope::FLAG_COMPRESSED == 0 {
+            return self.codec.decode(payload);
+        }
+        self.codec
+            .decode(&self.compression.payload(flags, payload)?)
     }
 
     /// Opens an in-process entry, serving (and keeping) the decoded copy
@@ -169,7 +198,7 @@ impl Sealer {
         if entry.expires_ms() <= now {
             return Ok(None);
         }
-        let Some((payload, due)) =
+        let Some((payload, due, flags)) =
             self.check_header_at(entry.bytes(), fp, now, policy, Source::Process)?
         else {
             return Ok(None);
@@ -179,7 +208,7 @@ impl Sealer {
                 return Ok(Some((v, due)));
             }
         }
-        let value = self.codec.decode(payload)?;
+        let value = self.decode(flags, payload)?;
         if let Some(put) = memo.put {
             let _ = entry.decoded.set(put(&value));
         }
@@ -203,13 +232,14 @@ impl Sealer {
     ) -> Result<Option<(V, Due)>, Error> {
         let now = self.clock.now_ms();
         match self.check_header_at(bytes, fp, now, policy, source)? {
-            Some((payload, due)) => Ok(Some((self.codec.decode(payload)?, due))),
+            Some((payload, due, flags)) => Ok(Some((self.decode(flags, payload)?, due))),
             None => Ok(None),
         }
     }
 
-    /// The payload of a servable entry that `fp` admits, and whether it is
-    /// due for a refresh; `Ok(None)` when it cannot be served.
+    /// The payload of a servable entry that `fp` admits, whether it is due
+    /// for a refresh, and the entry's flags; `Ok(None)` when it cannot be
+    /// served.
     ///
     /// Past its TTL an entry is served only to callers whose policy refreshes
     /// (`stale` or `early`): everyone else sees a miss, as without a stale
@@ -223,8 +253,9 @@ impl Sealer {
         now: u64,
         policy: Option<&Policy>,
         source: Source<'_>,
-    ) -> Result<Option<(&'b [u8], Due)>, Error> {
+    ) -> Result<Option<Servable<'b>>, Error> {
         let (header, payload) = self.verified(bytes, fp, source)?;
+        let flags = header.flags;
         if now >= header.kept_until_ms {
             return Ok(None);
         }
@@ -232,19 +263,19 @@ impl Sealer {
         if now >= header.fresh_until_ms {
             let f = header.fresh_until_ms;
             if now < header.stale_until_ms && refreshing.is_some() {
-                return Ok(Some((payload, Due::Stale(f))));
+                return Ok(Some((payload, Due::Stale(f), flags)));
             }
             // Not servable; a fallback only for a caller that asked for one.
             let fallback = policy.is_some_and(|p| p.stale_if_error.is_some());
-            return Ok(fallback.then_some((payload, Due::IfError(f))));
+            return Ok(fallback.then_some((payload, Due::IfError(f), flags)));
         }
         if let Some(beta) = refreshing.and_then(|p| p.early) {
             let gap = f64::from(header.compute_ms) * beta * -uniform().ln();
             if now as f64 + gap >= header.fresh_until_ms as f64 {
-                return Ok(Some((payload, Due::Early(header.fresh_until_ms))));
+                return Ok(Some((payload, Due::Early(header.fresh_until_ms), flags)));
             }
         }
-        Ok(Some((payload, Due::No)))
+        Ok(Some((payload, Due::No, flags)))
     }
 
     /// The fresh-until (ms) of an entry `fp` admits, whatever its age:
@@ -267,7 +298,7 @@ impl Sealer {
         fp: Accept,
         source: Source<'_>,
     ) -> Result<(Header, &'b [u8]), Error> {
-        let (header, mut payload) = Header::read(bytes)?;
+        let (header, mut payload) = Header::read_known(bytes, self.known_flags)?;
         let signed = header.flags & envelope::FLAG_SIGNED != 0;
         if signed {
             if payload.len() < signing::TAG_LEN {
@@ -331,12 +362,15 @@ impl Sealer {
         let fresh_until = now.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
         let signer = self.signer.as_ref();
         let mut out = Vec::with_capacity(envelope::HEADER_LEN + payload.len() + 32);
+        // The payload is kept as it is, compressed or not.
+        let compressed = header.flags & envelope::FLAG_COMPRESSED;
         Header {
-            flags: if signer.is_some() {
-                envelope::FLAG_SIGNED
-            } else {
-                0
-            },
+            flags: compressed
+                | if signer.is_some() {
+                    envelope::FLAG_SIGNED
+                } else {
+                    0
+                },
             fresh_until_ms: fresh_until,
             stale_until_ms: fresh_until.saturating_add(stale_ms),
             kept_until_ms: fresh_until.saturating_add(kept_ms),
@@ -352,24 +386,31 @@ impl Sealer {
         (Bytes::from(out), physical)
     }
 
-    /// Decodes a payload (from [`live`](Self::live)) with this cache's
-    /// codec.
-    pub(crate) fn codec_decode<V: DeserializeOwned>(&self, payload: &[u8]) -> Result<V, Error> {
-        self.codec.decode(payload)
+    /// Decodes the payload of an entry with `header` (from
+    /// [`live`](Self::live)) with this cache's codec, decompressing it
+    /// first if need be.
+    pub(crate) fn codec_decode<V: DeserializeOwned>(
+        &self,
+        header: &Header,
+        payload: &[u8],
+    ) -> Result<V, Error> {
+        self.decode(header.flags, payload)
     }
 
-    /// The payload of an entry this process sealed (signature tag
-    /// stripped, nothing verified).
-    pub(crate) fn own_payload(bytes: &[u8]) -> Result<&[u8], Error> {
+    /// Decodes an entry this process sealed (nothing verified): what the
+    /// write path reads back before storing it.
+    pub(crate) fn decode_own<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V, Error> {
         let (header, payload) = Header::read(bytes)?;
-        if header.flags & envelope::FLAG_SIGNED == 0 {
-            return Ok(payload);
-        }
-        payload
-            .len()
-            .checked_sub(signing::TAG_LEN)
-            .map(|len| &payload[..len])
-            .ok_or_else(|| Error::decode("signed entry shorter than its tag"))
+        let payload = if header.flags & envelope::FLAG_SIGNED == 0 {
+            payload
+        } else {
+            payload
+                .len()
+                .checked_sub(signing::TAG_LEN)
+                .map(|len| &payload[..len])
+                .ok_or_else(|| Error::decode("signed entry shorter than its tag"))?
+        };
+        self.decode(header.flags, payload)
     }
 
     pub(crate) fn seal_with<T: Serialize + ?Sized>(
@@ -403,6 +444,12 @@ impl Sealer {
         }
         .write(&mut out);
         self.codec.encode(value, &mut out)?;
+        if self
+            .compression
+            .compress_tail(&mut out, envelope::HEADER_LEN)
+        {
+            out[2] |= envelope::FLAG_COMPRESSED; // the flags byte
+        }
         if let Some(signer) = signer {
             let tag = signer.sign(key, &out);
             out.extend_from_slice(&tag);
@@ -472,6 +519,72 @@ mod tests {
         let u64_fp = crate::envelope::fingerprint(std::any::type_name::<u64>(), 0);
         assert!(!Accept::Direct(u64_fp).admits(COUNTER));
         assert!(!Accept::Exactly(i64_fp).admits(COUNTER));
+    }
+
+    /// Signed and compressed: the tag covers the compressed bytes, a
+    /// shared-store read verifies and decompresses them, every other path
+    /// (reseal, the write path's read-back, counters' decode) keeps the
+    /// flag, and a reader that does not know the flag refuses the entry.
+    #[cfg(feature = "compression")]
+    #[test]
+    fn signed_compressed_entries_round_trip_and_reseal() {
+        use super::{Accept, Sealer, Source, Windows, UNTYPED};
+        use crate::compress::Compression;
+        use crate::envelope::{Header, FLAG_COMPRESSED, FLAG_SIGNED, KNOWN_FLAGS};
+        use crate::signing::{Signer, SigningKeys};
+        use std::time::Duration;
+        let keys = SigningKeys(vec![b"a-signing-key-of-16+-bytes".to_vec()]);
+        let sealer = |above, known| {
+            Sealer::new(
+                Default::default(),
+                Signer::new(&keys).unwrap(),
+                crate::clock::Clock::manual(),
+                true,
+                Duration::from_secs(60),
+                Compression::new(above, 3, 1 << 20),
+                known,
+            )
+        };
+        let (z, plain) = (sealer(Some(256), KNOWN_FLAGS), sealer(None, KNOWN_FLAGS));
+        let value = "<item><title>post</title></item>".repeat(200);
+        let ttl = Windows::ttl(Duration::from_secs(60));
+        let bytes = z.seal_with("k", &value, ttl, UNTYPED, 0).unwrap();
+        let (header, _) = Header::read(&bytes).unwrap();
+        assert_eq!(header.flags, FLAG_SIGNED | FLAG_COMPRESSED);
+        assert!(bytes.len() < value.len() / 4, "{}", bytes.len());
+        let read = |s: &Sealer, b: &[u8], key| {
+            s.open_checked::<String>(b, Accept::Direct(0), None, Source::Store(key))
+                .map(|o| o.map(|(v, _)| v))
+        };
+        for s in [&z, &plain] {
+            assert_eq!(read(s, &bytes, "k").unwrap().as_ref(), Some(&value));
+            assert_eq!(s.decode_own::<String>(&bytes).unwrap(), value);
+        }
+        // The tag is over the stored bytes: another key, or a flipped byte
+        // of the compressed payload, fails the signature first.
+        assert!(read(&plain, &bytes, "other").is_err());
+        let mut flipped = bytes.to_vec();
+        flipped[60] ^= 1;
+        assert!(read(&plain, &flipped, "k").is_err());
+        let before = plain.signature_failures.get();
+        assert!(before >= 2);
+        // Touch: resealed with the flag, still signed and readable.
+        let (header, payload) = plain.live(&bytes, "k", Accept::Any).unwrap();
+        assert_eq!(
+            plain.codec_decode::<String>(&header, payload).unwrap(),
+            value
+        );
+        let (touched, _) = plain.reseal("k", &header, payload, Duration::from_secs(600));
+        assert_eq!(Header::read(&touched).unwrap().0.flags, header.flags);
+        assert_eq!(read(&z, &touched, "k").unwrap().as_ref(), Some(&value));
+        // What a build without the feature reads: refused, not decoded.
+        let old = sealer(None, FLAG_SIGNED);
+        assert!(read(&old, &bytes, "k").is_err());
+        assert!(old.live(&bytes, "k", Accept::Any).is_none());
+        // Below the threshold: plain, signed.
+        let small = z.seal_with("k", "short", ttl, UNTYPED, 0).unwrap();
+        assert_eq!(Header::read(&small).unwrap().0.flags, FLAG_SIGNED);
+        assert_eq!(read(&old, &small, "k").unwrap().as_deref(), Some("short"));
     }
 
     #[test]

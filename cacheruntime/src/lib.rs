@@ -15,6 +15,7 @@ mod builder;
 mod cache;
 mod clock;
 pub mod codec;
+mod compress;
 mod config;
 mod counter;
 mod decision;
