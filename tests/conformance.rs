@@ -132,6 +132,7 @@ conformance! {
         refresh_after_clear,
         stale_if_error_serves_the_kept_value_until_it_is_fenced,
         until_evicted_is_capped_by_every_store,
+        compressed_and_plain_entries_read_across_handles,
     ],
     alone: [history],
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cacheruntime::codec::{BincodeCodec, Codec};
-use cacheruntime::envelope::Header;
+use cacheruntime::envelope::{Header, HEADER_LEN};
 use cacheruntime::key::{escape, KeyBuilder};
 use cacheruntime::{cached, Cache};
 use proptest::prelude::*;
@@ -22,7 +22,7 @@ proptest! {
     fn envelope_header_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
         if let Ok((header, payload)) = Header::read(&bytes) {
             prop_assert!(header.stale_until_ms >= header.fresh_until_ms);
-            prop_assert_eq!(payload.len() + 31, bytes.len());
+            prop_assert_eq!(payload.len() + HEADER_LEN, bytes.len());
         }
     }
 

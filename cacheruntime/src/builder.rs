@@ -84,6 +84,11 @@ pub struct CacheBuilder {
     breaker_threshold: u32,
     breaker_cool_down: Duration,
     signing_keys: SigningKeys,
+    /// Payloads at least this long are compressed (`None`: off).
+    compress_above: Option<usize>,
+    compression_level: Option<i32>,
+    /// The envelope flags read (tests narrow it, see `read_flags_only`).
+    known_flags: u8,
 }
 
 impl Default for CacheBuilder {
@@ -109,6 +114,9 @@ impl CacheBuilder {
             breaker_threshold: 5,
             breaker_cool_down: Duration::from_secs(1),
             signing_keys: SigningKeys::default(),
+            compress_above: None,
+            compression_level: None,
+            known_flags: crate::envelope::KNOWN_FLAGS,
         }
     }
 
@@ -190,6 +198,59 @@ impl CacheBuilder {
         self
     }
 
+    /// Compress entries whose encoded value (the codec's output) is `bytes`
+    /// long or more with zstd (feature `compression`), at zstd's default
+    /// level (3; see [`compression_level`](Self::compression_level)). Off by
+    /// default; `?compress_above=4096` in a cache URL.
+    ///
+    /// A compressed payload is kept only when it is smaller; the entry's
+    /// envelope records it, the signature (if any) covers the compressed
+    /// bytes, and [`max_entry_bytes`](Self::max_entry_bytes) applies to the
+    /// stored, compressed size. Every process built with the feature reads
+    /// compressed and plain entries alike, whatever its own setting; one
+    /// built without it treats compressed entries as misses (and overwrites
+    /// them). Reading is bounded: an entry that would decompress to more
+    /// than 32 times the reader's `max_entry_bytes` is a decode failure
+    /// (counted in `Stats::decode_failures`), never a large allocation.
+    ///
+    /// On the memory store, hits of `Clone` types are served from the
+    /// decoded copy kept beside the entry, so they do not decompress; the
+    /// store charges an entry twice its stored size, which for a
+    /// compressed entry underestimates that copy. Compression pays where
+    /// bytes cross a network or fill a server (Redis, Memcached, SQL).
+    ///
+    /// ```
+    /// let cache = cacheruntime::Cache::builder()
+    ///     .compress_above(4096)
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = cache;
+    /// ```
+    #[cfg(feature = "compression")]
+    pub fn compress_above(mut self, bytes: usize) -> Self {
+        self.compress_above = Some(bytes);
+        self
+    }
+
+    /// The zstd level for [`compress_above`](Self::compress_above), 1 to
+    /// 22 (default 3: higher is smaller and slower to write; reading speed
+    /// hardly changes). `?compress_level=` in a cache URL.
+    #[cfg(feature = "compression")]
+    pub fn compression_level(mut self, level: i32) -> Self {
+        self.compression_level = Some(level);
+        self
+    }
+
+    /// Reads only the envelope flags in `flags` (of those this build
+    /// knows): a handle behaving as a build without a feature, e.g.
+    /// `FLAG_SIGNED` alone for one without `compression`. For tests.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn read_flags_only(mut self, flags: u8) -> Self {
+        self.known_flags = flags;
+        self
+    }
+
     /// Open the circuit after `threshold` consecutive store failures, for
     /// `cool_down`, then probe with one call.
     pub fn circuit_breaker(mut self, threshold: u32, cool_down: Duration) -> Self {
@@ -230,6 +291,19 @@ impl CacheBuilder {
                 "max_entry_bytes must be greater than zero".into(),
             ));
         }
+        if self.compress_above == Some(0) {
+            return Err(Error::Config(
+                "compress_above must be greater than zero (leave it out to not compress)".into(),
+            ));
+        }
+        let level = self
+            .compression_level
+            .unwrap_or(crate::compress::DEFAULT_LEVEL);
+        if !crate::compress::LEVELS.contains(&level) {
+            return Err(Error::Config(format!(
+                "compression level {level} is out of range: use 1 to 22 (3 is zstd's default)"
+            )));
+        }
         let signer = Signer::new(&self.signing_keys)?;
         let wanted = self.max_entry_bytes.unwrap_or(DEFAULT_MAX_ENTRY_BYTES);
         let store = match self.backend {
@@ -264,6 +338,9 @@ impl CacheBuilder {
             breaker_threshold: self.breaker_threshold,
             breaker_cool_down: self.breaker_cool_down,
             signer,
+            compress_above: self.compress_above,
+            compression_level: level,
+            known_flags: self.known_flags,
         })))
     }
 }

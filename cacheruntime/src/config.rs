@@ -52,6 +52,7 @@ impl Cache {
 pub(crate) async fn build(raw: &str, signing_keys: Vec<Vec<u8>>) -> Result<Cache, Error> {
     let mut url = CacheUrl::parse(raw)?;
     let (mut builder, common) = store(&mut url)?;
+    builder = compression(builder, &common).map_err(|e| url.error(e))?;
     if !signing_keys.is_empty() {
         builder = builder.signing_keys(&signing_keys);
     }
@@ -68,6 +69,38 @@ pub(crate) async fn build(raw: &str, signing_keys: Vec<Vec<u8>>) -> Result<Cache
         builder = builder.max_entry_bytes(bytes);
     }
     builder.build()
+}
+
+/// `?compress_above=` and `?compress_level=`, which need the
+/// `compression` feature.
+#[cfg(feature = "compression")]
+fn compression(mut builder: CacheBuilder, common: &Common) -> Result<CacheBuilder, String> {
+    if common.compress_level.is_some() && common.compress_above.is_none() {
+        return Err(
+            "`compress_level` without `compress_above`: add the size above which \
+                    entries are compressed (e.g. `compress_above=4096`)"
+                .into(),
+        );
+    }
+    if let Some(bytes) = common.compress_above {
+        builder = builder.compress_above(bytes);
+    }
+    if let Some(level) = common.compress_level {
+        builder = builder.compression_level(level);
+    }
+    Ok(builder)
+}
+
+#[cfg(not(feature = "compression"))]
+fn compression(builder: CacheBuilder, common: &Common) -> Result<CacheBuilder, String> {
+    if common.compress_above.is_some() || common.compress_level.is_some() {
+        return Err(
+            "compression is not compiled in: enable the `compression` feature of \
+                    cacheruntime to use `compress_above`"
+                .into(),
+        );
+    }
+    Ok(builder)
 }
 
 /// A builder holding the store `url`'s scheme names, read with that
@@ -277,5 +310,42 @@ mod tests {
             RedisConfig::new("rediss://u:secret@h:6380").tls_pin_sha256(&hex)
         );
         assert!(shown.contains(&hex) && !shown.contains("secret"), "{shown}");
+    }
+}
+
+#[cfg(test)]
+mod compression_tests {
+    use super::*;
+
+    /// `?compress_above=` builds a compressing cache with the feature, and
+    /// is refused, saying why, without it or out of range.
+    #[tokio::test]
+    async fn compress_above_is_read_or_refused_with_a_reason() {
+        async fn refused(url: &str) -> Option<String> {
+            build(url, Vec::new()).await.err().map(|e| e.to_string())
+        }
+        if cfg!(feature = "compression") {
+            assert_eq!(refused("memory://?compress_above=4096").await, None);
+            assert_eq!(
+                refused("mem://?compress_above=1024&compress_level=19").await,
+                None
+            );
+            for (url, says) in [
+                ("memory://?compress_above=0", "greater than zero"),
+                ("memory://?compress_above=-1", "not a byte count"),
+                ("memory://?compress_above=4k", "not a byte count"),
+                ("memory://?compress_above=64&compress_level=23", "1 to 22"),
+                ("memory://?compress_above=64&compress_level=0", "1 to 22"),
+                ("memory://?compress_level=3", "without `compress_above`"),
+            ] {
+                let err = refused(url)
+                    .await
+                    .unwrap_or_else(|| panic!("{url} was accepted"));
+                assert!(err.contains(says), "{url}: {err}");
+            }
+        } else {
+            let err = refused("memory://?compress_above=4096").await.unwrap();
+            assert!(err.contains("`compression` feature"), "{err}");
+        }
     }
 }

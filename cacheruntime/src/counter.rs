@@ -106,7 +106,7 @@ impl Cache {
                         }
                         let value: i64 = engine
                             .sealer
-                            .codec_decode(payload)
+                            .codec_decode(&header, payload)
                             .map_err(|_| not_a_counter())?;
                         // What is left of the window it started with.
                         let left = header.fresh_until_ms.saturating_sub(now).max(1);

@@ -21,7 +21,8 @@ use crate::backends::{DisabledBackend, MemoryBackend};
 use crate::breaker::Breaker;
 use crate::clock::Clock;
 use crate::codec::{AnyCodec, Codec};
-use crate::entry::Sealer;
+use crate::compress::Compression;
+use crate::entry::{Sealer, SealerParts};
 use crate::errlog::ErrorLog;
 use crate::flight::Flights;
 use crate::policy::Policy;
@@ -97,6 +98,11 @@ pub(crate) struct Parts {
     pub(crate) breaker_threshold: u32,
     pub(crate) breaker_cool_down: Duration,
     pub(crate) signer: Option<Signer>,
+    /// Payloads at least this long are compressed (`None`: none).
+    pub(crate) compress_above: Option<usize>,
+    pub(crate) compression_level: i32,
+    /// The envelope flags this cache reads (tests narrow it).
+    pub(crate) known_flags: u8,
 }
 
 /// One cache's store, settings and shared state.
@@ -174,7 +180,20 @@ impl Engine {
             namespace: namespace.into_boxed_str(),
             op_timeout: p.op_timeout,
             max_entry_bytes: p.max_entry_bytes,
-            sealer: Sealer::new(p.codec, p.signer, p.clock, verify, p.default_ttl, max_ttl),
+            sealer: Sealer::new(SealerParts {
+                codec: p.codec,
+                signer: p.signer,
+                clock: p.clock,
+                verify,
+                default_ttl: p.default_ttl,
+                max_ttl,
+                compression: Compression::new(
+                    p.compress_above,
+                    p.compression_level,
+                    p.max_entry_bytes,
+                ),
+                known_flags: p.known_flags,
+            }),
             flights: Flights::default(),
             refreshing: dashmap::DashMap::new(),
             counters: Counters::default(),
@@ -373,8 +392,7 @@ impl Engine {
     /// of a type is counted in `decode_failures` and reported at warn level
     /// with what to do.
     fn reads_back<T: DeserializeOwned>(&self, bytes: &Bytes, fp: u64) -> bool {
-        let decoded =
-            Sealer::own_payload(bytes).and_then(|payload| self.sealer.codec.decode::<T>(payload));
+        let decoded = self.sealer.decode_own::<T>(bytes);
         let Err(e) = decoded else {
             return true;
         };

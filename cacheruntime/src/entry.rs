@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::backends::memory::LocalEntry;
 use crate::clock::Clock;
 use crate::codec::{AnyCodec, Codec};
+use crate::compress::Compression;
 use crate::envelope::{self, Header};
 use crate::memo::Memo;
 use crate::policy::Policy;
@@ -131,8 +132,26 @@ pub(crate) enum Source<'k> {
     Store(&'k str),
 }
 
+/// A servable entry's payload (as stored), whether it is due for a
+/// refresh, and its envelope flags (which say how the payload reads).
+type Servable<'b> = (&'b [u8], Due, u8);
+
 /// Seals values into entries and opens them: synchronous, with no store,
 /// so it can be tested and fuzzed on bytes alone.
+/// What a [`Sealer`] is made of (the engine's settings).
+pub(crate) struct SealerParts {
+    pub(crate) codec: AnyCodec,
+    pub(crate) signer: Option<Signer>,
+    pub(crate) clock: Clock,
+    pub(crate) verify: bool,
+    pub(crate) default_ttl: Duration,
+    /// The store's cap on TTLs, if it has one.
+    pub(crate) max_ttl: Option<Duration>,
+    pub(crate) compression: Compression,
+    /// The envelope flags this cache reads (`KNOWN_FLAGS`, or fewer).
+    pub(crate) known_flags: u8,
+}
+
 pub(crate) struct Sealer {
     pub(crate) codec: AnyCodec,
     signer: Option<Signer>,
@@ -149,17 +168,25 @@ pub(crate) struct Sealer {
     max_ttl: Duration,
     /// Entries refused for a missing or wrong signature.
     pub(crate) signature_failures: Counter,
+    /// What is compressed on write, and the bound on decompression.
+    compression: Compression,
+    /// The envelope flags read ([`envelope::KNOWN_FLAGS`], or fewer to
+    /// behave as a build without a feature: tests).
+    known_flags: u8,
 }
 
 impl Sealer {
-    pub(crate) fn new(
-        codec: AnyCodec,
-        signer: Option<Signer>,
-        clock: Clock,
-        verify: bool,
-        default_ttl: Duration,
-        max_ttl: Option<Duration>,
-    ) -> Self {
+    pub(crate) fn new(parts: SealerParts) -> Self {
+        let SealerParts {
+            codec,
+            signer,
+            clock,
+            verify,
+            default_ttl,
+            max_ttl,
+            compression,
+            known_flags,
+        } = parts;
         Sealer {
             codec,
             signer,
@@ -168,7 +195,24 @@ impl Sealer {
             default_ttl,
             max_ttl: max_ttl.unwrap_or(Duration::MAX),
             signature_failures: Counter::default(),
+            compression,
+            known_flags: known_flags & envelope::KNOWN_FLAGS,
         }
+    }
+
+    /// Decodes a payload of an entry with `flags` (decompressing it first
+    /// when the entry says it is compressed).
+    #[inline]
+    pub(crate) fn decode<V: DeserializeOwned>(
+        &self,
+        flags: u8,
+        payload: &[u8],
+    ) -> Result<V, Error> {
+        if flags & envelope::FLAG_COMPRESSED == 0 {
+            return self.codec.decode(payload);
+        }
+        self.codec
+            .decode(&self.compression.payload(flags, payload)?)
     }
 
     /// Opens an in-process entry, serving (and keeping) the decoded copy
@@ -187,7 +231,7 @@ impl Sealer {
         if entry.expires_ms() <= now {
             return Ok(None);
         }
-        let Some((payload, due)) =
+        let Some((payload, due, flags)) =
             self.check_header_at(entry.bytes(), fp, now, policy, Source::Process)?
         else {
             return Ok(None);
@@ -197,7 +241,7 @@ impl Sealer {
                 return Ok(Some((v, due)));
             }
         }
-        let value = self.codec.decode(payload)?;
+        let value = self.decode(flags, payload)?;
         if let Some(put) = memo.put {
             let _ = entry.decoded.set(put(&value));
         }
@@ -221,13 +265,14 @@ impl Sealer {
     ) -> Result<Option<(V, Due)>, Error> {
         let now = self.clock.now_ms();
         match self.check_header_at(bytes, fp, now, policy, source)? {
-            Some((payload, due)) => Ok(Some((self.codec.decode(payload)?, due))),
+            Some((payload, due, flags)) => Ok(Some((self.decode(flags, payload)?, due))),
             None => Ok(None),
         }
     }
 
-    /// The payload of a servable entry that `fp` admits, and whether it is
-    /// due for a refresh; `Ok(None)` when it cannot be served.
+    /// The payload of a servable entry that `fp` admits, whether it is due
+    /// for a refresh, and the entry's flags; `Ok(None)` when it cannot be
+    /// served.
     ///
     /// Past its TTL an entry is served only to callers whose policy refreshes
     /// (`stale` or `early`): everyone else sees a miss, as without a stale
@@ -241,8 +286,9 @@ impl Sealer {
         now: u64,
         policy: Option<&Policy>,
         source: Source<'_>,
-    ) -> Result<Option<(&'b [u8], Due)>, Error> {
+    ) -> Result<Option<Servable<'b>>, Error> {
         let (header, payload) = self.verified(bytes, fp, source)?;
+        let flags = header.flags;
         if now >= header.kept_until_ms {
             return Ok(None);
         }
@@ -250,22 +296,22 @@ impl Sealer {
         if now >= header.fresh_until_ms {
             let f = header.fresh_until_ms;
             if now < header.stale_until_ms && refreshing.is_some() {
-                return Ok(Some((payload, Due::Stale(f))));
+                return Ok(Some((payload, Due::Stale(f), flags)));
             }
             // Not servable; a fallback only for a caller that asked for one,
             // within its own window (the writer's may be longer).
             let fallback = policy.and_then(|p| p.stale_if_error).is_some_and(|w| {
                 now < f.saturating_add(w.as_millis().min(u64::MAX as u128) as u64)
             });
-            return Ok(fallback.then_some((payload, Due::IfError(f))));
+            return Ok(fallback.then_some((payload, Due::IfError(f), flags)));
         }
         if let Some(beta) = refreshing.and_then(|p| p.early) {
             let gap = f64::from(header.compute_ms) * beta * -uniform().ln();
             if now as f64 + gap >= header.fresh_until_ms as f64 {
-                return Ok(Some((payload, Due::Early(header.fresh_until_ms))));
+                return Ok(Some((payload, Due::Early(header.fresh_until_ms), flags)));
             }
         }
-        Ok(Some((payload, Due::No)))
+        Ok(Some((payload, Due::No, flags)))
     }
 
     /// The fresh-until (ms) of an entry `fp` admits, whatever its age:
@@ -288,7 +334,7 @@ impl Sealer {
         fp: Accept,
         source: Source<'_>,
     ) -> Result<(Header, &'b [u8]), Error> {
-        let (header, mut payload) = Header::read(bytes)?;
+        let (header, mut payload) = Header::read_known(bytes, self.known_flags)?;
         let signed = header.flags & envelope::FLAG_SIGNED != 0;
         if signed {
             if payload.len() < signing::TAG_LEN {
@@ -359,12 +405,15 @@ impl Sealer {
         let fresh_until = now.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
         let signer = self.signer.as_ref();
         let mut out = Vec::with_capacity(envelope::HEADER_LEN + payload.len() + 32);
+        // The payload is kept as it is, compressed or not.
+        let compressed = header.flags & envelope::FLAG_COMPRESSED;
         Header {
-            flags: if signer.is_some() {
-                envelope::FLAG_SIGNED
-            } else {
-                0
-            },
+            flags: compressed
+                | if signer.is_some() {
+                    envelope::FLAG_SIGNED
+                } else {
+                    0
+                },
             fresh_until_ms: fresh_until,
             stale_until_ms: fresh_until.saturating_add(stale_ms),
             kept_until_ms: fresh_until.saturating_add(kept_ms),
@@ -380,24 +429,31 @@ impl Sealer {
         (Bytes::from(out), physical)
     }
 
-    /// Decodes a payload (from [`live`](Self::live)) with this cache's
-    /// codec.
-    pub(crate) fn codec_decode<V: DeserializeOwned>(&self, payload: &[u8]) -> Result<V, Error> {
-        self.codec.decode(payload)
+    /// Decodes the payload of an entry with `header` (from
+    /// [`live`](Self::live)) with this cache's codec, decompressing it
+    /// first if need be.
+    pub(crate) fn codec_decode<V: DeserializeOwned>(
+        &self,
+        header: &Header,
+        payload: &[u8],
+    ) -> Result<V, Error> {
+        self.decode(header.flags, payload)
     }
 
-    /// The payload of an entry this process sealed (signature tag
-    /// stripped, nothing verified).
-    pub(crate) fn own_payload(bytes: &[u8]) -> Result<&[u8], Error> {
+    /// Decodes an entry this process sealed (nothing verified): what the
+    /// write path reads back before storing it.
+    pub(crate) fn decode_own<V: DeserializeOwned>(&self, bytes: &[u8]) -> Result<V, Error> {
         let (header, payload) = Header::read(bytes)?;
-        if header.flags & envelope::FLAG_SIGNED == 0 {
-            return Ok(payload);
-        }
-        payload
-            .len()
-            .checked_sub(signing::TAG_LEN)
-            .map(|len| &payload[..len])
-            .ok_or_else(|| Error::decode("signed entry shorter than its tag"))
+        let payload = if header.flags & envelope::FLAG_SIGNED == 0 {
+            payload
+        } else {
+            payload
+                .len()
+                .checked_sub(signing::TAG_LEN)
+                .map(|len| &payload[..len])
+                .ok_or_else(|| Error::decode("signed entry shorter than its tag"))?
+        };
+        self.decode(header.flags, payload)
     }
 
     pub(crate) fn seal_with<T: Serialize + ?Sized>(
@@ -431,6 +487,12 @@ impl Sealer {
         }
         .write(&mut out);
         self.codec.encode(value, &mut out)?;
+        if self
+            .compression
+            .compress_tail(&mut out, envelope::HEADER_LEN)
+        {
+            out[2] |= envelope::FLAG_COMPRESSED; // the flags byte
+        }
         if let Some(signer) = signer {
             let tag = signer.sign(key, &out);
             out.extend_from_slice(&tag);
@@ -491,46 +553,4 @@ impl ThreadIdBits for std::thread::ThreadId {
 }
 
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn windows_fit_the_store_cap() {
-        use super::Windows;
-        use std::time::Duration;
-        let d = Duration::from_secs;
-        let w = Windows {
-            ttl: d(100),
-            stale: d(50),
-            kept: d(80),
-        }
-        .capped(d(120));
-        assert_eq!((w.ttl, w.stale, w.kept), (d(100), d(20), d(20)));
-        let w = Windows {
-            ttl: Duration::MAX,
-            stale: d(5),
-            kept: d(5),
-        }
-        .capped(d(60));
-        assert_eq!((w.ttl, w.stale, w.kept), (d(60), d(0), d(0)));
-        let w = Windows::ttl(d(10)).capped(Duration::MAX);
-        assert_eq!((w.ttl, w.stale, w.kept), (d(10), d(0), d(0)));
-    }
-
-    #[test]
-    fn get_of_i64_reads_counters_and_nothing_else_does() {
-        use super::{Accept, COUNTER, I64};
-        let i64_fp = crate::envelope::fingerprint(std::any::type_name::<i64>(), 0);
-        assert_eq!(I64, i64_fp);
-        assert!(Accept::Direct(i64_fp).admits(COUNTER));
-        let u64_fp = crate::envelope::fingerprint(std::any::type_name::<u64>(), 0);
-        assert!(!Accept::Direct(u64_fp).admits(COUNTER));
-        assert!(!Accept::Exactly(i64_fp).admits(COUNTER));
-    }
-
-    #[test]
-    fn uniform_stays_in_the_open_closed_unit_interval() {
-        for _ in 0..10_000 {
-            let u = super::uniform();
-            assert!(u > 0.0 && u <= 1.0, "{u}");
-        }
-    }
-}
+mod tests;

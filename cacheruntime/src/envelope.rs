@@ -4,7 +4,8 @@
 //! offset size field
 //! 0      1    format version (FORMAT_VERSION)
 //! 1      1    codec id
-//! 2      1    flags: bit 0 set when a 32-byte HMAC tag ends the entry
+//! 2      1    flags: bit 0 set when a 32-byte HMAC tag ends the entry;
+//!             bit 1 set when the payload is zstd-compressed
 //! 3      8    fingerprint: hash of the value's type name and `version = N`
 //! 11     8    fresh until, ms since the Unix epoch
 //! 19     8    stale until, ms since the Unix epoch (>= fresh until)
@@ -12,7 +13,8 @@
 //!             stale until, the value is only served when its computation
 //!             fails (`stale_if_error`); the store keeps it this long
 //! 35     4    measured computation time, ms
-//! 39     ..   codec payload
+//! 39     ..   codec payload, or (bit 1) a zstd frame of it that states
+//!             its decompressed size
 //! ```
 //!
 //! Anything that does not match (short input, another format or codec,
@@ -20,6 +22,11 @@
 //! overwritten, never a wrong value: a flag changes how the payload reads,
 //! so an entry with an unknown one is never decoded. Format 1 (before
 //! `kept until`) is read as another format.
+//!
+//! Compression (bit 1) is known only to builds with the `compression`
+//! feature: a process built without it refuses compressed entries, as any
+//! other unknown flag (a miss, never a wrong value), and overwrites them
+//! with plain ones. The signature covers the bytes as stored (compressed).
 
 use crate::Error;
 
@@ -29,7 +36,16 @@ pub const FORMAT_VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 39;
 /// Flag: the entry ends with an HMAC-SHA256 tag (see [`crate::signing`]).
 pub const FLAG_SIGNED: u8 = 1;
-/// Every flag this build reads; an entry with another is refused.
+/// Flag: the payload is a zstd frame of the codec's output (the
+/// `compression` feature; see `CacheBuilder::compress_above`).
+pub const FLAG_COMPRESSED: u8 = 2;
+/// Every flag this build reads; an entry with another is refused. Only a
+/// build with the `compression` feature reads [`FLAG_COMPRESSED`].
+#[cfg(feature = "compression")]
+pub const KNOWN_FLAGS: u8 = FLAG_SIGNED | FLAG_COMPRESSED;
+/// Every flag this build reads; an entry with another is refused. Only a
+/// build with the `compression` feature reads [`FLAG_COMPRESSED`].
+#[cfg(not(feature = "compression"))]
 pub const KNOWN_FLAGS: u8 = FLAG_SIGNED;
 
 /// The decoded fixed part of an envelope.
@@ -37,7 +53,7 @@ pub const KNOWN_FLAGS: u8 = FLAG_SIGNED;
 pub struct Header {
     /// Codec that wrote the payload.
     pub codec: u8,
-    /// [`FLAG_SIGNED`] or 0.
+    /// [`FLAG_SIGNED`] and [`FLAG_COMPRESSED`], or 0.
     pub flags: u8,
     /// Type-and-version fingerprint.
     pub fingerprint: u64,
@@ -69,6 +85,13 @@ impl Header {
     /// Splits an entry into its header and payload.
     #[inline]
     pub fn read(bytes: &[u8]) -> Result<(Header, &[u8]), Error> {
+        Header::read_known(bytes, KNOWN_FLAGS)
+    }
+
+    /// [`read`](Self::read), refusing any flag outside `known` (a subset of
+    /// [`KNOWN_FLAGS`]: what a build with fewer features reads).
+    #[inline]
+    pub fn read_known(bytes: &[u8], known: u8) -> Result<(Header, &[u8]), Error> {
         if bytes.len() < HEADER_LEN {
             return Err(Error::decode("entry shorter than the envelope header"));
         }
@@ -93,9 +116,9 @@ impl Header {
         {
             return Err(Error::decode("entry's deadlines are out of order"));
         }
-        if header.flags & !KNOWN_FLAGS != 0 {
+        if header.flags & !known != 0 {
             return Err(Error::decode(format!(
-                "entry has flags {:#04x}, this build reads {KNOWN_FLAGS:#04x}",
+                "entry has flags {:#04x}, this build reads {known:#04x}",
                 header.flags
             )));
         }
@@ -145,6 +168,17 @@ mod tests {
         let mut unknown_flag = out.clone();
         unknown_flag[2] = 0x80;
         assert!(Header::read(&unknown_flag).is_err(), "unknown flag");
+        let mut compressed = out.clone();
+        compressed[2] = FLAG_COMPRESSED | FLAG_SIGNED;
+        assert_eq!(
+            Header::read(&compressed).is_ok(),
+            cfg!(feature = "compression"),
+            "compressed entries are read by builds with the feature only"
+        );
+        assert!(
+            Header::read_known(&compressed, FLAG_SIGNED).is_err(),
+            "what a build without the feature reads"
+        );
         let mut disordered = out.clone();
         disordered[27..35].copy_from_slice(&15u64.to_le_bytes());
         assert!(Header::read(&disordered).is_err(), "kept before stale");

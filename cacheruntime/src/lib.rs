@@ -16,6 +16,7 @@ mod cache;
 mod clock;
 pub mod codec;
 pub mod commit;
+mod compress;
 mod config;
 mod counter;
 mod decision;

@@ -177,11 +177,13 @@ impl<'a> CacheUrl<'a> {
             default_ttl: self.take_duration("default_ttl")?,
             op_timeout: self.take_duration("op_timeout")?,
             max_entry_bytes: self.take_parsed::<usize>("max_entry_bytes", "a byte count")?,
+            compress_above: self.take_parsed::<usize>("compress_above", "a byte count")?,
+            compress_level: self.take_parsed::<i32>("compress_level", "a zstd level (1 to 22)")?,
         };
         match self.params.iter().find(|(_, _, used)| !used) {
             None => Ok(common),
             Some((k, _, _)) => Err(self.error(format!(
-                "unknown query parameter {}; `{}://` accepts {known}, namespace, default_ttl, op_timeout, max_entry_bytes",
+                "unknown query parameter {}; `{}://` accepts {known}, namespace, default_ttl, op_timeout, max_entry_bytes, compress_above, compress_level",
                 shown_name(k),
                 self.scheme
             ))),
@@ -197,6 +199,9 @@ pub(crate) struct Common {
     pub(crate) default_ttl: Option<Duration>,
     pub(crate) op_timeout: Option<Duration>,
     pub(crate) max_entry_bytes: Option<usize>,
+    /// Needs the `compression` feature (`config.rs` says so otherwise).
+    pub(crate) compress_above: Option<usize>,
+    pub(crate) compress_level: Option<i32>,
 }
 
 /// A parameter's name in backquotes, if it looks like one; otherwise not

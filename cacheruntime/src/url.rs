@@ -17,8 +17,12 @@
 //!
 //! Query parameters every scheme accepts: `namespace`, `default_ttl`,
 //! `op_timeout` (durations: `300` seconds, or `"90s"`, `"10m"`, `"1h"`,
-//! `"250ms"`), `max_entry_bytes`. Unknown parameters are errors, so a typo
-//! does not silently fall back to a default.
+//! `"250ms"`), `max_entry_bytes`, and with the `compression` feature
+//! `compress_above` (bytes) and `compress_level` (1 to 22; see
+//! [`CacheBuilder::compress_above`](crate::CacheBuilder::compress_above)),
+//! which without the feature are errors saying to enable it. Unknown
+//! parameters are errors, so a typo does not silently fall back to a
+//! default.
 //!
 //! URLs are cut with the `url` crate: the hosts of a cluster or a Memcached
 //! pool (`redis+cluster://u:p@h1:7000,h2:7000`) are split on `,` first,

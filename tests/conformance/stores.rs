@@ -40,6 +40,13 @@ pub struct Options {
     pub op_timeout: Duration,
     pub breaker_threshold: u32,
     pub breaker_cool_down: Duration,
+    /// `CacheBuilder::compress_above`.
+    pub compress_above: Option<usize>,
+    /// `CacheBuilder::max_entry_bytes`.
+    pub max_entry_bytes: Option<usize>,
+    /// The envelope flags the handle reads (`read_flags_only`): a process
+    /// built without a feature.
+    pub read_flags: Option<u8>,
 }
 
 impl Options {
@@ -49,6 +56,9 @@ impl Options {
         op_timeout: Duration::from_secs(2),
         breaker_threshold: 5,
         breaker_cool_down: Duration::from_secs(1),
+        compress_above: None,
+        max_entry_bytes: None,
+        read_flags: None,
     };
 
     /// Stores being broken on purpose: calls give up quickly and compute.
@@ -56,6 +66,9 @@ impl Options {
         op_timeout: Duration::from_millis(200),
         breaker_threshold: 5,
         breaker_cool_down: Duration::from_millis(500),
+        compress_above: None,
+        max_entry_bytes: None,
+        read_flags: None,
     };
 }
 
@@ -103,6 +116,17 @@ impl Store {
     /// A third "process" on the same store and namespace.
     pub fn handle(&self) -> Cache {
         (self.make)(&self.options, None)
+    }
+
+    /// A third "process" built with `options` (which start from the
+    /// fixture's, [`options`](Self::options)).
+    pub fn handle_with(&self, options: Options) -> Cache {
+        (self.make)(&options, None)
+    }
+
+    /// The options the fixture's handles are built with.
+    pub fn options(&self) -> Options {
+        self.options
     }
 
     /// A handle on the same store under another namespace (`""`: none).
@@ -157,6 +181,15 @@ fn build(backend: impl Backend, namespace: &str, clock: Option<&Clock>, o: &Opti
         .circuit_breaker(o.breaker_threshold, o.breaker_cool_down);
     if let Some(clock) = clock {
         builder = builder.clock(clock.clone());
+    }
+    if let Some(bytes) = o.compress_above {
+        builder = builder.compress_above(bytes);
+    }
+    if let Some(bytes) = o.max_entry_bytes {
+        builder = builder.max_entry_bytes(bytes);
+    }
+    if let Some(flags) = o.read_flags {
+        builder = builder.read_flags_only(flags);
     }
     builder.build().expect("a valid cache configuration")
 }
