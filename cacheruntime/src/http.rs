@@ -98,7 +98,12 @@
 //! user value) gets the handler's response untouched, without `X-Cache`.
 //! `If-None-Match` (or, without it, `If-Modified-Since`) matching the page
 //! is answered `304 Not Modified`, from the cache without running the
-//! handler when the page is there.
+//! handler when the page is there. The layer's own `Last-Modified` is the
+//! store time cut to the second, so two pages stored in one second share
+//! it: `If-Modified-Since` is answered 304 only for a date after the page
+//! was stored (its own date gets the page); `If-None-Match`, which browsers
+//! send, decides exactly by the ETag. A handler's own `Last-Modified` is
+//! compared as usual.
 //!
 //! The derived `Cache-Control` lets browsers and CDNs keep a page for its
 //! TTL, and no `invalidate_prefix` reaches their copies. For pages dropped
