@@ -122,20 +122,10 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
     } else {
         quote!(move)
     };
+    let edge = fake_return_edge(&ret);
     let body = quote_spanned! {block.span()=>
         async #mover {
-            #[allow(
-                unreachable_code,
-                clippy::diverging_sub_expression,
-                clippy::let_unit_value,
-                clippy::unreachable,
-                clippy::empty_loop,
-                clippy::needless_return
-            )]
-            if false {
-                let __cachemacro_fake_return: #ret = loop {};
-                return __cachemacro_fake_return;
-            }
+            #edge
             #(#stmts)*
         }
     };
@@ -256,6 +246,25 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
     }
 }
 
+/// The "fake return edge" (tracing-attributes): an unreachable `return` of
+/// the declared type, so that the async block's output is pinned to it.
+fn fake_return_edge(ret: &TokenStream) -> TokenStream {
+    quote! {
+        #[allow(
+            unreachable_code,
+            clippy::diverging_sub_expression,
+            clippy::let_unit_value,
+            clippy::unreachable,
+            clippy::empty_loop,
+            clippy::needless_return
+        )]
+        if false {
+            let __cachemacro_fake_return: #ret = loop {};
+            return __cachemacro_fake_return;
+        }
+    }
+}
+
 /// The body of a function that decides per computation how its value is
 /// stored: the statements run in an inner block that borrows the arguments
 /// (so the decision's expressions can read them too), then the decision is
@@ -269,6 +278,7 @@ fn decided_body(
     stmts: &[syn::Stmt],
     span: Span,
 ) -> TokenStream {
+    let edge = fake_return_edge(ret);
     let private = quote!(::cacheruntime::__private);
     let mut steps = Vec::new();
     match &decide.ttl {
@@ -330,18 +340,7 @@ fn decided_body(
     quote_spanned! {span=>
         async move {
             let __cachemacro_out: #ret = async {
-                #[allow(
-                    unreachable_code,
-                    clippy::diverging_sub_expression,
-                    clippy::let_unit_value,
-                    clippy::unreachable,
-                    clippy::empty_loop,
-                    clippy::needless_return
-                )]
-                if false {
-                    let __cachemacro_fake_return: #ret = loop {};
-                    return __cachemacro_fake_return;
-                }
+                #edge
                 #(#stmts)*
             }
             .await;

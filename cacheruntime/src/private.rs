@@ -309,6 +309,14 @@ where
     run(cache, site, key, memo, first, body, Some(spawn_refresh)).await
 }
 
+/// A body yielding `(outcome, decision)` as the engine's [`Decided`].
+async fn decided<T, E>(
+    body: impl Future<Output = (Result<T, E>, Decision)>,
+) -> Decided<Result<T, E>> {
+    let (out, decision) = body.await;
+    Decided(out, decision)
+}
+
 /// A `#[cached]` function whose computation decides how (or whether) its
 /// value is stored: `ttl` or `stale` expressions, `ttl = |value| ..`,
 /// `unless = |value| ..`. The body yields the outcome and the decision; a
@@ -326,10 +334,7 @@ where
     T: Cacheable,
     F: Future<Output = (Result<T, E>, Decision)>,
 {
-    let body = async move {
-        let (out, decision) = body.await;
-        Decided(out, decision)
-    };
+    let body = decided(body);
     run(cache, site, key, memo, first, body, None).await.0
 }
 
@@ -348,10 +353,7 @@ where
     E: Send + 'static,
     F: Future<Output = (Result<T, E>, Decision)> + Send + 'static,
 {
-    let body = async move {
-        let (out, decision) = body.await;
-        Decided(out, decision)
-    };
+    let body = decided(body);
     run(cache, site, key, memo, first, body, Some(spawn_refresh))
         .await
         .0

@@ -13,19 +13,9 @@ use super::page::Page;
 use crate::engine::Answer;
 use crate::entry::Accept;
 use crate::fetch::{Call, Fast};
-use crate::key::{self, KeyBuilder};
+use crate::key;
 use crate::memo::Memo;
 use crate::refresh;
-
-/// A key builder that starts with the cache's namespace.
-pub(crate) fn key_builder(settings: &Settings) -> KeyBuilder {
-    let mut key = KeyBuilder::new();
-    let namespace = settings.cache.engine.namespace();
-    if !namespace.is_empty() {
-        key.literal(namespace);
-    }
-    key
-}
 
 /// The key as the store sees it (shortened when long), or `""` when it
 /// cannot be stored on every store: then the page is computed as without

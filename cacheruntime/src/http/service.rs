@@ -180,7 +180,7 @@ fn key_for<B>(settings: &Settings, request: &Request<B>) -> Option<String> {
         None => None,
     };
     let headers = request.headers();
-    let mut key = lookup::key_builder(settings);
+    let mut key = crate::__private::key_for(&settings.cache);
     settings.template.render(
         request.method(),
         request.uri(),
