@@ -30,6 +30,8 @@ mod policies;
 mod scenarios;
 #[path = "conformance/stores.rs"]
 mod stores;
+#[path = "conformance/tags.rs"]
+mod tags;
 
 use std::future::Future;
 use std::time::Duration;
@@ -133,6 +135,9 @@ conformance! {
         stale_if_error_serves_the_kept_value_until_it_is_fenced,
         until_evicted_is_capped_by_every_store,
         compressed_and_plain_entries_read_across_handles,
+        invalidate_tag_drops_every_entry_with_the_tag,
+        direct_reads_see_tag_invalidations,
+        invalidate_tag_fences_a_computation_in_flight,
     ],
     alone: [history],
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cacheruntime::codec::{BincodeCodec, Codec};
-use cacheruntime::envelope::{Header, HEADER_LEN};
+use cacheruntime::envelope::{tag_section, Header, FLAG_TAGGED, HEADER_LEN};
 use cacheruntime::key::{escape, KeyBuilder};
 use cacheruntime::{cached, Cache};
 use proptest::prelude::*;
@@ -22,7 +22,15 @@ proptest! {
     fn envelope_header_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
         if let Ok((header, payload)) = Header::read(&bytes) {
             prop_assert!(header.stale_until_ms >= header.fresh_until_ms);
-            prop_assert_eq!(payload.len() + HEADER_LEN, bytes.len());
+            // A tagged entry's section sits between the header and payload.
+            let section = if header.flags & FLAG_TAGGED != 0 {
+                let section = tag_section(&bytes);
+                prop_assert!(section.is_some());
+                2 + section.map_or(0, <[u8]>::len)
+            } else {
+                0
+            };
+            prop_assert_eq!(payload.len() + HEADER_LEN + section, bytes.len());
         }
     }
 

@@ -18,6 +18,7 @@ pub const IDS: &str = "ids";
 pub const SKIP: &str = "skip";
 pub const UNLESS: &str = "unless";
 pub const STALE_IF_ERROR: &str = "stale_if_error";
+pub const TAGS: &str = "tags";
 pub const ALL: &[&str] = &[
     KEY,
     TTL,
@@ -30,6 +31,7 @@ pub const ALL: &[&str] = &[
     IDS,
     UNLESS,
     STALE_IF_ERROR,
+    TAGS,
 ];
 
 /// `ttl = 3600` or `ttl = "10m"` (checked at compile time), any other
@@ -82,6 +84,9 @@ pub struct Args {
     pub unless: Option<(Span, syn::ExprClosure)>,
     /// `stale_if_error = "1h"`: serve the expired value when the body fails.
     pub stale_if_error: Option<TtlArg>,
+    /// `tags = ["author:{author_id}", "catalog"]`, with the span of the
+    /// name `tags`.
+    pub tags: Option<(Span, Vec<LitStr>)>,
     pub cache: Option<Expr>,
     pub version: Option<LitInt>,
     pub stale: Option<TtlArg>,
@@ -189,6 +194,17 @@ impl Parse for Args {
                         let arg = TtlArg::of(input.parse::<Expr>()?);
                         set_once(&mut args.stale, arg, &name, &mut args.errors);
                     }
+                    TAGS => {
+                        let span = name.span();
+                        let tags = match input.parse::<Expr>()? {
+                            Expr::Array(array) => array.elems.into_iter().map(tag_literal).collect(),
+                            other => vec![tag_literal(other)],
+                        };
+                        let (tags, bad): (Vec<_>, Vec<_>) = tags.into_iter().partition(Result::is_ok);
+                        args.errors.extend(bad.into_iter().filter_map(Result::err));
+                        let tags = tags.into_iter().filter_map(Result::ok).collect();
+                        set_once(&mut args.tags, (span, tags), &name, &mut args.errors);
+                    }
                     STALE_IF_ERROR => {
                         let arg = TtlArg::of(input.parse::<Expr>()?);
                         set_once(&mut args.stale_if_error, arg, &name, &mut args.errors);
@@ -251,6 +267,21 @@ impl Parse for Args {
     }
 }
 
+/// One tag of `tags = [..]`: a string literal (a template).
+fn tag_literal(expr: Expr) -> Result<LitStr, syn::Error> {
+    match expr {
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(s),
+            ..
+        }) => Ok(s),
+        other => Err(syn::Error::new(
+            other.span(),
+            "a tag is a string literal, a template like the key's: \
+             `tags = [\"author:{author_id}\", \"catalog\"]`",
+        )),
+    }
+}
+
 fn unknown(name: &Ident) -> String {
     format!(
         "unknown #[cached] option `{name}`; expected one of: {}",
@@ -270,6 +301,7 @@ fn example(name: &str) -> &'static str {
         IDS => "`ids = |ids| Book::by_ids(&pool, &ids)`",
         UNLESS => "`unless = |feed| feed.items.is_empty()`",
         STALE_IF_ERROR => "`stale_if_error = \"1h\"` or `stale_if_error = 3600`",
+        TAGS => "`tags = [\"author:{author_id}\", \"catalog\"]`",
         _ => "`version = 2`",
     }
 }

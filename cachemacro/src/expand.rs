@@ -57,6 +57,7 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
     } = func;
     let Plan {
         keyed,
+        tags,
         timing,
         shape,
     } = plan;
@@ -92,6 +93,8 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
         DefaultPrefix::Site,
         true,
     );
+    let tags = key::render_tags(tags);
+    let key = quote!(#key #tags);
     let ret = match &sig.output {
         ReturnType::Type(_, ty) => ty.to_token_stream(),
         ReturnType::Default => quote!(()),

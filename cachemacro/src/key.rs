@@ -95,6 +95,28 @@ pub fn render(
     }
 }
 
+/// Statements adding each tag to the key in `__cachemacro_k`, each
+/// rendered like a key template, by a builder of its own.
+pub fn render_tags(tags: &[(Vec<Piece>, Span)]) -> TokenStream {
+    let tags = tags.iter().map(|(pieces, span)| {
+        let steps = pieces.iter().map(|piece| match piece {
+            Piece::Literal(text) if text.is_empty() => quote!(),
+            Piece::Literal(text) => quote!(__cachemacro_k.literal(#text);),
+            Piece::Placeholder { root, path } => {
+                push_value(quote!(), &placeholder_expr(root, path, *span), *span)
+            }
+        });
+        quote! {
+            __cachemacro_k.tag({
+                let mut __cachemacro_k = ::cacheruntime::__private::KeyBuilder::new();
+                #(#steps)*
+                __cachemacro_k
+            });
+        }
+    });
+    quote!(#(#tags)*)
+}
+
 /// Appends one escaped value (after `before`), checked for `Display` at
 /// `span` so a missing impl is reported at the argument.
 fn push_value(before: TokenStream, expr: &TokenStream, span: Span) -> TokenStream {

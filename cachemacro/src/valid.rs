@@ -97,6 +97,8 @@ pub enum Hydrator {
 /// What `expand` needs, all checked.
 pub struct Plan {
     pub keyed: Keyed,
+    /// `tags = [..]`: each tag's template, with its literal's span.
+    pub tags: Vec<(Vec<Piece>, Span)>,
     pub timing: Timing,
     pub shape: Shape,
 }
@@ -120,6 +122,7 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, Box<Rejected>> {
         skip,
         unless,
         stale_if_error,
+        tags,
         errors,
     } = args;
     let mut errs = Errors::from_parse(errors);
@@ -128,6 +131,7 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, Box<Rejected>> {
     let arguments = read_arguments(sig, &mut errs);
     let key = check_key(key.as_ref(), vary.as_ref(), func, &arguments, &mut errs);
     let vary = check_vary(vary, &arguments, &sig.ident, &mut errs);
+    let tags = check_tags(tags, func, &arguments, &mut errs);
     let roots = match &key {
         KeyPlan::Template(pieces, _) => Some(template::roots(pieces)),
         KeyPlan::Default => None,
@@ -187,6 +191,7 @@ pub fn check(args: Args, func: &ItemFn) -> Result<Plan, Box<Rejected>> {
         Err(error) => Err(Box::new(Rejected { error, keyed })),
         Ok(()) => Ok(Plan {
             keyed,
+            tags,
             timing,
             shape: shape.expect("a function without a shape has an error"),
         }),
@@ -217,7 +222,6 @@ fn check_key(
     arguments: &Arguments,
     errs: &mut Errors,
 ) -> KeyPlan {
-    let fn_name = &func.sig.ident;
     let names = arguments.names();
     let Some(lit) = template else {
         if let Some((span, shown)) = arguments.receiver {
@@ -245,8 +249,28 @@ fn check_key(
             return KeyPlan::Default;
         }
     };
+    let sound = placeholders_name_arguments(&pieces, lit, "key", func, arguments, errs);
+    if sound {
+        KeyPlan::Template(pieces, lit.span())
+    } else {
+        KeyPlan::Default
+    }
+}
+
+/// Every placeholder of a template (`what`: the key, a tag) names an
+/// argument, or `self` of a method; each that does not is reported.
+fn placeholders_name_arguments(
+    pieces: &[Piece],
+    lit: &LitStr,
+    what: &str,
+    func: &ItemFn,
+    arguments: &Arguments,
+    errs: &mut Errors,
+) -> bool {
+    let fn_name = &func.sig.ident;
+    let names = arguments.names();
     let mut sound = true;
-    for p in &pieces {
+    for p in pieces {
         if let Piece::Placeholder { root, .. } = p {
             if root == "self" {
                 if arguments.receiver.is_none() {
@@ -254,7 +278,7 @@ fn check_key(
                     errs.at(
                         lit.span(),
                         format!(
-                            "`{{self...}}` in the key, but `{fn_name}` has no `&self` receiver"
+                            "`{{self...}}` in the {what}, but `{fn_name}` has no `&self` receiver"
                         ),
                     );
                 }
@@ -263,18 +287,64 @@ fn check_key(
                 errs.at(
                     lit.span(),
                     format!(
-                        "`{{{root}}}` in the key does not name an argument of `{fn_name}`; {}",
+                        "`{{{root}}}` in the {what} does not name an argument of `{fn_name}`; {}",
                         arguments.listing()
                     ),
                 );
             }
         }
     }
-    if sound {
-        KeyPlan::Template(pieces, lit.span())
-    } else {
-        KeyPlan::Default
+    sound
+}
+
+/// `tags = ["author:{author_id}", "catalog"]`: each a template like the
+/// key's, over the arguments (an argument in a tag does not count as in
+/// the key: tags say which entries an invalidation drops, not which
+/// values differ).
+pub fn check_tags(
+    tags: Option<(Span, Vec<LitStr>)>,
+    func: &ItemFn,
+    arguments: &Arguments,
+    errs: &mut Errors,
+) -> Vec<(Vec<Piece>, Span)> {
+    let Some((span, tags)) = tags else {
+        return Vec::new();
+    };
+    if tags.is_empty() {
+        errs.at(
+            span,
+            "`tags` is empty: list a tag, `tags = [\"author:{author_id}\"]`, or leave it out",
+        );
     }
+    if tags.len() > 32 {
+        errs.at(
+            tags[32].span(),
+            "an entry has at most 32 tags: tag a coarser group",
+        );
+    }
+    let mut out = Vec::new();
+    for lit in tags {
+        match template::parse(&lit.value()) {
+            Ok(pieces)
+                if pieces
+                    .iter()
+                    .all(|p| matches!(p, Piece::Literal(t) if t.is_empty())) =>
+            {
+                errs.at(lit.span(), "a tag must not be empty");
+            }
+            Ok(pieces) => {
+                if placeholders_name_arguments(&pieces, &lit, "tag", func, arguments, errs) {
+                    out.push((pieces, lit.span()));
+                }
+            }
+            Err(problems) => {
+                for p in problems {
+                    errs.at(lit.span(), p);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A refresh (`what` is `stale` or `early`) runs the body in a spawned

@@ -213,6 +213,18 @@ impl Cache {
         ttl: Duration,
     ) -> Result<(), Error> {
         key::check_key(key)?;
+        self.put(key, value, ttl, None).await
+    }
+
+    /// What `set` and `set_tagged` share: seal (with the tags' stamp, if
+    /// any) and write, fencing nothing.
+    pub(crate) async fn put<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Duration,
+        stamp: Option<&crate::tags::Stamp>,
+    ) -> Result<(), Error> {
         if !self.engine.enabled() {
             return Ok(());
         }
@@ -223,6 +235,7 @@ impl Cache {
             crate::entry::Windows::ttl(ttl),
             UNTYPED,
             0,
+            stamp,
         )?;
         self.engine
             .write(&full, bytes, ttl, None, self.engine.op_timeout)

@@ -121,6 +121,7 @@ impl Cache {
                     crate::entry::Windows::ttl(ttl),
                     COUNTER,
                     0,
+                    None,
                 )?;
                 Ok(Step::Write(bytes, ttl, next))
             })

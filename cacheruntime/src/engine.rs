@@ -22,7 +22,7 @@ use crate::breaker::Breaker;
 use crate::clock::Clock;
 use crate::codec::{AnyCodec, Codec};
 use crate::compress::Compression;
-use crate::entry::{Sealer, SealerParts};
+use crate::entry::{Sealer, SealerParts, Typed};
 use crate::errlog::ErrorLog;
 use crate::flight::Flights;
 use crate::policy::Policy;
@@ -368,13 +368,17 @@ impl Engine {
         key: &str,
         policy: &Policy,
         value: &T,
-        fp: u64,
+        typed: &Typed,
         compute_ms: u32,
     ) -> Option<(Bytes, Duration)> {
+        let fp = typed.fp;
         if self.unreadable(fp) {
             return None;
         }
-        match self.sealer.seal_for(key, policy, value, fp, compute_ms) {
+        match self
+            .sealer
+            .seal_for(key, policy, value, typed.parts(), compute_ms)
+        {
             Ok((bytes, ttl)) => self.reads_back::<T>(&bytes, fp).then_some((bytes, ttl)),
             Err(e) => {
                 self.failed("encode", &e);

@@ -19,6 +19,7 @@ use crate::memo::Memo;
 use crate::policy::Policy;
 use crate::signing::{self, Signer};
 use crate::stats::Counter;
+use crate::tags::{self, Stamp};
 use crate::Error;
 
 /// The fingerprint of entries written by [`Cache::set`](crate::Cache::set):
@@ -37,12 +38,22 @@ pub(crate) const COUNTER: u64 = envelope::fingerprint("cacheruntime::counter", 0
 const I64: u64 = envelope::fingerprint("i64", 0);
 
 /// Which fingerprints a read accepts.
+///
+/// An entry stored with tags (its envelope has a tag section) has the
+/// fingerprint of its type extended over that section
+/// ([`tags::covering`]): a tagged call accepts it by that fingerprint
+/// alone ([`Stamped`](Accept::Stamped)); untagged calls never accept it;
+/// the direct reads accept it only after checking its tokens in the store
+/// (`Engine::tags_hold`).
 #[derive(Clone, Copy)]
 pub(crate) enum Accept {
-    /// Exactly this one (typed calls).
+    /// Exactly this one, untagged (typed calls).
     Exactly(u64),
+    /// Exactly this one, tagged: the type's fingerprint extended over the
+    /// tag section of the call's current tokens.
+    Stamped(u64),
     /// `Cache::get`: entries from `Cache::set`, or typed entries of `T`
-    /// at version 0 (and counters, for `T = i64`).
+    /// at version 0 (and counters, for `T = i64`), tagged or not.
     Direct(u64),
     /// Any type: the untyped direct ops (`contains`, `ttl`, `touch`,
     /// `add`), which look at the envelope, never at the value.
@@ -50,15 +61,64 @@ pub(crate) enum Accept {
 }
 
 impl Accept {
+    /// Whether the read knows its tags (typed calls: an entry's tags are
+    /// checked by its fingerprint); the direct reads check an entry's
+    /// tokens in the store before serving it.
+    #[inline(always)]
+    pub(crate) fn knows_tags(self) -> bool {
+        matches!(self, Accept::Exactly(_) | Accept::Stamped(_))
+    }
+
+    /// Whether an entry with this header (and `section`, its tag section
+    /// when it has one) is of a kind this read accepts.
     #[inline]
-    pub(crate) fn admits(self, fp: u64) -> bool {
-        match self {
-            Accept::Exactly(want) => fp == want,
-            Accept::Direct(typed) => {
-                fp == UNTYPED || fp == typed || (fp == COUNTER && typed == I64)
+    pub(crate) fn admits(self, header: &Header, section: Option<&[u8]>) -> bool {
+        let fp = header.fingerprint;
+        match (self, section) {
+            (Accept::Exactly(want), None) | (Accept::Stamped(want), Some(_)) => fp == want,
+            (Accept::Exactly(_), Some(_)) | (Accept::Stamped(_), None) => false,
+            (Accept::Direct(typed), section) => {
+                let is = |base: u64| match section {
+                    None => fp == base,
+                    Some(section) => fp == tags::covering(base, section),
+                };
+                is(UNTYPED) || is(typed) || (typed == I64 && is(COUNTER))
             }
-            Accept::Any => true,
+            (Accept::Any, _) => true,
         }
+    }
+}
+
+/// What a typed call (`#[cached]`, `get_or_compute`, the HTTP layer)
+/// stores and accepts: its type fingerprint, and, when it has tags, the
+/// stamp of their tokens as read before its read of the entry.
+#[derive(Clone, Debug)]
+pub(crate) struct Typed {
+    /// The type-and-version fingerprint.
+    pub(crate) fp: u64,
+    /// The tags' stamp (`None`: the call has no tags).
+    pub(crate) stamp: Option<std::sync::Arc<Stamp>>,
+}
+
+impl Typed {
+    /// A call without tags.
+    pub(crate) fn plain(fp: u64) -> Typed {
+        Typed { fp, stamp: None }
+    }
+
+    /// The entries this call accepts: its own type, with its tags' current
+    /// tokens when it has tags.
+    #[inline]
+    pub(crate) fn accept(&self) -> Accept {
+        match &self.stamp {
+            None => Accept::Exactly(self.fp),
+            Some(stamp) => Accept::Stamped(stamp.fingerprint(self.fp)),
+        }
+    }
+
+    /// What a write seals with.
+    pub(crate) fn parts(&self) -> (u64, Option<&Stamp>) {
+        (self.fp, self.stamp.as_deref())
     }
 }
 
@@ -287,7 +347,9 @@ impl Sealer {
         policy: Option<&Policy>,
         source: Source<'_>,
     ) -> Result<Option<Servable<'b>>, Error> {
-        let (header, payload) = self.verified(bytes, fp, source)?;
+        let Some((header, payload)) = self.verified(bytes, fp, source)? else {
+            return Ok(None);
+        };
         let flags = header.flags;
         if now >= header.kept_until_ms {
             return Ok(None);
@@ -322,18 +384,22 @@ impl Sealer {
         fp: Accept,
         source: Source<'_>,
     ) -> Result<u64, Error> {
-        Ok(self.verified(bytes, fp, source)?.0.fresh_until_ms)
+        let verified = self.verified(bytes, fp, source)?;
+        let (header, _) =
+            verified.ok_or_else(|| Error::decode("entry stored under a replaced tag token"))?;
+        Ok(header.fresh_until_ms)
     }
 
     /// The header and payload of an entry whose signature (from a shared
-    /// store), codec and fingerprint are what this cache accepts.
+    /// store), codec and fingerprint are what this cache accepts; `None`
+    /// for a tagged entry a tag invalidation superseded.
     #[inline]
     fn verified<'b>(
         &self,
         bytes: &'b [u8],
         fp: Accept,
         source: Source<'_>,
-    ) -> Result<(Header, &'b [u8]), Error> {
+    ) -> Result<Option<(Header, &'b [u8])>, Error> {
         let (header, mut payload) = Header::read_known(bytes, self.known_flags)?;
         let signed = header.flags & envelope::FLAG_SIGNED != 0;
         if signed {
@@ -360,12 +426,20 @@ impl Sealer {
                 self.codec.name()
             )));
         }
-        if !fp.admits(header.fingerprint) {
+        let section = (header.flags & envelope::FLAG_TAGGED != 0)
+            .then(|| envelope::tag_section(bytes))
+            .flatten();
+        if !fp.admits(&header, section) {
+            // Tagged under tokens a tag invalidation has since replaced:
+            // superseded, a plain miss (not a decode failure).
+            if matches!(fp, Accept::Stamped(_)) && section.is_some() {
+                return Ok(None);
+            }
             return Err(Error::decode(
                 "entry stored under another type or version for the same key",
             ));
         }
-        Ok((header, payload))
+        Ok(Some((header, payload)))
     }
 
     /// The header and payload (signature tag stripped) of an entry read
@@ -378,17 +452,21 @@ impl Sealer {
         key: &str,
         fp: Accept,
     ) -> Option<(Header, &'b [u8])> {
-        let (header, payload) = self.verified(bytes, fp, Source::Store(key)).ok()?;
+        let (header, payload) = self.verified(bytes, fp, Source::Store(key)).ok()??;
         (self.clock.now_ms() < header.fresh_until_ms).then_some((header, payload))
     }
 
     /// The entry `header` and `payload` came from (see [`live`](Self::live)),
     /// fresh for `ttl` from now and keeping its stale window, sealed again
     /// (and signed again) for `key`; with the TTL the store keeps it for.
+    ///
+    /// `section` is the entry's tag section (`None` when it has none): the
+    /// entry keeps its tags, and the tokens it recorded.
     pub(crate) fn reseal(
         &self,
         key: &str,
         header: &Header,
+        section: Option<&[u8]>,
         payload: &[u8],
         ttl: Duration,
     ) -> (Bytes, Duration) {
@@ -405,10 +483,10 @@ impl Sealer {
         let fresh_until = now.saturating_add(ttl.as_millis().min(u64::MAX as u128) as u64);
         let signer = self.signer.as_ref();
         let mut out = Vec::with_capacity(envelope::HEADER_LEN + payload.len() + 32);
-        // The payload is kept as it is, compressed or not.
-        let compressed = header.flags & envelope::FLAG_COMPRESSED;
+        // The payload is kept as it is, compressed or not, and the tags.
+        let kept_flags = header.flags & (envelope::FLAG_COMPRESSED | envelope::FLAG_TAGGED);
         Header {
-            flags: compressed
+            flags: kept_flags
                 | if signer.is_some() {
                     envelope::FLAG_SIGNED
                 } else {
@@ -420,6 +498,9 @@ impl Sealer {
             ..*header
         }
         .write(&mut out);
+        if let Some(section) = section {
+            push_section(&mut out, section);
+        }
         out.extend_from_slice(payload);
         if let Some(signer) = signer {
             let tag = signer.sign(key, &out);
@@ -456,6 +537,9 @@ impl Sealer {
         self.decode(header.flags, payload)
     }
 
+    /// Seals `value` for `key`: the envelope (with `stamp`'s tag section
+    /// and the fingerprint extended over it, when the write has tags), the
+    /// payload (compressed above the threshold) and the signature.
     pub(crate) fn seal_with<T: Serialize + ?Sized>(
         &self,
         key: &str,
@@ -463,6 +547,7 @@ impl Sealer {
         windows: Windows,
         fp: u64,
         compute_ms: u32,
+        stamp: Option<&Stamp>,
     ) -> Result<Bytes, Error> {
         let Windows { ttl, stale, kept } = windows.capped(self.max_ttl);
         let now = self.clock.now_ms();
@@ -472,25 +557,32 @@ impl Sealer {
         let kept_until = fresh_until.saturating_add(ms(kept.max(stale)));
         let mut out = Vec::with_capacity(64);
         let signer = self.signer.as_ref();
+        let signed = if signer.is_some() {
+            envelope::FLAG_SIGNED
+        } else {
+            0
+        };
+        let tagged = if stamp.is_some() {
+            envelope::FLAG_TAGGED
+        } else {
+            0
+        };
         Header {
             codec: self.codec.id(),
-            flags: if signer.is_some() {
-                envelope::FLAG_SIGNED
-            } else {
-                0
-            },
-            fingerprint: fp,
+            flags: signed | tagged,
+            fingerprint: stamp.map_or(fp, |s| s.fingerprint(fp)),
             fresh_until_ms: fresh_until,
             stale_until_ms: stale_until,
             kept_until_ms: kept_until,
             compute_ms,
         }
         .write(&mut out);
+        if let Some(stamp) = stamp {
+            push_section(&mut out, stamp.section());
+        }
+        let payload_at = out.len();
         self.codec.encode(value, &mut out)?;
-        if self
-            .compression
-            .compress_tail(&mut out, envelope::HEADER_LEN)
-        {
+        if self.compression.compress_tail(&mut out, payload_at) {
             out[2] |= envelope::FLAG_COMPRESSED; // the flags byte
         }
         if let Some(signer) = signer {
@@ -508,17 +600,23 @@ impl Sealer {
         key: &str,
         policy: &Policy,
         value: &T,
-        fp: u64,
+        (fp, stamp): (u64, Option<&Stamp>),
         compute_ms: u32,
     ) -> Result<(Bytes, Duration), Error> {
         let ttl = policy.ttl.unwrap_or(self.default_ttl);
         let stale = policy.stale.unwrap_or(Duration::ZERO);
         let kept = policy.stale_if_error.unwrap_or(Duration::ZERO).max(stale);
         let windows = Windows { ttl, stale, kept };
-        let bytes = self.seal_with(key, value, windows, fp, compute_ms)?;
+        let bytes = self.seal_with(key, value, windows, fp, compute_ms, stamp)?;
         let kept = windows.capped(self.max_ttl);
         Ok((bytes, kept.ttl.saturating_add(kept.kept.max(kept.stale))))
     }
+}
+
+/// Appends a tag section (its length, then itself) after the header.
+fn push_section(out: &mut Vec<u8>, section: &[u8]) {
+    out.extend_from_slice(&(section.len() as u16).to_le_bytes());
+    out.extend_from_slice(section);
 }
 
 /// A uniform number in (0, 1] from a per-thread xorshift generator: enough

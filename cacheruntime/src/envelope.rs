@@ -5,7 +5,8 @@
 //! 0      1    format version (FORMAT_VERSION)
 //! 1      1    codec id
 //! 2      1    flags: bit 0 set when a 32-byte HMAC tag ends the entry;
-//!             bit 1 set when the payload is zstd-compressed
+//!             bit 1 set when the payload is zstd-compressed; bit 2 set
+//!             when the tag section below follows the header
 //! 3      8    fingerprint: hash of the value's type name and `version = N`
 //! 11     8    fresh until, ms since the Unix epoch
 //! 19     8    stale until, ms since the Unix epoch (>= fresh until)
@@ -13,7 +14,12 @@
 //!             stale until, the value is only served when its computation
 //!             fails (`stale_if_error`); the store keeps it this long
 //! 35     4    measured computation time, ms
-//! 39     ..   codec payload, or (bit 1) a zstd frame of it that states
+//! 39     ..   (bit 2 only) the tag section: its length in bytes (2, little
+//!             endian), then for each tag of the entry, in byte order, its
+//!             length (2), its name and the token it had when the value's
+//!             read began (8); the fingerprint then covers the section
+//!             (`crate::tags`)
+//! ..     ..   codec payload, or (bit 1) a zstd frame of it that states
 //!             its decompressed size
 //! ```
 //!
@@ -39,14 +45,17 @@ pub const FLAG_SIGNED: u8 = 1;
 /// Flag: the payload is a zstd frame of the codec's output (the
 /// `compression` feature; see `CacheBuilder::compress_above`).
 pub const FLAG_COMPRESSED: u8 = 2;
+/// Flag: a tag section follows the header (entries stored with tags,
+/// `invalidate_tag`).
+pub const FLAG_TAGGED: u8 = 4;
 /// Every flag this build reads; an entry with another is refused. Only a
 /// build with the `compression` feature reads [`FLAG_COMPRESSED`].
 #[cfg(feature = "compression")]
-pub const KNOWN_FLAGS: u8 = FLAG_SIGNED | FLAG_COMPRESSED;
+pub const KNOWN_FLAGS: u8 = FLAG_SIGNED | FLAG_COMPRESSED | FLAG_TAGGED;
 /// Every flag this build reads; an entry with another is refused. Only a
 /// build with the `compression` feature reads [`FLAG_COMPRESSED`].
 #[cfg(not(feature = "compression"))]
-pub const KNOWN_FLAGS: u8 = FLAG_SIGNED;
+pub const KNOWN_FLAGS: u8 = FLAG_SIGNED | FLAG_TAGGED;
 
 /// The decoded fixed part of an envelope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +91,8 @@ impl Header {
         out.extend_from_slice(&self.compute_ms.to_le_bytes());
     }
 
-    /// Splits an entry into its header and payload.
+    /// Splits an entry into its header and payload (past the tag section,
+    /// if the entry has one: see [`tag_section`]).
     #[inline]
     pub fn read(bytes: &[u8]) -> Result<(Header, &[u8]), Error> {
         Header::read_known(bytes, KNOWN_FLAGS)
@@ -122,8 +132,22 @@ impl Header {
                 header.flags
             )));
         }
-        Ok((header, &bytes[HEADER_LEN..]))
+        if header.flags & FLAG_TAGGED == 0 {
+            return Ok((header, &bytes[HEADER_LEN..]));
+        }
+        let section =
+            tag_section(bytes).ok_or_else(|| Error::decode("entry's tag section is cut short"))?;
+        Ok((header, &bytes[HEADER_LEN + 2 + section.len()..]))
     }
+}
+
+/// The tag section of an entry whose flags have [`FLAG_TAGGED`] (what
+/// follows its length), or `None` when the entry is too short to hold it.
+/// Read nothing else from an entry without the flag.
+pub fn tag_section(bytes: &[u8]) -> Option<&[u8]> {
+    let len = bytes.get(HEADER_LEN..HEADER_LEN + 2)?;
+    let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+    bytes.get(HEADER_LEN + 2..HEADER_LEN + 2 + len)
 }
 
 /// FNV-1a over the type name and the user's version: stable across processes
@@ -182,6 +206,17 @@ mod tests {
         let mut disordered = out.clone();
         disordered[27..35].copy_from_slice(&15u64.to_le_bytes());
         assert!(Header::read(&disordered).is_err(), "kept before stale");
+        let mut tagged = out.clone();
+        tagged[2] = FLAG_TAGGED;
+        assert!(
+            Header::read(&tagged).is_err(),
+            "section length past the end"
+        );
+        tagged.truncate(HEADER_LEN);
+        tagged.extend_from_slice(&[3, 0, b'a', b'b', b'c', b'p']);
+        let (_, payload) = Header::read(&tagged).unwrap();
+        assert_eq!(payload, b"p", "the payload follows the section");
+        assert_eq!(tag_section(&tagged), Some(&b"abc"[..]));
         out[0] = 1;
         assert!(Header::read(&out).is_err(), "format 1");
     }

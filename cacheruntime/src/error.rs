@@ -86,6 +86,14 @@ pub enum Error {
         /// Why, and what to pass instead.
         reason: &'static str,
     },
+    /// A tag that entries cannot be stored or invalidated under.
+    #[error("invalid tag {tag:?}: {reason}")]
+    InvalidTag {
+        /// The tag as given (at most 64 characters of it).
+        tag: String,
+        /// Why, and what to pass instead.
+        reason: &'static str,
+    },
     /// A malformed or unsupported cache URL.
     #[error("invalid cache URL `{url}`: {message}")]
     InvalidUrl {

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 
 use crate::backend::Ticket;
 use crate::engine::{Answer, Engine};
-use crate::entry::{Accept, Due, Source};
+use crate::entry::{Accept, Due, Source, Typed};
 use crate::flight::{self, Landing, LeaderGuard, Role, Seen};
 use crate::guarded::Budget;
 use crate::lock::Contended;
@@ -29,6 +29,7 @@ use crate::outcome::Outcome;
 use crate::policy::Policy;
 use crate::refresh::RefreshJob;
 use crate::site::Site;
+use crate::tags::Stamp;
 use crate::Error;
 
 /// What a read of the store found.
@@ -45,7 +46,7 @@ pub(crate) enum Read<V> {
 /// What one get-or-compute call knows about its value.
 pub(crate) struct Call<'p, V> {
     policy: &'p Policy,
-    fp: u64,
+    typed: Typed,
     site: Option<&'static Site>,
     memo: Memo<V>,
     /// Where to say how the call was answered (as counted in the stats),
@@ -62,11 +63,18 @@ impl<'p, V> Call<'p, V> {
     ) -> Self {
         Call {
             policy,
-            fp,
+            typed: Typed::plain(fp),
             site,
             memo,
             told: None,
         }
+    }
+
+    /// A call with tags: `stamp` holds their tokens as read before the
+    /// call's read of the entry.
+    pub(crate) fn stamped(mut self, stamp: Arc<Stamp>) -> Self {
+        self.typed.stamp = Some(stamp);
+        self
     }
 
     /// Says in `told` how the call was answered, exactly as it is counted.
@@ -103,6 +111,23 @@ pub(crate) enum Fast<V> {
 }
 
 impl Engine {
+    /// Runs a call's computation without the cache, after `err` made the
+    /// cache unusable for it (reported as a failed `op`): counted as a miss
+    /// and a computation, its value neither stored nor shared.
+    pub(crate) async fn uncached<F: Future>(
+        &self,
+        site: &'static Site,
+        op: &'static str,
+        err: &Error,
+        compute: F,
+    ) -> F::Output {
+        self.failed(op, err);
+        self.register(site);
+        self.tally(Some(site), Answer::Miss);
+        self.counters.computations.incr();
+        compute.await
+    }
+
     /// The get-or-compute core; see the module docs for its guarantees.
     ///
     /// `key` already carries the namespace. `first` is what the synchronous
@@ -121,12 +146,13 @@ impl Engine {
     {
         let Call {
             policy,
-            fp,
+            typed,
             site,
             memo,
             told,
         } = call;
         let inner = &**self;
+        let accept = typed.accept();
         if let Some(site) = site {
             self.register(site);
         }
@@ -160,7 +186,7 @@ impl Engine {
                 Some(Fast::Miss(ticket)) => Ok(Read::Miss(ticket)),
                 Some(Fast::Fallback(v, ticket)) => Ok(Read::Fallback(v, ticket)),
                 Some(Fast::Remote) | None => {
-                    self.read::<O::Value>(key, Accept::Exactly(fp), memo, Some(policy), &mut budget)
+                    self.read::<O::Value>(key, accept, memo, Some(policy), &mut budget)
                         .await
                 }
             };
@@ -185,7 +211,7 @@ impl Engine {
                             Answer::Hit
                         });
                         let compute = compute.take().expect("computed at most once");
-                        self.begin_refresh(key, policy, fp, (ticket, due), compute, spawn);
+                        self.begin_refresh(key, policy, &typed, (ticket, due), compute, spawn);
                         return O::from_cached(v);
                     }
                     // No background refresh possible: early refreshes are
@@ -224,7 +250,7 @@ impl Engine {
                         if let Some(bytes) = found.value {
                             if let Ok(Some((v, Due::No))) = inner.sealer.open_checked::<O::Value>(
                                 &bytes,
-                                Accept::Exactly(fp),
+                                accept,
                                 None,
                                 Source::Store(key),
                             ) {
@@ -244,15 +270,19 @@ impl Engine {
                         Stored::Never
                     };
                     let out = self
-                        .lead(guard, key, stored, policy, fp, compute, &mut budget)
+                        .lead(guard, key, stored, policy, &typed, compute, &mut budget)
                         .await;
-                    return self.or_kept(key, out, fp, memo, policy, &mut budget).await;
+                    return self
+                        .or_kept(key, out, accept, memo, policy, &mut budget)
+                        .await;
                 }
                 Role::Alone => {
                     inner.counters.computations.incr();
                     let compute = compute.take().expect("computed at most once");
                     let out = compute.await;
-                    return self.or_kept(key, out, fp, memo, policy, &mut budget).await;
+                    return self
+                        .or_kept(key, out, accept, memo, policy, &mut budget)
+                        .await;
                 }
                 Role::Waiter(rx) => {
                     inner.counters.coalesced.incr();
@@ -260,7 +290,7 @@ impl Engine {
                         Some(Landing::Entry(bytes)) => {
                             if let Ok(Some((v, _))) = inner.sealer.open_checked::<O::Value>(
                                 &bytes,
-                                Accept::Exactly(fp),
+                                accept,
                                 None,
                                 Source::Process,
                             ) {
@@ -275,7 +305,9 @@ impl Engine {
                     inner.counters.computations.incr();
                     let compute = compute.take().expect("computed at most once");
                     let out = compute.await;
-                    return self.or_kept(key, out, fp, memo, policy, &mut budget).await;
+                    return self
+                        .or_kept(key, out, accept, memo, policy, &mut budget)
+                        .await;
                 }
             }
         }
@@ -289,7 +321,7 @@ impl Engine {
         &self,
         key: &str,
         out: O,
-        fp: u64,
+        accept: Accept,
         memo: Memo<O::Value>,
         policy: &Policy,
         budget: &mut Budget,
@@ -298,7 +330,7 @@ impl Engine {
             return out;
         }
         match self
-            .read::<O::Value>(key, Accept::Exactly(fp), memo, Some(policy), budget)
+            .read::<O::Value>(key, accept, memo, Some(policy), budget)
             .await
         {
             // Another caller stored a value meanwhile, or it is servable
@@ -320,7 +352,7 @@ impl Engine {
         key: &str,
         stored: Stored,
         policy: &Policy,
-        fp: u64,
+        typed: &Typed,
         compute: F,
         budget: &mut Budget,
     ) -> O
@@ -338,11 +370,11 @@ impl Engine {
         // if what is left covers all three (the write matters more).
         if inner.store.is_shared()
             && matches!(stored, Stored::Under(_))
-            && !self.unreadable(fp)
+            && !self.unreadable(typed.fp)
             && budget.affords(3)
         {
             match self
-                .lock_or_value::<O::Value>(key, fp, policy.lock_ttl, budget)
+                .lock_or_value::<O::Value>(key, typed.accept(), policy.lock_ttl, budget)
                 .await
             {
                 Contended::Value(v, bytes) => {
@@ -360,7 +392,7 @@ impl Engine {
         let decided = out.decision().apply(policy);
         let sealed = out
             .cacheable()
-            .and_then(|value| self.seal_checked(key, &decided, value, fp, compute_ms));
+            .and_then(|value| self.seal_checked(key, &decided, value, typed, compute_ms));
         match sealed {
             Some((bytes, ttl)) => {
                 // Waiters (and callers arriving until the store finishes)
@@ -417,6 +449,9 @@ impl Engine {
                 .open_checked::<V>(&bytes, fp, policy, Source::Store(key))
             {
                 Ok(Some((v, due))) => {
+                    if !fp.knows_tags() && !self.tags_hold(&bytes).await? {
+                        return Ok(Read::Miss(lookup.ticket));
+                    }
                     return Ok(match due {
                         Due::No => Read::Hit(v),
                         Due::Early(_) | Due::Stale(_) => Read::Refresh(v, lookup.ticket, due),
@@ -450,6 +485,8 @@ impl Engine {
         let found = memory.local(key);
         if let Some(entry) = found.entry {
             match inner.sealer.open_local(&entry, fp, memo, policy) {
+                Ok(Some(_)) if !fp.knows_tags() && !self.tags_hold_local(memory, entry.bytes()) => {
+                }
                 Ok(Some((v, due))) => {
                     return match due {
                         Due::No => {
@@ -475,7 +512,7 @@ impl Engine {
         self: &Arc<Self>,
         key: &str,
         policy: &Policy,
-        fp: u64,
+        typed: &Typed,
         (ticket, due): (Option<Ticket>, Due),
         compute: F,
         spawn: fn(F, RefreshJob),
@@ -495,7 +532,7 @@ impl Engine {
                 Arc::clone(self),
                 key.to_owned(),
                 *policy,
-                fp,
+                typed.clone(),
                 ticket,
                 due.fresh_until(),
             ),

@@ -87,6 +87,8 @@ const INLINE: usize = 64;
 pub struct KeyBuilder {
     inline: ArrayString<INLINE>,
     heap: Option<String>,
+    /// The call's tags (`#[cached(tags = [..])]`), rendered like keys.
+    tags: Vec<String>,
 }
 
 impl KeyBuilder {
@@ -103,6 +105,7 @@ impl KeyBuilder {
         KeyBuilder {
             inline: ArrayString::new(),
             heap: (capacity > INLINE).then(|| String::with_capacity(capacity)),
+            tags: Vec::new(),
         }
     }
 
@@ -150,6 +153,19 @@ impl KeyBuilder {
             Some(h) => h,
             None => &self.inline,
         }
+    }
+
+    /// Adds a tag (rendered by a builder of its own) to the call this key
+    /// is for: `#[cached(tags = ["author:{author_id}"])]`.
+    pub fn tag(&mut self, tag: KeyBuilder) -> &mut Self {
+        self.tags.push(tag.finish());
+        self
+    }
+
+    /// The call's tags, as rendered.
+    #[inline(always)]
+    pub fn tags(&self) -> &[String] {
+        &self.tags
     }
 
     /// The rendered key.

@@ -53,6 +53,7 @@ pub mod signing;
 mod site;
 mod stats;
 mod swap;
+pub mod tags;
 pub mod url;
 
 #[doc(hidden)]

@@ -196,7 +196,7 @@ impl Engine {
     pub(crate) async fn lock_or_value<V: DeserializeOwned>(
         self: &Arc<Self>,
         key: &str,
-        fp: u64,
+        accept: Accept,
         bound: Duration,
         budget: &mut Budget,
     ) -> Contended<V> {
@@ -235,7 +235,7 @@ impl Engine {
                         _ => return Contended::Locked(held),
                     };
                     let started = Instant::now();
-                    let found = self.peek::<V>(key, fp, left).await;
+                    let found = self.peek::<V>(key, accept, left).await;
                     budget.spend(started);
                     if let Some((v, bytes)) = found {
                         // Released in the background: the caller has its
@@ -260,7 +260,7 @@ impl Engine {
             let left = deadline.map_or(pause, |d| d.saturating_duration_since(now));
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(Duration::from_millis(100));
-            if let Some((v, bytes)) = self.peek::<V>(key, fp, op_timeout).await {
+            if let Some((v, bytes)) = self.peek::<V>(key, accept, op_timeout).await {
                 return Contended::Value(v, bytes);
             }
         }
@@ -270,7 +270,7 @@ impl Engine {
     async fn peek<V: DeserializeOwned>(
         &self,
         key: &str,
-        fp: u64,
+        accept: Accept,
         timeout: Duration,
     ) -> Option<(V, Bytes)> {
         let backend = self.store.backend();
@@ -281,7 +281,7 @@ impl Engine {
         let bytes = found.value?;
         match self
             .sealer
-            .open_checked::<V>(&bytes, Accept::Exactly(fp), None, Source::Store(key))
+            .open_checked::<V>(&bytes, accept, None, Source::Store(key))
         {
             Ok(Some((v, _))) => Some((v, bytes)),
             _ => None,

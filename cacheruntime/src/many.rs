@@ -72,10 +72,22 @@ impl Cache {
                 return Err(e);
             }
         };
+        // Entries with tags are served only while their tokens are current.
+        let values: Vec<Option<&[u8]>> = found.iter().map(|l| l.value.as_deref()).collect();
+        let hold = match engine.tags_hold_many(&values).await {
+            Ok(hold) => hold,
+            Err(e) => {
+                for _ in keys {
+                    engine.tally(None, Answer::Miss);
+                }
+                engine.failed("get_many", &e);
+                return Err(e);
+            }
+        };
         let typed = Accept::Direct(envelope::fingerprint(std::any::type_name::<T>(), 0));
         let mut out = Vec::with_capacity(keys.len());
-        for (key, lookup) in full.iter().zip(found) {
-            let value = lookup.value.and_then(|bytes| {
+        for ((key, lookup), hold) in full.iter().zip(found).zip(hold) {
+            let value = lookup.value.filter(|_| hold).and_then(|bytes| {
                 match engine
                     .sealer
                     .open_checked::<T>(&bytes, typed, None, Source::Store(key))
@@ -125,6 +137,7 @@ impl Cache {
                 crate::entry::Windows::ttl(ttl),
                 UNTYPED,
                 0,
+                None,
             )?;
             if bytes.len() > engine.max_entry_bytes {
                 return Err(Error::TooLarge {

@@ -97,7 +97,9 @@ impl Cache {
                 Ok(match seen.live(engine, &full, Accept::Any) {
                     None => Step::Done(false),
                     Some((header, payload)) => {
-                        let (bytes, physical) = engine.sealer.reseal(&full, &header, payload, ttl);
+                        let section = seen.section();
+                        let (bytes, physical) =
+                            engine.sealer.reseal(&full, &header, section, payload, ttl);
                         Step::Write(bytes, physical, true)
                     }
                 })
@@ -144,10 +146,14 @@ impl Cache {
         }
         let full = self.engine.full_key(key);
         let engine = &self.engine;
-        let bytes =
-            engine
-                .sealer
-                .seal_with(&full, value, crate::entry::Windows::ttl(ttl), UNTYPED, 0)?;
+        let bytes = engine.sealer.seal_with(
+            &full,
+            value,
+            crate::entry::Windows::ttl(ttl),
+            UNTYPED,
+            0,
+            None,
+        )?;
         engine
             .swap("add", &full, |seen| {
                 Ok(match seen.live(engine, &full, Accept::Any) {

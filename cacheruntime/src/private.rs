@@ -26,6 +26,7 @@ use crate::outcome::{Always, Decided, Outcome};
 pub use crate::policy::Policy;
 use crate::refresh::{spawn_refresh, RefreshJob};
 pub use crate::site::Site;
+use crate::tags::Stamp;
 use crate::Cache;
 
 /// What a `#[cached]` function's stored value needs. Every bound the
@@ -59,7 +60,7 @@ pub fn key_for(cache: &Cache) -> KeyBuilder {
 /// What the synchronous read found when it is not a hit, opaque to the
 /// generated code: handed on, unopened, to a `cached_*` entry point. (The
 /// engine's enum stays private, so it can change without the macro.)
-pub struct First<T>(Fast<T>);
+pub struct First<T>(Fast<T>, Option<Stamp>);
 
 /// The synchronous hit path `#[cached]` tries first: in-process stores
 /// answer here without building the async machinery. `Ok` is a fresh hit
@@ -71,9 +72,42 @@ pub fn local_hit<T: Cacheable>(
     key: &KeyBuilder,
     memo: Memo<T>,
 ) -> Result<T, First<T>> {
-    match local_read(cache, site, key, memo) {
+    if !key.tags().is_empty() {
+        return tagged_local_hit(cache, site, key, memo);
+    }
+    match local_read(
+        cache,
+        site,
+        key,
+        memo,
+        Accept::Exactly(site.fingerprint::<T>()),
+    ) {
         Fast::Hit(value) => Ok(value),
-        other => Err(First(other)),
+        other => Err(First(other, None)),
+    }
+}
+
+/// [`local_hit`] for a call with tags: on the in-process store, their
+/// tokens are read (synchronously) first, and kept for the miss path.
+#[inline(never)]
+fn tagged_local_hit<T: Cacheable>(
+    cache: &Cache,
+    site: &'static Site,
+    key: &KeyBuilder,
+    memo: Memo<T>,
+) -> Result<T, First<T>> {
+    let engine = &cache.engine;
+    let Some(memory) = engine.store.memory() else {
+        return Err(First(Fast::Remote, None));
+    };
+    // A tag that cannot be read or created: the miss path reports it.
+    let Ok(stamp) = engine.stamp_local(memory, key.tags()) else {
+        return Err(First(Fast::Remote, None));
+    };
+    let accept = Accept::Stamped(stamp.fingerprint(site.fingerprint::<T>()));
+    match local_read(cache, site, key, memo, accept) {
+        Fast::Hit(value) => Ok(value),
+        other => Err(First(other, Some(stamp))),
     }
 }
 
@@ -83,16 +117,16 @@ fn local_read<T: Cacheable>(
     site: &'static Site,
     key: &KeyBuilder,
     memo: Memo<T>,
+    accept: Accept,
 ) -> Fast<T> {
     if !cache.engine.enabled() {
         return Fast::Remote;
     }
-    let fp = site.fingerprint::<T>();
     // A hit is this call's answer (counted there); anything else is
     // counted by the core.
     cache.engine.local_read::<T, true>(
         &crate::key::stored(key.as_str()),
-        Accept::Exactly(fp),
+        accept,
         Some(site),
         memo,
         Some(&site.policy),
@@ -116,13 +150,27 @@ where
     F: Future<Output = O>,
 {
     let fp = site.fingerprint::<O::Value>();
-    let call = Call::new(&site.policy, fp, Some(site), memo);
-    cache
-        .engine
+    let mut call = Call::new(&site.policy, fp, Some(site), memo);
+    let engine = &cache.engine;
+    let First(first, stamp) = first;
+    if !key.tags().is_empty() && engine.enabled() {
+        // The tags' tokens are read before the entry: a value computed
+        // from here on is recorded under them.
+        let stamp = match stamp {
+            Some(stamp) => Ok(stamp),
+            None => engine.stamp(key.tags()).await,
+        };
+        match stamp {
+            Ok(stamp) => call = call.stamped(std::sync::Arc::new(stamp)),
+            // Unknown tokens: computed, not stored, as without a cache.
+            Err(e) => return engine.uncached(site, "tags", &e, body).await,
+        }
+    }
+    engine
         .fetch(
             &crate::key::stored(key.as_str()),
             call,
-            first.0,
+            first,
             body,
             refresh,
         )

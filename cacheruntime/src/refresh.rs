@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use crate::backend::Ticket;
 use crate::engine::Engine;
-use crate::entry::{Accept, Source};
+use crate::entry::{Accept, Source, Typed};
 use crate::lock::{refresh_lock_key, LockState};
 use crate::outcome::Outcome;
 use crate::policy::Policy;
@@ -27,7 +27,7 @@ pub(crate) struct RefreshJob {
     engine: Arc<Engine>,
     key: String,
     policy: Policy,
-    fp: u64,
+    typed: Typed,
     ticket: Option<Ticket>,
     /// The fresh-until of the entry the job was started for.
     seen: u64,
@@ -49,7 +49,7 @@ impl RefreshJob {
         engine: Arc<Engine>,
         key: String,
         policy: Policy,
-        fp: u64,
+        typed: Typed,
         ticket: Option<Ticket>,
         seen: u64,
     ) -> Self {
@@ -57,7 +57,7 @@ impl RefreshJob {
             engine,
             key,
             policy,
-            fp,
+            typed,
             ticket,
             seen,
         }
@@ -70,7 +70,8 @@ impl RefreshJob {
         O: Outcome + Send + 'static,
         F: Future<Output = O> + Send + 'static,
     {
-        let (engine, key, policy, fp) = (&self.engine, self.key.as_str(), &self.policy, self.fp);
+        let (engine, key, policy, typed) =
+            (&self.engine, self.key.as_str(), &self.policy, &self.typed);
         let lock = match engine
             .try_lock(&refresh_lock_key(key), policy.lock_ttl, engine.op_timeout)
             .await
@@ -86,7 +87,7 @@ impl RefreshJob {
         // refresh stored, its lock after that refresh released) finds a
         // newer entry than the one it was started for: computing again
         // would be a second origin call for one stale entry.
-        if refreshed_since(engine, key, fp, self.seen).await {
+        if refreshed_since(engine, key, typed.accept(), self.seen).await {
             if let Some(held) = lock {
                 held.release().await;
             }
@@ -131,7 +132,7 @@ impl RefreshJob {
         let decided = outcome
             .as_ref()
             .map_or(*policy, |out| out.decision().apply(policy));
-        if let Some((bytes, ttl)) = engine.seal_checked(key, &decided, value, fp, compute_ms) {
+        if let Some((bytes, ttl)) = engine.seal_checked(key, &decided, value, typed, compute_ms) {
             engine
                 .store(key, bytes, ttl, self.ticket.clone(), engine.op_timeout)
                 .await;
@@ -155,7 +156,7 @@ where
 /// Whether the entry now in the store for `key` is newer than the one with
 /// fresh-until `seen` (a refresh stored it since). A read that fails, or
 /// finds nothing, says no: the job refreshes, as it would have.
-async fn refreshed_since(engine: &Engine, key: &str, fp: u64, seen: u64) -> bool {
+async fn refreshed_since(engine: &Engine, key: &str, accept: Accept, seen: u64) -> bool {
     let backend = engine.store.backend();
     let found = engine.guarded("get", || backend.get(key)).await;
     found
@@ -164,7 +165,7 @@ async fn refreshed_since(engine: &Engine, key: &str, fp: u64, seen: u64) -> bool
         .and_then(|bytes| {
             engine
                 .sealer
-                .fresh_until(&bytes, Accept::Exactly(fp), Source::Store(key))
+                .fresh_until(&bytes, accept, Source::Store(key))
                 .ok()
         })
         .is_some_and(|fresh_until| fresh_until > seen)

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use crate::backend::{Lookup, Ticket};
 use crate::engine::Engine;
 use crate::entry::Accept;
-use crate::envelope::Header;
+use crate::envelope::{self, Header};
 use crate::Error;
 
 /// What an op decided from the live entry (if any).
@@ -35,17 +35,32 @@ pub(crate) enum Step<R> {
 pub(crate) struct Seen {
     raw: Option<Bytes>,
     ticket: Option<Ticket>,
+    /// Whether the entry's tags (if it has any) are all current.
+    tags_hold: bool,
 }
 
 impl Seen {
-    /// The live entry's header and payload, for what `fp` admits.
+    /// The live entry's header and payload, for what `fp` admits: none for
+    /// an entry one of whose tags was invalidated.
     pub(crate) fn live<'s>(
         &'s self,
         engine: &Engine,
         key: &str,
         fp: Accept,
     ) -> Option<(Header, &'s [u8])> {
+        if !self.tags_hold {
+            return None;
+        }
         engine.sealer.live(self.raw.as_deref()?, key, fp)
+    }
+
+    /// The entry's tag section, when it has one.
+    pub(crate) fn section(&self) -> Option<&[u8]> {
+        let raw = self.raw.as_deref()?;
+        let flags = *raw.get(2)?;
+        (flags & envelope::FLAG_TAGGED != 0)
+            .then(|| envelope::tag_section(raw))
+            .flatten()
     }
 }
 
@@ -61,9 +76,14 @@ impl Engine {
                 self.guarded(op, || backend.get(key)).await?
             }
         };
+        let tags_hold = match &lookup.value {
+            Some(bytes) => self.tags_hold(bytes).await?,
+            None => true,
+        };
         Ok(Seen {
             raw: lookup.value,
             ticket: lookup.ticket,
+            tags_hold,
         })
     }
 

@@ -111,6 +111,7 @@ impl Origin {
 
 pub use crate::lowlevel::*;
 pub use crate::policies::*;
+pub use crate::tags::*;
 
 /// What a scenario saw that the contract forbids.
 pub struct Findings {

@@ -27,10 +27,51 @@ fn get_of_i64_reads_counters_and_nothing_else_does() {
     use super::{Accept, COUNTER, I64};
     let i64_fp = crate::envelope::fingerprint(std::any::type_name::<i64>(), 0);
     assert_eq!(I64, i64_fp);
-    assert!(Accept::Direct(i64_fp).admits(COUNTER));
+    let of = |fingerprint| crate::envelope::Header {
+        codec: 0,
+        flags: 0,
+        fingerprint,
+        fresh_until_ms: 0,
+        stale_until_ms: 0,
+        kept_until_ms: 0,
+        compute_ms: 0,
+    };
+    assert!(Accept::Direct(i64_fp).admits(&of(COUNTER), None));
     let u64_fp = crate::envelope::fingerprint(std::any::type_name::<u64>(), 0);
-    assert!(!Accept::Direct(u64_fp).admits(COUNTER));
-    assert!(!Accept::Exactly(i64_fp).admits(COUNTER));
+    assert!(!Accept::Direct(u64_fp).admits(&of(COUNTER), None));
+    assert!(!Accept::Exactly(i64_fp).admits(&of(COUNTER), None));
+}
+
+#[test]
+fn tagged_entries_are_accepted_by_their_stamp_and_by_direct_reads_only() {
+    use super::Accept;
+    let section: &[u8] = b"\x01\x00a\x01\x00\x00\x00\x00\x00\x00\x00";
+    let typed = 77;
+    let covered = crate::tags::covering(typed, section);
+    let header = crate::envelope::Header {
+        codec: 0,
+        flags: crate::envelope::FLAG_TAGGED,
+        fingerprint: covered,
+        fresh_until_ms: 0,
+        stale_until_ms: 0,
+        kept_until_ms: 0,
+        compute_ms: 0,
+    };
+    assert!(Accept::Stamped(covered).admits(&header, Some(section)));
+    assert!(!Accept::Stamped(covered + 1).admits(&header, Some(section)));
+    // An untagged call never takes a tagged entry, even of its fingerprint.
+    assert!(!Accept::Exactly(covered).admits(&header, Some(section)));
+    assert!(!Accept::Stamped(typed).admits(
+        &crate::envelope::Header {
+            flags: 0,
+            fingerprint: typed,
+            ..header
+        },
+        None
+    ));
+    assert!(Accept::Direct(typed).admits(&header, Some(section)));
+    assert!(!Accept::Direct(typed + 1).admits(&header, Some(section)));
+    assert!(Accept::Any.admits(&header, Some(section)));
 }
 
 /// Signed and compressed: the tag covers the compressed bytes, a
@@ -61,7 +102,7 @@ fn signed_compressed_entries_round_trip_and_reseal() {
     let (z, plain) = (sealer(Some(256), KNOWN_FLAGS), sealer(None, KNOWN_FLAGS));
     let value = "<item><title>post</title></item>".repeat(200);
     let ttl = Windows::ttl(Duration::from_secs(60));
-    let bytes = z.seal_with("k", &value, ttl, UNTYPED, 0).unwrap();
+    let bytes = z.seal_with("k", &value, ttl, UNTYPED, 0, None).unwrap();
     let (header, _) = Header::read(&bytes).unwrap();
     assert_eq!(header.flags, FLAG_SIGNED | FLAG_COMPRESSED);
     assert!(bytes.len() < value.len() / 4, "{}", bytes.len());
@@ -87,7 +128,7 @@ fn signed_compressed_entries_round_trip_and_reseal() {
         plain.codec_decode::<String>(&header, payload).unwrap(),
         value
     );
-    let (touched, _) = plain.reseal("k", &header, payload, Duration::from_secs(600));
+    let (touched, _) = plain.reseal("k", &header, None, payload, Duration::from_secs(600));
     assert_eq!(Header::read(&touched).unwrap().0.flags, header.flags);
     assert_eq!(read(&z, &touched, "k").unwrap().as_ref(), Some(&value));
     // What a build without the feature reads: refused, not decoded.
@@ -95,7 +136,7 @@ fn signed_compressed_entries_round_trip_and_reseal() {
     assert!(read(&old, &bytes, "k").is_err());
     assert!(old.live(&bytes, "k", Accept::Any).is_none());
     // Below the threshold: plain, signed.
-    let small = z.seal_with("k", "short", ttl, UNTYPED, 0).unwrap();
+    let small = z.seal_with("k", "short", ttl, UNTYPED, 0, None).unwrap();
     assert_eq!(Header::read(&small).unwrap().0.flags, FLAG_SIGNED);
     assert_eq!(read(&old, &small, "k").unwrap().as_deref(), Some("short"));
 }
