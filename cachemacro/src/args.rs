@@ -71,6 +71,16 @@ impl TtlArg {
     }
 }
 
+/// `early = 1.0` (checked at compile time) or a constant expression
+/// (`early = XFETCH_BETA`): XFetch's beta sits in the function's static
+/// policy, read on every hit.
+pub enum EarlyArg {
+    /// A number literal, with its span and digits.
+    Literal(Span, String),
+    /// A constant expression of a number type.
+    Const(Box<Expr>),
+}
+
 /// Everything `#[cached(...)]` can say. Values are syntactically checked
 /// here; their meaning against the function is checked in `valid`.
 #[derive(Default)]
@@ -90,7 +100,7 @@ pub struct Args {
     pub cache: Option<Expr>,
     pub version: Option<LitInt>,
     pub stale: Option<TtlArg>,
-    pub early: Option<(Span, String)>,
+    pub early: Option<EarlyArg>,
     /// `ids = |ids| Book::by_ids(&pool, &ids)`: the hydrator, with the
     /// span of the name `ids`.
     pub ids: Option<(Span, Expr)>,
@@ -218,30 +228,20 @@ impl Parse for Args {
                             "`unless` takes a closure over the computed value: `unless = |feed| feed.items.is_empty()`",
                         )),
                     },
-                    EARLY => match input.parse::<Expr>()? {
-                        Expr::Lit(syn::ExprLit {
-                            lit: syn::Lit::Float(f),
-                            ..
-                        }) => set_once(
-                            &mut args.early,
-                            (f.span(), f.base10_digits().to_owned()),
-                            &name,
-                            &mut args.errors,
-                        ),
-                        Expr::Lit(syn::ExprLit {
-                            lit: syn::Lit::Int(i),
-                            ..
-                        }) => set_once(
-                            &mut args.early,
-                            (i.span(), i.base10_digits().to_owned()),
-                            &name,
-                            &mut args.errors,
-                        ),
-                        other => args.errors.push(syn::Error::new(
-                            other.span(),
-                            "`early` takes XFetch's beta, a positive number: `early = 1.0`",
-                        )),
-                    },
+                    EARLY => {
+                        let arg = match input.parse::<Expr>()? {
+                            Expr::Lit(syn::ExprLit {
+                                lit: syn::Lit::Float(f),
+                                ..
+                            }) => EarlyArg::Literal(f.span(), f.base10_digits().to_owned()),
+                            Expr::Lit(syn::ExprLit {
+                                lit: syn::Lit::Int(i),
+                                ..
+                            }) => EarlyArg::Literal(i.span(), i.base10_digits().to_owned()),
+                            other => EarlyArg::Const(Box::new(other)),
+                        };
+                        set_once(&mut args.early, arg, &name, &mut args.errors);
+                    }
                     VERSION => match input.parse::<Expr>()? {
                         Expr::Lit(syn::ExprLit {
                             lit: syn::Lit::Int(i),
@@ -297,7 +297,7 @@ fn example(name: &str) -> &'static str {
         SKIP => "`skip = pool` or `skip = [pool, self]`",
         CACHE => "`cache = MY_CACHE` (anything `&(...)` turns into `&Cache`)",
         STALE => "`stale = 600` or `stale = \"10m\"`",
-        EARLY => "`early = 1.0`",
+        EARLY => "`early = 1.0` or `early = XFETCH_BETA` (a constant)",
         IDS => "`ids = |ids| Book::by_ids(&pool, &ids)`",
         UNLESS => "`unless = |feed| feed.items.is_empty()`",
         STALE_IF_ERROR => "`stale_if_error = \"1h\"` or `stale_if_error = 3600`",

@@ -76,7 +76,15 @@ fn generate(func: &ItemFn, plan: &Plan) -> TokenStream {
         (None, Some(_)) => Some(quote!(.stale(::core::time::Duration::ZERO))),
         (None, None) => None,
     };
-    let early = timing.early.map(|beta| quote!(.early(#beta)));
+    // A constant expression is evaluated with the static policy: a beta
+    // that is not a positive number fails the build there.
+    let early = match (&timing.early, &timing.early_const) {
+        (Some(beta), _) => Some(quote!(.early(#beta))),
+        (None, Some(e)) => Some(quote_spanned! {e.span()=>
+            .early(::cacheruntime::__private::early_beta(#e))
+        }),
+        (None, None) => None,
+    };
     let kept = timing.stale_if_error.map(|d| {
         let d = duration(d);
         quote!(.stale_if_error(#d))

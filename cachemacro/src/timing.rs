@@ -11,7 +11,7 @@ use std::time::Duration;
 use proc_macro2::Span;
 use syn::{Expr, ExprClosure, LitInt};
 
-use crate::args::{self, TtlArg};
+use crate::args::{self, EarlyArg, TtlArg};
 use crate::errors::Errors;
 
 /// The function's policy, checked.
@@ -20,6 +20,8 @@ pub struct Timing {
     pub ttl: Option<Duration>,
     pub stale: Option<Duration>,
     pub early: Option<f64>,
+    /// `early = CONST_EXPR`: checked when the constant is evaluated.
+    pub early_const: Option<Expr>,
     pub version: u32,
     pub stale_if_error: Option<Duration>,
     /// What each computation decides.
@@ -29,7 +31,10 @@ pub struct Timing {
 impl Timing {
     /// `stale` / `early` refresh in a spawned task.
     pub fn refreshes(&self) -> bool {
-        self.stale.is_some() || self.decide.stale.is_some() || self.early.is_some()
+        self.stale.is_some()
+            || self.decide.stale.is_some()
+            || self.early.is_some()
+            || self.early_const.is_some()
     }
 }
 
@@ -62,7 +67,7 @@ pub enum DecidedTtl {
 pub fn check(
     ttl: Option<TtlArg>,
     stale: Option<TtlArg>,
-    early: Option<(Span, String)>,
+    early: Option<EarlyArg>,
     version: Option<&LitInt>,
     unless: Option<(Span, ExprClosure)>,
     stale_if_error: Option<TtlArg>,
@@ -132,10 +137,16 @@ pub fn check(
              `unless` is not available: the stored value is the ids, not the objects",
         );
     }
+    let (early, early_const) = match early {
+        Some(EarlyArg::Literal(span, digits)) => (check_early(span, &digits, errs), None),
+        Some(EarlyArg::Const(e)) => (None, Some(*e)),
+        None => (None, None),
+    };
     Timing {
         ttl: static_ttl,
         stale: static_stale,
-        early: check_early(early, errs),
+        early,
+        early_const,
         version: check_version(version, errs),
         stale_if_error: kept,
         decide,
@@ -194,8 +205,7 @@ fn duration(name: &str, arg: &TtlArg) -> Result<Duration, String> {
 }
 
 /// `early`: XFetch's beta, a positive number.
-fn check_early(early: Option<(Span, String)>, errs: &mut Errors) -> Option<f64> {
-    let (span, digits) = early?;
+fn check_early(span: Span, digits: &str, errs: &mut Errors) -> Option<f64> {
     match digits.parse::<f64>() {
         Ok(beta) if beta.is_finite() && beta > 0.0 => Some(beta),
         _ => {

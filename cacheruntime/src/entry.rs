@@ -69,22 +69,36 @@ impl Accept {
         matches!(self, Accept::Exactly(_) | Accept::Stamped(_))
     }
 
-    /// Whether an entry with this header (and `section`, its tag section
-    /// when it has one) is of a kind this read accepts.
-    #[inline]
-    pub(crate) fn admits(self, header: &Header, section: Option<&[u8]>) -> bool {
+    /// Whether an entry with this header is of a kind this read accepts;
+    /// `section` gives the entry's tag section when it has one (only
+    /// asked of tagged entries read directly).
+    #[inline(always)]
+    pub(crate) fn admits<'b>(
+        self,
+        header: &Header,
+        section: impl FnOnce() -> Option<&'b [u8]>,
+    ) -> bool {
         let fp = header.fingerprint;
-        match (self, section) {
-            (Accept::Exactly(want), None) | (Accept::Stamped(want), Some(_)) => fp == want,
-            (Accept::Exactly(_), Some(_)) | (Accept::Stamped(_), None) => false,
-            (Accept::Direct(typed), section) => {
+        let tagged = header.flags & envelope::FLAG_TAGGED != 0;
+        match self {
+            Accept::Exactly(want) => !tagged && fp == want,
+            Accept::Stamped(want) => tagged && fp == want,
+            Accept::Direct(typed) => {
+                let section = if tagged {
+                    match section() {
+                        Some(section) => Some(section),
+                        None => return false,
+                    }
+                } else {
+                    None
+                };
                 let is = |base: u64| match section {
                     None => fp == base,
                     Some(section) => fp == tags::covering(base, section),
                 };
                 is(UNTYPED) || is(typed) || (typed == I64 && is(COUNTER))
             }
-            (Accept::Any, _) => true,
+            Accept::Any => true,
         }
     }
 }
@@ -426,13 +440,10 @@ impl Sealer {
                 self.codec.name()
             )));
         }
-        let section = (header.flags & envelope::FLAG_TAGGED != 0)
-            .then(|| envelope::tag_section(bytes))
-            .flatten();
-        if !fp.admits(&header, section) {
+        if !fp.admits(&header, || envelope::tag_section(bytes)) {
             // Tagged under tokens a tag invalidation has since replaced:
             // superseded, a plain miss (not a decode failure).
-            if matches!(fp, Accept::Stamped(_)) && section.is_some() {
+            if matches!(fp, Accept::Stamped(_)) && header.flags & envelope::FLAG_TAGGED != 0 {
                 return Ok(None);
             }
             return Err(Error::decode(

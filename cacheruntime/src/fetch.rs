@@ -485,8 +485,12 @@ impl Engine {
         let found = memory.local(key);
         if let Some(entry) = found.entry {
             match inner.sealer.open_local(&entry, fp, memo, policy) {
-                Ok(Some(_)) if !fp.knows_tags() && !self.tags_hold_local(memory, entry.bytes()) => {
-                }
+                // The direct reads (never the `#[cached]` hit path, which
+                // knows its tags) check an entry's tokens.
+                Ok(Some(_))
+                    if !HIT_IS_ANSWER
+                        && !fp.knows_tags()
+                        && !self.tags_hold_local(memory, entry.bytes()) => {}
                 Ok(Some((v, due))) => {
                     return match due {
                         Due::No => {

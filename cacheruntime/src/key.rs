@@ -87,8 +87,9 @@ const INLINE: usize = 64;
 pub struct KeyBuilder {
     inline: ArrayString<INLINE>,
     heap: Option<String>,
-    /// The call's tags (`#[cached(tags = [..])]`), rendered like keys.
-    tags: Vec<String>,
+    /// The call's tags (`#[cached(tags = [..])]`), rendered like keys;
+    /// boxed so an untagged key stays as small as it was.
+    tags: Option<Box<Vec<String>>>,
 }
 
 impl KeyBuilder {
@@ -105,7 +106,7 @@ impl KeyBuilder {
         KeyBuilder {
             inline: ArrayString::new(),
             heap: (capacity > INLINE).then(|| String::with_capacity(capacity)),
-            tags: Vec::new(),
+            tags: None,
         }
     }
 
@@ -158,14 +159,14 @@ impl KeyBuilder {
     /// Adds a tag (rendered by a builder of its own) to the call this key
     /// is for: `#[cached(tags = ["author:{author_id}"])]`.
     pub fn tag(&mut self, tag: KeyBuilder) -> &mut Self {
-        self.tags.push(tag.finish());
+        self.tags.get_or_insert_default().push(tag.finish());
         self
     }
 
     /// The call's tags, as rendered.
     #[inline(always)]
     pub fn tags(&self) -> &[String] {
-        &self.tags
+        self.tags.as_deref().map_or(&[], Vec::as_slice)
     }
 
     /// The rendered key.

@@ -57,6 +57,16 @@ pub fn key_for(cache: &Cache) -> KeyBuilder {
     k
 }
 
+/// `early = CONST`: XFetch's beta from a constant expression, checked
+/// where the function's static policy is evaluated (at compile time).
+pub const fn early_beta(beta: f64) -> f64 {
+    assert!(
+        beta.is_finite() && beta > 0.0,
+        "`early` must be a positive number (XFetch's beta), like 1.0"
+    );
+    beta
+}
+
 /// What the synchronous read found when it is not a hit, opaque to the
 /// generated code: handed on, unopened, to a `cached_*` entry point. (The
 /// engine's enum stays private, so it can change without the macro.)

@@ -36,10 +36,10 @@ fn get_of_i64_reads_counters_and_nothing_else_does() {
         kept_until_ms: 0,
         compute_ms: 0,
     };
-    assert!(Accept::Direct(i64_fp).admits(&of(COUNTER), None));
+    assert!(Accept::Direct(i64_fp).admits(&of(COUNTER), || None));
     let u64_fp = crate::envelope::fingerprint(std::any::type_name::<u64>(), 0);
-    assert!(!Accept::Direct(u64_fp).admits(&of(COUNTER), None));
-    assert!(!Accept::Exactly(i64_fp).admits(&of(COUNTER), None));
+    assert!(!Accept::Direct(u64_fp).admits(&of(COUNTER), || None));
+    assert!(!Accept::Exactly(i64_fp).admits(&of(COUNTER), || None));
 }
 
 #[test]
@@ -57,10 +57,10 @@ fn tagged_entries_are_accepted_by_their_stamp_and_by_direct_reads_only() {
         kept_until_ms: 0,
         compute_ms: 0,
     };
-    assert!(Accept::Stamped(covered).admits(&header, Some(section)));
-    assert!(!Accept::Stamped(covered + 1).admits(&header, Some(section)));
+    assert!(Accept::Stamped(covered).admits(&header, || Some(section)));
+    assert!(!Accept::Stamped(covered + 1).admits(&header, || Some(section)));
     // An untagged call never takes a tagged entry, even of its fingerprint.
-    assert!(!Accept::Exactly(covered).admits(&header, Some(section)));
+    assert!(!Accept::Exactly(covered).admits(&header, || Some(section)));
     assert!(!Accept::Stamped(typed).admits(
         &crate::envelope::Header {
             flags: 0,
@@ -69,9 +69,9 @@ fn tagged_entries_are_accepted_by_their_stamp_and_by_direct_reads_only() {
         },
         None
     ));
-    assert!(Accept::Direct(typed).admits(&header, Some(section)));
-    assert!(!Accept::Direct(typed + 1).admits(&header, Some(section)));
-    assert!(Accept::Any.admits(&header, Some(section)));
+    assert!(Accept::Direct(typed).admits(&header, || Some(section)));
+    assert!(!Accept::Direct(typed + 1).admits(&header, || Some(section)));
+    assert!(Accept::Any.admits(&header, || Some(section)));
 }
 
 /// Signed and compressed: the tag covers the compressed bytes, a
