@@ -522,6 +522,30 @@ mod tests {
         assert_eq!(recorded(&[5, 0, b'a']), None, "cut short");
     }
 
+    #[tokio::test]
+    async fn a_lost_token_never_brings_back_an_entry() {
+        let cache = Cache::builder().namespace("t").build().unwrap();
+        let ttl = Duration::from_secs(60);
+        cache.set_tagged("k:1", "v", ttl, &["a"]).await.unwrap();
+        assert_eq!(cache.get::<String>("k:1").await.unwrap().as_deref(), Some("v"));
+        let engine = &cache.engine;
+        let memory = engine.store.memory().expect("a memory cache");
+        // The token is evicted: the entry it stamped is gone for good, even
+        // once a new token is created for the tag.
+        memory.delete_key(&engine.token_key("a"));
+        assert_eq!(cache.get::<String>("k:1").await.unwrap(), None);
+        assert!(!cache.contains("k:1").await.unwrap());
+        let renewed = engine.stamp(&["a"]).await.unwrap();
+        assert_eq!(recorded(renewed.section()).unwrap().len(), 1);
+        assert_eq!(cache.get::<String>("k:1").await.unwrap(), None);
+        // A garbage token is no token.
+        memory.store(&engine.token_key("a"), Bytes::from_static(b"junk"), ttl, None).unwrap();
+        cache.set_tagged("k:2", "w", ttl, &["a"]).await.unwrap();
+        assert_eq!(cache.get::<String>("k:2").await.unwrap().as_deref(), Some("w"));
+        cache.invalidate_tag("a").await.unwrap();
+        assert_eq!(cache.get::<String>("k:2").await.unwrap(), None);
+    }
+
     #[test]
     fn tags_that_no_store_keeps_exactly_are_refused() {
         assert!(check_tag("author:42").is_ok());

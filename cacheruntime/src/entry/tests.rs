@@ -67,7 +67,7 @@ fn tagged_entries_are_accepted_by_their_stamp_and_by_direct_reads_only() {
             fingerprint: typed,
             ..header
         },
-        None
+        || None
     ));
     assert!(Accept::Direct(typed).admits(&header, || Some(section)));
     assert!(!Accept::Direct(typed + 1).admits(&header, || Some(section)));

@@ -414,7 +414,7 @@ impl MemoryBackend {
         self.sweep_invalidations(now);
     }
 
-    fn delete_key(&self, key: &str) {
+    pub(crate) fn delete_key(&self, key: &str) {
         let now = self.clock.now_ms();
         {
             let _one_at_a_time = self.stripe(key);
