@@ -138,6 +138,7 @@ conformance! {
         invalidate_tag_drops_every_entry_with_the_tag,
         direct_reads_see_tag_invalidations,
         invalidate_tag_fences_a_computation_in_flight,
+        stale_if_error_never_serves_a_value_whose_tag_was_invalidated,
     ],
     alone: [history],
 }

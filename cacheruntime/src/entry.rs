@@ -441,9 +441,11 @@ impl Sealer {
             )));
         }
         if !fp.admits(&header, || envelope::tag_section(bytes)) {
-            // Tagged under tokens a tag invalidation has since replaced:
-            // superseded, a plain miss (not a decode failure).
-            if matches!(fp, Accept::Stamped(_)) && header.flags & envelope::FLAG_TAGGED != 0 {
+            // Tagged under tokens a tag invalidation has since replaced,
+            // or written before the function gained or lost its tags: a
+            // plain miss (not a decode failure) for a typed call.
+            let tagged = header.flags & envelope::FLAG_TAGGED != 0;
+            if matches!(fp, Accept::Stamped(_)) || (tagged && matches!(fp, Accept::Exactly(_))) {
                 return Ok(None);
             }
             return Err(Error::decode(

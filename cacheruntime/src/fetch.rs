@@ -169,6 +169,8 @@ impl Engine {
         }
         let mut compute = Some(compute);
         let mut first = Some(first);
+        // Whether a superseded flight already sent this call round again.
+        let mut retried = false;
         let mut budget = Budget::new(inner.op_timeout);
         // Whether this call has been counted: once, at its first read.
         let mut counted = false;
@@ -273,7 +275,7 @@ impl Engine {
                         .lead(guard, key, stored, policy, &typed, compute, &mut budget)
                         .await;
                     return self
-                        .or_kept(key, out, accept, memo, policy, &mut budget)
+                        .or_kept(key, out, &typed, memo, policy, &mut budget)
                         .await;
                 }
                 Role::Alone => {
@@ -281,20 +283,29 @@ impl Engine {
                     let compute = compute.take().expect("computed at most once");
                     let out = compute.await;
                     return self
-                        .or_kept(key, out, accept, memo, policy, &mut budget)
+                        .or_kept(key, out, &typed, memo, policy, &mut budget)
                         .await;
                 }
                 Role::Waiter(rx) => {
                     inner.counters.coalesced.incr();
                     match flight::wait(rx).await {
                         Some(Landing::Entry(bytes)) => {
-                            if let Ok(Some((v, _))) = inner.sealer.open_checked::<O::Value>(
+                            match inner.sealer.open_checked::<O::Value>(
                                 &bytes,
                                 accept,
                                 None,
                                 Source::Process,
                             ) {
-                                return O::from_cached(v);
+                                Ok(Some((v, _))) => return O::from_cached(v),
+                                // Computed under tag tokens an invalidation
+                                // replaced since: that flight is over, so
+                                // read again (once) and lead a computation
+                                // that is stored, rather than compute alone.
+                                Ok(None) if typed.stamp.is_some() && !retried => {
+                                    retried = true;
+                                    continue;
+                                }
+                                _ => {}
                             }
                         }
                         Some(Landing::Nothing | Landing::Pending | Landing::Abandoned) => {}
@@ -306,7 +317,7 @@ impl Engine {
                     let compute = compute.take().expect("computed at most once");
                     let out = compute.await;
                     return self
-                        .or_kept(key, out, accept, memo, policy, &mut budget)
+                        .or_kept(key, out, &typed, memo, policy, &mut budget)
                         .await;
                 }
             }
@@ -321,7 +332,7 @@ impl Engine {
         &self,
         key: &str,
         out: O,
-        accept: Accept,
+        typed: &Typed,
         memo: Memo<O::Value>,
         policy: &Policy,
         budget: &mut Budget,
@@ -329,6 +340,19 @@ impl Engine {
         if policy.stale_if_error.is_none() || out.cacheable().is_some() || out.declined() {
             return out;
         }
+        // A tagged call reads its tags' tokens again: a tag invalidated
+        // since the call began hides the kept value, as a delete would.
+        let accept = match &typed.stamp {
+            None => typed.accept(),
+            Some(stamp) => match self.restamp(stamp).await {
+                Ok(now) => Typed {
+                    fp: typed.fp,
+                    stamp: Some(Arc::new(now)),
+                }
+                .accept(),
+                Err(_) => return out,
+            },
+        };
         match self
             .read::<O::Value>(key, accept, memo, Some(policy), budget)
             .await

@@ -76,6 +76,10 @@ impl Write for Escaping<'_> {
     }
 }
 
+/// What a tag's token key holds after the namespace (`crate::tags`): no
+/// key can hold it, since keys never hold `#`.
+pub(crate) const TOKEN_MARK: &str = "#t:";
+
 /// Keys up to this many bytes are rendered without a heap allocation.
 const INLINE: usize = 64;
 

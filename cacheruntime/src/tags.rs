@@ -50,7 +50,7 @@ pub const MAX_TAGS: usize = 32;
 pub const MAX_TAG_LEN: usize = 250;
 
 /// What a tag's token key starts with, after the namespace.
-const TOKEN_PREFIX: &str = "#t:";
+const TOKEN_PREFIX: &str = crate::key::TOKEN_MARK;
 
 /// The tags of one write with their tokens as read before the value was
 /// computed: the envelope's tag section.
@@ -116,6 +116,9 @@ fn recorded(section: &[u8]) -> Option<Vec<(&str, u64)>> {
     let mut out = Vec::new();
     let mut rest = section;
     while !rest.is_empty() {
+        if out.len() == MAX_TAGS {
+            return None;
+        }
         let len = usize::from(u16::from_le_bytes([*rest.first()?, *rest.get(1)?]));
         let tag = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
         let token = u64::from_le_bytes(rest.get(2 + len..10 + len)?.try_into().ok()?);
@@ -246,7 +249,7 @@ impl Engine {
                 if attempts > 6 {
                     return Err(contended(&key, attempts));
                 }
-                if lookup.ticket.is_none() {
+                if lookup.ticket.is_none() && attempts == 1 {
                     // A batched read may give no ticket (SQL); the
                     // compare-and-set needs the one of its own read.
                     *lookup = self.guarded("get", || backend.get(&key)).await?;
@@ -257,11 +260,19 @@ impl Engine {
                 let bytes = Bytes::copy_from_slice(&fresh.to_le_bytes());
                 let (expected, ticket) = (lookup.value.as_deref(), lookup.ticket.as_ref());
                 let ttl = self.token_ttl();
-                let created = self
-                    .guarded("set", || {
+                let created = if ticket.is_none() {
+                    // A store without tickets: a plain write. Two creators
+                    // may both write; the one that loses only costs the
+                    // entries stamped with its token a miss.
+                    self.guarded("set", || backend.set(&key, bytes, ttl, None))
+                        .await?;
+                    true
+                } else {
+                    self.guarded("set", || {
                         backend.compare_and_set(&key, expected, bytes, ttl, ticket)
                     })
-                    .await?;
+                    .await?
+                };
                 if created {
                     *token = Some(fresh);
                 } else {
@@ -277,6 +288,22 @@ impl Engine {
                 .filter_map(|(tag, (token, _))| Some((*tag, (*token)?)))
                 .collect(),
         ))
+    }
+
+    /// The stamp of the same tags as `stamp`, with their tokens now (no
+    /// token is created: a missing one is an error, the caller's answer
+    /// then stands without the cache).
+    pub(crate) async fn restamp(&self, stamp: &Stamp) -> Result<Stamp, Error> {
+        let recorded = recorded(stamp.section()).ok_or_else(|| Error::decode("malformed stamp"))?;
+        let tags: Vec<&str> = recorded.iter().map(|(t, _)| *t).collect();
+        let current = self.tokens(&tags).await?;
+        let tokens = tags
+            .iter()
+            .zip(current)
+            .map(|(tag, (token, _))| token.map(|t| (*tag, t)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::decode("a tag's token is gone"))?;
+        Ok(Stamp::new(tokens))
     }
 
     /// [`stamp`](Self::stamp) on the in-process store, synchronously: the
@@ -437,14 +464,28 @@ impl Cache {
     /// Makes every entry stored with `tag` invisible, on every store, in
     /// O(1) whatever the number of entries: one write of a fresh token for
     /// the tag. Like [`invalidate_prefix`](Cache::invalidate_prefix), it
-    /// fences computations in flight: after it returns, no caller in any
-    /// process sharing the store is answered with a value computed under
-    /// the old token (stored, shared in process, stale or kept for
-    /// `stale_if_error` alike).
+    /// fences computations in flight: no call in any process sharing the
+    /// store that starts after it returns is answered with a value
+    /// computed under the old token (stored, shared in process, stale), and
+    /// a `stale_if_error` fallback is never one of its entries.
     ///
     /// Entries get tags from `#[cached(tags = ["author:{author_id}"])]` or
     /// [`set_tagged`](Cache::set_tagged). A tag is any text up to 250
-    /// bytes without NUL or `#`; tags are scoped to the cache's namespace.
+    /// bytes without NUL or `#`. Values interpolated in a `#[cached]` tag
+    /// template are escaped as in keys, so name the same tag the same way:
+    /// `format!("url:{}", cacheruntime::key::escape(url))` for
+    /// `tags = ["url:{url}"]` (ids and plain words need no escaping).
+    ///
+    /// Tags are scoped to the cache's namespace: invalidate through a
+    /// handle with the namespace the entries were stored under. Without a
+    /// namespace on a shared store, applications sharing it share their
+    /// tags too (an invalidation of one's `catalog` drops the other's:
+    /// misses, never wrong answers).
+    ///
+    /// Every store answers it; a custom [`Backend`](crate::Backend) needs
+    /// [`compare_and_set`](crate::Backend::compare_and_set) for a tagged
+    /// call's first use of a tag (without it the call computes without the
+    /// cache and the error is logged).
     ///
     /// ```
     /// # use std::time::Duration;
@@ -499,6 +540,9 @@ impl Cache {
         if !engine.enabled() {
             return Ok(());
         }
+        if tags.is_empty() {
+            return self.put(key, value, ttl, None).await;
+        }
         let stamp = engine.stamp(tags).await?;
         self.put(key, value, ttl, Some(&stamp)).await
     }
@@ -527,7 +571,10 @@ mod tests {
         let cache = Cache::builder().namespace("t").build().unwrap();
         let ttl = Duration::from_secs(60);
         cache.set_tagged("k:1", "v", ttl, &["a"]).await.unwrap();
-        assert_eq!(cache.get::<String>("k:1").await.unwrap().as_deref(), Some("v"));
+        assert_eq!(
+            cache.get::<String>("k:1").await.unwrap().as_deref(),
+            Some("v")
+        );
         let engine = &cache.engine;
         let memory = engine.store.memory().expect("a memory cache");
         // The token is evicted: the entry it stamped is gone for good, even
@@ -539,9 +586,19 @@ mod tests {
         assert_eq!(recorded(renewed.section()).unwrap().len(), 1);
         assert_eq!(cache.get::<String>("k:1").await.unwrap(), None);
         // A garbage token is no token.
-        memory.store(&engine.token_key("a"), Bytes::from_static(b"junk"), ttl, None).unwrap();
+        memory
+            .store(
+                &engine.token_key("a"),
+                Bytes::from_static(b"junk"),
+                ttl,
+                None,
+            )
+            .unwrap();
         cache.set_tagged("k:2", "w", ttl, &["a"]).await.unwrap();
-        assert_eq!(cache.get::<String>("k:2").await.unwrap().as_deref(), Some("w"));
+        assert_eq!(
+            cache.get::<String>("k:2").await.unwrap().as_deref(),
+            Some("w")
+        );
         cache.invalidate_tag("a").await.unwrap();
         assert_eq!(cache.get::<String>("k:2").await.unwrap(), None);
     }

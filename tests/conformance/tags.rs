@@ -229,3 +229,72 @@ pub async fn invalidate_tag_fences_a_computation_in_flight(s: &Store) {
     }
     f.finish();
 }
+
+/// An origin that can fail, and hold its next computation.
+#[derive(Default)]
+pub struct Flaky {
+    down: std::sync::atomic::AtomicBool,
+    origin: Origin,
+}
+
+/// A tagged function that serves its expired value when the origin fails.
+#[cached(
+    key = "sietag:{id}",
+    tags = ["sie:{id}"],
+    ttl = 1,
+    stale_if_error = "1h",
+    cache = cache,
+    skip = [flaky]
+)]
+async fn flaky_card(cache: &Cache, id: u32, flaky: &Flaky) -> Result<String, String> {
+    let card = flaky.origin.card(id).await;
+    if flaky.down.load(Ordering::SeqCst) {
+        Err("upstream down".into())
+    } else {
+        Ok(card)
+    }
+}
+
+pub async fn stale_if_error_never_serves_a_value_whose_tag_was_invalidated(s: &Store) {
+    let mut f = Findings::new(
+        s,
+        "stale_if_error_never_serves_a_value_whose_tag_was_invalidated",
+    );
+    let flaky = Arc::new(Flaky::default());
+    let first = flaky_card(&s.a, 1, &flaky).await;
+    f.expect(first == Ok("book1@0".into()), || {
+        format!("first call: {first:?}")
+    });
+    s.elapse(Duration::from_millis(1300)).await;
+    flaky.down.store(true, Ordering::SeqCst);
+    // Expired and the origin down: the kept value stands in.
+    let kept = flaky_card(&s.b, 1, &flaky).await;
+    f.expect(kept == first, || {
+        format!("B with the origin down after expiry got {kept:?}, expected the kept {first:?}")
+    });
+    // The tag is invalidated while a computation that began before it
+    // runs: when that computation fails, the kept value is not served.
+    let release = flaky.origin.hold_next();
+    let call = {
+        let (a, flaky) = (s.a.clone(), Arc::clone(&flaky));
+        tokio::spawn(async move { flaky_card(&a, 1, &flaky).await })
+    };
+    let started =
+        tokio::time::timeout(Duration::from_secs(15), flaky.origin.started.notified()).await;
+    f.expect(started.is_ok(), || "the computation never started".into());
+    if let Err(e) = s.b.invalidate_tag("sie:1").await {
+        f.fail(format!("B.invalidate_tag failed: {e}"));
+    }
+    let _ = release.send(());
+    let got = call.await.expect("the call");
+    f.expect(got == Err("upstream down".into()), || {
+        format!(
+            "a failed computation after its tag was invalidated got {got:?}, expected the error"
+        )
+    });
+    let later = flaky_card(&s.b, 1, &flaky).await;
+    f.expect(later == Err("upstream down".into()), || {
+        format!("B after the invalidation, origin down: {later:?}")
+    });
+    f.finish();
+}

@@ -393,7 +393,12 @@ impl MemoryBackend {
     /// that `seq` is admitted.
     fn insert(&self, key: &str, value: Bytes, ttl: Duration, seq: u64) {
         let ttl_ms = ttl.as_millis().min(u64::MAX as u128) as u64;
-        self.longest_ttl_ms.fetch_max(ttl_ms, Ordering::Relaxed);
+        // Tag tokens live long (30 days) but need no invalidation record
+        // kept for them: one they outlive only brings back a token whose
+        // entries have expired, since a record outlives every entry.
+        if !key.contains(crate::key::TOKEN_MARK) {
+            self.longest_ttl_ms.fetch_max(ttl_ms, Ordering::Relaxed);
+        }
         let expires_ms = self.clock.now_ms().saturating_add(ttl_ms);
         self.entries.insert(
             key.into(),
