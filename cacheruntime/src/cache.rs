@@ -223,7 +223,7 @@ impl Cache {
         key: &str,
         value: &T,
         ttl: Duration,
-        stamp: Option<&crate::tags::Stamp>,
+        stamp: Option<&crate::stamp::Stamp>,
     ) -> Result<(), Error> {
         if !self.engine.enabled() {
             return Ok(());

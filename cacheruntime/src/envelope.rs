@@ -18,7 +18,7 @@
 //!             endian), then for each tag of the entry, in byte order, its
 //!             length (2), its name and the token it had when the value's
 //!             read began (8); the fingerprint then covers the section
-//!             (`crate::tags`)
+//!             (`tags.rs`)
 //! ..     ..   codec payload, or (bit 1) a zstd frame of it that states
 //!             its decompressed size
 //! ```

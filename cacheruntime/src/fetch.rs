@@ -29,7 +29,7 @@ use crate::outcome::Outcome;
 use crate::policy::Policy;
 use crate::refresh::RefreshJob;
 use crate::site::Site;
-use crate::tags::Stamp;
+use crate::stamp::Stamp;
 use crate::Error;
 
 /// What a read of the store found.

@@ -8,6 +8,7 @@
 // need no `#[cfg_attr(docsrs, doc(cfg(..)))]` of their own.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod accept;
 pub mod backend;
 pub mod backends;
 mod breaker;
@@ -51,6 +52,7 @@ mod refresh;
 mod secrets;
 pub mod signing;
 mod site;
+mod stamp;
 mod stats;
 mod swap;
 pub mod tags;

@@ -26,7 +26,7 @@ use crate::outcome::{Always, Decided, Outcome};
 pub use crate::policy::Policy;
 use crate::refresh::{spawn_refresh, RefreshJob};
 pub use crate::site::Site;
-use crate::tags::Stamp;
+use crate::stamp::Stamp;
 use crate::Cache;
 
 /// What a `#[cached]` function's stored value needs. Every bound the

@@ -47,7 +47,7 @@ fn tagged_entries_are_accepted_by_their_stamp_and_by_direct_reads_only() {
     use super::Accept;
     let section: &[u8] = b"\x01\x00a\x01\x00\x00\x00\x00\x00\x00\x00";
     let typed = 77;
-    let covered = crate::tags::covering(typed, section);
+    let covered = crate::stamp::covering(typed, section);
     let header = crate::envelope::Header {
         codec: 0,
         flags: crate::envelope::FLAG_TAGGED,
