@@ -7,7 +7,7 @@
 //! random token; nothing else changes it. An entry stored with tags
 //! records, in its envelope's tag section, each tag with the token it had
 //! when the value's read began, and its fingerprint covers that section
-//! ([`Stamp::fingerprint`]).
+//! (`Stamp::fingerprint`).
 //!
 //! So an entry is current only while every token it recorded is still in
 //! the store:
@@ -20,11 +20,11 @@
 //!   served after it returned;
 //! - a direct read that does not know the tags (`get`, `contains`, `ttl`,
 //!   `touch`, `add`, `get_many`) reads the tokens the entry names and
-//!   treats it as absent unless all are current ([`Engine::tags_hold`]).
+//!   treats it as absent unless all are current (`Engine::tags_hold`).
 //!
 //! A token that is missing (never written, expired, evicted, dropped by
 //! `clear`) holds no entry: entries recorded a value, and a token created
-//! anew is random. Tokens live [`TOKEN_TTL`] (within the store's cap), so a
+//! anew is random. Tokens live 30 days (within the store's cap), so a
 //! tagged entry lives at most that long after its tag was last
 //! invalidated or first used.
 
