@@ -1289,7 +1289,7 @@ async fn raw_delete_memcached(raw: &Raw, keys: &[&str]) {
 /// The load tests' op timeout: generous, because they check correctness
 /// under concurrency (64 tasks, debug build) on machines whose CPUs the
 /// servers and other jobs share; the fault scenarios use 100 ms.
-const LOAD_OP_TIMEOUT: Duration = Duration::from_secs(1);
+const LOAD_OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One scenario at a time: each one's latency bounds and its 64-task load
 /// assume the machine is theirs (on two cores, a kill-and-restart next to
@@ -1378,8 +1378,11 @@ async fn mixed_load(name: &'static str, cache: Cache, secs: u64) -> String {
     line
 }
 
-/// A cache for the mixed load: the store's op timeout is generous (1 s), so
+/// A cache for the mixed load: the store's op timeout is generous (2 s), so
 /// an error under load is the store failing, not a slow machine's jitter.
+/// (At 1 s, one PostgreSQL `delete` in about 30,000 calls timed out on a
+/// slower 2-core VM, before and after the tags change alike: 64 tasks on 32
+/// connections, every delete and invalidation bumping one epoch row.)
 fn load_cache(backend: impl cacheruntime::Backend) -> Cache {
     Cache::builder()
         .backend(backend)
