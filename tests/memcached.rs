@@ -66,6 +66,37 @@ async fn ttl_over_thirty_days_is_kept_not_expired_at_once() {
     );
 }
 
+/// Memcached expires items at the ticks of its own one-second clock: sent
+/// as "1 second", an item written just before a tick was gone a
+/// millisecond later. Ten writes spread over a second put some just before
+/// a tick whatever the clock's phase; each must be served for its TTL and
+/// not after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_lives_its_ttl_whatever_the_phase_of_the_servers_clock() {
+    let server = MemcachedServer::start();
+    let cache = cache_on(&[&server]);
+    let ttl = Duration::from_secs(1);
+    let writes = (0..10u64).map(|i| {
+        let cache = cache.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(100 * i)).await;
+            let key = format!("phase:{i}");
+            cache.set(&key, &i, ttl).await.unwrap();
+            let written = Instant::now();
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let before = cache.get::<u64>(&key).await.unwrap();
+            let past_ttl = written + ttl + Duration::from_millis(50);
+            tokio::time::sleep_until(past_ttl.into()).await;
+            let after = cache.get::<u64>(&key).await.unwrap();
+            (i, before, after)
+        }
+    });
+    for (i, before, after) in futures::future::join_all(writes).await {
+        assert_eq!(before, Some(i), "write {i} was gone 600 ms into its 1 s TTL");
+        assert_eq!(after, None, "write {i} was still served after its 1 s TTL");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_and_unusual_keys_round_trip_distinctly() {
     let server = MemcachedServer::start();

@@ -176,9 +176,24 @@ impl MemcachedBackend {
         self.setup.pool().await
     }
 
-    /// An entry's TTL as Memcached keeps it: whole seconds, at least one,
-    /// at most `max_ttl` (checked at build to be at least one second).
+    /// How long Memcached keeps an entry written for `ttl`: a second more
+    /// than asked (sent rounded up to whole seconds), at most `max_ttl`
+    /// (checked at build to be at least one second).
+    ///
+    /// Memcached counts expiry in whole seconds of its own clock: an item
+    /// written for one second is gone at the server's next tick, which can
+    /// come a millisecond later. The spare second keeps the item at least
+    /// as long as its TTL; the deadline in its envelope, in milliseconds,
+    /// is what ends it for readers (`entry::Sealer::live`).
     fn ttl(&self, ttl: Duration) -> Duration {
+        ttl.saturating_add(Duration::from_secs(1))
+            .min(self.config.max_ttl)
+    }
+
+    /// A lock's lease as Memcached keeps it: whole seconds, at least one,
+    /// at most `max_ttl`. Not padded like entries: a lock has no envelope
+    /// to end it sooner, so the lease is the TTL asked for, rounded up.
+    fn lease(&self, ttl: Duration) -> Duration {
         ttl.clamp(Duration::from_secs(1), self.config.max_ttl)
     }
 
@@ -267,7 +282,7 @@ impl MemcachedBackend {
     async fn run_lock(&self, key: &str, token: Bytes, ttl: Duration) -> Result<bool, Error> {
         let pool = self.pool().await?;
         let home = pool.ring().first(key);
-        let add = Set::new(lock_key(key), &token[..]).add().ttl(self.ttl(ttl));
+        let add = Set::new(lock_key(key), &token[..]).add().ttl(self.lease(ttl));
         let results = pool.run(home, vec![Op::from(add)]).await?;
         Ok(matches!(results.first(), Some(OpResult::Mutation(m)) if m.applied()))
     }
