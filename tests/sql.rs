@@ -1353,3 +1353,64 @@ async fn max_entries_is_bounded_by_default_and_its_url_parameter_is_checked() {
         );
     }
 }
+
+/// A value written over an invalidated row just after the invalidation
+/// outlives the invalidation's background purge, which deletes only rows
+/// older than the invalidation. The purge used to re-check only the key of
+/// a row rewritten while it ran (PostgreSQL re-reads a concurrently updated
+/// row against the outer `WHERE`, and the epoch test was in a subquery), so
+/// it deleted the new value: a lost write, and two concurrent `add`s of one
+/// key could both return `true` (the conformance suite's add race caught it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_just_after_an_invalidation_outlive_its_purge() {
+    let pg = Postgres::start();
+    let cache = Cache::builder()
+        .namespace("purge")
+        .op_timeout(Duration::from_secs(10))
+        .backend(SqlBackend::new(SqlConfig::new(pg.url())).unwrap())
+        .build()
+        .unwrap();
+    let ttl = Duration::from_secs(600);
+    let rows: Vec<(String, String)> = (0..20_000)
+        .map(|i| (format!("p:{i:05}"), "old".to_owned()))
+        .collect();
+    let pairs: Vec<(&str, &str)> = rows.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    cache.set_many(&pairs, ttl).await.unwrap();
+    cache.invalidate_prefix("p:").await.unwrap();
+    // Rewrite every 50th row while the purge walks the prefix: half by
+    // `add` (over an invalidated row, it stores), half by `set`.
+    let rewritten: Vec<String> = (0..20_000).step_by(50).map(|i| format!("p:{i:05}")).collect();
+    let writes = rewritten.iter().enumerate().map(|(n, key)| {
+        let cache = cache.clone();
+        async move {
+            if n % 2 == 0 {
+                assert!(cache.add(key, "new", ttl).await.unwrap(), "{key}: add refused");
+            } else {
+                cache.set(key, "new", ttl).await.unwrap();
+            }
+        }
+    });
+    futures::future::join_all(writes).await;
+    // The purge is done when no row it should delete is left.
+    let admin = admin(&pg).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left: i64 = sqlx::query("SELECT COUNT(*) FROM cache_entries")
+            .fetch_one(&admin)
+            .await
+            .unwrap()
+            .get(0);
+        if left <= rewritten.len() as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the purge left {left} rows");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut lost = Vec::new();
+    for key in &rewritten {
+        if cache.get::<String>(key).await.unwrap().as_deref() != Some("new") {
+            lost.push(key.as_str());
+        }
+    }
+    assert!(lost.is_empty(), "the purge deleted {} rewritten rows: {lost:?}", lost.len());
+}

@@ -263,12 +263,18 @@ impl Statements {
             // those written under an older epoch (a value computed after it
             // stays). In key order from where the last batch ended, so no
             // batch walks again over the dead rows of the ones before.
+            //
+            // The epoch test is repeated outside the subquery: PostgreSQL
+            // re-reads a row that a write changed while the DELETE waited
+            // for it against the outer WHERE only, so without it the purge
+            // deleted a value written just after the invalidation (a lost
+            // write, and two `add`s of one key could both store).
             purge: format!(
                 "DELETE FROM {t} WHERE key IN (SELECT key FROM {t} \
-                 WHERE key >= {from} AND ({to} IS NULL OR key < {to}) AND epoch < {} \
-                 ORDER BY key LIMIT {}) RETURNING key",
-                p(3),
+                 WHERE key >= {from} AND ({to} IS NULL OR key < {to}) AND epoch < {e} \
+                 ORDER BY key LIMIT {}) AND epoch < {e} RETURNING key",
                 p(4),
+                e = p(3),
                 from = p(1),
                 to = if pg { "$2::text".to_owned() } else { p(2) },
             ),
@@ -287,11 +293,15 @@ impl Statements {
                 p(1),
                 p(2)
             ),
+            // The expiry test outside the subquery too, as in `purge`: a
+            // row written again while the sweep waited for it is not
+            // expired any more.
             sweep: format!(
                 "DELETE FROM {t} WHERE key IN \
-                 (SELECT key FROM {t} WHERE expires_at <= {} LIMIT {})",
-                now(1),
-                p(2)
+                 (SELECT key FROM {t} WHERE expires_at <= {now} LIMIT {}) \
+                 AND expires_at <= {now}",
+                p(2),
+                now = now(1),
             ),
             sweep_locks: format!("DELETE FROM {t}_locks WHERE expires_at <= {}", now(1)),
             // The horizon: `max_ttl` ($2) before now.

@@ -134,10 +134,12 @@ impl Shared {
                 let Some(shared) = weak.upgrade() else { return };
                 match shared.purge_batch(&from, to.as_deref(), epoch).await {
                     Ok(keys) => {
-                        let full = keys.len() as i64 >= PURGE_BATCH;
+                        // Until a batch deletes nothing: a batch can delete
+                        // fewer than it picked (rows written again while it
+                        // ran stay), so a short one is not the last.
                         match keys.into_iter().max() {
-                            Some(last) if full => from = last,
-                            _ => return,
+                            Some(last) => from = last,
+                            None => return,
                         }
                         tokio::task::yield_now().await;
                     }
