@@ -92,7 +92,11 @@ async fn an_entry_lives_its_ttl_whatever_the_phase_of_the_servers_clock() {
         }
     });
     for (i, before, after) in futures::future::join_all(writes).await {
-        assert_eq!(before, Some(i), "write {i} was gone 600 ms into its 1 s TTL");
+        assert_eq!(
+            before,
+            Some(i),
+            "write {i} was gone 600 ms into its 1 s TTL"
+        );
         assert_eq!(after, None, "write {i} was still served after its 1 s TTL");
     }
 }

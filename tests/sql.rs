@@ -1379,12 +1379,18 @@ async fn writes_just_after_an_invalidation_outlive_its_purge() {
     cache.invalidate_prefix("p:").await.unwrap();
     // Rewrite every 50th row while the purge walks the prefix: half by
     // `add` (over an invalidated row, it stores), half by `set`.
-    let rewritten: Vec<String> = (0..20_000).step_by(50).map(|i| format!("p:{i:05}")).collect();
+    let rewritten: Vec<String> = (0..20_000)
+        .step_by(50)
+        .map(|i| format!("p:{i:05}"))
+        .collect();
     let writes = rewritten.iter().enumerate().map(|(n, key)| {
         let cache = cache.clone();
         async move {
             if n % 2 == 0 {
-                assert!(cache.add(key, "new", ttl).await.unwrap(), "{key}: add refused");
+                assert!(
+                    cache.add(key, "new", ttl).await.unwrap(),
+                    "{key}: add refused"
+                );
             } else {
                 cache.set(key, "new", ttl).await.unwrap();
             }
@@ -1412,5 +1418,9 @@ async fn writes_just_after_an_invalidation_outlive_its_purge() {
             lost.push(key.as_str());
         }
     }
-    assert!(lost.is_empty(), "the purge deleted {} rewritten rows: {lost:?}", lost.len());
+    assert!(
+        lost.is_empty(),
+        "the purge deleted {} rewritten rows: {lost:?}",
+        lost.len()
+    );
 }

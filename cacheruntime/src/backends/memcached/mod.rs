@@ -282,7 +282,9 @@ impl MemcachedBackend {
     async fn run_lock(&self, key: &str, token: Bytes, ttl: Duration) -> Result<bool, Error> {
         let pool = self.pool().await?;
         let home = pool.ring().first(key);
-        let add = Set::new(lock_key(key), &token[..]).add().ttl(self.lease(ttl));
+        let add = Set::new(lock_key(key), &token[..])
+            .add()
+            .ttl(self.lease(ttl));
         let results = pool.run(home, vec![Op::from(add)]).await?;
         Ok(matches!(results.first(), Some(OpResult::Mutation(m)) if m.applied()))
     }
