@@ -20,6 +20,8 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "conformance/dogpile.rs"]
+mod dogpile;
 #[path = "conformance/history.rs"]
 mod history;
 #[path = "conformance/lowlevel.rs"]
@@ -139,6 +141,7 @@ conformance! {
         direct_reads_see_tag_invalidations,
         invalidate_tag_fences_a_computation_in_flight,
         stale_if_error_never_serves_a_value_whose_tag_was_invalidated,
+        cold_key_is_computed_once_and_leaves_no_lock,
     ],
     alone: [history],
 }

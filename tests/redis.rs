@@ -996,7 +996,11 @@ async fn a_slow_link_costs_a_call_one_op_timeout_at_most() {
         .build()
         .unwrap();
     let policy = Policy::new().ttl(Duration::from_secs(60));
-    // Connected, and the key's counters made, while the link is fast.
+    // Connected, the scripts of a cold miss loaded, and the key's counters
+    // made, while the link is fast.
+    let _: u32 = cache
+        .get_or_compute("slow:0", &policy, || async { 0 })
+        .await;
     assert_eq!(cache.get::<u32>("slow:1").await.unwrap(), None);
     proxy.set_delay(Duration::from_millis(90));
     let started = Instant::now();
@@ -1242,4 +1246,175 @@ async fn tls_insecure_connects_to_a_self_signed_server_of_another_name_and_warns
         "warned at connect"
     );
     assert!(logs.has(server.port, "tls_pin_sha256"), "names the fix");
+}
+
+/// The commands clients send a Redis server (not those its scripts run),
+/// seen through `redis-cli monitor`.
+struct Monitor {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Monitor {
+    fn start(server: &RedisServer) -> Monitor {
+        use std::io::BufRead;
+        let port = server.url().rsplit(':').next().unwrap().to_owned();
+        let mut child = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port, "monitor"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run redis-cli monitor (redis-tools)");
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        // Attached once it said OK.
+        let first = lines.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(first.trim(), "OK");
+        Monitor { child, lines }
+    }
+
+    /// The client commands seen since the last call, up to a marker this
+    /// sends through `con`: each as its name and first key.
+    async fn commands(&self, con: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let marker = format!("marker-{}", N.fetch_add(1, Ordering::SeqCst));
+        let _: String = redis::cmd("ECHO")
+            .arg(&marker)
+            .query_async(con)
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let line = self.lines.recv_timeout(Duration::from_secs(10)).unwrap();
+            if line.contains(&marker) {
+                return seen;
+            }
+            // `1700000000.123456 [0 127.0.0.1:54321] "MGET" "v:{a}..." ...`;
+            // a script's own commands show `[0 lua]`.
+            if line.contains(" lua]") {
+                continue;
+            }
+            let words: Vec<&str> = line.split("] ").nth(1).unwrap_or("").split(' ').collect();
+            seen.push(words.iter().take(2).copied().collect::<Vec<_>>().join(" "));
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cached(key = "feed:{id}", ttl = 600, cache = cache)]
+async fn cold_feed(cache: &Cache, id: u32) -> String {
+    format!("feed {id}")
+}
+
+/// A cold miss costs two round trips: the read, which takes the key's lock
+/// as it finds no entry (creating a never-seen key's counter too), and the
+/// write, which releases the lock. Before: a read, the counter's creation,
+/// the lock, a look at the entry, the write and the unlock (six calls; five
+/// for a key whose counter exists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_miss_costs_two_round_trips_the_read_that_locks_and_the_write_that_unlocks() {
+    let server = RedisServer::start();
+    let cache = cache_on(&server.url());
+    let mut con = raw(&server.url()).await;
+    // Connected, the eviction check made and every script loaded.
+    assert_eq!(cold_feed(&cache, 0).await, "feed 0");
+    cache.delete("feed:0").await.unwrap();
+    assert_eq!(cold_feed(&cache, 0).await, "feed 0");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let monitor = Monitor::start(&server);
+    monitor.commands(&mut con).await;
+
+    assert_eq!(cold_feed(&cache, 1).await, "feed 1");
+    // Anything left to the background would show up by now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let never_seen = monitor.commands(&mut con).await;
+    assert_eq!(
+        never_seen.len(),
+        2,
+        "a never-seen key: the read that locks, the write that unlocks; got {never_seen:?}"
+    );
+    assert!(
+        never_seen.iter().all(|c| c.starts_with("\"EVALSHA\"")),
+        "{never_seen:?}"
+    );
+
+    cache.delete("feed:1").await.unwrap();
+    monitor.commands(&mut con).await;
+    assert_eq!(cold_feed(&cache, 1).await, "feed 1");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let again = monitor.commands(&mut con).await;
+    assert_eq!(
+        again.len(),
+        2,
+        "a deleted key: the read that locks, the write that unlocks; got {again:?}"
+    );
+    // And the value is stored and the lock gone.
+    assert_eq!(monitor.commands(&mut con).await.len(), 0);
+    assert_eq!(cold_feed(&cache, 1).await, "feed 1");
+    assert_eq!(cache.stats().hits, 1, "{:?}", cache.stats());
+    let keys = all_keys(&mut con).await;
+    assert!(
+        !keys.iter().any(|k| k.starts_with("l:")),
+        "a lock was left: {keys:?}"
+    );
+}
+
+#[cached(key = "flaky:{id}", ttl = 600, cache = cache, skip = runs)]
+async fn flaky(cache: &Cache, id: u32, runs: &AtomicUsize) -> Result<String, Upstream> {
+    runs.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Err(Upstream(format!("upstream down for {id}")))
+}
+
+/// The read of a cold key takes its lock, and the caller whose read took
+/// it may end up waiting on another caller's computation in its process:
+/// the lock is then released when that computation ends, stored or not,
+/// so no process waits out the lock's TTL for a value that never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_a_waiters_read_took_is_released_when_the_flight_ends() {
+    let server = RedisServer::start();
+    let a = cache_on(&server.url());
+    let b = cache_on(&server.url());
+    let mut con = raw(&server.url()).await;
+    let runs = AtomicUsize::new(0);
+    for round in 0..20 {
+        let calls = (0..16).map(|_| flaky(&a, round, &runs));
+        for out in futures::future::join_all(calls).await {
+            assert!(out.is_err());
+        }
+        // Released within a moment (in the background), not left to its
+        // 10 s TTL.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let keys = all_keys(&mut con).await;
+            if !keys.iter().any(|k| k.starts_with("l:")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: a lock was left: {keys:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Another handle computes at once.
+        let started = Instant::now();
+        assert!(flaky(&b, round, &runs).await.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "round {round}: the other handle waited {:?}",
+            started.elapsed()
+        );
+    }
 }

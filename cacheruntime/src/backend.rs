@@ -9,114 +9,15 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use crate::ticket::Ticket;
 use crate::Error;
 
 /// A boxed, `Send` future, the return type of [`Backend`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// What a backend knew about its invalidation state when it answered a read.
-///
-/// A miss hands the ticket to the writer, which stores the computed value
-/// *under that state*: if a prefix covering the key was invalidated, or the
-/// key deleted, while the value was being computed, the entry is never
-/// visible. This is what makes `invalidate_prefix` and `delete` safe against
-/// concurrent writers: no entry computed before either returned is served
-/// after it.
-///
-/// Tickets also decide who may share a computation: a caller is handed the
-/// value of a computation already running only if that computation's read
-/// saw every invalidation of the key that the caller's own read saw
-/// ([`covers`](Ticket::covers)).
-///
-/// Backends choose what a ticket holds: the memory store a sequence number,
-/// SQL a sequence number and the newest invalidation of the key, Redis and
-/// Memcached the generations of the key and its prefixes.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Ticket(TicketRepr);
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum TicketRepr {
-    Seq(u64),
-    Scoped { seq: u64, scope: u64 },
-    Tag(Arc<str>),
-}
-
-impl Ticket {
-    /// A ticket holding a store-wide sequence number that only grows.
-    pub fn seq(n: u64) -> Self {
-        Ticket(TicketRepr::Seq(n))
-    }
-
-    /// A store-wide sequence number for writes, and `scope`: a number that
-    /// grows with every invalidation or delete reaching this key, and only
-    /// with those. Two reads of a key with the same scope saw the same
-    /// invalidations of it, whatever happened elsewhere in the store.
-    pub fn scoped(seq: u64, scope: u64) -> Self {
-        Ticket(TicketRepr::Scoped { seq, scope })
-    }
-
-    /// A ticket holding a text tag: `.`-separated numbers that only grow
-    /// (generations), or any text compared for equality.
-    pub fn tag(tag: impl Into<Arc<str>>) -> Self {
-        Ticket(TicketRepr::Tag(tag.into()))
-    }
-
-    /// The sequence number, if this is one.
-    pub fn as_seq(&self) -> Option<u64> {
-        match &self.0 {
-            TicketRepr::Seq(n) | TicketRepr::Scoped { seq: n, .. } => Some(*n),
-            TicketRepr::Tag(_) => None,
-        }
-    }
-
-    /// The tag, if this is one.
-    pub fn as_tag(&self) -> Option<&str> {
-        match &self.0 {
-            TicketRepr::Tag(t) => Some(t),
-            _ => None,
-        }
-    }
-
-    /// Whether a read under `self` saw every invalidation of the key that a
-    /// read under `other` saw, so that a value computed after the `self`
-    /// read may be handed to the `other` reader.
-    ///
-    /// Sequence numbers compare as numbers, scopes as numbers, tags number
-    /// by number when both are `.`-separated numbers of the same length
-    /// (generations), and otherwise only equal tags cover each other.
-    pub fn covers(&self, other: &Ticket) -> bool {
-        match (&self.0, &other.0) {
-            (TicketRepr::Seq(a), TicketRepr::Seq(b)) => a >= b,
-            (TicketRepr::Scoped { scope: a, .. }, TicketRepr::Scoped { scope: b, .. }) => a >= b,
-            (TicketRepr::Tag(a), TicketRepr::Tag(b)) => a == b || generations_cover(a, b),
-            _ => false,
-        }
-    }
-}
-
-/// `a` and `b` are `.`-separated decimal numbers of the same count, and
-/// each of `a`'s is at least `b`'s.
-fn generations_cover(a: &str, b: &str) -> bool {
-    let number = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
-    let (mut xs, mut ys) = (a.split('.'), b.split('.'));
-    loop {
-        match (xs.next(), ys.next()) {
-            (None, None) => return true,
-            (Some(x), Some(y)) if number(x) && number(y) => {
-                let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
-                if (x.len(), x) < (y.len(), y) {
-                    return false;
-                }
-            }
-            _ => return false,
-        }
-    }
-}
 
 /// The answer to a read.
 #[derive(Clone, Debug)]
@@ -419,6 +320,106 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
             })
         })
     }
+
+    /// Takes the lock for `key` as [`set_if_absent`](Backend::set_if_absent)
+    /// does, and reads the entry as [`get`](Backend::get) does; returns
+    /// whether the lock was taken, and the read, or `None` if the read
+    /// failed after the lock was taken (the caller holds it and must release
+    /// it).
+    ///
+    /// A cold miss takes the lock and must then look at the entry, since the
+    /// holder before it may have stored the value between its miss and its
+    /// lock; a caller waiting for a lock wants the value as soon as it is
+    /// there. Both are one question. The default asks it in two calls; a
+    /// store that can answer in one round trip (the Redis store: one
+    /// script) overrides it.
+    ///
+    /// A store that takes locks in [`get_or_lock`](Backend::get_or_lock)
+    /// must count a lock already held with `token` as taken here too: the
+    /// token is one per cache handle, and the caller that leads a key's
+    /// computation need not be the one whose read took its lock.
+    fn lock_and_get<'a>(
+        &'a self,
+        key: &'a str,
+        token: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(bool, Option<Lookup>), Error>> {
+        Box::pin(lock_then_get(self, key, token, ttl))
+    }
+
+    /// Reads `key` as [`get`](Backend::get) does and, when no live entry is
+    /// there, takes the lock for `key` with `token` as
+    /// [`set_if_absent`](Backend::set_if_absent) does, in the same round
+    /// trip; `true` when the lock is held with `token` after the call (a
+    /// lock already held with it counts).
+    ///
+    /// So that a cold miss costs two round trips: this, then
+    /// [`set_and_unlock`](Backend::set_and_unlock). The default only reads
+    /// (`false`): the cache then takes the lock in a call of its own when
+    /// it leads the computation.
+    fn get_or_lock<'a>(
+        &'a self,
+        key: &'a str,
+        _token: Bytes,
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<(Lookup, bool), Error>> {
+        Box::pin(async move { Ok((self.get(key).await?, false)) })
+    }
+
+    /// Stores `value` as [`set`](Backend::set) does, then releases the lock
+    /// `token` holds on `key` as [`delete_if_equals`](Backend::delete_if_equals)
+    /// does. `Err` if the write failed (the lock may still be held);
+    /// otherwise whether the release is done (`false`: the store failed to
+    /// answer it, and the caller retries). A lock held by another token is
+    /// left alone, and counts as released.
+    ///
+    /// The end of every cold miss that held the lock. The default makes two
+    /// calls; a store that can do both in one round trip (the Redis store:
+    /// one script) overrides it.
+    fn set_and_unlock<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&'a Ticket>,
+        token: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(set_then_unlock(self, key, value, ttl, ticket, token))
+    }
+}
+
+/// [`Backend::lock_and_get`] in two calls, for stores that have no one
+/// round trip for it.
+pub(crate) async fn lock_then_get<B: Backend + ?Sized>(
+    backend: &B,
+    key: &str,
+    token: Bytes,
+    ttl: Duration,
+) -> Result<(bool, Option<Lookup>), Error> {
+    let taken = backend.set_if_absent(key, token, ttl).await?;
+    match backend.get(key).await {
+        Ok(found) => Ok((taken, Some(found))),
+        Err(_) if taken => Ok((true, None)),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`Backend::set_and_unlock`] in two calls, for stores that have no one
+/// round trip for it.
+pub(crate) async fn set_then_unlock<B: Backend + ?Sized>(
+    backend: &B,
+    key: &str,
+    value: Bytes,
+    ttl: Duration,
+    ticket: Option<&Ticket>,
+    token: &[u8],
+) -> Result<bool, Error> {
+    backend.set(key, value, ttl, ticket).await?;
+    Ok(match backend.delete_if_equals(key, token).await {
+        // A backend that cannot release early leaves the lock to its TTL.
+        Ok(_) | Err(Error::Unsupported { .. }) => true,
+        Err(_) => false,
+    })
 }
 
 /// A shared backend is a backend, so tests and apps can keep a handle on the
@@ -481,6 +482,32 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
         ticket: Option<&'a Ticket>,
     ) -> BoxFuture<'a, Result<bool, Error>> {
         (**self).compare_and_set(key, expected, value, ttl, ticket)
+    }
+    fn lock_and_get<'a>(
+        &'a self,
+        key: &'a str,
+        token: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(bool, Option<Lookup>), Error>> {
+        (**self).lock_and_get(key, token, ttl)
+    }
+    fn set_and_unlock<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&'a Ticket>,
+        token: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        (**self).set_and_unlock(key, value, ttl, ticket, token)
+    }
+    fn get_or_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(Lookup, bool), Error>> {
+        (**self).get_or_lock(key, token, ttl)
     }
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Lookup>, Error>> {
         (**self).get_many(keys)

@@ -128,6 +128,10 @@ pub(crate) struct Engine {
     /// Keys an expired value was served for after a failed computation
     /// (`stale_if_error`), each logged once (up to [`KEPT_LOGGED`] keys).
     kept_logged: dashmap::DashMap<Box<str>, ()>,
+    /// What this engine's cold-miss locks hold: one token for the whole
+    /// engine, so that whichever of its callers leads a key's computation
+    /// holds the lock another of its callers' reads took (see `lock.rs`).
+    pub(crate) lock_token: Bytes,
 }
 
 /// How many keys `stale_if_error` logs by name; past that, only counted.
@@ -174,8 +178,13 @@ impl Engine {
         };
         let verify = p.store.is_shared();
         let max_ttl = p.store.backend().max_ttl();
+        let id = IDS.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         Engine {
-            id: IDS.fetch_add(1, Ordering::Relaxed),
+            id,
+            lock_token: Bytes::from(format!("{}-{nanos}-e{id}", std::process::id())),
             store: p.store,
             namespace: namespace.into_boxed_str(),
             op_timeout: p.op_timeout,

@@ -16,32 +16,20 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use serde::de::DeserializeOwned;
-
 use crate::backend::Ticket;
 use crate::engine::{Answer, Engine};
-use crate::entry::{Accept, Due, Source, Typed};
+use crate::entry::{Due, Source, Typed};
 use crate::flight::{self, Landing, LeaderGuard, Role, Seen};
 use crate::guarded::Budget;
-use crate::lock::Contended;
+use crate::lock::{Contended, HeldLock};
 use crate::memo::Memo;
 use crate::outcome::Outcome;
 use crate::policy::Policy;
+use crate::read::{Fast, Read};
 use crate::refresh::RefreshJob;
 use crate::site::Site;
 use crate::stamp::Stamp;
 use crate::Error;
-
-/// What a read of the store found.
-pub(crate) enum Read<V> {
-    Hit(V),
-    /// Servable, and due for a refresh (stale, or picked by early refresh).
-    Refresh(V, Option<Ticket>, Due),
-    Miss(Option<Ticket>),
-    /// Nothing servable, but an expired value kept for a caller whose
-    /// computation fails (`stale_if_error`); otherwise a miss.
-    Fallback(V, Option<Ticket>),
-}
 
 /// What one get-or-compute call knows about its value.
 pub(crate) struct Call<'p, V> {
@@ -94,20 +82,6 @@ enum Stored {
     /// The read failed (no ticket to write under) or used half the call's
     /// store budget: the value is only returned (and shared in process).
     Never,
-}
-
-/// What the synchronous in-process read found.
-pub(crate) enum Fast<V> {
-    /// A live entry, decoded (and already counted as a hit).
-    Hit(V),
-    /// A servable entry due for a background refresh, with the read's ticket.
-    Refresh(V, Option<Ticket>, Due),
-    /// Nothing usable; the ticket of the read.
-    Miss(Option<Ticket>),
-    /// As [`Read::Fallback`].
-    Fallback(V, Option<Ticket>),
-    /// The store is remote: read it asynchronously.
-    Remote,
 }
 
 impl Engine {
@@ -180,7 +154,16 @@ impl Engine {
                 tell(answer);
             }
         };
+        // On a shared store with locks, the read takes the key's lock where
+        // no live entry is (one round trip for both).
+        let lock_on_read = (inner.store.is_shared()
+            && inner.store.backend().supports_locks()
+            && !self.unreadable(typed.fp))
+        .then_some(policy.lock_ttl);
         loop {
+            // The lock this call's read took: the leader's to release with
+            // its write, a waiter's to keep until the flight it joined ends.
+            let mut read_lock = None;
             let read = match first.take() {
                 // Counted where it was read.
                 Some(Fast::Hit(v)) => return O::from_cached(v),
@@ -188,8 +171,18 @@ impl Engine {
                 Some(Fast::Miss(ticket)) => Ok(Read::Miss(ticket)),
                 Some(Fast::Fallback(v, ticket)) => Ok(Read::Fallback(v, ticket)),
                 Some(Fast::Remote) | None => {
-                    self.read::<O::Value>(key, accept, memo, Some(policy), &mut budget)
-                        .await
+                    let (read, lock) = self
+                        .read_with::<O::Value>(
+                            key,
+                            accept,
+                            memo,
+                            Some(policy),
+                            &mut budget,
+                            lock_on_read,
+                        )
+                        .await;
+                    read_lock = lock;
+                    read
                 }
             };
             // Whether the store answered. A failed read left no ticket (no
@@ -272,7 +265,15 @@ impl Engine {
                         Stored::Never
                     };
                     let out = self
-                        .lead(guard, key, stored, policy, &typed, compute, &mut budget)
+                        .lead(
+                            guard,
+                            key,
+                            (stored, read_lock),
+                            policy,
+                            &typed,
+                            compute,
+                            &mut budget,
+                        )
                         .await;
                     return self
                         .or_kept(key, out, &typed, memo, policy, &mut budget)
@@ -282,12 +283,21 @@ impl Engine {
                     inner.counters.computations.incr();
                     let compute = compute.take().expect("computed at most once");
                     let out = compute.await;
+                    // Re-entered from the computation of this key: the lock
+                    // is released after ours (that one's write releases it
+                    // too).
+                    drop(read_lock);
                     return self
                         .or_kept(key, out, &typed, memo, policy, &mut budget)
                         .await;
                 }
                 Role::Waiter(rx) => {
                     inner.counters.coalesced.incr();
+                    // Released once the leader has stored, not before:
+                    // another process would take it and compute again.
+                    if let Some(lock) = read_lock {
+                        rx.keep_until_end(Box::new(lock));
+                    }
                     match flight::wait(rx).await {
                         Some(Landing::Entry(bytes)) => {
                             match inner.sealer.open_checked::<O::Value>(
@@ -329,7 +339,7 @@ impl Engine {
     /// Read again rather than remembered from before the computation: an
     /// invalidation or delete that returned meanwhile must hide it.
     async fn or_kept<O: Outcome>(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         out: O,
         typed: &Typed,
@@ -374,7 +384,7 @@ impl Engine {
         self: &Arc<Self>,
         guard: LeaderGuard<'_>,
         key: &str,
-        stored: Stored,
+        (stored, read_lock): (Stored, Option<HeldLock>),
         policy: &Policy,
         typed: &Typed,
         compute: F,
@@ -389,13 +399,16 @@ impl Engine {
         // wait for its value (in-process callers already wait on `guard`).
         // The lock is released when this future ends however it ends:
         // returned, cancelled, or unwound by a panicking computation.
-        let mut lock = None;
-        // The lock, the look that follows it and the write: the lock only
-        // if what is left covers all three (the write matters more).
-        if inner.store.is_shared()
+        let mut lock = read_lock;
+        // Taken by the read, which saw no live entry: nothing to look at.
+        // Otherwise the lock (with the look at the entry that comes with
+        // it) and the write: the lock only if what is left covers both (the
+        // write matters more).
+        if lock.is_none()
+            && inner.store.is_shared()
             && matches!(stored, Stored::Under(_))
             && !self.unreadable(typed.fp)
-            && budget.affords(3)
+            && budget.affords(2)
         {
             match self
                 .lock_or_value::<O::Value>(key, typed.accept(), policy.lock_ttl, budget)
@@ -423,115 +436,22 @@ impl Engine {
                 // get the value now; the guard's drop ends the flight.
                 guard.publish(Landing::Entry(bytes.clone()));
                 if let (Stored::Under(ticket), Some(left)) = (stored, budget.left()) {
-                    self.store(key, bytes, ttl, ticket, left).await;
+                    match lock.take() {
+                        // The write releases the lock in the same store call.
+                        Some(held) => {
+                            self.store_unlocking(key, bytes, ttl, ticket, left, held)
+                                .await
+                        }
+                        None => self.store(key, bytes, ttl, ticket, left).await,
+                    }
                 }
             }
             None => guard.publish(Landing::Nothing),
         }
-        // Released in the background (after the write above): the caller
-        // has its value and need not wait for the store.
+        // A lock not released by a write: released in the background, the
+        // caller has its value and need not wait for the store.
         drop(lock);
         out
-    }
-
-    /// Reads and opens an entry. Store failures are returned; undecodable
-    /// entries are misses (counted in `decode_failures`). Not counted as a
-    /// call's answer: the caller does that.
-    pub(crate) async fn read<V: DeserializeOwned>(
-        &self,
-        key: &str,
-        fp: Accept,
-        memo: Memo<V>,
-        policy: Option<&Policy>,
-        budget: &mut Budget,
-    ) -> Result<Read<V>, Error> {
-        let inner = self;
-        if !inner.enabled() {
-            return Ok(Read::Miss(None));
-        }
-        match self.local_read::<V, false>(key, fp, None, memo, policy) {
-            Fast::Hit(v) => return Ok(Read::Hit(v)),
-            Fast::Refresh(v, ticket, due) => return Ok(Read::Refresh(v, ticket, due)),
-            Fast::Miss(ticket) => return Ok(Read::Miss(ticket)),
-            Fast::Fallback(v, ticket) => return Ok(Read::Fallback(v, ticket)),
-            Fast::Remote => {}
-        }
-        let backend = inner.store.backend();
-        // A retried read of a call that spent its budget: as if the store
-        // timed out.
-        let timeout = budget.left().ok_or(Error::Timeout {
-            backend: backend.name(),
-            timeout: inner.op_timeout,
-        })?;
-        let started = Instant::now();
-        let found = self.guarded_for("get", timeout, || backend.get(key)).await;
-        budget.spend(started);
-        let lookup = found?;
-        if let Some(bytes) = lookup.value {
-            match inner
-                .sealer
-                .open_checked::<V>(&bytes, fp, policy, Source::Store(key))
-            {
-                Ok(Some((v, due))) => {
-                    if !fp.knows_tags() && !self.tags_hold(&bytes).await? {
-                        return Ok(Read::Miss(lookup.ticket));
-                    }
-                    return Ok(match due {
-                        Due::No => Read::Hit(v),
-                        Due::Early(_) | Due::Stale(_) => Read::Refresh(v, lookup.ticket, due),
-                        Due::IfError(_) => Read::Fallback(v, lookup.ticket),
-                    });
-                }
-                Ok(None) => {}
-                Err(e) => self.failed("decode", &e),
-            }
-        }
-        Ok(Read::Miss(lookup.ticket))
-    }
-
-    /// The synchronous read of in-process stores; `Fast::Remote` for others.
-    /// With `HIT_IS_ANSWER` a fresh hit is counted here as the call's answer
-    /// (the `#[cached]` fast path returns it at once); otherwise nothing is
-    /// counted, and the caller counts.
-    #[inline]
-    pub(crate) fn local_read<V: DeserializeOwned, const HIT_IS_ANSWER: bool>(
-        &self,
-        key: &str,
-        fp: Accept,
-        site: Option<&'static Site>,
-        memo: Memo<V>,
-        policy: Option<&Policy>,
-    ) -> Fast<V> {
-        let inner = self;
-        let Some(memory) = inner.store.memory() else {
-            return Fast::Remote;
-        };
-        let found = memory.local(key);
-        if let Some(entry) = found.entry {
-            match inner.sealer.open_local(&entry, fp, memo, policy) {
-                // The direct reads (never the `#[cached]` hit path, which
-                // knows its tags) check an entry's tokens.
-                Ok(Some(_))
-                    if !HIT_IS_ANSWER
-                        && !fp.knows_tags()
-                        && !self.tags_hold_local(memory, entry.bytes()) => {}
-                Ok(Some((v, due))) => {
-                    return match due {
-                        Due::No => {
-                            if HIT_IS_ANSWER {
-                                self.tally(site, Answer::Hit);
-                            }
-                            Fast::Hit(v)
-                        }
-                        Due::Early(_) | Due::Stale(_) => Fast::Refresh(v, Some(found.ticket), due),
-                        Due::IfError(_) => Fast::Fallback(v, Some(found.ticket)),
-                    };
-                }
-                Ok(None) => {}
-                Err(e) => self.failed("decode", &e),
-            }
-        }
-        Fast::Miss(Some(found.ticket))
     }
 
     /// Starts a background refresh of `key` unless one already runs in this

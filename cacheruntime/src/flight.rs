@@ -46,7 +46,6 @@ pub(crate) enum Landing {
     Abandoned,
 }
 
-#[derive(Debug)]
 pub(crate) struct Flight {
     /// The invalidation state the leader's read saw (`None`: the store
     /// gives no tickets).
@@ -54,9 +53,35 @@ pub(crate) struct Flight {
     state: Mutex<Landing>,
     notify: Notify,
     waiters: AtomicUsize,
+    /// What waiters left to be dropped when the flight ends (a store lock
+    /// a waiter's read took: released once the leader has stored); `None`
+    /// once it ended.
+    kept: Mutex<Option<Vec<Box<dyn Send>>>>,
+}
+
+impl std::fmt::Debug for Flight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flight")
+            .field("ticket", &self.ticket)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Flight {
+    /// Keeps `thing` until the flight ends (the leader's guard drops, after
+    /// its write), or drops it now if the flight has ended.
+    pub(crate) fn keep_until_end(&self, thing: Box<dyn Send>) {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        match kept.as_mut() {
+            Some(kept) => kept.push(thing),
+            None => {
+                drop(kept);
+                drop(thing);
+            }
+        }
+    }
+
     fn land(&self, landing: Landing, only_if_pending: bool) {
         {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,6 +150,7 @@ impl Flights {
                 state: Mutex::new(Landing::Pending),
                 notify: Notify::new(),
                 waiters: AtomicUsize::new(0),
+                kept: Mutex::new(Some(Vec::new())),
             });
             let guard = LeaderGuard {
                 flights,
@@ -196,6 +222,13 @@ impl Drop for LeaderGuard<'_> {
             .map
             .remove_if(&self.key, |_, f| Arc::ptr_eq(f, &self.flight));
         self.flight.land(Landing::Abandoned, true);
+        let kept = self
+            .flight
+            .kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(kept);
     }
 }
 

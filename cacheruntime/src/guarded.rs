@@ -127,12 +127,7 @@ impl Engine {
         ticket: Option<Ticket>,
         timeout: Duration,
     ) -> Result<(), Error> {
-        if bytes.len() > self.max_entry_bytes {
-            return Err(Error::TooLarge {
-                size: bytes.len(),
-                limit: self.max_entry_bytes,
-            });
-        }
+        self.check_size(&bytes)?;
         // The memory store cannot block: no timer for it.
         if let Some(memory) = self.store.memory() {
             return memory.store(key, bytes, ttl, ticket.as_ref());
@@ -142,6 +137,39 @@ impl Engine {
             backend.set(key, bytes, ttl, ticket.as_ref())
         })
         .await
+    }
+
+    /// As [`write`](Self::write), then the release of the lock `token`
+    /// holds on `key`, in one store call where the store allows
+    /// ([`Backend::set_and_unlock`]): whether the release is done. Only
+    /// shared stores take locks.
+    ///
+    /// [`Backend::set_and_unlock`]: crate::Backend::set_and_unlock
+    pub(crate) async fn write_unlocking(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        ttl: Duration,
+        ticket: Option<Ticket>,
+        timeout: Duration,
+        token: &[u8],
+    ) -> Result<bool, Error> {
+        self.check_size(&bytes)?;
+        let backend = self.store.backend();
+        self.guarded_for("set", timeout, || {
+            backend.set_and_unlock(key, bytes, ttl, ticket.as_ref(), token)
+        })
+        .await
+    }
+
+    fn check_size(&self, bytes: &Bytes) -> Result<(), Error> {
+        if bytes.len() > self.max_entry_bytes {
+            return Err(Error::TooLarge {
+                size: bytes.len(),
+                limit: self.max_entry_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Stores an encoded entry within `timeout`, counting (never returning)
@@ -154,14 +182,21 @@ impl Engine {
         ticket: Option<Ticket>,
         timeout: Duration,
     ) {
-        match self.write(key, bytes, ttl, ticket, timeout).await {
-            Ok(()) => {}
+        if let Err(e) = self.write(key, bytes, ttl, ticket, timeout).await {
+            self.store_failed(key, e, timeout);
+        }
+    }
+
+    /// Counts a failed write of `store` (or a cold miss's write with its
+    /// unlock) with the timeout it had.
+    pub(crate) fn store_failed(&self, key: &str, e: Error, timeout: Duration) {
+        match e {
             // The call's budget ran out, not the store: the value is simply
             // not stored this time.
-            Err(Error::Timeout { .. }) if timeout < self.op_timeout => {
+            Error::Timeout { .. } if timeout < self.op_timeout => {
                 tracing::debug!(key, "value not stored: the call's store budget ran out");
             }
-            Err(e) => self.failed("set", &e),
+            e => self.failed("set", &e),
         }
     }
 }

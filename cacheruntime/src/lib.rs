@@ -48,6 +48,7 @@ mod ops;
 mod outcome;
 mod params;
 mod policy;
+mod read;
 mod refresh;
 mod secrets;
 pub mod signing;
@@ -56,6 +57,7 @@ mod stamp;
 mod stats;
 mod swap;
 pub mod tags;
+mod ticket;
 pub mod url;
 
 #[doc(hidden)]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
+use crate::backend::{Lookup, Ticket};
 use crate::engine::Engine;
 use crate::entry::{Accept, Source};
 use crate::guarded::Budget;
@@ -118,36 +119,100 @@ fn token() -> Bytes {
 
 impl Engine {
     /// Takes the store's lock for `key` (locks live apart from entries).
-    ///
-    /// The release is armed before the request goes out: if this call is
-    /// dropped while the store takes the lock (a client timeout around the
-    /// caller), or the request times out after the store took it, the lock
-    /// is released from a spawned task rather than left to its TTL.
     pub(crate) async fn try_lock(
         self: &Arc<Self>,
         key: &str,
         ttl: Duration,
         timeout: Duration,
     ) -> LockState {
+        self.take_lock(key, token(), ttl, timeout, false).await.0
+    }
+
+    /// A get-or-compute read of `key` that also takes the key's lock for
+    /// `ttl` where no live entry is there ([`Backend::get_or_lock`]): the
+    /// read, and the lock if it is held (with the engine's token) after it.
+    /// Armed before the request goes out, as [`take_lock`](Self::take_lock).
+    ///
+    /// [`Backend::get_or_lock`]: crate::Backend::get_or_lock
+    pub(crate) async fn get_or_lock(
+        self: &Arc<Self>,
+        key: &str,
+        ttl: Duration,
+        timeout: Duration,
+    ) -> (Result<Lookup, Error>, Option<HeldLock>) {
         let backend = self.store.backend();
-        if !backend.supports_locks() {
-            return LockState::Unsupported;
+        let mut held = self.held(key, self.lock_token.clone(), ttl);
+        let found = self
+            .guarded_for("get", timeout, || {
+                backend.get_or_lock(key, held.token.clone(), ttl)
+            })
+            .await;
+        match found {
+            Ok((lookup, true)) => (Ok(lookup), Some(held)),
+            Ok((lookup, false)) => {
+                held.done = true;
+                (Ok(lookup), None)
+            }
+            Err(e) => {
+                held.done = !matches!(e, Error::Timeout { .. });
+                (Err(e), None)
+            }
         }
-        let mut held = HeldLock {
+    }
+
+    /// A lock on `key` with `token`, to be released on drop unless marked
+    /// done.
+    fn held(self: &Arc<Self>, key: &str, token: Bytes, ttl: Duration) -> HeldLock {
+        HeldLock {
             engine: Arc::clone(self),
             key: key.into(),
-            token: token(),
+            token,
             expires: Instant::now().checked_add(ttl),
             done: false,
-        };
+        }
+    }
+
+    /// Takes the store's lock for `key` with `token` and, with `read`,
+    /// reads the key's entry in the same store call ([`Backend::lock_and_get`]): the read,
+    /// if the store answered it.
+    ///
+    /// The release is armed before the request goes out: if this call is
+    /// dropped while the store takes the lock (a client timeout around the
+    /// caller), or the request times out after the store took it, the lock
+    /// is released from a spawned task rather than left to its TTL.
+    ///
+    /// [`Backend::lock_and_get`]: crate::Backend::lock_and_get
+    async fn take_lock(
+        self: &Arc<Self>,
+        key: &str,
+        token: Bytes,
+        ttl: Duration,
+        timeout: Duration,
+        read: bool,
+    ) -> (LockState, Option<Lookup>) {
+        let backend = self.store.backend();
+        if !backend.supports_locks() {
+            return (LockState::Unsupported, None);
+        }
+        let mut held = self.held(key, token, ttl);
         let taken = self
             .guarded_for("lock", timeout, || {
-                backend.set_if_absent(key, held.token.clone(), ttl)
+                let token = held.token.clone();
+                if read {
+                    backend.lock_and_get(key, token, ttl)
+                } else {
+                    Box::pin(
+                        async move { Ok((backend.set_if_absent(key, token, ttl).await?, None)) },
+                    )
+                }
             })
             .await;
         match taken {
-            Ok(true) => return LockState::Held(held),
-            Ok(false) => {}
+            Ok((true, found)) => (LockState::Held(held), found),
+            Ok((false, found)) => {
+                held.done = true;
+                (LockState::Busy, found)
+            }
             Err(e) => {
                 // A timeout shorter than the op timeout is the call's budget
                 // running out, not the store failing.
@@ -157,11 +222,9 @@ impl Engine {
                 // Only a timed-out request may still have taken the lock:
                 // for it the release goes out (on drop); not for others.
                 held.done = !matches!(e, Error::Timeout { .. });
-                return LockState::Failed;
+                (LockState::Failed, None)
             }
         }
-        held.done = true;
-        LockState::Busy
     }
 
     /// Releases our lock on `key`; `false` if the store failed to answer
@@ -184,15 +247,16 @@ impl Engine {
     }
 
     /// Takes the store's lock for a cold key, or waits for the value of
-    /// whoever holds it: polling (5 ms backing off to 100 ms) for the value
-    /// and for the lock, which a holder releases without a visible value
-    /// when its computation failed, was invalidated, cancelled or panicked.
-    /// Gives up after `bound` and computes without the lock.
+    /// whoever holds it: polling (5 ms backing off to 100 ms) for the lock,
+    /// each attempt reading the entry in the same store call (a holder may
+    /// release without a visible value: its computation failed, was
+    /// invalidated, cancelled or panicked). Gives up after `bound` and
+    /// computes without the lock.
     ///
-    /// The first attempt (and the look at the store once the lock is held)
-    /// comes out of the call's `budget`; with none left the call computes
-    /// without the lock. Polls while waiting for another process are
-    /// waiting for its computation, bounded by `bound` as a whole.
+    /// The first attempt comes out of the call's `budget`; with none left
+    /// the call computes without the lock. Polls while waiting for another
+    /// process are waiting for its computation, bounded by `bound` as a
+    /// whole.
     pub(crate) async fn lock_or_value<V: DeserializeOwned>(
         self: &Arc<Self>,
         key: &str,
@@ -217,27 +281,23 @@ impl Engine {
                 left
             };
             let started = Instant::now();
-            let state = self.try_lock(key, bound, timeout).await;
+            // The engine's token: the lock a read of another of its callers
+            // took counts as this call's (see `Engine::lock_token`).
+            let token = self.lock_token.clone();
+            let (state, found) = self.take_lock(key, token, bound, timeout, true).await;
             if waited {
                 // Waiting took the place of computing: what follows (the
-                // look, the write) gets a budget of its own.
+                // write) gets a budget of its own.
                 budget.refill();
             } else {
                 budget.spend(started);
             }
+            // A fresh value: stored by the holder before us, between our
+            // miss and this attempt, or by the holder we wait for.
+            let value = found.and_then(|found| self.fresh::<V>(key, accept, found));
             match state {
                 LockState::Held(held) => {
-                    // The holder before us may have stored the value between
-                    // our miss and our lock: look once more, if what is left
-                    // covers the look and the write.
-                    let left = match budget.left() {
-                        Some(left) if budget.affords(2) => left,
-                        _ => return Contended::Locked(held),
-                    };
-                    let started = Instant::now();
-                    let found = self.peek::<V>(key, accept, left).await;
-                    budget.spend(started);
-                    if let Some((v, bytes)) = found {
+                    if let Some((v, bytes)) = value {
                         // Released in the background: the caller has its
                         // value and need not wait for the store.
                         drop(held);
@@ -245,7 +305,11 @@ impl Engine {
                     }
                     return Contended::Locked(held);
                 }
-                LockState::Busy => {}
+                LockState::Busy => {
+                    if let Some((v, bytes)) = value {
+                        return Contended::Value(v, bytes);
+                    }
+                }
                 LockState::Unsupported | LockState::Failed => return Contended::Alone,
             }
             if !waited {
@@ -260,24 +324,41 @@ impl Engine {
             let left = deadline.map_or(pause, |d| d.saturating_duration_since(now));
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(Duration::from_millis(100));
-            if let Some((v, bytes)) = self.peek::<V>(key, accept, op_timeout).await {
-                return Contended::Value(v, bytes);
-            }
         }
     }
 
-    /// One uncounted read of a fresh entry: the value and its bytes.
-    async fn peek<V: DeserializeOwned>(
+    /// Stores a cold miss's value and releases its lock, in one store call
+    /// where the store allows ([`Backend::set_and_unlock`]); failures are
+    /// counted as [`store`](Engine::store)'s are, and a release the store
+    /// did not confirm is retried in the background.
+    ///
+    /// [`Backend::set_and_unlock`]: crate::Backend::set_and_unlock
+    pub(crate) async fn store_unlocking(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        ttl: Duration,
+        ticket: Option<Ticket>,
+        timeout: Duration,
+        mut held: HeldLock,
+    ) {
+        match self
+            .write_unlocking(key, bytes, ttl, ticket, timeout, &held.token)
+            .await
+        {
+            Ok(released) => held.done = released,
+            Err(e) => self.store_failed(key, e, timeout),
+        }
+    }
+
+    /// What a lock attempt read, if it is a fresh entry of the wanted type:
+    /// the value and its bytes. Uncounted, like every look a lock takes.
+    fn fresh<V: DeserializeOwned>(
         &self,
         key: &str,
         accept: Accept,
-        timeout: Duration,
+        found: Lookup,
     ) -> Option<(V, Bytes)> {
-        let backend = self.store.backend();
-        let found = self
-            .guarded_for("get", timeout, || backend.get(key))
-            .await
-            .ok()?;
         let bytes = found.value?;
         match self
             .sealer

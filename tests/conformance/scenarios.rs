@@ -109,6 +109,7 @@ impl Origin {
     }
 }
 
+pub use crate::dogpile::*;
 pub use crate::lowlevel::*;
 pub use crate::policies::*;
 pub use crate::tags::*;

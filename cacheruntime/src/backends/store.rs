@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
+use crate::backend::{lock_then_get, set_then_unlock, Backend, BoxFuture, Lookup, Ticket};
 use crate::Error;
 
 /// A store of this crate; see [`Backend`] for what each method must do.
@@ -119,6 +119,45 @@ pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
         ttl: Duration,
         ticket: Option<&Ticket>,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// As [`Backend::lock_and_get`]: by default the lock, then the read.
+    fn lock_and_get(
+        &self,
+        key: &str,
+        token: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(bool, Option<Lookup>), Error>> + Send
+    where
+        Self: Sized,
+    {
+        lock_then_get(self, key, token, ttl)
+    }
+
+    /// As [`Backend::get_or_lock`]: by default only the read.
+    fn get_or_lock(
+        &self,
+        key: &str,
+        _token: Bytes,
+        _ttl: Duration,
+    ) -> impl Future<Output = Result<(Lookup, bool), Error>> + Send {
+        async move { Ok((self.get(key).await?, false)) }
+    }
+
+    /// As [`Backend::set_and_unlock`]: by default the write, then the
+    /// release.
+    fn set_and_unlock(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+        token: &[u8],
+    ) -> impl Future<Output = Result<bool, Error>> + Send
+    where
+        Self: Sized,
+    {
+        set_then_unlock(self, key, value, ttl, ticket, token)
+    }
 }
 
 impl<S: Store> Backend for S {
@@ -192,6 +231,35 @@ impl<S: Store> Backend for S {
         Box::pin(Store::compare_and_set(
             self, key, expected, value, ttl, ticket,
         ))
+    }
+
+    fn lock_and_get<'a>(
+        &'a self,
+        key: &'a str,
+        token: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(bool, Option<Lookup>), Error>> {
+        Box::pin(Store::lock_and_get(self, key, token, ttl))
+    }
+
+    fn set_and_unlock<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&'a Ticket>,
+        token: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(Store::set_and_unlock(self, key, value, ttl, ticket, token))
+    }
+
+    fn get_or_lock<'a>(
+        &'a self,
+        key: &'a str,
+        token: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(Lookup, bool), Error>> {
+        Box::pin(Store::get_or_lock(self, key, token, ttl))
     }
 
     fn get_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Lookup>, Error>> {

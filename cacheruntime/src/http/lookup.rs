@@ -12,9 +12,10 @@ use super::layer::Settings;
 use super::page::Page;
 use crate::engine::Answer;
 use crate::entry::Accept;
-use crate::fetch::{Call, Fast};
+use crate::fetch::Call;
 use crate::key;
 use crate::memo::Memo;
+use crate::read::Fast;
 use crate::refresh;
 
 /// The key as the store sees it (shortened when long), or `""` when it

@@ -23,7 +23,7 @@ use super::layer::Settings;
 use super::lookup;
 use super::page::{self, Conditional, Page, Served};
 use crate::engine::Answer;
-use crate::fetch::Fast;
+use crate::read::Fast;
 
 /// The [`CacheLayer`](super::CacheLayer)'s service around `S`.
 ///

@@ -79,6 +79,7 @@
 mod config;
 mod connection;
 mod keys;
+mod locks;
 mod many;
 mod pinned;
 mod scripts;
@@ -94,8 +95,8 @@ use redis::RedisError;
 
 pub use self::config::RedisConfig;
 use self::connection::{AnyConn, Conn};
-use self::keys::{lock_key, physical, Layout};
-use self::scripts::{BUMP, DELETE, ENSURE, RELEASE, SWAP, WRITE};
+use self::keys::{physical, Layout};
+use self::scripts::{BUMP, DELETE, ENSURE, SWAP, WRITE};
 use crate::backend::{Lookup, Ticket};
 use crate::backends::generations::{generations, unwrap_entry, Kind};
 use crate::backends::Store;
@@ -311,26 +312,6 @@ impl RedisBackend {
         Ok(())
     }
 
-    async fn run_set_if_absent(
-        &self,
-        key: &str,
-        value: Bytes,
-        ttl: Duration,
-    ) -> Result<bool, Error> {
-        self.validate_key(key)?;
-        let mut conn = self.connection().await?;
-        let done: Option<String> = redis::cmd("SET")
-            .arg(lock_key(key))
-            .arg(&value[..])
-            .arg("NX")
-            .arg("PX")
-            .arg(self.ttl_ms(ttl))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.error(e))?;
-        Ok(done.is_some())
-    }
-
     async fn run_swap(
         &self,
         key: &str,
@@ -356,18 +337,6 @@ impl RedisBackend {
             .await
             .map_err(|e| self.error(e))?;
         Ok(swapped == 1)
-    }
-
-    async fn run_delete_if_equals(&self, key: &str, value: &[u8]) -> Result<bool, Error> {
-        self.validate_key(key)?;
-        let mut conn = self.connection().await?;
-        let n: i64 = RELEASE
-            .key(lock_key(key))
-            .arg(value)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.error(e))?;
-        Ok(n == 1)
     }
 }
 
@@ -419,6 +388,37 @@ impl Store for RedisBackend {
         value: &[u8],
     ) -> impl Future<Output = Result<bool, Error>> + Send {
         self.run_delete_if_equals(key, value)
+    }
+
+    fn get_or_lock(
+        &self,
+        key: &str,
+        token: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(Lookup, bool), Error>> + Send {
+        self.run_get_or_lock(key, token, ttl)
+    }
+
+    fn lock_and_get(
+        &self,
+        key: &str,
+        token: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(bool, Option<Lookup>), Error>> + Send {
+        self.run_lock_get(key, token, ttl)
+    }
+
+    async fn set_and_unlock(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+        token: &[u8],
+    ) -> Result<bool, Error> {
+        let expected = ticket.and_then(Ticket::as_tag).unwrap_or("*");
+        self.run_write_unlock(key, &value, ttl, expected, token)
+            .await
     }
 
     fn get_many(&self, keys: &[&str]) -> impl Future<Output = Result<Vec<Lookup>, Error>> + Send {

@@ -44,6 +44,38 @@ return out
     ))
 });
 
+/// The body of [`WRITE`] and [`WRITE_UNLOCK`]: a function `write(last)`
+/// taking the entry's counters from `KEYS[2..last]`.
+const WRITE_LUA: &str = r"
+local function write(last)
+  local g = {}
+  if last > 1 then
+    g = redis.call('MGET', unpack(KEYS, 2, last))
+  end
+  for i = 1, #g do
+    if not g[i] then
+      if ARGV[3] ~= '*' then
+        return 0
+      end
+      g[i] = seed()
+      redis.call('SET', KEYS[i + 1], g[i])
+    end
+  end
+  local gens = table.concat(g, '.')
+  if ARGV[3] ~= '*' and ARGV[3] ~= gens then
+    return 0
+  end
+  local ttl = tonumber(ARGV[2])
+  for i = 2, last do
+    if redis.call('PTTL', KEYS[i]) < ttl then
+      redis.call('PEXPIRE', KEYS[i], ttl)
+    end
+  end
+  redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ttl)
+  return 1
+end
+";
+
 /// Stores an entry under the current generations. KEYS[1]: entry key;
 /// KEYS[2..]: its counters (prefixes shallowest first, then the key's own).
 /// ARGV[1]: value, ARGV[2]: TTL ms, ARGV[3]: the generations the writer's
@@ -52,34 +84,47 @@ return out
 /// Every counter is made to live at least as long as the entry.
 pub(super) static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{SEED_LUA}
-local g = {{}}
-if #KEYS > 1 then
-  g = redis.call('MGET', unpack(KEYS, 2))
-end
-for i = 1, #g do
-  if not g[i] then
-    if ARGV[3] ~= '*' then
-      return 0
-    end
-    g[i] = seed()
-    redis.call('SET', KEYS[i + 1], g[i])
-  end
-end
-local gens = table.concat(g, '.')
-if ARGV[3] ~= '*' and ARGV[3] ~= gens then
-  return 0
-end
-local ttl = tonumber(ARGV[2])
-for i = 2, #KEYS do
-  if redis.call('PTTL', KEYS[i]) < ttl then
-    redis.call('PEXPIRE', KEYS[i], ttl)
-  end
-end
-redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ttl)
-return 1
+        r"{SEED_LUA}{WRITE_LUA}
+return write(#KEYS)
 "
     ))
+});
+
+/// [`WRITE`], then the release of the key's lock if it still holds our
+/// token, in one round trip: the end of a cold miss that held the lock.
+/// KEYS as [`WRITE`] with the lock's key last; ARGV as [`WRITE`], ARGV[4]:
+/// the token. The lock is released whether or not the write was refused.
+pub(super) static WRITE_UNLOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{SEED_LUA}{WRITE_LUA}
+local written = write(#KEYS - 1)
+if redis.call('GET', KEYS[#KEYS]) == ARGV[4] then
+  redis.call('DEL', KEYS[#KEYS])
+end
+return written
+"
+    ))
+});
+
+/// Takes a key's lock if it is free and reads the key's entry and counters,
+/// in one round trip. KEYS[1]: the lock; KEYS[2]: the entry; KEYS[3..]: its
+/// counters. ARGV[1]: our token, ARGV[2]: the lock's TTL in ms. Returns
+/// `{1 or 0 (taken: now, or already with our token), {entry,
+/// counters...}}` (`false` for a missing one).
+/// Atomic: a value a holder stored before releasing is seen by whoever
+/// takes the lock after it.
+pub(super) static LOCK_GET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local taken = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+  or redis.call('GET', KEYS[1]) == ARGV[1]
+local found = redis.call('MGET', unpack(KEYS, 2))
+if taken then
+  return {1, found}
+end
+return {0, found}
+",
+    )
 });
 
 /// Swaps an entry only if what a read of it answers now is what the caller
@@ -131,6 +176,53 @@ redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', t
 return 1
 ",
     )
+});
+
+/// A get-or-compute read: the entry and its counters (missing counters
+/// created, as [`ENSURE`] does) and, when no live entry is there, the key's
+/// lock, in one round trip. KEYS[1]: entry; KEYS[2..n-1]: its counters;
+/// KEYS[n]: the lock. ARGV[1]: our token; ARGV[2]: the lock's TTL in ms;
+/// ARGV[3]: a created counter's life in ms. Returns `{locked, created,
+/// {entry, counters...}}`: `locked` 1 when the lock holds our token after
+/// the call (taken now, or already ours); `created` 1 when a counter was
+/// missing (nothing recorded before can be served).
+///
+/// Live means as a read sees it: stored under the current generations.
+/// An entry past its deadline in the envelope is live here; the caller
+/// takes the lock in a call of its own for it.
+pub(super) static READ_LOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{SEED_LUA}
+local last = #KEYS - 1
+local found = redis.call('MGET', unpack(KEYS, 1, last))
+local fresh = nil
+for i = 2, last do
+  if not found[i] then
+    fresh = fresh or seed()
+    redis.call('SET', KEYS[i], fresh, 'PX', ARGV[3])
+    found[i] = fresh
+  end
+end
+local live = false
+local raw = found[1]
+if not fresh and raw and #raw >= 2 then
+  local n = struct.unpack('>I2', raw)
+  live = string.sub(raw, 3, 2 + n) == table.concat(found, '.', 2, last)
+end
+local locked = 0
+if not live then
+  local lock = KEYS[#KEYS]
+  if redis.call('SET', lock, ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', lock) == ARGV[1] then
+    locked = 1
+  end
+end
+local created = 0
+if fresh then
+  created = 1
+end
+return {{locked, created, found}}
+"
+    ))
 });
 
 /// Bumps a prefix's generation, or creates it from the clock if missing

@@ -5,7 +5,9 @@
 use std::sync::atomic::Ordering;
 
 use super::connection::AnyConn;
-use super::scripts::{BUMP, DELETE, ENSURE, RELEASE, WRITE};
+use super::scripts::{
+    BUMP, DELETE, ENSURE, LOCK_GET, READ_LOCK, RELEASE, SWAP, WRITE, WRITE_UNLOCK,
+};
 use super::RedisBackend;
 
 impl RedisBackend {
@@ -19,9 +21,20 @@ impl RedisBackend {
         let mut conn = conn.clone();
         let label = self.label.clone();
         tokio::spawn(async move {
-            // Load the scripts now, so a first write does not pay the
-            // NOSCRIPT round trips inside some call's budget.
-            for script in [&*ENSURE, &*WRITE, &*BUMP, &*DELETE, &*RELEASE] {
+            // Load the scripts now, so a first call does not pay the
+            // NOSCRIPT round trips inside its budget: the get-or-compute
+            // read and the write ending a cold miss first.
+            for script in [
+                &*READ_LOCK,
+                &*WRITE_UNLOCK,
+                &*LOCK_GET,
+                &*ENSURE,
+                &*WRITE,
+                &*BUMP,
+                &*DELETE,
+                &*RELEASE,
+                &*SWAP,
+            ] {
                 if script.load_async(&mut conn).await.is_err() {
                     break;
                 }
