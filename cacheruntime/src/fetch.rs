@@ -283,9 +283,11 @@ impl Engine {
                     inner.counters.computations.incr();
                     let compute = compute.take().expect("computed at most once");
                     let out = compute.await;
-                    // Re-entered from the computation of this key: the lock
-                    // is released after ours (that one's write releases it
-                    // too).
+                    // Re-entered from inside the computation of this key: a
+                    // lock the read took is released once this computation
+                    // ends. (One the outer computation already held, with
+                    // the same token, is then released before its write:
+                    // another process may compute too, nothing worse.)
                     drop(read_lock);
                     return self
                         .or_kept(key, out, &typed, memo, policy, &mut budget)

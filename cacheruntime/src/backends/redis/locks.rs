@@ -9,9 +9,8 @@ use bytes::Bytes;
 
 use super::keys::lock_key;
 use super::scripts::{LOCK_GET, READ_LOCK, RELEASE, WRITE_UNLOCK};
-use super::{RedisBackend, NAME};
-use crate::backend::{Lookup, Ticket};
-use crate::backends::generations::{generations, unwrap_entry};
+use super::{lookup, RedisBackend, NAME, VANISHED};
+use crate::backend::Lookup;
 use crate::Error;
 
 impl RedisBackend {
@@ -49,26 +48,15 @@ impl RedisBackend {
         for c in layout.counters() {
             call.key(c);
         }
-        let (taken, mut found): (i64, Vec<Option<Vec<u8>>>) = call
+        let (taken, found): (i64, Vec<Option<Vec<u8>>>) = call
             .arg(&token[..])
             .arg(self.ttl_ms(ttl))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
-        if found.len() != layout.counters.len() + 1 {
-            return Err(Error::backend(
-                NAME,
-                "the lock script answered with the wrong number of values",
-            ));
-        }
         // As `run_get`, without creating missing counters: this read only
         // looks for a value, and nothing is served under a missing counter.
-        let stored = found[0].take();
-        let lookup = match generations(&found[1..]) {
-            Some(current) => Lookup::new(stored.and_then(|s| unwrap_entry(s, &found[1..])))
-                .with_ticket(Ticket::tag(current)),
-            None => Lookup::new(None),
-        };
+        let lookup = lookup(found, &layout, "the lock script")?.unwrap_or(Lookup::new(None));
         Ok((taken == 1, Some(lookup)))
     }
 
@@ -137,25 +125,13 @@ impl RedisBackend {
             .await
             .map_err(|e| self.error(e))?;
         self.check_config_once(&conn);
-        if found.len() != layout.counters.len() + 1 {
-            return Err(Error::backend(
-                NAME,
-                "the read script answered with the wrong number of values",
-            ));
-        }
-        let Some(current) = generations(&found[1..]) else {
-            return Err(Error::backend(
-                NAME,
-                "generation counters vanished as they were created (is the server out of memory?)",
-            ));
-        };
         // As `run_get`: under a counter just created, nothing recorded
         // before is served.
-        let stored = found[0].take().filter(|_| created == 0);
-        let value = stored.and_then(|stored| unwrap_entry(stored, &found[1..]));
-        Ok((
-            Lookup::new(value).with_ticket(Ticket::tag(current)),
-            locked == 1,
-        ))
+        if created == 1 {
+            found[0] = None;
+        }
+        let lookup = lookup(found, &layout, "the read script")?
+            .ok_or_else(|| Error::backend(NAME, VANISHED))?;
+        Ok((lookup, locked == 1))
     }
 }

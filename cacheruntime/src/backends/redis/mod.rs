@@ -212,23 +212,15 @@ impl RedisBackend {
         for c in layout.counters() {
             mget.arg(c);
         }
-        let mut found: Vec<Option<Vec<u8>>> = mget
+        let found: Vec<Option<Vec<u8>>> = mget
             .query_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
         self.check_config_once(&conn);
-        if found.len() != layout.counters.len() + 1 {
-            return Err(Error::backend(
-                NAME,
-                "MGET answered with the wrong number of values",
-            ));
-        }
-        let stored = found[0].take();
         // Hits carry the ticket too: a background refresh of a stale entry
         // writes under the generations its read saw.
-        if let Some(current) = generations(&found[1..]) {
-            let value = stored.and_then(|stored| unwrap_entry(stored, &found[1..]));
-            return Ok(Lookup::new(value).with_ticket(Ticket::tag(current)));
+        if let Some(lookup) = lookup(found, &layout, "MGET")? {
+            return Ok(lookup);
         }
         // A counter is missing: nothing recorded under it can be served, and
         // the computation this miss starts needs counters to write under.
@@ -245,10 +237,7 @@ impl RedisBackend {
             Some(current) => Ok(Lookup::new(None).with_ticket(Ticket::tag(current))),
             // Gone again at once (a store evicting everything): no ticket, so
             // the caller computes without writing.
-            None => Err(Error::backend(
-                NAME,
-                "generation counters vanished as they were created (is the server out of memory?)",
-            )),
+            None => Err(Error::backend(NAME, VANISHED)),
         }
     }
 
@@ -338,6 +327,31 @@ impl RedisBackend {
             .map_err(|e| self.error(e))?;
         Ok(swapped == 1)
     }
+}
+
+/// What a read whose counters were all just created or found says.
+const VANISHED: &str =
+    "generation counters vanished as they were created (is the server out of memory?)";
+
+/// The entry and counters a read fetched (`what` did), as the read's
+/// answer: `None` when a counter is missing (nothing can be served, and
+/// there is nothing to write under).
+fn lookup(
+    mut found: Vec<Option<Vec<u8>>>,
+    layout: &Layout,
+    what: &str,
+) -> Result<Option<Lookup>, Error> {
+    if found.len() != layout.counters.len() + 1 {
+        return Err(Error::backend(
+            NAME,
+            format!("{what} answered with the wrong number of values"),
+        ));
+    }
+    let stored = found[0].take();
+    Ok(generations(&found[1..]).map(|current| {
+        let value = stored.and_then(|stored| unwrap_entry(stored, &found[1..]));
+        Lookup::new(value).with_ticket(Ticket::tag(current))
+    }))
 }
 
 impl Store for RedisBackend {
