@@ -55,6 +55,13 @@ async fn peer(author_id: i64) -> Result<Vec<i64>, DbError> {
     Ok(ranking(author_id))
 }
 
+/// An author no call asked for before (the long tail's first request): a
+/// cold miss of `ours` or `peer`.
+fn fresh() -> i64 {
+    static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1_000_000);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Runs `op` `iters` times spread over 64 concurrent tasks; wall time.
 async fn concurrently<F, Fut>(iters: u64, op: F) -> Duration
 where
@@ -171,6 +178,24 @@ fn main() {
         });
         g.finish();
     }
+    {
+        // A cold miss: ours (read, lock, computation, write) against one raw
+        // GET round trip, and the `cached` crate's miss (GET, then SET, with
+        // no protection against dog-piles).
+        let mut g = c.benchmark_group("redis_cold_miss");
+        g.bench_function("ours", |b| b.to_async(&rt).iter(|| ours(fresh())));
+        g.bench_function("raw_get", |b| {
+            b.to_async(&rt).iter(|| {
+                let mut con = raw.clone();
+                async move {
+                    let v: Vec<u8> = con.get("raw:author:42:top_books").await.unwrap();
+                    v
+                }
+            })
+        });
+        g.bench_function("cached_crate", |b| b.to_async(&rt).iter(|| peer(fresh())));
+        g.finish();
+    }
     let sizes: &[usize] = if quick {
         &[1_000, 100_000]
     } else {
@@ -257,6 +282,18 @@ fn main() {
             "time per op, target <= 1.11 (throughput >= 0.9x)",
         ),
         ("redis_hit_64_tasks", "ours", "cached_crate", ""),
+        (
+            "redis_cold_miss",
+            "ours",
+            "raw_get",
+            "round trips of a cold miss against one GET, target <= 2.2",
+        ),
+        (
+            "redis_cold_miss",
+            "ours",
+            "cached_crate",
+            "no dog-pile protection",
+        ),
         (
             "redis_hit_64_tasks",
             "ours",

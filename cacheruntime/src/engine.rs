@@ -29,6 +29,7 @@ use crate::policy::Policy;
 use crate::signing::Signer;
 use crate::site::Site;
 use crate::stats::{slot, Counters, FunctionStats, Stats};
+use crate::warm::Warm;
 use crate::{key, Error};
 
 /// What kind of store a cache has, decided once, at build, from the
@@ -132,6 +133,9 @@ pub(crate) struct Engine {
     /// engine, so that whichever of its callers leads a key's computation
     /// holds the lock another of its callers' reads took (see `lock.rs`).
     pub(crate) lock_token: Bytes,
+    /// On a shared store with locks: the keys read live lately, which
+    /// get-or-compute calls read without taking the lock (`warm.rs`).
+    pub(crate) warm: Option<Warm>,
 }
 
 /// How many keys `stale_if_error` logs by name; past that, only counted.
@@ -177,6 +181,7 @@ impl Engine {
             format!("{}:", p.namespace)
         };
         let verify = p.store.is_shared();
+        let warm = (p.store.is_shared() && p.store.backend().supports_locks()).then(Warm::new);
         let max_ttl = p.store.backend().max_ttl();
         let id = IDS.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
@@ -185,6 +190,7 @@ impl Engine {
         Engine {
             id,
             lock_token: Bytes::from(format!("{}-{nanos}-e{id}", std::process::id())),
+            warm,
             store: p.store,
             namespace: namespace.into_boxed_str(),
             op_timeout: p.op_timeout,

@@ -154,12 +154,15 @@ impl Engine {
                 tell(answer);
             }
         };
-        // On a shared store with locks, the read takes the key's lock where
-        // no live entry is (one round trip for both).
-        let lock_on_read = (inner.store.is_shared()
-            && inner.store.backend().supports_locks()
-            && !self.unreadable(typed.fp))
-        .then_some(policy.lock_ttl);
+        // On a shared store with locks, a key not read live lately is read
+        // with a read that takes its lock where no live entry is (one round
+        // trip for both); a warm one with the plain read, cheaper on a hit
+        // (`warm.rs`).
+        let warm = inner
+            .warm
+            .as_ref()
+            .filter(|_| !self.unreadable(typed.fp))
+            .map(|warm| (warm, warm.hash(key)));
         loop {
             // The lock this call's read took: the leader's to release with
             // its write, a waiter's to keep until the flight it joined ends.
@@ -171,6 +174,9 @@ impl Engine {
                 Some(Fast::Miss(ticket)) => Ok(Read::Miss(ticket)),
                 Some(Fast::Fallback(v, ticket)) => Ok(Read::Fallback(v, ticket)),
                 Some(Fast::Remote) | None => {
+                    let lock_on_read = warm
+                        .filter(|(warm, hash)| !warm.is_warm(*hash))
+                        .map(|_| policy.lock_ttl);
                     let (read, lock) = self
                         .read_with::<O::Value>(
                             key,
@@ -182,6 +188,13 @@ impl Engine {
                         )
                         .await;
                     read_lock = lock;
+                    if let Some((warm, hash)) = warm {
+                        match &read {
+                            Ok(Read::Hit(_) | Read::Refresh(..)) => warm.mark(hash),
+                            Ok(Read::Miss(_) | Read::Fallback(..)) => warm.cool(hash),
+                            Err(_) => {}
+                        }
+                    }
                     read
                 }
             };

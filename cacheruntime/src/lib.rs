@@ -59,6 +59,7 @@ mod swap;
 pub mod tags;
 mod ticket;
 pub mod url;
+mod warm;
 
 #[doc(hidden)]
 #[path = "private.rs"]
