@@ -192,6 +192,18 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// off without a word.
     fn supports_locks(&self) -> bool;
 
+    /// Whether [`get_or_lock`](Backend::get_or_lock),
+    /// [`lock_and_get`](Backend::lock_and_get) and
+    /// [`set_and_unlock`](Backend::set_and_unlock) are each one round trip
+    /// (the backend overrides all three, and its `lock_and_get` counts a
+    /// lock already held with the token as taken). Only then does the cache
+    /// use them: cold misses take the lock in their read and release it in
+    /// their write. Otherwise (the default) it locks, looks and releases in
+    /// calls of their own, the release in the background.
+    fn combines_locks(&self) -> bool {
+        false
+    }
+
     /// Reads the entry under `key`, ignoring expired or invalidated ones.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>>;
 
@@ -439,6 +451,9 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn supports_locks(&self) -> bool {
         (**self).supports_locks()
+    }
+    fn combines_locks(&self) -> bool {
+        (**self).combines_locks()
     }
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
         (**self).get(key)

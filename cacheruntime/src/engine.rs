@@ -133,7 +133,8 @@ pub(crate) struct Engine {
     /// engine, so that whichever of its callers leads a key's computation
     /// holds the lock another of its callers' reads took (see `lock.rs`).
     pub(crate) lock_token: Bytes,
-    /// On a shared store with locks: the keys read live lately, which
+    /// On a shared store that takes locks in its reads
+    /// (`Backend::combines_locks`): the keys read live lately, which
     /// get-or-compute calls read without taking the lock (`warm.rs`).
     pub(crate) warm: Option<Warm>,
 }
@@ -181,7 +182,9 @@ impl Engine {
             format!("{}:", p.namespace)
         };
         let verify = p.store.is_shared();
-        let warm = (p.store.is_shared() && p.store.backend().supports_locks()).then(Warm::new);
+        let combines = p.store.backend();
+        let warm = (p.store.is_shared() && combines.supports_locks() && combines.combines_locks())
+            .then(Warm::new);
         let max_ttl = p.store.backend().max_ttl();
         let id = IDS.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()

@@ -174,8 +174,12 @@ impl Engine {
                 Some(Fast::Miss(ticket)) => Ok(Read::Miss(ticket)),
                 Some(Fast::Fallback(v, ticket)) => Ok(Read::Fallback(v, ticket)),
                 Some(Fast::Remote) | None => {
+                    // Nor while a computation of the key runs here: its
+                    // callers wait for it, and the lock is already ours.
                     let lock_on_read = warm
-                        .filter(|(warm, hash)| !warm.is_warm(*hash))
+                        .filter(|(warm, hash)| {
+                            !warm.is_warm(*hash) && !inner.flights.is_running(key)
+                        })
                         .map(|_| policy.lock_ttl);
                     let (read, lock) = self
                         .read_with::<O::Value>(
@@ -414,7 +418,10 @@ impl Engine {
         // wait for its value (in-process callers already wait on `guard`).
         // The lock is released when this future ends however it ends:
         // returned, cancelled, or unwound by a panicking computation.
-        let mut lock = read_lock;
+        // A value that will not be stored (the read used the budget, or
+        // failed) is no reason to make other processes wait for it.
+        let mut lock = read_lock.filter(|_| matches!(stored, Stored::Under(_)));
+        let combined = inner.store.backend().combines_locks();
         // Taken by the read, which saw no live entry: nothing to look at.
         // Otherwise the lock (with the look at the entry that comes with
         // it) and the write: the lock only if what is left covers both (the
@@ -423,7 +430,7 @@ impl Engine {
             && inner.store.is_shared()
             && matches!(stored, Stored::Under(_))
             && !self.unreadable(typed.fp)
-            && budget.affords(2)
+            && budget.affords(if combined { 2 } else { 3 })
         {
             match self
                 .lock_or_value::<O::Value>(key, typed.accept(), policy.lock_ttl, budget)
@@ -451,7 +458,7 @@ impl Engine {
                 // get the value now; the guard's drop ends the flight.
                 guard.publish(Landing::Entry(bytes.clone()));
                 if let (Stored::Under(ticket), Some(left)) = (stored, budget.left()) {
-                    match lock.take() {
+                    match lock.take_if(|_| combined) {
                         // The write releases the lock in the same store call.
                         Some(held) => {
                             self.store_unlocking(key, bytes, ttl, ticket, left, held)

@@ -176,6 +176,11 @@ impl Flights {
         }
     }
 
+    /// Whether a computation of `key` runs in this process.
+    pub(crate) fn is_running(&self, key: &str) -> bool {
+        !self.map.is_empty() && self.map.contains_key(key)
+    }
+
     /// Stops new callers from joining flights under `prefix`: their values
     /// may have been computed before an invalidation that just returned.
     /// Current waiters keep waiting (they asked before it); the leaders'

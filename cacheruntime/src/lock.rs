@@ -269,6 +269,10 @@ impl Engine {
         let mut pause = Duration::from_millis(5);
         let mut waited = false;
         let op_timeout = self.op_timeout;
+        // A store that takes locks with a read in one round trip: each
+        // attempt looks at the entry too. Others lock, then look in a call
+        // of its own.
+        let combined = self.store.backend().combines_locks();
         loop {
             // The first attempt comes out of the call's budget; later ones
             // are part of waiting, which is not charged.
@@ -281,10 +285,15 @@ impl Engine {
                 left
             };
             let started = Instant::now();
-            // The engine's token: the lock a read of another of its callers
-            // took counts as this call's (see `Engine::lock_token`).
-            let token = self.lock_token.clone();
-            let (state, found) = self.take_lock(key, token, bound, timeout, true).await;
+            // Where reads take locks, the engine's token: the lock a read of
+            // another of its callers took counts as this call's (see
+            // `Engine::lock_token`). Elsewhere a token of the call's own.
+            let token = if combined {
+                self.lock_token.clone()
+            } else {
+                token()
+            };
+            let (state, found) = self.take_lock(key, token, bound, timeout, combined).await;
             if waited {
                 // Waiting took the place of computing: what follows (the
                 // write) gets a budget of its own.
@@ -294,9 +303,20 @@ impl Engine {
             }
             // A fresh value: stored by the holder before us, between our
             // miss and this attempt, or by the holder we wait for.
-            let value = found.and_then(|found| self.fresh::<V>(key, accept, found));
+            let mut value = found.and_then(|found| self.fresh::<V>(key, accept, found));
             match state {
                 LockState::Held(held) => {
+                    // The holder before us may have stored the value between
+                    // our miss and our lock: without a combined look, look
+                    // once more if what is left covers the look and the
+                    // write.
+                    if !combined && budget.affords(2) {
+                        if let Some(left) = budget.left() {
+                            let started = Instant::now();
+                            value = self.peek::<V>(key, accept, left).await;
+                            budget.spend(started);
+                        }
+                    }
                     if let Some((v, bytes)) = value {
                         // Released in the background: the caller has its
                         // value and need not wait for the store.
@@ -324,7 +344,27 @@ impl Engine {
             let left = deadline.map_or(pause, |d| d.saturating_duration_since(now));
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(Duration::from_millis(100));
+            if !combined {
+                if let Some((v, bytes)) = self.peek::<V>(key, accept, op_timeout).await {
+                    return Contended::Value(v, bytes);
+                }
+            }
         }
+    }
+
+    /// One uncounted read of a fresh entry: the value and its bytes.
+    async fn peek<V: DeserializeOwned>(
+        &self,
+        key: &str,
+        accept: Accept,
+        timeout: Duration,
+    ) -> Option<(V, Bytes)> {
+        let backend = self.store.backend();
+        let found = self
+            .guarded_for("get", timeout, || backend.get(key))
+            .await
+            .ok()?;
+        self.fresh(key, accept, found)
     }
 
     /// Stores a cold miss's value and releases its lock, in one store call

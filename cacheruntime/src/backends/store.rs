@@ -42,6 +42,11 @@ pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
         true
     }
 
+    /// As [`Backend::combines_locks`].
+    fn combines_locks(&self) -> bool {
+        false
+    }
+
     /// As [`Backend::get`].
     fn get(&self, key: &str) -> impl Future<Output = Result<Lookup, Error>> + Send;
 
@@ -179,6 +184,10 @@ impl<S: Store> Backend for S {
 
     fn supports_locks(&self) -> bool {
         Store::supports_locks(self)
+    }
+
+    fn combines_locks(&self) -> bool {
+        Store::combines_locks(self)
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {

@@ -128,7 +128,9 @@ impl RedisBackend {
         // As `run_get`: under a counter just created, nothing recorded
         // before is served.
         if created == 1 {
-            found[0] = None;
+            if let Some(entry) = found.first_mut() {
+                *entry = None;
+            }
         }
         let lookup = lookup(found, &layout, "the read script")?
             .ok_or_else(|| Error::backend(NAME, VANISHED))?;

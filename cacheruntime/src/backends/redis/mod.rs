@@ -404,6 +404,10 @@ impl Store for RedisBackend {
         self.run_delete_if_equals(key, value)
     }
 
+    fn combines_locks(&self) -> bool {
+        true
+    }
+
     fn get_or_lock(
         &self,
         key: &str,
