@@ -235,13 +235,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         _value: Bytes,
         _ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, Error>> {
-        let backend = self.name();
-        Box::pin(async move {
-            Err(Error::Unsupported {
-                backend,
-                operation: "set_if_absent",
-            })
-        })
+        unsupported(self.name(), "set_if_absent")
     }
 
     /// Reads several keys: one [`Lookup`] per key, in order, each what
@@ -306,13 +300,10 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         _ttl: Duration,
         _ticket: Option<&'a Ticket>,
     ) -> BoxFuture<'a, Result<bool, Error>> {
-        let backend = self.name();
-        Box::pin(async move {
-            Err(Error::Unsupported {
-                backend,
-                operation: "compare_and_set (needed by add, touch, incr and decr)",
-            })
-        })
+        unsupported(
+            self.name(),
+            "compare_and_set (needed by add, touch, incr and decr)",
+        )
     }
 
     /// Atomically removes `key` only if it holds exactly `value`; returns
@@ -324,13 +315,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         _key: &'a str,
         _value: &'a [u8],
     ) -> BoxFuture<'a, Result<bool, Error>> {
-        let backend = self.name();
-        Box::pin(async move {
-            Err(Error::Unsupported {
-                backend,
-                operation: "delete_if_equals",
-            })
-        })
+        unsupported(self.name(), "delete_if_equals")
     }
 
     /// Takes the lock for `key` as [`set_if_absent`](Backend::set_if_absent)
@@ -342,9 +327,10 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// A cold miss takes the lock and must then look at the entry, since the
     /// holder before it may have stored the value between its miss and its
     /// lock; a caller waiting for a lock wants the value as soon as it is
-    /// there. Both are one question. The default asks it in two calls; a
-    /// store that can answer in one round trip (the Redis store: one
-    /// script) overrides it.
+    /// there. Both are one question, which a store that
+    /// [`combines_locks`](Backend::combines_locks) answers in one round
+    /// trip (the Redis store: one script). The cache calls it only then;
+    /// the default says the backend has no such operation.
     ///
     /// A store that takes locks in [`get_or_lock`](Backend::get_or_lock)
     /// must count a lock already held with `token` as taken here too: the
@@ -352,11 +338,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// computation need not be the one whose read took its lock.
     fn lock_and_get<'a>(
         &'a self,
-        key: &'a str,
-        token: Bytes,
-        ttl: Duration,
+        _key: &'a str,
+        _token: Bytes,
+        _ttl: Duration,
     ) -> BoxFuture<'a, Result<(bool, Option<Lookup>), Error>> {
-        Box::pin(lock_then_get(self, key, token, ttl))
+        unsupported(self.name(), "lock_and_get")
     }
 
     /// Reads `key` as [`get`](Backend::get) does and, when no live entry is
@@ -366,16 +352,16 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// lock already held with it counts).
     ///
     /// So that a cold miss costs two round trips: this, then
-    /// [`set_and_unlock`](Backend::set_and_unlock). The default only reads
-    /// (`false`): the cache then takes the lock in a call of its own when
-    /// it leads the computation.
+    /// [`set_and_unlock`](Backend::set_and_unlock). The cache calls it only
+    /// when the backend [`combines_locks`](Backend::combines_locks); the
+    /// default says the backend has no such operation.
     fn get_or_lock<'a>(
         &'a self,
-        key: &'a str,
+        _key: &'a str,
         _token: Bytes,
         _ttl: Duration,
     ) -> BoxFuture<'a, Result<(Lookup, bool), Error>> {
-        Box::pin(async move { Ok((self.get(key).await?, false)) })
+        unsupported(self.name(), "get_or_lock")
     }
 
     /// Stores `value` as [`set`](Backend::set) does, then releases the lock
@@ -385,53 +371,31 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// answer it, and the caller retries). A lock held by another token is
     /// left alone, and counts as released.
     ///
-    /// The end of every cold miss that held the lock. The default makes two
-    /// calls; a store that can do both in one round trip (the Redis store:
-    /// one script) overrides it.
+    /// The end of a cold miss that held the lock, on a store that
+    /// [`combines_locks`](Backend::combines_locks) (the Redis store: one
+    /// script); elsewhere the cache writes, then releases in the
+    /// background. The default says the backend has no such operation.
     fn set_and_unlock<'a>(
         &'a self,
-        key: &'a str,
-        value: Bytes,
-        ttl: Duration,
-        ticket: Option<&'a Ticket>,
-        token: &'a [u8],
+        _key: &'a str,
+        _value: Bytes,
+        _ttl: Duration,
+        _ticket: Option<&'a Ticket>,
+        _token: &'a [u8],
     ) -> BoxFuture<'a, Result<bool, Error>> {
-        Box::pin(set_then_unlock(self, key, value, ttl, ticket, token))
+        unsupported(self.name(), "set_and_unlock")
     }
 }
 
-/// [`Backend::lock_and_get`] in two calls, for stores that have no one
-/// round trip for it.
-pub(crate) async fn lock_then_get<B: Backend + ?Sized>(
-    backend: &B,
-    key: &str,
-    token: Bytes,
-    ttl: Duration,
-) -> Result<(bool, Option<Lookup>), Error> {
-    let taken = backend.set_if_absent(key, token, ttl).await?;
-    match backend.get(key).await {
-        Ok(found) => Ok((taken, Some(found))),
-        Err(_) if taken => Ok((true, None)),
-        Err(e) => Err(e),
-    }
-}
-
-/// [`Backend::set_and_unlock`] in two calls, for stores that have no one
-/// round trip for it.
-pub(crate) async fn set_then_unlock<B: Backend + ?Sized>(
-    backend: &B,
-    key: &str,
-    value: Bytes,
-    ttl: Duration,
-    ticket: Option<&Ticket>,
-    token: &[u8],
-) -> Result<bool, Error> {
-    backend.set(key, value, ttl, ticket).await?;
-    Ok(match backend.delete_if_equals(key, token).await {
-        // A backend that cannot release early leaves the lock to its TTL.
-        Ok(_) | Err(Error::Unsupported { .. }) => true,
-        Err(_) => false,
-    })
+/// The answer of an operation `backend` does not have.
+pub(crate) fn unsupported<'a, T: Send + 'a>(
+    backend: &'static str,
+    operation: &'static str,
+) -> BoxFuture<'a, Result<T, Error>> {
+    Box::pin(std::future::ready(Err(Error::Unsupported {
+        backend,
+        operation,
+    })))
 }
 
 /// A shared backend is a backend, so tests and apps can keep a handle on the

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{lock_then_get, set_then_unlock, Backend, BoxFuture, Lookup, Ticket};
+use crate::backend::{unsupported, Backend, BoxFuture, Lookup, Ticket};
 use crate::Error;
 
 /// A store of this crate; see [`Backend`] for what each method must do.
@@ -125,43 +125,39 @@ pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
         ticket: Option<&Ticket>,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// As [`Backend::lock_and_get`]: by default the lock, then the read.
+    /// As [`Backend::lock_and_get`]; only stores that
+    /// [`combines_locks`](Store::combines_locks) have it.
     fn lock_and_get(
         &self,
-        key: &str,
-        token: Bytes,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<(bool, Option<Lookup>), Error>> + Send
-    where
-        Self: Sized,
-    {
-        lock_then_get(self, key, token, ttl)
+        _key: &str,
+        _token: Bytes,
+        _ttl: Duration,
+    ) -> impl Future<Output = Result<(bool, Option<Lookup>), Error>> + Send {
+        unsupported(self.name(), "lock_and_get")
     }
 
-    /// As [`Backend::get_or_lock`]: by default only the read.
+    /// As [`Backend::get_or_lock`]; only stores that
+    /// [`combines_locks`](Store::combines_locks) have it.
     fn get_or_lock(
         &self,
-        key: &str,
+        _key: &str,
         _token: Bytes,
         _ttl: Duration,
     ) -> impl Future<Output = Result<(Lookup, bool), Error>> + Send {
-        async move { Ok((self.get(key).await?, false)) }
+        unsupported(self.name(), "get_or_lock")
     }
 
-    /// As [`Backend::set_and_unlock`]: by default the write, then the
-    /// release.
+    /// As [`Backend::set_and_unlock`]; only stores that
+    /// [`combines_locks`](Store::combines_locks) have it.
     fn set_and_unlock(
         &self,
-        key: &str,
-        value: Bytes,
-        ttl: Duration,
-        ticket: Option<&Ticket>,
-        token: &[u8],
-    ) -> impl Future<Output = Result<bool, Error>> + Send
-    where
-        Self: Sized,
-    {
-        set_then_unlock(self, key, value, ttl, ticket, token)
+        _key: &str,
+        _value: Bytes,
+        _ttl: Duration,
+        _ticket: Option<&Ticket>,
+        _token: &[u8],
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        unsupported(self.name(), "set_and_unlock")
     }
 }
 
