@@ -13,6 +13,7 @@ use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::codec::AnyCodec;
 use crate::engine::{Engine, Parts, Store};
+use crate::near::{Near, NearBackend, NearSettings};
 use crate::signing::{Signer, SigningKeys};
 use crate::Error;
 
@@ -89,6 +90,9 @@ pub struct CacheBuilder {
     compression_level: Option<i32>,
     /// The envelope flags read (tests narrow it, see `read_flags_only`).
     known_flags: u8,
+    /// A near tier of this many bytes in front of a shared store.
+    near: Option<u64>,
+    near_check: Option<Duration>,
 }
 
 impl Default for CacheBuilder {
@@ -117,6 +121,8 @@ impl CacheBuilder {
             compress_above: None,
             compression_level: None,
             known_flags: crate::envelope::KNOWN_FLAGS,
+            near: None,
+            near_check: None,
         }
     }
 
@@ -266,6 +272,43 @@ impl CacheBuilder {
         self
     }
 
+    /// Puts a near tier of `max_bytes` in front of the shared store (Redis,
+    /// Redis Cluster, PostgreSQL, SQLite, Memcached): an in-process copy of
+    /// the entries this process reads and writes, answered without a round
+    /// trip, as the memory store answers (URL: `?near=32MiB`). Off by
+    /// default.
+    ///
+    /// What it may serve: this process's own writes, deletes and
+    /// invalidations reach it before they return; an invalidation or write
+    /// made by another process is seen within
+    /// [`near_check`](Self::near_check) (100 ms by default) of its return.
+    /// Entries with tags are not kept near. Switch it on for keys read far
+    /// more often than they change, where a tenth of a second of staleness
+    /// across processes is acceptable; see the crate docs' "Near tier".
+    ///
+    /// ```
+    /// use cacheruntime::Cache;
+    ///
+    /// // A near tier needs a shared store: the memory store is in-process.
+    /// let err = Cache::builder().near(32 << 20).build().unwrap_err();
+    /// assert!(err.to_string().contains("shared store"), "{err}");
+    /// ```
+    pub fn near(mut self, max_bytes: u64) -> Self {
+        self.near = Some(max_bytes);
+        self
+    }
+
+    /// How long the near tier serves an entry after the shared store last
+    /// vouched for it (the start of the read that found it, or of the read
+    /// before the computation whose value this process wrote): the longest
+    /// an invalidation, delete or write made by another process goes unseen
+    /// here. Default 100 ms; URL: `?near_check=250ms`. A longer check saves
+    /// round trips on hot keys and serves their old values for longer.
+    pub fn near_check(mut self, check: Duration) -> Self {
+        self.near_check = Some(check);
+        self
+    }
+
     /// Checks the settings and builds the cache. Never connects anywhere.
     pub fn build(self) -> Result<Cache, Error> {
         if let Some(bad) = self
@@ -314,6 +357,7 @@ impl CacheBuilder {
                 self.clock.clone(),
             ))),
         };
+        let (store, near) = near_tier(self.near, self.near_check, &self.clock, store, wanted)?;
         let backend = store.backend();
         let max_entry_bytes = match (backend.max_value_bytes(), self.max_entry_bytes) {
             (Some(holds), Some(asked)) if asked > holds => {
@@ -341,8 +385,51 @@ impl CacheBuilder {
             compress_above: self.compress_above,
             compression_level: level,
             known_flags: self.known_flags,
+            near,
         })))
     }
+}
+
+/// The store with a near tier of `near` bytes in front, if one is asked for.
+fn near_tier(
+    near: Option<u64>,
+    near_check: Option<Duration>,
+    clock: &Clock,
+    store: Store,
+    max_value_bytes: usize,
+) -> Result<(Store, Option<Arc<Near>>), Error> {
+    let Some(max_bytes) = near else {
+        if near_check.is_some() {
+            return Err(Error::Config(
+                "near_check is set without a near tier: add `near` (e.g. `?near=32MiB`) \
+                     or drop near_check"
+                    .into(),
+            ));
+        }
+        return Ok((store, None));
+    };
+    let check = near_check.unwrap_or(crate::near::DEFAULT_CHECK);
+    if check.is_zero() {
+        return Err(Error::Config(
+            "near_check must be greater than zero (leave `near` out for no near tier)".into(),
+        ));
+    }
+    if max_bytes == 0 {
+        return Err(Error::Config(
+            "near must be greater than zero bytes (leave it out for no near tier)".into(),
+        ));
+    }
+    let Store::Shared(shared) = store else {
+        return Err(Error::Config(
+            "a near tier goes in front of a shared store (Redis, PostgreSQL, SQLite, \
+                 Memcached); this cache's store is in-process or disabled already: drop `near`"
+                .into(),
+        ));
+    };
+    let settings = NearSettings { max_bytes, check };
+    let near = Arc::new(Near::new(settings, max_value_bytes, clock.clone()));
+    let wrapped = NearBackend::new(shared, near.clone());
+    Ok((Store::Shared(Arc::new(wrapped)), Some(near)))
 }
 
 /// The kind of store `backend` is, from its type: the crate's memory store

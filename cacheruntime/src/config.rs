@@ -68,6 +68,12 @@ pub(crate) async fn build(raw: &str, signing_keys: Vec<Vec<u8>>) -> Result<Cache
     if let Some(bytes) = common.max_entry_bytes {
         builder = builder.max_entry_bytes(bytes);
     }
+    if let Some(bytes) = common.near {
+        builder = builder.near(bytes);
+    }
+    if let Some(check) = common.near_check {
+        builder = builder.near_check(check);
+    }
     builder.build()
 }
 

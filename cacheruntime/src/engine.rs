@@ -25,6 +25,7 @@ use crate::compress::Compression;
 use crate::entry::{Sealer, SealerParts, Typed};
 use crate::errlog::ErrorLog;
 use crate::flight::Flights;
+use crate::near::Near;
 use crate::policy::Policy;
 use crate::signing::Signer;
 use crate::site::Site;
@@ -104,6 +105,9 @@ pub(crate) struct Parts {
     pub(crate) compression_level: i32,
     /// The envelope flags this cache reads (tests narrow it).
     pub(crate) known_flags: u8,
+    /// The near tier in front of a shared store, if on (the store is then
+    /// a [`NearBackend`](crate::near::NearBackend) around it).
+    pub(crate) near: Option<Arc<Near>>,
 }
 
 /// One cache's store, settings and shared state.
@@ -137,6 +141,8 @@ pub(crate) struct Engine {
     /// (`Backend::combines_locks`): the keys read live lately, which
     /// get-or-compute calls read without taking the lock (`warm.rs`).
     pub(crate) warm: Option<Warm>,
+    /// The near tier in front of a shared store, if on (`near.rs`).
+    pub(crate) near: Option<Arc<Near>>,
 }
 
 /// How many keys `stale_if_error` logs by name; past that, only counted.
@@ -194,6 +200,7 @@ impl Engine {
             id,
             lock_token: Bytes::from(format!("{}-{nanos}-e{id}", std::process::id())),
             warm,
+            near: p.near,
             store: p.store,
             namespace: namespace.into_boxed_str(),
             op_timeout: p.op_timeout,
@@ -371,6 +378,7 @@ impl Engine {
             lock_waits: c.lock_waits.get(),
             lock_timeouts: c.lock_timeouts.get(),
             signature_failures: self.sealer.signature_failures.get(),
+            near_hits: self.near.as_ref().map_or(0, |n| n.hits.get()),
             functions,
         }
     }

@@ -44,6 +44,7 @@ mod lock;
 mod many;
 mod memo;
 mod named;
+mod near;
 mod ops;
 mod outcome;
 mod params;

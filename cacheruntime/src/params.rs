@@ -168,6 +168,24 @@ impl<'a> CacheUrl<'a> {
         }
     }
 
+    /// A byte size: a count (`33554432`) or with a unit (`32MiB`, `64KB`;
+    /// the `bytesize` crate's grammar: `KiB` and `MiB` are powers of two,
+    /// `KB` and `MB` of ten).
+    pub(crate) fn take_bytes(&mut self, name: &str) -> Result<Option<u64>, Error> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(v) => v
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| Some(b.as_u64()))
+                .map_err(|_| {
+                    self.error(format!(
+                        "`{name}` is not a byte size; write a count (`33554432`) or `32MiB`, `512KiB`, `1GiB`"
+                    ))
+                }),
+        }
+    }
+
     /// Takes the parameters every scheme shares, then fails on any
     /// parameter nothing took (`known` lists the scheme's own, for that
     /// error). The last step of reading a URL, whichever the scheme.
@@ -179,11 +197,13 @@ impl<'a> CacheUrl<'a> {
             max_entry_bytes: self.take_parsed::<usize>("max_entry_bytes", "a byte count")?,
             compress_above: self.take_parsed::<usize>("compress_above", "a byte count")?,
             compress_level: self.take_parsed::<i32>("compress_level", "a zstd level (1 to 22)")?,
+            near: self.take_bytes("near")?,
+            near_check: self.take_duration("near_check")?,
         };
         match self.params.iter().find(|(_, _, used)| !used) {
             None => Ok(common),
             Some((k, _, _)) => Err(self.error(format!(
-                "unknown query parameter {}; `{}://` accepts {known}, namespace, default_ttl, op_timeout, max_entry_bytes, compress_above, compress_level",
+                "unknown query parameter {}; `{}://` accepts {known}, namespace, default_ttl, op_timeout, max_entry_bytes, compress_above, compress_level, near, near_check",
                 shown_name(k),
                 self.scheme
             ))),
@@ -202,6 +222,9 @@ pub(crate) struct Common {
     /// Needs the `compression` feature (`config.rs` says so otherwise).
     pub(crate) compress_above: Option<usize>,
     pub(crate) compress_level: Option<i32>,
+    /// The near tier's bytes (`?near=32MiB`).
+    pub(crate) near: Option<u64>,
+    pub(crate) near_check: Option<Duration>,
 }
 
 /// A parameter's name in backquotes, if it looks like one; otherwise not

@@ -108,6 +108,9 @@ impl Engine {
                         if !fp.knows_tags() && !self.tags_hold(&bytes).await? {
                             return Ok(Read::Miss(lookup.ticket));
                         }
+                        if let Some(near) = &inner.near {
+                            near.keep_read(key, &bytes, lookup.ticket.as_ref());
+                        }
                         return Ok(match due {
                             Due::No => Read::Hit(v),
                             Due::Early(_) | Due::Stale(_) => Read::Refresh(v, lookup.ticket, due),
@@ -139,7 +142,10 @@ impl Engine {
     ) -> Fast<V> {
         let inner = self;
         let Some(memory) = inner.store.memory() else {
-            return Fast::Remote;
+            return match &inner.near {
+                Some(near) => self.near_read::<V, HIT_IS_ANSWER>(near, key, fp, site, memo, policy),
+                None => Fast::Remote,
+            };
         };
         let found = memory.local(key);
         if let Some(entry) = found.entry {

@@ -227,6 +227,10 @@ pub struct Stats {
     /// Entries from a shared store rejected because they were unsigned or
     /// their HMAC did not verify (with signing keys set); each is a miss.
     pub signature_failures: u64,
+    /// Of the hits, those answered from the near tier (an in-process copy
+    /// in front of a shared store: `CacheBuilder::near`) without a round
+    /// trip to the store. `hits - near_hits` went to the store.
+    pub near_hits: u64,
     /// Per-function counters of the `#[cached]` functions that used this cache.
     pub functions: Vec<FunctionStats>,
 }

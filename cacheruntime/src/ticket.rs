@@ -27,8 +27,24 @@ pub struct Ticket(TicketRepr);
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum TicketRepr {
     Seq(u64),
-    Scoped { seq: u64, scope: u64 },
+    Scoped {
+        seq: u64,
+        scope: u64,
+    },
     Tag(Arc<str>),
+    /// A read through a near tier: what the near tier had seen (see
+    /// `near.rs`) and the shared store's own ticket, which the near tier
+    /// hands on to the store in place of this one.
+    Near(Arc<(NearMark, Option<Ticket>)>),
+}
+
+/// Where a near tier stood when a read through it began: its sequence
+/// number (every invalidation or delete it applies takes a newer one) and
+/// the time, in the cache clock's milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct NearMark {
+    pub(crate) seq: u64,
+    pub(crate) at_ms: u64,
 }
 
 impl Ticket {
@@ -51,11 +67,25 @@ impl Ticket {
         Ticket(TicketRepr::Tag(tag.into()))
     }
 
+    /// A near tier's ticket: its mark and the shared store's ticket.
+    pub(crate) fn near(mark: NearMark, inner: Option<Ticket>) -> Self {
+        Ticket(TicketRepr::Near(Arc::new((mark, inner))))
+    }
+
+    /// The near tier's mark and the shared store's ticket, if this is a
+    /// near tier's ticket.
+    pub(crate) fn as_near(&self) -> Option<(NearMark, Option<&Ticket>)> {
+        match &self.0 {
+            TicketRepr::Near(near) => Some((near.0, near.1.as_ref())),
+            _ => None,
+        }
+    }
+
     /// The sequence number, if this is one.
     pub fn as_seq(&self) -> Option<u64> {
         match &self.0 {
             TicketRepr::Seq(n) | TicketRepr::Scoped { seq: n, .. } => Some(*n),
-            TicketRepr::Tag(_) => None,
+            TicketRepr::Tag(_) | TicketRepr::Near(_) => None,
         }
     }
 
@@ -79,6 +109,16 @@ impl Ticket {
             (TicketRepr::Seq(a), TicketRepr::Seq(b)) => a >= b,
             (TicketRepr::Scoped { scope: a, .. }, TicketRepr::Scoped { scope: b, .. }) => a >= b,
             (TicketRepr::Tag(a), TicketRepr::Tag(b)) => a == b || generations_cover(a, b),
+            // Through a near tier: the store's tickets as they compare, and
+            // no invalidation the near tier applied between the reads.
+            (TicketRepr::Near(a), TicketRepr::Near(b)) => {
+                a.0.seq >= b.0.seq
+                    && match (&a.1, &b.1) {
+                        (Some(a), Some(b)) => a.covers(b),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            }
             _ => false,
         }
     }

@@ -58,6 +58,7 @@ use crate::key::MAX_STORED_KEY;
 use crate::Error;
 
 mod entry;
+mod near;
 
 pub(crate) use entry::{LocalEntry, LocalLookup};
 

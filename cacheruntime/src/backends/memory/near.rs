@@ -1,0 +1,78 @@
+//! What the memory store does as a near tier (`crate::near`): keep what a
+//! read of the shared store found without overwriting anything newer, and
+//! take in what this process wrote so that no read that began before the
+//! write puts the old value back.
+//!
+//! Both go through the key's stripe, as the store's own writes and deletes
+//! do, so each check and its insert are one step for the key.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{Invalidation, MemoryBackend};
+
+impl MemoryBackend {
+    /// The sequence number a read starting now is marked with: every
+    /// invalidation, delete or write taken in after this takes a newer one.
+    #[inline]
+    pub(crate) fn current_seq(&self) -> u64 {
+        self.seq.load(Ordering::Acquire)
+    }
+
+    /// Keeps `value`, which a read of the shared store marked with `seq`
+    /// found, for `ttl`: unless an invalidation, a delete or a write of the
+    /// key was taken in since `seq` (the read may have begun before it
+    /// reached the shared store), or an entry kept from a later read is
+    /// there. Whether it was kept.
+    pub(crate) fn keep_read(&self, key: &str, value: Bytes, ttl: Duration, seq: u64) -> bool {
+        if self.check_weight(key, &value).is_err() {
+            return false;
+        }
+        let _one_at_a_time = self.stripe(key);
+        if !self.admits(key, seq) {
+            return false;
+        }
+        if self.entries.get(key).is_some_and(|e| e.tag() > seq) {
+            return false;
+        }
+        self.insert(key, value, ttl, seq);
+        true
+    }
+
+    /// Takes in a write of `key` that this process made to the shared store:
+    /// `Some(value)` (for `ttl`) when the near tier may hold what the store
+    /// now has, `None` when it must not hold anything for the key. `since`
+    /// is where the near tier stood when the value's computation read the
+    /// store (or the write began): if an invalidation or delete of the key
+    /// was taken in since, the value is not kept.
+    ///
+    /// Either way the key is fenced at a new sequence number, as a delete
+    /// is: a read that began before the write may have found the old value,
+    /// and must not keep it.
+    pub(crate) fn take_write(&self, key: &str, value: Option<Bytes>, ttl: Duration, since: u64) {
+        let value = value.filter(|v| self.check_weight(key, v).is_ok());
+        let now = self.clock.now_ms();
+        {
+            let _one_at_a_time = self.stripe(key);
+            let keep = value.filter(|_| self.admits(key, since));
+            let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+            self.deleted
+                .insert(key.into(), Invalidation { seq, at_ms: now });
+            match keep {
+                Some(value) => self.insert(key, value, ttl, seq),
+                None => {
+                    self.entries.remove(key);
+                }
+            }
+        }
+        self.sweep_deletes(now);
+    }
+
+    /// Invalidates `prefix` (`""` or ending with `:`), as the store's
+    /// `invalidate_prefix` does.
+    pub(crate) fn forget_prefix(&self, prefix: &str) {
+        self.invalidate(prefix);
+    }
+}

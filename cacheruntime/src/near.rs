@@ -1,0 +1,208 @@
+//! The near tier: an in-process copy of entries read from (or written to)
+//! a shared store, answered on the synchronous hit path as the memory
+//! store's entries are.
+//!
+//! # What it may serve
+//! An entry is served only while this process knows nothing newer has
+//! reached the shared store for its key, and at most for `near_check`
+//! after the shared store last vouched for it: the start of the read that
+//! found it, or of the computation's read whose value this process wrote
+//! (so an invalidation made elsewhere is seen here within `near_check` of
+//! its return, whatever the store). Within that:
+//!
+//! - This process's own invalidations, deletes and writes reach its near
+//!   tier before the call returns (read-your-invalidations).
+//! - A read that began before one of them may have found the old value: it
+//!   carries the near tier's [`NearMark`] in its ticket, and is not kept
+//!   if anything was taken in for its key since.
+//! - A write is kept only if nothing was taken in for its key since its
+//!   computation's read (or since the write began, for `set`): not an
+//!   invalidation, not a delete, and not another write, whose order in the
+//!   store against this one is unknown here. Otherwise the key is dropped,
+//!   and the store answers the next read. Each write taken in fences the
+//!   key as a delete does, so two overlapping writes of a key never leave
+//!   the one the store did not keep.
+//! - Entries with tags are never kept (their tokens live in the shared
+//!   store), nor are tag tokens.
+//!
+//! The near tier is a [`MemoryBackend`] (bounded by bytes, the memory hit
+//! path), wrapped around the shared store by [`NearBackend`] so that every
+//! read carries its mark and every write reaches it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::backend::{Lookup, Ticket};
+use crate::backends::MemoryBackend;
+use crate::clock::Clock;
+use crate::stats::Counter;
+use crate::ticket::NearMark;
+
+mod backend;
+mod read;
+
+pub(crate) use backend::NearBackend;
+
+/// The near tier's settings, as the builder or a URL gave them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NearSettings {
+    /// The bound on the bytes the near tier holds.
+    pub(crate) max_bytes: u64,
+    /// How long after the shared store vouched for an entry the near tier
+    /// serves it: the longest an invalidation made in another process can
+    /// go unseen here.
+    pub(crate) check: Duration,
+}
+
+/// The default `near_check`: 100 ms.
+pub(crate) const DEFAULT_CHECK: Duration = Duration::from_millis(100);
+
+/// One cache's near tier; see the module docs.
+pub(crate) struct Near {
+    memory: MemoryBackend,
+    clock: Clock,
+    check_ms: u64,
+    /// Calls answered from the near tier (also counted as hits).
+    pub(crate) hits: Counter,
+}
+
+impl std::fmt::Debug for Near {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Near")
+            .field("memory", &self.memory)
+            .field("check_ms", &self.check_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Near {
+    pub(crate) fn new(settings: NearSettings, max_value_bytes: usize, clock: Clock) -> Near {
+        Near {
+            memory: MemoryBackend::sized(settings.max_bytes, max_value_bytes, clock.clone()),
+            clock,
+            check_ms: settings.check.as_millis().clamp(1, u64::MAX as u128) as u64,
+            hits: Counter::new(),
+        }
+    }
+
+    /// The entries.
+    #[inline(always)]
+    pub(crate) fn memory(&self) -> &MemoryBackend {
+        &self.memory
+    }
+
+    /// Where the near tier stands now: what a read or write beginning now
+    /// is checked against when it ends.
+    pub(crate) fn mark(&self) -> NearMark {
+        NearMark {
+            seq: self.memory.current_seq(),
+            at_ms: self.clock.now_ms(),
+        }
+    }
+
+    /// How long an entry the shared store vouched for at `mark` may still
+    /// be served (at most `ttl`), or `None` if no longer.
+    fn life(&self, mark: NearMark, ttl: Duration) -> Option<Duration> {
+        let until = mark.at_ms.saturating_add(self.check_ms);
+        let left = until
+            .checked_sub(self.clock.now_ms())
+            .filter(|&ms| ms > 0)?;
+        Some(Duration::from_millis(left).min(ttl))
+    }
+
+    /// Keeps what a read of the shared store found (verified by the cache:
+    /// signature, type, deadline) under the mark its ticket carries.
+    pub(crate) fn keep_read(&self, key: &str, bytes: &Bytes, ticket: Option<&Ticket>) {
+        let Some((mark, _)) = ticket.and_then(Ticket::as_near) else {
+            return;
+        };
+        if !may_hold(key, bytes) {
+            return;
+        }
+        if let Some(life) = self.life(mark, Duration::MAX) {
+            self.memory.keep_read(key, bytes.clone(), life, mark.seq);
+        }
+    }
+
+    /// Drops `key`, fencing reads that began before.
+    pub(crate) fn forget(&self, key: &str) {
+        self.memory.take_write(key, None, Duration::ZERO, 0);
+    }
+
+    /// Drops every key under `prefix`, fencing reads that began before.
+    pub(crate) fn forget_prefix(&self, prefix: &str) {
+        self.memory.forget_prefix(prefix);
+    }
+
+    /// A write of `key` to the shared store begins; the guard takes in its
+    /// outcome (or, dropped unfinished, drops the key).
+    fn write(self: &Arc<Self>, key: &str) -> WriteGuard {
+        WriteGuard {
+            near: self.clone(),
+            key: key.into(),
+            done: false,
+        }
+    }
+}
+
+/// Whether the near tier may hold `bytes` under `key`: not a tag token,
+/// not an entry with tags.
+fn may_hold(key: &str, bytes: &[u8]) -> bool {
+    !key.contains(crate::key::TOKEN_MARK) && crate::tags::is_untagged(bytes)
+}
+
+/// A write of one key to the shared store, in flight.
+struct WriteGuard {
+    near: Arc<Near>,
+    key: Box<str>,
+    done: bool,
+}
+
+impl WriteGuard {
+    /// Takes in the write's outcome: `Some(value)` if the store took it
+    /// (for `ttl`), vouched for as of `since`.
+    fn finish(mut self, value: Option<Bytes>, ttl: Duration, since: NearMark) {
+        self.done = true;
+        self.end(value, ttl, since);
+    }
+
+    fn end(&self, value: Option<Bytes>, ttl: Duration, since: NearMark) {
+        let near = &self.near;
+        let life = near.life(since, ttl);
+        let value = value.filter(|v| life.is_some() && may_hold(&self.key, v));
+        let life = life.unwrap_or(Duration::ZERO);
+        near.memory.take_write(&self.key, value, life, since.seq);
+    }
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            // Cancelled (a timeout, a dropped caller): the store may or may
+            // not have the value.
+            let mark = self.near.mark();
+            self.end(None, Duration::ZERO, mark);
+        }
+    }
+}
+
+/// The near tier's mark and the shared store's ticket, from a ticket a read
+/// through [`NearBackend`] returned (any other ticket is the store's own).
+fn split(ticket: Option<&Ticket>) -> (Option<NearMark>, Option<&Ticket>) {
+    match ticket.map(|t| (t, t.as_near())) {
+        Some((_, Some((mark, inner)))) => (Some(mark), inner),
+        Some((t, None)) => (None, Some(t)),
+        None => (None, None),
+    }
+}
+
+/// A read's answer with the near tier's mark added to its ticket.
+fn marked(lookup: Lookup, mark: NearMark) -> Lookup {
+    let Lookup { value, ticket } = lookup;
+    Lookup::new(value).with_ticket(Ticket::near(mark, ticket))
+}
+
+#[cfg(test)]
+mod tests;
