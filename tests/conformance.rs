@@ -103,7 +103,10 @@ macro_rules! conformance {
 }
 
 conformance! {
-    stores: [memory, redis, redis_cluster, postgres, sqlite, memcached, memcached_pool],
+    stores: [
+        memory, redis, redis_cluster, postgres, sqlite, memcached, memcached_pool,
+        redis_near, postgres_near, sqlite_near, memcached_near,
+    ],
     scenarios: [
         round_trip,
         ttl_expiry,

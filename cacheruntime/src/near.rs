@@ -198,10 +198,14 @@ fn split(ticket: Option<&Ticket>) -> (Option<NearMark>, Option<&Ticket>) {
     }
 }
 
-/// A read's answer with the near tier's mark added to its ticket.
+/// A read's answer with the near tier's mark added to its ticket. A read
+/// without a ticket stays without one (callers tell a store that gives
+/// none, as SQL's batched reads, by it), and is never kept near.
 fn marked(lookup: Lookup, mark: NearMark) -> Lookup {
-    let Lookup { value, ticket } = lookup;
-    Lookup::new(value).with_ticket(Ticket::near(mark, ticket))
+    match lookup.ticket {
+        Some(ticket) => Lookup::new(lookup.value).with_ticket(Ticket::near(mark, Some(ticket))),
+        None => lookup,
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,10 @@
 //! (a) it belongs to the key asked (the value embeds its key);
 //! (b) its version is not older than the version that any `delete` or
 //!     `invalidate_prefix` covering the key had set before it was issued,
-//!     if that fence returned before the read started.
+//!     if that fence returned before the read started; with near tiers
+//!     (the `*_near` stores), a fence made through another handle binds
+//!     only reads that started `near_check` after it returned (on the
+//!     handles' clock), one made through the reader's own handle at once.
 //!
 //! Seeded (`CONFORMANCE_SEED=<n>` replays a run's operation sequences; the
 //! interleaving is the scheduler's). Each run prints one line:
@@ -31,10 +34,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cacheruntime::{Cache, Policy};
+use cacheruntime::{Cache, Clock, Policy};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
@@ -203,20 +206,34 @@ struct World {
     locks: Vec<tokio::sync::Mutex<()>>,
     seq: AtomicU64,
     ids: AtomicU64,
+    /// The clock the handles keep time by, read around every tick.
+    clock: Clock,
+    /// `(tick, ms before it, ms after it)` on `clock`: what a near tier's
+    /// staleness bound is checked against.
+    times: Mutex<Vec<(u64, u64, u64)>>,
 }
 
 impl World {
-    fn new() -> World {
+    fn new(clock: Clock) -> World {
         World {
             versions: (0..KEYS).map(|_| AtomicU64::new(1)).collect(),
             locks: (0..KEYS).map(|_| tokio::sync::Mutex::new(())).collect(),
             seq: AtomicU64::new(1),
             ids: AtomicU64::new(1),
+            clock,
+            times: Mutex::new(Vec::new()),
         }
     }
 
     fn tick(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::SeqCst)
+        let before = self.clock.now_ms();
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        let after = self.clock.now_ms();
+        self.times
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((seq, before, after));
+        seq
     }
 
     /// The app's update of one key, under its lock: the new version.
@@ -498,7 +515,31 @@ struct Verdict {
     excused: usize,
 }
 
-fn check(ops: &[Op]) -> Verdict {
+/// With near tiers on the handles: their `near_check`, and when each tick
+/// happened on the handles' clock. A fence made through another handle
+/// binds a read only once `near_check` has passed since it returned; one
+/// made through the reader's own handle binds it at once.
+struct Near {
+    check_ms: u64,
+    times: HashMap<u64, (u64, u64)>,
+}
+
+impl Near {
+    /// Whether a fence through `fence.handle` that returned at tick
+    /// `fence.end` binds `read` (which started after it).
+    fn binds(&self, fence: &Op, read: &Op) -> bool {
+        if fence.handle == read.handle {
+            return true;
+        }
+        // The fence's end is taken no earlier, the read's start no later,
+        // than they happened.
+        let returned = self.times[&fence.end].1;
+        let started = self.times[&read.start].0;
+        returned + self.check_ms <= started
+    }
+}
+
+fn check(ops: &[Op], near: Option<&Near>) -> Verdict {
     let by_id: HashMap<u64, &Op> = ops.iter().map(|o| (o.id, o)).collect();
     // Per key: fences by end, with the highest version set so far.
     let mut fences: Vec<Vec<(u64, u64, u64)>> = vec![Vec::new(); KEYS];
@@ -550,7 +591,18 @@ fn check(ops: &[Op]) -> Verdict {
         if before == 0 {
             continue;
         }
-        let (floor, fence_id) = floors[k][before - 1];
+        let (floor, fence_id) = match near {
+            None => floors[k][before - 1],
+            // The highest version set by a fence that binds this read.
+            Some(near) => match fences[k][..before]
+                .iter()
+                .filter(|f| near.binds(by_id[&f.2], op))
+                .max_by_key(|f| f.1)
+            {
+                Some(&(_, v, id)) => (v, id),
+                None => continue,
+            },
+        };
         if val.version >= floor {
             continue;
         }
@@ -643,7 +695,8 @@ async fn run(s: &Store, faults: Option<Faults>) {
     let handles = Arc::new(vec![s.a.clone(), s.b.clone(), s.handle()]);
     debug_assert_eq!(handles.len(), HANDLES);
     let base: Vec<_> = handles.iter().map(Cache::stats).collect();
-    let world = Arc::new(World::new());
+    let clock = s.manual_clock().cloned().unwrap_or_else(Clock::system);
+    let world = Arc::new(World::new(clock));
     let stop = Arc::new(AtomicBool::new(false));
     // Time passes on manual clocks too (5x real time), so entries expire
     // and go stale while the history runs.
@@ -683,7 +736,14 @@ async fn run(s: &Store, faults: Option<Faults>) {
     if let Some(i) = injector {
         i.await.expect("the fault injector failed");
     }
-    let verdict = check(&ops);
+    let near = s.options().near_check.map(|check| Near {
+        check_ms: check.as_millis() as u64,
+        times: std::mem::take(&mut *world.times.lock().unwrap())
+            .into_iter()
+            .map(|(seq, before, after)| (seq, (before, after)))
+            .collect(),
+    });
+    let verdict = check(&ops, near.as_ref());
     let stats: Vec<_> = handles.iter().map(Cache::stats).collect();
     let sum = |f: fn(&cacheruntime::Stats) -> u64| -> u64 {
         stats.iter().zip(&base).map(|(s, b)| f(s) - f(b)).sum()
@@ -692,7 +752,7 @@ async fn run(s: &Store, faults: Option<Faults>) {
     println!(
         "CONFORMANCE | history | {} | seed={seed} secs={secs} faults={what} | ops={} reads={} \
          returned={} gets={} sets={} adds={} deletes={} delete_manys={} invalidations={} \
-         clears={} fences={} hits={} stale_hits={} \
+         clears={} fences={} hits={} near_hits={} stale_hits={} \
          misses={} computations={} store_errors={} op_errors={} excused={} violations={}",
         s.name,
         ops.len(),
@@ -707,6 +767,7 @@ async fn run(s: &Store, faults: Option<Faults>) {
         count(Kind::Clear),
         verdict.fences,
         sum(|s| s.hits),
+        sum(|s| s.near_hits),
         sum(|s| s.stale_hits),
         sum(|s| s.misses),
         sum(|s| s.computations),

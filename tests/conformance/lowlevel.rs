@@ -49,6 +49,8 @@ async fn make_absent(s: &Store, f: &mut Findings, prefix: &str, key: &str, how: 
             }
         }
     }
+    // A's near tier (if any) kept its write: let B's change reach it.
+    s.settle().await;
 }
 
 fn calls(h: &Cache) -> u64 {
@@ -222,6 +224,7 @@ pub async fn add_race_across_handles(s: &Store) {
             }
         };
         if let Some(winner) = winner {
+            s.settle().await;
             let got = s.a.get::<String>(&key).await;
             f.expect(matches!(&got, Ok(Some(v)) if v == winner), || {
                 format!("round {round}: {winner}'s add won but A.get returned {got:?}")
@@ -267,6 +270,7 @@ pub async fn many_answer_as_single_key_ops(s: &Store) {
     if let Err(e) = s.b.delete_many(&["mn:dm:1", "mn:dm:2"]).await {
         f.fail(format!("B.delete_many failed: {e}"));
     }
+    s.settle().await;
     keys.extend(["mn:dm:1".to_string(), "mn:dm:2".to_string()]);
     want.extend([None, None]);
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -322,6 +326,7 @@ pub async fn counters(s: &Store) {
             format!("step {i} of incr 1, incr 5, decr 10: {got:?}, expected {want}")
         });
     }
+    s.settle().await;
     for (name, h) in [("A", &s.a), ("B", &s.b)] {
         let got = h.get::<i64>("cn:live:k").await;
         f.expect(matches!(got, Ok(Some(-4))), || {
@@ -432,6 +437,7 @@ pub async fn incr_sum_across_handles(s: &Store) {
     f.expect(seen == want, || {
         format!("40 increments returned {seen:?}, expected each of 1..=40 once")
     });
+    s.settle().await;
     let total = s.a.get::<i64>("sum:k").await;
     f.expect(matches!(total, Ok(Some(40))), || {
         format!("after 40 increments A.get::<i64> returned {total:?}")

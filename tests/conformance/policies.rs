@@ -238,6 +238,7 @@ pub async fn compressed_and_plain_entries_read_across_handles(s: &Store) {
             again.len()
         )
     });
+    s.settle().await;
     let got = z
         .get_or_compute(key, &p, || async { "recomputed".to_owned() })
         .await;

@@ -417,8 +417,10 @@ async fn fence(s: &Store, scenario: &str, fence: Fence, through_b: bool) {
 }
 
 /// Every later call, on A, B and a new handle, gets `min` or newer: `get`
-/// (or nothing) and `get_or_compute`.
+/// (or nothing) and `get_or_compute`. With near tiers, once the change has
+/// had `near_check` to reach them ([`Store::settle`]).
 async fn later_calls_see(s: &Store, f: &mut Findings, o: &Origin, min: u64, when: &str) {
+    s.settle().await;
     let c = s.handle();
     let p = Policy::new().ttl(MINUTE);
     for (name, h) in [("A", &s.a), ("B", &s.b), ("a new handle", &c)] {
@@ -607,6 +609,7 @@ pub async fn invalidation_survives_state_loss(s: &Store) {
     if let Err(e) = s.a.invalidate_prefix("grp:1:").await {
         f.fail(format!("A.invalidate_prefix failed: {e}"));
     }
+    s.settle().await;
     for o in &origins {
         let got = s.b.get::<Val>(o.key).await;
         f.expect(matches!(got, Ok(None)), || {

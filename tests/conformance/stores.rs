@@ -47,6 +47,8 @@ pub struct Options {
     /// The envelope flags the handle reads (`read_flags_only`): a process
     /// built without a feature.
     pub read_flags: Option<u8>,
+    /// A near tier (1 MiB) with this `near_check` on every handle.
+    pub near_check: Option<Duration>,
 }
 
 impl Options {
@@ -59,6 +61,7 @@ impl Options {
         compress_above: None,
         max_entry_bytes: None,
         read_flags: None,
+        near_check: None,
     };
 
     /// Stores being broken on purpose: calls give up quickly and compute.
@@ -69,6 +72,7 @@ impl Options {
         compress_above: None,
         max_entry_bytes: None,
         read_flags: None,
+        near_check: None,
     };
 }
 
@@ -149,6 +153,16 @@ impl Store {
         }
     }
 
+    /// Lets a change made through one handle reach the others' near tiers:
+    /// their `near_check` passes (nothing to wait for without near tiers).
+    /// A near tier's contract across processes: another process's write,
+    /// delete or invalidation is seen within `near_check` of its return.
+    pub async fn settle(&self) {
+        if let Some(check) = self.options.near_check {
+            self.elapse(check).await;
+        }
+    }
+
     /// Loses the store's record of past invalidations, as the store can:
     /// Redis and Memcached lose generation counters (eviction, restart),
     /// SQL sweeps invalidation rows older than `max_ttl`, memory drops its
@@ -190,6 +204,9 @@ fn build(backend: impl Backend, namespace: &str, clock: Option<&Clock>, o: &Opti
     }
     if let Some(flags) = o.read_flags {
         builder = builder.read_flags_only(flags);
+    }
+    if let Some(check) = o.near_check {
+        builder = builder.near(1 << 20).near_check(check);
     }
     builder.build().expect("a valid cache configuration")
 }
@@ -292,6 +309,41 @@ pub async fn memory() -> Store {
     .await
 }
 
+// --------------------------------------------------------------- near tiers
+
+/// The near tier's `near_check` in the `*_near` fixtures.
+pub const NEAR_CHECK: Duration = Duration::from_millis(100);
+
+const NEAR: Options = Options {
+    near_check: Some(NEAR_CHECK),
+    ..Options::DEFAULT
+};
+
+/// Standalone Redis, every handle with a near tier.
+pub async fn redis_near() -> Store {
+    let info = redis_info().await;
+    redis_at("redis_near", info.url, info.ports, false, NEAR).await
+}
+
+/// PostgreSQL, every handle with a near tier.
+pub async fn postgres_near() -> Store {
+    let url = postgres_url().await;
+    sql_at("postgres_near", url, NEAR, Vec::new()).await
+}
+
+/// SQLite, every handle with a near tier.
+pub async fn sqlite_near() -> Store {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("cache.db").display());
+    sql_at("sqlite_near", url, NEAR, vec![Box::new(dir)]).await
+}
+
+/// Memcached, every handle with a near tier.
+pub async fn memcached_near() -> Store {
+    let port = memcached_port().await;
+    memcached_at("memcached_near", port, NEAR).await
+}
+
 // --------------------------------------------------------------------- redis
 
 #[derive(Clone)]
@@ -305,7 +357,12 @@ static REDIS_CLUSTER: OnceLock<RedisInfo> = OnceLock::new();
 
 /// Standalone Redis, shared by the binary.
 pub async fn redis() -> Store {
-    let info = shared(&REDIS, || {
+    let info = redis_info().await;
+    redis_at("redis", info.url, info.ports, false, Options::DEFAULT).await
+}
+
+async fn redis_info() -> RedisInfo {
+    shared(&REDIS, || {
         let server = RedisServer::start();
         let info = RedisInfo {
             url: server.url(),
@@ -313,8 +370,7 @@ pub async fn redis() -> Store {
         };
         (Box::new(server), info)
     })
-    .await;
-    redis_at("redis", info.url, info.ports, false, Options::DEFAULT).await
+    .await
 }
 
 /// A three-master Redis Cluster, shared by the binary.
@@ -417,13 +473,17 @@ static POSTGRES: OnceLock<String> = OnceLock::new();
 
 /// PostgreSQL, shared by the binary; a table per test.
 pub async fn postgres() -> Store {
-    let url = shared(&POSTGRES, || {
+    let url = postgres_url().await;
+    sql_at("postgres", url, Options::DEFAULT, Vec::new()).await
+}
+
+async fn postgres_url() -> String {
+    shared(&POSTGRES, || {
         let pg = Postgres::start();
         let url = pg.url();
         (Box::new(pg), url)
     })
-    .await;
-    sql_at("postgres", url, Options::DEFAULT, Vec::new()).await
+    .await
 }
 
 /// A SQLite file of its own in a temp dir.
@@ -486,13 +546,17 @@ static MEMCACHED: OnceLock<u16> = OnceLock::new();
 
 /// Memcached (`-I 1m`), shared by the binary.
 pub async fn memcached() -> Store {
-    let port = shared(&MEMCACHED, || {
+    let port = memcached_port().await;
+    memcached_at("memcached", port, Options::DEFAULT).await
+}
+
+async fn memcached_port() -> u16 {
+    shared(&MEMCACHED, || {
         let server = MemcachedServer::start();
         let port = server.port;
         (Box::new(server), port)
     })
-    .await;
-    memcached_at("memcached", port, Options::DEFAULT).await
+    .await
 }
 
 /// Memcached on a loopback `port`.

@@ -408,8 +408,14 @@ impl MemoryBackend {
     }
 
     fn invalidate(&self, prefix: &str) {
-        let now = self.clock.now_ms();
         let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        self.record_invalidation(prefix, seq);
+    }
+
+    /// Records an invalidation of `prefix` that took sequence number `seq`
+    /// (a write may be taken in between the two: see `near.rs`).
+    fn record_invalidation(&self, prefix: &str, seq: u64) {
+        let now = self.clock.now_ms();
         self.invalidations
             .insert(prefix.into(), Invalidation { seq, at_ms: now });
         self.newest_invalidation.fetch_max(seq, Ordering::AcqRel);

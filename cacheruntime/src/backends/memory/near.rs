@@ -24,8 +24,8 @@ impl MemoryBackend {
     /// Keeps `value`, which a read of the shared store marked with `seq`
     /// found, for `ttl`: unless an invalidation, a delete or a write of the
     /// key was taken in since `seq` (the read may have begun before it
-    /// reached the shared store), or an entry kept from a later read is
-    /// there. Whether it was kept.
+    /// reached the shared store), or an entry vouched for later is there.
+    /// Whether it was kept.
     pub(crate) fn keep_read(&self, key: &str, value: Bytes, ttl: Duration, seq: u64) -> bool {
         if self.check_weight(key, &value).is_err() {
             return false;
@@ -50,7 +50,9 @@ impl MemoryBackend {
     ///
     /// Either way the key is fenced at a new sequence number, as a delete
     /// is: a read that began before the write may have found the old value,
-    /// and must not keep it.
+    /// and must not keep it. The value itself is kept under `since`, not
+    /// the new number, so that an invalidation that took its number before
+    /// this write but is recorded after the check above still hides it.
     pub(crate) fn take_write(&self, key: &str, value: Option<Bytes>, ttl: Duration, since: u64) {
         let value = value.filter(|v| self.check_weight(key, v).is_ok());
         let now = self.clock.now_ms();
@@ -61,7 +63,7 @@ impl MemoryBackend {
             self.deleted
                 .insert(key.into(), Invalidation { seq, at_ms: now });
             match keep {
-                Some(value) => self.insert(key, value, ttl, seq),
+                Some(value) => self.insert(key, value, ttl, since),
                 None => {
                     self.entries.remove(key);
                 }
@@ -74,5 +76,38 @@ impl MemoryBackend {
     /// `invalidate_prefix` does.
     pub(crate) fn forget_prefix(&self, prefix: &str) {
         self.invalidate(prefix);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_write_taken_in_while_an_invalidation_is_being_recorded_is_hidden_by_it() {
+        let m = MemoryBackend::new(1 << 20);
+        let since = m.current_seq();
+        // The invalidation takes its number; the write is taken in before
+        // the invalidation is recorded, so its check sees no record.
+        let seq = m.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        m.take_write("a:k", Some(Bytes::from_static(b"old")), TTL, since);
+        m.record_invalidation("a:", seq);
+        assert!(m.local("a:k").entry.is_none());
+    }
+
+    #[test]
+    fn a_read_is_not_kept_over_a_write_or_a_later_read() {
+        let m = MemoryBackend::new(1 << 20);
+        let before = m.current_seq();
+        m.take_write("a:k", Some(Bytes::from_static(b"new")), TTL, before);
+        // A read that began before the write found the old value.
+        assert!(!m.keep_read("a:k", Bytes::from_static(b"old"), TTL, before));
+        let later = m.current_seq();
+        assert!(m.keep_read("a:k", Bytes::from_static(b"newer"), TTL, later));
+        assert!(!m.keep_read("a:k", Bytes::from_static(b"new"), TTL, later - 1));
+        let found = m.local("a:k").entry.unwrap();
+        assert_eq!(&found.bytes()[..], b"newer");
     }
 }
