@@ -167,6 +167,7 @@ mod faults {
 
     under_faults! {
         redis_history => redis_under_faults,
+        redis_near_history => redis_near_under_faults,
         memcached_history => memcached_under_faults,
         postgres_history => postgres_under_faults,
     }

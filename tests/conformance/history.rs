@@ -824,17 +824,23 @@ pub async fn history(s: &Store) {
 /// Redis killed and restarted (empty: entries and generation counters
 /// gone) and frozen with SIGSTOP, in turns.
 pub async fn redis_under_faults() {
+    redis_faults("redis", Options::FAULTS).await;
+}
+
+/// [`redis_under_faults`] with a near tier on every handle.
+pub async fn redis_near_under_faults() {
+    let options = Options {
+        near_check: Some(stores::NEAR_CHECK),
+        ..Options::FAULTS
+    };
+    redis_faults("redis_near", options).await;
+}
+
+async fn redis_faults(name: &'static str, options: Options) {
     let server = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap();
-    let store = stores::redis_at(
-        "redis",
-        server.url(),
-        vec![server.port],
-        false,
-        Options::FAULTS,
-    )
-    .await;
+    let store = stores::redis_at(name, server.url(), vec![server.port], false, options).await;
     let faults = Faults {
         what: "redis kill+restart (300 ms down), SIGSTOP (400 ms)",
         inject: Box::new(move |stop| {
