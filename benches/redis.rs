@@ -31,10 +31,25 @@ fn ranking(author_id: i64) -> Vec<i64> {
 }
 
 static OURS: OnceLock<Cache> = OnceLock::new();
+static NEAR: OnceLock<Cache> = OnceLock::new();
+static MEMORY: OnceLock<Cache> = OnceLock::new();
 static URL: OnceLock<String> = OnceLock::new();
 
 #[cacheruntime::cached(key = "author:{author_id}:top_books", ttl = 3600, cache = OURS.get().unwrap())]
 async fn ours(author_id: i64) -> Result<Vec<i64>, DbError> {
+    Ok(ranking(author_id))
+}
+
+/// `ours` on the same Redis with a near tier (`?near=32MiB`, near_check
+/// 100 ms): a hot key is read from Redis once per near_check.
+#[cacheruntime::cached(key = "author:{author_id}:top_books", ttl = 3600, cache = NEAR.get().unwrap())]
+async fn ours_near(author_id: i64) -> Result<Vec<i64>, DbError> {
+    Ok(ranking(author_id))
+}
+
+/// `ours` on the memory store: what the near tier's hit is held to.
+#[cacheruntime::cached(key = "author:{author_id}:top_books", ttl = 3600, cache = MEMORY.get().unwrap())]
+async fn ours_memory(author_id: i64) -> Result<Vec<i64>, DbError> {
     Ok(ranking(author_id))
 }
 
@@ -98,6 +113,16 @@ fn main() {
     let backend = RedisBackend::new(RedisConfig::new(server.url())).unwrap();
     OURS.set(Cache::builder().backend(backend).build().unwrap())
         .unwrap();
+    let near = RedisBackend::new(RedisConfig::new(server.url())).unwrap();
+    NEAR.set(
+        Cache::builder()
+            .backend(near)
+            .near(32 << 20)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    MEMORY.set(Cache::memory()).unwrap();
     let raw: redis::aio::ConnectionManager = rt.block_on(async {
         let client = redis::Client::open(server.url()).unwrap();
         let mut con = client.get_connection_manager().await.unwrap();
@@ -110,6 +135,8 @@ fn main() {
         peer(42).await.unwrap();
         // Measure hits: warm until the store serves one.
         warm::until_hit(OURS.get().unwrap(), || ours(42)).await;
+        warm::until_hit(NEAR.get().unwrap(), || ours_near(42)).await;
+        warm::until_hit(MEMORY.get().unwrap(), || ours_memory(42)).await;
         con
     });
 
@@ -128,6 +155,12 @@ fn main() {
         });
         g.bench_function("cached_crate", |b| {
             b.to_async(&rt).iter(|| peer(black_box(42)))
+        });
+        g.bench_function("ours_near", |b| {
+            b.to_async(&rt).iter(|| ours_near(black_box(42)))
+        });
+        g.bench_function("memory", |b| {
+            b.to_async(&rt).iter(|| ours_memory(black_box(42)))
         });
         g.finish();
     }
@@ -173,6 +206,13 @@ fn main() {
             b.to_async(&rt).iter_custom(|n| {
                 concurrently(n, || async {
                     peer(42).await.unwrap();
+                })
+            })
+        });
+        g.bench_function("ours_near", |b| {
+            b.to_async(&rt).iter_custom(|n| {
+                concurrently(n, || async {
+                    ours_near(42).await.unwrap();
                 })
             })
         });
@@ -276,6 +316,19 @@ fn main() {
         ("redis_hit", "ours", "raw_get", "latency, target <= 1.10"),
         ("redis_hit", "ours", "cached_crate", ""),
         (
+            "redis_hit",
+            "ours_near",
+            "memory",
+            "near tier hit against the memory store's, target <= 2",
+        ),
+        ("redis_hit", "ours_near", "raw_get", ""),
+        (
+            "redis_hit_64_tasks",
+            "ours_near",
+            "raw_get",
+            "time per op, target <= 0.2 (throughput >= 5x)",
+        ),
+        (
             "redis_hit_64_tasks",
             "ours",
             "raw_get",
@@ -309,13 +362,13 @@ fn main() {
         rows.push((g.as_str(), "ours", "scan_unlink", "target: flat, <= 1 ms"));
     }
     println!(
-        "\n{:<26} {:<6} {:>12}   {:<14} {:>12}   {:>8}",
+        "\n{:<26} {:<9} {:>12}   {:<14} {:>12}   {:>8}",
         "group", "ours", "ns", "peer", "ns", "ratio"
     );
     for (group, a, b, note) in rows {
         if let (Some(x), Some(y)) = (mean_ns(group, a), mean_ns(group, b)) {
             println!(
-                "{group:<26} {a:<6} {x:>12.0}   {b:<14} {y:>12.0}   {:>8.3}x  {note}",
+                "{group:<26} {a:<9} {x:>12.0}   {b:<14} {y:>12.0}   {:>8.3}x  {note}",
                 x / y
             );
         }
