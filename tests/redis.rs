@@ -337,8 +337,9 @@ async fn mutual_tls_needs_the_client_certificate() {
 }
 
 const ACL_USER: &str =
-    "user cacheapp on >s3cret-pass ~* resetchannels -@all +get +set +mget +incr +exists +time +pttl \
-     +pexpire +unlink +del +eval +evalsha +script|load +ping +select +hello";
+    "user cacheapp on >s3cret-pass ~* resetchannels &cacheruntime:changes -@all +get +set +mget \
+     +incr +exists +time +pttl +pexpire +unlink +del +eval +evalsha +script|load +ping +select \
+     +hello +publish +subscribe";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_user_limited_to_cache_commands_works() {

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+#[doc(hidden)]
+pub use crate::near::Feed;
 pub use crate::ticket::Ticket;
 use crate::Error;
 
@@ -201,6 +203,21 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// their write. Otherwise (the default) it locks, looks and releases in
     /// calls of their own, the release in the background.
     fn combines_locks(&self) -> bool {
+        false
+    }
+
+    /// Whether the store publishes a notice of every change (the Redis
+    /// store: Pub/Sub), so that a near tier in front of it can follow them
+    /// (`follow_changes`) instead of polling. The crate's own stores only.
+    #[doc(hidden)]
+    fn pushes_changes(&self) -> bool {
+        false
+    }
+
+    /// Starts following the store's change notices for a near tier; false
+    /// if it cannot now (the near tier then serves nothing).
+    #[doc(hidden)]
+    fn follow_changes(&self, _feed: Feed) -> bool {
         false
     }
 
@@ -418,6 +435,12 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn combines_locks(&self) -> bool {
         (**self).combines_locks()
+    }
+    fn pushes_changes(&self) -> bool {
+        (**self).pushes_changes()
+    }
+    fn follow_changes(&self, feed: Feed) -> bool {
+        (**self).follow_changes(feed)
     }
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
         (**self).get(key)

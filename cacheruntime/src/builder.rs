@@ -93,6 +93,7 @@ pub struct CacheBuilder {
     /// A near tier of this many bytes in front of a shared store.
     near: Option<u64>,
     near_check: Option<Duration>,
+    near_ttl: Option<Duration>,
 }
 
 impl Default for CacheBuilder {
@@ -123,6 +124,7 @@ impl CacheBuilder {
             known_flags: crate::envelope::KNOWN_FLAGS,
             near: None,
             near_check: None,
+            near_ttl: None,
         }
     }
 
@@ -309,6 +311,15 @@ impl CacheBuilder {
         self
     }
 
+    /// On a store that pushes change notices (Redis), how long the near
+    /// tier keeps an entry at most (default 60 s; URL `?near_ttl=5m`): the
+    /// notices end it sooner when it changes. (On stores without notices,
+    /// `near_check` is what ends it.)
+    pub fn near_ttl(mut self, ttl: Duration) -> Self {
+        self.near_ttl = Some(ttl);
+        self
+    }
+
     /// Checks the settings and builds the cache. Never connects anywhere.
     pub fn build(self) -> Result<Cache, Error> {
         if let Some(bad) = self
@@ -357,7 +368,14 @@ impl CacheBuilder {
                 self.clock.clone(),
             ))),
         };
-        let (store, near) = near_tier(self.near, self.near_check, &self.clock, store, wanted)?;
+        let (store, near) = near_tier(
+            self.near,
+            self.near_check,
+            self.near_ttl,
+            &self.clock,
+            store,
+            wanted,
+        )?;
         let backend = store.backend();
         let max_entry_bytes = match (backend.max_value_bytes(), self.max_entry_bytes) {
             (Some(holds), Some(asked)) if asked > holds => {
@@ -394,6 +412,7 @@ impl CacheBuilder {
 fn near_tier(
     near: Option<u64>,
     near_check: Option<Duration>,
+    near_ttl: Option<Duration>,
     clock: &Clock,
     store: Store,
     max_value_bytes: usize,
@@ -426,8 +445,19 @@ fn near_tier(
                 .into(),
         ));
     };
-    let settings = NearSettings { max_bytes, check };
-    let near = Arc::new(Near::new(settings, max_value_bytes, clock.clone()));
+    let ttl = near_ttl.unwrap_or(crate::near::DEFAULT_TTL);
+    if ttl.is_zero() {
+        return Err(Error::Config(
+            "near_ttl must be greater than zero (leave `near` out for no near tier)".into(),
+        ));
+    }
+    let settings = NearSettings {
+        max_bytes,
+        check,
+        ttl,
+    };
+    let push = shared.pushes_changes();
+    let near = Arc::new(Near::new(settings, max_value_bytes, clock.clone(), push));
     let wrapped = NearBackend::new(shared, near.clone());
     Ok((Store::Shared(Arc::new(wrapped)), Some(near)))
 }

@@ -74,6 +74,9 @@ pub(crate) async fn build(raw: &str, signing_keys: Vec<Vec<u8>>) -> Result<Cache
     if let Some(check) = common.near_check {
         builder = builder.near_check(check);
     }
+    if let Some(ttl) = common.near_ttl {
+        builder = builder.near_ttl(ttl);
+    }
     builder.build()
 }
 

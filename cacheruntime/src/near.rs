@@ -29,8 +29,9 @@
 //! path), wrapped around the shared store by [`NearBackend`] so that every
 //! read carries its mark and every write reaches it.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -54,16 +55,35 @@ pub(crate) struct NearSettings {
     /// serves it: the longest an invalidation made in another process can
     /// go unseen here.
     pub(crate) check: Duration,
+    /// On a store that pushes change notices: how long an entry is kept
+    /// (the notices, not time, end its use).
+    pub(crate) ttl: Duration,
 }
 
 /// The default `near_check`: 100 ms.
 pub(crate) const DEFAULT_CHECK: Duration = Duration::from_millis(100);
+
+/// How long the near tier remembers a delete, a write or another process's
+/// change to a key (see `MemoryBackend::remember_deletes_for`).
+const DELETES_REMEMBERED_MS: u64 = 10_000;
+
+/// The default `near_ttl`: a minute.
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(60);
 
 /// One cache's near tier; see the module docs.
 pub(crate) struct Near {
     memory: MemoryBackend,
     clock: Clock,
     check_ms: u64,
+    /// The store pushes change notices (`Backend::pushes_changes`): entries
+    /// live `ttl`, and are served only under the lease below.
+    push: bool,
+    ttl: Duration,
+    /// With notices: serve only before this ([`mono_ms`]): `near_check`
+    /// after the last moment the notices were known complete.
+    lease_until: AtomicU64,
+    /// The notices are being followed (or being started).
+    following: AtomicBool,
     /// Calls answered from the near tier (also counted as hits).
     pub(crate) hits: Counter,
 }
@@ -78,11 +98,21 @@ impl std::fmt::Debug for Near {
 }
 
 impl Near {
-    pub(crate) fn new(settings: NearSettings, max_value_bytes: usize, clock: Clock) -> Near {
+    pub(crate) fn new(
+        settings: NearSettings,
+        max_value_bytes: usize,
+        clock: Clock,
+        push: bool,
+    ) -> Near {
         Near {
-            memory: MemoryBackend::sized(settings.max_bytes, max_value_bytes, clock.clone()),
+            memory: MemoryBackend::sized(settings.max_bytes, max_value_bytes, clock.clone())
+                .remember_deletes_for(DELETES_REMEMBERED_MS),
             clock,
             check_ms: settings.check.as_millis().clamp(1, u64::MAX as u128) as u64,
+            push,
+            ttl: settings.ttl,
+            lease_until: AtomicU64::new(0),
+            following: AtomicBool::new(false),
             hits: Counter::new(),
         }
     }
@@ -102,9 +132,32 @@ impl Near {
         }
     }
 
+    /// Whether entries may be served now: always when polling; with
+    /// notices, while the lease holds.
+    #[inline(always)]
+    pub(crate) fn serving(&self) -> bool {
+        !self.push || mono_ms(Instant::now()) < self.lease_until.load(Ordering::Acquire)
+    }
+
+    /// Starts following the store's notices, once (again, if it could not).
+    pub(crate) fn follow(self: &Arc<Self>, shared: &dyn crate::backend::Backend) {
+        if !self.push || self.following.load(Ordering::Relaxed) {
+            return;
+        }
+        if !self.following.swap(true, Ordering::AcqRel)
+            && !shared.follow_changes(Feed(Arc::downgrade(self)))
+        {
+            self.following.store(false, Ordering::Release);
+        }
+    }
+
     /// How long an entry the shared store vouched for at `mark` may still
-    /// be served (at most `ttl`), or `None` if no longer.
+    /// be served (at most `ttl`), or `None` if no longer. With notices, the
+    /// near tier's `ttl`: the notices end it.
     fn life(&self, mark: NearMark, ttl: Duration) -> Option<Duration> {
+        if self.push {
+            return Some(ttl.min(self.ttl));
+        }
         let until = mark.at_ms.saturating_add(self.check_ms);
         let left = until
             .checked_sub(self.clock.now_ms())
@@ -144,6 +197,66 @@ impl Near {
             key: key.into(),
             done: false,
         }
+    }
+}
+
+/// Milliseconds since the first call, on a monotonic clock: the lease's
+/// time (real time whatever the cache's clock).
+fn mono_ms(at: Instant) -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    at.saturating_duration_since(start).as_millis() as u64 + 1
+}
+
+/// What a store that pushes change notices feeds a near tier with (see
+/// `Backend::follow_changes`): it lives as long as the near tier.
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct Feed(Weak<Near>);
+
+impl Feed {
+    /// Whether the near tier still exists (the follower stops otherwise).
+    pub fn is_open(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+
+    /// The entry under `key` was written or deleted.
+    pub fn key_changed(&self, key: &str) {
+        if let Some(near) = self.0.upgrade() {
+            near.forget(key);
+        }
+    }
+
+    /// The entries under `prefix` were invalidated.
+    pub fn prefix_invalidated(&self, prefix: &str) {
+        if let Some(near) = self.0.upgrade() {
+            near.forget_prefix(prefix);
+        }
+    }
+
+    /// Notices may have been missed: everything is dropped, and nothing is
+    /// served until [`synced`](Self::synced).
+    pub fn lost(&self) {
+        if let Some(near) = self.0.upgrade() {
+            near.lease_until.store(0, Ordering::Release);
+            near.forget_prefix("");
+        }
+    }
+
+    /// Every notice published before `asked` has been applied: entries may
+    /// be served until `near_check` after it.
+    pub fn synced(&self, asked: Instant) {
+        if let Some(near) = self.0.upgrade() {
+            let until = mono_ms(asked).saturating_add(near.check_ms);
+            near.lease_until.fetch_max(until, Ordering::AcqRel);
+        }
+    }
+
+    /// The near tier's `near_check`: how often to make sure of the notices.
+    pub fn check(&self) -> Duration {
+        self.0
+            .upgrade()
+            .map_or(DEFAULT_CHECK, |n| Duration::from_millis(n.check_ms))
     }
 }
 

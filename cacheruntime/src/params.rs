@@ -199,11 +199,12 @@ impl<'a> CacheUrl<'a> {
             compress_level: self.take_parsed::<i32>("compress_level", "a zstd level (1 to 22)")?,
             near: self.take_bytes("near")?,
             near_check: self.take_duration("near_check")?,
+            near_ttl: self.take_duration("near_ttl")?,
         };
         match self.params.iter().find(|(_, _, used)| !used) {
             None => Ok(common),
             Some((k, _, _)) => Err(self.error(format!(
-                "unknown query parameter {}; `{}://` accepts {known}, namespace, default_ttl, op_timeout, max_entry_bytes, compress_above, compress_level, near, near_check",
+                "unknown query parameter {}; `{}://` accepts {known}, namespace, default_ttl, op_timeout, max_entry_bytes, compress_above, compress_level, near, near_check, near_ttl",
                 shown_name(k),
                 self.scheme
             ))),
@@ -225,6 +226,7 @@ pub(crate) struct Common {
     /// The near tier's bytes (`?near=32MiB`).
     pub(crate) near: Option<u64>,
     pub(crate) near_check: Option<Duration>,
+    pub(crate) near_ttl: Option<Duration>,
 }
 
 /// A parameter's name in backquotes, if it looks like one; otherwise not

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{unsupported, Backend, BoxFuture, Lookup, Ticket};
+use crate::backend::{unsupported, Backend, BoxFuture, Feed, Lookup, Ticket};
 use crate::Error;
 
 /// A store of this crate; see [`Backend`] for what each method must do.
@@ -44,6 +44,16 @@ pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// As [`Backend::combines_locks`].
     fn combines_locks(&self) -> bool {
+        false
+    }
+
+    /// As `Backend::pushes_changes`.
+    fn pushes_changes(&self) -> bool {
+        false
+    }
+
+    /// As `Backend::follow_changes`.
+    fn follow_changes(&self, _feed: Feed) -> bool {
         false
     }
 
@@ -184,6 +194,14 @@ impl<S: Store> Backend for S {
 
     fn combines_locks(&self) -> bool {
         Store::combines_locks(self)
+    }
+
+    fn pushes_changes(&self) -> bool {
+        Store::pushes_changes(self)
+    }
+
+    fn follow_changes(&self, feed: Feed) -> bool {
+        Store::follow_changes(self, feed)
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {

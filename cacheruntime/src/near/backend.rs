@@ -89,6 +89,7 @@ impl Backend for NearBackend {
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {
+        self.near.follow(&*self.shared);
         let mark = self.near.mark();
         Box::pin(async move { Ok(marked(self.shared.get(key).await?, mark)) })
     }
@@ -107,6 +108,7 @@ impl Backend for NearBackend {
         token: Bytes,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(Lookup, bool), Error>> {
+        self.near.follow(&*self.shared);
         let mark = self.near.mark();
         Box::pin(async move {
             let (lookup, held) = self.shared.get_or_lock(key, token, ttl).await?;

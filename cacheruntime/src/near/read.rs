@@ -25,6 +25,9 @@ impl Engine {
         memo: Memo<V>,
         policy: Option<&Policy>,
     ) -> Fast<V> {
+        if !near.serving() {
+            return Fast::Remote;
+        }
         let Some(entry) = near.memory().local(key).entry else {
             return Fast::Remote;
         };

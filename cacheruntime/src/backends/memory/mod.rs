@@ -134,6 +134,8 @@ pub struct MemoryBackend {
     next_sweep_len: AtomicU64,
     next_delete_sweep_len: AtomicU64,
     longest_ttl_ms: AtomicU64,
+    /// How long a delete is remembered ([`DELETE_MEMORY_MS`] unless set).
+    delete_memory_ms: u64,
     /// Locks live apart from entries, so a lock never shadows an entry.
     locks: std::sync::Mutex<std::collections::HashMap<Box<str>, (Bytes, u64)>>,
 }
@@ -209,6 +211,7 @@ impl MemoryBackend {
             next_delete_sweep_len: AtomicU64::new(1024),
             next_sweep_len: AtomicU64::new(1024),
             longest_ttl_ms: AtomicU64::new(0),
+            delete_memory_ms: DELETE_MEMORY_MS,
             locks: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -459,7 +462,7 @@ impl MemoryBackend {
             .store((left * 2).max(1024), Ordering::Relaxed);
     }
 
-    /// Drops delete records older than [`DELETE_MEMORY_MS`], raising the
+    /// Drops delete records older than `delete_memory_ms`, raising the
     /// write floor to the newest dropped first. Amortised like
     /// [`sweep_invalidations`](Self::sweep_invalidations).
     fn sweep_deletes(&self, now: u64) {
@@ -467,7 +470,7 @@ impl MemoryBackend {
         if len < self.next_delete_sweep_len.load(Ordering::Relaxed) {
             return;
         }
-        let dead = |d: &Invalidation| d.at_ms.saturating_add(DELETE_MEMORY_MS) < now;
+        let dead = |d: &Invalidation| d.at_ms.saturating_add(self.delete_memory_ms) < now;
         for r in self.deleted.iter().filter(|r| dead(r.value())) {
             self.write_floor.fetch_max(r.seq, Ordering::AcqRel);
         }

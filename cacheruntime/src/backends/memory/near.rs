@@ -14,6 +14,16 @@ use bytes::Bytes;
 use super::{Invalidation, MemoryBackend};
 
 impl MemoryBackend {
+    /// Remembers deletes for `ms` instead of a minute. A near tier takes a
+    /// notice of every change another process makes as a delete, so it
+    /// remembers them for less: they fence reads in flight (shorter than
+    /// the op timeout) and computations, whose writes are refused once the
+    /// record is swept (the write floor rises), which costs a miss.
+    pub(crate) fn remember_deletes_for(mut self, ms: u64) -> Self {
+        self.delete_memory_ms = ms;
+        self
+    }
+
     /// The sequence number a read starting now is marked with: every
     /// invalidation, delete or write taken in after this takes a newer one.
     #[inline]

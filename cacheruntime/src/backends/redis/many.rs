@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::keys::Layout;
+use super::push::key_notice;
 use super::scripts::{DELETE, WRITE};
 use super::{RedisBackend, NAME};
 use crate::backend::{Lookup, Ticket};
@@ -132,7 +133,10 @@ impl RedisBackend {
                     call.key(c);
                 }
                 // `*`: under the current generations, as a direct `set`.
-                call.arg(&entries[i].1[..]).arg(ttl).arg("*");
+                call.arg(&entries[i].1[..])
+                    .arg(ttl)
+                    .arg("*")
+                    .arg(key_notice(entries[i].0));
                 pipe.invoke_script(&call).ignore();
             }
             let () = pipe
@@ -158,7 +162,9 @@ impl RedisBackend {
             for &i in &group {
                 let layout = &layouts[i];
                 let mut call = DELETE.key(layout.entry());
-                call.key(layout.own_counter()).arg(self.idle_ms());
+                call.key(layout.own_counter())
+                    .arg(self.idle_ms())
+                    .arg(key_notice(keys[i]));
                 pipe.invoke_script(&call).ignore();
             }
             let () = pipe

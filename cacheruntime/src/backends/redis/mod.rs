@@ -82,6 +82,7 @@ mod keys;
 mod locks;
 mod many;
 mod pinned;
+mod push;
 mod scripts;
 mod server_config;
 
@@ -259,6 +260,7 @@ impl RedisBackend {
             .arg(value)
             .arg(self.ttl_ms(ttl))
             .arg(expected)
+            .arg(push::key_notice(key))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
@@ -273,6 +275,7 @@ impl RedisBackend {
             .key(layout.entry())
             .key(layout.own_counter())
             .arg(self.idle_ms())
+            .arg(push::key_notice(key))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
@@ -295,6 +298,7 @@ impl RedisBackend {
         let _: i64 = BUMP
             .key(physical(Kind::Prefix, prefix))
             .arg(self.idle_ms())
+            .arg(push::prefix_notice(prefix))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
@@ -322,6 +326,7 @@ impl RedisBackend {
             .arg(seen)
             .arg(if expected.is_some() { "1" } else { "0" })
             .arg(expected.unwrap_or_default())
+            .arg(push::key_notice(key))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
@@ -406,6 +411,14 @@ impl Store for RedisBackend {
 
     fn combines_locks(&self) -> bool {
         true
+    }
+
+    fn pushes_changes(&self) -> bool {
+        self.conn.pubsub_clients().is_some()
+    }
+
+    fn follow_changes(&self, feed: crate::backend::Feed) -> bool {
+        self.follow(feed)
     }
 
     fn get_or_lock(

@@ -1,14 +1,28 @@
 //! The Lua scripts of the Redis backend: each write, delete and
 //! invalidation is one script, so it is atomic and one round trip, and a
 //! Cluster runs it in the slot of the key's hash tag (`keys.rs`).
+//!
+//! Each change also publishes its notice (`push.rs`) on [`NOTICES`], in the
+//! same script: the last ARGV, `k<key>` for a write or delete, `p<prefix>`
+//! for an invalidation. Near tiers in other processes drop what it names;
+//! a notice is never missing for a change that took effect.
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
+/// The Pub/Sub channel of change notices. A plain (not sharded) channel: on
+/// a Cluster a notice published on any node reaches subscribers on every
+/// node.
+pub(super) const NOTICES: &str = "cacheruntime:changes";
+
 /// A fresh counter value from the server's clock: microseconds times 1,000
-/// (see `generations::seed`). Shared by the scripts below.
+/// (see `generations::seed`). Shared by the scripts below, with `notify()`,
+/// which publishes the script's notice (its last ARGV).
 const SEED_LUA: &str = r"
+local function notify()
+  redis.call('PUBLISH', 'cacheruntime:changes', ARGV[#ARGV])
+end
 local function seed()
   local t = redis.call('TIME')
   return t[1] .. string.format('%06d', tonumber(t[2])) .. '000'
@@ -72,6 +86,7 @@ local function write(last)
     end
   end
   redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ttl)
+  notify()
   return 1
 end
 ";
@@ -80,8 +95,8 @@ end
 /// KEYS[2..]: its counters (prefixes shallowest first, then the key's own).
 /// ARGV[1]: value, ARGV[2]: TTL ms, ARGV[3]: the generations the writer's
 /// read saw, or `*` for "whatever is current" (direct `set`, which creates
-/// missing counters). Writes nothing if a counter moved or is missing.
-/// Every counter is made to live at least as long as the entry.
+/// missing counters), then the notice. Writes nothing if a counter moved or
+/// is missing. Every counter is made to live at least as long as the entry.
 pub(super) static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{SEED_LUA}{WRITE_LUA}
@@ -93,7 +108,8 @@ return write(#KEYS)
 /// [`WRITE`], then the release of the key's lock if it still holds our
 /// token, in one round trip: the end of a cold miss that held the lock.
 /// KEYS as [`WRITE`] with the lock's key last; ARGV as [`WRITE`], ARGV[4]:
-/// the token. The lock is released whether or not the write was refused.
+/// the token, ARGV[5] the notice. The lock is released whether or not the
+/// write was refused.
 pub(super) static WRITE_UNLOCK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{SEED_LUA}{WRITE_LUA}
@@ -131,13 +147,16 @@ return {0, found}
 /// read: KEYS as [`WRITE`]; ARGV[1]: value, ARGV[2]: TTL ms, ARGV[3]: the
 /// generations the caller's read saw (`*`: whatever is current), ARGV[4]:
 /// `1` when the caller read bytes (ARGV[5]), `0` when it read no live
-/// entry. An entry recorded under other generations than the current ones
+/// entry; ARGV[6]: the notice. An entry recorded under other generations than the current ones
 /// is no live entry, as on a read. Returns 0 (nothing written) when a
 /// counter is missing or moved since the caller's read, or the entry is not
 /// what it read.
 pub(super) static SWAP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+local function notify()
+  redis.call('PUBLISH', 'cacheruntime:changes', ARGV[#ARGV])
+end
 local g = {}
 if #KEYS > 1 then
   g = redis.call('MGET', unpack(KEYS, 2))
@@ -173,6 +192,7 @@ for i = 2, #KEYS do
   end
 end
 redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ttl)
+notify()
 return 1
 ",
     )
@@ -226,11 +246,13 @@ return {{locked, created, found}}
 });
 
 /// Bumps a prefix's generation, or creates it from the clock if missing
-/// (to live ARGV[1] ms unless an entry's write extends it).
+/// (to live ARGV[1] ms unless an entry's write extends it); ARGV[2]: the
+/// notice.
 pub(super) static BUMP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{SEED_LUA}
 bump(KEYS[1], ARGV[1])
+notify()
 return 1
 "
     ))
@@ -238,12 +260,14 @@ return 1
 
 /// Deletes an entry and bumps the key's own counter, so a write under a
 /// ticket read before the delete is refused. KEYS[1]: entry, KEYS[2]: the
-/// key's counter; ARGV[1]: its life in ms if it has to be created.
+/// key's counter; ARGV[1]: its life in ms if it has to be created, ARGV[2]:
+/// the notice.
 pub(super) static DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{SEED_LUA}
 redis.call('UNLINK', KEYS[1])
 bump(KEYS[2], ARGV[1])
+notify()
 return 1
 "
     ))

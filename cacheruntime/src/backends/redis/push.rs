@@ -1,0 +1,148 @@
+//! Change notices for near tiers (`crate::near`), over Redis Pub/Sub.
+//!
+//! Every write, delete and invalidation script publishes a notice on
+//! [`NOTICES`] in the script itself (`scripts.rs`), so no change takes
+//! effect without its notice. A near tier in front of this store follows
+//! the channel on a connection of its own and drops what each notice names.
+//!
+//! What it may serve rests on one fact: Redis answers commands on a
+//! connection in order, so when the answer to a `PING` sent at `t` comes
+//! back, every notice published before the server saw that `PING` has come
+//! back before it. After each answer the follower applies the notices
+//! received and tells the near tier it is in sync as of `t`; the near tier
+//! serves only while that is less than `near_check` ago. A stalled or
+//! silently dead connection therefore stops near hits within `near_check`;
+//! a lost one (and every new subscription, which cannot know what was
+//! published before it) drops the whole near tier first.
+//!
+//! Why Pub/Sub and not client tracking (`CLIENT TRACKING ... BCAST`): a
+//! notice names the cache key or prefix itself, where tracking names the
+//! store's keys (entries, counters) to be mapped back; one subscription on
+//! any node of a Cluster receives every node's notices (plain `PUBLISH` is
+//! broadcast on the cluster bus), where tracking needs a connection per
+//! master; and it works on RESP2 connections. The cost is a `PUBLISH` in
+//! every change script, which the benches measure (BENCHMARKS.md).
+
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, StreamExt};
+use redis::Msg;
+
+use super::RedisBackend;
+use crate::backend::Feed;
+
+pub(super) use super::scripts::NOTICES;
+
+/// The notice of a write or delete of `key`.
+pub(super) fn key_notice(key: &str) -> String {
+    format!("k{key}")
+}
+
+/// The notice of an invalidation of `prefix`.
+pub(super) fn prefix_notice(prefix: &str) -> String {
+    format!("p{prefix}")
+}
+
+/// Applies one notice to the near tier.
+fn apply(msg: &Msg, feed: &Feed) {
+    let payload = msg.get_payload_bytes();
+    match (
+        payload.first(),
+        std::str::from_utf8(payload.get(1..).unwrap_or(b"")),
+    ) {
+        (Some(b'k'), Ok(key)) => feed.key_changed(key),
+        (Some(b'p'), Ok(prefix)) => feed.prefix_invalidated(prefix),
+        // Not ours to read: to be safe, as if anything had changed.
+        _ => feed.lost(),
+    }
+}
+
+impl RedisBackend {
+    /// Starts following the notices for `feed`, if this store can: a task
+    /// on the current runtime that lives as long as the near tier.
+    pub(super) fn follow(&self, feed: Feed) -> bool {
+        let Some(clients) = self.conn.pubsub_clients() else {
+            return false;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let label = self.label.clone();
+        let scrub = self.secrets.clone();
+        runtime.spawn(async move {
+            let mut next = 0usize;
+            let mut pause = Duration::from_millis(50);
+            while feed.is_open() {
+                let client = &clients[next % clients.len()];
+                next += 1;
+                match follow_one(client, &feed).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::debug!(
+                        url = %label,
+                        error = %scrub.scrub(&e.to_string()),
+                        "the near tier lost its Redis notices; it serves nothing until it is \
+                         subscribed again"
+                    ),
+                }
+                feed.lost();
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        });
+        true
+    }
+}
+
+/// Follows the notices on one connection until it fails (`Err`) or the near
+/// tier is gone (`Ok`).
+async fn follow_one(client: &redis::Client, feed: &Feed) -> Result<(), redis::RedisError> {
+    let check = feed.check();
+    let patience = check.max(Duration::from_secs(1));
+    let timed_out = || {
+        redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "Redis did not answer the notice connection in time",
+        ))
+    };
+    let pubsub = tokio::time::timeout(patience, client.get_async_pubsub())
+        .await
+        .map_err(|_| timed_out())??;
+    let (mut sink, mut stream) = pubsub.split();
+    tokio::time::timeout(patience, sink.subscribe(NOTICES))
+        .await
+        .map_err(|_| timed_out())??;
+    // Whatever was published before the subscription is unknown here.
+    feed.lost();
+    let mut ticks = tokio::time::interval((check / 4).max(Duration::from_millis(2)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if !feed.is_open() {
+            return Ok(());
+        }
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(msg) => apply(&msg, feed),
+                None => return Err(closed()),
+            },
+            _ = ticks.tick() => {
+                let asked = Instant::now();
+                tokio::time::timeout(patience, sink.ping::<redis::Value>())
+                    .await
+                    .map_err(|_| timed_out())??;
+                // The notices published before the server saw the PING
+                // came before its answer: apply them, then vouch.
+                while let Some(Some(msg)) = stream.next().now_or_never() {
+                    apply(&msg, feed);
+                }
+                feed.synced(asked);
+            }
+        }
+    }
+}
+
+fn closed() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "the notice connection closed",
+    ))
+}
