@@ -306,3 +306,78 @@ async fn redis_entries_outlive_near_check_while_notices_flow() {
         tokio::task::yield_now().await;
     }
 }
+
+/// Resident memory of this process, from `/proc/self/statm`.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
+    let pages: u64 = statm.split(' ').nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// A stream of distinct keys through a near tier of 16 MiB (each read
+/// twice: kept, then answered near) leaves the process's resident memory
+/// within 1.2 times the bound plus what the same reads cost without a near
+/// tier and a fixed 8 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_tier_holds_its_bound_under_a_stream_of_distinct_keys() {
+    const BOUND: u64 = 16 << 20;
+    const KEYS: usize = 12_000;
+    let server = RedisServer::start();
+    let writer = Cache::from_url(&format!("{}?namespace=rs", server.url()))
+        .await
+        .unwrap();
+    let value = vec![7u8; 2048];
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("s:{i}:v")).collect();
+    for chunk in keys.chunks(1000) {
+        let pairs: Vec<(&str, Vec<u8>)> =
+            chunk.iter().map(|k| (k.as_str(), value.clone())).collect();
+        writer
+            .set_many(&pairs, Duration::from_secs(600))
+            .await
+            .unwrap();
+    }
+    async fn read_all(cache: &Cache, keys: &[String], times: usize) {
+        for key in keys {
+            for _ in 0..times {
+                let got = cache.get::<Vec<u8>>(key).await.unwrap();
+                assert_eq!(got.map(|v| v.len()), Some(2048), "{key}");
+            }
+        }
+    }
+    // The same reads without a near tier: the client's buffers and the
+    // allocator's pools.
+    read_all(&writer, &keys, 1).await;
+    let before = rss_bytes();
+    read_all(&writer, &keys, 1).await;
+    let plain = rss_bytes().saturating_sub(before);
+    let near = Cache::from_url(&format!(
+        "{}?namespace=rs&near={BOUND}&near_check=10s",
+        server.url()
+    ))
+    .await
+    .unwrap();
+    let start = rss_bytes();
+    read_all(&near, &keys, 2).await;
+    let grew = rss_bytes().saturating_sub(start);
+    let limit = BOUND * 12 / 10 + plain + (8 << 20);
+    let hits = near.stats().near_hits;
+    println!(
+        "NEAR | rss | bound={}MiB keys={KEYS} value=2KiB grew={:.1}MiB plain_reads={:.1}MiB \
+         near_hits={hits}",
+        BOUND >> 20,
+        grew as f64 / (1 << 20) as f64,
+        plain as f64 / (1 << 20) as f64,
+    );
+    assert!(
+        hits > KEYS as u64 / 2,
+        "the reads went through the near tier ({hits} near hits)"
+    );
+    assert!(
+        grew <= limit,
+        "{KEYS} distinct 2 KiB entries through a {} MiB near tier grew the process by {} MiB \
+         (limit {} MiB)",
+        BOUND >> 20,
+        grew >> 20,
+        limit >> 20
+    );
+}
