@@ -145,6 +145,7 @@ conformance! {
         invalidate_tag_fences_a_computation_in_flight,
         stale_if_error_never_serves_a_value_whose_tag_was_invalidated,
         cold_key_is_computed_once_and_leaves_no_lock,
+        own_changes_are_seen_at_once,
     ],
     alone: [history],
 }

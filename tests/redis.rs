@@ -341,6 +341,35 @@ const ACL_USER: &str =
      +incr +exists +time +pttl +pexpire +unlink +del +eval +evalsha +script|load +ping +select \
      +hello +publish +subscribe";
 
+/// Every change script publishes its notice before it changes anything:
+/// Redis does not undo a script that fails halfway, so a user that may not
+/// `PUBLISH` must change nothing (a change without its notice would leave
+/// other processes' near tiers serving the old value).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_without_publish_changes_nothing() {
+    let no_publish = ACL_USER.replace(" +publish", "");
+    let server = RedisServer::start_with(RedisOptions {
+        config: vec![no_publish],
+        ..RedisOptions::default()
+    });
+    let admin = cache_on(&server.url());
+    let limited = cache_on(&format!(
+        "redis://cacheapp:s3cret-pass@127.0.0.1:{}",
+        server.port
+    ));
+    let ttl = Duration::from_secs(600);
+    admin.set("acct:1:k", &1u64, ttl).await.unwrap();
+    assert!(limited.set("acct:1:k", &2u64, ttl).await.is_err());
+    assert!(limited.delete("acct:1:k").await.is_err());
+    assert!(limited.invalidate_prefix("acct:").await.is_err());
+    assert!(limited.add("acct:2:k", &3u64, ttl).await.is_err());
+    assert_eq!(admin.get::<u64>("acct:1:k").await.unwrap(), Some(1));
+    assert_eq!(admin.get::<u64>("acct:2:k").await.unwrap(), None);
+    // Reads need no PUBLISH; a computation still answers (fail-open).
+    assert_eq!(limited.get::<u64>("acct:1:k").await.unwrap(), Some(1));
+    assert_eq!(top_books(&limited, 3).await, Ok(vec![3, 6]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_user_limited_to_cache_commands_works() {
     let server = RedisServer::start_with(RedisOptions {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 #[doc(hidden)]
-pub use crate::near::Feed;
+pub use crate::changes::{ChangeSink, Feed};
 pub use crate::ticket::Ticket;
 use crate::Error;
 

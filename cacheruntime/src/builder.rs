@@ -276,14 +276,15 @@ impl CacheBuilder {
 
     /// Puts a near tier of `max_bytes` in front of the shared store (Redis,
     /// Redis Cluster, PostgreSQL, SQLite, Memcached): an in-process copy of
-    /// the entries this process reads and writes, answered without a round
+    /// the entries this handle reads and writes, answered without a round
     /// trip, as the memory store answers (URL: `?near=32MiB`). Off by
     /// default.
     ///
-    /// What it may serve: this process's own writes, deletes and
+    /// What it may serve: this handle's own writes, deletes and
     /// invalidations reach it before they return; an invalidation or write
-    /// made by another process is seen within
-    /// [`near_check`](Self::near_check) (100 ms by default) of its return.
+    /// made through another handle (another process) is seen within
+    /// [`near_check`](Self::near_check) (100 ms by default) of its return,
+    /// on a Redis server usually within a millisecond (change notices).
     /// Entries with tags are not kept near. Switch it on for keys read far
     /// more often than they change, where a tenth of a second of staleness
     /// across processes is acceptable; see the crate docs' "Near tier".

@@ -261,9 +261,9 @@ impl Cache {
     /// computations in flight: after it returns, no caller in any process
     /// sharing the store is answered with a value computed before it (a
     /// computation of `key` still running stores nothing visible, and later
-    /// callers do not wait for it). A process with a near tier
+    /// callers do not wait for it). Another handle with a near tier
     /// ([`CacheBuilder::near`](crate::CacheBuilder::near)) sees it within
-    /// `near_check`; this process, at once.
+    /// `near_check`; this one, at once.
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
         key::check_key(key)?;
         if !self.engine.enabled() {
@@ -293,9 +293,9 @@ impl Cache {
     /// entries).
     ///
     /// Entries being computed while this runs are not stored visibly: after
-    /// it returns, no reader gets a value computed before it (a process with
-    /// a near tier, [`CacheBuilder::near`](crate::CacheBuilder::near): within
-    /// `near_check`; this process: at once).
+    /// it returns, no reader gets a value computed before it (another handle
+    /// with a near tier, [`CacheBuilder::near`](crate::CacheBuilder::near):
+    /// within `near_check`; this one: at once).
     ///
     /// ```
     /// # use cacheruntime::{Cache, Error};

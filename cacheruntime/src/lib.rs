@@ -14,6 +14,7 @@ pub mod backends;
 mod breaker;
 mod builder;
 mod cache;
+mod changes;
 mod clock;
 pub mod codec;
 pub mod commit;

@@ -10,8 +10,9 @@
 //! (so an invalidation made elsewhere is seen here within `near_check` of
 //! its return, whatever the store). Within that:
 //!
-//! - This process's own invalidations, deletes and writes reach its near
-//!   tier before the call returns (read-your-invalidations).
+//! - This handle's own invalidations, deletes and writes reach its near
+//!   tier before the call returns (read-your-invalidations). Another
+//!   handle's, in this process or another, are what `near_check` bounds.
 //! - A read that began before one of them may have found the old value: it
 //!   carries the near tier's [`NearMark`] in its ticket, and is not kept
 //!   if anything was taken in for its key since.
@@ -27,7 +28,8 @@
 //!
 //! The near tier is a [`MemoryBackend`] (bounded by bytes, the memory hit
 //! path), wrapped around the shared store by [`NearBackend`] so that every
-//! read carries its mark and every write reaches it.
+//! read carries its mark and every write reaches it; `Engine::near_read`
+//! (`read.rs`) is its part of the hit path.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -35,14 +37,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::backend::{Lookup, Ticket};
+use crate::backend::{ChangeSink, Feed, Lookup, Ticket};
 use crate::backends::MemoryBackend;
 use crate::clock::Clock;
 use crate::stats::Counter;
 use crate::ticket::NearMark;
 
 mod backend;
-mod read;
 
 pub(crate) use backend::NearBackend;
 
@@ -145,7 +146,7 @@ impl Near {
             return;
         }
         if !self.following.swap(true, Ordering::AcqRel)
-            && !shared.follow_changes(Feed(Arc::downgrade(self)))
+            && !shared.follow_changes(Feed::new(Arc::downgrade(self) as Weak<dyn ChangeSink>))
         {
             self.following.store(false, Ordering::Release);
         }
@@ -208,62 +209,38 @@ fn mono_ms(at: Instant) -> u64 {
     at.saturating_duration_since(start).as_millis() as u64 + 1
 }
 
-/// What a store that pushes change notices feeds a near tier with (see
-/// `Backend::follow_changes`): it lives as long as the near tier.
-#[doc(hidden)]
-#[derive(Clone, Debug)]
-pub struct Feed(Weak<Near>);
-
-impl Feed {
-    /// Whether the near tier still exists (the follower stops otherwise).
-    pub fn is_open(&self) -> bool {
-        self.0.strong_count() > 0
+impl ChangeSink for Near {
+    fn key_changed(&self, key: &str) {
+        self.forget(key);
     }
 
-    /// The entry under `key` was written or deleted.
-    pub fn key_changed(&self, key: &str) {
-        if let Some(near) = self.0.upgrade() {
-            near.forget(key);
-        }
+    fn prefix_invalidated(&self, prefix: &str) {
+        self.forget_prefix(prefix);
     }
 
-    /// The entries under `prefix` were invalidated.
-    pub fn prefix_invalidated(&self, prefix: &str) {
-        if let Some(near) = self.0.upgrade() {
-            near.forget_prefix(prefix);
-        }
+    fn lost(&self) {
+        self.lease_until.store(0, Ordering::Release);
+        self.forget_prefix("");
     }
 
-    /// Notices may have been missed: everything is dropped, and nothing is
-    /// served until [`synced`](Self::synced).
-    pub fn lost(&self) {
-        if let Some(near) = self.0.upgrade() {
-            near.lease_until.store(0, Ordering::Release);
-            near.forget_prefix("");
-        }
+    fn synced(&self, asked: Instant) {
+        let until = mono_ms(asked).saturating_add(self.check_ms);
+        self.lease_until.fetch_max(until, Ordering::AcqRel);
     }
 
-    /// Every notice published before `asked` has been applied: entries may
-    /// be served until `near_check` after it.
-    pub fn synced(&self, asked: Instant) {
-        if let Some(near) = self.0.upgrade() {
-            let until = mono_ms(asked).saturating_add(near.check_ms);
-            near.lease_until.fetch_max(until, Ordering::AcqRel);
-        }
-    }
-
-    /// The near tier's `near_check`: how often to make sure of the notices.
-    pub fn check(&self) -> Duration {
-        self.0
-            .upgrade()
-            .map_or(DEFAULT_CHECK, |n| Duration::from_millis(n.check_ms))
+    fn check(&self) -> Duration {
+        Duration::from_millis(self.check_ms)
     }
 }
 
 /// Whether the near tier may hold `bytes` under `key`: not a tag token,
 /// not an entry with tags.
 fn may_hold(key: &str, bytes: &[u8]) -> bool {
-    !key.contains(crate::key::TOKEN_MARK) && crate::tags::is_untagged(bytes)
+    // The envelope's flags (`envelope::FLAG_TAGGED`): an entry with tags.
+    !key.contains(crate::key::TOKEN_MARK)
+        && bytes
+            .get(2)
+            .is_some_and(|flags| flags & crate::envelope::FLAG_TAGGED == 0)
 }
 
 /// A write of one key to the shared store, in flight.

@@ -352,12 +352,6 @@ impl Engine {
     }
 }
 
-/// Whether an entry records no tags (a near tier keeps only those: their
-/// tokens live in the shared store).
-pub(crate) fn is_untagged(bytes: &[u8]) -> bool {
-    matches!(recorded_in(bytes), Recorded::Untagged)
-}
-
 /// Whether every recorded token is the current one.
 fn all_current(recorded: &[(&str, u64)], current: &[(Option<u64>, Lookup)]) -> bool {
     recorded.len() == current.len()

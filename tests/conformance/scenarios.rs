@@ -902,3 +902,57 @@ pub async fn delete_then_set_outlasts_an_older_computation(s: &Store) {
     .await;
     f.finish();
 }
+
+/// A handle sees its own changes at once, near tier or not: after A reads a
+/// key (kept near, where A has a near tier), A's `set`, `set_many`,
+/// `delete`, `delete_many`, `invalidate_prefix` and `clear` are seen by A's
+/// very next read, without waiting for anything.
+pub async fn own_changes_are_seen_at_once(s: &Store) {
+    let mut f = Findings::new(s, "own_changes_are_seen_at_once");
+    let key = "own:1:k";
+    let read = |want: Option<u64>, after: &'static str| {
+        let a = s.a.clone();
+        async move {
+            let got = a.get::<u64>(key).await;
+            (
+                matches!(&got, Ok(v) if *v == want),
+                format!("A.get after A.{after}: {got:?}, expected {want:?}"),
+            )
+        }
+    };
+    let steps: [(&'static str, Option<u64>); 7] = [
+        ("set", Some(1)),
+        ("set (again)", Some(2)),
+        ("set_many", Some(3)),
+        ("delete", None),
+        ("set, then delete_many", None),
+        ("set, then invalidate_prefix", None),
+        ("set, then clear", None),
+    ];
+    for (i, (step, want)) in steps.into_iter().enumerate() {
+        // Kept near first, where there is a near tier.
+        let _ = s.a.get::<u64>(key).await;
+        let _ = s.a.get::<u64>(key).await;
+        let done = match i {
+            0 => s.a.set(key, &1u64, MINUTE).await,
+            1 => s.a.set(key, &2u64, MINUTE).await,
+            2 => s.a.set_many(&[(key, 3u64)], MINUTE).await,
+            3 => s.a.delete(key).await,
+            _ => {
+                let _ = s.a.set(key, &9u64, MINUTE).await;
+                let _ = s.a.get::<u64>(key).await;
+                match i {
+                    4 => s.a.delete_many(&[key]).await,
+                    5 => s.a.invalidate_prefix("own:").await,
+                    _ => s.a.clear().await,
+                }
+            }
+        };
+        if let Err(e) = done {
+            f.fail(format!("A.{step} failed: {e}"));
+        }
+        let (ok, what) = read(want, step).await;
+        f.expect(ok, || what);
+    }
+    f.finish();
+}

@@ -257,27 +257,30 @@ impl MemoryBackend {
     #[cold]
     #[inline(never)]
     fn hidden_by_records(&self, key: &str, entry_seq: u64) -> bool {
-        // Under a ticket older than a swept record: it may be one the
-        // record hid (and a live entry this old can only be such a write).
-        if entry_seq < self.floor.load(Ordering::Acquire) {
-            return true;
-        }
         let newer = |records: &DashMap<Box<str>, Invalidation>, p: &str| {
             records.get(p).is_some_and(|inv| inv.seq > entry_seq)
         };
+        // The records first, then the floor: a sweep raises the floor before
+        // it removes a record, so a record gone by the time it is looked up
+        // has its number under the floor read after (the other order could
+        // miss both).
         newer(&self.invalidations, "")
             || key
                 .match_indices(':')
                 .any(|(i, _)| newer(&self.invalidations, &key[..=i]))
+            // Under a ticket older than a swept record: it may be one the
+            // record hid (and a live entry this old can only be such a write).
+            || entry_seq < self.floor.load(Ordering::Acquire)
     }
 
     /// Whether a write under `seq` would be stored and visible for `key`
     /// now: no invalidation or delete of it is newer (nor may a swept one
     /// have been).
     fn admits(&self, key: &str, seq: u64) -> bool {
-        seq >= self.write_floor.load(Ordering::Acquire)
-            && !self.hidden(key, seq)
+        // Records before floors, as in `hidden_by_records`.
+        !self.hidden(key, seq)
             && self.deleted.get(key).is_none_or(|d| d.seq <= seq)
+            && seq >= self.write_floor.load(Ordering::Acquire)
     }
 
     /// Whether a value computed after a read under `ticket` would still be

@@ -1,4 +1,4 @@
-//! What the memory store does as a near tier (`crate::near`): keep what a
+//! What the memory store does as a near tier (`near.rs`): keep what a
 //! read of the shared store found without overwriting anything newer, and
 //! take in what this process wrote so that no read that began before the
 //! write puts the old value back.

@@ -36,9 +36,6 @@ pub(super) struct SingleConn {
 pub(super) struct ClusterConn {
     client: ClusterClient,
     conn: tokio::sync::OnceCell<ClusterConnection>,
-    /// A client of each node, for the connection that follows change
-    /// notices (any node will do: `push.rs`).
-    nodes: std::sync::Arc<[redis::Client]>,
 }
 
 /// A connection of either kind, for commands and scripts.
@@ -138,23 +135,13 @@ impl Conn {
             let mut builder = ClusterClient::builder(config.nodes.clone())
                 .connection_timeout(config.connect_timeout)
                 .retries(1);
-            if let Some(certs) = &certs {
-                builder = builder.certs(certs.clone());
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
             }
-            let client = builder.build().map_err(&bad_url)?;
-            let nodes = config
-                .nodes
-                .iter()
-                .map(|node| match &certs {
-                    Some(certs) => redis::Client::build_with_tls(node.as_str(), certs.clone()),
-                    None => redis::Client::open(node.as_str()),
-                })
-                .collect::<Result<_, _>>()
-                .map_err(&bad_url)?;
+            let client = builder.build().map_err(bad_url)?;
             Conn::Cluster(Box::new(ClusterConn {
                 client,
                 conn: tokio::sync::OnceCell::new(),
-                nodes,
             }))
         } else {
             let url = config.nodes[0].as_str();
@@ -174,14 +161,16 @@ impl Conn {
         })
     }
 
-    /// Clients to follow change notices on (`push.rs`), each enough alone;
-    /// `None` over our own pinned TLS, which redis-rs cannot subscribe
-    /// over (a near tier then polls).
-    pub(super) fn pubsub_clients(&self) -> Option<std::sync::Arc<[redis::Client]>> {
+    /// The client to follow change notices on (`push.rs`), where one
+    /// connection can prove it has them all: one server. Not a Cluster: a
+    /// notice published on another master reaches the subscriber's node
+    /// over the cluster bus, which is neither ordered with the `PING` that
+    /// vouches for it nor sure to deliver it. Not our own pinned TLS, which
+    /// redis-rs cannot subscribe over. (A near tier then polls.)
+    pub(super) fn pubsub_client(&self) -> Option<redis::Client> {
         match self {
-            Conn::Single(single) => Some(std::sync::Arc::from([single.client.clone()])),
-            Conn::Cluster(cluster) => Some(cluster.nodes.clone()),
-            Conn::Pinned(_) => None,
+            Conn::Single(single) => Some(single.client.clone()),
+            Conn::Cluster(_) | Conn::Pinned(_) => None,
         }
     }
 

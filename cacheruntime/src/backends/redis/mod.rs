@@ -414,7 +414,7 @@ impl Store for RedisBackend {
     }
 
     fn pushes_changes(&self) -> bool {
-        self.conn.pubsub_clients().is_some()
+        self.conn.pubsub_client().is_some()
     }
 
     fn follow_changes(&self, feed: crate::backend::Feed) -> bool {

@@ -1,4 +1,4 @@
-//! Change notices for near tiers (`crate::near`), over Redis Pub/Sub.
+//! Change notices for near tiers (`near.rs`), over Redis Pub/Sub.
 //!
 //! Every write, delete and invalidation script publishes a notice on
 //! [`NOTICES`] in the script itself (`scripts.rs`), so no change takes
@@ -15,13 +15,19 @@
 //! a lost one (and every new subscription, which cannot know what was
 //! published before it) drops the whole near tier first.
 //!
+//! Only on one server: on a Cluster a notice published on another master
+//! reaches the subscriber's node over the cluster bus, which is not ordered
+//! with the `PING` and may drop messages, so no answer proves anything (a
+//! near tier in front of a Cluster polls, as on PostgreSQL; sharded Pub/Sub
+//! with a subscription and a `PING` per master would do it).
+//!
 //! Why Pub/Sub and not client tracking (`CLIENT TRACKING ... BCAST`): a
 //! notice names the cache key or prefix itself, where tracking names the
-//! store's keys (entries, counters) to be mapped back; one subscription on
-//! any node of a Cluster receives every node's notices (plain `PUBLISH` is
-//! broadcast on the cluster bus), where tracking needs a connection per
-//! master; and it works on RESP2 connections. The cost is a `PUBLISH` in
-//! every change script, which the benches measure (BENCHMARKS.md).
+//! store's keys (entries, counters) to be mapped back, and it works on
+//! RESP2 connections. The cost is a `PUBLISH` in every change script
+//! (BENCHMARKS.md). Every process that changes the store must publish:
+//! one running an older version of this crate, or writing by hand, is not
+//! heard until `near_ttl` ends the entries it changed.
 
 use std::time::{Duration, Instant};
 
@@ -61,7 +67,7 @@ impl RedisBackend {
     /// Starts following the notices for `feed`, if this store can: a task
     /// on the current runtime that lives as long as the near tier.
     pub(super) fn follow(&self, feed: Feed) -> bool {
-        let Some(clients) = self.conn.pubsub_clients() else {
+        let Some(client) = self.conn.pubsub_client() else {
             return false;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -70,21 +76,35 @@ impl RedisBackend {
         let label = self.label.clone();
         let scrub = self.secrets.clone();
         runtime.spawn(async move {
-            let mut next = 0usize;
             let mut pause = Duration::from_millis(50);
+            let mut told = false;
             while feed.is_open() {
-                let client = &clients[next % clients.len()];
-                next += 1;
-                match follow_one(client, &feed).await {
+                let started = Instant::now();
+                match follow_one(&client, &feed).await {
                     Ok(()) => return,
+                    // Said once at warn (a refused SUBSCRIBE is a setting to
+                    // fix), then at debug: a server that restarts is not news.
+                    Err(e) if !told => {
+                        told = true;
+                        tracing::warn!(
+                            url = %label,
+                            error = %scrub.scrub(&e.to_string()),
+                            "the near tier lost its Redis change notices (or could not \
+                             subscribe: an ACL user needs SUBSCRIBE and the channel \
+                             cacheruntime:changes); it serves nothing until it has them again"
+                        );
+                    }
                     Err(e) => tracing::debug!(
                         url = %label,
                         error = %scrub.scrub(&e.to_string()),
-                        "the near tier lost its Redis notices; it serves nothing until it is \
-                         subscribed again"
+                        "the near tier lost its Redis change notices"
                     ),
                 }
                 feed.lost();
+                // A connection that lasted starts the back-off over.
+                if started.elapsed() > Duration::from_secs(10) {
+                    pause = Duration::from_millis(50);
+                }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
@@ -130,10 +150,14 @@ async fn follow_one(client: &redis::Client, feed: &Feed) -> Result<(), redis::Re
                     .await
                     .map_err(|_| timed_out())??;
                 // The notices published before the server saw the PING
-                // came before its answer: apply them, then vouch.
-                while let Some(Some(msg)) = stream.next().now_or_never() {
-                    apply(&msg, feed);
-                }
+                // came before its answer: apply them, then vouch. Out of
+                // tokio's budget, which would make a full queue look empty.
+                tokio::task::unconstrained(async {
+                    while let Some(Some(msg)) = stream.next().now_or_never() {
+                        apply(&msg, feed);
+                    }
+                })
+                .await;
                 feed.synced(asked);
             }
         }

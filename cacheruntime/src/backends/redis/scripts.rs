@@ -4,8 +4,11 @@
 //!
 //! Each change also publishes its notice (`push.rs`) on [`NOTICES`], in the
 //! same script: the last ARGV, `k<key>` for a write or delete, `p<prefix>`
-//! for an invalidation. Near tiers in other processes drop what it names;
-//! a notice is never missing for a change that took effect.
+//! for an invalidation. Near tiers in other processes drop what it names.
+//! The notice is published before the change is made: Redis does not undo
+//! a script that fails halfway, so a `PUBLISH` refused (an ACL user without
+//! it) must fail the script before it changes anything, never after. (The
+//! subscribers hear it when the script has ended, whole.)
 
 use std::sync::LazyLock;
 
@@ -85,8 +88,8 @@ local function write(last)
       redis.call('PEXPIRE', KEYS[i], ttl)
     end
   end
-  redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ttl)
   notify()
+  redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ttl)
   return 1
 end
 ";
@@ -191,8 +194,8 @@ for i = 2, #KEYS do
     redis.call('PEXPIRE', KEYS[i], ttl)
   end
 end
-redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ttl)
 notify()
+redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ttl)
 return 1
 ",
     )
@@ -251,8 +254,8 @@ return {{locked, created, found}}
 pub(super) static BUMP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{SEED_LUA}
-bump(KEYS[1], ARGV[1])
 notify()
+bump(KEYS[1], ARGV[1])
 return 1
 "
     ))
@@ -265,9 +268,9 @@ return 1
 pub(super) static DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{SEED_LUA}
+notify()
 redis.call('UNLINK', KEYS[1])
 bump(KEYS[2], ARGV[1])
-notify()
 return 1
 "
     ))
