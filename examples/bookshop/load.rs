@@ -110,6 +110,24 @@ impl Run {
     }
 }
 
+/// Empties a shared store's namespace before a run: each run starts from a
+/// cold cache and a fresh database, and a shared store (unlike `memory://`,
+/// which dies with the server) still holds what the last run's database
+/// made, which this run's pages would be checked against.
+async fn empty(cache_url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    if cache_url.starts_with("memory") || cache_url.starts_with("none") {
+        return Ok(());
+    }
+    let cache = cacheruntime::Cache::from_url(cache_url).await?;
+    cache.clear().await.map_err(|e| {
+        format!(
+            "the load test empties the cache before each run and could not ({e}); \
+             give CACHE_URL a namespace of its own, e.g. `?namespace=bookshop-load`"
+        )
+    })?;
+    Ok(())
+}
+
 /// A server child process: this program with `--serve-child`.
 struct Child {
     process: std::process::Child,
@@ -408,6 +426,7 @@ async fn drive(
     pages: bool,
     opts: &Options,
 ) -> Result<Run, Box<dyn std::error::Error>> {
+    empty(cache_url).await?;
     let child = Child::start(cache_url, pages)?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.concurrency)
