@@ -13,9 +13,12 @@ use crate::cache::Cache;
 use crate::clock::Clock;
 use crate::codec::AnyCodec;
 use crate::engine::{Engine, Parts, Store};
-use crate::near::{Near, NearBackend, NearSettings};
 use crate::signing::{Signer, SigningKeys};
 use crate::Error;
+
+mod near_tier;
+
+use near_tier::near_tier;
 
 /// The default `max_entry_bytes`: 1 MiB.
 const DEFAULT_MAX_ENTRY_BYTES: usize = 1 << 20;
@@ -301,21 +304,28 @@ impl CacheBuilder {
         self
     }
 
-    /// How long the near tier serves an entry after the shared store last
-    /// vouched for it (the start of the read that found it, or of the read
-    /// before the computation whose value this process wrote): the longest
-    /// an invalidation, delete or write made by another process goes unseen
-    /// here. Default 100 ms; URL: `?near_check=250ms`. A longer check saves
-    /// round trips on hot keys and serves their old values for longer.
+    /// The longest a change made through another handle (another process)
+    /// goes unseen by this handle's near tier. Default 100 ms; URL:
+    /// `?near_check=250ms`. On a Redis server (change notices) the near tier
+    /// serves only within this of its last proof that it has every notice
+    /// (a `PING` answered on its notice connection), and changes usually
+    /// arrive within a millisecond; on Redis Cluster, PostgreSQL, SQLite and
+    /// Memcached (no notices) an entry is served for this long after the
+    /// store vouched for it (the start of the read that found it, or of the
+    /// read before the computation whose value this handle wrote), then
+    /// read again: a longer check saves round trips on hot keys and serves
+    /// their old values for longer.
     pub fn near_check(mut self, check: Duration) -> Self {
         self.near_check = Some(check);
         self
     }
 
-    /// On a store that pushes change notices (Redis), how long the near
+    /// On a store that pushes change notices (one Redis server: not a
+    /// Cluster, nor one reached with `tls_pin_sha256`), how long the near
     /// tier keeps an entry at most (default 60 s; URL `?near_ttl=5m`): the
-    /// notices end it sooner when it changes. (On stores without notices,
-    /// `near_check` is what ends it.)
+    /// notices end it sooner when it changes, and this bounds what a change
+    /// that publishes none (made by hand, or by an older version of this
+    /// crate) leaves. (Elsewhere `near_check` is what ends an entry.)
     pub fn near_ttl(mut self, ttl: Duration) -> Self {
         self.near_ttl = Some(ttl);
         self
@@ -370,6 +380,7 @@ impl CacheBuilder {
             ))),
         };
         let (store, near) = near_tier(
+            &self.namespace,
             self.near,
             self.near_check,
             self.near_ttl,
@@ -407,60 +418,6 @@ impl CacheBuilder {
             near,
         })))
     }
-}
-
-/// The store with a near tier of `near` bytes in front, if one is asked for.
-fn near_tier(
-    near: Option<u64>,
-    near_check: Option<Duration>,
-    near_ttl: Option<Duration>,
-    clock: &Clock,
-    store: Store,
-    max_value_bytes: usize,
-) -> Result<(Store, Option<Arc<Near>>), Error> {
-    let Some(max_bytes) = near else {
-        if near_check.is_some() {
-            return Err(Error::Config(
-                "near_check is set without a near tier: add `near` (e.g. `?near=32MiB`) \
-                     or drop near_check"
-                    .into(),
-            ));
-        }
-        return Ok((store, None));
-    };
-    let check = near_check.unwrap_or(crate::near::DEFAULT_CHECK);
-    if check.is_zero() {
-        return Err(Error::Config(
-            "near_check must be greater than zero (leave `near` out for no near tier)".into(),
-        ));
-    }
-    if max_bytes == 0 {
-        return Err(Error::Config(
-            "near must be greater than zero bytes (leave it out for no near tier)".into(),
-        ));
-    }
-    let Store::Shared(shared) = store else {
-        return Err(Error::Config(
-            "a near tier goes in front of a shared store (Redis, PostgreSQL, SQLite, \
-                 Memcached); this cache's store is in-process or disabled already: drop `near`"
-                .into(),
-        ));
-    };
-    let ttl = near_ttl.unwrap_or(crate::near::DEFAULT_TTL);
-    if ttl.is_zero() {
-        return Err(Error::Config(
-            "near_ttl must be greater than zero (leave `near` out for no near tier)".into(),
-        ));
-    }
-    let settings = NearSettings {
-        max_bytes,
-        check,
-        ttl,
-    };
-    let push = shared.pushes_changes();
-    let near = Arc::new(Near::new(settings, max_value_bytes, clock.clone(), push));
-    let wrapped = NearBackend::new(shared, near.clone());
-    Ok((Store::Shared(Arc::new(wrapped)), Some(near)))
 }
 
 /// The kind of store `backend` is, from its type: the crate's memory store

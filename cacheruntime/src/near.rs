@@ -65,8 +65,10 @@ pub(crate) struct NearSettings {
 pub(crate) const DEFAULT_CHECK: Duration = Duration::from_millis(100);
 
 /// How long the near tier remembers a delete, a write or another process's
-/// change to a key (see `MemoryBackend::remember_deletes_for`).
-const DELETES_REMEMBERED_MS: u64 = 10_000;
+/// change to a key (see `MemoryBackend::remember_deletes_for`): long enough
+/// for any read in flight (an op timeout), so that a notice, which may name
+/// a key this process does not hold, costs memory for 2 s at most.
+const DELETES_REMEMBERED_MS: u64 = 2_000;
 
 /// The default `near_ttl`: a minute.
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(60);
@@ -74,6 +76,9 @@ pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(60);
 /// One cache's near tier; see the module docs.
 pub(crate) struct Near {
     memory: MemoryBackend,
+    /// `""` or `"namespace:"`: notices about other namespaces' keys are not
+    /// this near tier's (the channel is the server's).
+    namespace: Box<str>,
     clock: Clock,
     check_ms: u64,
     /// The store pushes change notices (`Backend::pushes_changes`): entries
@@ -104,8 +109,10 @@ impl Near {
         max_value_bytes: usize,
         clock: Clock,
         push: bool,
+        namespace: &str,
     ) -> Near {
         Near {
+            namespace: namespace.into(),
             memory: MemoryBackend::sized(settings.max_bytes, max_value_bytes, clock.clone())
                 .remember_deletes_for(DELETES_REMEMBERED_MS),
             clock,
@@ -211,11 +218,17 @@ fn mono_ms(at: Instant) -> u64 {
 
 impl ChangeSink for Near {
     fn key_changed(&self, key: &str) {
-        self.forget(key);
+        if key.starts_with(&*self.namespace) {
+            self.forget(key);
+        }
     }
 
     fn prefix_invalidated(&self, prefix: &str) {
-        self.forget_prefix(prefix);
+        // A prefix that is not in the namespace covers none of its keys
+        // (a cache with a namespace never invalidates "" unnamespaced).
+        if prefix.starts_with(&*self.namespace) {
+            self.forget_prefix(prefix);
+        }
     }
 
     fn lost(&self) {

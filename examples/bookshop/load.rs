@@ -119,13 +119,15 @@ async fn empty(cache_url: &str) -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let cache = cacheruntime::Cache::from_url(cache_url).await?;
-    cache.clear().await.map_err(|e| {
-        format!(
-            "the load test empties the cache before each run and could not ({e}); \
-             give CACHE_URL a namespace of its own, e.g. `?namespace=bookshop-load`"
+    match cache.clear().await {
+        Ok(()) => Ok(()),
+        Err(e @ cacheruntime::Error::NamespaceRequired { .. }) => Err(format!(
+            "the load test empties CACHE_URL's namespace before each run ({e}); give it a \
+             namespace of its own, e.g. `?namespace=bookshop-load`"
         )
-    })?;
-    Ok(())
+        .into()),
+        Err(e) => Err(format!("the load test could not empty the cache before a run: {e}").into()),
+    }
 }
 
 /// A server child process: this program with `--serve-child`.
@@ -587,7 +589,7 @@ pub(crate) async fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error
         return Err("--purchases-per-mille is out of 1000, e.g. `--purchases-per-mille 3`".into());
     }
     let cache_url = match std::env::var("CACHE_URL") {
-        Ok(url) if !url.trim().is_empty() && url.trim() != "none://" => url,
+        Ok(url) if !url.trim().is_empty() && url.trim() != "none://" => url.trim().to_owned(),
         _ => "memory://".to_owned(),
     };
     eprintln!(

@@ -72,7 +72,10 @@
 //! it exits non-zero on any error or wrong page. Options: `--seconds 60`
 //! (per run), `--concurrency 32` (clients, each one shopper),
 //! `--purchases-per-mille 3` (purchases among the actions; each re-ranks
-//! an author).
+//! an author). On a shared store (Redis, SQL, Memcached) it empties
+//! `CACHE_URL`'s namespace before each run, so give it one of its own
+//! (`redis://127.0.0.1/0?namespace=bookshop-load`): every run starts from a
+//! fresh database and must not find the last run's pages.
 
 use std::collections::HashMap;
 use std::io::Read;

@@ -81,7 +81,7 @@ impl RedisBackend {
             .arg(self.ttl_ms(ttl))
             .arg(expected)
             .arg(token)
-            .arg(super::push::key_notice(key))
+            .arg(self.key_notice(key))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;

@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::keys::Layout;
-use super::push::key_notice;
 use super::scripts::{DELETE, WRITE};
 use super::{RedisBackend, NAME};
 use crate::backend::{Lookup, Ticket};
@@ -136,7 +135,7 @@ impl RedisBackend {
                 call.arg(&entries[i].1[..])
                     .arg(ttl)
                     .arg("*")
-                    .arg(key_notice(entries[i].0));
+                    .arg(self.key_notice(entries[i].0));
                 pipe.invoke_script(&call).ignore();
             }
             let () = pipe
@@ -164,7 +163,7 @@ impl RedisBackend {
                 let mut call = DELETE.key(layout.entry());
                 call.key(layout.own_counter())
                     .arg(self.idle_ms())
-                    .arg(key_notice(keys[i]));
+                    .arg(self.key_notice(keys[i]));
                 pipe.invoke_script(&call).ignore();
             }
             let () = pipe

@@ -260,7 +260,7 @@ impl RedisBackend {
             .arg(value)
             .arg(self.ttl_ms(ttl))
             .arg(expected)
-            .arg(push::key_notice(key))
+            .arg(self.key_notice(key))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
@@ -275,7 +275,7 @@ impl RedisBackend {
             .key(layout.entry())
             .key(layout.own_counter())
             .arg(self.idle_ms())
-            .arg(push::key_notice(key))
+            .arg(self.key_notice(key))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
@@ -298,7 +298,7 @@ impl RedisBackend {
         let _: i64 = BUMP
             .key(physical(Kind::Prefix, prefix))
             .arg(self.idle_ms())
-            .arg(push::prefix_notice(prefix))
+            .arg(self.prefix_notice(prefix))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
@@ -326,7 +326,7 @@ impl RedisBackend {
             .arg(seen)
             .arg(if expected.is_some() { "1" } else { "0" })
             .arg(expected.unwrap_or_default())
-            .arg(push::key_notice(key))
+            .arg(self.key_notice(key))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;

@@ -39,14 +39,26 @@ use crate::backend::Feed;
 
 pub(super) use super::scripts::NOTICES;
 
-/// The notice of a write or delete of `key`.
-pub(super) fn key_notice(key: &str) -> String {
-    format!("k{key}")
-}
+/// The most notices applied at once after a `PING` answer.
+const MAX_DRAIN: usize = 100_000;
 
-/// The notice of an invalidation of `prefix`.
-pub(super) fn prefix_notice(prefix: &str) -> String {
-    format!("p{prefix}")
+impl RedisBackend {
+    /// The notice of a write or delete of `key`: none (`""`, which the
+    /// scripts do not publish) on a Cluster, where nobody follows them.
+    pub(super) fn key_notice(&self, key: &str) -> String {
+        if self.cluster {
+            return String::new();
+        }
+        format!("k{key}")
+    }
+
+    /// The notice of an invalidation of `prefix` (none on a Cluster).
+    pub(super) fn prefix_notice(&self, prefix: &str) -> String {
+        if self.cluster {
+            return String::new();
+        }
+        format!("p{prefix}")
+    }
 }
 
 /// Applies one notice to the near tier.
@@ -151,14 +163,25 @@ async fn follow_one(client: &redis::Client, feed: &Feed) -> Result<(), redis::Re
                     .map_err(|_| timed_out())??;
                 // The notices published before the server saw the PING
                 // came before its answer: apply them, then vouch. Out of
-                // tokio's budget, which would make a full queue look empty.
-                tokio::task::unconstrained(async {
-                    while let Some(Some(msg)) = stream.next().now_or_never() {
+                // tokio's budget, which would make a full queue look empty;
+                // at most a bounded batch, so that a flood cannot hold the
+                // thread (no vouching then: the lease may lapse, and the
+                // near tier reads the store until it catches up).
+                let drained = tokio::task::unconstrained(async {
+                    let mut left = MAX_DRAIN;
+                    while left > 0 {
+                        let Some(Some(msg)) = stream.next().now_or_never() else {
+                            return true;
+                        };
                         apply(&msg, feed);
+                        left -= 1;
                     }
+                    false
                 })
                 .await;
-                feed.synced(asked);
+                if drained {
+                    feed.synced(asked);
+                }
             }
         }
     }

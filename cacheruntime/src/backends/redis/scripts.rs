@@ -4,7 +4,7 @@
 //!
 //! Each change also publishes its notice (`push.rs`) on [`NOTICES`], in the
 //! same script: the last ARGV, `k<key>` for a write or delete, `p<prefix>`
-//! for an invalidation. Near tiers in other processes drop what it names.
+//! for an invalidation (empty on a Cluster: nothing is published). Near tiers in other processes drop what it names.
 //! The notice is published before the change is made: Redis does not undo
 //! a script that fails halfway, so a `PUBLISH` refused (an ACL user without
 //! it) must fail the script before it changes anything, never after. (The
@@ -14,9 +14,9 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// The Pub/Sub channel of change notices. A plain (not sharded) channel: on
-/// a Cluster a notice published on any node reaches subscribers on every
-/// node.
+/// The Pub/Sub channel of change notices, on one server (a Cluster's
+/// scripts are handed an empty notice and publish nothing: near tiers
+/// there poll, `push.rs`).
 pub(super) const NOTICES: &str = "cacheruntime:changes";
 
 /// A fresh counter value from the server's clock: microseconds times 1,000
@@ -24,7 +24,9 @@ pub(super) const NOTICES: &str = "cacheruntime:changes";
 /// which publishes the script's notice (its last ARGV).
 const SEED_LUA: &str = r"
 local function notify()
-  redis.call('PUBLISH', 'cacheruntime:changes', ARGV[#ARGV])
+  if ARGV[#ARGV] ~= '' then
+    redis.call('PUBLISH', 'cacheruntime:changes', ARGV[#ARGV])
+  end
 end
 local function seed()
   local t = redis.call('TIME')
@@ -158,7 +160,9 @@ pub(super) static SWAP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local function notify()
-  redis.call('PUBLISH', 'cacheruntime:changes', ARGV[#ARGV])
+  if ARGV[#ARGV] ~= '' then
+    redis.call('PUBLISH', 'cacheruntime:changes', ARGV[#ARGV])
+  end
 end
 local g = {}
 if #KEYS > 1 then
