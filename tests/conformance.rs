@@ -105,7 +105,7 @@ macro_rules! conformance {
 conformance! {
     stores: [
         memory, redis, redis_cluster, postgres, sqlite, memcached, memcached_pool,
-        redis_near, postgres_near, sqlite_near, memcached_near,
+        redis_near, redis_cluster_near, postgres_near, sqlite_near, memcached_near,
     ],
     scenarios: [
         round_trip,

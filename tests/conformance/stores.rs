@@ -325,6 +325,12 @@ pub async fn redis_near() -> Store {
     redis_at("redis_near", info.url, info.ports, false, NEAR).await
 }
 
+/// A Redis Cluster, every handle with a near tier (which polls there).
+pub async fn redis_cluster_near() -> Store {
+    let info = redis_cluster_info().await;
+    redis_at("redis_cluster_near", info.url, info.ports, true, NEAR).await
+}
+
 /// PostgreSQL, every handle with a near tier.
 pub async fn postgres_near() -> Store {
     let url = postgres_url().await;
@@ -361,6 +367,18 @@ pub async fn redis() -> Store {
     redis_at("redis", info.url, info.ports, false, Options::DEFAULT).await
 }
 
+async fn redis_cluster_info() -> RedisInfo {
+    shared(&REDIS_CLUSTER, || {
+        let cluster = RedisCluster::start();
+        let info = RedisInfo {
+            url: cluster.url(),
+            ports: cluster.nodes.iter().map(|n| n.port).collect(),
+        };
+        (Box::new(cluster), info)
+    })
+    .await
+}
+
 async fn redis_info() -> RedisInfo {
     shared(&REDIS, || {
         let server = RedisServer::start();
@@ -375,15 +393,7 @@ async fn redis_info() -> RedisInfo {
 
 /// A three-master Redis Cluster, shared by the binary.
 pub async fn redis_cluster() -> Store {
-    let info = shared(&REDIS_CLUSTER, || {
-        let cluster = RedisCluster::start();
-        let info = RedisInfo {
-            url: cluster.url(),
-            ports: cluster.nodes.iter().map(|n| n.port).collect(),
-        };
-        (Box::new(cluster), info)
-    })
-    .await;
+    let info = redis_cluster_info().await;
     redis_at(
         "redis_cluster",
         info.url,
