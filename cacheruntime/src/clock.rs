@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The time source of a [`Cache`](crate::Cache) or a backend.
 #[derive(Clone, Debug, Default)]
@@ -79,6 +79,20 @@ fn precise_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Milliseconds on a monotonic clock since the first call (at least 1),
+/// for what must not stand still under a manual test clock: the breaker,
+/// the error log, a near tier's lease.
+pub(crate) fn monotonic_ms() -> u64 {
+    monotonic_ms_at(Instant::now())
+}
+
+/// [`monotonic_ms`] of the moment `at`.
+pub(crate) fn monotonic_ms_at(at: Instant) -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    at.saturating_duration_since(start).as_millis() as u64 + 1
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::backend::Backend;
 use crate::backends::{DisabledBackend, MemoryBackend};
 use crate::breaker::Breaker;
-use crate::clock::Clock;
+use crate::clock::{monotonic_ms, Clock};
 use crate::codec::{AnyCodec, Codec};
 use crate::compress::Compression;
 use crate::entry::{Sealer, SealerParts, Typed};
@@ -170,13 +170,6 @@ pub(crate) enum Answer {
     Stale,
     /// Computed, or waited for another caller's computation.
     Miss,
-}
-
-/// Milliseconds on a monotonic clock, for the breaker and the error log,
-/// which must not stand still under a manual test clock.
-pub(crate) fn monotonic_ms() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 impl Engine {

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::backend::{BoxFuture, Ticket};
-use crate::engine::{monotonic_ms, Engine};
+use crate::clock::monotonic_ms;
+use crate::engine::Engine;
 use crate::Error;
 
 /// What one call may spend in store operations, all together: the op

@@ -32,14 +32,14 @@
 //! (`read.rs`) is its part of the hit path.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::backend::{ChangeSink, Feed, Lookup, Ticket};
 use crate::backends::MemoryBackend;
-use crate::clock::Clock;
+use crate::clock::{monotonic_ms, monotonic_ms_at, Clock};
 use crate::stats::Counter;
 use crate::ticket::NearMark;
 
@@ -85,7 +85,7 @@ pub(crate) struct Near {
     /// live `ttl`, and are served only under the lease below.
     push: bool,
     ttl: Duration,
-    /// With notices: serve only before this ([`mono_ms`]): `near_check`
+    /// With notices: serve only before this (`clock::monotonic_ms`: real time whatever the cache's clock): `near_check`
     /// after the last moment the notices were known complete.
     lease_until: AtomicU64,
     /// The notices are being followed (or being started).
@@ -144,7 +144,7 @@ impl Near {
     /// notices, while the lease holds.
     #[inline(always)]
     pub(crate) fn serving(&self) -> bool {
-        !self.push || mono_ms(Instant::now()) < self.lease_until.load(Ordering::Acquire)
+        !self.push || monotonic_ms() < self.lease_until.load(Ordering::Acquire)
     }
 
     /// Starts following the store's notices, once (again, if it could not).
@@ -208,14 +208,6 @@ impl Near {
     }
 }
 
-/// Milliseconds since the first call, on a monotonic clock: the lease's
-/// time (real time whatever the cache's clock).
-fn mono_ms(at: Instant) -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    at.saturating_duration_since(start).as_millis() as u64 + 1
-}
-
 impl ChangeSink for Near {
     fn key_changed(&self, key: &str) {
         if key.starts_with(&*self.namespace) {
@@ -237,7 +229,7 @@ impl ChangeSink for Near {
     }
 
     fn synced(&self, asked: Instant) {
-        let until = mono_ms(asked).saturating_add(self.check_ms);
+        let until = monotonic_ms_at(asked).saturating_add(self.check_ms);
         self.lease_until.fetch_max(until, Ordering::AcqRel);
     }
 
