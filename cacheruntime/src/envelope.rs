@@ -141,6 +141,13 @@ impl Header {
     }
 }
 
+/// An entry's flags byte, without reading the rest of its header, or
+/// `None` when it is too short to have one: what decides, before any
+/// parsing, whether an entry carries a tag section.
+pub fn flags(bytes: &[u8]) -> Option<u8> {
+    bytes.get(2).copied()
+}
+
 /// The tag section of an entry whose flags have [`FLAG_TAGGED`] (what
 /// follows its length), or `None` when the entry is too short to hold it.
 /// Read nothing else from an entry without the flag.

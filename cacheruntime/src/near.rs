@@ -40,6 +40,7 @@ use bytes::Bytes;
 use crate::backend::{ChangeSink, Feed, Lookup, Ticket};
 use crate::backends::MemoryBackend;
 use crate::clock::{monotonic_ms, monotonic_ms_at, Clock};
+use crate::envelope;
 use crate::stats::Counter;
 use crate::ticket::NearMark;
 
@@ -241,11 +242,8 @@ impl ChangeSink for Near {
 /// Whether the near tier may hold `bytes` under `key`: not a tag token,
 /// not an entry with tags.
 fn may_hold(key: &str, bytes: &[u8]) -> bool {
-    // The envelope's flags (`envelope::FLAG_TAGGED`): an entry with tags.
     !key.contains(crate::key::TOKEN_MARK)
-        && bytes
-            .get(2)
-            .is_some_and(|flags| flags & crate::envelope::FLAG_TAGGED == 0)
+        && envelope::flags(bytes).is_some_and(|flags| flags & envelope::FLAG_TAGGED == 0)
 }
 
 /// A write of one key to the shared store, in flight.

@@ -57,7 +57,7 @@ impl Seen {
     /// The entry's tag section, when it has one.
     pub(crate) fn section(&self) -> Option<&[u8]> {
         let raw = self.raw.as_deref()?;
-        let flags = *raw.get(2)?;
+        let flags = envelope::flags(raw)?;
         (flags & envelope::FLAG_TAGGED != 0)
             .then(|| envelope::tag_section(raw))
             .flatten()

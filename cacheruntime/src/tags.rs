@@ -371,7 +371,7 @@ enum Recorded<'b> {
 
 /// The tags and tokens entry `bytes` records.
 fn recorded_in(bytes: &[u8]) -> Recorded<'_> {
-    match bytes.get(2) {
+    match envelope::flags(bytes) {
         Some(flags) if flags & envelope::FLAG_TAGGED != 0 => {}
         _ => return Recorded::Untagged,
     }
