@@ -198,12 +198,14 @@ impl Near {
         self.memory.forget_prefix(prefix);
     }
 
-    /// A write of `key` to the shared store begins; the guard takes in its
-    /// outcome (or, dropped unfinished, drops the key).
-    fn write(self: &Arc<Self>, key: &str) -> WriteGuard {
+    /// A write of `key` to the shared store begins, vouched for as of
+    /// `since`; the guard takes in its outcome (or, dropped unfinished,
+    /// drops the key).
+    fn write(self: &Arc<Self>, key: &str, since: NearMark) -> WriteGuard {
         WriteGuard {
             near: self.clone(),
             key: key.into(),
+            since,
             done: false,
         }
     }
@@ -250,23 +252,23 @@ fn may_hold(key: &str, bytes: &[u8]) -> bool {
 struct WriteGuard {
     near: Arc<Near>,
     key: Box<str>,
+    /// Where the near tier stood when the value's computation read the
+    /// store (or the write began).
+    since: NearMark,
     done: bool,
 }
 
 impl WriteGuard {
     /// Takes in the write's outcome: `Some(value)` if the store took it
-    /// (for `ttl`), vouched for as of `since`.
-    fn finish(mut self, value: Option<Bytes>, ttl: Duration, since: NearMark) {
+    /// (for `ttl`).
+    fn finish(mut self, value: Option<Bytes>, ttl: Duration) {
         self.done = true;
-        self.end(value, ttl, since);
-    }
-
-    fn end(&self, value: Option<Bytes>, ttl: Duration, since: NearMark) {
         let near = &self.near;
-        let life = near.life(since, ttl);
+        let life = near.life(self.since, ttl);
         let value = value.filter(|v| life.is_some() && may_hold(&self.key, v));
         let life = life.unwrap_or(Duration::ZERO);
-        near.memory.take_write(&self.key, value, life, since.seq);
+        near.memory
+            .take_write(&self.key, value, life, self.since.seq);
     }
 }
 
@@ -275,8 +277,7 @@ impl Drop for WriteGuard {
         if !self.done {
             // Cancelled (a timeout, a dropped caller): the store may or may
             // not have the value.
-            let mark = self.near.mark();
-            self.end(None, Duration::ZERO, mark);
+            self.near.forget(&self.key);
         }
     }
 }

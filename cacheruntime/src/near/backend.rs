@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{marked, split, Near};
+use super::{marked, split, Near, WriteGuard};
 use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
 use crate::Error;
 
@@ -31,39 +31,30 @@ impl NearBackend {
     pub(crate) fn new(shared: Arc<dyn Backend>, near: Arc<Near>) -> Self {
         NearBackend { shared, near }
     }
+
+    /// A write of `key` under `ticket` begins: its guard, vouched for as of
+    /// the ticket's read (or now, for a write without one), and the store's
+    /// own ticket to write under.
+    fn begin<'t>(&self, key: &str, ticket: Option<&'t Ticket>) -> (WriteGuard, Option<&'t Ticket>) {
+        let (since, inner) = split(ticket);
+        let since = since.unwrap_or_else(|| self.near.mark());
+        (self.near.write(key, since), inner)
+    }
 }
 
-/// Drops a key, or a prefix, from the near tier when dropped itself: after
+/// Drops keys, or a prefix, from the near tier when dropped itself: after
 /// the store answered a delete or an invalidation, or when the call was
 /// cancelled (the store may have applied it).
-struct Forget<'a> {
-    near: &'a Near,
-    key: Option<&'a str>,
-    prefix: Option<&'a str>,
-    keys: &'a [&'a str],
+enum Forget<'a> {
+    Keys(&'a Near, &'a [&'a str]),
+    Prefix(&'a Near, &'a str),
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        if let Some(key) = self.key {
-            self.near.forget(key);
-        }
-        if let Some(prefix) = self.prefix {
-            self.near.forget_prefix(prefix);
-        }
-        for key in self.keys {
-            self.near.forget(key);
-        }
-    }
-}
-
-impl<'a> Forget<'a> {
-    fn key(near: &'a Near, key: &'a str) -> Self {
-        Forget {
-            near,
-            key: Some(key),
-            prefix: None,
-            keys: &[],
+        match self {
+            Forget::Keys(near, keys) => keys.iter().for_each(|key| near.forget(key)),
+            Forget::Prefix(near, prefix) => near.forget_prefix(prefix),
         }
     }
 }
@@ -136,12 +127,10 @@ impl Backend for NearBackend {
         ttl: Duration,
         ticket: Option<&'a Ticket>,
     ) -> BoxFuture<'a, Result<(), Error>> {
-        let (since, inner) = split(ticket);
-        let since = since.unwrap_or_else(|| self.near.mark());
-        let write = self.near.write(key);
+        let (write, inner) = self.begin(key, ticket);
         Box::pin(async move {
             let done = self.shared.set(key, value.clone(), ttl, inner).await;
-            write.finish(done.is_ok().then_some(value), ttl, since);
+            write.finish(done.is_ok().then_some(value), ttl);
             done
         })
     }
@@ -154,15 +143,13 @@ impl Backend for NearBackend {
         ticket: Option<&'a Ticket>,
         token: &'a [u8],
     ) -> BoxFuture<'a, Result<bool, Error>> {
-        let (since, inner) = split(ticket);
-        let since = since.unwrap_or_else(|| self.near.mark());
-        let write = self.near.write(key);
+        let (write, inner) = self.begin(key, ticket);
         Box::pin(async move {
             let done = self
                 .shared
                 .set_and_unlock(key, value.clone(), ttl, inner, token)
                 .await;
-            write.finish(done.is_ok().then_some(value), ttl, since);
+            write.finish(done.is_ok().then_some(value), ttl);
             done
         })
     }
@@ -173,11 +160,14 @@ impl Backend for NearBackend {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), Error>> {
         let since = self.near.mark();
-        let writes: Vec<_> = entries.iter().map(|(k, _)| self.near.write(k)).collect();
+        let writes: Vec<_> = entries
+            .iter()
+            .map(|(k, _)| self.near.write(k, since))
+            .collect();
         Box::pin(async move {
             let done = self.shared.set_many(entries, ttl).await;
             for (write, (_, value)) in writes.into_iter().zip(entries) {
-                write.finish(done.is_ok().then(|| value.clone()), ttl, since);
+                write.finish(done.is_ok().then(|| value.clone()), ttl);
             }
             done
         })
@@ -191,9 +181,7 @@ impl Backend for NearBackend {
         ttl: Duration,
         ticket: Option<&'a Ticket>,
     ) -> BoxFuture<'a, Result<bool, Error>> {
-        let (since, inner) = split(ticket);
-        let since = since.unwrap_or_else(|| self.near.mark());
-        let write = self.near.write(key);
+        let (write, inner) = self.begin(key, ticket);
         Box::pin(async move {
             let done = self
                 .shared
@@ -202,38 +190,28 @@ impl Backend for NearBackend {
             // Swapped: the store holds `value`. Not swapped: the near tier
             // may hold what the swap expected; drop it.
             let kept = matches!(done, Ok(true)).then_some(value);
-            write.finish(kept, ttl, since);
+            write.finish(kept, ttl);
             done
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let _forget = Forget::key(&self.near, key);
+            let _forget = Forget::Keys(&self.near, std::slice::from_ref(&key));
             self.shared.delete(key).await
         })
     }
 
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let _forget = Forget {
-                near: &self.near,
-                key: None,
-                prefix: None,
-                keys,
-            };
+            let _forget = Forget::Keys(&self.near, keys);
             self.shared.delete_many(keys).await
         })
     }
 
     fn invalidate_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let _forget = Forget {
-                near: &self.near,
-                key: None,
-                prefix: Some(prefix),
-                keys: &[],
-            };
+            let _forget = Forget::Prefix(&self.near, prefix);
             self.shared.invalidate_prefix(prefix).await
         })
     }
