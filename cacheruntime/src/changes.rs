@@ -21,6 +21,36 @@ pub trait ChangeSink: Send + Sync {
     fn synced(&self, asked: std::time::Instant);
     /// How often to make sure of the notices (`near_check`).
     fn check(&self) -> Duration;
+    /// A notice arrived `lag` after its change was sent.
+    fn arrived(&self, lag: Duration);
+}
+
+/// The length of a notice's stamp: its kind (`K` or `P`) and the time it
+/// was sent, 16 hex digits of microseconds since the Unix epoch.
+pub const STAMP_LEN: usize = 17;
+
+/// The notice of a write or delete of `key`, as the stores publish it:
+/// `K`, the time it is sent (see [`STAMP_LEN`]), the key.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub fn key_notice(key: &str) -> String {
+    stamped('K', key)
+}
+
+/// The notice of an invalidation of `prefix`: `P`, the time, the prefix.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub fn prefix_notice(prefix: &str) -> String {
+    stamped('P', prefix)
+}
+
+#[cfg(any(feature = "redis", feature = "postgres"))]
+fn stamped(kind: char, name: &str) -> String {
+    format!("{kind}{:016x}{name}", unix_us())
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// What a store that pushes change notices feeds a near tier with
@@ -63,6 +93,36 @@ impl Feed {
         }
     }
 
+    /// Applies one notice as the stores publish it: [`key_notice`] and
+    /// [`prefix_notice`] (whose send time measures the lag), or `k<key>` and
+    /// `p<prefix>` without one. Anything else (`*`, which a store sends for
+    /// a name too long for its channel, or a notice from a newer version)
+    /// is read as "anything may have changed".
+    pub fn apply(&self, notice: &[u8]) {
+        let Some(sink) = self.0.upgrade() else {
+            return;
+        };
+        let (kind, name) = match notice.first() {
+            Some(&kind @ (b'K' | b'P')) if notice.len() >= STAMP_LEN => {
+                let sent = std::str::from_utf8(&notice[1..STAMP_LEN])
+                    .ok()
+                    .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+                let Some(sent) = sent else {
+                    return sink.lost();
+                };
+                sink.arrived(Duration::from_micros(unix_us().saturating_sub(sent)));
+                (kind.to_ascii_lowercase(), &notice[STAMP_LEN..])
+            }
+            Some(&kind) => (kind, &notice[1..]),
+            None => return sink.lost(),
+        };
+        match (kind, std::str::from_utf8(name)) {
+            (b'k', Ok(key)) => sink.key_changed(key),
+            (b'p', Ok(prefix)) => sink.prefix_invalidated(prefix),
+            _ => sink.lost(),
+        }
+    }
+
     /// Notices may have been missed: everything is dropped, and nothing is
     /// served until [`synced`](Self::synced).
     pub fn lost(&self) {
@@ -84,5 +144,69 @@ impl Feed {
         self.0
             .upgrade()
             .map_or(Duration::from_millis(100), |sink| sink.check())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Records what each notice did.
+    #[derive(Default)]
+    struct Heard(Mutex<Vec<String>>);
+
+    impl ChangeSink for Heard {
+        fn key_changed(&self, key: &str) {
+            self.0.lock().unwrap().push(format!("key {key}"));
+        }
+        fn prefix_invalidated(&self, prefix: &str) {
+            self.0.lock().unwrap().push(format!("prefix {prefix}"));
+        }
+        fn lost(&self) {
+            self.0.lock().unwrap().push("lost".into());
+        }
+        fn synced(&self, _: std::time::Instant) {}
+        fn check(&self) -> Duration {
+            Duration::from_millis(100)
+        }
+        fn arrived(&self, lag: Duration) {
+            assert!(lag < Duration::from_secs(60), "{lag:?}");
+            self.0.lock().unwrap().push("lag".into());
+        }
+    }
+
+    #[test]
+    fn notices_name_what_changed_and_anything_unreadable_drops_everything() {
+        let heard = Arc::new(Heard::default());
+        let feed = Feed::new(Arc::downgrade(&heard) as std::sync::Weak<dyn ChangeSink>);
+        let stamped = format!("K{:016x}a:b", unix_us());
+        for notice in [
+            stamped.as_str(),
+            &format!("P{:016x}a:", unix_us()),
+            "ka:c",
+            "pz:",
+            "*",
+            "",
+            "Kzz",
+            "Kxxxxxxxxxxxxxxxxa:b",
+        ] {
+            feed.apply(notice.as_bytes());
+        }
+        assert_eq!(
+            *heard.0.lock().unwrap(),
+            [
+                "lag",
+                "key a:b",
+                "lag",
+                "prefix a:",
+                "key a:c",
+                "prefix z:",
+                "lost",
+                "lost",
+                "lost",
+                "lost"
+            ]
+        );
     }
 }

@@ -372,6 +372,10 @@ impl Engine {
             lock_timeouts: c.lock_timeouts.get(),
             signature_failures: self.sealer.signature_failures.get(),
             near_hits: self.near.as_ref().map_or(0, |n| n.hits.get()),
+            near_lag: self
+                .near
+                .as_ref()
+                .map_or_else(Default::default, |n| n.lag.snapshot()),
             functions,
         }
     }

@@ -41,6 +41,7 @@ use crate::backend::{ChangeSink, Feed, Lookup, Ticket};
 use crate::backends::MemoryBackend;
 use crate::clock::{monotonic_ms, monotonic_ms_at, Clock};
 use crate::envelope;
+use crate::lag::LagRecorder;
 use crate::stats::Counter;
 use crate::ticket::NearMark;
 
@@ -93,6 +94,8 @@ pub(crate) struct Near {
     following: AtomicBool,
     /// Calls answered from the near tier (also counted as hits).
     pub(crate) hits: Counter,
+    /// How long the store's notices took to arrive.
+    pub(crate) lag: LagRecorder,
 }
 
 impl std::fmt::Debug for Near {
@@ -123,6 +126,7 @@ impl Near {
             lease_until: AtomicU64::new(0),
             following: AtomicBool::new(false),
             hits: Counter::new(),
+            lag: LagRecorder::default(),
         }
     }
 
@@ -238,6 +242,10 @@ impl ChangeSink for Near {
 
     fn check(&self) -> Duration {
         Duration::from_millis(self.check_ms)
+    }
+
+    fn arrived(&self, lag: Duration) {
+        self.lag.record(lag);
     }
 }
 

@@ -231,6 +231,10 @@ pub struct Stats {
     /// in front of a shared store: `CacheBuilder::near`) without a round
     /// trip to the store. `hits - near_hits` went to the store.
     pub near_hits: u64,
+    /// How long the shared store's change notices took to reach this
+    /// cache's near tier (stores that push them: Redis, PostgreSQL); see
+    /// [`LagHistogram`](crate::LagHistogram).
+    pub near_lag: crate::LagHistogram,
     /// Per-function counters of the `#[cached]` functions that used this cache.
     pub functions: Vec<FunctionStats>,
 }

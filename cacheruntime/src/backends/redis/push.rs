@@ -32,7 +32,6 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
-use redis::Msg;
 
 use super::RedisBackend;
 use crate::backend::Feed;
@@ -49,7 +48,7 @@ impl RedisBackend {
         if self.cluster {
             return String::new();
         }
-        format!("k{key}")
+        crate::changes::key_notice(key)
     }
 
     /// The notice of an invalidation of `prefix` (none on a Cluster).
@@ -57,21 +56,7 @@ impl RedisBackend {
         if self.cluster {
             return String::new();
         }
-        format!("p{prefix}")
-    }
-}
-
-/// Applies one notice to the near tier.
-fn apply(msg: &Msg, feed: &Feed) {
-    let payload = msg.get_payload_bytes();
-    match (
-        payload.first(),
-        std::str::from_utf8(payload.get(1..).unwrap_or(b"")),
-    ) {
-        (Some(b'k'), Ok(key)) => feed.key_changed(key),
-        (Some(b'p'), Ok(prefix)) => feed.prefix_invalidated(prefix),
-        // Not ours to read: to be safe, as if anything had changed.
-        _ => feed.lost(),
+        crate::changes::prefix_notice(prefix)
     }
 }
 
@@ -153,7 +138,7 @@ async fn follow_one(client: &redis::Client, feed: &Feed) -> Result<(), redis::Re
         }
         tokio::select! {
             msg = stream.next() => match msg {
-                Some(msg) => apply(&msg, feed),
+                Some(msg) => feed.apply(msg.get_payload_bytes()),
                 None => return Err(closed()),
             },
             _ = ticks.tick() => {
@@ -173,7 +158,7 @@ async fn follow_one(client: &redis::Client, feed: &Feed) -> Result<(), redis::Re
                         let Some(Some(msg)) = stream.next().now_or_never() else {
                             return true;
                         };
-                        apply(&msg, feed);
+                        feed.apply(msg.get_payload_bytes());
                         left -= 1;
                     }
                     false

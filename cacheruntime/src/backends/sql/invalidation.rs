@@ -22,7 +22,12 @@ impl Shared {
 
     pub(super) async fn delete(self: &Arc<Self>, key: &str) -> Result<(), Error> {
         check_key(key)?;
-        self.invalidate_rows(&deleted(key), Rows::Key(key)).await
+        self.invalidate_rows(
+            &deleted(key),
+            Rows::Key(key),
+            notice(crate::changes::key_notice(key)),
+        )
+        .await
     }
 
     pub(super) async fn invalidate(self: &Arc<Self>, prefix: &str) -> Result<(), Error> {
@@ -34,20 +39,26 @@ impl Shared {
             Some(head) => Rows::Range(prefix.to_owned(), format!("{head};")),
             None => Rows::All,
         };
-        self.invalidate_rows(prefix, rows).await
+        self.invalidate_rows(prefix, rows, notice(crate::changes::prefix_notice(prefix)))
+            .await
     }
 
     /// One short transaction: bump the epoch, record `name` under it, and
     /// for a delete remove its row. A prefix's rows, already hidden by the
     /// record, are deleted afterwards in batches ([`Shared::purge`]), so
     /// the call takes the same time whatever the prefix holds.
-    async fn invalidate_rows(self: &Arc<Self>, name: &str, rows: Rows<'_>) -> Result<(), Error> {
+    async fn invalidate_rows(
+        self: &Arc<Self>,
+        name: &str,
+        rows: Rows<'_>,
+        notice: String,
+    ) -> Result<(), Error> {
         let pool = self.ready().await?;
-        let epoch = match self.bump_and_record(pool, name, &rows).await? {
+        let epoch = match self.bump_and_record(pool, name, &rows, &notice).await? {
             Some(epoch) => epoch,
             None => {
                 self.seed(pool).await?;
-                self.bump_and_record(pool, name, &rows)
+                self.bump_and_record(pool, name, &rows, &notice)
                     .await?
                     .ok_or_else(|| {
                         Error::backend(
@@ -69,17 +80,19 @@ impl Shared {
         Ok(())
     }
 
-    /// The invalidation's transaction; `None` (nothing done) when the
+    /// The invalidation's transaction, with its change notice on
+    /// PostgreSQL (sent when it commits); `None` (nothing done) when the
     /// epoch row is missing.
     async fn bump_and_record(
         &self,
         pool: &Pool,
         name: &str,
         rows: &Rows<'_>,
+        notice: &str,
     ) -> Result<Option<i64>, Error> {
         let now = self.now();
         macro_rules! run {
-            ($p:expr) => {{
+            ($p:expr, $notices:expr) => {{
                 let mut tx = $p.begin().await.map_err(|e| self.error(e))?;
                 let epoch: Option<i64> = sqlx::query(AssertSqlSafe(self.sql.bump.as_str()))
                     .fetch_optional(&mut *tx)
@@ -103,15 +116,22 @@ impl Shared {
                         .await
                         .map_err(|e| self.error(e))?;
                 }
+                if !self.sql.notify.is_empty() {
+                    sqlx::query(AssertSqlSafe(self.sql.notify.as_str()))
+                        .bind($notices)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.error(e))?;
+                }
                 tx.commit().await.map_err(|e| self.error(e))?;
                 Ok(Some(epoch))
             }};
         }
         match pool {
             #[cfg(feature = "postgres")]
-            Pool::Postgres(p) => run!(p),
+            Pool::Postgres(p) => run!(p, [notice]),
             #[cfg(feature = "sqlite")]
-            Pool::Sqlite(p) => run!(p),
+            Pool::Sqlite(p) => run!(p, notice),
         }
     }
 }
@@ -121,6 +141,16 @@ impl Shared {
 /// only.
 pub(super) fn deleted(key: &str) -> String {
     format!("{key}\u{1}")
+}
+
+/// A change notice for near tiers (`push.rs`, `changes::key_notice`) as
+/// PostgreSQL's `NOTIFY` takes it: `*` ("anything may have changed") when
+/// too long for it.
+pub(super) fn notice(notice: String) -> String {
+    if notice.len() >= super::statements::MAX_NOTICE {
+        return "*".to_owned();
+    }
+    notice
 }
 
 /// The rows an invalidation removes.
@@ -142,5 +172,12 @@ mod tests {
         // A key ending with `:` has a delete record of its own, not its
         // prefix's.
         assert_ne!(deleted("a:"), "a:");
+    }
+
+    #[test]
+    fn notices_too_long_for_notify_say_anything_changed() {
+        let short = notice(crate::changes::prefix_notice("a:"));
+        assert!(short.starts_with('P') && short.ends_with("a:"), "{short}");
+        assert_eq!(notice(crate::changes::key_notice(&"x".repeat(8_000))), "*");
     }
 }

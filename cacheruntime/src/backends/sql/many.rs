@@ -171,7 +171,7 @@ impl Shared {
     ) -> Result<bool, Error> {
         let now = self.now();
         macro_rules! run {
-            ($p:expr, $keys:expr, $names:expr) => {{
+            ($p:expr, $keys:expr, $names:expr, $notices:expr) => {{
                 let mut tx = $p.begin().await.map_err(|e| self.error(e))?;
                 let epoch: Option<i64> = sqlx::query(AssertSqlSafe(self.sql.bump.as_str()))
                     .fetch_optional(&mut *tx)
@@ -193,15 +193,29 @@ impl Shared {
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| self.error(e))?;
+                if !self.sql.notify.is_empty() {
+                    sqlx::query(AssertSqlSafe(self.sql.notify.as_str()))
+                        .bind($notices)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.error(e))?;
+                }
                 tx.commit().await.map_err(|e| self.error(e))?;
                 Ok(true)
             }};
         }
         match pool {
             #[cfg(feature = "postgres")]
-            Pool::Postgres(p) => run!(p, keys, names),
+            Pool::Postgres(p) => run!(
+                p,
+                keys,
+                names,
+                keys.iter()
+                    .map(|k| super::invalidation::notice(crate::changes::key_notice(k)))
+                    .collect::<Vec<_>>()
+            ),
             #[cfg(feature = "sqlite")]
-            Pool::Sqlite(p) => run!(p, json_array(keys), json_array(names)),
+            Pool::Sqlite(p) => run!(p, json_array(keys), json_array(names), ""),
         }
     }
 }

@@ -91,7 +91,8 @@
 //! connection parameters, checked), `schema.rs` (the tables and their DDL),
 //! `statements.rs` (every statement, per dialect), `entries.rs` (reads,
 //! writes, locks), `invalidation.rs` (invalidations and deletes),
-//! `sweep.rs` (the work done after calls); the backend itself is here.
+//! `sweep.rs` (the work done after calls), `push.rs` (PostgreSQL's change
+//! notices for near tiers); the backend itself is here.
 
 use std::fmt;
 use std::future::Future;
@@ -154,6 +155,8 @@ mod connect;
 mod entries;
 mod invalidation;
 mod many;
+#[cfg(feature = "postgres")]
+mod push;
 mod schema;
 mod statements;
 mod sweep;
@@ -441,6 +444,20 @@ impl Store for SqlBackend {
         ticket: Option<&Ticket>,
     ) -> impl Future<Output = Result<bool, Error>> + Send {
         self.op(self.shared.swap(key, expected, value, ttl, ticket))
+    }
+
+    fn pushes_changes(&self) -> bool {
+        self.shared.dialect == Dialect::Postgres
+    }
+
+    fn follow_changes(&self, feed: crate::backend::Feed) -> bool {
+        #[cfg(feature = "postgres")]
+        return self.shared.follow(feed);
+        #[cfg(not(feature = "postgres"))]
+        {
+            drop(feed);
+            false
+        }
     }
 
     fn get_many(&self, keys: &[&str]) -> impl Future<Output = Result<Vec<Lookup>, Error>> + Send {

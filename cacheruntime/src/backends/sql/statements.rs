@@ -36,6 +36,33 @@ pub(super) struct Statements {
     pub(super) sweep_invalidations: String,
     pub(super) count: String,
     pub(super) cull: String,
+    /// PostgreSQL: the change notices of an invalidation or deletes ($1,
+    /// an array of notices), sent in their transaction; `""` on SQLite.
+    pub(super) notify: String,
+}
+
+/// The channel on which PostgreSQL change notices go to near tiers
+/// (`push.rs`).
+pub(super) const NOTICES: &str = "cacheruntime_changes";
+
+/// The longest notice PostgreSQL's `NOTIFY` takes is under 8000 bytes; a
+/// longer name is sent as `*` ("anything may have changed").
+pub(super) const MAX_NOTICE: usize = 7_900;
+
+/// On PostgreSQL, `write` (an `INSERT` or `UPDATE` of entries) made to send
+/// the near tiers the notice of each row it wrote (`k<key>`), in its own
+/// transaction, so no write commits without its notice. It still reports
+/// one row per row written (`SELECT n`), as the callers count them. On
+/// SQLite, which cannot notify, `write` as it is.
+fn notifying(dialect: Dialect, write: String) -> String {
+    match dialect {
+        Dialect::Postgres => format!(
+            "WITH w AS ({write} RETURNING key) SELECT pg_notify('{NOTICES}', \
+             CASE WHEN octet_length(w.key) < {MAX_NOTICE} THEN 'k' || w.key ELSE '*' END) \
+             FROM w"
+        ),
+        Dialect::Sqlite => write,
+    }
 }
 
 /// The database's clock in ms since the Unix epoch, unless parameter `n`
@@ -101,29 +128,35 @@ impl Statements {
             ),
             // Refused when the ticket is under the floor or a record naming
             // the key is newer than it.
-            put_ticketed: format!(
-                "INSERT INTO {t} (key, value, expires_at, epoch) \
+            put_ticketed: notifying(
+                dialect,
+                format!(
+                    "INSERT INTO {t} (key, value, expires_at, epoch) \
                  SELECT {k}, {v}, {now} + {ttl}, {e} WHERE {e} >= {floor} \
                  AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
                  AND i.epoch > {e}) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
                  expires_at = excluded.expires_at, epoch = excluded.epoch",
-                k = p(1),
-                v = p(2),
-                ttl = p(3),
-                e = p(4),
-                records = records_of(5),
-                now = now(6),
+                    k = p(1),
+                    v = p(2),
+                    ttl = p(3),
+                    e = p(4),
+                    records = records_of(5),
+                    now = now(6),
+                ),
             ),
-            put_current: format!(
-                "INSERT INTO {t} (key, value, expires_at, epoch) \
+            put_current: notifying(
+                dialect,
+                format!(
+                    "INSERT INTO {t} (key, value, expires_at, epoch) \
                  SELECT {}, {}, {} + {}, epoch FROM {t}_epoch WHERE id = 1 \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
                  expires_at = excluded.expires_at, epoch = excluded.epoch",
-                p(1),
-                p(2),
-                now(4),
-                p(3),
+                    p(1),
+                    p(2),
+                    now(4),
+                    p(3),
+                ),
             ),
             // Several keys ($1, an array) in one statement: each live row,
             // unless expired, under the floor, or older than a record naming
@@ -150,14 +183,17 @@ impl Statements {
             // `put_current`: $3 the keys and $4 the values (SQLite: one JSON
             // array of [key, hex value] pairs in $3).
             set_many: if pg {
-                format!(
-                    "INSERT INTO {t} (key, value, expires_at, epoch) \
+                notifying(
+                    dialect,
+                    format!(
+                        "INSERT INTO {t} (key, value, expires_at, epoch) \
                      SELECT u.k, u.v, {now} + $2, e.epoch \
                      FROM unnest($3::text[], $4::bytea[]) AS u(k, v), {t}_epoch e \
                      WHERE e.id = 1 \
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
                      expires_at = excluded.expires_at, epoch = excluded.epoch",
-                    now = now(1),
+                        now = now(1),
+                    ),
                 )
             } else {
                 format!(
@@ -194,8 +230,10 @@ impl Statements {
             // the read found no live row: inserts, or replaces a row a read
             // would not serve (expired, under the floor, or older than a
             // record naming it); a live row stays.
-            swap_absent: format!(
-                "INSERT INTO {t} AS c (key, value, expires_at, epoch) \
+            swap_absent: notifying(
+                dialect,
+                format!(
+                    "INSERT INTO {t} AS c (key, value, expires_at, epoch) \
                  SELECT {k}, {v}, {now} + {ttl}, {e} WHERE {e} >= {floor} \
                  AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
                  AND i.epoch > {e}) \
@@ -204,28 +242,32 @@ impl Statements {
                  WHERE c.expires_at <= {now} OR c.epoch < {floor} \
                  OR EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
                  AND i.epoch > c.epoch)",
-                k = p(1),
-                v = p(2),
-                ttl = p(3),
-                e = p(4),
-                records = records_of(5),
-                now = now(6),
+                    k = p(1),
+                    v = p(2),
+                    ttl = p(3),
+                    e = p(4),
+                    records = records_of(5),
+                    now = now(6),
+                ),
             ),
             // ... and when it found bytes ($7): replaces the row only while
             // it is live and holds them.
-            swap_present: format!(
-                "UPDATE {t} AS c SET value = {v}, expires_at = {now} + {ttl}, epoch = {e} \
+            swap_present: notifying(
+                dialect,
+                format!(
+                    "UPDATE {t} AS c SET value = {v}, expires_at = {now} + {ttl}, epoch = {e} \
                  WHERE c.key = {k} AND c.value = {x} AND c.expires_at > {now} \
                  AND c.epoch >= {floor} AND {e} >= {floor} \
                  AND NOT EXISTS (SELECT 1 FROM {t}_invalidations i WHERE {records} \
                  AND (i.epoch > c.epoch OR i.epoch > {e}))",
-                k = p(1),
-                v = p(2),
-                ttl = p(3),
-                e = p(4),
-                records = records_of(5),
-                now = now(6),
-                x = p(7),
+                    k = p(1),
+                    v = p(2),
+                    ttl = p(3),
+                    e = p(4),
+                    records = records_of(5),
+                    now = now(6),
+                    x = p(7),
+                ),
             ),
             delete: format!("DELETE FROM {t} WHERE key = {}", p(1)),
             // Never below the clock: an epoch row created again later starts
@@ -323,6 +365,11 @@ impl Statements {
                  (SELECT key FROM {t} ORDER BY expires_at LIMIT {})",
                 p(1)
             ),
+            notify: if pg {
+                format!("SELECT pg_notify('{NOTICES}', n) FROM unnest($1::text[]) AS n")
+            } else {
+                String::new()
+            },
         }
     }
 }
