@@ -171,5 +171,6 @@ mod faults {
         redis_near_history => redis_near_under_faults,
         memcached_history => memcached_under_faults,
         postgres_history => postgres_under_faults,
+        postgres_near_history => postgres_near_under_faults,
     }
 }

@@ -208,9 +208,12 @@ struct World {
     ids: AtomicU64,
     /// The clock the handles keep time by, read around every tick.
     clock: Clock,
-    /// `(tick, ms before it, ms after it)` on `clock`: what a near tier's
-    /// staleness bound is checked against.
-    times: Mutex<Vec<(u64, u64, u64)>>,
+    /// `(tick, ms before it, ms after it)` on `clock`, then on the real
+    /// clock (since `started`): what a near tier's staleness bound is
+    /// checked against (the real one where near tiers follow pushed
+    /// notices, `Store::pushes`).
+    times: Mutex<Vec<(u64, [u64; 4])>>,
+    started: Instant,
 }
 
 impl World {
@@ -222,17 +225,19 @@ impl World {
             ids: AtomicU64::new(1),
             clock,
             times: Mutex::new(Vec::new()),
+            started: Instant::now(),
         }
     }
 
     fn tick(&self) -> u64 {
-        let before = self.clock.now_ms();
+        let real = || self.started.elapsed().as_millis() as u64;
+        let (before, real_before) = (self.clock.now_ms(), real());
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);
-        let after = self.clock.now_ms();
+        let (after, real_after) = (self.clock.now_ms(), real() + 1);
         self.times
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((seq, before, after));
+            .push((seq, [before, after, real_before, real_after]));
         seq
     }
 
@@ -521,7 +526,9 @@ struct Verdict {
 /// made through the reader's own handle binds it at once.
 struct Near {
     check_ms: u64,
-    times: HashMap<u64, (u64, u64)>,
+    times: HashMap<u64, [u64; 4]>,
+    /// The bound runs on the real clock (`Store::pushes`).
+    real: bool,
 }
 
 impl Near {
@@ -533,8 +540,11 @@ impl Near {
         }
         // The fence's end is taken no earlier, the read's start no later,
         // than they happened.
-        let returned = self.times[&fence.end].1;
-        let started = self.times[&read.start].0;
+        let (returned, started) = if self.real {
+            (self.times[&fence.end][3], self.times[&read.start][2])
+        } else {
+            (self.times[&fence.end][1], self.times[&read.start][0])
+        };
         returned + self.check_ms <= started
     }
 }
@@ -740,8 +750,8 @@ async fn run(s: &Store, faults: Option<Faults>) {
         check_ms: check.as_millis() as u64,
         times: std::mem::take(&mut *world.times.lock().unwrap())
             .into_iter()
-            .map(|(seq, before, after)| (seq, (before, after)))
             .collect(),
+        real: s.pushes(),
     });
     let verdict = check(&ops, near.as_ref());
     let stats: Vec<_> = handles.iter().map(Cache::stats).collect();
@@ -893,6 +903,21 @@ pub async fn memcached_under_faults() {
 /// PostgreSQL behind a proxy that stalls (500 ms), and stopped
 /// (`-m immediate`) and started again, in turns.
 pub async fn postgres_under_faults() {
+    postgres_faults("postgres", Options::FAULTS).await;
+}
+
+/// [`postgres_under_faults`] with a near tier on every handle: its
+/// `LISTEN` connection goes through the stalling proxy too, and is cut
+/// when the server stops.
+pub async fn postgres_near_under_faults() {
+    let options = Options {
+        near_check: Some(stores::NEAR_CHECK),
+        ..Options::FAULTS
+    };
+    postgres_faults("postgres_near", options).await;
+}
+
+async fn postgres_faults(name: &'static str, options: Options) {
     let (pg, proxy) = tokio::task::spawn_blocking(|| {
         let pg = Postgres::start();
         let proxy = StallProxy::start(pg.port);
@@ -904,7 +929,7 @@ pub async fn postgres_under_faults() {
         "postgres://postgres:{}@127.0.0.1:{}/postgres",
         pg.password, proxy.port
     );
-    let store = stores::sql_at("postgres", url, Options::FAULTS, Vec::new()).await;
+    let store = stores::sql_at(name, url, options, Vec::new()).await;
     let faults = Faults {
         what: "postgres proxy stall (500 ms), stop+start (300 ms down)",
         inject: Box::new(move |stop| {

@@ -159,8 +159,20 @@ impl Store {
     /// delete or invalidation is seen within `near_check` of its return.
     pub async fn settle(&self) {
         if let Some(check) = self.options.near_check {
-            self.elapse(check).await;
+            if self.pushes() {
+                tokio::time::sleep(check).await;
+            } else {
+                self.elapse(check).await;
+            }
         }
+    }
+
+    /// Whether the handles' near tiers follow the store's pushed notices
+    /// (one Redis server, PostgreSQL): their `near_check` is a lease in
+    /// real time, whatever clock the handles keep entries' time by.
+    /// Elsewhere near tiers poll, and `near_check` runs on that clock.
+    pub fn pushes(&self) -> bool {
+        self.options.near_check.is_some() && matches!(self.name, "redis_near" | "postgres_near")
     }
 
     /// Loses the store's record of past invalidations, as the store can:
