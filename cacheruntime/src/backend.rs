@@ -207,7 +207,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     }
 
     /// Whether the store publishes a notice of every change (the Redis
-    /// store: Pub/Sub), so that a near tier in front of it can follow them
+    /// store: Pub/Sub; PostgreSQL: `LISTEN`/`NOTIFY`), so that a near tier in front of it can follow them
     /// (`follow_changes`) instead of polling. The crate's own stores only.
     #[doc(hidden)]
     fn pushes_changes(&self) -> bool {

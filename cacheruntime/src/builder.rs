@@ -306,11 +306,13 @@ impl CacheBuilder {
 
     /// The longest a change made through another handle (another process)
     /// goes unseen by this handle's near tier. Default 100 ms; URL:
-    /// `?near_check=250ms`. On a Redis server (change notices) the near tier
-    /// serves only within this of its last proof that it has every notice
-    /// (a `PING` answered on its notice connection), and changes usually
-    /// arrive within a millisecond; on Redis Cluster, PostgreSQL, SQLite and
-    /// Memcached (no notices) an entry is served for this long after the
+    /// `?near_check=250ms`. On a Redis server and on PostgreSQL (change
+    /// notices) the near tier serves only within this of its last proof
+    /// that it has every notice (Redis: a `PING` answered on its notice
+    /// connection; PostgreSQL: a notice sent to itself come back), and
+    /// changes usually arrive within a millisecond or two; on Redis
+    /// Cluster, SQLite and Memcached (no notices) an entry is served for
+    /// this long after the
     /// store vouched for it (the start of the read that found it, or of the
     /// read before the computation whose value this handle wrote), then
     /// read again: a longer check saves round trips on hot keys and serves
@@ -320,8 +322,8 @@ impl CacheBuilder {
         self
     }
 
-    /// On a store that pushes change notices (one Redis server: not a
-    /// Cluster, nor one reached with `tls_pin_sha256`), how long the near
+    /// On a store that pushes change notices (PostgreSQL, or one Redis
+    /// server: not a Cluster, nor one reached with `tls_pin_sha256`), how long the near
     /// tier keeps an entry at most (default 60 s; URL `?near_ttl=5m`): the
     /// notices end it sooner when it changes, and this bounds what a change
     /// that publishes none (made by hand, or by an older version of this

@@ -70,6 +70,15 @@
 //! (or ignored). So no sweep, by any process, whatever its `max_ttl`, lets a
 //! value computed before an invalidation be served.
 //!
+//! # Change notices (PostgreSQL)
+//! Every statement that writes entries, and every invalidation and delete,
+//! sends a notice on the channel `cacheruntime_changes` in its own
+//! transaction (`NOTIFY`, delivered at commit), so that near tiers in
+//! other processes drop what it names (`push.rs`). PostgreSQL serializes
+//! the commits of notifying transactions, which costs concurrent writers
+//! (BENCHMARKS.md); reads are unchanged. SQLite sends none: near tiers in
+//! front of it poll.
+//!
 //! # Keys
 //! PostgreSQL text cannot hold NUL: a key or prefix containing one is
 //! refused as bad input ([`Error::InvalidKey`], [`Error::InvalidPrefix`]),
