@@ -31,18 +31,18 @@ pub const STAMP_LEN: usize = 17;
 
 /// The notice of a write or delete of `key`, as the stores publish it:
 /// `K`, the time it is sent (see [`STAMP_LEN`]), the key.
-#[cfg(any(feature = "redis", feature = "postgres"))]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 pub fn key_notice(key: &str) -> String {
     stamped('K', key)
 }
 
 /// The notice of an invalidation of `prefix`: `P`, the time, the prefix.
-#[cfg(any(feature = "redis", feature = "postgres"))]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 pub fn prefix_notice(prefix: &str) -> String {
     stamped('P', prefix)
 }
 
-#[cfg(any(feature = "redis", feature = "postgres"))]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 fn stamped(kind: char, name: &str) -> String {
     format!("{kind}{:016x}{name}", unix_us())
 }
@@ -136,6 +136,53 @@ impl Feed {
     pub fn synced(&self, asked: std::time::Instant) {
         if let Some(sink) = self.0.upgrade() {
             sink.synced(asked);
+        }
+    }
+
+    /// Follows a store's notices for as long as the near tier lives: `one`
+    /// follows them on one connection until it fails (`Err`) or the near
+    /// tier is gone (`Ok`). After each failure everything near is dropped
+    /// ([`lost`](Self::lost)) and the next connection waits a back-off (50
+    /// ms doubling to 1 s; 50 ms again after a connection that lasted 10
+    /// s). The first failure is logged at warn, with `what` (which store,
+    /// and what a refusal would need), the others at debug: a server that
+    /// restarts is not news.
+    pub async fn keep_following<Fut, E>(
+        self,
+        label: &str,
+        scrub: impl Fn(&str) -> String,
+        what: &'static str,
+        mut one: impl FnMut(Feed) -> Fut,
+    ) where
+        Fut: std::future::Future<Output = Result<(), E>>,
+        E: fmt::Display,
+    {
+        let mut pause = Duration::from_millis(50);
+        let mut told = false;
+        while self.is_open() {
+            let started = std::time::Instant::now();
+            match one(self.clone()).await {
+                Ok(()) => return,
+                Err(e) if !told => {
+                    told = true;
+                    tracing::warn!(
+                        url = %label,
+                        error = %scrub(&e.to_string()),
+                        "the near tier lost its {what}; it serves nothing until it has them again"
+                    );
+                }
+                Err(e) => tracing::debug!(
+                    url = %label,
+                    error = %scrub(&e.to_string()),
+                    "the near tier lost its {what}"
+                ),
+            }
+            self.lost();
+            if started.elapsed() > Duration::from_secs(10) {
+                pause = Duration::from_millis(50);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 

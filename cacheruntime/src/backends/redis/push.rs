@@ -71,40 +71,19 @@ impl RedisBackend {
             return false;
         };
         let label = self.label.clone();
-        let scrub = self.secrets.clone();
+        let secrets = self.secrets.clone();
         runtime.spawn(async move {
-            let mut pause = Duration::from_millis(50);
-            let mut told = false;
-            while feed.is_open() {
-                let started = Instant::now();
-                match follow_one(&client, &feed).await {
-                    Ok(()) => return,
-                    // Said once at warn (a refused SUBSCRIBE is a setting to
-                    // fix), then at debug: a server that restarts is not news.
-                    Err(e) if !told => {
-                        told = true;
-                        tracing::warn!(
-                            url = %label,
-                            error = %scrub.scrub(&e.to_string()),
-                            "the near tier lost its Redis change notices (or could not \
-                             subscribe: an ACL user needs SUBSCRIBE and the channel \
-                             cacheruntime:changes); it serves nothing until it has them again"
-                        );
-                    }
-                    Err(e) => tracing::debug!(
-                        url = %label,
-                        error = %scrub.scrub(&e.to_string()),
-                        "the near tier lost its Redis change notices"
-                    ),
-                }
-                feed.lost();
-                // A connection that lasted starts the back-off over.
-                if started.elapsed() > Duration::from_secs(10) {
-                    pause = Duration::from_millis(50);
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
+            feed.keep_following(
+                &label,
+                |m| secrets.scrub(m),
+                "Redis change notices (or could not subscribe: an ACL user needs SUBSCRIBE \
+                 and the channel cacheruntime:changes)",
+                |feed| {
+                    let client = client.clone();
+                    async move { follow_one(&client, &feed).await }
+                },
+            )
+            .await;
         });
         true
     }

@@ -53,37 +53,16 @@ impl Shared {
         let options = options.clone();
         let shared = Arc::clone(self);
         runtime.spawn(async move {
-            let mut pause = Duration::from_millis(50);
-            let mut told = false;
-            while feed.is_open() {
-                let started = Instant::now();
-                match follow_one(&options, &feed).await {
-                    Ok(()) => return,
-                    // Said once at warn, then at debug: a database that
-                    // restarts is not news.
-                    Err(e) if !told => {
-                        told = true;
-                        tracing::warn!(
-                            url = %shared.label,
-                            error = %shared.secrets.scrub(&e.to_string()),
-                            "the near tier lost its PostgreSQL change notices (or could not \
-                             listen); it serves nothing until it has them again"
-                        );
-                    }
-                    Err(e) => tracing::debug!(
-                        url = %shared.label,
-                        error = %shared.secrets.scrub(&e.to_string()),
-                        "the near tier lost its PostgreSQL change notices"
-                    ),
-                }
-                feed.lost();
-                // A connection that lasted starts the back-off over.
-                if started.elapsed() > Duration::from_secs(10) {
-                    pause = Duration::from_millis(50);
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
+            feed.keep_following(
+                &shared.label,
+                |m| shared.secrets.scrub(m),
+                "PostgreSQL change notices (or could not listen)",
+                |feed| {
+                    let options = options.clone();
+                    async move { follow_one(&options, &feed).await }
+                },
+            )
+            .await;
         });
         true
     }
