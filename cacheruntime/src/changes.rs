@@ -1,5 +1,6 @@
-//! Change notices from a store to a near tier: [`Feed`], which a store that
-//! pushes them (`Backend::follow_changes`: Redis) is handed, and
+//! Change notices from a store to a near tier: their format
+//! ([`key_notice`], [`prefix_notice`]), [`Feed`], which a store that pushes
+//! them (`Backend::follow_changes`: Redis, PostgreSQL) is handed, and
 //! [`ChangeSink`], what the near tier (`near.rs`) does with each. A leaf:
 //! the stores see the near tier only through this.
 

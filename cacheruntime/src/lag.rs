@@ -17,9 +17,13 @@ const BOUNDS_US: [u64; 12] = [
 ];
 
 /// A histogram of near-tier propagation lags: the time from a change
-/// (invalidation, delete or write) being sent by any process to this
-/// process's near tier applying its notice, on stores that push them
-/// (Redis, PostgreSQL). Empty on polling stores and without a near tier.
+/// being sent by any process to this process's near tier applying its
+/// notice, on stores that push them: invalidations, deletes and writes on
+/// Redis; invalidations and deletes on PostgreSQL (whose writes' notices
+/// are made by the database and carry no time). It starts when the
+/// changing call is sent, so it includes the change's own round trips;
+/// across machines, the offset between their clocks too. Empty on polling
+/// stores and without a near tier.
 ///
 /// ```
 /// # let stats = cacheruntime::Stats::default();
@@ -89,6 +93,8 @@ impl LagHistogram {
     }
 }
 
+const HOUR_US: u64 = 3_600_000_000;
+
 /// The live counts of one near tier.
 #[derive(Debug, Default)]
 pub(crate) struct LagRecorder {
@@ -99,7 +105,9 @@ pub(crate) struct LagRecorder {
 impl LagRecorder {
     /// Counts one notice that took `lag`.
     pub(crate) fn record(&self, lag: Duration) {
-        let us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
+        // A stamp far off (a clock set wrong) counts in the last bucket,
+        // and adds at most an hour to the sum, which cannot wrap then.
+        let us = u64::try_from(lag.as_micros()).map_or(HOUR_US, |us| us.min(HOUR_US));
         let bucket = BOUNDS_US.partition_point(|&bound| bound < us);
         self.counts[bucket].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);

@@ -3,8 +3,10 @@
 //! Cluster runs it in the slot of the key's hash tag (`keys.rs`).
 //!
 //! Each change also publishes its notice (`push.rs`) on [`NOTICES`], in the
-//! same script: the last ARGV, `k<key>` for a write or delete, `p<prefix>`
-//! for an invalidation (empty on a Cluster: nothing is published). Near tiers in other processes drop what it names.
+//! same script: the last ARGV (`changes::key_notice` for a write or
+//! delete, `changes::prefix_notice` for an invalidation; empty on a
+//! Cluster: nothing is published). Near tiers in other processes drop what
+//! it names.
 //! The notice is published before the change is made: Redis does not undo
 //! a script that fails halfway, so a `PUBLISH` refused (an ACL user without
 //! it) must fail the script before it changes anything, never after. (The

@@ -71,13 +71,14 @@
 //! value computed before an invalidation be served.
 //!
 //! # Change notices (PostgreSQL)
-//! Every statement that writes entries, and every invalidation and delete,
-//! sends a notice on the channel `cacheruntime_changes` in its own
-//! transaction (`NOTIFY`, delivered at commit), so that near tiers in
-//! other processes drop what it names (`push.rs`). PostgreSQL serializes
-//! the commits of notifying transactions, which costs concurrent writers
-//! (BENCHMARKS.md); reads are unchanged. SQLite sends none: near tiers in
-//! front of it poll.
+//! Invalidations, deletes, `set`, `set_many` and compare-and-set, and a
+//! computation's write that replaced a live row, send a notice on the
+//! channel `cacheruntime_changes` in their own transaction (`NOTIFY`,
+//! delivered at commit), so that near tiers in other processes drop what
+//! it names (`push.rs`; `statements::notifying` says which and why).
+//! PostgreSQL serializes the commits of notifying transactions, which caps
+//! those writes under concurrency (BENCHMARKS.md); reads are unchanged.
+//! SQLite sends none: near tiers in front of it poll.
 //!
 //! # Keys
 //! PostgreSQL text cannot hold NUL: a key or prefix containing one is

@@ -1,19 +1,24 @@
 //! Change notices for near tiers (`near.rs`), over PostgreSQL
 //! `LISTEN`/`NOTIFY`.
 //!
-//! Every statement that writes entries sends the notice of each row it
-//! wrote (`statements::notifying`), and every invalidation or delete sends
-//! its own in its transaction (`k<key>`, `p<prefix>`, or `*` for a name
-//! too long for `NOTIFY`). PostgreSQL delivers a notice only when its
-//! transaction commits, so no change takes effect without one, and none
-//! announces a change that did not happen. A near tier in front of this
+//! Every statement that may replace a value a near tier serves sends the
+//! notice of each row it wrote (`statements::notifying`: `k<key>`), and
+//! every invalidation or
+//! delete sends its own in its transaction (`changes::key_notice` and
+//! `prefix_notice`, stamped with the time they were sent), as does a
+//! recreation of the epoch rows, which hides every entry (`*`, as a name
+//! too long for `NOTIFY` is sent). PostgreSQL delivers a notice only when
+//! its transaction commits, so no change takes effect without one, and
+//! none announces a change that did not happen. (The `max_entries` cull
+//! sends none: it evicts, as Redis's `maxmemory` does, and a near copy of
+//! an evicted entry is still the right value.) A near tier in front of this
 //! store follows the channel on a connection of its own and drops what
 //! each notice names.
 //!
 //! What it may serve rests on one documented fact: a listening session
 //! receives notices in the order their transactions committed. So the
 //! follower also listens on a channel of its own and, every
-//! `near_check / 4`, notifies itself there: when that notice comes back,
+//! `near_check / 4`, sends a notice there: when that notice comes back,
 //! every change committed before it was sent has come back before it. The
 //! follower then tells the near tier it is in sync as of the moment it
 //! sent it; the near tier serves only while that is less than
@@ -21,6 +26,17 @@
 //! near hits within `near_check`; a lost one (and every new connection,
 //! which cannot know what was sent before it listened) drops the whole
 //! near tier first.
+//!
+//! The notice the follower sends itself goes out from the store's pool,
+//! not from the listening connection, so it travels as every other
+//! process's notice does: if those are lost on the way, so is it, and the
+//! lease lapses. That is what happens behind a transaction-pooling proxy
+//! (PgBouncer's `pool_mode=transaction`), which drops notices that reach a
+//! server process while no client is linked to it: the near tier never
+//! gets in sync there and serves nothing (and the listening server
+//! process, handed to other clients, may fail their statements with an
+//! unexpected notice). Point a cache with a near tier at PostgreSQL
+//! directly or through session pooling.
 //!
 //! Every process that changes the store must send the notices: one
 //! running an older version of this crate, or writing rows by hand, is not
@@ -58,8 +74,8 @@ impl Shared {
                 |m| shared.secrets.scrub(m),
                 "PostgreSQL change notices (or could not listen)",
                 |feed| {
-                    let options = options.clone();
-                    async move { follow_one(&options, &feed).await }
+                    let (options, shared) = (options.clone(), Arc::clone(&shared));
+                    async move { follow_one(&shared, &options, &feed).await }
                 },
             )
             .await;
@@ -70,7 +86,11 @@ impl Shared {
 
 /// Follows the notices on one connection until it fails (`Err`) or the near
 /// tier is gone (`Ok`).
-async fn follow_one(options: &PgConnectOptions, feed: &Feed) -> Result<(), sqlx::Error> {
+async fn follow_one(
+    shared: &Shared,
+    options: &PgConnectOptions,
+    feed: &Feed,
+) -> Result<(), sqlx::Error> {
     let check = feed.check();
     let patience = check.max(Duration::from_secs(1));
     let timed_out = || {
@@ -116,14 +136,24 @@ async fn follow_one(options: &PgConnectOptions, feed: &Feed) -> Result<(), sqlx:
                 let Some(notice) = got? else {
                     return Err(closed());
                 };
-                if notice.channel() != own {
-                    feed.apply(notice.payload().as_bytes());
-                } else if let Some((n, at)) = asked {
-                    if notice.payload() == n.to_string() {
-                        // Every change committed before it was sent has
-                        // been applied.
-                        feed.synced(at);
-                        asked = None;
+                // sqlx's accessors panic on text that is not UTF-8 (a
+                // foreign notice in a SQL_ASCII database): unreadable, so
+                // as if anything had changed.
+                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    (notice.channel() == own, notice.payload().to_owned())
+                }));
+                match read {
+                    Err(_) => feed.lost(),
+                    Ok((false, payload)) => feed.apply(payload.as_bytes()),
+                    Ok((true, payload)) => {
+                        if let Some((n, at)) = asked {
+                            if payload == n.to_string() {
+                                // Every change committed before it was
+                                // sent has been applied.
+                                feed.synced(at);
+                                asked = None;
+                            }
+                        }
                     }
                 }
             }
@@ -136,15 +166,28 @@ async fn follow_one(options: &PgConnectOptions, feed: &Feed) -> Result<(), sqlx:
                 }
                 sent += 1;
                 let at = Instant::now();
-                tokio::time::timeout(
+                // Sent from the store's pool, not the listening
+                // connection: it reaches the listener as every other
+                // process's notice does, so it proves they arrive.
+                let pool = match shared.pool() {
+                    super::Pool::Postgres(pool) => pool,
+                    #[allow(unreachable_patterns)]
+                    _ => return Ok(()),
+                };
+                // A pool too busy or a database down to send it: no sync
+                // this time, and the lease lapses (the listening
+                // connection's own failure is what ends this function).
+                let sent_ok = tokio::time::timeout(
                     patience,
                     sqlx::query("SELECT pg_notify($1, $2)")
                         .bind(own.as_str())
                         .bind(sent.to_string())
-                        .execute(&mut listener),
+                        .execute(pool),
                 )
-                .await
-                .map_err(|_| timed_out())??;
+                .await;
+                if !matches!(sent_ok, Ok(Ok(_))) {
+                    continue;
+                }
                 asked = Some((sent, at));
             }
         }

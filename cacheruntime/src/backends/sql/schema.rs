@@ -260,7 +260,7 @@ impl Shared {
     /// invalidation records may be gone too) may write.
     pub(super) async fn seed(&self, pool: &Pool) -> Result<(), Error> {
         macro_rules! run {
-            ($p:expr) => {{
+            ($p:expr, $everything:expr) => {{
                 let mut tx = $p.begin().await.map_err(|e| self.error(e))?;
                 let seeded = sqlx::query(AssertSqlSafe(self.sql.seed_epoch.as_str()))
                     .execute(&mut *tx)
@@ -276,6 +276,14 @@ impl Shared {
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| self.error(e))?;
+                // Every entry is hidden now: near tiers drop everything.
+                if seeded > 0 && !self.sql.notify.is_empty() {
+                    sqlx::query(AssertSqlSafe(self.sql.notify.as_str()))
+                        .bind($everything)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.error(e))?;
+                }
                 tx.commit().await.map_err(|e| self.error(e))?;
                 if seeded > 0 {
                     tracing::warn!(
@@ -289,9 +297,9 @@ impl Shared {
         }
         match pool {
             #[cfg(feature = "postgres")]
-            Pool::Postgres(p) => run!(p),
+            Pool::Postgres(p) => run!(p, ["*"]),
             #[cfg(feature = "sqlite")]
-            Pool::Sqlite(p) => run!(p),
+            Pool::Sqlite(p) => run!(p, "*"),
         }
     }
 }

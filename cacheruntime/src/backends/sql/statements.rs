@@ -51,15 +51,44 @@ pub(super) const MAX_NOTICE: usize = 7_900;
 
 /// On PostgreSQL, `write` (an `INSERT` or `UPDATE` of entries) made to send
 /// the near tiers the notice of each row it wrote (`k<key>`), in its own
-/// transaction, so no write commits without its notice. It still reports
-/// one row per row written (`SELECT n`), as the callers count them. On
-/// SQLite, which cannot notify, `write` as it is.
+/// transaction, so no such write commits without its notice. It still
+/// reports one row per row written (`SELECT n`), as the callers count them.
+/// On SQLite, which cannot notify, `write` as it is.
+///
+/// `set`, `set_many` and compare-and-set notify every row they write. A
+/// computation's write under its read's ticket (`put_ticketed`, most of a
+/// cache's writes) notifies only when it replaced a live row
+/// ([`notifying_if_live`]). A notice costs: PostgreSQL serializes the
+/// commits of notifying transactions (BENCHMARKS.md).
 fn notifying(dialect: Dialect, write: String) -> String {
     match dialect {
         Dialect::Postgres => format!(
-            "WITH w AS ({write} RETURNING key) SELECT pg_notify('{NOTICES}', \
-             CASE WHEN octet_length(w.key) < {MAX_NOTICE} THEN 'k' || w.key ELSE '*' END) \
-             FROM w"
+            "WITH w AS ({write} RETURNING key) SELECT pg_notify('{NOTICES}', {NOTICE}) FROM w"
+        ),
+        Dialect::Sqlite => write,
+    }
+}
+
+/// The notice of a written row `w`, or `*` for a key too long for it.
+const NOTICE: &str = "CASE WHEN octet_length(w.key) < 7900 THEN 'k' || w.key ELSE '*' END";
+
+/// [`notifying`] for a write of one key (`$1`, its time `now` parameter
+/// `$6`) under a read's ticket: a notice only when the row it replaced was
+/// live (unexpired, as the statement's snapshot saw it). Otherwise the
+/// write follows a miss that nobody could have served from a near copy: the
+/// row was gone, expired (a near copy is past its deadline too), or hidden
+/// by an invalidation or delete whose own notice dropped the copies. It
+/// replaces a live row when the writer could not read it (another type or
+/// version, a signature it cannot verify) or refreshed it (stale or early
+/// refresh), and near copies elsewhere must then go. The statement reports
+/// the notices sent, not the rows written (its callers count neither).
+fn notifying_if_live(dialect: Dialect, t: &str, write: String) -> String {
+    match dialect {
+        Dialect::Postgres => format!(
+            "WITH live AS (SELECT 1 FROM {t} c WHERE c.key = $1 AND c.expires_at > {now}), \
+             w AS ({write} RETURNING key) SELECT pg_notify('{NOTICES}', {NOTICE}) FROM w \
+             WHERE EXISTS (SELECT 1 FROM live)",
+            now = now_ms(dialect, 6),
         ),
         Dialect::Sqlite => write,
     }
@@ -127,9 +156,11 @@ impl Statements {
                 records = records_of(3),
             ),
             // Refused when the ticket is under the floor or a record naming
-            // the key is newer than it.
-            put_ticketed: notifying(
+            // the key is newer than it. A notice only when it replaced a
+            // live row (see `notifying`).
+            put_ticketed: notifying_if_live(
                 dialect,
+                t,
                 format!(
                     "INSERT INTO {t} (key, value, expires_at, epoch) \
                  SELECT {k}, {v}, {now} + {ttl}, {e} WHERE {e} >= {floor} \
@@ -371,5 +402,15 @@ impl Statements {
                 String::new()
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_notice_expression_keeps_to_the_notice_limit() {
+        assert!(NOTICE.contains(&format!("< {MAX_NOTICE} ")), "{NOTICE}");
     }
 }
