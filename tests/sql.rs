@@ -1424,3 +1424,90 @@ async fn writes_just_after_an_invalidation_outlive_its_purge() {
         lost.len()
     );
 }
+
+/// A cold miss on PostgreSQL costs two statements, one round trip each,
+/// counted in the server's statement log: the read that takes the key's
+/// lock as it finds no entry, and the write that releases it (before: the
+/// read, the lock, a look at the entry, the write, and the release in the
+/// background, each after a ping of the connection: ten round trips, five
+/// of them statements). A hit is one statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_miss_on_postgres_costs_two_statements() {
+    let pg = Postgres::start();
+    let url = format!("{}?sslmode=disable", pg.url());
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    for sql in [
+        "ALTER SYSTEM SET log_statement = 'all'",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::query(sql).execute(&admin).await.unwrap();
+    }
+    let cache = cache_with(SqlConfig::new(url.clone()), None);
+    let policy = cacheruntime::Policy::new().ttl(Duration::from_secs(600));
+    let feed = |n: u32| {
+        let cache = cache.clone();
+        let policy = policy.clone();
+        async move {
+            cache
+                .get_or_compute(&format!("feed:{n}"), &policy, || async move {
+                    format!("feed {n}")
+                })
+                .await
+        }
+    };
+    // The statements the cache ran on its table between two marks.
+    let mut marks = 0;
+    let mut mark = || {
+        marks += 1;
+        let sql = format!("SELECT 'mark {marks}'");
+        let admin = admin.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&admin)
+                .await
+                .unwrap();
+        }
+    };
+    let between = |from: u32| {
+        let log = std::fs::read_to_string(pg.dir.path().join("log")).unwrap();
+        let start = log.find(&format!("'mark {from}'")).expect("the first mark");
+        let end = log
+            .find(&format!("'mark {}'", from + 1))
+            .expect("the second mark");
+        log[start..end]
+            .lines()
+            .filter(|l| l.contains("LOG:  execute") && l.contains("cache_entries"))
+            .map(|l| l.split(": ").nth(1).unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
+    };
+    // Connected, the tables made, the sweeper's first pass done.
+    assert_eq!(feed(0).await, "feed 0");
+    mark().await;
+    assert_eq!(feed(1).await, "feed 1");
+    mark().await;
+    assert_eq!(feed(1).await, "feed 1");
+    mark().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cold = between(1);
+    assert_eq!(
+        cold.len(),
+        2,
+        "a cold miss: the read that locks, the write that unlocks; got {cold:#?}"
+    );
+    let hit = between(2);
+    assert_eq!(hit.len(), 1, "a hit: one read; got {hit:#?}");
+    assert_eq!(cache.stats().computations, 2);
+    // No lock left behind: another handle computes at once.
+    let other = cache_with(SqlConfig::new(url), None);
+    cache.delete("feed:1").await.unwrap();
+    let started = Instant::now();
+    let got: String = other
+        .get_or_compute("feed:1", &policy, || async { "again".to_owned() })
+        .await;
+    assert_eq!(got, "again");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "waited for a lock"
+    );
+}

@@ -160,6 +160,8 @@ macro_rules! on_pool {
 }
 
 // After `on_pool!`, which they use.
+#[cfg(feature = "postgres")]
+mod combined;
 mod config;
 mod connect;
 mod entries;
@@ -313,6 +315,12 @@ impl Shared {
                     .max_connections(self.config.max_connections)
                     .min_connections(0)
                     .acquire_timeout(Duration::from_secs(10))
+                    // No ping before each statement: it doubled every
+                    // call's round trips. A connection broken while idle
+                    // (a restarted server) fails the one call that finds
+                    // it, which the cache answers by computing, and sqlx
+                    // drops it (its ping on release fails).
+                    .test_before_acquire(false)
                     .connect_lazy_with(options.clone()),
             ),
             #[cfg(feature = "sqlite")]
@@ -458,6 +466,43 @@ impl Store for SqlBackend {
 
     fn pushes_changes(&self) -> bool {
         self.shared.dialect == Dialect::Postgres
+    }
+
+    /// PostgreSQL: a cold miss in two round trips (`combined.rs`).
+    fn combines_locks(&self) -> bool {
+        self.shared.dialect == Dialect::Postgres
+    }
+
+    #[cfg(feature = "postgres")]
+    fn get_or_lock(
+        &self,
+        key: &str,
+        token: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(Lookup, bool), Error>> + Send {
+        self.op(self.shared.get_or_lock(key, token, ttl))
+    }
+
+    #[cfg(feature = "postgres")]
+    fn lock_and_get(
+        &self,
+        key: &str,
+        token: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(bool, Option<Lookup>), Error>> + Send {
+        self.op(self.shared.lock_and_get(key, token, ttl))
+    }
+
+    #[cfg(feature = "postgres")]
+    fn set_and_unlock(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+        token: &[u8],
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.op(self.shared.set_and_unlock(key, value, ttl, ticket, token))
     }
 
     fn follow_changes(&self, feed: crate::backend::Feed) -> bool {

@@ -39,6 +39,14 @@ pub(super) struct Statements {
     /// PostgreSQL: the change notices of an invalidation or deletes ($1,
     /// an array of notices), sent in their transaction; `""` on SQLite.
     pub(super) notify: String,
+    /// PostgreSQL only (`combined.rs`; `""` on SQLite): `get` and, when it
+    /// finds no live entry, `lock_take` in one statement ($4 the token, $5
+    /// the lock's TTL); `lock_take` and `get` in one; `put_ticketed` or
+    /// `put_current` and `lock_release` in one ($7 or $5 the token).
+    pub(super) get_or_lock: String,
+    pub(super) lock_and_get: String,
+    pub(super) put_ticketed_unlock: String,
+    pub(super) put_current_unlock: String,
 }
 
 /// The channel on which PostgreSQL change notices go to near tiers
@@ -119,6 +127,14 @@ pub(super) fn now_us(dialect: Dialect) -> &'static str {
 
 impl Statements {
     pub(super) fn new(dialect: Dialect, t: &str) -> Statements {
+        let mut built = Self::each(dialect, t);
+        if dialect == Dialect::Postgres {
+            combined(&mut built, t);
+        }
+        built
+    }
+
+    fn each(dialect: Dialect, t: &str) -> Statements {
         let pg = dialect == Dialect::Postgres;
         // Placeholders: $n on PostgreSQL, ?n on SQLite (same numbering).
         let p = |n: u32| if pg { format!("${n}") } else { format!("?{n}") };
@@ -401,8 +417,53 @@ impl Statements {
             } else {
                 String::new()
             },
+            get_or_lock: String::new(),
+            lock_and_get: String::new(),
+            put_ticketed_unlock: String::new(),
+            put_current_unlock: String::new(),
         }
     }
+}
+
+/// The statements of a cold miss in two round trips, on PostgreSQL (its
+/// data-modifying `WITH`; SQLite, in process, has no round trips to save).
+///
+/// One snapshot serves a whole statement, while `INSERT .. ON CONFLICT`
+/// sees the lock as it is now: a lock whose holder released it (with its
+/// value written) after the snapshot is taken although the read missed
+/// the value. `was_busy` says the snapshot saw another live lock that the
+/// statement then took: the caller reads once more.
+fn combined(s: &mut Statements, t: &str) {
+    let now = now_ms(Dialect::Postgres, 2);
+    let take = format!(
+        "ON CONFLICT (key) DO UPDATE SET token = excluded.token, \
+         expires_at = excluded.expires_at \
+         WHERE l.expires_at <= {now} OR l.token = excluded.token RETURNING 1"
+    );
+    let answer = format!(
+        "SELECT r.now_epoch, r.scope, r.floor, r.value, \
+         (SELECT count(*) FROM l) AS locked, \
+         EXISTS (SELECT 1 FROM {t}_locks s WHERE s.key = $1 AND s.expires_at > {now} \
+         AND s.token <> $4) AS was_busy FROM r"
+    );
+    s.get_or_lock = format!(
+        "WITH r AS ({get}), l AS (INSERT INTO {t}_locks AS l (key, token, expires_at) \
+         SELECT $1, $4, {now} + $5 FROM r WHERE r.value IS NULL {take}) {answer}",
+        get = s.get,
+    );
+    s.lock_and_get = format!(
+        "WITH r AS ({get}), l AS (INSERT INTO {t}_locks AS l (key, token, expires_at) \
+         VALUES ($1, $4, {now} + $5) {take}) {answer}",
+        get = s.get,
+    );
+    // The write's statement with the release as one more `WITH`: run
+    // whether or not the write took (a refused write still ends the miss).
+    let unlocking = |write: &str, token: u32| {
+        let release = format!("u AS (DELETE FROM {t}_locks WHERE key = $1 AND token = ${token}), ");
+        write.replacen("WITH ", &format!("WITH {release}"), 1)
+    };
+    s.put_ticketed_unlock = unlocking(&s.put_ticketed, 7);
+    s.put_current_unlock = unlocking(&s.put_current, 5);
 }
 
 #[cfg(test)]
