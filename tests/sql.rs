@@ -1446,7 +1446,6 @@ async fn a_cold_miss_on_postgres_costs_two_statements() {
     let policy = cacheruntime::Policy::new().ttl(Duration::from_secs(600));
     let feed = |n: u32| {
         let cache = cache.clone();
-        let policy = policy.clone();
         async move {
             cache
                 .get_or_compute(&format!("feed:{n}"), &policy, || async move {
