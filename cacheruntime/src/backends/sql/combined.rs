@@ -44,8 +44,18 @@ impl Shared {
         let lookup = match answer.found {
             Some(lookup) if !(answer.locked && answer.was_busy) => lookup,
             // A missing epoch row (created again by `get`), or a lock
-            // released since the snapshot: read again.
-            _ => self.get(key).await?,
+            // released since the snapshot: read again. If that fails, the
+            // lock the statement took goes too (the caller, told of an
+            // error, holds nothing).
+            _ => match self.get(key).await {
+                Ok(lookup) => lookup,
+                Err(e) => {
+                    if answer.locked {
+                        let _ = self.unlock(key, &token).await;
+                    }
+                    return Err(e);
+                }
+            },
         };
         Ok((lookup, answer.locked))
     }
@@ -61,8 +71,15 @@ impl Shared {
             .await?;
         let found = match answer.found {
             Some(lookup) if !(answer.locked && answer.was_busy) => Some(lookup),
-            // The lock is held now: a failed read leaves it to the caller.
-            _ => self.get(key).await.ok(),
+            // A failed read answers `None`: the caller holds the lock if
+            // it was taken, and releases it (`Backend::lock_and_get`).
+            _ => match self.get(key).await {
+                Ok(lookup) => Some(lookup),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the read after taking a lock failed");
+                    None
+                }
+            },
         };
         Ok((answer.locked, found))
     }

@@ -315,12 +315,22 @@ impl Shared {
                     .max_connections(self.config.max_connections)
                     .min_connections(0)
                     .acquire_timeout(Duration::from_secs(10))
-                    // No ping before each statement: it doubled every
-                    // call's round trips. A connection broken while idle
-                    // (a restarted server) fails the one call that finds
-                    // it, which the cache answers by computing, and sqlx
-                    // drops it (its ping on release fails).
+                    // No ping before each statement (sqlx's default): it
+                    // doubled every call's round trips. Only a connection
+                    // idle for over a second is pinged first, so one
+                    // broken while idle (a restarted server, an idle
+                    // timeout on the way) is replaced rather than failing
+                    // a call; under load none is idle that long.
                     .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for < Duration::from_secs(1) {
+                                return Ok(true);
+                            }
+                            use sqlx::Connection;
+                            Ok(conn.ping().await.is_ok())
+                        })
+                    })
                     .connect_lazy_with(options.clone()),
             ),
             #[cfg(feature = "sqlite")]

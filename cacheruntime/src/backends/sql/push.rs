@@ -27,8 +27,8 @@
 //! which cannot know what was sent before it listened) drops the whole
 //! near tier first.
 //!
-//! The notice the follower sends itself goes out from the store's pool,
-//! not from the listening connection, so it travels as every other
+//! The notice the follower sends itself goes out from a second connection
+//! of its own, not from the listening one, so it travels as every other
 //! process's notice does: if those are lost on the way, so is it, and the
 //! lease lapses. That is what happens behind a transaction-pooling proxy
 //! (PgBouncer's `pool_mode=transaction`), which drops notices that reach a
@@ -41,7 +41,7 @@
 //! Every process that changes the store must send the notices: one
 //! running an older version of this crate, or writing rows by hand, is not
 //! heard until `near_ttl` ends the entries it changed. A near tier costs
-//! one more connection to the database per cache.
+//! two more connections to the database per cache.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,8 +74,8 @@ impl Shared {
                 |m| shared.secrets.scrub(m),
                 "PostgreSQL change notices (or could not listen)",
                 |feed| {
-                    let (options, shared) = (options.clone(), Arc::clone(&shared));
-                    async move { follow_one(&shared, &options, &feed).await }
+                    let options = options.clone();
+                    async move { follow_one(&options, &feed).await }
                 },
             )
             .await;
@@ -86,11 +86,7 @@ impl Shared {
 
 /// Follows the notices on one connection until it fails (`Err`) or the near
 /// tier is gone (`Ok`).
-async fn follow_one(
-    shared: &Shared,
-    options: &PgConnectOptions,
-    feed: &Feed,
-) -> Result<(), sqlx::Error> {
+async fn follow_one(options: &PgConnectOptions, feed: &Feed) -> Result<(), sqlx::Error> {
     let check = feed.check();
     let patience = check.max(Duration::from_secs(1));
     let timed_out = || {
@@ -99,8 +95,9 @@ async fn follow_one(
             "PostgreSQL did not answer the notice connection in time",
         ))
     };
+    // One connection listens, the other sends the follower's own notices.
     let pool = PgPoolOptions::new()
-        .max_connections(1)
+        .max_connections(2)
         .min_connections(0)
         .acquire_timeout(patience)
         .max_lifetime(None)
@@ -166,14 +163,10 @@ async fn follow_one(
                 }
                 sent += 1;
                 let at = Instant::now();
-                // Sent from the store's pool, not the listening
-                // connection: it reaches the listener as every other
-                // process's notice does, so it proves they arrive.
-                let pool = match shared.pool() {
-                    super::Pool::Postgres(pool) => pool,
-                    #[allow(unreachable_patterns)]
-                    _ => return Ok(()),
-                };
+                // Sent from the follower's second connection, not the
+                // listening one: it reaches the listener as every other
+                // process's notice does, so it proves they arrive (and
+                // the app's pool, however busy, does not delay it).
                 // A pool too busy or a database down to send it: no sync
                 // this time, and the lease lapses (the listening
                 // connection's own failure is what ends this function).
@@ -182,7 +175,7 @@ async fn follow_one(
                     sqlx::query("SELECT pg_notify($1, $2)")
                         .bind(own.as_str())
                         .bind(sent.to_string())
-                        .execute(pool),
+                        .execute(&pool),
                 )
                 .await;
                 if !matches!(sent_ok, Ok(Ok(_))) {

@@ -81,21 +81,28 @@ fn notifying(dialect: Dialect, write: String) -> String {
 const NOTICE: &str = "CASE WHEN octet_length(w.key) < 7900 THEN 'k' || w.key ELSE '*' END";
 
 /// [`notifying`] for a write of one key (`$1`, its time `now` parameter
-/// `$6`) under a read's ticket: a notice only when the row it replaced was
-/// live (unexpired, as the statement's snapshot saw it). Otherwise the
-/// write follows a miss that nobody could have served from a near copy: the
-/// row was gone, expired (a near copy is past its deadline too), or hidden
-/// by an invalidation or delete whose own notice dropped the copies. It
-/// replaces a live row when the writer could not read it (another type or
-/// version, a signature it cannot verify) or refreshed it (stale or early
-/// refresh), and near copies elsewhere must then go. The statement reports
-/// the notices sent, not the rows written (its callers count neither).
+/// `$6`) under a read's ticket: a notice only when it replaced a live row:
+/// one the statement's snapshot saw unexpired (hidden rows included: a
+/// write right after an invalidation notifies, which is only a cost), or
+/// one another writer inserted after the snapshot (`xmax <> 0`: updated,
+/// yet the snapshot saw no row). Otherwise the write follows a miss that
+/// nobody could have served from a near copy: the row was gone, expired (a
+/// near copy is past its deadline too, as far as the clocks of the
+/// processes agree: the same offset by which any entry's freshness is
+/// judged), or hidden by an invalidation or delete whose own notice dropped
+/// the copies. It replaces a live row when the writer could not read it
+/// (another type or version, a signature it cannot verify), refreshed it
+/// (stale or early refresh), or raced another computation, and near copies
+/// elsewhere must then go. The statement reports the notices sent, not the
+/// rows written (its callers count neither).
 fn notifying_if_live(dialect: Dialect, t: &str, write: String) -> String {
     match dialect {
         Dialect::Postgres => format!(
-            "WITH live AS (SELECT 1 FROM {t} c WHERE c.key = $1 AND c.expires_at > {now}), \
-             w AS ({write} RETURNING key) SELECT pg_notify('{NOTICES}', {NOTICE}) FROM w \
-             WHERE EXISTS (SELECT 1 FROM live)",
+            "WITH seen AS (SELECT c.expires_at > {now} AS live FROM {t} c WHERE c.key = $1), \
+             w AS ({write} RETURNING key, (xmax <> 0) AS replaced) \
+             SELECT pg_notify('{NOTICES}', {NOTICE}) FROM w \
+             WHERE EXISTS (SELECT 1 FROM seen WHERE seen.live) \
+             OR (w.replaced AND NOT EXISTS (SELECT 1 FROM seen))",
             now = now_ms(dialect, 6),
         ),
         Dialect::Sqlite => write,
@@ -432,7 +439,8 @@ impl Statements {
 /// sees the lock as it is now: a lock whose holder released it (with its
 /// value written) after the snapshot is taken although the read missed
 /// the value. `was_busy` says the snapshot saw another live lock that the
-/// statement then took: the caller reads once more.
+/// statement then took (live or expired: an expired holder may still be
+/// writing): the caller reads once more.
 fn combined(s: &mut Statements, t: &str) {
     let now = now_ms(Dialect::Postgres, 2);
     let take = format!(
@@ -443,8 +451,8 @@ fn combined(s: &mut Statements, t: &str) {
     let answer = format!(
         "SELECT r.now_epoch, r.scope, r.floor, r.value, \
          (SELECT count(*) FROM l) AS locked, \
-         EXISTS (SELECT 1 FROM {t}_locks s WHERE s.key = $1 AND s.expires_at > {now} \
-         AND s.token <> $4) AS was_busy FROM r"
+         EXISTS (SELECT 1 FROM {t}_locks s WHERE s.key = $1 AND s.token <> $4) \
+         AS was_busy FROM r"
     );
     s.get_or_lock = format!(
         "WITH r AS ({get}), l AS (INSERT INTO {t}_locks AS l (key, token, expires_at) \
