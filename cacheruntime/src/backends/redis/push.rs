@@ -18,7 +18,7 @@
 //! Only on one server: on a Cluster a notice published on another master
 //! reaches the subscriber's node over the cluster bus, which is not ordered
 //! with the `PING` and may drop messages, so no answer proves anything (a
-//! near tier in front of a Cluster polls, as on PostgreSQL; sharded Pub/Sub
+//! near tier in front of a Cluster polls, as on SQLite; sharded Pub/Sub
 //! with a subscription and a `PING` per master would do it).
 //!
 //! Why Pub/Sub and not client tracking (`CLIENT TRACKING ... BCAST`): a
