@@ -1511,3 +1511,46 @@ async fn a_cold_miss_on_postgres_costs_two_statements() {
         "waited for a lock"
     );
 }
+
+/// Which PostgreSQL changes announce themselves to near tiers: those that
+/// may replace a value a near tier serves (`set`, invalidations), not a
+/// computation's write after a true miss (no near tier holds a servable
+/// copy then), whose notice would only serialize commits (BENCHMARKS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notices_announce_changes_near_tiers_may_serve_not_cold_misses() {
+    let pg = Postgres::start();
+    let url = format!("{}?sslmode=disable", pg.url());
+    let cache = cache_with(SqlConfig::new(url.clone()), None);
+    let mut listener = sqlx::postgres::PgListener::connect(&url).await.unwrap();
+    listener.listen("cacheruntime_changes").await.unwrap();
+    let policy = cacheruntime::Policy::new().ttl(Duration::from_secs(600));
+    for n in 0..5 {
+        let got: String = cache
+            .get_or_compute(&format!("feed:{n}"), &policy, || async move {
+                format!("feed {n}")
+            })
+            .await;
+        assert_eq!(got, format!("feed {n}"));
+    }
+    cache
+        .set("feed:0", &"edited".to_owned(), Duration::from_secs(600))
+        .await
+        .unwrap();
+    cache.invalidate_prefix("feed:").await.unwrap();
+    let mut heard = Vec::new();
+    while let Ok(Ok(Some(notice))) =
+        tokio::time::timeout(Duration::from_millis(500), listener.try_recv()).await
+    {
+        heard.push(notice.payload().to_owned());
+    }
+    assert_eq!(
+        heard.len(),
+        2,
+        "five cold misses, a set, an invalidation: {heard:?}"
+    );
+    assert_eq!(heard[0], "kfeed:0", "{heard:?}");
+    assert!(
+        heard[1].starts_with('P') && heard[1].ends_with("feed:"),
+        "{heard:?}"
+    );
+}
