@@ -131,7 +131,8 @@ impl Shared {
     }
 
     /// Stores `value` as `set` does and releases `token`'s lock on `key`,
-    /// in one statement; a lock held by another token is left alone.
+    /// in one statement (`Shared::write`); a lock held by another token is
+    /// left alone.
     pub(super) async fn set_and_unlock(
         self: &Arc<Self>,
         key: &str,
@@ -140,46 +141,10 @@ impl Shared {
         ticket: Option<&Ticket>,
         token: &[u8],
     ) -> Result<bool, Error> {
-        check_key(key)?;
-        let pool = self.ready().await?;
-        let Pool::Postgres(pg) = pool else {
+        if self.sql.put_current_unlock.is_empty() {
             return Err(self.no_combined());
-        };
-        let (ttl, now) = (self.ttl_ms(ttl), self.now());
-        match ticket.and_then(Ticket::as_seq) {
-            Some(epoch) => {
-                sqlx::query(AssertSqlSafe(self.sql.put_ticketed_unlock.as_str()))
-                    .bind(key)
-                    .bind(&value[..])
-                    .bind(ttl)
-                    .bind(i64::try_from(epoch).unwrap_or(i64::MAX))
-                    .bind(Self::records(key))
-                    .bind(now)
-                    .bind(token)
-                    .execute(pg)
-                    .await
-                    .map_err(|e| self.error(e))?;
-            }
-            None => {
-                let written = sqlx::query(AssertSqlSafe(self.sql.put_current_unlock.as_str()))
-                    .bind(key)
-                    .bind(&value[..])
-                    .bind(ttl)
-                    .bind(now)
-                    .bind(token)
-                    .execute(pg)
-                    .await
-                    .map_err(|e| self.error(e))?
-                    .rows_affected();
-                if written == 0 {
-                    // No epoch row to write under (the lock is released):
-                    // created again, then written.
-                    self.seed(pool).await?;
-                    self.set(key, value, Duration::from_millis(ttl as u64), None)
-                        .await?;
-                }
-            }
         }
+        self.write(key, value, ttl, ticket, Some(token)).await?;
         Ok(true)
     }
 

@@ -109,6 +109,20 @@ impl Shared {
         ttl: Duration,
         ticket: Option<&Ticket>,
     ) -> Result<(), Error> {
+        self.write(key, value, ttl, ticket, None).await
+    }
+
+    /// `set`, and with `release` the release of that token's lock on `key`
+    /// in the same statement (PostgreSQL's `set_and_unlock`, `combined.rs`;
+    /// SQLite has no such statements, and is never asked).
+    pub(super) async fn write(
+        self: &Arc<Self>,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+        release: Option<&[u8]>,
+    ) -> Result<(), Error> {
         check_key(key)?;
         let pool = self.ready().await?;
         let ttl = self.ttl_ms(ttl);
@@ -119,20 +133,31 @@ impl Shared {
                 // best effort) if anything newer names the key. A missing
                 // floor refuses it too; the next read creates the floor.
                 let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+                let sql = if release.is_some() {
+                    self.sql.put_ticketed_unlock.as_str()
+                } else {
+                    self.sql.put_ticketed.as_str()
+                };
                 let result = match pool {
                     #[cfg(feature = "postgres")]
-                    Pool::Postgres(p) => sqlx::query(AssertSqlSafe(self.sql.put_ticketed.as_str()))
-                        .bind(key)
-                        .bind(&value[..])
-                        .bind(ttl)
-                        .bind(epoch)
-                        .bind(Self::records(key))
-                        .bind(now)
+                    Pool::Postgres(p) => {
+                        let q = sqlx::query(AssertSqlSafe(sql))
+                            .bind(key)
+                            .bind(&value[..])
+                            .bind(ttl)
+                            .bind(epoch)
+                            .bind(Self::records(key))
+                            .bind(now);
+                        match release {
+                            Some(token) => q.bind(token),
+                            None => q,
+                        }
                         .execute(p)
                         .await
-                        .map(|_| ()),
+                        .map(|_| ())
+                    }
                     #[cfg(feature = "sqlite")]
-                    Pool::Sqlite(p) => sqlx::query(AssertSqlSafe(self.sql.put_ticketed.as_str()))
+                    Pool::Sqlite(p) => sqlx::query(AssertSqlSafe(sql))
                         .bind(key)
                         .bind(&value[..])
                         .bind(ttl)
@@ -146,24 +171,34 @@ impl Shared {
                 result.map_err(|e| self.error(e))?;
             }
             None => {
-                let put = || async {
-                    on_pool!(pool, |p| sqlx::query(AssertSqlSafe(
-                        self.sql.put_current.as_str()
-                    ))
-                    .bind(key)
-                    .bind(&value[..])
-                    .bind(ttl)
-                    .bind(now)
-                    .execute(p)
-                    .await
-                    .map(|r| r.rows_affected()))
-                    .map_err(|e| self.error(e))
+                let (mut sql, mut token) = match release {
+                    Some(_) => (&self.sql.put_current_unlock, release),
+                    None => (&self.sql.put_current, None),
                 };
-                if put().await? == 0 {
-                    // No epoch row to write under: created again, then
-                    // written, within this call.
+                for attempt in 0..2 {
+                    let written = on_pool!(pool, |p| {
+                        let q = sqlx::query(AssertSqlSafe(sql.as_str()))
+                            .bind(key)
+                            .bind(&value[..])
+                            .bind(ttl)
+                            .bind(now);
+                        match token {
+                            Some(token) => q.bind(token),
+                            None => q,
+                        }
+                        .execute(p)
+                        .await
+                        .map(|r| r.rows_affected())
+                    })
+                    .map_err(|e| self.error(e))?;
+                    if written > 0 || attempt == 1 {
+                        break;
+                    }
+                    // No epoch row to write under (a lock to release is
+                    // released): created again, then written, within this
+                    // call.
                     self.seed(pool).await?;
-                    put().await?;
+                    (sql, token) = (&self.sql.put_current, None);
                 }
             }
         }
