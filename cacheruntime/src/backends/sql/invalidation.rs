@@ -116,13 +116,7 @@ impl Shared {
                         .await
                         .map_err(|e| self.error(e))?;
                 }
-                if !self.sql.notify.is_empty() {
-                    sqlx::query(AssertSqlSafe(self.sql.notify.as_str()))
-                        .bind($notices)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| self.error(e))?;
-                }
+                notify_in!(self, tx, $notices);
                 tx.commit().await.map_err(|e| self.error(e))?;
                 Ok(Some(epoch))
             }};

@@ -193,13 +193,7 @@ impl Shared {
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| self.error(e))?;
-                if !self.sql.notify.is_empty() {
-                    sqlx::query(AssertSqlSafe(self.sql.notify.as_str()))
-                        .bind($notices)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| self.error(e))?;
-                }
+                notify_in!(self, tx, $notices);
                 tx.commit().await.map_err(|e| self.error(e))?;
                 Ok(true)
             }};

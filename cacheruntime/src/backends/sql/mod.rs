@@ -159,7 +159,21 @@ macro_rules! on_pool {
     };
 }
 
-// After `on_pool!`, which they use.
+/// Sends `$notices` (PostgreSQL's change notices for near tiers,
+/// `statements::notify`; SQLite has none) in the transaction `$tx`.
+macro_rules! notify_in {
+    ($shared:expr, $tx:expr, $notices:expr) => {
+        if !$shared.sql.notify.is_empty() {
+            sqlx::query(sqlx::AssertSqlSafe($shared.sql.notify.as_str()))
+                .bind($notices)
+                .execute(&mut *$tx)
+                .await
+                .map_err(|e| $shared.error(e))?;
+        }
+    };
+}
+
+// After `on_pool!` and `notify_in!`, which they use.
 #[cfg(feature = "postgres")]
 mod combined;
 mod config;

@@ -277,12 +277,8 @@ impl Shared {
                     .await
                     .map_err(|e| self.error(e))?;
                 // Every entry is hidden now: near tiers drop everything.
-                if seeded > 0 && !self.sql.notify.is_empty() {
-                    sqlx::query(AssertSqlSafe(self.sql.notify.as_str()))
-                        .bind($everything)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| self.error(e))?;
+                if seeded > 0 {
+                    notify_in!(self, tx, $everything);
                 }
                 tx.commit().await.map_err(|e| self.error(e))?;
                 if seeded > 0 {
