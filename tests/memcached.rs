@@ -1272,3 +1272,130 @@ async fn delete_many_keeps_the_quorum_of_delete() {
     let err = cache.delete_many(&live).await.unwrap_err();
     assert!(err.to_string().contains("retry"), "{err}");
 }
+
+/// How many exchanges each proxy forwarded during `call`, once the calls
+/// it left running in the background (a lock released after a hit) are
+/// done.
+async fn exchanges_of<F: std::future::Future>(proxies: &[StallProxy], call: F) -> Vec<u64> {
+    let before: Vec<u64> = proxies.iter().map(StallProxy::exchanges).collect();
+    call.await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    proxies
+        .iter()
+        .zip(before)
+        .map(|(p, b)| p.exchanges() - b)
+        .collect()
+}
+
+/// A cold miss costs two exchanges with each server it needs, in parallel:
+/// the read, which takes the key's lock and adds a never-seen key's own
+/// counter in the same exchange, and the write, which releases the lock.
+/// Before, a never-seen key took six on its entry's server (the read, the
+/// counter's creation, the lock, a look at the entry, the write, and the
+/// unlock's read and delete in the background). Counted at a proxy in
+/// front of each of three servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_miss_costs_two_round_trips_the_read_that_locks_and_the_write_that_unlocks() {
+    let (servers, proxies, cache) = proxied_pool(3);
+    // Connected: the pool set up and a connection open to each server.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache.get::<String>("author:0:top_books").await.is_err() {
+        assert!(Instant::now() < deadline, "the pool never answered");
+    }
+    let before = cache.stats();
+    for author in 1..=3 {
+        let cold = exchanges_of(&proxies, top_books(&cache, author)).await;
+        assert_eq!(
+            cold.iter().max(),
+            Some(&2),
+            "author {author}: a never-seen key: the read that locks, the write that \
+             unlocks; exchanges per server {cold:?}"
+        );
+        let key = format!("author:{author}:top_books");
+        cache.delete(&key).await.unwrap();
+        let deleted = exchanges_of(&proxies, top_books(&cache, author)).await;
+        assert_eq!(
+            deleted.iter().max(),
+            Some(&2),
+            "author {author}: a deleted key not read live since: the same two; {deleted:?}"
+        );
+        // The first hit reads with the lock (released again, in the
+        // background); from then on the plain read, one exchange.
+        let first = exchanges_of(&proxies, top_books(&cache, author)).await;
+        assert!(first.iter().all(|&n| n <= 2), "{first:?}");
+        let warm = exchanges_of(&proxies, top_books(&cache, author)).await;
+        assert_eq!(warm.iter().max(), Some(&1), "a warm hit: {warm:?}");
+    }
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.hits - before.hits, stats.errors - before.errors),
+        (6, 0),
+        "{stats:?}"
+    );
+    for server in &servers {
+        let keys = memcached_keys(server.port);
+        assert!(
+            !keys.iter().any(|k| k.starts_with("l:")),
+            "a lock was left: {keys:?}"
+        );
+    }
+}
+
+/// A server restarted empty loses its copies of every counter. The read
+/// that takes a cold key's lock adds absent copies in its own exchange
+/// (from a fresh seed, for a never-seen key); where other copies have a
+/// value, the added ones are set back to it before the read decides. So a
+/// restart does not lift a prefix's counter above what every entry under
+/// it recorded (which would make them all misses), nor a key's own one
+/// above what its entry recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_a_restarted_server_lost_come_back_at_their_value_not_a_new_one() {
+    let mut servers: Vec<MemcachedServer> = (0..3).map(|_| MemcachedServer::start()).collect();
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr()).collect();
+    let backend = MemcachedBackend::new(MemcachedConfig::new(addrs)).unwrap();
+    let ttl = Duration::from_secs(600);
+    let keys: Vec<String> = (0..12).map(|i| format!("shop:item:{i}")).collect();
+    for key in &keys {
+        backend
+            .set(key, Bytes::from(key.clone()), ttl, None)
+            .await
+            .unwrap();
+    }
+    let prefixes = ["g:shop:", "g:shop:item:"];
+    let counters = |servers: &[MemcachedServer]| -> Vec<Vec<Option<String>>> {
+        prefixes
+            .iter()
+            .map(|name| servers.iter().map(|s| stored(s.port, name)).collect())
+            .collect()
+    };
+    let before = counters(&servers);
+    assert!(before.iter().flatten().all(Option::is_some), "{before:?}");
+    let homes: Vec<usize> = keys
+        .iter()
+        .map(|k| holder(&servers, &format!("v:{k}")))
+        .collect();
+    let survivors = homes.iter().filter(|&&h| h != 0).count();
+    assert!(survivors > 0, "every entry on server 0: {homes:?}");
+    servers[0].restart();
+    let token = Bytes::from_static(b"reader");
+    for (key, &home) in keys.iter().zip(&homes) {
+        let (found, locked) = backend.get_or_lock(key, token.clone(), ttl).await.unwrap();
+        if home == 0 {
+            assert_eq!(found.value, None, "{key}: its server restarted empty");
+            assert!(locked, "{key}: a miss takes the lock");
+            backend.delete_if_equals(key, &token).await.unwrap();
+        } else {
+            assert_eq!(
+                found.value,
+                Some(Bytes::from(key.clone())),
+                "{key}: its entry survived the restart but read as a miss"
+            );
+            assert!(!locked, "{key}: a hit keeps no lock");
+        }
+    }
+    assert_eq!(
+        counters(&servers),
+        before,
+        "the prefixes' counters moved with the restart"
+    );
+}

@@ -671,10 +671,12 @@ pub async fn stale_write_stays_hidden(backend: &dyn cacheruntime::Backend) {
 /// bytes both ways until [`stall`](Self::stall); from then on it still
 /// accepts connections, and keeps every connection open, but forwards
 /// nothing in either direction until [`resume`](Self::resume), when what it
-/// held is delivered as if the server had been frozen. Stops on drop.
+/// held is delivered as if the server had been frozen. Counts the
+/// exchanges it forwards ([`exchanges`](Self::exchanges)). Stops on drop.
 pub struct StallProxy {
     pub port: u16,
     stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    exchanges: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Milliseconds each chunk waits before it is forwarded (a slow link).
     delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
     closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -692,8 +694,9 @@ impl StallProxy {
         let closed = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let sockets: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let exchanges = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (s, c, socks) = (stalled.clone(), closed.clone(), sockets.clone());
-        let d = delay_ms.clone();
+        let (d, x) = (delay_ms.clone(), exchanges.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if c.load(Ordering::Acquire) {
@@ -715,15 +718,28 @@ impl StallProxy {
                     continue;
                 };
                 socks.lock().unwrap().extend([c2, s2]);
-                for (from, to) in [(client, s1), (server, c1)] {
+                // Whether the client's next bytes start an exchange: at
+                // first, and after each answer.
+                let turn = Arc::new(AtomicBool::new(true));
+                for (from, to, asks) in [(client, s1, true), (server, c1, false)] {
                     let (s, c, d) = (s.clone(), c.clone(), d.clone());
-                    std::thread::spawn(move || pump(from, to, &s, &c, &d));
+                    let (turn, x) = (turn.clone(), x.clone());
+                    std::thread::spawn(move || {
+                        pump(from, to, &s, &c, &d, |_| {
+                            if !asks {
+                                turn.store(true, Ordering::Release);
+                            } else if turn.swap(false, Ordering::AcqRel) {
+                                x.fetch_add(1, Ordering::AcqRel);
+                            }
+                        })
+                    });
                 }
             }
         });
         StallProxy {
             port,
             stalled,
+            exchanges,
             delay_ms,
             closed,
             sockets,
@@ -743,6 +759,13 @@ impl StallProxy {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// How many exchanges clients began so far: bytes sent at first on a
+    /// connection or after an answer on it (a pipelined batch, sent in one
+    /// write and answered together, is one).
+    pub fn exchanges(&self) -> u64 {
+        self.exchanges.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// From now on nothing is forwarded; connections stay open.
     pub fn stall(&self) {
         self.stalled
@@ -757,13 +780,15 @@ impl StallProxy {
 }
 
 /// Copies `from` to `to` until either closes, holding each chunk while
-/// `stalled` is set, and for `delay_ms` first.
+/// `stalled` is set, and for `delay_ms` first; `seen` hears of each chunk
+/// as it is read.
 fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
     stalled: &std::sync::atomic::AtomicBool,
     closed: &std::sync::atomic::AtomicBool,
     delay_ms: &std::sync::atomic::AtomicU64,
+    seen: impl Fn(&[u8]),
 ) {
     use std::io::{Read, Write};
     use std::sync::atomic::Ordering;
@@ -773,6 +798,7 @@ fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        seen(&buf[..n]);
         let delay = delay_ms.load(Ordering::Acquire);
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));

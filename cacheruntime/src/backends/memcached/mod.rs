@@ -94,8 +94,14 @@
 //! and each write of the key extends it to the entry's TTL, so the
 //! counters of keys no longer cached do not pile up. An entry that
 //! outlives a counter is a miss, never wrong.
+//!
+//! # Cold misses
+//! In two exchanges with each server involved (`combined.rs`): the read
+//! adds the key's lock and any absent counter copies before reading them,
+//! and the write releases the lock by its CAS after writing the entry.
 
 mod bumps;
+mod combined;
 mod config;
 mod counters;
 mod keys;
@@ -114,6 +120,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use memcache::exp::{Delete, Get, Meta, MutationStatus, Op, OpResult, Set};
 
+use self::combined::Held;
 pub use self::config::MemcachedConfig;
 use self::counters::{current_entry, stamp, Layout};
 use self::keys::lock_key;
@@ -135,6 +142,8 @@ pub struct MemcachedBackend {
     setup: Setup,
     /// The counters whose copies are being brought up to their greatest.
     repairing: Arc<Mutex<HashSet<String>>>,
+    /// The locks this store holds, with their CAS (`combined.rs`).
+    held: Held,
     clock: Clock,
 }
 
@@ -168,6 +177,7 @@ impl MemcachedBackend {
             setup: Setup::new(config.clone()),
             config,
             repairing: Arc::default(),
+            held: Held::default(),
             clock: Clock::system(),
         })
     }
@@ -233,13 +243,17 @@ impl MemcachedBackend {
         Ok(stamp(&values))
     }
 
-    async fn run_set(
+    /// Stores `value` under `key` as `set` does; `then` runs on the entry's
+    /// server after the write, in the same exchange. The entry's server's
+    /// results.
+    async fn write(
         &self,
         key: &str,
         value: Bytes,
         ttl: Duration,
         ticket: Option<&Ticket>,
-    ) -> Result<(), Error> {
+        then: Option<Op>,
+    ) -> Result<Vec<OpResult>, Error> {
         let pool = self.pool().await?;
         let layout = Layout::of(pool.ring(), key);
         let stamp = match ticket.and_then(Ticket::as_tag) {
@@ -272,10 +286,12 @@ impl MemcachedBackend {
         batches[0]
             .1
             .insert(0, Op::from(Set::new(&layout.entry, stored).ttl(ttl)));
+        batches[0].1.extend(then);
         let mut outcomes = pool.fan_out(batches).await.into_iter();
         match outcomes.next() {
             Some(Err(e)) => Err(e),
-            _ => Ok(()),
+            Some(Ok(results)) => Ok(results),
+            None => Ok(Vec::new()),
         }
     }
 
@@ -284,15 +300,31 @@ impl MemcachedBackend {
         let home = pool.ring().first(key);
         let add = Set::new(lock_key(key), &token[..])
             .add()
-            .ttl(self.lease(ttl));
+            .ttl(self.lease(ttl))
+            .return_cas();
         let results = pool.run(home, vec![Op::from(add)]).await?;
-        Ok(matches!(results.first(), Some(OpResult::Mutation(m)) if m.applied()))
+        match results.first() {
+            Some(OpResult::Mutation(m)) if m.applied() => {
+                if let Some(cas) = m.cas {
+                    self.held.remember(key, &token, cas);
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn run_unlock(&self, key: &str, token: &[u8]) -> Result<bool, Error> {
         let pool = self.pool().await?;
         let home = pool.ring().first(key);
         let lock = lock_key(key);
+        if let Some(cas) = self.held.take(key, token) {
+            // Ours, as the add or read that took it left it: one exchange.
+            let delete = Delete::new(&lock).compare_cas(cas);
+            let results = pool.run(home, vec![Op::from(delete)]).await?;
+            return Ok(matches!(results.first(),
+                Some(OpResult::Mutation(m)) if m.status == MutationStatus::Applied));
+        }
         let read = Get::new(&lock).meta(Meta::NONE.cas());
         let results = pool.run(home, vec![Op::from(read)]).await?;
         let Some(OpResult::Get(held)) = results.into_iter().next() else {
@@ -327,6 +359,11 @@ impl Store for MemcachedBackend {
         true
     }
 
+    /// A cold miss in two exchanges (`combined.rs`).
+    fn combines_locks(&self) -> bool {
+        true
+    }
+
     fn get(&self, key: &str) -> impl Future<Output = Result<Lookup, Error>> + Send {
         self.run_get(key)
     }
@@ -338,7 +375,10 @@ impl Store for MemcachedBackend {
         ttl: Duration,
         ticket: Option<&Ticket>,
     ) -> impl Future<Output = Result<(), Error>> + Send {
-        self.run_set(key, value, ttl, ticket)
+        async move {
+            self.write(key, value, ttl, ticket, None).await?;
+            Ok(())
+        }
     }
 
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), Error>> + Send {
@@ -391,5 +431,34 @@ impl Store for MemcachedBackend {
 
     fn delete_many(&self, keys: &[&str]) -> impl Future<Output = Result<(), Error>> + Send {
         self.run_delete_many(keys)
+    }
+
+    fn get_or_lock(
+        &self,
+        key: &str,
+        token: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(Lookup, bool), Error>> + Send {
+        self.run_get_or_lock(key, token, ttl)
+    }
+
+    fn lock_and_get(
+        &self,
+        key: &str,
+        token: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(bool, Option<Lookup>), Error>> + Send {
+        self.run_lock_and_get(key, token, ttl)
+    }
+
+    fn set_and_unlock(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+        token: &[u8],
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.run_set_and_unlock(key, value, ttl, ticket, token)
     }
 }

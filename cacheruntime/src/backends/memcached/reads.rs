@@ -43,11 +43,39 @@ pub(super) struct Read {
     /// The entry's CAS token, when it was there.
     pub(super) stored_cas: Option<u64>,
     /// Each counter's copies, in the order of their servers.
-    seen: Vec<Vec<Seen>>,
+    pub(super) seen: Vec<Vec<Seen>>,
     /// The CAS token of each copy read with a value.
-    cas: Vec<Vec<Option<u64>>>,
+    pub(super) cas: Vec<Vec<Option<u64>>>,
     /// Why a server holding copies could not be asked, if one could not.
-    failure: Option<Error>,
+    pub(super) failure: Option<Error>,
+}
+
+impl Read {
+    /// A read of `layout` that has heard from no server yet.
+    pub(super) fn blank(layout: &Layout) -> Read {
+        Read {
+            stored: None,
+            stored_cas: None,
+            seen: layout
+                .counters
+                .iter()
+                .map(|c| vec![Seen::Unread; c.servers.len()])
+                .collect(),
+            cas: layout
+                .counters
+                .iter()
+                .map(|c| vec![None; c.servers.len()])
+                .collect(),
+            failure: None,
+        }
+    }
+
+    /// Records that `failure` kept a server holding copies from answering.
+    pub(super) fn failed(&mut self, failure: &Error) {
+        if self.failure.is_none() {
+            self.failure = Some(copy(failure));
+        }
+    }
 }
 
 /// The error of a read that heard from too few copies of a counter: its
@@ -132,24 +160,7 @@ impl MemcachedBackend {
             batches.push((server, ops));
             groups.push(group);
         }
-        let mut reads: Vec<Read> = layouts
-            .iter()
-            .map(|layout| Read {
-                stored: None,
-                stored_cas: None,
-                seen: layout
-                    .counters
-                    .iter()
-                    .map(|c| vec![Seen::Unread; c.servers.len()])
-                    .collect(),
-                cas: layout
-                    .counters
-                    .iter()
-                    .map(|c| vec![None; c.servers.len()])
-                    .collect(),
-                failure: None,
-            })
-            .collect();
+        let mut reads: Vec<Read> = layouts.iter().map(Read::blank).collect();
         for (group, outcome) in groups.into_iter().zip(pool.fan_out(batches).await) {
             match outcome {
                 Ok(results) => {
@@ -174,9 +185,7 @@ impl MemcachedBackend {
                 Err(e) if group.iter().any(|(_, slot)| slot.is_none()) => return Err(e),
                 Err(e) => {
                     for (l, _) in group {
-                        if reads[l].failure.is_none() {
-                            reads[l].failure = Some(copy(&e));
-                        }
+                        reads[l].failed(&e);
                     }
                 }
             }

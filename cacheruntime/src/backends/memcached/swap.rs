@@ -67,7 +67,7 @@ impl MemcachedBackend {
             (Some(_), None) => return Ok(false),
             (None, _) => set.add(),
         };
-        // As `run_set`: the key's own counter lives as long as its entry.
+        // As `write`: the key's own counter lives as long as its entry.
         let own_life = ttl.max(self.life(true));
         let own = layout.own();
         let touch = || Op::from(Get::new(&own.key).touch(own_life).without_value());

@@ -1,0 +1,437 @@
+//! A cold miss in two round trips on Memcached (`Backend::combines_locks`):
+//! the read that also takes the key's lock, then the write that also
+//! releases it.
+//!
+//! # The read
+//! The entry, its lock and the first copy of the key's own counter live on
+//! one server (`counters.rs`), so the lock is taken in the same exchange
+//! as the read, before it (`ms l:<key> MA`, then `mg` of the lock, then of
+//! the entry): a holder writes its value before it releases the lock on
+//! the same connection, so a caller whose add took a lock just released
+//! reads that value.
+//!
+//! Memcached has no command that adds only when another key is absent, so
+//! the lock is taken whether or not the entry is live; a read that finds
+//! the entry live after taking the lock releases it again in the
+//! background. The cache only reads this way keys it has not lately read
+//! live (`warm.rs`), so hot keys keep the plain read.
+//!
+//! A key never read has no counter of its own (and often a new prefix,
+//! `author:42:`, none either), and the plain read adds missing counters
+//! (and reads them again) in a second exchange. Here each counter copy is
+//! added (`ms .. MA`, a fresh seed) and read in the same exchange: the
+//! read the fill would make, made before it is known to be needed. A copy
+//! already there is left as it is, and a counter whose copies this read
+//! created is missing, as on the plain read (the entry is a miss).
+//!
+//! Where the add created some copies of a counter and others had a value
+//! (a server restarted empty), the created copies, from a fresh seed,
+//! would lift the counter above what every entry recorded: a restart would
+//! make every entry under a prefix a miss. So they are set back to the
+//! greatest of the others, each only if unchanged since (CAS), and read
+//! again: the second exchange the plain read's fill makes too. (Not for
+//! the key's own counter when it has no entry: nothing to keep, and two
+//! readers creating it at once would undo each other.) Setting a copy down
+//! to a value other copies hold never hides a bump: a bump that succeeded
+//! reached a majority, and every read quorum holds one of those copies.
+//!
+//! # The release
+//! Memcached compares a delete with the item's CAS, not its value, so the
+//! release needs the lock's CAS: each lock this store takes (or finds held
+//! with its token) is remembered with the CAS the server gave it, and the
+//! write sends `md l:<key> C<cas>` after the entry's `ms` in one exchange.
+//! A lock taken elsewhere (another handle, a restarted process) is released
+//! as before: read, then delete if it holds the token. A server restarted
+//! empty counts CAS values from the start again, so a remembered CAS may
+//! match another holder's lock taken since: releasing it lets a second
+//! process compute the key (a dog-pile of two, never a wrong answer, since
+//! writes stay under their reads' counters).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use memcache::exp::{Delete, Get, Meta, MutationStatus, Op, OpResult, Set};
+
+use super::counters::{current_entry, greatest, stamp, Layout, Seen};
+use super::keys::lock_key;
+use super::reads::Read;
+use super::servers::Pool;
+use super::MemcachedBackend;
+use crate::backend::{Lookup, Ticket};
+use crate::Error;
+
+/// How long a background release may take.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The most locks remembered at once; past it the memory is cleared (the
+/// locks it held are released in two exchanges instead of one).
+const MAX_REMEMBERED: usize = 16_384;
+
+/// The locks this store holds, by the key they lock: the token and the CAS
+/// the server gave the lock item.
+#[derive(Default)]
+pub(super) struct Held(Mutex<HashMap<String, (Bytes, u64)>>);
+
+impl Held {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Bytes, u64)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers that `token` holds `key`'s lock, whose item has `cas`.
+    pub(super) fn remember(&self, key: &str, token: &[u8], cas: u64) {
+        let mut map = self.map();
+        if map.len() >= MAX_REMEMBERED {
+            map.clear();
+        }
+        map.insert(key.to_owned(), (Bytes::copy_from_slice(token), cas));
+    }
+
+    /// The CAS of `key`'s lock if `token` holds it, forgetting it (the
+    /// caller is releasing it).
+    pub(super) fn take(&self, key: &str, token: &[u8]) -> Option<u64> {
+        let mut map = self.map();
+        match map.get(key) {
+            Some((held, cas)) if held[..] == *token => {
+                let cas = *cas;
+                map.remove(key);
+                Some(cas)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What one op of a combined read is for.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// The lock's add.
+    LockAdd,
+    /// The lock's read after it.
+    Lock,
+    /// The entry.
+    Entry,
+    /// Copy `k` of counter `c`, added if absent (its read follows).
+    Add(usize, usize),
+    /// Copy `k` of counter `c`.
+    Copy(usize, usize),
+}
+
+/// What a combined read found.
+struct Locking {
+    read: Read,
+    /// The lock was free and this call took it.
+    took: bool,
+    /// The lock's CAS, when it is held with the token after the call.
+    held: Option<u64>,
+    /// Per counter and copy: whether this call's add made it.
+    created: Vec<Vec<bool>>,
+}
+
+impl MemcachedBackend {
+    /// Takes `key`'s lock with `token` if it is free and reads the key's
+    /// entry and counters, in one exchange per server involved, the
+    /// servers in parallel; with `create`, also adds the counter copies
+    /// that are absent. Fails only if the entry's server could not be
+    /// asked.
+    async fn read_locking(
+        &self,
+        pool: &Pool,
+        layout: &Layout,
+        key: &str,
+        token: &[u8],
+        lease: Duration,
+        create: bool,
+    ) -> Result<Locking, Error> {
+        let lock = lock_key(key);
+        let seeds: Vec<String> = (0..layout.counters.len())
+            .map(|c| self.fresh_seed(c).to_string())
+            .collect();
+        let mut slots: Vec<Vec<Slot>> = vec![Vec::new(); pool.ring().len()];
+        slots[layout.home].extend([Slot::LockAdd, Slot::Lock, Slot::Entry]);
+        for (c, counter) in layout.counters.iter().enumerate() {
+            for (k, &server) in counter.servers.iter().enumerate() {
+                if create {
+                    slots[server].push(Slot::Add(c, k));
+                }
+                slots[server].push(Slot::Copy(c, k));
+            }
+        }
+        let mut groups = Vec::new();
+        let mut batches = Vec::new();
+        for (server, group) in slots.into_iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let ops = group
+                .iter()
+                .map(|slot| match *slot {
+                    Slot::LockAdd => Op::from(
+                        Set::new(&lock, token)
+                            .add()
+                            .ttl(self.lease(lease))
+                            .return_cas(),
+                    ),
+                    Slot::Lock => Op::from(Get::new(&lock).meta(Meta::NONE.cas())),
+                    Slot::Entry => Op::from(Get::new(&layout.entry).meta(Meta::NONE.cas())),
+                    Slot::Add(c, _) => {
+                        let counter = &layout.counters[c];
+                        Op::from(
+                            Set::new(&counter.key, &seeds[c])
+                                .add()
+                                .ttl(self.life(counter.own)),
+                        )
+                    }
+                    Slot::Copy(c, _) => {
+                        Op::from(Get::new(&layout.counters[c].key).meta(Meta::NONE.cas()))
+                    }
+                })
+                .collect();
+            batches.push((server, ops));
+            groups.push(group);
+        }
+        let mut found = Locking {
+            read: Read::blank(layout),
+            took: false,
+            held: None,
+            created: layout
+                .counters
+                .iter()
+                .map(|c| vec![false; c.servers.len()])
+                .collect(),
+        };
+        for (group, outcome) in groups.into_iter().zip(pool.fan_out(batches).await) {
+            let results = match outcome {
+                Ok(results) => results,
+                Err(e) if group.iter().any(|s| matches!(s, Slot::Entry)) => return Err(e),
+                Err(e) => {
+                    found.read.failed(&e);
+                    continue;
+                }
+            };
+            for (slot, result) in group.into_iter().zip(results) {
+                match (slot, result) {
+                    (Slot::LockAdd, OpResult::Mutation(m)) => found.took = m.applied(),
+                    (Slot::Lock, OpResult::Get(got)) => {
+                        if got.value.as_deref() == Some(token) {
+                            found.held = got.item.cas;
+                        }
+                    }
+                    (Slot::Entry, OpResult::Get(got)) => {
+                        found.read.stored = got.value;
+                        found.read.stored_cas = got.item.cas;
+                    }
+                    (Slot::Add(c, k), OpResult::Mutation(m)) => found.created[c][k] = m.applied(),
+                    (Slot::Copy(c, k), OpResult::Get(got)) => {
+                        found.read.seen[c][k] = Seen::of(got.value.as_deref());
+                        found.read.cas[c][k] = got.item.cas;
+                    }
+                    (Slot::Copy(c, k), _) => found.read.seen[c][k] = Seen::Absent,
+                    _ => {}
+                }
+            }
+        }
+        if let Some(cas) = found.held {
+            self.held.remember(key, token, cas);
+        }
+        Ok(found)
+    }
+
+    /// Each counter's value from a combined read, and whether its entry may
+    /// be served (see [`values`](Self::values)). A counter this read
+    /// created is missing: no entry recorded its new value. Copies created
+    /// where others had a value are set back first (the module docs say
+    /// why), but for the key's own counter when there is no entry to keep.
+    async fn settle(
+        &self,
+        pool: &Pool,
+        layout: &Layout,
+        found: &mut Locking,
+    ) -> Result<(Vec<u64>, bool), Error> {
+        let own = layout.counters.len() - 1;
+        let mut missing = false;
+        let mut back = Vec::new();
+        for (c, created) in found.created.iter().enumerate() {
+            if !created.contains(&true) {
+                continue;
+            }
+            let others: Vec<Seen> = found.read.seen[c]
+                .iter()
+                .zip(created)
+                .map(|(seen, &created)| if created { Seen::Absent } else { *seen })
+                .collect();
+            match greatest(&others) {
+                Some(before) if c != own || found.read.stored.is_some() => back.push((c, before)),
+                _ => missing = true,
+            }
+        }
+        if !back.is_empty() {
+            self.set_back(pool, layout, found, &back).await;
+        }
+        let (values, servable) = self.values(pool, layout, &mut found.read).await?;
+        Ok((values, servable && !missing))
+    }
+
+    /// Sets the copies this read created of each counter `c` in `back`
+    /// above `before` (the greatest of its other copies) back to it, each
+    /// only if unchanged since (CAS), and reads them again: one exchange
+    /// per server. A copy whose server fails is left as read (a miss,
+    /// never a wrong answer).
+    async fn set_back(
+        &self,
+        pool: &Pool,
+        layout: &Layout,
+        found: &mut Locking,
+        back: &[(usize, u64)],
+    ) {
+        let mut batches: Vec<(usize, Vec<Op>)> = Vec::new();
+        let mut placed: Vec<Vec<(usize, usize)>> = Vec::new();
+        for &(c, before) in back {
+            let counter = &layout.counters[c];
+            for (k, &server) in counter.servers.iter().enumerate() {
+                let above = matches!(found.read.seen[c][k], Seen::Value(v) if v > before);
+                let (true, Some(cas)) = (found.created[c][k] && above, found.read.cas[c][k]) else {
+                    continue;
+                };
+                let set = Set::new(&counter.key, before.to_string())
+                    .compare_cas(cas)
+                    .ttl(self.life(counter.own));
+                let read = Get::new(&counter.key).meta(Meta::NONE.cas());
+                let ops = [Op::from(set), Op::from(read)];
+                match batches.iter().position(|(s, _)| *s == server) {
+                    Some(i) => {
+                        batches[i].1.extend(ops);
+                        placed[i].push((c, k));
+                    }
+                    None => {
+                        batches.push((server, ops.into()));
+                        placed.push(vec![(c, k)]);
+                    }
+                }
+            }
+        }
+        for (copies, outcome) in placed.into_iter().zip(pool.fan_out(batches).await) {
+            let Ok(results) = outcome else { continue };
+            for ((c, k), pair) in copies.into_iter().zip(results.chunks(2)) {
+                if let Some(OpResult::Get(got)) = pair.get(1) {
+                    found.read.seen[c][k] = Seen::of(got.value.as_deref());
+                    found.read.cas[c][k] = got.item.cas;
+                }
+            }
+        }
+    }
+
+    /// Releases the lock this read took, in the background (only if its
+    /// item is unchanged: ours).
+    fn release_later(&self, pool: &Arc<Pool>, layout: &Layout, key: &str, cas: u64) {
+        let (pool, home) = (pool.clone(), layout.home);
+        let delete = Op::from(Delete::new(lock_key(key)).compare_cas(cas));
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(RELEASE_TIMEOUT, pool.run(home, vec![delete])).await;
+        });
+    }
+
+    pub(super) async fn run_get_or_lock(
+        &self,
+        key: &str,
+        token: Bytes,
+        lease: Duration,
+    ) -> Result<(Lookup, bool), Error> {
+        let pool = self.pool().await?;
+        let layout = Layout::of(pool.ring(), key);
+        let mut found = self
+            .read_locking(pool, &layout, key, &token, lease, true)
+            .await?;
+        let (values, servable) = match self.settle(pool, &layout, &mut found).await {
+            Ok(settled) => settled,
+            Err(e) => {
+                // The caller, told of an error, holds nothing.
+                if let (true, Some(cas)) = (found.took, found.held) {
+                    self.held.take(key, &token);
+                    self.release_later(pool, &layout, key, cas);
+                }
+                return Err(e);
+            }
+        };
+        self.repair(pool, &layout, &found.read, &values);
+        let value = match found.read.stored.take() {
+            Some(stored) if servable => current_entry(stored, &values),
+            _ => None,
+        };
+        let live = value.is_some();
+        let lookup = Lookup::new(value).with_ticket(Ticket::tag(stamp(&values)));
+        if live {
+            // Taken for nothing: a lock held before this call stays with
+            // the caller that took it.
+            if let (true, Some(cas)) = (found.took, found.held) {
+                self.held.take(key, &token);
+                self.release_later(pool, &layout, key, cas);
+            }
+            return Ok((lookup, false));
+        }
+        Ok((lookup, found.held.is_some()))
+    }
+
+    pub(super) async fn run_lock_and_get(
+        &self,
+        key: &str,
+        token: Bytes,
+        lease: Duration,
+    ) -> Result<(bool, Option<Lookup>), Error> {
+        let pool = self.pool().await?;
+        let layout = Layout::of(pool.ring(), key);
+        let mut found = self
+            .read_locking(pool, &layout, key, &token, lease, false)
+            .await?;
+        let held = found.held.is_some();
+        let (values, servable) = match self.values(pool, &layout, &mut found.read).await {
+            Ok(settled) => settled,
+            Err(e) => {
+                // The caller holds the lock if it was taken, and releases
+                // it (`Backend::lock_and_get`).
+                tracing::debug!(error = %e, "the read with a lock failed");
+                return Ok((held, None));
+            }
+        };
+        self.repair(pool, &layout, &found.read, &values);
+        let value = match found.read.stored.take() {
+            Some(stored) if servable => current_entry(stored, &values),
+            _ => None,
+        };
+        let lookup = Lookup::new(value).with_ticket(Ticket::tag(stamp(&values)));
+        Ok((held, Some(lookup)))
+    }
+
+    /// Stores as `set` does and releases `token`'s lock on `key` in the
+    /// same exchange when this store knows the lock's CAS; otherwise
+    /// releases it after, as `delete_if_equals` does.
+    pub(super) async fn run_set_and_unlock(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+        token: &[u8],
+    ) -> Result<bool, Error> {
+        let Some(cas) = self.held.take(key, token) else {
+            self.write(key, value, ttl, ticket, None).await?;
+            return Ok(self.run_unlock(key, token).await.is_ok());
+        };
+        let release = Op::from(Delete::new(lock_key(key)).compare_cas(cas));
+        let results = match self.write(key, value, ttl, ticket, Some(release)).await {
+            Ok(results) => results,
+            Err(e) => {
+                // The lock may still be held, and the caller releases it.
+                self.held.remember(key, token, cas);
+                return Err(e);
+            }
+        };
+        // Released, or not ours (gone, or taken by another since it
+        // expired): either way nothing is left to release.
+        Ok(matches!(results.last(), Some(OpResult::Mutation(m))
+            if matches!(m.status, MutationStatus::Applied
+                | MutationStatus::NotFound
+                | MutationStatus::CasMismatch)))
+    }
+}
