@@ -5,10 +5,10 @@
 //! # The read
 //! The entry, its lock and the first copy of the key's own counter live on
 //! one server (`counters.rs`), so the lock is taken in the same exchange
-//! as the read, before it (`ms l:<key> MA`, then `mg` of the lock, then of
-//! the entry): a holder writes its value before it releases the lock on
-//! the same connection, so a caller whose add took a lock just released
-//! reads that value.
+//! as the read, before it (`ms l:<key> .. ME`, add mode, then `mg` of the
+//! lock, then of the entry): a holder writes its value before it releases
+//! the lock on the same connection, so a caller whose add took a lock just
+//! released reads that value.
 //!
 //! Memcached has no command that adds only when another key is absent, so
 //! the lock is taken whether or not the entry is live; a read that finds
@@ -16,24 +16,26 @@
 //! background. The cache only reads this way keys it has not lately read
 //! live (`warm.rs`), so hot keys keep the plain read.
 //!
-//! A key never read has no counter of its own (and often a new prefix,
-//! `author:42:`, none either), and the plain read adds missing counters
-//! (and reads them again) in a second exchange. Here each counter copy is
-//! added (`ms .. MA`, a fresh seed) and read in the same exchange: the
+//! A key never read has no counter of its own, which the plain read adds
+//! (and reads again) in a second exchange. Here each copy of it is added
+//! (`ms x:<key> .. ME`, a fresh seed) and read in the same exchange: the
 //! read the fill would make, made before it is known to be needed. A copy
-//! already there is left as it is, and a counter whose copies this read
-//! created is missing, as on the plain read (the entry is a miss).
+//! already there is left as it is, and a key whose own counter this read
+//! created is a miss, as on the plain read. Prefixes' counters are only
+//! read: a copy added from a fresh seed where others have a value (a
+//! server restarted empty) would lift the counter for every reader that
+//! sees it before it is set back, and every entry under the prefix would
+//! be a miss; so a key under a prefix no key used before (or whose
+//! counter lost copies) takes a third exchange, the plain read's fill.
 //!
-//! Where the add created some copies of a counter and others had a value
-//! (a server restarted empty), the created copies, from a fresh seed,
-//! would lift the counter above what every entry recorded: a restart would
-//! make every entry under a prefix a miss. So they are set back to the
-//! greatest of the others, each only if unchanged since (CAS), and read
-//! again: the second exchange the plain read's fill makes too. (Not for
-//! the key's own counter when it has no entry: nothing to keep, and two
-//! readers creating it at once would undo each other.) Setting a copy down
-//! to a value other copies hold never hides a bump: a bump that succeeded
-//! reached a majority, and every read quorum holds one of those copies.
+//! Copies of the key's own counter created where others had a value (a
+//! restart again) would make its live entry a miss: when there is an
+//! entry, they are set back to the greatest of the others and read again,
+//! in a second exchange, each only while it still holds the item this
+//! read added (CAS from the add), so a bump that wrote the copy since
+//! keeps it. Setting a copy only this read wrote down to a value other
+//! copies hold never hides a bump: a bump that succeeded reached a
+//! majority, and every read quorum holds one of those copies.
 //!
 //! # The release
 //! Memcached compares a delete with the item's CAS, not its value, so the
@@ -58,7 +60,7 @@ use super::counters::{current_entry, greatest, stamp, Layout, Seen};
 use super::keys::lock_key;
 use super::reads::Read;
 use super::servers::Pool;
-use super::MemcachedBackend;
+use super::{unlock_by_token, MemcachedBackend};
 use crate::backend::{Lookup, Ticket};
 use crate::Error;
 
@@ -112,8 +114,9 @@ enum Slot {
     Lock,
     /// The entry.
     Entry,
-    /// Copy `k` of counter `c`, added if absent (its read follows).
-    Add(usize, usize),
+    /// Copy `k` of the key's own counter, added if absent (its read
+    /// follows).
+    Add(usize),
     /// Copy `k` of counter `c`.
     Copy(usize, usize),
 }
@@ -125,19 +128,20 @@ struct Locking {
     took: bool,
     /// The lock's CAS, when it is held with the token after the call.
     held: Option<u64>,
-    /// Per counter and copy: whether this call's add made it.
-    created: Vec<Vec<bool>>,
+    /// Per copy of the key's own counter: the CAS of the item this call's
+    /// add made, if it made one.
+    created: Vec<Option<u64>>,
 }
 
 impl MemcachedBackend {
     /// Takes `key`'s lock with `token` if it is free and reads the key's
     /// entry and counters, in one exchange per server involved, the
-    /// servers in parallel; with `create`, also adds the counter copies
-    /// that are absent. Fails only if the entry's server could not be
-    /// asked.
+    /// servers in parallel; with `create`, also adds the copies of the
+    /// key's own counter that are absent. Fails only if the entry's server
+    /// could not be asked.
     async fn read_locking(
         &self,
-        pool: &Pool,
+        pool: &Arc<Pool>,
         layout: &Layout,
         key: &str,
         token: &[u8],
@@ -145,15 +149,14 @@ impl MemcachedBackend {
         create: bool,
     ) -> Result<Locking, Error> {
         let lock = lock_key(key);
-        let seeds: Vec<String> = (0..layout.counters.len())
-            .map(|c| self.fresh_seed(c).to_string())
-            .collect();
+        let own = layout.counters.len() - 1;
+        let seed = self.fresh_seed(own).to_string();
         let mut slots: Vec<Vec<Slot>> = vec![Vec::new(); pool.ring().len()];
         slots[layout.home].extend([Slot::LockAdd, Slot::Lock, Slot::Entry]);
         for (c, counter) in layout.counters.iter().enumerate() {
             for (k, &server) in counter.servers.iter().enumerate() {
-                if create {
-                    slots[server].push(Slot::Add(c, k));
+                if create && c == own {
+                    slots[server].push(Slot::Add(k));
                 }
                 slots[server].push(Slot::Copy(c, k));
             }
@@ -175,14 +178,12 @@ impl MemcachedBackend {
                     ),
                     Slot::Lock => Op::from(Get::new(&lock).meta(Meta::NONE.cas())),
                     Slot::Entry => Op::from(Get::new(&layout.entry).meta(Meta::NONE.cas())),
-                    Slot::Add(c, _) => {
-                        let counter = &layout.counters[c];
-                        Op::from(
-                            Set::new(&counter.key, &seeds[c])
-                                .add()
-                                .ttl(self.life(counter.own)),
-                        )
-                    }
+                    Slot::Add(_) => Op::from(
+                        Set::new(&layout.counters[own].key, &seed)
+                            .add()
+                            .ttl(self.life(true))
+                            .return_cas(),
+                    ),
                     Slot::Copy(c, _) => {
                         Op::from(Get::new(&layout.counters[c].key).meta(Meta::NONE.cas()))
                     }
@@ -195,16 +196,19 @@ impl MemcachedBackend {
             read: Read::blank(layout),
             took: false,
             held: None,
-            created: layout
-                .counters
-                .iter()
-                .map(|c| vec![false; c.servers.len()])
-                .collect(),
+            created: vec![None; layout.counters[own].servers.len()],
         };
         for (group, outcome) in groups.into_iter().zip(pool.fan_out(batches).await) {
             let results = match outcome {
                 Ok(results) => results,
-                Err(e) if group.iter().any(|s| matches!(s, Slot::Entry)) => return Err(e),
+                Err(e) if group.iter().any(|s| matches!(s, Slot::Entry)) => {
+                    // The server may have taken the lock before it failed;
+                    // the caller, told of an error, holds nothing.
+                    if !matches!(e, Error::CircuitOpen { .. }) {
+                        self.release_by_token(pool, layout.home, key, token);
+                    }
+                    return Err(e);
+                }
                 Err(e) => {
                     found.read.failed(&e);
                     continue;
@@ -222,7 +226,9 @@ impl MemcachedBackend {
                         found.read.stored = got.value;
                         found.read.stored_cas = got.item.cas;
                     }
-                    (Slot::Add(c, k), OpResult::Mutation(m)) => found.created[c][k] = m.applied(),
+                    (Slot::Add(k), OpResult::Mutation(m)) if m.applied() => {
+                        found.created[k] = m.cas;
+                    }
                     (Slot::Copy(c, k), OpResult::Get(got)) => {
                         found.read.seen[c][k] = Seen::of(got.value.as_deref());
                         found.read.cas[c][k] = got.item.cas;
@@ -232,94 +238,94 @@ impl MemcachedBackend {
                 }
             }
         }
-        if let Some(cas) = found.held {
-            self.held.remember(key, token, cas);
+        match found.held {
+            Some(cas) => self.held.remember(key, token, cas),
+            // Taken, but its read did not see it: released by its token.
+            None if found.took => self.release_by_token(pool, layout.home, key, token),
+            None => {}
         }
         Ok(found)
     }
 
     /// Each counter's value from a combined read, and whether its entry may
-    /// be served (see [`values`](Self::values)). A counter this read
-    /// created is missing: no entry recorded its new value. Copies created
-    /// where others had a value are set back first (the module docs say
-    /// why), but for the key's own counter when there is no entry to keep.
+    /// be served (see [`values`](Self::values)). A key whose own counter
+    /// this read created is a miss: no entry recorded its new value. Where
+    /// only some copies were created and the entry is there, they are set
+    /// back first (the module docs say why).
     async fn settle(
         &self,
         pool: &Pool,
         layout: &Layout,
         found: &mut Locking,
     ) -> Result<(Vec<u64>, bool), Error> {
+        if found.created.iter().all(Option::is_none) {
+            return self.values(pool, layout, &mut found.read).await;
+        }
         let own = layout.counters.len() - 1;
-        let mut missing = false;
-        let mut back = Vec::new();
-        for (c, created) in found.created.iter().enumerate() {
-            if !created.contains(&true) {
-                continue;
+        let others: Vec<Seen> = found.read.seen[own]
+            .iter()
+            .zip(&found.created)
+            .map(|(seen, created)| {
+                if created.is_some() {
+                    Seen::Absent
+                } else {
+                    *seen
+                }
+            })
+            .collect();
+        match greatest(&others) {
+            Some(before) if found.read.stored.is_some() => {
+                self.set_back(pool, layout, found, before).await;
+                self.values(pool, layout, &mut found.read).await
             }
-            let others: Vec<Seen> = found.read.seen[c]
-                .iter()
-                .zip(created)
-                .map(|(seen, &created)| if created { Seen::Absent } else { *seen })
-                .collect();
-            match greatest(&others) {
-                Some(before) if c != own || found.read.stored.is_some() => back.push((c, before)),
-                _ => missing = true,
+            _ => {
+                let (values, _) = self.values(pool, layout, &mut found.read).await?;
+                Ok((values, false))
             }
         }
-        if !back.is_empty() {
-            self.set_back(pool, layout, found, &back).await;
-        }
-        let (values, servable) = self.values(pool, layout, &mut found.read).await?;
-        Ok((values, servable && !missing))
     }
 
-    /// Sets the copies this read created of each counter `c` in `back`
-    /// above `before` (the greatest of its other copies) back to it, each
-    /// only if unchanged since (CAS), and reads them again: one exchange
-    /// per server. A copy whose server fails is left as read (a miss,
-    /// never a wrong answer).
-    async fn set_back(
-        &self,
-        pool: &Pool,
-        layout: &Layout,
-        found: &mut Locking,
-        back: &[(usize, u64)],
-    ) {
-        let mut batches: Vec<(usize, Vec<Op>)> = Vec::new();
-        let mut placed: Vec<Vec<(usize, usize)>> = Vec::new();
-        for &(c, before) in back {
-            let counter = &layout.counters[c];
-            for (k, &server) in counter.servers.iter().enumerate() {
-                let above = matches!(found.read.seen[c][k], Seen::Value(v) if v > before);
-                let (true, Some(cas)) = (found.created[c][k] && above, found.read.cas[c][k]) else {
-                    continue;
-                };
-                let set = Set::new(&counter.key, before.to_string())
-                    .compare_cas(cas)
-                    .ttl(self.life(counter.own));
-                let read = Get::new(&counter.key).meta(Meta::NONE.cas());
-                let ops = [Op::from(set), Op::from(read)];
-                match batches.iter().position(|(s, _)| *s == server) {
-                    Some(i) => {
-                        batches[i].1.extend(ops);
-                        placed[i].push((c, k));
-                    }
-                    None => {
-                        batches.push((server, ops.into()));
-                        placed.push(vec![(c, k)]);
-                    }
+    /// Sets the copies of the key's own counter that this read created
+    /// above `before` (the greatest of the others) back to it, and reads
+    /// them again: one exchange per server. Only a copy that still holds
+    /// the item this read added (its CAS unchanged since the add): one a
+    /// bump set since is the bump's, and stays. A copy whose server fails
+    /// is left as read (a miss, never a wrong answer).
+    async fn set_back(&self, pool: &Pool, layout: &Layout, found: &mut Locking, before: u64) {
+        let own = layout.counters.len() - 1;
+        let counter = &layout.counters[own];
+        let mut batches = Vec::new();
+        let mut copies = Vec::new();
+        for (k, &server) in counter.servers.iter().enumerate() {
+            let above = matches!(found.read.seen[own][k], Seen::Value(v) if v > before);
+            let ours = found.created[k].filter(|&cas| found.read.cas[own][k] == Some(cas));
+            let (true, Some(cas)) = (above, ours) else {
+                continue;
+            };
+            let set = Set::new(&counter.key, before.to_string())
+                .compare_cas(cas)
+                .ttl(self.life(true));
+            let read = Get::new(&counter.key).meta(Meta::NONE.cas());
+            batches.push((server, vec![Op::from(set), Op::from(read)]));
+            copies.push(k);
+        }
+        for (k, outcome) in copies.into_iter().zip(pool.fan_out(batches).await) {
+            if let Ok(results) = outcome {
+                if let Some(OpResult::Get(got)) = results.get(1) {
+                    found.read.seen[own][k] = Seen::of(got.value.as_deref());
+                    found.read.cas[own][k] = got.item.cas;
                 }
             }
         }
-        for (copies, outcome) in placed.into_iter().zip(pool.fan_out(batches).await) {
-            let Ok(results) = outcome else { continue };
-            for ((c, k), pair) in copies.into_iter().zip(results.chunks(2)) {
-                if let Some(OpResult::Get(got)) = pair.get(1) {
-                    found.read.seen[c][k] = Seen::of(got.value.as_deref());
-                    found.read.cas[c][k] = got.item.cas;
-                }
-            }
-        }
+    }
+
+    /// Releases `key`'s lock in the background if it holds `token`.
+    fn release_by_token(&self, pool: &Arc<Pool>, home: usize, key: &str, token: &[u8]) {
+        let (pool, lock, token) = (pool.clone(), lock_key(key), token.to_vec());
+        tokio::spawn(async move {
+            let release = unlock_by_token(&pool, home, &lock, &token);
+            let _ = tokio::time::timeout(RELEASE_TIMEOUT, release).await;
+        });
     }
 
     /// Releases the lock this read took, in the background (only if its

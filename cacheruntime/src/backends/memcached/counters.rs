@@ -52,9 +52,10 @@
 //! callers that create a counter at once settle on one value, rather
 //! than record a value that a copy landing later outgrows. Only these
 //! reads take a second round trip. The read that also takes a cold key's
-//! lock (`combined.rs`) adds absent copies in its first exchange, before
-//! reading them, and sets those it added where others had a value back to
-//! the greatest of those in a second: the same outcome.
+//! lock (`combined.rs`) adds absent copies of the key's own counter in its
+//! first exchange, before reading them (a fresh seed), and sets those it
+//! added where others had a value back to the greatest of those, when the
+//! key has an entry to keep.
 //!
 //! A pool that changes by one server (grown, shrunk, one replaced, or
 //! processes on the old and the new pool side by side) keeps at least

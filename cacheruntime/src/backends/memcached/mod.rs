@@ -97,8 +97,10 @@
 //!
 //! # Cold misses
 //! In two exchanges with each server involved (`combined.rs`): the read
-//! adds the key's lock and any absent counter copies before reading them,
-//! and the write releases the lock by its CAS after writing the entry.
+//! adds the key's lock and any absent copies of the key's own counter
+//! before reading them, and the write releases the lock by its CAS after
+//! writing the entry. A key under a prefix no key used before takes a
+//! third, to create the prefix's counter.
 
 mod bumps;
 mod combined;
@@ -325,23 +327,33 @@ impl MemcachedBackend {
             return Ok(matches!(results.first(),
                 Some(OpResult::Mutation(m)) if m.status == MutationStatus::Applied));
         }
-        let read = Get::new(&lock).meta(Meta::NONE.cas());
-        let results = pool.run(home, vec![Op::from(read)]).await?;
-        let Some(OpResult::Get(held)) = results.into_iter().next() else {
-            return Ok(false);
-        };
-        let (Some(value), Some(cas)) = (held.value, held.item.cas) else {
-            return Ok(false);
-        };
-        if value != token {
-            return Ok(false);
-        }
-        // Deleted only if nobody replaced it since we read it.
-        let delete = Delete::new(&lock).compare_cas(cas);
-        let results = pool.run(home, vec![Op::from(delete)]).await?;
-        Ok(matches!(results.first(),
-            Some(OpResult::Mutation(m)) if m.status == MutationStatus::Applied))
+        unlock_by_token(pool, home, &lock, token).await
     }
+}
+
+/// Deletes the lock item `lock` on server `home` if it holds `token`: read,
+/// then delete only if nobody replaced it since (CAS). Two exchanges.
+async fn unlock_by_token(
+    pool: &Pool,
+    home: usize,
+    lock: &str,
+    token: &[u8],
+) -> Result<bool, Error> {
+    let read = Get::new(lock).meta(Meta::NONE.cas());
+    let results = pool.run(home, vec![Op::from(read)]).await?;
+    let Some(OpResult::Get(held)) = results.into_iter().next() else {
+        return Ok(false);
+    };
+    let (Some(value), Some(cas)) = (held.value, held.item.cas) else {
+        return Ok(false);
+    };
+    if value != token {
+        return Ok(false);
+    }
+    let delete = Delete::new(lock).compare_cas(cas);
+    let results = pool.run(home, vec![Op::from(delete)]).await?;
+    Ok(matches!(results.first(),
+        Some(OpResult::Mutation(m)) if m.status == MutationStatus::Applied))
 }
 
 impl Store for MemcachedBackend {
