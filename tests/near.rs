@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cacheruntime::Cache;
 
-use crate::support::{MemcachedServer, Postgres, RedisServer, StallProxy};
+use crate::support::{MemcachedServer, Postgres, RedisCluster, RedisServer, StallProxy};
 
 const CHECK: Duration = Duration::from_millis(100);
 
@@ -207,6 +207,14 @@ async fn redis_another_process_stops_serving_an_invalidated_value_by_push() {
     push_rounds("redis", &server.url()).await;
 }
 
+/// On a Cluster the follower subscribes on every master (the bus's
+/// copies of a notice are neither ordered nor sure): the same promise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_another_process_stops_serving_an_invalidated_value_by_push() {
+    let cluster = RedisCluster::start();
+    push_rounds("redis_cluster", &cluster.url()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_another_process_stops_serving_an_invalidated_value_by_push() {
     let pg = Postgres::start();
@@ -336,15 +344,17 @@ async fn stalled_notices(store: &str, proxy: &StallProxy, direct: &str, through:
     }
 }
 
-/// With pushed notices (Redis, PostgreSQL), an entry is served as long as
+/// With pushed notices (Redis, a Redis Cluster, PostgreSQL), an entry is served as long as
 /// nothing changes it (up to `near_ttl`), not only for `near_check`: what
 /// polling stores cannot do. A change made elsewhere still ends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_entries_outlive_near_check_while_notices_flow() {
     let redis = RedisServer::start();
+    let cluster = RedisCluster::start();
     let pg = Postgres::start();
     for (store, url) in [
         ("redis", redis.url()),
+        ("redis_cluster", cluster.url()),
         ("postgres", format!("{}?sslmode=disable", pg.url())),
     ] {
         let near = Cache::from_url(&near_url(&url, "")).await.unwrap();
@@ -385,6 +395,67 @@ async fn pushed_entries_outlive_near_check_while_notices_flow() {
             tokio::task::yield_now().await;
         }
     }
+}
+
+/// A Cluster that changes shape (here a master joins: it could be handed
+/// slots, or import one, and run changes the follower does not hear)
+/// drops the near tier, which follows the masters anew and serves again;
+/// a master that stops answering stops its hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_changes_shape_drops_the_near_tier_which_follows_it_anew() {
+    let mut cluster = RedisCluster::start();
+    let near = Cache::from_url(&near_url(&cluster.url(), ""))
+        .await
+        .unwrap();
+    let other = Cache::from_url(&format!("{}?namespace=np", cluster.url()))
+        .await
+        .unwrap();
+    set_soon(&other, "k:1", 1).await;
+    let served_near = |near: &Cache| {
+        let near = near.clone();
+        async move {
+            let before = near.stats().near_hits;
+            let got = near.get::<u64>("k:1").await;
+            matches!(got, Ok(Some(1))) && near.stats().near_hits > before
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !served_near(&near).await {
+        assert!(Instant::now() < deadline, "the near tier never served");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cluster.add_node();
+    // Every node knows the new one: the next check drops the near tier.
+    let deadline = Instant::now() + CHECK;
+    while served_near(&near).await {
+        assert!(
+            Instant::now() < deadline,
+            "still serving near_check after the cluster changed"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !served_near(&near).await {
+        assert!(
+            Instant::now() < deadline,
+            "the near tier never followed the new shape"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A master that stops answering (the new one, which holds no slot, so
+    // every read still has its store) stops the vouching: near hits end
+    // within near_check.
+    cluster.nodes[3].pause();
+    let paused = Instant::now();
+    while served_near(&near).await {
+        assert!(
+            paused.elapsed() < CHECK + Duration::from_millis(30),
+            "still serving {:?} after a master stopped answering",
+            paused.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    cluster.nodes[3].resume();
 }
 
 fn rss_bytes() -> u64 {

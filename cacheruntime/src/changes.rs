@@ -100,6 +100,13 @@ impl Feed {
     /// a name too long for its channel, or a notice from a newer version)
     /// is read as "anything may have changed".
     pub fn apply(&self, notice: &[u8]) {
+        self.apply_measured(notice, true);
+    }
+
+    /// [`apply`](Self::apply), measuring the lag only when `measure`: a
+    /// copy of a notice already applied (a Cluster's bus forwards each
+    /// notice to every node) is applied again, and not counted twice.
+    pub fn apply_measured(&self, notice: &[u8], measure: bool) {
         let Some(sink) = self.0.upgrade() else {
             return;
         };
@@ -111,7 +118,9 @@ impl Feed {
                 let Some(sent) = sent else {
                     return sink.lost();
                 };
-                sink.arrived(Duration::from_micros(unix_us().saturating_sub(sent)));
+                if measure {
+                    sink.arrived(Duration::from_micros(unix_us().saturating_sub(sent)));
+                }
                 (kind.to_ascii_lowercase(), &notice[STAMP_LEN..])
             }
             Some(&kind) => (kind, &notice[1..]),

@@ -168,11 +168,15 @@ impl Store {
     }
 
     /// Whether the handles' near tiers follow the store's pushed notices
-    /// (one Redis server, PostgreSQL): their `near_check` is a lease in
+    /// (Redis, a Redis Cluster, PostgreSQL): their `near_check` is a lease in
     /// real time, whatever clock the handles keep entries' time by.
     /// Elsewhere near tiers poll, and `near_check` runs on that clock.
     pub fn pushes(&self) -> bool {
-        self.options.near_check.is_some() && matches!(self.name, "redis_near" | "postgres_near")
+        self.options.near_check.is_some()
+            && matches!(
+                self.name,
+                "redis_near" | "redis_cluster_near" | "postgres_near"
+            )
     }
 
     /// Loses the store's record of past invalidations, as the store can:
@@ -337,7 +341,7 @@ pub async fn redis_near() -> Store {
     redis_at("redis_near", info.url, info.ports, false, NEAR).await
 }
 
-/// A Redis Cluster, every handle with a near tier (which polls there).
+/// A Redis Cluster, every handle with a near tier.
 pub async fn redis_cluster_near() -> Store {
     let info = redis_cluster_info().await;
     redis_at("redis_cluster_near", info.url, info.ports, true, NEAR).await

@@ -290,21 +290,22 @@ pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
+/// A Redis server with cluster mode on, not yet in a cluster.
+fn cluster_node() -> RedisServer {
+    RedisServer::start_with(RedisOptions {
+        config: vec![
+            "cluster-enabled yes".into(),
+            "cluster-config-file nodes.conf".into(),
+            "cluster-node-timeout 2000".into(),
+        ],
+        ..RedisOptions::default()
+    })
+}
+
 impl RedisCluster {
     pub fn start() -> RedisCluster {
         require("redis-cli", "redis-tools");
-        let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                RedisServer::start_with(RedisOptions {
-                    config: vec![
-                        "cluster-enabled yes".into(),
-                        "cluster-config-file nodes.conf".into(),
-                        "cluster-node-timeout 2000".into(),
-                    ],
-                    ..RedisOptions::default()
-                })
-            })
-            .collect();
+        let nodes: Vec<RedisServer> = (0..3).map(|_| cluster_node()).collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -329,6 +330,33 @@ impl RedisCluster {
             }
         }
         RedisCluster { nodes }
+    }
+
+    /// Adds an empty master (no slots) to the cluster, and waits until
+    /// every node knows it.
+    pub fn add_node(&mut self) {
+        let node = cluster_node();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("add-node")
+            .arg(format!("127.0.0.1:{}", node.port))
+            .arg(format!("127.0.0.1:{}", self.nodes[0].port))
+            .output()
+            .expect("run redis-cli --cluster add-node");
+        assert!(
+            out.status.success(),
+            "add-node failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        self.nodes.push(node);
+        let known = format!("cluster_known_nodes:{}", self.nodes.len());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &self.nodes {
+            while !n.cli(&["cluster", "info"]).contains(&known) {
+                assert!(Instant::now() < deadline, "the new node was not met");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 
     /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3`.

@@ -217,10 +217,8 @@ impl MemcachedBackend {
             for (slot, result) in group.into_iter().zip(results) {
                 match (slot, result) {
                     (Slot::LockAdd, OpResult::Mutation(m)) => found.took = m.applied(),
-                    (Slot::Lock, OpResult::Get(got)) => {
-                        if got.value.as_deref() == Some(token) {
-                            found.held = got.item.cas;
-                        }
+                    (Slot::Lock, OpResult::Get(got)) if got.value.as_deref() == Some(token) => {
+                        found.held = got.item.cas;
                     }
                     (Slot::Entry, OpResult::Get(got)) => {
                         found.read.stored = got.value;

@@ -245,6 +245,17 @@ impl MemcachedBackend {
         Ok(stamp(&values))
     }
 
+    async fn run_set(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        ticket: Option<&Ticket>,
+    ) -> Result<(), Error> {
+        self.write(key, value, ttl, ticket, None).await?;
+        Ok(())
+    }
+
     /// Stores `value` under `key` as `set` does; `then` runs on the entry's
     /// server after the write, in the same exchange. The entry's server's
     /// results.
@@ -387,10 +398,7 @@ impl Store for MemcachedBackend {
         ttl: Duration,
         ticket: Option<&Ticket>,
     ) -> impl Future<Output = Result<(), Error>> + Send {
-        async move {
-            self.write(key, value, ttl, ticket, None).await?;
-            Ok(())
-        }
+        self.run_set(key, value, ttl, ticket)
     }
 
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), Error>> + Send {

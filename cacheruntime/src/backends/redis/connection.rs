@@ -36,6 +36,18 @@ pub(super) struct SingleConn {
 pub(super) struct ClusterConn {
     client: ClusterClient,
     conn: tokio::sync::OnceCell<ClusterConnection>,
+    /// A client per configured node, to find the masters from
+    /// (`cluster_push.rs`).
+    seeds: Vec<redis::Client>,
+}
+
+/// Where a near tier can follow change notices from (`push.rs`).
+#[derive(Clone)]
+pub(super) enum Notices {
+    /// One server: its client.
+    One(Box<redis::Client>),
+    /// A Cluster: a client per configured node, to find every master.
+    Cluster(Vec<redis::Client>),
 }
 
 /// A connection of either kind, for commands and scripts.
@@ -135,13 +147,23 @@ impl Conn {
             let mut builder = ClusterClient::builder(config.nodes.clone())
                 .connection_timeout(config.connect_timeout)
                 .retries(1);
-            if let Some(certs) = certs {
-                builder = builder.certs(certs);
+            if let Some(certs) = &certs {
+                builder = builder.certs(certs.clone());
             }
-            let client = builder.build().map_err(bad_url)?;
+            let client = builder.build().map_err(&bad_url)?;
+            let seeds = config
+                .nodes
+                .iter()
+                .map(|url| match &certs {
+                    Some(certs) => redis::Client::build_with_tls(url.as_str(), certs.clone()),
+                    None => redis::Client::open(url.as_str()),
+                })
+                .collect::<Result<_, _>>()
+                .map_err(bad_url)?;
             Conn::Cluster(Box::new(ClusterConn {
                 client,
                 conn: tokio::sync::OnceCell::new(),
+                seeds,
             }))
         } else {
             let url = config.nodes[0].as_str();
@@ -161,16 +183,15 @@ impl Conn {
         })
     }
 
-    /// The client to follow change notices on (`push.rs`), where one
-    /// connection can prove it has them all: one server. Not a Cluster: a
-    /// notice published on another master reaches the subscriber's node
-    /// over the cluster bus, which is neither ordered with the `PING` that
-    /// vouches for it nor sure to deliver it. Not our own pinned TLS, which
-    /// redis-rs cannot subscribe over. (A near tier then polls.)
-    pub(super) fn pubsub_client(&self) -> Option<redis::Client> {
+    /// Where change notices can be followed from (`push.rs`): one server,
+    /// or every master of a Cluster (`cluster_push.rs`). Not our own
+    /// pinned TLS, which redis-rs cannot subscribe over (a near tier then
+    /// polls).
+    pub(super) fn notices(&self) -> Option<Notices> {
         match self {
-            Conn::Single(single) => Some(single.client.clone()),
-            Conn::Cluster(_) | Conn::Pinned(_) => None,
+            Conn::Single(single) => Some(Notices::One(Box::new(single.client.clone()))),
+            Conn::Cluster(cluster) => Some(Notices::Cluster(cluster.seeds.clone())),
+            Conn::Pinned(_) => None,
         }
     }
 

@@ -76,6 +76,7 @@
 //! under, and their hash tags), `scripts.rs` (the Lua), `server_config.rs`
 //! (what is checked of the server's own settings); the calls are here.
 
+mod cluster_push;
 mod config;
 mod connection;
 mod keys;
@@ -414,7 +415,7 @@ impl Store for RedisBackend {
     }
 
     fn pushes_changes(&self) -> bool {
-        self.conn.pubsub_client().is_some()
+        self.conn.notices().is_some()
     }
 
     fn follow_changes(&self, feed: crate::backend::Feed) -> bool {

@@ -15,11 +15,11 @@
 //! a lost one (and every new subscription, which cannot know what was
 //! published before it) drops the whole near tier first.
 //!
-//! Only on one server: on a Cluster a notice published on another master
-//! reaches the subscriber's node over the cluster bus, which is not ordered
-//! with the `PING` and may drop messages, so no answer proves anything (a
-//! near tier in front of a Cluster polls, as on SQLite; sharded Pub/Sub
-//! with a subscription and a `PING` per master would do it).
+//! On a Cluster a notice is delivered to the subscribers of the node that
+//! ran the script, in order with its other replies, and forwarded over the
+//! cluster bus to the others, which is neither ordered nor sure: the
+//! follower subscribes on every master and sends each its `PING`
+//! (`cluster_push.rs`).
 //!
 //! Why Pub/Sub and not client tracking (`CLIENT TRACKING ... BCAST`): a
 //! notice names the cache key or prefix itself, where tracking names the
@@ -33,29 +33,24 @@ use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 
+use super::cluster_push::follow_cluster;
+use super::connection::Notices;
 use super::RedisBackend;
 use crate::backend::Feed;
 
 pub(super) use super::scripts::NOTICES;
 
 /// The most notices applied at once after a `PING` answer.
-const MAX_DRAIN: usize = 100_000;
+pub(super) const MAX_DRAIN: usize = 100_000;
 
 impl RedisBackend {
-    /// The notice of a write or delete of `key`: none (`""`, which the
-    /// scripts do not publish) on a Cluster, where nobody follows them.
+    /// The notice of a write or delete of `key`.
     pub(super) fn key_notice(&self, key: &str) -> String {
-        if self.cluster {
-            return String::new();
-        }
         crate::changes::key_notice(key)
     }
 
-    /// The notice of an invalidation of `prefix` (none on a Cluster).
+    /// The notice of an invalidation of `prefix`.
     pub(super) fn prefix_notice(&self, prefix: &str) -> String {
-        if self.cluster {
-            return String::new();
-        }
         crate::changes::prefix_notice(prefix)
     }
 }
@@ -64,7 +59,7 @@ impl RedisBackend {
     /// Starts following the notices for `feed`, if this store can: a task
     /// on the current runtime that lives as long as the near tier.
     pub(super) fn follow(&self, feed: Feed) -> bool {
-        let Some(client) = self.conn.pubsub_client() else {
+        let Some(notices) = self.conn.notices() else {
             return false;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -79,8 +74,13 @@ impl RedisBackend {
                 "Redis change notices (or could not subscribe: an ACL user needs SUBSCRIBE \
                  and the channel cacheruntime:changes)",
                 |feed| {
-                    let client = client.clone();
-                    async move { follow_one(&client, &feed).await }
+                    let notices = notices.clone();
+                    async move {
+                        match notices {
+                            Notices::One(client) => follow_one(&client, &feed).await,
+                            Notices::Cluster(seeds) => follow_cluster(&seeds, &feed).await,
+                        }
+                    }
                 },
             )
             .await;
@@ -91,7 +91,10 @@ impl RedisBackend {
 
 /// Follows the notices on one connection until it fails (`Err`) or the near
 /// tier is gone (`Ok`).
-async fn follow_one(client: &redis::Client, feed: &Feed) -> Result<(), redis::RedisError> {
+pub(super) async fn follow_one(
+    client: &redis::Client,
+    feed: &Feed,
+) -> Result<(), redis::RedisError> {
     let check = feed.check();
     let patience = check.max(Duration::from_secs(1));
     let timed_out = || {
@@ -151,7 +154,7 @@ async fn follow_one(client: &redis::Client, feed: &Feed) -> Result<(), redis::Re
     }
 }
 
-fn closed() -> redis::RedisError {
+pub(super) fn closed() -> redis::RedisError {
     redis::RedisError::from(std::io::Error::new(
         std::io::ErrorKind::ConnectionReset,
         "the notice connection closed",

@@ -4,9 +4,9 @@
 //!
 //! Each change also publishes its notice (`push.rs`) on [`NOTICES`], in the
 //! same script: the last ARGV (`changes::key_notice` for a write or
-//! delete, `changes::prefix_notice` for an invalidation; empty on a
-//! Cluster: nothing is published). Near tiers in other processes drop what
-//! it names.
+//! delete, `changes::prefix_notice` for an invalidation; on a Cluster too,
+//! where the node that runs the script delivers it, `cluster_push.rs`).
+//! Near tiers in other processes drop what it names.
 //! The notice is published before the change is made: Redis does not undo
 //! a script that fails halfway, so a `PUBLISH` refused (an ACL user without
 //! it) must fail the script before it changes anything, never after. (The

@@ -1,0 +1,332 @@
+//! Change notices from a Redis Cluster, for near tiers (`push.rs` says
+//! what a notice is and what a near tier does with it).
+//!
+//! A change script publishes its notice with `PUBLISH` on the node that
+//! runs it. Redis delivers it to that node's own subscribers in order with
+//! the node's other replies, and forwards it over the cluster bus to every
+//! other node, which is ordered with nothing a client sees and not sure to
+//! arrive. So the follower subscribes on every master and, each tick,
+//! sends each one a `PING` on its subscription: once every master has
+//! answered, every notice published on a master before it saw our `PING`
+//! has arrived on that master's own subscription. (The copies the bus
+//! brings from the other masters are applied again, which is harmless,
+//! and their lag is not measured twice.)
+//!
+//! That proves nothing about a node the follower does not subscribe to. A
+//! node runs change scripts only as a master that owns a slot or imports
+//! one (`ASK`), and it becomes one by a failover or a slot handed to it,
+//! which raise the cluster's configuration epoch, or by joining the
+//! cluster, which changes the number of nodes every node knows. So after
+//! the `PING`s every master is asked `CLUSTER INFO`, and the near tier is
+//! vouched for only while every master reports `cluster_state:ok` and the
+//! `cluster_current_epoch` and `cluster_known_nodes` it reported when the
+//! subscriptions were made. Any change drops the whole near tier, and the
+//! follower subscribes anew on the masters there are then. A master that
+//! fails or does not answer stops the vouching: the lease lapses within
+//! `near_check`, as on one server.
+//!
+//! What it cannot see at once: a master learns of a change it took no part
+//! in over the cluster bus (gossip, usually within milliseconds). A
+//! failover after a master died stops the vouching at once (its `PING`
+//! fails); a manual failover or a slot moved is seen as soon as one of the
+//! masters involved answers `CLUSTER INFO`, since they raise the epoch
+//! themselves. A master flagged `fail` by the cluster is not subscribed
+//! to: it has been cut off from the majority for longer than the node
+//! timeout, after which it refuses writes.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, StreamExt};
+use redis::{ConnectionAddr, RedisError};
+
+use super::push::{closed, MAX_DRAIN, NOTICES};
+use crate::backend::Feed;
+
+/// How many notices are remembered to tell the bus's copies from new ones.
+const RECENT: usize = 4096;
+
+/// A master as `CLUSTER NODES` lists it.
+#[derive(Debug, PartialEq)]
+struct Master {
+    host: String,
+    port: u16,
+}
+
+/// What a master's `CLUSTER INFO` says of the cluster's shape.
+#[derive(Debug, PartialEq)]
+struct Shape {
+    epoch: u64,
+    known: u64,
+}
+
+fn failure(what: impl Into<String>) -> RedisError {
+    RedisError::from(std::io::Error::other(what.into()))
+}
+
+fn timed_out() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "a Redis Cluster master did not answer the notice connection in time",
+    ))
+}
+
+/// The masters in a `CLUSTER NODES` reply, but those flagged `fail`,
+/// `noaddr` or `handshake`.
+fn masters(nodes: &str) -> Vec<Master> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let (_id, addr, flags) = (fields.next()?, fields.next()?, fields.next()?);
+            let flags: Vec<&str> = flags.split(',').collect();
+            let skipped = |f: &&str| matches!(*f, "fail" | "noaddr" | "handshake");
+            if !flags.contains(&"master") || flags.iter().any(skipped) {
+                return None;
+            }
+            // `ip:port@cport[,hostname]`; an IPv6 address in brackets or not.
+            let at = addr.split(['@', ',']).next()?;
+            let (host, port) = at.rsplit_once(':')?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() {
+                return None;
+            }
+            Some(Master {
+                host: host.to_owned(),
+                port: port.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The shape a `CLUSTER INFO` reply gives, if the cluster is `ok`.
+fn shape(info: &str) -> Result<Shape, RedisError> {
+    let field = |name: &str| {
+        info.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key == name).then(|| value.trim().to_owned())
+        })
+    };
+    if field("cluster_state").as_deref() != Some("ok") {
+        return Err(failure(
+            "a Redis Cluster master reports cluster_state other than ok",
+        ));
+    }
+    let number = |name: &str| {
+        field(name)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| failure(format!("CLUSTER INFO has no {name}")))
+    };
+    Ok(Shape {
+        epoch: number("cluster_current_epoch")?,
+        known: number("cluster_known_nodes")?,
+    })
+}
+
+/// A client for the node at `host:port`, with `seed`'s credentials and TLS.
+fn node_client(seed: &redis::Client, host: &str, port: u16) -> Result<redis::Client, RedisError> {
+    let info = seed.get_connection_info().clone();
+    let addr = match info.addr() {
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => ConnectionAddr::Tcp(host.to_owned(), port),
+    };
+    redis::Client::open(info.set_addr(addr))
+}
+
+/// The notices applied lately: a copy the bus brings is applied again but
+/// its lag is not measured again.
+#[derive(Default)]
+struct Recent {
+    order: VecDeque<Vec<u8>>,
+    seen: HashSet<Vec<u8>>,
+}
+
+impl Recent {
+    fn apply(&mut self, feed: &Feed, notice: &[u8]) {
+        let first = !self.seen.contains(notice);
+        if first {
+            if self.order.len() >= RECENT {
+                if let Some(old) = self.order.pop_front() {
+                    self.seen.remove(&old);
+                }
+            }
+            self.order.push_back(notice.to_vec());
+            self.seen.insert(notice.to_vec());
+        }
+        feed.apply_measured(notice, first);
+    }
+}
+
+/// The masters, as listed by the first of `seeds` that answers, and the
+/// seed that did.
+async fn find_masters(
+    seeds: &[redis::Client],
+    patience: Duration,
+) -> Result<(&redis::Client, Vec<Master>), RedisError> {
+    let mut last = None;
+    for seed in seeds {
+        let listed = tokio::time::timeout(patience, async {
+            let mut conn = seed.get_multiplexed_async_connection().await?;
+            redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async::<String>(&mut conn)
+                .await
+        })
+        .await;
+        match listed {
+            Ok(Ok(nodes)) => {
+                let masters = masters(&nodes);
+                if masters.is_empty() {
+                    return Err(failure("the Redis Cluster lists no master"));
+                }
+                return Ok((seed, masters));
+            }
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => last = Some(timed_out()),
+        }
+    }
+    Err(last.unwrap_or_else(|| failure("no Redis Cluster node is configured")))
+}
+
+/// Every master's shape, asked on its monitoring connection.
+async fn shapes(
+    monitors: &mut [redis::aio::MultiplexedConnection],
+    patience: Duration,
+) -> Result<Vec<Shape>, RedisError> {
+    let asks = monitors.iter_mut().map(|conn| async move {
+        let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(conn).await?;
+        shape(&info)
+    });
+    tokio::time::timeout(patience, futures_util::future::join_all(asks))
+        .await
+        .map_err(|_| timed_out())?
+        .into_iter()
+        .collect()
+}
+
+/// Follows the notices of every master of a Cluster until one fails or
+/// the cluster changes shape (`Err`), or the near tier is gone (`Ok`).
+pub(super) async fn follow_cluster(seeds: &[redis::Client], feed: &Feed) -> Result<(), RedisError> {
+    let check = feed.check();
+    let patience = check.max(Duration::from_secs(1));
+    let (seed, masters) = find_masters(seeds, patience).await?;
+    let mut sinks = Vec::with_capacity(masters.len());
+    let mut streams = Vec::with_capacity(masters.len());
+    let mut monitors = Vec::with_capacity(masters.len());
+    for master in &masters {
+        let client = node_client(seed, &master.host, master.port)?;
+        let pubsub = tokio::time::timeout(patience, client.get_async_pubsub())
+            .await
+            .map_err(|_| timed_out())??;
+        let (mut sink, stream) = pubsub.split();
+        tokio::time::timeout(patience, sink.subscribe(NOTICES))
+            .await
+            .map_err(|_| timed_out())??;
+        sinks.push(sink);
+        streams.push(stream);
+        monitors.push(
+            tokio::time::timeout(patience, client.get_multiplexed_async_connection())
+                .await
+                .map_err(|_| timed_out())??,
+        );
+    }
+    let subscribed = shapes(&mut monitors, patience).await?;
+    // Whatever was published before the subscriptions is unknown here.
+    feed.lost();
+    let mut notices = futures_util::stream::select_all(streams);
+    let mut recent = Recent::default();
+    let mut ticks = tokio::time::interval((check / 4).max(Duration::from_millis(2)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if !feed.is_open() {
+            return Ok(());
+        }
+        tokio::select! {
+            msg = notices.next() => match msg {
+                Some(msg) => recent.apply(feed, msg.get_payload_bytes()),
+                None => return Err(closed()),
+            },
+            _ = ticks.tick() => {
+                let asked = Instant::now();
+                let pings = sinks.iter_mut().map(|sink| sink.ping::<redis::Value>());
+                for answer in tokio::time::timeout(patience, futures_util::future::join_all(pings))
+                    .await
+                    .map_err(|_| timed_out())?
+                {
+                    answer?;
+                }
+                // As on one server (`push.rs`): out of tokio's budget, at
+                // most a bounded batch.
+                let drained = tokio::task::unconstrained(async {
+                    let mut left = MAX_DRAIN;
+                    while left > 0 {
+                        let Some(Some(msg)) = notices.next().now_or_never() else {
+                            return true;
+                        };
+                        recent.apply(feed, msg.get_payload_bytes());
+                        left -= 1;
+                    }
+                    false
+                })
+                .await;
+                if shapes(&mut monitors, patience).await? != subscribed {
+                    return Err(failure(
+                        "the Redis Cluster changed (a failover, a slot moved, or a node added \
+                         or removed): following its masters anew",
+                    ));
+                }
+                if drained {
+                    feed.synced(asked);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masters_are_read_from_cluster_nodes_without_failed_ones() {
+        let nodes = "\
+07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@40002,cache-b master - 0 1426238316232 2 connected 5461-10922
+292f 127.0.0.1:30003@40003 myself,master - 0 0 3 connected 10923-16383
+e7d1 127.0.0.1:30001@40001 master,fail - 1426238316232 0 1 disconnected
+9a1b [::1]:30005@40005 master - 0 0 5 connected [77->-67ed]
+0000 :0@0 master,noaddr - 0 0 0 disconnected
+";
+        let found = masters(nodes);
+        let at = |host: &str, port| Master {
+            host: host.to_owned(),
+            port,
+        };
+        assert_eq!(
+            found,
+            [
+                at("127.0.0.1", 30002),
+                at("127.0.0.1", 30003),
+                at("::1", 30005)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_shape_needs_an_ok_cluster() {
+        let info = "cluster_state:ok\r\ncluster_slots_assigned:16384\r\n\
+                    cluster_known_nodes:6\r\ncluster_current_epoch:9\r\ncluster_my_epoch:2\r\n";
+        assert_eq!(shape(info).unwrap(), Shape { epoch: 9, known: 6 });
+        assert!(shape(&info.replace("state:ok", "state:fail")).is_err());
+        assert!(shape("cluster_state:ok\r\n").is_err());
+    }
+}
