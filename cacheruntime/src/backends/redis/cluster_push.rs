@@ -16,23 +16,31 @@
 //! node runs change scripts only as a master that owns a slot or imports
 //! one (`ASK`), and it becomes one by a failover or a slot handed to it,
 //! which raise the cluster's configuration epoch, or by joining the
-//! cluster, which changes the number of nodes every node knows. So after
-//! the `PING`s every master is asked `CLUSTER INFO`, and the near tier is
-//! vouched for only while every master reports `cluster_state:ok` and the
-//! `cluster_current_epoch` and `cluster_known_nodes` it reported when the
-//! subscriptions were made. Any change drops the whole near tier, and the
-//! follower subscribes anew on the masters there are then. A master that
-//! fails or does not answer stops the vouching: the lease lapses within
-//! `near_check`, as on one server.
+//! cluster, which changes the number of nodes every node knows. So:
+//! - every node listed as a master is subscribed to, whatever its flags (a
+//!   master flagged `fail` may come back and take writes); one that cannot
+//!   be reached stops the follower, and the near tier serves nothing until
+//!   it is back or forgotten (`CLUSTER FORGET`);
+//! - once subscribed, each master must report `cluster_state:ok` and list,
+//!   in its own `CLUSTER NODES`, itself as a master and exactly the masters
+//!   subscribed to: a change between the listing and the subscriptions
+//!   shows there;
+//! - each tick, after the `PING`s, every master must report the
+//!   `cluster_current_epoch` and `cluster_known_nodes` of that check.
+//!
+//! Any change drops the whole near tier, and the follower subscribes anew
+//! on the masters there are then. A master that fails or does not answer
+//! stops the vouching: the lease lapses within `near_check`, as on one
+//! server.
 //!
 //! What it cannot see at once: a master learns of a change it took no part
 //! in over the cluster bus (gossip, usually within milliseconds). A
 //! failover after a master died stops the vouching at once (its `PING`
-//! fails); a manual failover or a slot moved is seen as soon as one of the
-//! masters involved answers `CLUSTER INFO`, since they raise the epoch
-//! themselves. A master flagged `fail` by the cluster is not subscribed
-//! to: it has been cut off from the majority for longer than the node
-//! timeout, after which it refuses writes.
+//! fails); a change a master makes without the others' agreement (`CLUSTER
+//! FAILOVER TAKEOVER`, `SETSLOT .. NODE`) is seen once a subscribed master
+//! has heard of it. Nodes are reached at the address `CLUSTER NODES` gives
+//! (an IP): with TLS, certificates must name it, or the near tier serves
+//! nothing (and says so once).
 
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -49,6 +57,7 @@ const RECENT: usize = 4096;
 /// A master as `CLUSTER NODES` lists it.
 #[derive(Debug, PartialEq)]
 struct Master {
+    id: String,
     host: String,
     port: u16,
 }
@@ -71,32 +80,53 @@ fn timed_out() -> RedisError {
     ))
 }
 
-/// The masters in a `CLUSTER NODES` reply, but those flagged `fail`,
-/// `noaddr` or `handshake`.
-fn masters(nodes: &str) -> Vec<Master> {
+/// The masters in a `CLUSTER NODES` reply, whatever their flags (`fail`
+/// too: one may come back and take writes); `None` for one with no
+/// address to reach it at (`noaddr`, or still in `handshake`).
+fn masters(nodes: &str) -> Vec<(String, Option<Master>)> {
     nodes
         .lines()
         .filter_map(|line| {
             let mut fields = line.split(' ');
-            let (_id, addr, flags) = (fields.next()?, fields.next()?, fields.next()?);
+            let (id, addr, flags) = (fields.next()?, fields.next()?, fields.next()?);
             let flags: Vec<&str> = flags.split(',').collect();
-            let skipped = |f: &&str| matches!(*f, "fail" | "noaddr" | "handshake");
-            if !flags.contains(&"master") || flags.iter().any(skipped) {
+            if !flags.contains(&"master") {
                 return None;
             }
-            // `ip:port@cport[,hostname]`; an IPv6 address in brackets or not.
-            let at = addr.split(['@', ',']).next()?;
-            let (host, port) = at.rsplit_once(':')?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            if host.is_empty() {
-                return None;
-            }
-            Some(Master {
-                host: host.to_owned(),
-                port: port.parse().ok()?,
-            })
+            let reachable = !flags.iter().any(|f| matches!(*f, "noaddr" | "handshake"));
+            let master = if reachable { address(id, addr) } else { None };
+            Some((id.to_owned(), master))
         })
         .collect()
+}
+
+/// Where the node `id` listed at `addr` (`ip:port@cport[,hostname]`, IPv6
+/// in brackets or not) is reached.
+fn address(id: &str, addr: &str) -> Option<Master> {
+    let at = addr.split(['@', ',']).next()?;
+    let (host, port) = at.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some(Master {
+        id: id.to_owned(),
+        host: host.to_owned(),
+        port: port.parse().ok()?,
+    })
+}
+
+/// Whether a master's own `CLUSTER NODES` shows it a master and lists
+/// exactly the masters `ids`.
+fn agrees(nodes: &str, ids: &HashSet<&str>) -> bool {
+    let mine = nodes.lines().any(|line| {
+        let mut fields = line.split(' ');
+        let flags = fields.nth(2).unwrap_or("");
+        let flags: Vec<&str> = flags.split(',').collect();
+        flags.contains(&"myself") && flags.contains(&"master")
+    });
+    let listed: HashSet<String> = masters(nodes).into_iter().map(|(id, _)| id).collect();
+    mine && listed.len() == ids.len() && ids.iter().all(|id| listed.contains(*id))
 }
 
 /// The shape a `CLUSTER INFO` reply gives, if the cluster is `ok`.
@@ -167,7 +197,7 @@ impl Recent {
 }
 
 /// The masters, as listed by the first of `seeds` that answers, and the
-/// seed that did.
+/// seed that did. `Err` if one cannot be reached (no address yet).
 async fn find_masters(
     seeds: &[redis::Client],
     patience: Duration,
@@ -184,7 +214,16 @@ async fn find_masters(
         .await;
         match listed {
             Ok(Ok(nodes)) => {
-                let masters = masters(&nodes);
+                let masters = masters(&nodes)
+                    .into_iter()
+                    .map(|(id, master)| {
+                        master.ok_or_else(|| {
+                            failure(format!(
+                                "Redis Cluster master {id} has no address yet: not followed"
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
                 if masters.is_empty() {
                     return Err(failure("the Redis Cluster lists no master"));
                 }
@@ -197,20 +236,56 @@ async fn find_masters(
     Err(last.unwrap_or_else(|| failure("no Redis Cluster node is configured")))
 }
 
-/// Every master's shape, asked on its monitoring connection.
+/// Every master's shape, asked on its monitoring connection; with `ids`,
+/// also checks that each lists exactly those masters, itself among them.
 async fn shapes(
     monitors: &mut [redis::aio::MultiplexedConnection],
     patience: Duration,
+    ids: Option<&HashSet<&str>>,
 ) -> Result<Vec<Shape>, RedisError> {
     let asks = monitors.iter_mut().map(|conn| async move {
         let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(conn).await?;
-        shape(&info)
+        let shape = shape(&info)?;
+        if let Some(ids) = ids {
+            let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
+            if !agrees(&nodes, ids) {
+                return Err(failure(
+                    "the Redis Cluster's masters changed while they were being followed",
+                ));
+            }
+        }
+        Ok(shape)
     });
     tokio::time::timeout(patience, futures_util::future::join_all(asks))
         .await
         .map_err(|_| timed_out())?
         .into_iter()
         .collect()
+}
+
+/// Applies every notice each stream holds now (out of tokio's budget, at
+/// most `MAX_DRAIN` in all, as on one server); `Ok(false)` if that bound
+/// stopped it, `Err` if a stream ended (its subscription is gone).
+fn drain(
+    streams: &mut [redis::aio::PubSubStream],
+    recent: &mut Recent,
+    feed: &Feed,
+) -> Result<bool, RedisError> {
+    let mut left = MAX_DRAIN;
+    for stream in streams.iter_mut() {
+        loop {
+            match stream.next().now_or_never() {
+                Some(Some(msg)) => recent.apply(feed, msg.get_payload_bytes()),
+                Some(None) => return Err(closed()),
+                None => break,
+            }
+            left -= 1;
+            if left == 0 {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Follows the notices of every master of a Cluster until one fails or
@@ -239,10 +314,10 @@ pub(super) async fn follow_cluster(seeds: &[redis::Client], feed: &Feed) -> Resu
                 .map_err(|_| timed_out())??,
         );
     }
-    let subscribed = shapes(&mut monitors, patience).await?;
+    let ids: HashSet<&str> = masters.iter().map(|m| m.id.as_str()).collect();
+    let subscribed = shapes(&mut monitors, patience, Some(&ids)).await?;
     // Whatever was published before the subscriptions is unknown here.
     feed.lost();
-    let mut notices = futures_util::stream::select_all(streams);
     let mut recent = Recent::default();
     let mut ticks = tokio::time::interval((check / 4).max(Duration::from_millis(2)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -250,8 +325,9 @@ pub(super) async fn follow_cluster(seeds: &[redis::Client], feed: &Feed) -> Resu
         if !feed.is_open() {
             return Ok(());
         }
+        let next = futures_util::future::select_all(streams.iter_mut().map(|s| s.next()));
         tokio::select! {
-            msg = notices.next() => match msg {
+            (msg, _, _) = next => match msg {
                 Some(msg) => recent.apply(feed, msg.get_payload_bytes()),
                 None => return Err(closed()),
             },
@@ -264,21 +340,11 @@ pub(super) async fn follow_cluster(seeds: &[redis::Client], feed: &Feed) -> Resu
                 {
                     answer?;
                 }
-                // As on one server (`push.rs`): out of tokio's budget, at
-                // most a bounded batch.
                 let drained = tokio::task::unconstrained(async {
-                    let mut left = MAX_DRAIN;
-                    while left > 0 {
-                        let Some(Some(msg)) = notices.next().now_or_never() else {
-                            return true;
-                        };
-                        recent.apply(feed, msg.get_payload_bytes());
-                        left -= 1;
-                    }
-                    false
+                    drain(&mut streams, &mut recent, feed)
                 })
-                .await;
-                if shapes(&mut monitors, patience).await? != subscribed {
+                .await?;
+                if shapes(&mut monitors, patience, None).await? != subscribed {
                     return Err(failure(
                         "the Redis Cluster changed (a failover, a slot moved, or a node added \
                          or removed): following its masters anew",
@@ -297,7 +363,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masters_are_read_from_cluster_nodes_without_failed_ones() {
+    fn masters_are_read_from_cluster_nodes_whatever_their_flags() {
         let nodes = "\
 07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected
 67ed 127.0.0.1:30002@40002,cache-b master - 0 1426238316232 2 connected 5461-10922
@@ -307,17 +373,33 @@ e7d1 127.0.0.1:30001@40001 master,fail - 1426238316232 0 1 disconnected
 0000 :0@0 master,noaddr - 0 0 0 disconnected
 ";
         let found = masters(nodes);
-        let at = |host: &str, port| Master {
-            host: host.to_owned(),
-            port,
+        let at = |id: &str, host: &str, port| {
+            (
+                id.to_owned(),
+                Some(Master {
+                    id: id.to_owned(),
+                    host: host.to_owned(),
+                    port,
+                }),
+            )
         };
         assert_eq!(
             found,
             [
-                at("127.0.0.1", 30002),
-                at("127.0.0.1", 30003),
-                at("::1", 30005)
+                at("67ed", "127.0.0.1", 30002),
+                at("292f", "127.0.0.1", 30003),
+                at("e7d1", "127.0.0.1", 30001),
+                at("9a1b", "::1", 30005),
+                ("0000".to_owned(), None),
             ]
+        );
+        let ids: HashSet<&str> = ["67ed", "292f", "e7d1", "9a1b", "0000"].into();
+        assert!(agrees(nodes, &ids));
+        let fewer: HashSet<&str> = ["67ed", "292f", "e7d1", "9a1b"].into();
+        assert!(!agrees(nodes, &fewer), "a master not followed");
+        assert!(
+            !agrees(&nodes.replace("myself,master", "myself,slave"), &fewer),
+            "no longer a master itself"
         );
     }
 

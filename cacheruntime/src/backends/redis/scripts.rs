@@ -16,9 +16,8 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// The Pub/Sub channel of change notices, on one server (a Cluster's
-/// scripts are handed an empty notice and publish nothing: near tiers
-/// there poll, `push.rs`).
+/// The Pub/Sub channel of change notices (`push.rs`; on a Cluster,
+/// `cluster_push.rs`).
 pub(super) const NOTICES: &str = "cacheruntime:changes";
 
 /// A fresh counter value from the server's clock: microseconds times 1,000
