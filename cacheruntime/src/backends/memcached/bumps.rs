@@ -10,7 +10,7 @@ use super::counters::{
     bumped, greatest, reading as reading_of, Counter, Layout, Quorum, Reading, Seen,
 };
 use super::keys::prefix_counter_key;
-use super::servers::Pool;
+use super::servers::{batches, Pool};
 use super::{cause, MemcachedBackend, NAME};
 use crate::Error;
 
@@ -148,22 +148,12 @@ impl MemcachedBackend {
                 slots[server].push((l, Some(k)));
             }
         }
-        let mut groups = Vec::new();
-        let mut batches = Vec::new();
-        for (server, group) in slots.into_iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let ops = group
-                .iter()
-                .map(|&(l, copy)| match copy {
-                    None => Op::from(Delete::new(&layouts[l].entry)),
-                    Some(_) => Op::from(Get::new(&layouts[l].own().key)),
-                })
-                .collect();
-            batches.push((server, ops));
-            groups.push(group);
-        }
+        let (groups, batches) = batches(slots, |&(l, copy), ops| {
+            ops.push(match copy {
+                None => Op::from(Delete::new(&layouts[l].entry)),
+                Some(_) => Op::from(Get::new(&layouts[l].own().key)),
+            });
+        });
         let mut seen: Vec<Vec<Seen>> = layouts
             .iter()
             .map(|l| vec![Seen::Unread; l.own().servers.len()])

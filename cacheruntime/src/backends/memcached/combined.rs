@@ -59,7 +59,7 @@ use memcache::exp::{Delete, Get, Meta, MutationStatus, Op, OpResult, Set};
 use super::counters::{current_entry, greatest, stamp, Layout, Seen};
 use super::keys::lock_key;
 use super::reads::Read;
-use super::servers::Pool;
+use super::servers::{batches, Pool};
 use super::{unlock_by_token, MemcachedBackend};
 use crate::backend::{Lookup, Ticket};
 use crate::Error;
@@ -161,37 +161,27 @@ impl MemcachedBackend {
                 slots[server].push(Slot::Copy(c, k));
             }
         }
-        let mut groups = Vec::new();
-        let mut batches = Vec::new();
-        for (server, group) in slots.into_iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let ops = group
-                .iter()
-                .map(|slot| match *slot {
-                    Slot::LockAdd => Op::from(
-                        Set::new(&lock, token)
-                            .add()
-                            .ttl(self.lease(lease))
-                            .return_cas(),
-                    ),
-                    Slot::Lock => Op::from(Get::new(&lock).meta(Meta::NONE.cas())),
-                    Slot::Entry => Op::from(Get::new(&layout.entry).meta(Meta::NONE.cas())),
-                    Slot::Add(_) => Op::from(
-                        Set::new(&layout.counters[own].key, &seed)
-                            .add()
-                            .ttl(self.life(true))
-                            .return_cas(),
-                    ),
-                    Slot::Copy(c, _) => {
-                        Op::from(Get::new(&layout.counters[c].key).meta(Meta::NONE.cas()))
-                    }
-                })
-                .collect();
-            batches.push((server, ops));
-            groups.push(group);
-        }
+        let (groups, batches) = batches(slots, |slot, ops| {
+            ops.push(match *slot {
+                Slot::LockAdd => Op::from(
+                    Set::new(&lock, token)
+                        .add()
+                        .ttl(self.lease(lease))
+                        .return_cas(),
+                ),
+                Slot::Lock => Op::from(Get::new(&lock).meta(Meta::NONE.cas())),
+                Slot::Entry => Op::from(Get::new(&layout.entry).meta(Meta::NONE.cas())),
+                Slot::Add(_) => Op::from(
+                    Set::new(&layout.counters[own].key, &seed)
+                        .add()
+                        .ttl(self.life(true))
+                        .return_cas(),
+                ),
+                Slot::Copy(c, _) => {
+                    Op::from(Get::new(&layout.counters[c].key).meta(Meta::NONE.cas()))
+                }
+            });
+        });
         let mut found = Locking {
             read: Read::blank(layout),
             took: false,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use memcache::exp::{Get, Meta, Op, OpResult, Set};
 
 use super::counters::{reading as reading_of, Layout, Reading, Seen};
-use super::servers::Pool;
+use super::servers::{batches, Pool};
 use super::{cause, MemcachedBackend, NAME};
 use crate::Error;
 
@@ -139,27 +139,14 @@ impl MemcachedBackend {
                 }
             }
         }
-        let mut groups = Vec::with_capacity(slots.len());
-        let mut batches = Vec::with_capacity(slots.len());
-        for (server, group) in slots.into_iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let ops = group
-                .iter()
-                .map(|(l, slot)| {
-                    let layout = &layouts[*l];
-                    match slot {
-                        None => Op::from(Get::new(&layout.entry).meta(Meta::NONE.cas())),
-                        Some((c, _)) => {
-                            Op::from(Get::new(&layout.counters[*c].key).meta(Meta::NONE.cas()))
-                        }
-                    }
-                })
-                .collect();
-            batches.push((server, ops));
-            groups.push(group);
-        }
+        let (groups, batches) = batches(slots, |(l, slot), ops| {
+            let layout = &layouts[*l];
+            let name = match slot {
+                None => &layout.entry,
+                Some((c, _)) => &layout.counters[*c].key,
+            };
+            ops.push(Op::from(Get::new(name).meta(Meta::NONE.cas())));
+        });
         let mut reads: Vec<Read> = layouts.iter().map(Read::blank).collect();
         for (group, outcome) in groups.into_iter().zip(pool.fan_out(batches).await) {
             match outcome {
@@ -227,25 +214,15 @@ impl MemcachedBackend {
                 }
             }
         }
-        let mut groups = Vec::new();
-        let mut batches = Vec::new();
-        for (server, group) in slots.into_iter().enumerate() {
-            if group.is_empty() {
-                continue;
-            }
-            let mut ops = Vec::with_capacity(2 * group.len());
-            for &(c, _) in &group {
-                let counter = &layout.counters[c];
-                ops.push(Op::from(
-                    Set::new(&counter.key, &added[c][..])
-                        .add()
-                        .ttl(self.life(counter.own)),
-                ));
-                ops.push(Op::from(Get::new(&counter.key)));
-            }
-            batches.push((server, ops));
-            groups.push(group);
-        }
+        let (groups, batches) = batches(slots, |&(c, _), ops| {
+            let counter = &layout.counters[c];
+            ops.push(Op::from(
+                Set::new(&counter.key, &added[c][..])
+                    .add()
+                    .ttl(self.life(counter.own)),
+            ));
+            ops.push(Op::from(Get::new(&counter.key)));
+        });
         // What the copies hold now: those read with a value, as read (only
         // a bump changes them); the others, as read again.
         let mut now: Vec<Vec<Seen>> = seen

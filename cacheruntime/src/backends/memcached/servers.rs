@@ -175,6 +175,33 @@ impl Pool {
     }
 }
 
+/// Ops for several servers, as [`Pool::fan_out`] takes them.
+pub(super) type Batches = Vec<(usize, Vec<Op>)>;
+
+/// The batches for [`Pool::fan_out`] of ops placed per server: `slots[i]`
+/// are what server `i` is asked, each slot pushing its ops with `ops`.
+/// Servers with no slot are left out; the slots come back grouped as the
+/// batches are, to read the outcomes by.
+pub(super) fn batches<S>(
+    slots: Vec<Vec<S>>,
+    mut ops: impl FnMut(&S, &mut Vec<Op>),
+) -> (Vec<Vec<S>>, Batches) {
+    let mut groups = Vec::new();
+    let mut batches = Vec::new();
+    for (server, group) in slots.into_iter().enumerate() {
+        if group.is_empty() {
+            continue;
+        }
+        let mut batch = Vec::with_capacity(group.len());
+        for slot in &group {
+            ops(slot, &mut batch);
+        }
+        batches.push((server, batch));
+        groups.push(group);
+    }
+    (groups, batches)
+}
+
 impl Server {
     fn failed(&self) {
         if self.breaker.failure(now_ms()) {
