@@ -35,8 +35,8 @@
 //!
 //! What it cannot see at once: a master learns of a change it took no part
 //! in over the cluster bus (gossip, usually within milliseconds). A
-//! failover after a master died stops the vouching at once (its `PING`
-//! fails); a change a master makes without the others' agreement (`CLUSTER
+//! failover after a master died stops the vouching (its `PING` fails or
+//! goes unanswered, and the lease lapses within `near_check`); a change a master makes without the others' agreement (`CLUSTER
 //! FAILOVER TAKEOVER`, `SETSLOT .. NODE`) is seen once a subscribed master
 //! has heard of it. Nodes are reached at the address `CLUSTER NODES` gives
 //! (an IP): with TLS, certificates must name it, or the near tier serves
@@ -82,8 +82,10 @@ fn timed_out() -> RedisError {
 
 /// The masters in a `CLUSTER NODES` reply, whatever their flags (`fail`
 /// too: one may come back and take writes); `None` for one with no
-/// address to reach it at (`noaddr`, or still in `handshake`).
-fn masters(nodes: &str) -> Vec<(String, Option<Master>)> {
+/// address to reach it at (`noaddr`, or still in `handshake`). The node
+/// that answered lists itself with no host until it has met another
+/// (a one-master cluster): `here`, where it was reached, stands in.
+fn masters(nodes: &str, here: Option<&str>) -> Vec<(String, Option<Master>)> {
     nodes
         .lines()
         .filter_map(|line| {
@@ -94,21 +96,26 @@ fn masters(nodes: &str) -> Vec<(String, Option<Master>)> {
                 return None;
             }
             let reachable = !flags.iter().any(|f| matches!(*f, "noaddr" | "handshake"));
-            let master = if reachable { address(id, addr) } else { None };
+            let here = here.filter(|_| flags.contains(&"myself"));
+            let master = if reachable {
+                address(id, addr, here)
+            } else {
+                None
+            };
             Some((id.to_owned(), master))
         })
         .collect()
 }
 
 /// Where the node `id` listed at `addr` (`ip:port@cport[,hostname]`, IPv6
-/// in brackets or not) is reached.
-fn address(id: &str, addr: &str) -> Option<Master> {
+/// in brackets or not) is reached; `here` for one listed with no host.
+fn address(id: &str, addr: &str, here: Option<&str>) -> Option<Master> {
     let at = addr.split(['@', ',']).next()?;
     let (host, port) = at.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return None;
-    }
+    let host = match host.trim_start_matches('[').trim_end_matches(']') {
+        "" => here?,
+        host => host,
+    };
     Some(Master {
         id: id.to_owned(),
         host: host.to_owned(),
@@ -116,16 +123,17 @@ fn address(id: &str, addr: &str) -> Option<Master> {
     })
 }
 
-/// Whether a master's own `CLUSTER NODES` shows it a master and lists
+/// Whether a master's own `CLUSTER NODES` shows it to be the master `me`
+/// (the node dialed for it, not another at that address) and lists
 /// exactly the masters `ids`.
-fn agrees(nodes: &str, ids: &HashSet<&str>) -> bool {
+fn agrees(nodes: &str, me: &str, ids: &HashSet<&str>) -> bool {
     let mine = nodes.lines().any(|line| {
         let mut fields = line.split(' ');
-        let flags = fields.nth(2).unwrap_or("");
+        let (id, flags) = (fields.next().unwrap_or(""), fields.nth(1).unwrap_or(""));
         let flags: Vec<&str> = flags.split(',').collect();
-        flags.contains(&"myself") && flags.contains(&"master")
+        id == me && flags.contains(&"myself") && flags.contains(&"master")
     });
-    let listed: HashSet<String> = masters(nodes).into_iter().map(|(id, _)| id).collect();
+    let listed: HashSet<String> = masters(nodes, None).into_iter().map(|(id, _)| id).collect();
     mine && listed.len() == ids.len() && ids.iter().all(|id| listed.contains(*id))
 }
 
@@ -214,7 +222,13 @@ async fn find_masters(
         .await;
         match listed {
             Ok(Ok(nodes)) => {
-                let masters = masters(&nodes)
+                let here = match seed.get_connection_info().addr() {
+                    ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => {
+                        Some(host.as_str())
+                    }
+                    _ => None,
+                };
+                let masters = masters(&nodes, here)
                     .into_iter()
                     .map(|(id, master)| {
                         master.ok_or_else(|| {
@@ -236,26 +250,31 @@ async fn find_masters(
     Err(last.unwrap_or_else(|| failure("no Redis Cluster node is configured")))
 }
 
-/// Every master's shape, asked on its monitoring connection; with `ids`,
-/// also checks that each lists exactly those masters, itself among them.
+/// Every master's shape, asked on its monitoring connection (one per
+/// master of `masters`, in order); with `ids`, also checks that each is
+/// the master it was dialed for and lists exactly those masters.
 async fn shapes(
     monitors: &mut [redis::aio::MultiplexedConnection],
+    masters: &[Master],
     patience: Duration,
     ids: Option<&HashSet<&str>>,
 ) -> Result<Vec<Shape>, RedisError> {
-    let asks = monitors.iter_mut().map(|conn| async move {
-        let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(conn).await?;
-        let shape = shape(&info)?;
-        if let Some(ids) = ids {
-            let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
-            if !agrees(&nodes, ids) {
-                return Err(failure(
-                    "the Redis Cluster's masters changed while they were being followed",
-                ));
+    let asks = monitors
+        .iter_mut()
+        .zip(masters)
+        .map(|(conn, master)| async move {
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(conn).await?;
+            let shape = shape(&info)?;
+            if let Some(ids) = ids {
+                let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await?;
+                if !agrees(&nodes, &master.id, ids) {
+                    return Err(failure(
+                        "the Redis Cluster's masters changed while they were being followed",
+                    ));
+                }
             }
-        }
-        Ok(shape)
-    });
+            Ok(shape)
+        });
     tokio::time::timeout(patience, futures_util::future::join_all(asks))
         .await
         .map_err(|_| timed_out())?
@@ -315,7 +334,7 @@ pub(super) async fn follow_cluster(seeds: &[redis::Client], feed: &Feed) -> Resu
         );
     }
     let ids: HashSet<&str> = masters.iter().map(|m| m.id.as_str()).collect();
-    let subscribed = shapes(&mut monitors, patience, Some(&ids)).await?;
+    let subscribed = shapes(&mut monitors, &masters, patience, Some(&ids)).await?;
     // Whatever was published before the subscriptions is unknown here.
     feed.lost();
     let mut recent = Recent::default();
@@ -344,7 +363,7 @@ pub(super) async fn follow_cluster(seeds: &[redis::Client], feed: &Feed) -> Resu
                     drain(&mut streams, &mut recent, feed)
                 })
                 .await?;
-                if shapes(&mut monitors, patience, None).await? != subscribed {
+                if shapes(&mut monitors, &masters, patience, None).await? != subscribed {
                     return Err(failure(
                         "the Redis Cluster changed (a failover, a slot moved, or a node added \
                          or removed): following its masters anew",
@@ -372,7 +391,7 @@ e7d1 127.0.0.1:30001@40001 master,fail - 1426238316232 0 1 disconnected
 9a1b [::1]:30005@40005 master - 0 0 5 connected [77->-67ed]
 0000 :0@0 master,noaddr - 0 0 0 disconnected
 ";
-        let found = masters(nodes);
+        let found = masters(nodes, None);
         let at = |id: &str, host: &str, port| {
             (
                 id.to_owned(),
@@ -394,13 +413,32 @@ e7d1 127.0.0.1:30001@40001 master,fail - 1426238316232 0 1 disconnected
             ]
         );
         let ids: HashSet<&str> = ["67ed", "292f", "e7d1", "9a1b", "0000"].into();
-        assert!(agrees(nodes, &ids));
+        assert!(agrees(nodes, "292f", &ids));
+        assert!(!agrees(nodes, "67ed", &ids), "another node at that address");
         let fewer: HashSet<&str> = ["67ed", "292f", "e7d1", "9a1b"].into();
-        assert!(!agrees(nodes, &fewer), "a master not followed");
+        assert!(!agrees(nodes, "292f", &fewer), "a master not followed");
         assert!(
-            !agrees(&nodes.replace("myself,master", "myself,slave"), &fewer),
+            !agrees(
+                &nodes.replace("myself,master", "myself,slave"),
+                "292f",
+                &ids
+            ),
             "no longer a master itself"
         );
+        // A node that has met no other lists itself with no host.
+        let alone = "5d1c :7000@17000 myself,master - 0 0 0 connected 0-16383\n";
+        assert_eq!(
+            masters(alone, Some("10.0.0.9")),
+            [(
+                "5d1c".to_owned(),
+                Some(Master {
+                    id: "5d1c".to_owned(),
+                    host: "10.0.0.9".to_owned(),
+                    port: 7000
+                })
+            )]
+        );
+        assert_eq!(masters(alone, None), [("5d1c".to_owned(), None)]);
     }
 
     #[test]
