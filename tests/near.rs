@@ -29,6 +29,11 @@ use crate::support::{MemcachedServer, Postgres, RedisCluster, RedisServer, Stall
 
 const CHECK: Duration = Duration::from_millis(100);
 
+/// Held for reading by every test, and for writing by the one that
+/// measures this process's memory, which the others' servers and caches
+/// would add to.
+static ALONE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -203,6 +208,7 @@ async fn push_rounds(store: &str, url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_another_process_stops_serving_an_invalidated_value_by_push() {
+    let _shared = ALONE.read().await;
     let server = RedisServer::start();
     push_rounds("redis", &server.url()).await;
 }
@@ -211,18 +217,21 @@ async fn redis_another_process_stops_serving_an_invalidated_value_by_push() {
 /// copies of a notice are neither ordered nor sure): the same promise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_another_process_stops_serving_an_invalidated_value_by_push() {
+    let _shared = ALONE.read().await;
     let cluster = RedisCluster::start();
     push_rounds("redis_cluster", &cluster.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_another_process_stops_serving_an_invalidated_value_by_push() {
+    let _shared = ALONE.read().await;
     let pg = Postgres::start();
     push_rounds("postgres", &format!("{}?sslmode=disable", pg.url())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_stores_stop_serving_an_invalidated_value_within_near_check() {
+    let _shared = ALONE.read().await;
     let memcached = MemcachedServer::start();
     let dir = tempfile::tempdir().unwrap();
     let sqlite = format!("sqlite://{}", dir.path().join("c.db").display());
@@ -241,6 +250,7 @@ async fn polling_stores_stop_serving_an_invalidated_value_within_near_check() {
 /// it missed. It serves again once the connection is back and caught up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_notice_connection_stops_near_hits_within_near_check() {
+    let _shared = ALONE.read().await;
     let redis = RedisServer::start();
     let redis_proxy = StallProxy::start(redis.port);
     stalled_notices(
@@ -349,6 +359,7 @@ async fn stalled_notices(store: &str, proxy: &StallProxy, direct: &str, through:
 /// polling stores cannot do. A change made elsewhere still ends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_entries_outlive_near_check_while_notices_flow() {
+    let _shared = ALONE.read().await;
     let redis = RedisServer::start();
     let cluster = RedisCluster::start();
     let pg = Postgres::start();
@@ -403,6 +414,7 @@ async fn pushed_entries_outlive_near_check_while_notices_flow() {
 /// a master that stops answering stops its hits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_that_changes_shape_drops_the_near_tier_which_follows_it_anew() {
+    let _shared = ALONE.read().await;
     let mut cluster = RedisCluster::start();
     let near = Cache::from_url(&near_url(&cluster.url(), ""))
         .await
@@ -477,6 +489,8 @@ fn rss_bytes() -> u64 {
 /// tier and a fixed 8 MiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_near_tier_holds_its_bound_under_a_stream_of_distinct_keys() {
+    // Alone: the bound is on the whole process's memory.
+    let _alone = ALONE.write().await;
     const BOUND: u64 = 16 << 20;
     const KEYS: usize = 12_000;
     let server = RedisServer::start();

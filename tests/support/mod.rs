@@ -290,13 +290,17 @@ pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
-/// A Redis server with cluster mode on, not yet in a cluster.
+/// A Redis server with cluster mode on, not yet in a cluster. Its cluster
+/// bus port is a free one of its own: by default it is the port plus
+/// 10,000, which may be out of range or taken by another socket (the
+/// server then never listens).
 fn cluster_node() -> RedisServer {
     RedisServer::start_with(RedisOptions {
         config: vec![
             "cluster-enabled yes".into(),
             "cluster-config-file nodes.conf".into(),
             "cluster-node-timeout 2000".into(),
+            format!("cluster-port {}", free_port()),
         ],
         ..RedisOptions::default()
     })
