@@ -56,7 +56,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use memcache::exp::{Delete, Get, Meta, MutationStatus, Op, OpResult, Set};
 
-use super::counters::{current_entry, greatest, stamp, Layout, Seen};
+use super::counters::{greatest, Layout, Seen};
 use super::keys::lock_key;
 use super::reads::Read;
 use super::servers::{batches, Pool};
@@ -316,9 +316,21 @@ impl MemcachedBackend {
         });
     }
 
-    /// Releases the lock this read took, in the background (only if its
-    /// item is unchanged: ours).
-    fn release_later(&self, pool: &Arc<Pool>, layout: &Layout, key: &str, cas: u64) {
+    /// Releases, in the background, the lock this read took (not one held
+    /// with the token before it, which stays with the caller that took
+    /// it), only if its item is unchanged: ours.
+    fn give_back(
+        &self,
+        pool: &Arc<Pool>,
+        layout: &Layout,
+        key: &str,
+        token: &[u8],
+        found: &Locking,
+    ) {
+        let (true, Some(cas)) = (found.took, found.held) else {
+            return;
+        };
+        self.held.take(key, token);
         let (pool, home) = (pool.clone(), layout.home);
         let delete = Op::from(Delete::new(lock_key(key)).compare_cas(cas));
         tokio::spawn(async move {
@@ -341,27 +353,14 @@ impl MemcachedBackend {
             Ok(settled) => settled,
             Err(e) => {
                 // The caller, told of an error, holds nothing.
-                if let (true, Some(cas)) = (found.took, found.held) {
-                    self.held.take(key, &token);
-                    self.release_later(pool, &layout, key, cas);
-                }
+                self.give_back(pool, &layout, key, &token, &found);
                 return Err(e);
             }
         };
-        self.repair(pool, &layout, &found.read, &values);
-        let value = match found.read.stored.take() {
-            Some(stored) if servable => current_entry(stored, &values),
-            _ => None,
-        };
-        let live = value.is_some();
-        let lookup = Lookup::new(value).with_ticket(Ticket::tag(stamp(&values)));
-        if live {
-            // Taken for nothing: a lock held before this call stays with
-            // the caller that took it.
-            if let (true, Some(cas)) = (found.took, found.held) {
-                self.held.take(key, &token);
-                self.release_later(pool, &layout, key, cas);
-            }
+        let lookup = self.answer(pool, &layout, &mut found.read, &values, servable);
+        if lookup.value.is_some() {
+            // Taken for nothing.
+            self.give_back(pool, &layout, key, &token, &found);
             return Ok((lookup, false));
         }
         Ok((lookup, found.held.is_some()))
@@ -388,12 +387,7 @@ impl MemcachedBackend {
                 return Ok((held, None));
             }
         };
-        self.repair(pool, &layout, &found.read, &values);
-        let value = match found.read.stored.take() {
-            Some(stored) if servable => current_entry(stored, &values),
-            _ => None,
-        };
-        let lookup = Lookup::new(value).with_ticket(Ticket::tag(stamp(&values)));
+        let lookup = self.answer(pool, &layout, &mut found.read, &values, servable);
         Ok((held, Some(lookup)))
     }
 

@@ -124,7 +124,7 @@ use memcache::exp::{Delete, Get, Meta, MutationStatus, Op, OpResult, Set};
 
 use self::combined::Held;
 pub use self::config::MemcachedConfig;
-use self::counters::{current_entry, stamp, Layout};
+use self::counters::{stamp, Layout};
 use self::keys::lock_key;
 use self::servers::Pool;
 use self::setup::Setup;
@@ -230,12 +230,7 @@ impl MemcachedBackend {
         let layout = Layout::of(pool.ring(), key);
         let mut read = self.read(pool, &layout, true).await?;
         let (values, servable) = self.values(pool, &layout, &mut read).await?;
-        self.repair(pool, &layout, &read, &values);
-        let value = match read.stored {
-            Some(stored) if servable => current_entry(stored, &values),
-            _ => None,
-        };
-        Ok(Lookup::new(value).with_ticket(Ticket::tag(stamp(&values))))
+        Ok(self.answer(pool, &layout, &mut read, &values, servable))
     }
 
     /// What a write without a ticket records: the counters as they are now.

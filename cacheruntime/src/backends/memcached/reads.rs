@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use memcache::exp::{Get, Meta, Op, OpResult, Set};
 
-use super::counters::{reading as reading_of, Layout, Reading, Seen};
+use super::counters::{current_entry, reading as reading_of, stamp, Layout, Reading, Seen};
 use super::servers::{batches, Pool};
 use super::{cause, MemcachedBackend, NAME};
+use crate::backend::{Lookup, Ticket};
 use crate::Error;
 
 /// How long a background repair of counter copies may take.
@@ -303,6 +304,25 @@ impl MemcachedBackend {
         let missing = readings.contains(&Reading::Incomplete(None));
         let values = self.fill(pool, layout, &readings, &read.seen).await?;
         Ok((values, !missing))
+    }
+
+    /// What a read answers once its counters' `values` are known: the
+    /// entry when `servable` and recorded under those values, with the
+    /// ticket of those values; copies found behind are repaired first.
+    pub(super) fn answer(
+        &self,
+        pool: &Arc<Pool>,
+        layout: &Layout,
+        read: &mut Read,
+        values: &[u64],
+        servable: bool,
+    ) -> Lookup {
+        self.repair(pool, layout, read, values);
+        let value = match read.stored.take() {
+            Some(stored) if servable => current_entry(stored, values),
+            _ => None,
+        };
+        Lookup::new(value).with_ticket(Ticket::tag(stamp(values)))
     }
 
     /// Brings the copies a read found below their counter's value up to

@@ -102,12 +102,7 @@ impl MemcachedBackend {
         let mut out = Vec::with_capacity(keys.len());
         for (layout, mut read) in layouts.iter().zip(reads) {
             let (values, servable) = self.values(pool, layout, &mut read).await?;
-            self.repair(pool, layout, &read, &values);
-            let value = match read.stored.take() {
-                Some(stored) if servable => current_entry(stored, &values),
-                _ => None,
-            };
-            out.push(Lookup::new(value).with_ticket(Ticket::tag(stamp(&values))));
+            out.push(self.answer(pool, layout, &mut read, &values, servable));
         }
         Ok(out)
     }
