@@ -45,10 +45,10 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use redis::{ConnectionAddr, RedisError};
 
-use super::push::{closed, MAX_DRAIN, NOTICES};
+use super::push::{closed, drain, NOTICES};
 use crate::backend::Feed;
 
 /// How many notices are remembered to tell the bus's copies from new ones.
@@ -282,31 +282,6 @@ async fn shapes(
         .collect()
 }
 
-/// Applies every notice each stream holds now (out of tokio's budget, at
-/// most `MAX_DRAIN` in all, as on one server); `Ok(false)` if that bound
-/// stopped it, `Err` if a stream ended (its subscription is gone).
-fn drain(
-    streams: &mut [redis::aio::PubSubStream],
-    recent: &mut Recent,
-    feed: &Feed,
-) -> Result<bool, RedisError> {
-    let mut left = MAX_DRAIN;
-    for stream in streams.iter_mut() {
-        loop {
-            match stream.next().now_or_never() {
-                Some(Some(msg)) => recent.apply(feed, msg.get_payload_bytes()),
-                Some(None) => return Err(closed()),
-                None => break,
-            }
-            left -= 1;
-            if left == 0 {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
-}
-
 /// Follows the notices of every master of a Cluster until one fails or
 /// the cluster changes shape (`Err`), or the near tier is gone (`Ok`).
 pub(super) async fn follow_cluster(seeds: &[redis::Client], feed: &Feed) -> Result<(), RedisError> {
@@ -360,7 +335,7 @@ pub(super) async fn follow_cluster(seeds: &[redis::Client], feed: &Feed) -> Resu
                     answer?;
                 }
                 let drained = tokio::task::unconstrained(async {
-                    drain(&mut streams, &mut recent, feed)
+                    drain(&mut streams, |notice| recent.apply(feed, notice))
                 })
                 .await?;
                 if shapes(&mut monitors, &masters, patience, None).await? != subscribed {

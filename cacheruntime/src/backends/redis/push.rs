@@ -41,7 +41,7 @@ use crate::backend::Feed;
 pub(super) use super::scripts::NOTICES;
 
 /// The most notices applied at once after a `PING` answer.
-pub(super) const MAX_DRAIN: usize = 100_000;
+const MAX_DRAIN: usize = 100_000;
 
 impl RedisBackend {
     /// The notice of a write or delete of `key`.
@@ -135,23 +135,40 @@ pub(super) async fn follow_one(
                 // thread (no vouching then: the lease may lapse, and the
                 // near tier reads the store until it catches up).
                 let drained = tokio::task::unconstrained(async {
-                    let mut left = MAX_DRAIN;
-                    while left > 0 {
-                        let Some(Some(msg)) = stream.next().now_or_never() else {
-                            return true;
-                        };
-                        feed.apply(msg.get_payload_bytes());
-                        left -= 1;
-                    }
-                    false
+                    drain(std::slice::from_mut(&mut stream), |notice| feed.apply(notice))
                 })
-                .await;
+                .await?;
                 if drained {
                     feed.synced(asked);
                 }
             }
         }
     }
+}
+
+/// Applies every notice each stream holds now, at most `MAX_DRAIN` in
+/// all (run out of tokio's budget, which would make a full queue look
+/// empty); `Ok(false)` if that bound stopped it, `Err` if a stream ended
+/// (its subscription is gone).
+pub(super) fn drain(
+    streams: &mut [redis::aio::PubSubStream],
+    mut apply: impl FnMut(&[u8]),
+) -> Result<bool, redis::RedisError> {
+    let mut left = MAX_DRAIN;
+    for stream in streams.iter_mut() {
+        loop {
+            match stream.next().now_or_never() {
+                Some(Some(msg)) => apply(msg.get_payload_bytes()),
+                Some(None) => return Err(closed()),
+                None => break,
+            }
+            left -= 1;
+            if left == 0 {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 pub(super) fn closed() -> redis::RedisError {
