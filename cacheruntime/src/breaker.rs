@@ -72,7 +72,8 @@ impl Breaker {
         false
     }
 
-    #[cfg(test)]
+    /// Whether the circuit is open (or half-open: a probe may be out).
+    #[cfg(any(test, feature = "metrics"))]
     pub(crate) fn is_open(&self) -> bool {
         self.open_until_ms.load(Ordering::Acquire) != 0
     }

@@ -97,6 +97,9 @@ pub struct CacheBuilder {
     near: Option<u64>,
     near_check: Option<Duration>,
     near_ttl: Option<Duration>,
+    /// Whether call spans carry the rendered key (`spans` feature).
+    #[cfg(feature = "spans")]
+    trace_keys: bool,
 }
 
 impl Default for CacheBuilder {
@@ -128,6 +131,8 @@ impl CacheBuilder {
             near: None,
             near_check: None,
             near_ttl: None,
+            #[cfg(feature = "spans")]
+            trace_keys: false,
         }
     }
 
@@ -333,6 +338,16 @@ impl CacheBuilder {
         self
     }
 
+    /// Whether each call's span (feature `spans`) records the rendered key
+    /// in its `key` field. Off by default: keys hold what the arguments
+    /// hold (user ids, URLs), and spans often leave the process (an
+    /// OpenTelemetry collector); the function's name is always recorded.
+    #[cfg(feature = "spans")]
+    pub fn trace_keys(mut self, on: bool) -> Self {
+        self.trace_keys = on;
+        self
+    }
+
     /// Checks the settings and builds the cache. Never connects anywhere.
     pub fn build(self) -> Result<Cache, Error> {
         if let Some(bad) = self
@@ -418,6 +433,8 @@ impl CacheBuilder {
             compression_level: level,
             known_flags: self.known_flags,
             near,
+            #[cfg(feature = "spans")]
+            trace_keys: self.trace_keys,
         })))
     }
 }

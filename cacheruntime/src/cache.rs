@@ -117,9 +117,31 @@ impl std::fmt::Debug for Cache {
 impl Cache {
     /// The handle on a freshly built engine.
     pub(crate) fn from_engine(engine: Engine) -> Cache {
-        Cache {
-            engine: Arc::new(engine),
-        }
+        let engine = Arc::new(engine);
+        #[cfg(feature = "metrics")]
+        crate::series::follow(&engine);
+        Cache { engine }
+    }
+
+    /// Copies this cache's counters into the `metrics` recorder now (feature
+    /// `metrics`). They are copied every second in any case; a handler
+    /// that renders a scrape calls this first for figures that match
+    /// [`stats`](Self::stats) exactly. The series are listed in the crate
+    /// docs ("Metrics").
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let cache = cacheruntime::Cache::memory();
+    /// cache.get_or_compute("k", &Default::default(), || async { 1u8 }).await;
+    /// // With a recorder installed (`metrics::set_global_recorder`, or an
+    /// // exporter's `install`), `cache_calls_total{result="miss"}` is 1.
+    /// cache.export_metrics();
+    /// # }
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn export_metrics(&self) {
+        self.engine.export_metrics();
     }
 
     /// A snapshot of the counters, with the per-function counters of the

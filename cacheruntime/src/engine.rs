@@ -108,6 +108,9 @@ pub(crate) struct Parts {
     /// The near tier in front of a shared store, if on (the store is then
     /// a [`NearBackend`](crate::near::NearBackend) around it).
     pub(crate) near: Option<Arc<Near>>,
+    /// Whether call spans record the rendered key.
+    #[cfg(feature = "spans")]
+    pub(crate) trace_keys: bool,
 }
 
 /// One cache's store, settings and shared state.
@@ -143,6 +146,12 @@ pub(crate) struct Engine {
     pub(crate) warm: Option<Warm>,
     /// The near tier in front of a shared store, if on (`near.rs`).
     pub(crate) near: Option<Arc<Near>>,
+    /// The name the cache was installed under (`Caches`), for its metrics
+    /// and spans.
+    name: std::sync::OnceLock<Box<str>>,
+    /// Whether call spans record the rendered key (`spans.rs`).
+    #[cfg(feature = "spans")]
+    pub(crate) trace_keys: bool,
 }
 
 /// How many keys `stale_if_error` logs by name; past that, only counted.
@@ -220,6 +229,25 @@ impl Engine {
             functions: Mutex::new(Vec::new()),
             unreadable: dashmap::DashMap::new(),
             kept_logged: dashmap::DashMap::new(),
+            name: std::sync::OnceLock::new(),
+            #[cfg(feature = "spans")]
+            trace_keys: p.trace_keys,
+        }
+    }
+
+    /// Names the cache (its first name wins), as `Caches` installs it.
+    pub(crate) fn name_once(&self, name: &str) {
+        let _ = self.name.set(name.into());
+    }
+
+    /// The cache's name in its metrics and spans: the name it was installed
+    /// under, else its namespace, else `default`.
+    #[cfg(any(feature = "metrics", feature = "spans"))]
+    pub(crate) fn label(&self) -> &str {
+        match self.name.get() {
+            Some(name) => name,
+            None if self.namespace.is_empty() => "default",
+            None => self.namespace.trim_end_matches(':'),
         }
     }
 
@@ -312,6 +340,10 @@ impl Engine {
             Error::Decode { .. } => self.counters.decode_failures.incr(),
             // Over the cache's limit or the store's (Memcached's item size).
             Error::TooLarge { .. } => self.counters.oversize.incr(),
+            Error::Timeout { .. } => {
+                self.counters.errors.incr();
+                self.counters.timeouts.incr();
+            }
             _ => self.counters.errors.incr(),
         }
         if !matches!(err, Error::CircuitOpen { .. }) {
@@ -360,6 +392,7 @@ impl Engine {
             misses: c.misses.get(),
             stale_hits: c.stale_hits.get(),
             errors: c.errors.get(),
+            timeouts: c.timeouts.get(),
             computations: c.computations.get(),
             coalesced: c.coalesced.get(),
             decode_failures: c.decode_failures.get(),

@@ -14,7 +14,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::backend::Ticket;
 use crate::engine::{Answer, Engine};
@@ -98,15 +98,75 @@ impl Engine {
         self.failed(op, err);
         self.register(site);
         self.tally(Some(site), Answer::Miss);
-        self.counters.computations.incr();
-        compute.await
+        self.computation(Some(site), compute).await
     }
 
-    /// The get-or-compute core; see the module docs for its guarantees.
+    /// Runs a call's computation: counted, and timed for the `metrics`
+    /// histogram and the call's span.
+    async fn computation<F: Future>(&self, site: Option<&'static Site>, compute: F) -> F::Output {
+        self.counters.computations.incr();
+        let started = Instant::now();
+        let out = compute.await;
+        self.computed(site, started.elapsed());
+        out
+    }
+
+    /// Records how long a computation of `site`'s function took.
+    #[inline]
+    pub(crate) fn computed(&self, site: Option<&Site>, took: Duration) {
+        #[cfg(feature = "metrics")]
+        crate::series::computed(site, took);
+        #[cfg(feature = "spans")]
+        crate::spans::computed(took);
+        let _ = (site, took);
+    }
+
+    /// The get-or-compute core ([`answer`](Self::answer)), inside the
+    /// call's span when the `spans` feature is on and a subscriber wants it.
     ///
     /// `key` already carries the namespace. `first` is what the synchronous
     /// in-process read found (`Fast::Remote` if it was not tried).
     pub(crate) async fn fetch<O, F>(
+        self: &Arc<Self>,
+        key: &str,
+        call: Call<'_, O::Value>,
+        first: Fast<O::Value>,
+        compute: F,
+        refresh: Option<fn(F, RefreshJob)>,
+    ) -> O
+    where
+        O: Outcome,
+        F: Future<Output = O>,
+    {
+        #[cfg(feature = "spans")]
+        {
+            use tracing::Instrument;
+            let span = crate::spans::call(self, call.site, key);
+            if !span.is_disabled() {
+                let told = OnceLock::new();
+                let outer = call.told;
+                let call = Call {
+                    told: Some(&told),
+                    ..call
+                };
+                let out = self
+                    .answer(key, call, first, compute, refresh)
+                    .instrument(span.clone())
+                    .await;
+                if let Some(&answer) = told.get() {
+                    crate::spans::answered(&span, answer, false);
+                    if let Some(outer) = outer {
+                        let _ = outer.set(answer);
+                    }
+                }
+                return out;
+            }
+        }
+        self.answer(key, call, first, compute, refresh).await
+    }
+
+    /// The get-or-compute core; see the module docs for its guarantees.
+    async fn answer<O, F>(
         self: &Arc<Self>,
         key: &str,
         call: Call<'_, O::Value>,
@@ -138,8 +198,7 @@ impl Engine {
         if !inner.enabled() || key.is_empty() {
             self.tally(site, Answer::Miss);
             tell(Answer::Miss);
-            inner.counters.computations.incr();
-            return compute.await;
+            return self.computation(site, compute).await;
         }
         let mut compute = Some(compute);
         let mut first = Some(first);
@@ -223,7 +282,7 @@ impl Engine {
                             Answer::Hit
                         });
                         let compute = compute.take().expect("computed at most once");
-                        self.begin_refresh(key, policy, &typed, (ticket, due), compute, spawn);
+                        self.begin_refresh(key, (policy, site), &typed, (ticket, due), compute, spawn);
                         return O::from_cached(v);
                     }
                     // No background refresh possible: early refreshes are
@@ -286,7 +345,7 @@ impl Engine {
                             guard,
                             key,
                             (stored, read_lock),
-                            policy,
+                            (policy, site),
                             &typed,
                             compute,
                             &mut budget,
@@ -297,9 +356,8 @@ impl Engine {
                         .await;
                 }
                 Role::Alone => {
-                    inner.counters.computations.incr();
                     let compute = compute.take().expect("computed at most once");
-                    let out = compute.await;
+                    let out = self.computation(site, compute).await;
                     // Re-entered from inside the computation of this key: a
                     // lock the read took is released once this computation
                     // ends. (One the outer computation already held, with
@@ -342,9 +400,8 @@ impl Engine {
                         None => continue,
                     }
                     // Nothing shareable: compute our own, as without a cache.
-                    inner.counters.computations.incr();
                     let compute = compute.take().expect("computed at most once");
-                    let out = compute.await;
+                    let out = self.computation(site, compute).await;
                     return self
                         .or_kept(key, out, &typed, memo, policy, &mut budget)
                         .await;
@@ -404,7 +461,7 @@ impl Engine {
         guard: LeaderGuard<'_>,
         key: &str,
         (stored, read_lock): (Stored, Option<HeldLock>),
-        policy: &Policy,
+        (policy, site): (&Policy, Option<&'static Site>),
         typed: &Typed,
         compute: F,
         budget: &mut Budget,
@@ -447,7 +504,9 @@ impl Engine {
         inner.counters.computations.incr();
         let started = Instant::now();
         let out = flight::computing(key, compute).await;
-        let compute_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
+        let took = started.elapsed();
+        self.computed(site, took);
+        let compute_ms = took.as_millis().min(u32::MAX as u128) as u32;
         let decided = out.decision().apply(policy);
         let sealed = out
             .cacheable()
@@ -481,7 +540,7 @@ impl Engine {
     fn begin_refresh<O, F>(
         self: &Arc<Self>,
         key: &str,
-        policy: &Policy,
+        (policy, site): (&Policy, Option<&'static Site>),
         typed: &Typed,
         (ticket, due): (Option<Ticket>, Due),
         compute: F,
@@ -505,7 +564,8 @@ impl Engine {
                 typed.clone(),
                 ticket,
                 due.fresh_until(),
-            ),
+            )
+            .of(site),
         );
     }
 }

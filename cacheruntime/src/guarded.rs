@@ -87,10 +87,23 @@ impl Engine {
             return Err(Error::CircuitOpen { backend });
         }
         // The call is made only now, so an open circuit costs no store work.
-        let result = match tokio::time::timeout(timeout, call()).await {
+        #[cfg(feature = "metrics")]
+        let started = Instant::now();
+        let bounded = tokio::time::timeout(timeout, call());
+        #[cfg(feature = "spans")]
+        let span = crate::spans::store(self, op);
+        #[cfg(feature = "spans")]
+        let bounded = tracing::Instrument::instrument(bounded, span.clone());
+        let result = match bounded.await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout { backend, timeout }),
         };
+        #[cfg(feature = "metrics")]
+        self.store_timed(op, started.elapsed());
+        #[cfg(feature = "spans")]
+        if let Err(e) = &result {
+            span.record("error", tracing::field::display(e));
+        }
         match &result {
             Ok(_) => inner.breaker.success(),
             // Skipped by one of the backend's own breakers.

@@ -54,8 +54,12 @@ mod policy;
 mod read;
 mod refresh;
 mod secrets;
+#[cfg(feature = "metrics")]
+mod series;
 pub mod signing;
 mod site;
+#[cfg(feature = "spans")]
+mod spans;
 mod stamp;
 mod stats;
 mod swap;

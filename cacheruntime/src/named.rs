@@ -82,6 +82,7 @@ impl CachesBuilder {
         let mut named = BTreeMap::new();
         for (name, cache) in self.named {
             check_name(&name)?;
+            cache.engine.name_once(&name);
             if named.insert(name.clone(), cache).is_some() {
                 return Err(Error::Config(format!(
                     "the cache name `{name}` is given twice: give each name once"

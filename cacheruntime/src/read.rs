@@ -162,6 +162,8 @@ impl Engine {
                         Due::No => {
                             if HIT_IS_ANSWER {
                                 self.tally(site, Answer::Hit);
+                                #[cfg(feature = "spans")]
+                                crate::spans::local_hit(self, site, key, false);
                             }
                             Fast::Hit(v)
                         }
@@ -202,6 +204,8 @@ impl Engine {
             Ok(Some((v, Due::No))) => {
                 if HIT_IS_ANSWER {
                     self.tally(site, Answer::Hit);
+                    #[cfg(feature = "spans")]
+                    crate::spans::local_hit(self, site, key, true);
                 }
                 near.hits.incr();
                 Fast::Hit(v)

@@ -21,6 +21,7 @@ use crate::entry::{Accept, Source, Typed};
 use crate::lock::{refresh_lock_key, LockState};
 use crate::outcome::Outcome;
 use crate::policy::Policy;
+use crate::site::Site;
 
 /// Everything a refresh task needs besides the computation. Not public API.
 pub(crate) struct RefreshJob {
@@ -31,6 +32,8 @@ pub(crate) struct RefreshJob {
     ticket: Option<Ticket>,
     /// The fresh-until of the entry the job was started for.
     seen: u64,
+    /// The `#[cached]` function refreshed, for its computations' metrics.
+    site: Option<&'static Site>,
 }
 
 /// The job owns the key's place in the in-process set of refreshing keys
@@ -60,7 +63,14 @@ impl RefreshJob {
             typed,
             ticket,
             seen,
+            site: None,
         }
+    }
+
+    /// The job of a `#[cached]` function's call.
+    pub(crate) fn of(mut self, site: Option<&'static Site>) -> Self {
+        self.site = site;
+        self
     }
 
     /// Takes the lock, computes (in its own task, so a panic is caught),
@@ -97,7 +107,9 @@ impl RefreshJob {
         counters.refreshes.incr();
         let started = Instant::now();
         let outcome = tokio::spawn(compute).await;
-        let compute_ms = started.elapsed().as_millis().min(u32::MAX as u128) as u32;
+        let took = started.elapsed();
+        engine.computed(self.site, took);
+        let compute_ms = took.as_millis().min(u32::MAX as u128) as u32;
         if outcome.as_ref().is_ok_and(Outcome::declined) {
             // A value it decided not to store (`unless`, a zero TTL): not a
             // failure, and the stale value stays in service until the next

@@ -16,6 +16,11 @@ use crate::envelope;
 use crate::policy::Policy;
 use crate::stats::Counter;
 
+/// The `function` that metrics and spans give calls made without
+/// `#[cached]` (`get_or_compute`, the HTTP layer).
+#[cfg(any(feature = "metrics", feature = "spans"))]
+pub(crate) const DIRECT: &str = "(direct)";
+
 /// The static every `#[cached]` function expands to. Not public API.
 #[doc(hidden)]
 pub struct Site {

@@ -142,6 +142,7 @@ pub(crate) struct Counters {
     pub(crate) misses: Counter,
     pub(crate) stale_hits: Counter,
     pub(crate) errors: Counter,
+    pub(crate) timeouts: Counter,
     pub(crate) computations: Counter,
     pub(crate) coalesced: Counter,
     pub(crate) decode_failures: Counter,
@@ -199,6 +200,9 @@ pub struct Stats {
     /// Store operations that failed or timed out (each one fell back to
     /// computing), plus values that could not be encoded.
     pub errors: u64,
+    /// Of the `errors`, store operations that did not answer within the op
+    /// timeout (a store too slow or unreachable, rather than one refusing).
+    pub timeouts: u64,
     /// Times a cached function's body ran through the cache.
     pub computations: u64,
     /// Callers that waited for another caller's computation of the same key

@@ -475,16 +475,39 @@ async fn drive(
             }
         })
     };
+    // Halfway through, `/metrics` must already show the series the
+    // dashboard charts.
+    let midway = {
+        let (client, base) = (client.clone(), child.base.clone());
+        let half = Duration::from_secs(opts.seconds) / 2;
+        tokio::spawn(async move {
+            tokio::time::sleep(half).await;
+            let text = client.get(format!("{base}/metrics")).send().await?.text().await?;
+            let scrape = Scrape::parse(&text);
+            match MIDWAY_SERIES.iter().find(|name| !scrape.has(name)) {
+                Some(missing) => Err(format!("/metrics lacks {missing} under load").into()),
+                None => Ok::<_, Box<dyn std::error::Error + Send + Sync>>(()),
+            }
+        })
+    };
     let mut latencies_us = Vec::new();
     for w in workers {
         latencies_us.extend(w.await?);
     }
+    midway.await?.map_err(|e| e.to_string())?;
     let elapsed = started.elapsed();
     progress.abort();
     if std::io::stderr().is_terminal() {
         eprintln!();
     }
     latencies_us.sort_unstable();
+    // Scraped before `/stats`, with no request in between: the same counts.
+    let scraped = client
+        .get(format!("{}/metrics", child.base))
+        .send()
+        .await?
+        .text()
+        .await?;
     let stats: Value = client
         .get(format!("{}/stats", child.base))
         .send()
@@ -492,6 +515,7 @@ async fn drive(
         .json()
         .await?;
     drop(child);
+    metrics_agree(label, &Scrape::parse(&scraped), &stats)?;
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     Ok(Run {
         label: label.to_owned(),
@@ -504,6 +528,72 @@ async fn drive(
         wrong: load(&tally.wrong),
         stats,
     })
+}
+
+/// Series `/metrics` shows once requests have come in, on every run (the
+/// cache off included: its calls are misses, its computations timed).
+const MIDWAY_SERIES: [&str; 5] = [
+    "cache_calls_total",
+    "cache_function_calls_total",
+    "cache_compute_duration_seconds_bucket",
+    "cache_breaker_open",
+    "cache_errors_total",
+];
+
+/// The Prometheus text format, read just enough to add up a series' samples.
+struct Scrape(Vec<(String, String, f64)>);
+
+impl Scrape {
+    fn parse(text: &str) -> Scrape {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+                Some((name.to_owned(), labels.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        Scrape(samples)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _, _)| n == name)
+    }
+
+    /// The sum of `name`'s samples having the label `label` (`k="v"`).
+    fn sum(&self, name: &str, label: &str) -> u64 {
+        let total: f64 = self
+            .0
+            .iter()
+            .filter(|(n, labels, _)| n == name && labels.contains(label))
+            .map(|(_, _, v)| v)
+            .sum();
+        total as u64
+    }
+}
+
+/// Checks that the calls `/metrics` counts, by result, are the ones
+/// `stats()` (`/stats`) counts, and says so.
+fn metrics_agree(label: &str, scrape: &Scrape, stats: &Value) -> Result<(), String> {
+    let from_metrics = ["hit", "near_hit", "stale", "miss"]
+        .map(|r| scrape.sum("cache_calls_total", &format!("result=\"{r}\"")));
+    let [hits, near, stale, misses] = from_metrics;
+    let n = |k: &str| stats[k].as_u64().unwrap_or(0);
+    let from_stats = (n("hits"), n("stale_hits"), n("misses"));
+    if (hits + near, stale, misses) != from_stats {
+        return Err(format!(
+            "{label}: /metrics counts (hits, stale, misses) = {:?}, stats() {from_stats:?}",
+            (hits + near, stale, misses)
+        ));
+    }
+    let served = hits + near + stale;
+    println!(
+        "{label}: metrics agree with stats: {} calls, hit rate {:.1}% in both",
+        served + misses,
+        rate(served, served + misses) * 100.0
+    );
+    Ok(())
 }
 
 fn report(runs: &[Run], opts: &Options, cache_url: &str) -> String {

@@ -9,7 +9,9 @@
 //!
 //! Routes: `GET /authors/{id}[?user=U]`, `GET /books/{id}[?user=U]`,
 //! `POST /books/{id}/purchase?user=U`, `PUT /books/{id}` (JSON
-//! `{"price_cents": 1299, "boost": 0.5}`), `GET /stats`. A sign-in
+//! `{"price_cents": 1299, "boost": 0.5}`), `GET /stats`, `GET /metrics`
+//! (the cache's series in Prometheus' text format, charted by
+//! `dashboard.json`, a Grafana dashboard). A sign-in
 //! middleware turns `?user=U` (a stand-in for a session) into a `Shopper`
 //! for the handlers, loading the user's row and its version. Pages are
 //! written in the language `Accept-Language` prefers (English, French or
@@ -19,7 +21,8 @@
 //! - **Pages** (`cacheruntime::http::CacheLayer`, on the two `GET` routes
 //!   only): key `page:{path}`, then the `Accept-Language` header, then the
 //!   shopper: `anon`, or `U.V` with V the user's version. Two minutes. A
-//!   purchase, a price or a boost never goes through it, nor does `/stats`.
+//!   purchase, a price or a boost never goes through it, nor do `/stats`
+//!   and `/metrics`.
 //!   `--no-page-cache` serves without it.
 //! - **Functions**, as ids: an author's ranking (`top_books`, an hour), a
 //!   book's "also bought" list and each user's recommendations (eight
@@ -85,7 +88,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::header::ACCEPT_LANGUAGE;
+use axum::http::header::{ACCEPT_LANGUAGE, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -93,6 +96,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use cacheruntime::http::{cache_control, CacheLayer, LayerError};
 use cacheruntime::{cached, Cache, CacheId};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -210,6 +214,8 @@ struct Shop {
     pool: SqlitePool,
     cache: Cache,
     origin: Origin,
+    /// Renders what the `metrics` recorder holds (`/metrics`).
+    metrics: PrometheusHandle,
 }
 
 /// Recency-weighted sales: each purchase counts less as it ages (half
@@ -693,6 +699,7 @@ async fn stats(State(shop): State<Arc<Shop>>) -> Page {
         "functions": functions,
         "pages": { "hits": hits, "stale_hits": stale_hits, "misses": misses },
         "hits": s.hits,
+        "stale_hits": s.stale_hits,
         "misses": s.misses,
         "errors": s.errors,
         "origin": {
@@ -701,6 +708,36 @@ async fn stats(State(shop): State<Arc<Shop>>) -> Page {
             "recommended": o.recommended.load(Ordering::Relaxed),
         },
     })))
+}
+
+/// The cache's series (the `metrics` feature) for Prometheus: copied from
+/// the cache's counters first, so they match `/stats` exactly.
+async fn metrics(State(shop): State<Arc<Shop>>) -> impl IntoResponse {
+    shop.cache.export_metrics();
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        shop.metrics.render(),
+    )
+}
+
+/// A Prometheus recorder for the process, histograms with buckets (so
+/// Grafana can take any quantile across instances), and its upkeep (it
+/// folds recorded samples into the buckets).
+fn prometheus() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5,
+        ])?
+        .install_recorder()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 /// How long a page is kept: two minutes, so that the parts of a page that
@@ -743,6 +780,7 @@ fn app(shop: Arc<Shop>, pages: Option<CacheLayer>) -> Router {
     router
         .route("/books/{id}/purchase", post(purchase))
         .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(shop.clone(), sign_in))
         .with_state(shop)
 }
@@ -823,6 +861,7 @@ async fn serve(
         pool,
         cache,
         origin: Origin::default(),
+        metrics: prometheus()?,
     });
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("listening on http://{}", listener.local_addr()?);
