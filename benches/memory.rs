@@ -113,6 +113,20 @@ fn hits(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     g.bench_function("hand_quick_cache", |b| {
         b.iter(|| ready(rt, hand_quick_cache(black_box(42))))
     });
+    // The `spans` feature with a subscriber that records info spans (as
+    // an app logging at info does): what a hit's span costs once recorded.
+    #[cfg(feature = "spans")]
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink))
+            .with(tracing_subscriber::filter::LevelFilter::INFO);
+        tracing::subscriber::with_default(subscriber, || {
+            g.bench_function("ours_span_recorded", |b| {
+                b.iter(|| ready(rt, ours(black_box(42))))
+            });
+        });
+    }
     let key = "author:42:top_books".to_string();
     g.bench_function("raw_quick_cache_get", |b| {
         b.iter(|| QC.get(black_box(key.as_str())))
@@ -305,6 +319,13 @@ fn main() {
             .unwrap(),
     ));
     let _guard = rt.enter();
+    // With the `metrics` feature, a real recorder: the one the bookshop
+    // installs (the hit path records nothing; the counters are copied once
+    // a second by the cache's publishing thread).
+    #[cfg(feature = "metrics")]
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("a Prometheus recorder");
     let mut c = Criterion::default().configure_from_args();
     hits(&mut c, rt);
     misses(&mut c, rt);

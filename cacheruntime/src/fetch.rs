@@ -139,7 +139,7 @@ impl Engine {
         F: Future<Output = O>,
     {
         #[cfg(feature = "spans")]
-        {
+        if crate::spans::wanted() {
             use tracing::Instrument;
             let span = crate::spans::call(self, call.site, key);
             if !span.is_disabled() {

@@ -163,7 +163,9 @@ impl Engine {
                             if HIT_IS_ANSWER {
                                 self.tally(site, Answer::Hit);
                                 #[cfg(feature = "spans")]
-                                crate::spans::local_hit(self, site, key, false);
+                                if crate::spans::wanted() {
+                                    crate::spans::local_hit(self, site, key, false);
+                                }
                             }
                             Fast::Hit(v)
                         }
@@ -205,7 +207,9 @@ impl Engine {
                 if HIT_IS_ANSWER {
                     self.tally(site, Answer::Hit);
                     #[cfg(feature = "spans")]
-                    crate::spans::local_hit(self, site, key, true);
+                    if crate::spans::wanted() {
+                        crate::spans::local_hit(self, site, key, true);
+                    }
                 }
                 near.hits.incr();
                 Fast::Hit(v)

@@ -23,6 +23,15 @@ use tracing::Span;
 use crate::engine::{Answer, Engine};
 use crate::site::Site;
 
+/// Whether any subscriber may want a call span: one relaxed load, inlined
+/// into the hit path, so that without a subscriber (or one filtering info
+/// out) a hit makes no call for its span.
+#[inline(always)]
+pub(crate) fn wanted() -> bool {
+    use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+    STATIC_MAX_LEVEL >= tracing::Level::INFO && LevelFilter::current() >= tracing::Level::INFO
+}
+
 /// The span of one cached call (its `result` recorded when known).
 pub(crate) fn call(engine: &Engine, site: Option<&Site>, key: &str) -> Span {
     let span = tracing::info_span!(
