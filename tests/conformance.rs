@@ -26,6 +26,8 @@ mod dogpile;
 mod history;
 #[path = "conformance/lowlevel.rs"]
 mod lowlevel;
+#[path = "conformance/operators.rs"]
+mod operators;
 #[path = "conformance/policies.rs"]
 mod policies;
 #[path = "conformance/scenarios.rs"]
@@ -146,6 +148,7 @@ conformance! {
         stale_if_error_never_serves_a_value_whose_tag_was_invalidated,
         cold_key_is_computed_once_and_leaves_no_lock,
         own_changes_are_seen_at_once,
+        keys_and_inspect_show_live_entries_only,
     ],
     alone: [history],
 }

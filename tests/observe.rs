@@ -73,9 +73,18 @@ async fn the_call_series_count_what_stats_counts() {
     let stats = cache.stats();
     assert_eq!((stats.hits, stats.misses), (3, 3));
     let at = [("cache", "obs_calls"), ("store", "memory")];
-    assert_eq!(s.value("cache_calls_total", &[at[0], at[1], ("result", "hit")]), Some(3.0));
-    assert_eq!(s.value("cache_calls_total", &[at[0], at[1], ("result", "miss")]), Some(3.0));
-    assert_eq!(s.value("cache_calls_total", &[at[0], ("result", "stale")]), Some(0.0));
+    assert_eq!(
+        s.value("cache_calls_total", &[at[0], at[1], ("result", "hit")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        s.value("cache_calls_total", &[at[0], at[1], ("result", "miss")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        s.value("cache_calls_total", &[at[0], ("result", "stale")]),
+        Some(0.0)
+    );
     assert_eq!(s.value("cache_computations_total", &at), Some(3.0));
     // Per function: `module::name`, never a rendered key.
     let function = stats.functions[0].name.clone();
@@ -114,13 +123,22 @@ async fn store_operations_are_timed_per_operation() {
         .map(|l| l["op"].clone())
         .collect();
     assert!(timed.iter().any(|op| op == "delete"), "{timed:?}");
-    let deletes = s.value("cache_store_operation_duration_seconds_count", &at("delete"));
+    let deletes = s.value(
+        "cache_store_operation_duration_seconds_count",
+        &at("delete"),
+    );
     assert_eq!(deletes, Some(1.0), "{timed:?}");
     let stats = cache.stats();
-    let hits = s.value("cache_calls_total", &[("cache", "obs_ops"), ("result", "hit")]);
+    let hits = s.value(
+        "cache_calls_total",
+        &[("cache", "obs_ops"), ("result", "hit")],
+    );
     assert_eq!(hits, Some(stats.hits as f64));
     // Direct calls have no function of their own.
-    let direct = s.value("cache_compute_duration_seconds_count", &[("function", "(direct)")]);
+    let direct = s.value(
+        "cache_compute_duration_seconds_count",
+        &[("function", "(direct)")],
+    );
     assert!(direct.is_some_and(|n| n >= 1.0), "{direct:?}");
 }
 
@@ -142,14 +160,23 @@ async fn a_stalled_store_shows_as_errors_timeouts_and_an_open_breaker() {
     cache.get_or_compute("k", &policy, || async { 1u8 }).await;
     proxy.stall();
     for _ in 0..4 {
-        assert_eq!(cache.get_or_compute("k", &policy, || async { 2u8 }).await, 2);
+        assert_eq!(
+            cache.get_or_compute("k", &policy, || async { 2u8 }).await,
+            2
+        );
     }
     let s = scrape(&cache);
     let stats = cache.stats();
     let at = [("cache", "obs_stalled"), ("store", "redis")];
     assert!(stats.timeouts >= 2, "{stats:?}");
-    assert_eq!(s.value("cache_errors_total", &at), Some(stats.errors as f64));
-    assert_eq!(s.value("cache_timeouts_total", &at), Some(stats.timeouts as f64));
+    assert_eq!(
+        s.value("cache_errors_total", &at),
+        Some(stats.errors as f64)
+    );
+    assert_eq!(
+        s.value("cache_timeouts_total", &at),
+        Some(stats.timeouts as f64)
+    );
     assert_eq!(
         s.value("cache_circuit_skips_total", &at),
         Some(stats.circuit_skips as f64)
@@ -173,7 +200,10 @@ async fn each_call_has_a_span_with_its_store_operations_inside() {
     assert_eq!(miss.field("result"), Some("miss"), "{miss:?}");
     assert_eq!(hit.field("result"), Some("hit"), "{hit:?}");
     for call in [miss, hit] {
-        assert!(call.field("function").unwrap().ends_with("::square"), "{call:?}");
+        assert!(
+            call.field("function").unwrap().ends_with("::square"),
+            "{call:?}"
+        );
         assert_eq!(call.field("store"), Some("redis"));
         assert_eq!(call.field("cache"), Some("obs_spans"));
         assert_eq!(call.field("key"), None, "keys are recorded only when asked");
@@ -271,7 +301,9 @@ async fn spans_reach_an_opentelemetry_exporter() {
     };
     let results: Vec<_> = calls.iter().map(|s| attribute(s, "result")).collect();
     assert_eq!(results, [Some("miss".into()), Some("hit".into())]);
-    assert!(attribute(calls[0], "function").unwrap().ends_with("::square"));
+    assert!(attribute(calls[0], "function")
+        .unwrap()
+        .ends_with("::square"));
     assert!(attribute(calls[0], "compute_ms").is_some());
 }
 

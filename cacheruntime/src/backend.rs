@@ -15,6 +15,7 @@ use bytes::Bytes;
 
 #[doc(hidden)]
 pub use crate::changes::{ChangeSink, Feed};
+pub use crate::inspect::{ScanPage, StoreInfo};
 pub use crate::ticket::Ticket;
 use crate::Error;
 
@@ -402,6 +403,28 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<bool, Error>> {
         unsupported(self.name(), "set_and_unlock")
     }
+
+    /// One page of the keys stored under `prefix` (any text: not only
+    /// whole segments), from `cursor` (`None` for the first page, then
+    /// each page's [`next`](ScanPage::next)). For operators
+    /// ([`Cache::keys`](crate::Cache::keys), `cachectl keys`): the cache
+    /// itself never lists keys. A page may hold keys of expired or
+    /// invalidated entries and of the store's own records; `Cache::keys`
+    /// keeps the live entries. By default: unsupported.
+    fn scan<'a>(
+        &'a self,
+        _prefix: &'a str,
+        _cursor: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<ScanPage, Error>> {
+        unsupported(self.name(), "scan")
+    }
+
+    /// What the store is, for operators ([`Cache::store_info`](crate::Cache::store_info),
+    /// `cachectl info`): its version, memory, eviction, and the warnings
+    /// the cache logs about its configuration. By default only its name.
+    fn describe(&self) -> BoxFuture<'_, Result<StoreInfo, Error>> {
+        Box::pin(std::future::ready(Ok(StoreInfo::new(self.name()))))
+    }
 }
 
 /// The answer of an operation `backend` does not have.
@@ -523,5 +546,15 @@ impl<B: Backend> Backend for std::sync::Arc<B> {
     }
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<(), Error>> {
         (**self).delete_many(keys)
+    }
+    fn scan<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<ScanPage, Error>> {
+        (**self).scan(prefix, cursor)
+    }
+    fn describe(&self) -> BoxFuture<'_, Result<StoreInfo, Error>> {
+        (**self).describe()
     }
 }

@@ -280,6 +280,30 @@ impl Sealer {
         Ok(Some((payload, Due::No, flags)))
     }
 
+    /// Whether the signature ending `bytes` (stored under `key`) verifies
+    /// with this cache's keys (operators' `Cache::inspect`).
+    pub(crate) fn check_signature(&self, key: &str, bytes: &[u8]) -> crate::inspect::Signature {
+        use crate::inspect::Signature;
+        let Some(signer) = &self.signer else {
+            return Signature::Unchecked;
+        };
+        let body = bytes.len().saturating_sub(signing::TAG_LEN);
+        if signer.verify(key, &bytes[..body], &bytes[body..]) {
+            Signature::Verified
+        } else {
+            Signature::Invalid
+        }
+    }
+
+    /// The codec's bytes of a payload with envelope `flags`, decompressed.
+    pub(crate) fn plain_payload<'b>(
+        &self,
+        flags: u8,
+        payload: &'b [u8],
+    ) -> Result<std::borrow::Cow<'b, [u8]>, Error> {
+        self.compression.payload(flags, payload)
+    }
+
     /// The fresh-until (ms) of an entry `fp` admits, whatever its age:
     /// what a refresh job compares with the entry it was started for.
     pub(crate) fn fresh_until(

@@ -282,7 +282,14 @@ impl Engine {
                             Answer::Hit
                         });
                         let compute = compute.take().expect("computed at most once");
-                        self.begin_refresh(key, (policy, site), &typed, (ticket, due), compute, spawn);
+                        self.begin_refresh(
+                            key,
+                            (policy, site),
+                            &typed,
+                            (ticket, due),
+                            compute,
+                            spawn,
+                        );
                         return O::from_cached(v);
                     }
                     // No background refresh possible: early refreshes are

@@ -40,6 +40,7 @@ mod guarded;
 #[cfg(feature = "http")]
 pub mod http;
 mod ids;
+pub mod inspect;
 pub mod key;
 mod lag;
 mod lock;

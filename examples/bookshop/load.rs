@@ -482,7 +482,12 @@ async fn drive(
         let half = Duration::from_secs(opts.seconds) / 2;
         tokio::spawn(async move {
             tokio::time::sleep(half).await;
-            let text = client.get(format!("{base}/metrics")).send().await?.text().await?;
+            let text = client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await?;
             let scrape = Scrape::parse(&text);
             match MIDWAY_SERIES.iter().find(|name| !scrape.has(name)) {
                 Some(missing) => Err(format!("/metrics lacks {missing} under load").into()),

@@ -111,6 +111,7 @@ impl Origin {
 
 pub use crate::dogpile::*;
 pub use crate::lowlevel::*;
+pub use crate::operators::*;
 pub use crate::policies::*;
 pub use crate::tags::*;
 

@@ -92,7 +92,10 @@ const PANEL_TYPES: [&str; 4] = ["timeseries", "stat", "gauge", "bargauge"];
 
 /// The dashboard, parsed and checked (a panic says what is wrong).
 pub fn load() -> Dashboard {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bookshop/dashboard.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/bookshop/dashboard.json"
+    );
     let text = std::fs::read_to_string(path).expect("read the dashboard");
     let board: Dashboard = serde_json::from_str(&text).expect("Grafana's dashboard model");
     assert!(!board.title.is_empty());
@@ -113,7 +116,10 @@ pub fn load() -> Dashboard {
             .unwrap_or_else(|| panic!("no `{name}` variable"))
     };
     let ds = variable("datasource");
-    assert_eq!((ds.kind.as_str(), ds.query.as_str()), ("datasource", Some("prometheus")));
+    assert_eq!(
+        (ds.kind.as_str(), ds.query.as_str()),
+        ("datasource", Some("prometheus"))
+    );
     assert_eq!(variable("cache").kind, "query");
     let prometheus = DataSource {
         kind: "prometheus".into(),
@@ -126,10 +132,18 @@ pub fn load() -> Dashboard {
         assert!(PANEL_TYPES.contains(&panel.kind.as_str()), "{}", panel.kind);
         assert!(!panel.title.is_empty());
         let g = &panel.grid_pos;
-        assert!(g.w >= 1 && g.h >= 1 && g.x + g.w <= 24, "{}: {g:?}", panel.title);
+        assert!(
+            g.w >= 1 && g.h >= 1 && g.x + g.w <= 24,
+            "{}: {g:?}",
+            panel.title
+        );
         for x in g.x..g.x + g.w {
             for y in g.y..g.y + g.h {
-                assert!(cells.insert((x, y)), "{} overlaps another panel", panel.title);
+                assert!(
+                    cells.insert((x, y)),
+                    "{} overlaps another panel",
+                    panel.title
+                );
             }
         }
         assert_eq!(panel.datasource, prometheus, "{}", panel.title);

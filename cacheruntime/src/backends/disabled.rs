@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{Lookup, Ticket};
+use crate::backend::{Lookup, ScanPage, Ticket};
 use crate::backends::Store;
 use crate::Error;
 
@@ -21,6 +21,14 @@ impl Store for DisabledBackend {
 
     fn supports_locks(&self) -> bool {
         false
+    }
+
+    fn scan(
+        &self,
+        _prefix: &str,
+        _cursor: Option<&str>,
+    ) -> impl Future<Output = Result<ScanPage, Error>> + Send {
+        ready(Ok(ScanPage::default()))
     }
 
     fn get(&self, _key: &str) -> impl Future<Output = Result<Lookup, Error>> + Send {

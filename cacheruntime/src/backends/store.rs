@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{unsupported, Backend, BoxFuture, Feed, Lookup, Ticket};
+use crate::backend::{unsupported, Backend, BoxFuture, Feed, Lookup, ScanPage, StoreInfo, Ticket};
 use crate::Error;
 
 /// A store of this crate; see [`Backend`] for what each method must do.
@@ -169,6 +169,18 @@ pub(crate) trait Store: Send + Sync + fmt::Debug + 'static {
     ) -> impl Future<Output = Result<bool, Error>> + Send {
         unsupported(self.name(), "set_and_unlock")
     }
+
+    /// As [`Backend::scan`]: every store of the crate lists its keys.
+    fn scan(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+    ) -> impl Future<Output = Result<ScanPage, Error>> + Send;
+
+    /// As [`Backend::describe`].
+    fn describe(&self) -> impl Future<Output = Result<StoreInfo, Error>> + Send {
+        std::future::ready(Ok(StoreInfo::new(self.name())))
+    }
 }
 
 impl<S: Store> Backend for S {
@@ -299,5 +311,17 @@ impl<S: Store> Backend for S {
 
     fn delete_many<'a>(&'a self, keys: &'a [&'a str]) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(Store::delete_many(self, keys))
+    }
+
+    fn scan<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<ScanPage, Error>> {
+        Box::pin(Store::scan(self, prefix, cursor))
+    }
+
+    fn describe(&self) -> BoxFuture<'_, Result<StoreInfo, Error>> {
+        Box::pin(Store::describe(self))
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{marked, split, Near, WriteGuard};
-use crate::backend::{Backend, BoxFuture, Lookup, Ticket};
+use crate::backend::{Backend, BoxFuture, Lookup, ScanPage, StoreInfo, Ticket};
 use crate::Error;
 
 /// A shared store with a near tier in front; see the module docs.
@@ -77,6 +77,18 @@ impl Backend for NearBackend {
     }
     fn combines_locks(&self) -> bool {
         self.shared.combines_locks()
+    }
+
+    fn scan<'a>(
+        &'a self,
+        prefix: &'a str,
+        cursor: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<ScanPage, Error>> {
+        self.shared.scan(prefix, cursor)
+    }
+
+    fn describe(&self) -> BoxFuture<'_, Result<StoreInfo, Error>> {
+        self.shared.describe()
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Lookup, Error>> {

@@ -106,6 +106,7 @@ mod bumps;
 mod combined;
 mod config;
 mod counters;
+mod dump;
 mod keys;
 mod reads;
 mod ring;
@@ -128,7 +129,7 @@ use self::counters::{stamp, Layout};
 use self::keys::lock_key;
 use self::servers::Pool;
 use self::setup::Setup;
-use crate::backend::{Lookup, Ticket};
+use crate::backend::{Lookup, ScanPage, StoreInfo, Ticket};
 use crate::backends::generations::{seed, wrap_entry};
 use crate::backends::Store;
 use crate::clock::Clock;
@@ -380,6 +381,18 @@ impl Store for MemcachedBackend {
     /// A cold miss in two exchanges (`combined.rs`).
     fn combines_locks(&self) -> bool {
         true
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+    ) -> impl Future<Output = Result<ScanPage, Error>> + Send {
+        self.dump_server(prefix, cursor)
+    }
+
+    fn describe(&self) -> impl Future<Output = Result<StoreInfo, Error>> + Send {
+        self.describe_servers()
     }
 
     fn get(&self, key: &str) -> impl Future<Output = Result<Lookup, Error>> + Send {

@@ -27,6 +27,8 @@ use crate::Error;
 struct Server {
     /// `host:port` as configured, for errors and logs.
     shown: String,
+    /// `host:port` to connect to (operators' commands, `dump.rs`).
+    addr: String,
     client: AsyncMetaClient,
     /// One permit per connection this process may have open to the server.
     slots: Semaphore,
@@ -85,6 +87,7 @@ impl Pool {
                 .map_err(|e| fail(format!("Memcached server `{shown}`: {e}")))?;
             servers.push(Server {
                 shown,
+                addr: addr.clone(),
                 client,
                 slots: Semaphore::new(config.max_connections),
                 breaker: Breaker::new(config.breaker_threshold, config.breaker_cool_down),
@@ -100,6 +103,16 @@ impl Pool {
 
     pub(super) fn ring(&self) -> &Ring {
         &self.ring
+    }
+
+    /// How many servers there are.
+    pub(super) fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Where server `i` is reached (`host:port`), and how it is shown.
+    pub(super) fn addr(&self, i: usize) -> (&str, &str) {
+        (&self.servers[i].addr, &self.servers[i].shown)
     }
 
     /// Server `i` as configured (`host:port`), for logs.

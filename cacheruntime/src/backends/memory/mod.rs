@@ -51,7 +51,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 
-use crate::backend::{Lookup, Ticket};
+use crate::backend::{Lookup, ScanPage, StoreInfo, Ticket};
 use crate::backends::Store;
 use crate::clock::Clock;
 use crate::key::MAX_STORED_KEY;
@@ -492,6 +492,35 @@ impl MemoryBackend {
 impl Store for MemoryBackend {
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    /// Every entry in one page (they are in process: one pass over them).
+    fn scan(
+        &self,
+        prefix: &str,
+        _cursor: Option<&str>,
+    ) -> impl Future<Output = Result<ScanPage, Error>> + Send {
+        let mut examined = 0;
+        let keys = self
+            .entries
+            .iter()
+            .inspect(|_| examined += 1)
+            .filter(|(key, _)| key.starts_with(prefix))
+            .map(|(key, _)| key.into_string())
+            .collect();
+        ready(Ok(ScanPage::new(keys, None, examined)))
+    }
+
+    fn describe(&self) -> impl Future<Output = Result<StoreInfo, Error>> + Send {
+        let mut info = StoreInfo::new("memory");
+        info.eviction = Some("S3-FIFO (quick_cache), weighed in bytes".into());
+        info.memory = Some(format!(
+            "{} of {} bytes, {} entries",
+            self.used_bytes(),
+            self.max_bytes(),
+            self.len()
+        ));
+        ready(Ok(info))
     }
 
     fn max_value_bytes(&self) -> Option<usize> {

@@ -56,10 +56,10 @@ const RECENT: usize = 4096;
 
 /// A master as `CLUSTER NODES` lists it.
 #[derive(Debug, PartialEq)]
-struct Master {
-    id: String,
-    host: String,
-    port: u16,
+pub(super) struct Master {
+    pub(super) id: String,
+    pub(super) host: String,
+    pub(super) port: u16,
 }
 
 /// What a master's `CLUSTER INFO` says of the cluster's shape.
@@ -85,7 +85,7 @@ fn timed_out() -> RedisError {
 /// address to reach it at (`noaddr`, or still in `handshake`). The node
 /// that answered lists itself with no host until it has met another
 /// (a one-master cluster): `here`, where it was reached, stands in.
-fn masters(nodes: &str, here: Option<&str>) -> Vec<(String, Option<Master>)> {
+pub(super) fn masters(nodes: &str, here: Option<&str>) -> Vec<(String, Option<Master>)> {
     nodes
         .lines()
         .filter_map(|line| {

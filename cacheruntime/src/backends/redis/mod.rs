@@ -84,6 +84,7 @@ mod locks;
 mod many;
 mod pinned;
 mod push;
+mod scan;
 mod scripts;
 mod server_config;
 
@@ -99,7 +100,7 @@ pub use self::config::RedisConfig;
 use self::connection::{AnyConn, Conn};
 use self::keys::{physical, Layout};
 use self::scripts::{BUMP, DELETE, ENSURE, SWAP, WRITE};
-use crate::backend::{Lookup, Ticket};
+use crate::backend::{Lookup, ScanPage, StoreInfo, Ticket};
 use crate::backends::generations::{generations, unwrap_entry, Kind};
 use crate::backends::Store;
 use crate::secrets::{redact, Secrets};
@@ -115,6 +116,8 @@ pub struct RedisBackend {
     cluster: bool,
     max_ttl_ms: u64,
     checked_config: AtomicBool,
+    /// Whether every node is reached over TLS (`rediss://`).
+    tls: bool,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -154,6 +157,7 @@ impl RedisBackend {
             // Redis refuses expiry times that overflow its clock: cap far below.
             max_ttl_ms: config.max_ttl.as_millis().clamp(1, i64::MAX as u128 / 4) as u64,
             checked_config: AtomicBool::new(false),
+            tls: config.nodes.iter().all(|n| n.starts_with("rediss://")),
         })
     }
 
@@ -363,6 +367,18 @@ fn lookup(
 impl Store for RedisBackend {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+    ) -> impl Future<Output = Result<ScanPage, Error>> + Send {
+        self.scan_page(prefix, cursor)
+    }
+
+    fn describe(&self) -> impl Future<Output = Result<StoreInfo, Error>> + Send {
+        self.describe_server()
     }
 
     fn max_ttl(&self) -> Option<Duration> {

@@ -39,61 +39,65 @@ impl RedisBackend {
                     break;
                 }
             }
-            // `CONFIG GET`, or `INFO memory` where managed services block
-            // `CONFIG` (ElastiCache, Heroku, Upstash), or neither.
-            match eviction_settings(&mut conn).await {
-                Some((policy, maxmemory)) if policy == "noeviction" || maxmemory == "0" => {
-                    tracing::warn!(
-                        url = %label,
-                        maxmemory_policy = %policy,
-                        maxmemory = %maxmemory,
-                        "Redis cannot evict (maxmemory-policy noeviction or maxmemory 0): \
-                         cache entries only leave by TTL and can fill the server, starving \
-                         anything else it stores (such as a job queue); give the cache its \
-                         own instance or set maxmemory with an allkeys-lru or volatile-lru policy"
-                    );
-                }
-                Some(_) => {}
-                None => tracing::warn!(
-                    url = %label,
-                    "could not check whether Redis can evict: both CONFIG GET and INFO memory \
-                     were refused; make sure it has maxmemory set with an allkeys-lru or \
-                     volatile-lru policy, or cache entries can fill it"
-                ),
-            }
-            let setting = |name: &'static str| {
-                let mut conn = conn.clone();
-                async move {
-                    let found: Result<Vec<String>, _> = redis::cmd("CONFIG")
-                        .arg("GET")
-                        .arg(name)
-                        .query_async(&mut conn)
-                        .await;
-                    found.ok().and_then(|v| v.get(1).cloned())
-                }
-            };
-            let (save, aof, fsync) = (
-                setting("save").await,
-                setting("appendonly").await,
-                setting("appendfsync").await,
-            );
-            if let (Some(save), Some(aof), Some(fsync)) = (save, aof, fsync) {
-                if loses_acknowledged_writes(&save, &aof, &fsync) {
-                    tracing::warn!(
-                        url = %label,
-                        save = %save,
-                        appendonly = %aof,
-                        appendfsync = %fsync,
-                        "Redis persists without syncing every write (RDB snapshots, or AOF \
-                         without appendfsync always): a crash and restart restores data from \
-                         before the latest invalidations, and entries they hid are served \
-                         again. Run the cache's Redis without persistence (save \"\" and \
-                         appendonly no, so a restart empties it) or with appendfsync always"
-                    );
-                }
+            for warning in config_warnings(&mut conn).await {
+                tracing::warn!(url = %label, "{warning}");
             }
         });
     }
+}
+
+/// What the backend warns of the server's configuration: it cannot evict
+/// (cache entries could then fill a store shared with a queue), or it can
+/// roll invalidations back (persistence). Logged once per backend, and
+/// shown by `Cache::store_info` (`cachectl info`).
+pub(super) async fn config_warnings(conn: &mut AnyConn) -> Vec<String> {
+    let mut warnings = Vec::new();
+    // `CONFIG GET`, or `INFO memory` where managed services block
+    // `CONFIG` (ElastiCache, Heroku, Upstash), or neither.
+    match eviction_settings(conn).await {
+        Some((policy, maxmemory)) if policy == "noeviction" || maxmemory == "0" => {
+            warnings.push(format!(
+                "Redis cannot evict (maxmemory-policy {policy}, maxmemory {maxmemory}): cache \
+                 entries only leave by TTL and can fill the server, starving anything else it \
+                 stores (such as a job queue); give the cache its own instance or set \
+                 maxmemory with an allkeys-lru or volatile-lru policy"
+            ));
+        }
+        Some(_) => {}
+        None => warnings.push(
+            "could not check whether Redis can evict: both CONFIG GET and INFO memory were \
+             refused; make sure it has maxmemory set with an allkeys-lru or volatile-lru \
+             policy, or cache entries can fill it"
+                .into(),
+        ),
+    }
+    let (save, aof, fsync) = (
+        setting(conn, "save").await,
+        setting(conn, "appendonly").await,
+        setting(conn, "appendfsync").await,
+    );
+    if let (Some(save), Some(aof), Some(fsync)) = (save, aof, fsync) {
+        if loses_acknowledged_writes(&save, &aof, &fsync) {
+            warnings.push(format!(
+                "Redis persists without syncing every write (save {save:?}, appendonly {aof}, \
+                 appendfsync {fsync}): a crash and restart restores data from before the \
+                 latest invalidations, and entries they hid are served again. Run the cache's \
+                 Redis without persistence (save \"\" and appendonly no, so a restart empties \
+                 it) or with appendfsync always"
+            ));
+        }
+    }
+    warnings
+}
+
+/// One setting from `CONFIG GET`, `None` where it is refused.
+async fn setting(conn: &mut AnyConn, name: &str) -> Option<String> {
+    let found: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query_async(conn)
+        .await;
+    found.ok().and_then(|v| v.get(1).cloned())
 }
 
 /// `maxmemory-policy` and `maxmemory`, from `CONFIG GET`, else from `INFO
@@ -124,12 +128,17 @@ async fn eviction_settings(conn: &mut AnyConn) -> Option<(String, String)> {
 
 /// `maxmemory_policy` and `maxmemory` from the text of `INFO memory`.
 fn info_memory(info: &str) -> Option<(String, String)> {
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
-            .map(str::to_owned)
-    };
-    Some((field("maxmemory_policy")?, field("maxmemory")?))
+    Some((
+        info_field(info, "maxmemory_policy")?,
+        info_field(info, "maxmemory")?,
+    ))
+}
+
+/// A `name:value` line of an `INFO` reply.
+pub(super) fn info_field(info: &str, name: &str) -> Option<String> {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+        .map(str::to_owned)
 }
 
 /// Whether a Redis with these settings can come back from a crash with an

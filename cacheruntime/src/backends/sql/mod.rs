@@ -112,7 +112,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{Lookup, Ticket};
+use crate::backend::{Lookup, ScanPage, StoreInfo, Ticket};
 use crate::backends::Store;
 use crate::secrets::{redact, Secrets};
 use crate::Error;
@@ -183,6 +183,7 @@ mod invalidation;
 mod many;
 #[cfg(feature = "postgres")]
 mod push;
+mod scan;
 mod schema;
 mod statements;
 mod sweep;
@@ -458,6 +459,18 @@ impl Store for SqlBackend {
 
     fn invalidate_prefix(&self, prefix: &str) -> impl Future<Output = Result<(), Error>> + Send {
         self.op(self.shared.invalidate(prefix))
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+    ) -> impl Future<Output = Result<ScanPage, Error>> + Send {
+        self.op(self.shared.scan(prefix, cursor))
+    }
+
+    fn describe(&self) -> impl Future<Output = Result<StoreInfo, Error>> + Send {
+        self.op(self.shared.describe())
     }
 
     fn set_if_absent(

@@ -36,6 +36,9 @@ pub(super) struct Statements {
     pub(super) sweep_invalidations: String,
     pub(super) count: String,
     pub(super) cull: String,
+    /// Operators' listing (`scan.rs`): keys from $1 (the prefix) past $2
+    /// (the last key of the page before), $3 of them, in key order.
+    pub(super) scan: String,
     /// PostgreSQL: the change notices of an invalidation or deletes ($1,
     /// an array of notices), sent in their transaction; `""` on SQLite.
     pub(super) notify: String,
@@ -418,6 +421,12 @@ impl Statements {
                 p(2)
             ),
             count: format!("SELECT COUNT(*) AS n FROM {t}"),
+            scan: format!(
+                "SELECT key FROM {t} WHERE key >= {} AND key > {} ORDER BY key LIMIT {}",
+                p(1),
+                p(2),
+                p(3)
+            ),
             cull: format!(
                 "DELETE FROM {t} WHERE key IN \
                  (SELECT key FROM {t} ORDER BY expires_at LIMIT {})",

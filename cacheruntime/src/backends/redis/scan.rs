@@ -1,0 +1,199 @@
+//! What operators ask of Redis (`Cache::keys`, `Cache::store_info`,
+//! `cachectl`): `SCAN` over the entries' names (on every master of a
+//! Cluster, one after the other), and `INFO`.
+
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::Value;
+
+use super::cluster_push::masters;
+use super::connection::AnyConn;
+use super::server_config::{config_warnings, info_field};
+use super::RedisBackend;
+use crate::backend::{ScanPage, StoreInfo};
+use crate::backends::generations::Kind;
+use crate::Error;
+
+/// `SCAN`'s `COUNT`: slots looked at per call.
+const COUNT: u32 = 1_000;
+
+/// The `SCAN` pattern of the entries whose keys start with `prefix`: their
+/// names are `v:{<first segment>}<rest>` (`keys.rs`), so a prefix whose
+/// first segment is whole narrows the walk to that segment's names; any
+/// other walks every entry's name (and the keys are filtered after).
+fn pattern(prefix: &str) -> String {
+    let entry = Kind::Entry.letter();
+    match prefix.split_once(':') {
+        Some((first, rest)) if !first.is_empty() && !first.contains(['{', '}']) => {
+            format!("{entry}:{{{}}}:{}*", glob_escape(first), glob_escape(rest))
+        }
+        _ => format!("{entry}:*"),
+    }
+}
+
+/// `text` matched literally by a Redis glob.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The key of the entry stored under `name` (`keys.rs`, read backwards).
+fn key_of(name: &str) -> Option<String> {
+    let rest = name.strip_prefix(Kind::Entry.letter())?.strip_prefix(':')?;
+    if let Some(hashed) = rest.strip_prefix("{~") {
+        return Some(hashed.split_once("}!")?.1.to_owned());
+    }
+    let (first, rest) = rest.strip_prefix('{')?.split_once('}')?;
+    Some(format!("{first}{rest}"))
+}
+
+/// `SCAN`'s reply: the next cursor and the names.
+fn reply(value: Value) -> Result<(u64, Vec<String>), redis::RedisError> {
+    redis::from_redis_value(value).map_err(redis::RedisError::from)
+}
+
+impl RedisBackend {
+    /// One page: on a Cluster the cursor is `<master>:<cursor>`, masters in
+    /// the order of their ids.
+    pub(super) async fn scan_page(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+    ) -> Result<ScanPage, Error> {
+        let mut conn = self.connection().await?;
+        let pattern = pattern(prefix);
+        let mut scan = redis::cmd("SCAN");
+        let (node, at) = match cursor {
+            None => (0, 0),
+            Some(c) => parse_cursor(c)?,
+        };
+        scan.arg(at)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(COUNT);
+        let (next, names, nodes) = match &mut conn {
+            AnyConn::Cluster(cluster) => {
+                let listed: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(cluster)
+                    .await
+                    .map_err(|e| self.error(e))?;
+                let mut nodes: Vec<_> = masters(&listed, None)
+                    .into_iter()
+                    .filter_map(|(_, master)| master)
+                    .collect();
+                nodes.sort_by(|a, b| a.id.cmp(&b.id));
+                let Some(master) = nodes.get(node) else {
+                    return Ok(ScanPage::default());
+                };
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: master.host.clone(),
+                    port: master.port,
+                });
+                let value = cluster
+                    .route_command(scan, routing)
+                    .await
+                    .map_err(|e| self.error(e))?;
+                let (next, names) = reply(value).map_err(|e| self.error(e))?;
+                (next, names, nodes.len())
+            }
+            single => {
+                let (next, names): (u64, Vec<String>) =
+                    scan.query_async(single).await.map_err(|e| self.error(e))?;
+                (next, names, 1)
+            }
+        };
+        let examined = names.len() as u64;
+        let keys = names
+            .iter()
+            .filter_map(|name| key_of(name))
+            .filter(|key| key.starts_with(prefix))
+            .collect();
+        let next = match (next, node + 1 < nodes) {
+            (0, false) => None,
+            (0, true) => Some(format!("{}:0", node + 1)),
+            (next, _) => Some(format!("{node}:{next}")),
+        };
+        Ok(ScanPage::new(keys, next, examined))
+    }
+
+    /// Version, memory, eviction and the configuration warnings, from the
+    /// server (on a Cluster, from the node the client picks).
+    pub(super) async fn describe_server(&self) -> Result<StoreInfo, Error> {
+        let mut conn = self.connection().await?;
+        let info = self.info(&mut conn, "server").await?;
+        let memory = self.info(&mut conn, "memory").await?;
+        let mut out = StoreInfo::new(if self.cluster {
+            "redis cluster"
+        } else {
+            "redis"
+        });
+        out.version = info_field(&info, "redis_version");
+        out.tls = Some(self.tls);
+        out.eviction = info_field(&memory, "maxmemory_policy");
+        let used = info_field(&memory, "used_memory_human").unwrap_or_default();
+        out.memory = Some(match info_field(&memory, "maxmemory_human") {
+            Some(max) if max != "0B" => format!("{used} used of {max}"),
+            _ => format!("{used} used, no maxmemory"),
+        });
+        out.warnings = config_warnings(&mut conn).await;
+        if let Some(mode) = info_field(&info, "redis_mode") {
+            out.details.push(("mode".into(), mode));
+        }
+        out.details.push(("url".into(), self.label.clone()));
+        Ok(out)
+    }
+}
+
+impl RedisBackend {
+    /// One section of `INFO`: a Cluster client asks every node and answers
+    /// with a map of them, of which the first is taken.
+    async fn info(&self, conn: &mut AnyConn, section: &str) -> Result<String, Error> {
+        let value: Value = redis::cmd("INFO")
+            .arg(section)
+            .query_async(conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        let value = match value {
+            Value::Map(nodes) => nodes.into_iter().next().map_or(Value::Nil, |(_, v)| v),
+            other => other,
+        };
+        redis::from_redis_value(value).map_err(|e| self.error(e.into()))
+    }
+}
+
+/// `<node>:<cursor>`, as [`scan_page`](RedisBackend::scan_page) gives it.
+fn parse_cursor(cursor: &str) -> Result<(usize, u64), Error> {
+    cursor
+        .split_once(':')
+        .and_then(|(node, at)| Some((node.parse().ok()?, at.parse().ok()?)))
+        .ok_or_else(|| Error::Config(format!("{cursor:?} is not a cursor this store gave")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::redis::keys::physical;
+
+    #[test]
+    fn entry_names_read_back_as_their_keys_and_match_their_prefix_patterns() {
+        for key in ["author:42:top", "a*b:[x]:1", ":lead", "{tag}:x", "solo"] {
+            let name = physical(Kind::Entry, key);
+            assert_eq!(key_of(&name).as_deref(), Some(key), "{name}");
+        }
+        assert_eq!(pattern("author:42:"), "v:{author}:42:*");
+        assert_eq!(pattern("a*b:"), "v:{a\\*b}:*");
+        assert_eq!(pattern("auth"), "v:*");
+        assert_eq!(
+            key_of("g:{author}:author:"),
+            None,
+            "a counter, not an entry"
+        );
+    }
+}
