@@ -28,6 +28,20 @@ impl Cache {
         build(url, Vec::new()).await
     }
 
+    /// [`from_url`](Self::from_url) with signing keys (the first signs,
+    /// every one verifies: see [`CacheBuilder::signing_keys`]), for keys
+    /// that come from elsewhere than `CACHE_SIGNING_KEY` (a secret store);
+    /// keys never go in a URL. No keys: as `from_url`.
+    ///
+    /// [`CacheBuilder::signing_keys`]: crate::CacheBuilder::signing_keys
+    pub async fn from_url_signed<K: AsRef<[u8]>>(
+        url: &str,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Cache, Error> {
+        let keys = keys.into_iter().map(|k| k.as_ref().to_vec()).collect();
+        build(url, keys).await
+    }
+
     /// Builds a cache from the `CACHE_URL` environment variable, or an
     /// in-memory cache when it is unset or empty. `CACHE_SIGNING_KEY`
     /// (comma-separated for rotation, the first signs) turns on signed

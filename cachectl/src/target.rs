@@ -1,0 +1,56 @@
+//! Which store `cachectl` talks to, and with which signing keys: the
+//! application's environment (`CACHE_URL`, `CACHE_URL_<NAME>`,
+//! `CACHE_SIGNING_KEY[_<NAME>]`), or `--url`.
+
+use cacheruntime::Cache;
+
+use crate::{Exit, Failure};
+
+/// The cache of `--url`, of the named cache `--cache NAME`, or of
+/// `CACHE_URL`. An in-process store (`memory://`, `none://`, or no URL at
+/// all) is refused: it lives inside the application, out of reach.
+pub(crate) async fn cache(url: Option<&str>, name: Option<&str>) -> Result<Cache, Failure> {
+    let (url, keys_var) = match (url, name) {
+        (Some(url), _) => (url.to_owned(), "CACHE_SIGNING_KEY".to_owned()),
+        (None, Some(name)) => {
+            let upper = name.to_ascii_uppercase();
+            let var = format!("CACHE_URL_{upper}");
+            let url = std::env::var(&var).map_err(|_| {
+                Failure(
+                    Exit::BadInput,
+                    format!("{var} is not set: set it, or pass --url"),
+                )
+            })?;
+            (url, format!("CACHE_SIGNING_KEY_{upper}"))
+        }
+        (None, None) => {
+            let url = std::env::var("CACHE_URL").unwrap_or_default();
+            (url, "CACHE_SIGNING_KEY".to_owned())
+        }
+    };
+    let url = url.trim();
+    let scheme = url.split("://").next().unwrap_or("");
+    if url.is_empty() || matches!(scheme, "memory" | "none") {
+        return Err(Failure(
+            Exit::BadInput,
+            "no shared store to reach: the memory store lives inside the application's \
+             process (and none:// stores nothing); set CACHE_URL (or pass --url) to the \
+             application's Redis, PostgreSQL, SQLite or Memcached URL"
+                .into(),
+        ));
+    }
+    let keys = signing_keys(&keys_var).or_else(|| signing_keys("CACHE_SIGNING_KEY"));
+    Ok(Cache::from_url_signed(url, keys.unwrap_or_default()).await?)
+}
+
+/// The comma-separated keys of `var`, as the library reads them.
+fn signing_keys(var: &str) -> Option<Vec<String>> {
+    let raw = std::env::var(var).ok()?;
+    let keys: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    (!keys.is_empty()).then_some(keys)
+}
