@@ -58,6 +58,7 @@ use crate::key::MAX_STORED_KEY;
 use crate::Error;
 
 mod entry;
+mod listing;
 mod near;
 
 pub(crate) use entry::{LocalEntry, LocalLookup};
@@ -494,33 +495,16 @@ impl Store for MemoryBackend {
         "memory"
     }
 
-    /// Every entry in one page (they are in process: one pass over them).
     fn scan(
         &self,
         prefix: &str,
         _cursor: Option<&str>,
     ) -> impl Future<Output = Result<ScanPage, Error>> + Send {
-        let mut examined = 0;
-        let keys = self
-            .entries
-            .iter()
-            .inspect(|_| examined += 1)
-            .filter(|(key, _)| key.starts_with(prefix))
-            .map(|(key, _)| key.into_string())
-            .collect();
-        ready(Ok(ScanPage::new(keys, None, examined)))
+        ready(Ok(self.listing(prefix)))
     }
 
     fn describe(&self) -> impl Future<Output = Result<StoreInfo, Error>> + Send {
-        let mut info = StoreInfo::new("memory");
-        info.eviction = Some("S3-FIFO (quick_cache), weighed in bytes".into());
-        info.memory = Some(format!(
-            "{} of {} bytes, {} entries",
-            self.used_bytes(),
-            self.max_bytes(),
-            self.len()
-        ));
-        ready(Ok(info))
+        ready(Ok(self.info()))
     }
 
     fn max_value_bytes(&self) -> Option<usize> {
