@@ -141,13 +141,13 @@ impl Engine {
         ticket: Option<Ticket>,
         timeout: Duration,
     ) -> Result<(), Error> {
-        self.check_size(&bytes)?;
         // The memory store cannot block: no timer for it.
         if let Some(memory) = self.store.memory() {
+            self.check_size(bytes.len())?;
             return memory.store(key, bytes, ttl, ticket.as_ref());
         }
         let backend = self.store.backend();
-        self.guarded_for("set", timeout, || {
+        self.sized_set(bytes.len(), timeout, || {
             backend.set(key, bytes, ttl, ticket.as_ref())
         })
         .await
@@ -168,18 +168,29 @@ impl Engine {
         timeout: Duration,
         token: &[u8],
     ) -> Result<bool, Error> {
-        self.check_size(&bytes)?;
         let backend = self.store.backend();
-        self.guarded_for("set", timeout, || {
+        self.sized_set(bytes.len(), timeout, || {
             backend.set_and_unlock(key, bytes, ttl, ticket.as_ref(), token)
         })
         .await
     }
 
-    fn check_size(&self, bytes: &Bytes) -> Result<(), Error> {
-        if bytes.len() > self.max_entry_bytes {
+    /// A write of `size` bytes (the store call `call` makes): refused over
+    /// the entry size limit, else guarded as a `set`.
+    async fn sized_set<'b, T>(
+        &self,
+        size: usize,
+        timeout: Duration,
+        call: impl FnOnce() -> BoxFuture<'b, Result<T, Error>>,
+    ) -> Result<T, Error> {
+        self.check_size(size)?;
+        self.guarded_for("set", timeout, call).await
+    }
+
+    fn check_size(&self, size: usize) -> Result<(), Error> {
+        if size > self.max_entry_bytes {
             return Err(Error::TooLarge {
-                size: bytes.len(),
+                size,
                 limit: self.max_entry_bytes,
             });
         }

@@ -20,9 +20,13 @@ use redis::Script;
 /// `cluster_push.rs`).
 pub(super) const NOTICES: &str = "cacheruntime:changes";
 
-/// A fresh counter value from the server's clock: microseconds times 1,000
-/// (see `generations::seed`). Shared by the scripts below, with `notify()`,
-/// which publishes the script's notice (its last ARGV).
+/// What the scripts below share: `seed()`, a fresh counter value from the
+/// server's clock (microseconds times 1,000, see `generations::seed`);
+/// `notify()`, which publishes the script's notice (its last ARGV);
+/// `bump(key, life)`; and `put(last, gens)`, the end of every write: the
+/// counters `KEYS[2..last]` made to live at least the entry's TTL
+/// (ARGV[2] ms), the notice, and the entry `KEYS[1]` set to ARGV[1] under
+/// the generations `gens`.
 const SEED_LUA: &str = r"
 local function notify()
   if ARGV[#ARGV] ~= '' then
@@ -39,6 +43,16 @@ local function bump(key, life)
   else
     redis.call('SET', key, seed(), 'PX', life)
   end
+end
+local function put(last, gens)
+  local ttl = tonumber(ARGV[2])
+  for i = 2, last do
+    if redis.call('PTTL', KEYS[i]) < ttl then
+      redis.call('PEXPIRE', KEYS[i], ttl)
+    end
+  end
+  notify()
+  redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ttl)
 end
 ";
 
@@ -85,14 +99,7 @@ local function write(last)
   if ARGV[3] ~= '*' and ARGV[3] ~= gens then
     return 0
   end
-  local ttl = tonumber(ARGV[2])
-  for i = 2, last do
-    if redis.call('PTTL', KEYS[i]) < ttl then
-      redis.call('PEXPIRE', KEYS[i], ttl)
-    end
-  end
-  notify()
-  redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ttl)
+  put(last, gens)
   return 1
 end
 ";
@@ -158,14 +165,9 @@ return {0, found}
 /// counter is missing or moved since the caller's read, or the entry is not
 /// what it read.
 pub(super) static SWAP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local function notify()
-  if ARGV[#ARGV] ~= '' then
-    redis.call('PUBLISH', 'cacheruntime:changes', ARGV[#ARGV])
-  end
-end
-local g = {}
+    Script::new(&format!(
+        r"{SEED_LUA}
+local g = {{}}
 if #KEYS > 1 then
   g = redis.call('MGET', unpack(KEYS, 2))
 end
@@ -193,17 +195,10 @@ if ARGV[4] == '1' then
 elseif live then
   return 0
 end
-local ttl = tonumber(ARGV[2])
-for i = 2, #KEYS do
-  if redis.call('PTTL', KEYS[i]) < ttl then
-    redis.call('PEXPIRE', KEYS[i], ttl)
-  end
-end
-notify()
-redis.call('SET', KEYS[1], struct.pack('>I2', #gens) .. gens .. ARGV[1], 'PX', ttl)
+put(#KEYS, gens)
 return 1
-",
-    )
+"
+    ))
 });
 
 /// A get-or-compute read: the entry and its counters (missing counters
