@@ -1,10 +1,13 @@
-//! `examples/bookshop/dashboard.json` checked against what Grafana needs to
-//! load a dashboard (its dashboard JSON model, schema version 39): the
-//! typed fields below must be there with these types (serde rejects the
-//! file otherwise), and the checks in [`load`] hold: unique panel ids and
-//! query ids, panels inside the 24-column grid without overlapping, every
-//! query on the `${datasource}` variable, which is a Prometheus data
-//! source variable, and PromQL with balanced brackets.
+//! `examples/bookshop/dashboard.json` checked against Grafana's dashboard
+//! schema (the dashboard kind's `spec`, grafana/grafana
+//! `docs/sources/developers/kinds/core/dashboard/schema-reference.md`):
+//! the typed fields below must be there with these types (serde rejects
+//! the file otherwise: `schemaVersion` a uint16, `graphTooltip` 0 to 2, a
+//! uid of 8 to 40 characters, panels with a type and a grid position), and
+//! the checks in [`load`] hold: unique panel ids and query ids, panels
+//! inside the 24-column grid without overlapping, every query on the
+//! `${datasource}` variable, which is a Prometheus data source variable,
+//! and PromQL with balanced brackets.
 
 use std::collections::BTreeSet;
 
@@ -15,7 +18,8 @@ use serde::Deserialize;
 pub struct Dashboard {
     pub title: String,
     pub uid: String,
-    pub schema_version: u32,
+    pub schema_version: u16,
+    pub graph_tooltip: u8,
     pub version: u32,
     pub editable: bool,
     pub time: TimeRange,
@@ -100,9 +104,10 @@ pub fn load() -> Dashboard {
     let board: Dashboard = serde_json::from_str(&text).expect("Grafana's dashboard model");
     assert!(!board.title.is_empty());
     assert!(
-        !board.uid.is_empty() && board.uid.len() <= 40,
-        "Grafana's uids are 1 to 40 characters"
+        (8..=40).contains(&board.uid.len()),
+        "Grafana's uids are 8 to 40 characters"
     );
+    assert!(board.graph_tooltip <= 2, "graphTooltip is 0, 1 or 2");
     assert!(board.schema_version >= 36, "{}", board.schema_version);
     assert!(board.time.from.starts_with("now") && board.time.to == "now");
     assert!(board.version >= 1 && board.editable && !board.tags.is_empty());
