@@ -106,6 +106,43 @@ async fn the_call_series_count_what_stats_counts() {
 }
 
 #[tokio::test]
+async fn caches_of_one_name_add_up_and_a_dropped_one_keeps_its_counts() {
+    prometheus();
+    let build = || Cache::builder().namespace("obs_sum").build().unwrap();
+    let (a, b) = (build(), build());
+    let policy = Policy::new();
+    for cache in [&a, &a, &b] {
+        cache.get_or_compute("k", &policy, || async { 1u8 }).await;
+    }
+    let calls = |s: &Scrape, result| {
+        s.value(
+            "cache_calls_total",
+            &[("cache", "obs_sum"), ("result", result)],
+        )
+    };
+    let s = scrape(&b);
+    assert_eq!(
+        (calls(&s, "hit"), calls(&s, "miss")),
+        (Some(1.0), Some(2.0))
+    );
+    drop(a);
+    let s = scrape(&b);
+    assert_eq!(
+        (calls(&s, "hit"), calls(&s, "miss")),
+        (Some(1.0), Some(2.0)),
+        "a dropped cache's counts stay"
+    );
+    let c = build();
+    c.get_or_compute("k", &policy, || async { 1u8 }).await;
+    let s = scrape(&c);
+    assert_eq!(
+        calls(&s, "miss"),
+        Some(3.0),
+        "a rebuilt cache continues them"
+    );
+}
+
+#[tokio::test]
 async fn store_operations_are_timed_per_operation() {
     prometheus();
     let server = RedisServer::start();
@@ -184,6 +221,37 @@ async fn a_stalled_store_shows_as_errors_timeouts_and_an_open_breaker() {
     assert!(stats.circuit_skips >= 1, "{stats:?}");
     assert_eq!(s.value("cache_breaker_open", &at), Some(1.0));
     proxy.resume();
+}
+
+#[tokio::test]
+async fn near_hits_are_a_part_of_the_hits() {
+    prometheus();
+    let server = RedisServer::start();
+    let config = RedisConfig::new(server.url());
+    let cache = Cache::builder()
+        .backend(RedisBackend::new(config).unwrap())
+        .namespace("obs_near")
+        .near(1 << 20)
+        .build()
+        .unwrap();
+    // Until the near tier follows the server's notices and answers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cache.stats().near_hits < 3 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", cache.stats());
+        square(&cache, 8).await;
+        cache.get::<u64>("square:8").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = scrape(&cache);
+    let stats = cache.stats();
+    let at = |result| [("cache", "obs_near"), ("result", result)];
+    let (hit, near) = (
+        s.value("cache_calls_total", &at("hit")).unwrap(),
+        s.value("cache_calls_total", &at("near_hit")).unwrap(),
+    );
+    assert_eq!(near, stats.near_hits as f64, "{stats:?}");
+    assert_eq!(hit + near, stats.hits as f64, "{stats:?}");
+    assert!(stats.near_hits <= stats.hits, "{stats:?}");
 }
 
 #[tokio::test]

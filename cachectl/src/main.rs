@@ -17,9 +17,12 @@
 //!
 //! `--json` prints one JSON document on stdout instead. Exit codes: 0 done,
 //! 1 no such entry (`get`, `inspect`), 2 bad usage, 3 the store failed or
-//! cannot be reached, 4 a bad URL, key, prefix or setting. Secrets (URL
-//! passwords, signing keys) are never printed: errors come scrubbed from
-//! the library, and URLs are shown without their passwords.
+//! cannot be reached, 4 a bad URL, key, prefix, tag or setting, 5 the store
+//! holds something under the key that is no entry of this library, or
+//! cannot do what was asked. Secrets (URL passwords, signing keys) are
+//! never printed: errors come scrubbed from the library, and URLs are shown
+//! without their passwords. Keys with control characters are printed
+//! escaped (`\n`), so a listing keeps one key per line.
 
 mod output;
 mod target;
@@ -99,6 +102,7 @@ enum Exit {
     NotFound = 1,
     StoreFailed = 3,
     BadInput = 4,
+    NotAnEntry = 5,
 }
 
 /// A failure: what to print and how to exit.
@@ -110,7 +114,10 @@ impl From<Error> for Failure {
             Error::Config(_)
             | Error::InvalidUrl { .. }
             | Error::InvalidKey { .. }
-            | Error::InvalidPrefix { .. } => Exit::BadInput,
+            | Error::InvalidPrefix { .. }
+            | Error::InvalidTag { .. }
+            | Error::NamespaceRequired { .. } => Exit::BadInput,
+            Error::Decode { .. } | Error::Unsupported { .. } => Exit::NotAnEntry,
             _ => Exit::StoreFailed,
         };
         Failure(exit, e.to_string())
@@ -137,10 +144,17 @@ fn main() -> ExitCode {
 /// Says why on stderr (and, with `--json`, as a document on stdout).
 fn fail(json: bool, Failure(exit, message): Failure) -> ExitCode {
     if json {
-        println!("{}", json!({ "error": message, "exit": exit as u8 }));
+        out(&json!({ "error": message, "exit": exit as u8 }).to_string());
     }
     eprintln!("cachectl: {message}");
     ExitCode::from(exit as u8)
+}
+
+/// A line on stdout; a closed pipe (`cachectl keys | head`) ends the
+/// output quietly rather than in a panic.
+fn out(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }
 
 async fn run(cli: Cli) -> Result<Exit, Failure> {
@@ -183,7 +197,9 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
         }
         Command::Delete { key } => {
             cache.delete(&key).await?;
-            print(json, json!({ "deleted": key }), || format!("deleted {key}"));
+            print(json, json!({ "deleted": key }), || {
+                format!("deleted {}", output::shown(&key))
+            });
         }
         Command::Invalidate { prefix } => {
             cache.invalidate_prefix(&prefix).await?;
@@ -232,14 +248,17 @@ async fn keys(
     bar.finish_and_clear();
     let found = found?;
     let document = json!({ "prefix": prefix, "keys": found, "examined": examined });
-    print(json, document, || found.join("\n"));
+    print(json, document, || {
+        let shown: Vec<String> = found.iter().map(|k| output::shown(k)).collect();
+        shown.join("\n")
+    });
     Ok(())
 }
 
 /// No live entry under `key`: exit 1, saying so.
 fn not_found(json: bool, key: &str) -> Result<Exit, Failure> {
     if json {
-        println!("{}", json!({ "key": key, "found": false }));
+        out(&json!({ "key": key, "found": false }).to_string());
     } else {
         eprintln!("cachectl: no live entry under {key:?}");
     }
@@ -249,11 +268,11 @@ fn not_found(json: bool, key: &str) -> Result<Exit, Failure> {
 /// Prints `document` (with `--json`) or the human text.
 fn print(json: bool, document: serde_json::Value, human: impl FnOnce() -> String) {
     if json {
-        println!("{document}");
+        out(&document.to_string());
     } else {
         let text = human();
         if !text.is_empty() {
-            println!("{text}");
+            out(&text);
         }
     }
 }

@@ -8,6 +8,17 @@ use cacheruntime::backend::StoreInfo;
 use cacheruntime::inspect::{EntryInfo, Freshness, Signature};
 use serde_json::{json, Value};
 
+/// A key as printed for people: as it is, or escaped (`\n`, `\u{1b}`) when
+/// it holds a control character, so one key stays one line and no escape
+/// sequence reaches the terminal.
+pub(crate) fn shown(key: &str) -> String {
+    if key.chars().any(char::is_control) {
+        key.escape_debug().to_string()
+    } else {
+        key.to_owned()
+    }
+}
+
 /// `info`: one `name: value` line each, warnings last.
 pub(crate) fn store_info(info: &StoreInfo) -> (String, Value) {
     let mut human = format!("kind: {}\n", info.kind);
@@ -86,8 +97,8 @@ pub(crate) fn inspected(key: &str, e: &EntryInfo) -> (String, Value) {
         .map(|(tag, token)| json!({ "tag": tag, "token": token }))
         .collect();
     let mut human = String::new();
-    let _ = writeln!(human, "key: {key}");
-    let _ = writeln!(human, "stored as: {}", e.stored_key);
+    let _ = writeln!(human, "key: {}", shown(key));
+    let _ = writeln!(human, "stored as: {}", shown(&e.stored_key));
     let _ = writeln!(human, "state: {}", freshness(e.freshness));
     let _ = writeln!(human, "fresh until: {}", rfc3339(e.fresh_until));
     let _ = writeln!(human, "stale until: {}", rfc3339(e.stale_until));
@@ -162,6 +173,12 @@ pub(crate) fn hex_dump(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_with_control_characters_are_shown_escaped_on_one_line() {
+        assert_eq!(shown("author:1"), "author:1");
+        assert_eq!(shown("a\nb\u{1b}[31m"), "a\\nb\\u{1b}[31m");
+    }
 
     #[test]
     fn hex_dumps_show_offsets_bytes_and_text() {

@@ -28,19 +28,27 @@ pub(crate) async fn cache(url: Option<&str>, name: Option<&str>) -> Result<Cache
             (url, "CACHE_SIGNING_KEY".to_owned())
         }
     };
-    let url = url.trim();
-    let scheme = url.split("://").next().unwrap_or("");
-    if url.is_empty() || matches!(scheme, "memory" | "none") {
-        return Err(Failure(
+    let in_process = || {
+        Failure(
             Exit::BadInput,
-            "no shared store to reach: the memory store lives inside the application's \
-             process (and none:// stores nothing); set CACHE_URL (or pass --url) to the \
-             application's Redis, PostgreSQL, SQLite or Memcached URL"
+            "no shared store to reach: a memory store lives inside the application's \
+             process (and a disabled one stores nothing); set CACHE_URL (or pass --url) to \
+             the application's Redis, PostgreSQL, SQLite or Memcached URL"
                 .into(),
-        ));
+        )
+    };
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(in_process());
     }
     let keys = signing_keys(&keys_var).or_else(|| signing_keys("CACHE_SIGNING_KEY"));
-    Ok(Cache::from_url_signed(url, keys.unwrap_or_default()).await?)
+    let cache = Cache::from_url_signed(url, keys.unwrap_or_default()).await?;
+    // Whatever the scheme's spelling (`memory://`, `mem://`, `none://`,
+    // `disabled://`...): decided by the store the URL made.
+    if matches!(cache.backend_name(), "memory" | "disabled") {
+        return Err(in_process());
+    }
+    Ok(cache)
 }
 
 /// The comma-separated keys of `var`, as the library reads them.

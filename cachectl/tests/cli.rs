@@ -191,6 +191,8 @@ async fn every_command(url: &str, kind: &str, secrets: &[&str]) {
     assert_eq!(run(&["invalidate-tag", "catalog"]).code, 0);
     assert_eq!(app.get::<String>("book:9").await.unwrap(), None);
 
+    let tag = run(&["invalidate-tag", "a#b"]);
+    assert_eq!(tag.code, 4, "a tag with '#': {}", tag.stderr);
     let bad = run(&["invalidate", "auth"]);
     assert_eq!(bad.code, 4, "a prefix of part of a segment: {}", bad.stderr);
     assert!(bad.stderr.contains("whole"), "{}", bad.stderr);
@@ -249,7 +251,8 @@ async fn memcached() {
 
 #[test]
 fn an_in_process_store_or_no_store_is_refused_with_what_to_set() {
-    for url in ["", "memory://", "none://"] {
+    // Every spelling of an in-process or disabled store.
+    for url in ["", "memory://", "mem://", "none://", "disabled://"] {
         let run = cachectl(url, None, &["ping"], &[]);
         assert_eq!(run.code, 4, "{url}: {}", run.stderr);
         assert!(run.stderr.contains("CACHE_URL"), "{}", run.stderr);

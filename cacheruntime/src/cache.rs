@@ -123,11 +123,13 @@ impl Cache {
         Cache { engine }
     }
 
-    /// Copies this cache's counters into the `metrics` recorder now (feature
-    /// `metrics`). They are copied every second in any case; a handler
-    /// that renders a scrape calls this first for figures that match
-    /// [`stats`](Self::stats) exactly. The series are listed in the crate
-    /// docs ("Metrics").
+    /// Copies the counters of every cache of the process (this one
+    /// included) into the `metrics` recorder now (feature `metrics`). They
+    /// are copied every second in any case; a handler that renders a
+    /// scrape calls this first for figures that match
+    /// [`stats`](Self::stats) exactly. The series are listed in the
+    /// README ("Metrics"). Caches under one name (`cache` label: the name
+    /// installed under, else the namespace, else `default`) add up.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -141,7 +143,7 @@ impl Cache {
     /// ```
     #[cfg(feature = "metrics")]
     pub fn export_metrics(&self) {
-        self.engine.export_metrics();
+        crate::series::publish_all();
     }
 
     /// A snapshot of the counters, with the per-function counters of the
@@ -207,7 +209,11 @@ impl Cache {
             )
             .await;
         match read {
-            Ok(Read::Hit(v) | Read::Refresh(v, _, _)) => {
+            Ok(Read::Hit(v, near)) => {
+                self.engine.tally_hit(None, near);
+                Ok(Some(v))
+            }
+            Ok(Read::Refresh(v, _, _)) => {
                 self.engine.tally(None, Answer::Hit);
                 Ok(Some(v))
             }

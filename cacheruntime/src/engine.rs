@@ -318,6 +318,17 @@ impl Engine {
         }
     }
 
+    /// Counts a hit, and a near hit when the near tier answered it.
+    #[inline]
+    pub(crate) fn tally_hit(&self, site: Option<&'static Site>, near: bool) {
+        self.tally(site, Answer::Hit);
+        if near {
+            if let Some(tier) = &self.near {
+                tier.hits.incr();
+            }
+        }
+    }
+
     /// Logs, once per key, that an expired value stood in for a failed
     /// computation (`stale_if_error`).
     pub(crate) fn kept_served(&self, key: &str) {
@@ -366,6 +377,15 @@ impl Engine {
         site.last_cache.store(self.id, Ordering::Relaxed);
     }
 
+    /// The `#[cached]` functions that have used this cache.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn sites(&self) -> Vec<&'static Site> {
+        self.functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// A background refresh of `key` in this process ended.
     pub(crate) fn finish_refresh(&self, key: &str) {
         self.refreshing.remove(key);
@@ -374,6 +394,9 @@ impl Engine {
     /// A snapshot of the counters, with the per-function counters of the
     /// `#[cached]` functions that used this cache.
     pub(crate) fn stats(&self) -> Stats {
+        // Before the hits: a near hit is counted after its hit, so read in
+        // this order the near hits are a part of the hits read.
+        let near_hits = self.near.as_ref().map_or(0, |n| n.hits.get());
         let c = &self.counters;
         let functions = self
             .functions
@@ -404,7 +427,7 @@ impl Engine {
             lock_waits: c.lock_waits.get(),
             lock_timeouts: c.lock_timeouts.get(),
             signature_failures: self.sealer.signature_failures.get(),
-            near_hits: self.near.as_ref().map_or(0, |n| n.hits.get()),
+            near_hits,
             near_lag: self
                 .near
                 .as_ref()

@@ -207,9 +207,13 @@ impl Engine {
         let mut budget = Budget::new(inner.op_timeout);
         // Whether this call has been counted: once, at its first read.
         let mut counted = false;
-        let mut tally = |answer| {
+        // `near`: a hit the near tier answered.
+        let mut tally = |answer, near| {
             if !std::mem::replace(&mut counted, true) {
-                self.tally(site, answer);
+                match answer {
+                    Answer::Hit => self.tally_hit(site, near),
+                    _ => self.tally(site, answer),
+                }
                 tell(answer);
             }
         };
@@ -253,7 +257,7 @@ impl Engine {
                     read_lock = lock;
                     if let Some((warm, hash)) = warm {
                         match &read {
-                            Ok(Read::Hit(_) | Read::Refresh(..)) => warm.mark(hash),
+                            Ok(Read::Hit(..) | Read::Refresh(..)) => warm.mark(hash),
                             Ok(Read::Miss(_) | Read::Fallback(..)) => warm.cool(hash),
                             Err(_) => {}
                         }
@@ -270,17 +274,18 @@ impl Engine {
             // timeout, not three.
             let store_answered = read.is_ok();
             let ticket = match read {
-                Ok(Read::Hit(v)) => {
-                    tally(Answer::Hit);
+                Ok(Read::Hit(v, near)) => {
+                    tally(Answer::Hit, near);
                     return O::from_cached(v);
                 }
                 Ok(Read::Refresh(v, ticket, due)) => match refresh {
                     Some(spawn) => {
-                        tally(if matches!(due, Due::Stale(_)) {
+                        let answer = if matches!(due, Due::Stale(_)) {
                             Answer::Stale
                         } else {
                             Answer::Hit
-                        });
+                        };
+                        tally(answer, false);
                         let compute = compute.take().expect("computed at most once");
                         self.begin_refresh(
                             key,
@@ -295,7 +300,7 @@ impl Engine {
                     // No background refresh possible: early refreshes are
                     // skipped, stale entries are computed as misses.
                     None if matches!(due, Due::Early(_)) => {
-                        tally(Answer::Hit);
+                        tally(Answer::Hit, false);
                         return O::from_cached(v);
                     }
                     None => ticket,
@@ -307,7 +312,7 @@ impl Engine {
                     None
                 }
             };
-            tally(Answer::Miss);
+            tally(Answer::Miss, false);
             let seen = if store_answered {
                 Seen::Answered(ticket.as_ref())
             } else {
@@ -452,7 +457,7 @@ impl Engine {
         {
             // Another caller stored a value meanwhile, or it is servable
             // stale: as good as a hit would have been.
-            Ok(Read::Hit(v) | Read::Refresh(v, _, _)) => O::from_cached(v),
+            Ok(Read::Hit(v, _) | Read::Refresh(v, _, _)) => O::from_cached(v),
             Ok(Read::Fallback(v, _)) => {
                 self.counters.stale_if_error.incr();
                 self.kept_served(key);

@@ -87,23 +87,7 @@ impl Engine {
             return Err(Error::CircuitOpen { backend });
         }
         // The call is made only now, so an open circuit costs no store work.
-        #[cfg(feature = "metrics")]
-        let started = Instant::now();
-        let bounded = tokio::time::timeout(timeout, call());
-        #[cfg(feature = "spans")]
-        let span = crate::spans::store(self, op);
-        #[cfg(feature = "spans")]
-        let bounded = tracing::Instrument::instrument(bounded, span.clone());
-        let result = match bounded.await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout { backend, timeout }),
-        };
-        #[cfg(feature = "metrics")]
-        self.store_timed(op, started.elapsed());
-        #[cfg(feature = "spans")]
-        if let Err(e) = &result {
-            span.record("error", tracing::field::display(e));
-        }
+        let result = self.bounded(op, timeout, call).await;
         match &result {
             Ok(_) => inner.breaker.success(),
             // Skipped by one of the backend's own breakers.
@@ -129,6 +113,50 @@ impl Engine {
             Err(_) => {}
         }
         result
+    }
+
+    /// One store call bounded by `timeout`: timed (the `metrics` feature)
+    /// and spanned (`spans`), and nothing else (no breaker).
+    async fn bounded<'b, T>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        call: impl FnOnce() -> BoxFuture<'b, Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let backend = self.store.backend().name();
+        #[cfg(feature = "metrics")]
+        let started = Instant::now();
+        let bounded = tokio::time::timeout(timeout, call());
+        #[cfg(feature = "spans")]
+        let span = crate::spans::store(self, op);
+        #[cfg(feature = "spans")]
+        let bounded = tracing::Instrument::instrument(bounded, span.clone());
+        let result = match bounded.await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout { backend, timeout }),
+        };
+        #[cfg(feature = "metrics")]
+        self.store_timed(op, started.elapsed());
+        #[cfg(feature = "spans")]
+        if let Err(e) = &result {
+            span.record("error", tracing::field::display(e));
+        }
+        let _ = op;
+        result
+    }
+
+    /// An operator's store call (`Cache::keys`, `inspect`, `store_info`,
+    /// `ping`: `inspect.rs`), bounded by `timeout` but outside the circuit
+    /// breaker: an operator's slow scan, or a command an ACL refuses, says
+    /// nothing of the store's health for cached calls, and must not open
+    /// (nor close) the breaker they rely on. Not counted in the stats.
+    pub(crate) async fn operator_call<'b, T>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        call: impl FnOnce() -> BoxFuture<'b, Result<T, Error>>,
+    ) -> Result<T, Error> {
+        self.bounded(op, timeout, call).await
     }
 
     /// Writes an entry through the store (no type check), bounded by

@@ -6,6 +6,7 @@
 //! table, Memcached's LRU crawler dump, the memory store's entries): fine
 //! for an operator, never done by the cache itself.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -60,7 +61,8 @@ pub struct StoreInfo {
     pub eviction: Option<String>,
     /// Memory (or rows) used and the limit, as the store reports them.
     pub memory: Option<String>,
-    /// What the cache warns about this store's configuration at connect.
+    /// What the cache warns about this store's configuration (Redis: what
+    /// it also logs at connect; Memcached: a server that cannot evict).
     pub warnings: Vec<String>,
     /// Anything else worth showing, as `(name, value)`.
     pub details: Vec<(String, String)>,
@@ -168,7 +170,7 @@ impl Cache {
         let key = engine.full_key("cachectl:ping");
         let started = Instant::now();
         engine
-            .guarded_for("get", PATIENCE, || backend.get(&key))
+            .operator_call("ping", PATIENCE, || backend.get(&key))
             .await?;
         Ok(started.elapsed())
     }
@@ -178,7 +180,7 @@ impl Cache {
     pub async fn store_info(&self) -> Result<StoreInfo, Error> {
         let backend = self.engine.store.backend();
         self.engine
-            .guarded_for("describe", PATIENCE, || backend.describe())
+            .operator_call("describe", PATIENCE, || backend.describe())
             .await
     }
 
@@ -196,7 +198,7 @@ impl Cache {
         let stored = engine.full_key(key);
         let backend = engine.store.backend();
         let found = engine
-            .guarded_for("get", PATIENCE, || backend.get(&stored))
+            .operator_call("inspect", PATIENCE, || backend.get(&stored))
             .await?;
         let Some(bytes) = found.value else {
             return Ok(None);
@@ -252,34 +254,45 @@ impl Cache {
     }
 
     /// Up to `limit` keys of live entries starting with `prefix` (any text;
-    /// keys as `#[cached]` renders them, without the namespace), in order.
+    /// keys as `#[cached]` renders them, without the namespace), sorted.
     /// Walks the store page by page ([`Backend::scan`](crate::Backend::scan)),
-    /// reading each page's keys back to keep the entries a read would find;
-    /// `progress` hears how many stored items were looked at so far. For
-    /// operators (`cachectl keys`): its cost grows with the store's size.
+    /// reading each page's keys back to keep the entries a `#[cached]` call
+    /// could still be answered with (as [`inspect`](Self::inspect) shows
+    /// them); with a `limit`, the first found in the store's walk order
+    /// (key order on SQL, arbitrary on Redis and Memcached). `progress`
+    /// hears how many stored names the walk has looked at so far. Keys
+    /// longer than the stores take are listed as stored (shortened, with a
+    /// hash). For operators (`cachectl keys`): its cost grows with the
+    /// store's size.
     pub async fn keys(
         &self,
         prefix: &str,
         limit: usize,
         mut progress: impl FnMut(u64),
     ) -> Result<Vec<String>, Error> {
+        if prefix.contains('\0') {
+            return Err(Error::InvalidPrefix {
+                prefix: prefix.chars().take(64).collect(),
+                reason: "keys never contain NUL, so no key starts with this prefix",
+            });
+        }
         let engine = &self.engine;
         let namespace = engine.namespace();
         let full = format!("{namespace}{prefix}");
         let backend = engine.store.backend();
         let mut cursor: Option<String> = None;
         let mut examined = 0;
-        let mut out = Vec::new();
-        loop {
+        let mut out = BTreeSet::new();
+        while out.len() < limit {
             let page = engine
-                .guarded_for("scan", PATIENCE, || backend.scan(&full, cursor.as_deref()))
+                .operator_call("scan", PATIENCE, || backend.scan(&full, cursor.as_deref()))
                 .await?;
             examined += page.examined;
             progress(examined);
             for batch in page.keys.chunks(BATCH) {
                 let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
                 let found = engine
-                    .guarded_for("get", PATIENCE, || backend.get_many(&refs))
+                    .operator_call("scan_read", PATIENCE, || backend.get_many(&refs))
                     .await?;
                 // Entries only: locks and tokens are not envelopes.
                 let entries: Vec<(&String, Bytes, Header)> = batch
@@ -297,18 +310,15 @@ impl Cache {
                 let now = engine.sealer.clock.now_ms();
                 for ((key, _, header), holds) in entries.iter().zip(tags) {
                     if holds && now < header.kept_until_ms && key.starts_with(&full) {
-                        out.push(key[namespace.len()..].to_owned());
+                        out.insert(key[namespace.len()..].to_owned());
                     }
                 }
             }
             cursor = page.next;
-            if cursor.is_none() || out.len() >= limit {
+            if cursor.is_none() {
                 break;
             }
         }
-        out.sort_unstable();
-        out.dedup();
-        out.truncate(limit);
-        Ok(out)
+        Ok(out.into_iter().take(limit).collect())
     }
 }

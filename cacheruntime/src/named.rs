@@ -82,12 +82,15 @@ impl CachesBuilder {
         let mut named = BTreeMap::new();
         for (name, cache) in self.named {
             check_name(&name)?;
-            cache.engine.name_once(&name);
             if named.insert(name.clone(), cache).is_some() {
                 return Err(Error::Config(format!(
                     "the cache name `{name}` is given twice: give each name once"
                 )));
             }
+        }
+        // Named once every name is checked: a refused set names nothing.
+        for (name, cache) in &named {
+            cache.engine.name_once(name);
         }
         Ok(Caches {
             default: self.default.unwrap_or_else(Cache::memory),

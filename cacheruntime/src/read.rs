@@ -20,7 +20,8 @@ use crate::Error;
 
 /// What a read of the store found.
 pub(crate) enum Read<V> {
-    Hit(V),
+    /// A fresh entry; `true` when the near tier answered (no round trip).
+    Hit(V, bool),
     /// Servable, and due for a refresh (stale, or picked by early refresh).
     Refresh(V, Option<Ticket>, Due),
     Miss(Option<Ticket>),
@@ -76,7 +77,8 @@ impl Engine {
                 return Ok(Read::Miss(None));
             }
             match self.local_read::<V, false>(key, fp, None, memo, policy) {
-                Fast::Hit(v) => return Ok(Read::Hit(v)),
+                // With a near tier, the in-process read is the near tier's.
+                Fast::Hit(v) => return Ok(Read::Hit(v, inner.near.is_some())),
                 Fast::Refresh(v, ticket, due) => return Ok(Read::Refresh(v, ticket, due)),
                 Fast::Miss(ticket) => return Ok(Read::Miss(ticket)),
                 Fast::Fallback(v, ticket) => return Ok(Read::Fallback(v, ticket)),
@@ -113,7 +115,7 @@ impl Engine {
                             near.keep_read(key, &bytes, lookup.ticket.as_ref());
                         }
                         return Ok(match due {
-                            Due::No => Read::Hit(v),
+                            Due::No => Read::Hit(v, false),
                             Due::Early(_) | Due::Stale(_) => Read::Refresh(v, lookup.ticket, due),
                             Due::IfError(_) => Read::Fallback(v, lookup.ticket),
                         });
@@ -204,14 +206,17 @@ impl Engine {
         };
         match self.sealer.open_local(&entry, fp, memo, policy) {
             Ok(Some((v, Due::No))) => {
+                // Counted as a near hit where it is counted as the call's
+                // hit (here, or by the caller: `Read::Hit(_, true)`), so
+                // near hits stay a part of the hits.
                 if HIT_IS_ANSWER {
                     self.tally(site, Answer::Hit);
+                    near.hits.incr();
                     #[cfg(feature = "spans")]
                     if crate::spans::wanted() {
                         crate::spans::local_hit(self, site, key, true);
                     }
                 }
-                near.hits.incr();
                 Fast::Hit(v)
             }
             Ok(_) => Fast::Remote,

@@ -3,20 +3,22 @@
 //!
 //! The hit path is not touched: the counters a hit bumps are the striped
 //! ones [`stats`](crate::Cache::stats) reads (`stats.rs`), and a thread of
-//! this module's copies every live cache's counters into the recorder as
+//! this module's copies every cache's counters into the recorder as
 //! absolute values once a second ([`Cache::export_metrics`] does it at
-//! once, for a scrape handler that wants exact figures). A recorder that
+//! once, for a scrape handler that wants exact figures). Caches under one
+//! label add up, dropped ones included, so a series only ever grows. A recorder that
 //! counted each hit itself would put a shared atomic (or a hash lookup) on
 //! every hit; copying keeps the hit as it is, at the price of series up to
 //! a second old. Latencies are recorded where they are measured: a
 //! computation, a store operation (both far slower than the recording).
 //!
-//! Every series is in the table of the crate docs ("Metrics"); the names
+//! Every series is in the README's table ("Metrics"); the names
 //! follow Prometheus' conventions (`_total` counters, base units in the
 //! name), and [`describe`] gives each its unit and help text.
 //!
 //! [`Cache::export_metrics`]: crate::Cache::export_metrics
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::Duration;
 
@@ -137,8 +139,79 @@ fn describe() {
 /// The caches alive in the process, for the publishing thread.
 static LIVE: Mutex<Vec<Weak<Engine>>> = Mutex::new(Vec::new());
 
+/// The `#[cached]` functions that have run through any cache: their
+/// counters are process-wide, so they are published once, not per cache.
+static SITES: Mutex<Vec<&'static Site>> = Mutex::new(Vec::new());
+
+/// One series' labels: the cache's name and its store's.
+type Label = (String, &'static str);
+
+/// What caches dropped had counted, per label: added to the live caches'
+/// counts, so that a counter never goes down when a cache is rebuilt under
+/// its name (an exporter would read a drop as a reset, or hold the old
+/// maximum).
+static RETIRED: Mutex<BTreeMap<Label, Totals>> = Mutex::new(BTreeMap::new());
+
 /// How often the publishing thread copies the counters.
 const EVERY: Duration = Duration::from_secs(1);
+
+/// A cache's counters as its series publish them: the calls by result
+/// (hit, near hit, stale, miss), then [`COUNTERS`] in order.
+#[derive(Clone, Copy, Debug, Default)]
+struct Totals {
+    calls: [u64; 4],
+    counters: [u64; COUNTERS.len()],
+}
+
+impl Totals {
+    fn of(engine: &Engine) -> Totals {
+        let s = engine.stats();
+        Totals {
+            calls: [
+                s.hits - s.near_hits.min(s.hits),
+                s.near_hits,
+                s.stale_hits,
+                s.misses,
+            ],
+            counters: [
+                s.computations,
+                s.coalesced,
+                s.errors,
+                s.timeouts,
+                s.circuit_skips,
+                s.decode_failures,
+                s.oversize,
+                s.signature_failures,
+                s.refreshes,
+                s.refresh_failures,
+                s.stale_if_error,
+                s.lock_waits,
+                s.lock_timeouts,
+                s.near_lag.count(),
+            ],
+        }
+    }
+
+    fn add(&mut self, other: &Totals) {
+        let pairs = self.calls.iter_mut().zip(other.calls);
+        for (mine, theirs) in pairs.chain(self.counters.iter_mut().zip(other.counters)) {
+            *mine += theirs;
+        }
+    }
+}
+
+/// The gauges of the caches under one label: the breaker open in any of
+/// them, and the bytes they hold in process.
+#[derive(Default)]
+struct Gauges {
+    open: bool,
+    memory: Option<u64>,
+    near: Option<u64>,
+}
+
+fn label(engine: &Engine) -> Label {
+    (engine.label().to_owned(), engine.store.backend().name())
+}
 
 /// Adds a cache to those published, and starts the publishing thread with
 /// the first. A thread rather than a task: caches outlive runtimes (a
@@ -166,79 +239,104 @@ pub(crate) fn follow(engine: &Arc<Engine>) {
     });
 }
 
-/// Publishes every live cache (and forgets the dropped ones).
-fn publish_all() {
+/// Functions that ran through a cache: their counters are published from
+/// now on, whatever becomes of the cache.
+fn functions(found: Vec<&'static Site>) {
+    let mut sites = SITES.lock().unwrap_or_else(|e| e.into_inner());
+    for site in found {
+        if !sites.iter().any(|s| std::ptr::eq(*s, site)) {
+            sites.push(site);
+        }
+    }
+}
+
+/// A cache dropped: what it counted stays in its label's series, and its
+/// functions in theirs.
+impl Drop for Engine {
+    fn drop(&mut self) {
+        functions(self.sites());
+        let totals = Totals::of(self);
+        RETIRED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(label(self))
+            .or_default()
+            .add(&totals);
+    }
+}
+
+/// Publishes every series: the live caches' counters (summed with the
+/// dropped ones' under each label, so two caches of one name add up
+/// rather than overwrite each other), their gauges, and every function's
+/// counters (summed over the functions of one name).
+pub(crate) fn publish_all() {
+    describe();
+    // The live ones first: a cache dropped after this is held here, and
+    // one dropped before has retired (or is about to: then it is missing
+    // from one publication, and a recorder keeping the greatest value, as
+    // Prometheus' does, shows no dip).
     let live: Vec<Arc<Engine>> = {
         let mut list = LIVE.lock().unwrap_or_else(|e| e.into_inner());
         list.retain(|weak| weak.strong_count() > 0);
         list.iter().filter_map(Weak::upgrade).collect()
     };
-    for engine in live {
-        engine.export_metrics();
+    let mut totals = RETIRED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut gauges: BTreeMap<Label, Gauges> = BTreeMap::new();
+    for engine in &live {
+        functions(engine.sites());
+        let key = label(engine);
+        totals
+            .entry(key.clone())
+            .or_default()
+            .add(&Totals::of(engine));
+        let g = gauges.entry(key).or_default();
+        g.open |= engine.breaker.is_open();
+        if let Some(memory) = engine.store.memory() {
+            *g.memory.get_or_insert(0) += memory.used_bytes();
+        }
+        if let Some(near) = &engine.near {
+            *g.near.get_or_insert(0) += near.memory().used_bytes();
+        }
     }
-}
-
-impl Engine {
-    /// Copies this cache's counters, its functions' counters and its gauges
-    /// into the recorder.
-    pub(crate) fn export_metrics(&self) {
-        describe();
-        let stats = self.stats();
-        let cache = self.label().to_owned();
-        let store = self.store.backend().name();
+    drop(live);
+    for ((cache, store), t) in totals {
         let labels = [("cache", cache), ("store", store.to_owned())];
-        let calls = |result: &'static str, value: u64| {
+        for (result, value) in ["hit", "near_hit", "stale", "miss"].iter().zip(t.calls) {
             let mut with = labels.to_vec();
-            with.push(("result", result.to_owned()));
+            with.push(("result", (*result).to_owned()));
             counter!(CALLS, &with).absolute(value);
-        };
-        calls("hit", stats.hits - stats.near_hits.min(stats.hits));
-        calls("near_hit", stats.near_hits);
-        calls("stale", stats.stale_hits);
-        calls("miss", stats.misses);
-        let values = [
-            stats.computations,
-            stats.coalesced,
-            stats.errors,
-            stats.timeouts,
-            stats.circuit_skips,
-            stats.decode_failures,
-            stats.oversize,
-            stats.signature_failures,
-            stats.refreshes,
-            stats.refresh_failures,
-            stats.stale_if_error,
-            stats.lock_waits,
-            stats.lock_timeouts,
-            stats.near_lag.count(),
-        ];
-        for ((name, _), value) in COUNTERS.iter().zip(values) {
+        }
+        for ((name, _), value) in COUNTERS.iter().zip(t.counters) {
             counter!(*name, &labels).absolute(value);
         }
-        gauge!(BREAKER_OPEN, &labels).set(if self.breaker.is_open() { 1.0 } else { 0.0 });
-        let tiers = [
-            ("memory", self.store.memory().map(|m| m.used_bytes())),
-            ("near", self.near.as_ref().map(|n| n.memory().used_bytes())),
-        ];
-        for (tier, bytes) in tiers {
+    }
+    for ((cache, store), g) in gauges {
+        let labels = [("cache", cache), ("store", store.to_owned())];
+        gauge!(BREAKER_OPEN, &labels).set(if g.open { 1.0 } else { 0.0 });
+        for (tier, bytes) in [("memory", g.memory), ("near", g.near)] {
             if let Some(bytes) = bytes {
                 let mut with = labels.to_vec();
                 with.push(("tier", tier.to_owned()));
                 gauge!(MEMORY_BYTES, &with).set(bytes as f64);
             }
         }
-        for function in stats.functions {
-            for (result, value) in [
-                ("hit", function.hits),
-                ("stale", function.stale_hits),
-                ("miss", function.misses),
-            ] {
-                counter!(FUNCTION_CALLS, "function" => function.name.clone(), "result" => result)
-                    .absolute(value);
-            }
+    }
+    let mut functions: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    for site in SITES.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let sum = functions.entry(site.qualified_name()).or_default();
+        sum[0] += site.hits.get();
+        sum[1] += site.stale_hits.get();
+        sum[2] += site.misses.get();
+    }
+    for (function, [hits, stale, misses]) in functions {
+        for (result, value) in [("hit", hits), ("stale", stale), ("miss", misses)] {
+            counter!(FUNCTION_CALLS, "function" => function.clone(), "result" => result)
+                .absolute(value);
         }
     }
+}
 
+impl Engine {
     /// Records how long a store operation took.
     pub(crate) fn store_timed(&self, op: &'static str, took: Duration) {
         histogram!(

@@ -79,16 +79,20 @@ fn labels(text: &str) -> BTreeMap<String, String> {
 }
 
 /// The bookshop example's binary: built by `cargo test --all-targets` next
-/// to this test's; built here when it is not.
+/// to this test's; built here when it is not, or is older than this test
+/// (left by an earlier build).
 fn bookshop() -> PathBuf {
-    let dir = std::env::current_exe()
-        .unwrap()
+    let me = std::env::current_exe().unwrap();
+    let dir = me
         .parent()
         .and_then(|deps| deps.parent())
         .unwrap()
         .to_path_buf();
     let path = dir.join("examples").join("bookshop");
-    if !path.exists() {
+    let built = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh =
+        matches!((built(&path), built(&me)), (Some(example), Some(test)) if example >= test);
+    if !fresh {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--example", "bookshop", "--all-features"])

@@ -116,8 +116,13 @@ pub struct RedisBackend {
     cluster: bool,
     max_ttl_ms: u64,
     checked_config: AtomicBool,
-    /// Whether every node is reached over TLS (`rediss://`).
+    /// Whether every node is reached over TLS (`rediss://`), and whether
+    /// without checking certificates.
     tls: bool,
+    tls_insecure: bool,
+    /// The first node's host: where a one-master Cluster that lists itself
+    /// without a host is (`scan.rs`).
+    seed_host: Option<String>,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -158,6 +163,11 @@ impl RedisBackend {
             max_ttl_ms: config.max_ttl.as_millis().clamp(1, i64::MAX as u128 / 4) as u64,
             checked_config: AtomicBool::new(false),
             tls: config.nodes.iter().all(|n| n.starts_with("rediss://")),
+            tls_insecure: config.tls_insecure,
+            seed_host: config.nodes.first().and_then(|node| {
+                let url = url::Url::parse(node).ok()?;
+                Some(url.host_str()?.trim_matches(['[', ']']).to_owned())
+            }),
         })
     }
 

@@ -5,10 +5,12 @@
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::Value;
 
-use super::cluster_push::masters;
+use redis::cluster_async::ClusterConnection;
+
+use super::cluster_push::{masters, Master};
 use super::connection::AnyConn;
 use super::server_config::{config_warnings, info_field};
-use super::RedisBackend;
+use super::{RedisBackend, NAME};
 use crate::backend::{ScanPage, StoreInfo};
 use crate::backends::generations::Kind;
 use crate::Error;
@@ -42,14 +44,18 @@ fn glob_escape(text: &str) -> String {
     out
 }
 
-/// The key of the entry stored under `name` (`keys.rs`, read backwards).
+/// The key of the entry stored under `name` (`keys.rs`, read backwards):
+/// `v:{<first segment>}<rest>`, or `v:{~<hash>}!<key>` for a first segment
+/// that cannot be a tag. A tag holds no brace, and a rest is empty or
+/// starts with `:`, so the first `}` ends the tag and a `!` after it marks
+/// the second form (a first segment may itself start with `~`).
 fn key_of(name: &str) -> Option<String> {
     let rest = name.strip_prefix(Kind::Entry.letter())?.strip_prefix(':')?;
-    if let Some(hashed) = rest.strip_prefix("{~") {
-        return Some(hashed.split_once("}!")?.1.to_owned());
-    }
-    let (first, rest) = rest.strip_prefix('{')?.split_once('}')?;
-    Some(format!("{first}{rest}"))
+    let (tag, after) = rest.strip_prefix('{')?.split_once('}')?;
+    Some(match after.strip_prefix('!') {
+        Some(key) => key.to_owned(),
+        None => format!("{tag}{after}"),
+    })
 }
 
 /// `SCAN`'s reply: the next cursor and the names.
@@ -58,8 +64,10 @@ fn reply(value: Value) -> Result<(u64, Vec<String>), redis::RedisError> {
 }
 
 impl RedisBackend {
-    /// One page: on a Cluster the cursor is `<master>:<cursor>`, masters in
-    /// the order of their ids.
+    /// One page. The cursor is `<master id>:<cursor>` (`-` for the one
+    /// server): a Cluster's masters are walked in the order of their ids,
+    /// and a master that left between two pages (a failover, a resharding)
+    /// ends the walk with an error rather than skipping its keys.
     pub(super) async fn scan_page(
         &self,
         prefix: &str,
@@ -69,29 +77,33 @@ impl RedisBackend {
         let pattern = pattern(prefix);
         let mut scan = redis::cmd("SCAN");
         let (node, at) = match cursor {
-            None => (0, 0),
-            Some(c) => parse_cursor(c)?,
+            None => (None, 0),
+            Some(c) => {
+                let (node, at) = parse_cursor(c)?;
+                (Some(node), at)
+            }
         };
         scan.arg(at)
             .arg("MATCH")
             .arg(&pattern)
             .arg("COUNT")
             .arg(COUNT);
-        let (next, names, nodes) = match &mut conn {
+        let (next, names) = match &mut conn {
             AnyConn::Cluster(cluster) => {
-                let listed: String = redis::cmd("CLUSTER")
-                    .arg("NODES")
-                    .query_async(cluster)
-                    .await
-                    .map_err(|e| self.error(e))?;
-                let mut nodes: Vec<_> = masters(&listed, None)
-                    .into_iter()
-                    .filter_map(|(_, master)| master)
-                    .collect();
-                nodes.sort_by(|a, b| a.id.cmp(&b.id));
-                let Some(master) = nodes.get(node) else {
-                    return Ok(ScanPage::default());
+                let masters = self.masters(cluster).await?;
+                let here = match node {
+                    None => 0,
+                    Some(id) => masters.iter().position(|m| m.id == id).ok_or_else(|| {
+                        Error::backend(
+                            NAME,
+                            format!(
+                                "the Redis Cluster master {id} left during the listing (a \
+                                 failover or a resharding): list again"
+                            ),
+                        )
+                    })?,
                 };
+                let master = &masters[here];
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                     host: master.host.clone(),
                     port: master.port,
@@ -101,12 +113,17 @@ impl RedisBackend {
                     .await
                     .map_err(|e| self.error(e))?;
                 let (next, names) = reply(value).map_err(|e| self.error(e))?;
-                (next, names, nodes.len())
+                let next = match (next, masters.get(here + 1)) {
+                    (0, None) => None,
+                    (0, Some(after)) => Some(format!("{}:0", after.id)),
+                    (next, _) => Some(format!("{}:{next}", master.id)),
+                };
+                (next, names)
             }
             single => {
                 let (next, names): (u64, Vec<String>) =
                     scan.query_async(single).await.map_err(|e| self.error(e))?;
-                (next, names, 1)
+                ((next != 0).then(|| format!("-:{next}")), names)
             }
         };
         let examined = names.len() as u64;
@@ -115,12 +132,31 @@ impl RedisBackend {
             .filter_map(|name| key_of(name))
             .filter(|key| key.starts_with(prefix))
             .collect();
-        let next = match (next, node + 1 < nodes) {
-            (0, false) => None,
-            (0, true) => Some(format!("{}:0", node + 1)),
-            (next, _) => Some(format!("{node}:{next}")),
-        };
         Ok(ScanPage::new(keys, next, examined))
+    }
+
+    /// The Cluster's masters, by id: an error for one with no address yet
+    /// (its keys could not be listed). A one-master Cluster lists itself
+    /// without a host: the first configured node's stands in.
+    async fn masters(&self, cluster: &mut ClusterConnection) -> Result<Vec<Master>, Error> {
+        let listed: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(cluster)
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut masters = masters(&listed, self.seed_host.as_deref())
+            .into_iter()
+            .map(|(id, master)| {
+                master.ok_or_else(|| {
+                    Error::backend(
+                        NAME,
+                        format!("the Redis Cluster master {id} has no address yet: list again"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        masters.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(masters)
     }
 
     /// Version, memory, eviction and the configuration warnings, from the
@@ -136,6 +172,13 @@ impl RedisBackend {
         });
         out.version = info_field(&info, "redis_version");
         out.tls = Some(self.tls);
+        if self.tls_insecure {
+            out.warnings.push(
+                "TLS without certificate verification (tls_insecure): anyone on the path can \
+                 pose as the server"
+                    .into(),
+            );
+        }
         out.eviction = info_field(&memory, "maxmemory_policy");
         let used = info_field(&memory, "used_memory_human").unwrap_or_default();
         out.memory = Some(match info_field(&memory, "maxmemory_human") {
@@ -168,11 +211,12 @@ impl RedisBackend {
     }
 }
 
-/// `<node>:<cursor>`, as [`scan_page`](RedisBackend::scan_page) gives it.
-fn parse_cursor(cursor: &str) -> Result<(usize, u64), Error> {
+/// `<master id>:<cursor>`, as [`scan_page`](RedisBackend::scan_page)
+/// gives it.
+fn parse_cursor(cursor: &str) -> Result<(&str, u64), Error> {
     cursor
-        .split_once(':')
-        .and_then(|(node, at)| Some((node.parse().ok()?, at.parse().ok()?)))
+        .rsplit_once(':')
+        .and_then(|(node, at)| Some((node, at.parse().ok()?)))
         .ok_or_else(|| Error::Config(format!("{cursor:?} is not a cursor this store gave")))
 }
 
@@ -183,7 +227,16 @@ mod tests {
 
     #[test]
     fn entry_names_read_back_as_their_keys_and_match_their_prefix_patterns() {
-        for key in ["author:42:top", "a*b:[x]:1", ":lead", "{tag}:x", "solo"] {
+        for key in [
+            "author:42:top",
+            "a*b:[x]:1",
+            ":lead",
+            "{tag}:x",
+            "solo",
+            "~abc:x",
+            "~a:b}!c",
+            "a}b:c",
+        ] {
             let name = physical(Kind::Entry, key);
             assert_eq!(key_of(&name).as_deref(), Some(key), "{name}");
         }
