@@ -17,6 +17,8 @@ mod support;
 mod answers;
 #[path = "cached/decided.rs"]
 mod decided;
+#[path = "cached/nesting.rs"]
+mod nesting;
 
 #[derive(Debug, PartialEq)]
 struct MyError(String);

@@ -413,14 +413,17 @@ fn ids_body(
             __cachemacro_memo,
         ) {
             ::core::result::Result::Ok(__cachemacro_ids) => __cachemacro_ids,
-            ::core::result::Result::Err(__cachemacro_first) => #entry(
+            // Boxed, as the other shapes' slow path: the core's layers each
+            // keep a copy of the unstarted body, and a body awaiting another
+            // cached function would grow this future several-fold per level.
+            ::core::result::Result::Err(__cachemacro_first) => ::std::boxed::Box::pin(#entry(
                 __cachemacro_cache,
                 &__CACHEMACRO_SITE,
                 __cachemacro_k,
                 __cachemacro_memo,
                 __cachemacro_first,
                 ::cacheruntime::__private::store_ids(&__cachemacro_slot, #body),
-            )
+            ))
             .await?,
         };
         if let ::core::option::Option::Some(__cachemacro_objects) = __cachemacro_slot.take() {

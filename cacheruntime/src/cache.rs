@@ -403,9 +403,12 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
-        self.fetch_keyed(key, policy, async move { Always(compute().await) }, None)
-            .await
-            .0
+        // The computation's future goes on the heap when it runs (a miss):
+        // the layers under this one each keep a copy of the unstarted body
+        // (see `__private::cached_value`), which stays as small as the
+        // closure.
+        let body = async move { Always(Box::pin(compute()).await) };
+        self.fetch_keyed(key, policy, body, None).await.0
     }
 
     /// Like [`get_or_compute`](Self::get_or_compute) for fallible
@@ -441,9 +444,10 @@ impl Cache {
         Fut: Future<Output = Result<T, E>>,
     {
         // The closure runs only when the computation does (a miss), not
-        // on hits: it may do work before its future.
-        self.fetch_keyed(key, policy, async move { compute().await }, None)
-            .await
+        // on hits: it may do work before its future, which is boxed then
+        // (see `get_or_compute`).
+        let body = async move { Box::pin(compute()).await };
+        self.fetch_keyed(key, policy, body, None).await
     }
 
     /// Like [`get_or_compute`](Self::get_or_compute), with the policy's
@@ -480,8 +484,9 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
-        // Called only when the computation runs (a miss or a refresh).
-        let body = async move { Always(compute().await) };
+        // Called only when the computation runs (a miss or a refresh), and
+        // boxed then (see `get_or_compute`).
+        let body = async move { Always(Box::pin(compute()).await) };
         self.fetch_keyed(key, policy, body, Some(refresh::spawn_refresh))
             .await
             .0
@@ -502,8 +507,9 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
-        // Called only when the computation runs (a miss or a refresh).
-        let body = async move { compute().await };
+        // Called only when the computation runs (a miss or a refresh), and
+        // boxed then (see `get_or_compute`).
+        let body = async move { Box::pin(compute()).await };
         self.fetch_keyed(key, policy, body, Some(refresh::spawn_refresh))
             .await
     }

@@ -70,8 +70,10 @@ where
         Memo::cloning(),
     )
     .telling(told);
-    // Called only when the computation runs (a miss or a refresh).
-    let body = async move { compute().await };
+    // Called only when the computation runs (a miss or a refresh), and
+    // boxed then: the layers under this one each keep a copy of the
+    // unstarted body, which stays as small as the closure.
+    let body = async move { Box::pin(compute()).await };
     settings
         .cache
         .engine
