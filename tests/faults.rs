@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use cacheruntime::backends::memcached::{MemcachedBackend, MemcachedConfig};
 use cacheruntime::backends::redis::{RedisBackend, RedisConfig};
 use cacheruntime::backends::sql::{SqlBackend, SqlConfig};
-use cacheruntime::{Cache, Policy, Stats};
+use cacheruntime::{Cache, Error, Policy, Stats};
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use support::{until_ready, MemcachedServer, Postgres, RedisServer, StallProxy};
@@ -975,7 +975,7 @@ async fn damage(raw: &Raw, key: &str, how: Damage) {
         )
     });
     let (wrapper, mut env) = raw.split(&stored);
-    assert_eq!(env[0], 2, "format version 2 today");
+    assert_eq!(env[0], 3, "format version 3 today");
     let env = match how {
         Damage::RandomEnvelope => random_bytes(64, 7),
         Damage::TruncatedHeader => env[..20].to_vec(),
@@ -987,7 +987,7 @@ async fn damage(raw: &Raw, key: &str, how: Damage) {
             env
         }
         Damage::FormatVersionNext => {
-            env[0] = 3;
+            env[0] = 4;
             env
         }
         Damage::UnknownCodec => {
@@ -1071,8 +1071,28 @@ async fn corrupt_entries(raw: Raw, cache: Cache) {
         assert_eq!(fails, expected, "{label}: decode_failures");
         counted += fails;
         let env = raw.envelope(&key).await.expect("rewritten");
-        assert_eq!(env[0], 2, "{label}: a valid envelope again");
+        assert_eq!(env[0], 3, "{label}: a valid envelope again");
     }
+
+    // An entry the previous release wrote (format 2: the header without
+    // its written-at) is a hit with its value: a rolling upgrade keeps
+    // the old release's entries.
+    let key = "c:previous".to_string();
+    assert_eq!(call(key.clone(), false).await.unwrap(), val(&key, 0));
+    let (wrapper, env) = raw.split(&raw.read_stored(&key).await.expect("stored"));
+    let mut old = [&env[..39], &env[47..]].concat();
+    old[0] = 2;
+    raw.write_stored(&key, &[wrapper, old].concat()).await;
+    let (before, ran) = (cache.stats(), origin.computations.load(Ordering::SeqCst));
+    assert_eq!(call(key.clone(), false).await.unwrap(), val(&key, 0));
+    assert_eq!(origin.computations.load(Ordering::SeqCst), ran, "{name}");
+    let after = cache.stats();
+    assert_eq!(
+        (after.hits - before.hits, after.decode_failures),
+        (1, before.decode_failures),
+        "{name}: format 2"
+    );
+    calls += 2;
 
     // Another type under the same key (another deployment's, or a
     // `version` bump): a counted miss, never a wrong value.
@@ -1422,4 +1442,56 @@ async fn mixed_load_sqlite() {
     let url = format!("sqlite://{}", dir.path().join("load.db").display());
     let cache = load_cache(SqlBackend::new(SqlConfig::new(url)).unwrap());
     mixed_load("sqlite", cache, load_secs()).await;
+}
+
+// ------------------------------------------------------------ operators
+
+/// Operators' reads (`inspect`, `keys`) go around the circuit breaker, the
+/// reads of a tagged entry's tokens included: with the breaker open for the
+/// application, they answer, and they neither meet nor move it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_reads_of_tagged_entries_go_around_an_open_breaker() {
+    let _alone = alone().await;
+    let server = RedisServer::start();
+    let cache = fault_cache(redis_backend(&server.url()), Duration::from_secs(600));
+    until_ready(&cache).await;
+    let hour = Duration::from_secs(3600);
+    cache
+        .set_tagged("op:tagged", &7u32, hour, &["op-tag"])
+        .await
+        .unwrap();
+    // Five calls time out in a stall: the breaker opens, for ten minutes.
+    server.stall();
+    for i in 0..5 {
+        assert!(cache.get::<u32>(&format!("op:{i}")).await.is_err());
+    }
+    server.resume();
+    assert!(
+        matches!(
+            cache.get::<u32>("op:tagged").await,
+            Err(Error::CircuitOpen { .. })
+        ),
+        "the application's calls are skipped"
+    );
+    let skips = cache.stats().circuit_skips;
+    let info = cache
+        .inspect("op:tagged")
+        .await
+        .expect("inspect around the breaker")
+        .expect("a live entry");
+    assert_eq!(info.tags.len(), 1, "{info:?}");
+    assert_eq!(info.tags[0].0, "op-tag");
+    let keys = cache
+        .keys("op:", 10, |_| {})
+        .await
+        .expect("keys around the breaker");
+    assert_eq!(keys, ["op:tagged"]);
+    assert_eq!(cache.stats().circuit_skips, skips, "operators never met it");
+    assert!(
+        matches!(
+            cache.get::<u32>("op:tagged").await,
+            Err(Error::CircuitOpen { .. })
+        ),
+        "and it is still open for the application"
+    );
 }

@@ -100,6 +100,11 @@ pub(crate) fn inspected(key: &str, e: &EntryInfo) -> (String, Value) {
     let _ = writeln!(human, "key: {}", shown(key));
     let _ = writeln!(human, "stored as: {}", shown(&e.stored_key));
     let _ = writeln!(human, "state: {}", freshness(e.freshness));
+    let written = e.written_at.map_or_else(
+        || "not recorded (written by an older release)".to_owned(),
+        rfc3339,
+    );
+    let _ = writeln!(human, "written at: {written}");
     let _ = writeln!(human, "fresh until: {}", rfc3339(e.fresh_until));
     let _ = writeln!(human, "stale until: {}", rfc3339(e.stale_until));
     let _ = writeln!(human, "kept until: {}", rfc3339(e.kept_until));
@@ -126,6 +131,8 @@ pub(crate) fn inspected(key: &str, e: &EntryInfo) -> (String, Value) {
         "found": true,
         "stored_key": e.stored_key,
         "state": format!("{:?}", e.freshness).to_lowercase(),
+        "written_at": e.written_at.map(rfc3339),
+        "written_at_ms": e.written_at.map(ms),
         "fresh_until": rfc3339(e.fresh_until),
         "fresh_until_ms": ms(e.fresh_until),
         "stale_until": rfc3339(e.stale_until),

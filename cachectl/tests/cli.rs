@@ -132,6 +132,10 @@ async fn every_command(url: &str, kind: &str, secrets: &[&str]) {
         .unwrap()
         .as_millis() as u64;
     assert!(fresh_until > now + 3_000_000, "fresh for an hour: {entry}");
+    // Written by the app a moment ago, and an hour before its TTL ends.
+    let written = entry["written_at_ms"].as_u64().unwrap();
+    assert!(written <= now && now - written < 120_000, "{entry}");
+    assert_eq!(fresh_until - written, HOUR.as_millis() as u64, "{entry}");
     let tagged = run(&["inspect", "book:9", "--json"]).json();
     assert_eq!(tagged["tags"][0]["tag"], "catalog", "{tagged}");
     // Without the key the signature is not checked; with another, it fails.

@@ -384,8 +384,9 @@ impl Sealer {
     }
 
     /// The entry `header` and `payload` came from (see [`live`](Self::live)),
-    /// fresh for `ttl` from now and keeping its stale window, sealed again
-    /// (and signed again) for `key`; with the TTL the store keeps it for.
+    /// fresh for `ttl` from now and keeping its stale window and its
+    /// written-at, sealed again (and signed again) for `key`, in this
+    /// build's format; with the TTL the store keeps it for.
     ///
     /// `section` is the entry's tag section (`None` when it has none): the
     /// entry keeps its tags, and the tokens it recorded.
@@ -502,6 +503,7 @@ impl Sealer {
             stale_until_ms: stale_until,
             kept_until_ms: kept_until,
             compute_ms,
+            written_ms: now,
         }
         .write(&mut out);
         if let Some(stamp) = stamp {

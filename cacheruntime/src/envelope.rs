@@ -14,7 +14,9 @@
 //!             stale until, the value is only served when its computation
 //!             fails (`stale_if_error`); the store keeps it this long
 //! 35     4    measured computation time, ms
-//! 39     ..   (bit 2 only) the tag section: its length in bytes (2, little
+//! 39     8    written at, ms since the Unix epoch: when the value was
+//!             stored (a touch keeps it)
+//! 47     ..   (bit 2 only) the tag section: its length in bytes (2, little
 //!             endian), then for each tag of the entry, in byte order, its
 //!             length (2), its name and the token it had when the value's
 //!             read began (8); the fingerprint then covers the section
@@ -26,8 +28,11 @@
 //! Anything that does not match (short input, another format or codec,
 //! another type, a flag this build does not know) is a miss that gets
 //! overwritten, never a wrong value: a flag changes how the payload reads,
-//! so an entry with an unknown one is never decoded. Format 1 (before
-//! `kept until`) is read as another format.
+//! so an entry with an unknown one is never decoded. Format 2 (before
+//! `written at`: the same layout without it, the tag section at 39) is
+//! still read, so a rolling upgrade keeps the entries the old release
+//! wrote; its entries have no written-at (0). Format 1 (before `kept
+//! until`) is read as another format.
 //!
 //! Compression (bit 1) is known only to builds with the `compression`
 //! feature: a process built without it refuses compressed entries, as any
@@ -37,9 +42,13 @@
 use crate::Error;
 
 /// Bumped whenever the layout above changes.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 /// Size of the fixed header.
-pub const HEADER_LEN: usize = 39;
+pub const HEADER_LEN: usize = 47;
+/// The format before `written at`, still read.
+const PREVIOUS_VERSION: u8 = 2;
+/// Size of the fixed header of [`PREVIOUS_VERSION`] entries.
+const PREVIOUS_HEADER_LEN: usize = 39;
 /// Flag: the entry ends with an HMAC-SHA256 tag (see [`crate::signing`]).
 pub const FLAG_SIGNED: u8 = 1;
 /// Flag: the payload is a zstd frame of the codec's output (the
@@ -75,6 +84,9 @@ pub struct Header {
     pub kept_until_ms: u64,
     /// How long the value took to compute.
     pub compute_ms: u32,
+    /// When the value was stored, wall-clock ms: 0 when the entry's format
+    /// (2) did not record it. Touching an entry keeps it.
+    pub written_ms: u64,
 }
 
 impl Header {
@@ -89,6 +101,7 @@ impl Header {
         out.extend_from_slice(&self.stale_until_ms.to_le_bytes());
         out.extend_from_slice(&self.kept_until_ms.to_le_bytes());
         out.extend_from_slice(&self.compute_ms.to_le_bytes());
+        out.extend_from_slice(&self.written_ms.to_le_bytes());
     }
 
     /// Splits an entry into its header and payload (past the tag section,
@@ -102,15 +115,15 @@ impl Header {
     /// [`KNOWN_FLAGS`]: what a build with fewer features reads).
     #[inline]
     pub fn read_known(bytes: &[u8], known: u8) -> Result<(Header, &[u8]), Error> {
-        if bytes.len() < HEADER_LEN {
-            return Err(Error::decode("entry shorter than the envelope header"));
-        }
-        if bytes[0] != FORMAT_VERSION {
-            return Err(Error::decode(format!(
-                "entry has format version {}, this build reads {FORMAT_VERSION}",
-                bytes[0]
-            )));
-        }
+        let Some(len) = header_len(bytes) else {
+            return Err(match bytes.first() {
+                Some(&v) if v != FORMAT_VERSION && v != PREVIOUS_VERSION => Error::decode(format!(
+                    "entry has format version {v}, this build reads \
+                         {PREVIOUS_VERSION} and {FORMAT_VERSION}"
+                )),
+                _ => Error::decode("entry shorter than the envelope header"),
+            });
+        };
         let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
         let header = Header {
             codec: bytes[1],
@@ -120,6 +133,7 @@ impl Header {
             stale_until_ms: u64_at(19),
             kept_until_ms: u64_at(27),
             compute_ms: u32::from_le_bytes(bytes[35..39].try_into().unwrap()),
+            written_ms: if len == HEADER_LEN { u64_at(39) } else { 0 },
         };
         if header.stale_until_ms < header.fresh_until_ms
             || header.kept_until_ms < header.stale_until_ms
@@ -133,12 +147,23 @@ impl Header {
             )));
         }
         if header.flags & FLAG_TAGGED == 0 {
-            return Ok((header, &bytes[HEADER_LEN..]));
+            return Ok((header, &bytes[len..]));
         }
         let section =
             tag_section(bytes).ok_or_else(|| Error::decode("entry's tag section is cut short"))?;
-        Ok((header, &bytes[HEADER_LEN + 2 + section.len()..]))
+        Ok((header, &bytes[len + 2 + section.len()..]))
     }
+}
+
+/// The length of the fixed header of `bytes`'s format, `None` for a format
+/// this build does not read or an entry too short for its header.
+fn header_len(bytes: &[u8]) -> Option<usize> {
+    let len = match *bytes.first()? {
+        FORMAT_VERSION => HEADER_LEN,
+        PREVIOUS_VERSION => PREVIOUS_HEADER_LEN,
+        _ => return None,
+    };
+    (bytes.len() >= len).then_some(len)
 }
 
 /// An entry's flags byte, without reading the rest of its header, or
@@ -149,12 +174,14 @@ pub fn flags(bytes: &[u8]) -> Option<u8> {
 }
 
 /// The tag section of an entry whose flags have [`FLAG_TAGGED`] (what
-/// follows its length), or `None` when the entry is too short to hold it.
-/// Read nothing else from an entry without the flag.
+/// follows its length, after the header of the entry's format), or `None`
+/// when the entry is too short to hold it or of a format this build does
+/// not read. Read nothing else from an entry without the flag.
 pub fn tag_section(bytes: &[u8]) -> Option<&[u8]> {
-    let len = bytes.get(HEADER_LEN..HEADER_LEN + 2)?;
+    let at = header_len(bytes)?;
+    let len = bytes.get(at..at + 2)?;
     let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
-    bytes.get(HEADER_LEN + 2..HEADER_LEN + 2 + len)
+    bytes.get(at + 2..at + 2 + len)
 }
 
 /// FNV-1a over the type name and the user's version: stable across processes
@@ -188,6 +215,7 @@ mod tests {
             stale_until_ms: 20,
             kept_until_ms: 30,
             compute_ms: 7,
+            written_ms: 5,
         };
         let mut out = Vec::new();
         h.write(&mut out);
@@ -226,6 +254,50 @@ mod tests {
         assert_eq!(tag_section(&tagged), Some(&b"abc"[..]));
         out[0] = 1;
         assert!(Header::read(&out).is_err(), "format 1");
+        out[0] = FORMAT_VERSION + 1;
+        assert!(Header::read(&out).is_err(), "a later format");
+    }
+
+    /// What the previous release wrote: the same header without `written
+    /// at`, the tag section right after it.
+    fn previous_format(current: &[u8]) -> Vec<u8> {
+        let mut old = [&current[..PREVIOUS_HEADER_LEN], &current[HEADER_LEN..]].concat();
+        old[0] = PREVIOUS_VERSION;
+        old
+    }
+
+    #[test]
+    fn entries_of_the_previous_format_read_with_no_written_at() {
+        let h = Header {
+            codec: 1,
+            flags: FLAG_TAGGED,
+            fingerprint: 42,
+            fresh_until_ms: 10,
+            stale_until_ms: 20,
+            kept_until_ms: 30,
+            compute_ms: 7,
+            written_ms: 5,
+        };
+        let mut out = Vec::new();
+        h.write(&mut out);
+        out.extend_from_slice(&[3, 0, b'a', b'b', b'c', b'p', b'q']);
+        let old = previous_format(&out);
+        let (back, payload) = Header::read(&old).unwrap();
+        assert_eq!(back, Header { written_ms: 0, ..h });
+        assert_eq!(payload, b"pq");
+        assert_eq!(tag_section(&old), Some(&b"abc"[..]));
+        assert_eq!(tag_section(&out), Some(&b"abc"[..]));
+        // Cut inside either header: refused, never read short.
+        assert!(Header::read(&old[..PREVIOUS_HEADER_LEN - 1]).is_err());
+        assert!(Header::read(&out[..HEADER_LEN - 1]).is_err());
+        assert_eq!(tag_section(&out[..HEADER_LEN - 1]), None);
+        let mut later = out.clone();
+        later[0] = FORMAT_VERSION + 1;
+        assert_eq!(
+            tag_section(&later),
+            None,
+            "a format this build does not read"
+        );
     }
 
     #[test]

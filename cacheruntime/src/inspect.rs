@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::envelope::{self, Header};
+use crate::reader::Reader;
 use crate::stamp::recorded;
 use crate::{Cache, Error};
 
@@ -128,6 +129,9 @@ pub struct EntryInfo {
     pub signature: Signature,
     /// The tags the entry was stored with and the token each had.
     pub tags: Vec<(String, u64)>,
+    /// When the value was stored (a touch keeps it); `None` for an entry
+    /// the previous release wrote (format 2), which did not record it.
+    pub written_at: Option<SystemTime>,
     /// Fresh until this time.
     pub fresh_until: SystemTime,
     /// Servable while refreshed (stale) until this time.
@@ -159,7 +163,8 @@ impl Cache {
     /// call: before its last deadline, its tags' tokens current.
     async fn live(&self, header: &Header, bytes: &[u8]) -> Result<bool, Error> {
         let engine = &self.engine;
-        Ok(engine.sealer.clock.now_ms() < header.kept_until_ms && engine.tags_hold(bytes).await?)
+        Ok(engine.sealer.clock.now_ms() < header.kept_until_ms
+            && engine.tags_hold(bytes, Reader::Operator(PATIENCE)).await?)
     }
 
     /// One round trip to the store (a read of a key nobody writes), timed.
@@ -185,8 +190,8 @@ impl Cache {
     }
 
     /// The entry under `key` (as a `#[cached]` key renders it, without the
-    /// namespace), decoded: deadlines, codec, fingerprint, signature, tags
-    /// and payload. `None` when there is no entry a `#[cached]` call could
+    /// namespace), decoded: when it was written, deadlines, codec,
+    /// fingerprint, signature, tags and payload. `None` when there is no entry a `#[cached]` call could
     /// still be answered with: absent, past its last deadline, deleted, or
     /// invalidated (by prefix or by one of its tags). One past its TTL but
     /// inside its stale window (or kept for `stale_if_error`) is shown,
@@ -244,6 +249,7 @@ impl Cache {
             compressed: header.flags & envelope::FLAG_COMPRESSED != 0,
             signature,
             tags,
+            written_at: (header.written_ms != 0).then(|| at(header.written_ms)),
             fresh_until: at(header.fresh_until_ms),
             stale_until: at(header.stale_until_ms),
             kept_until: at(header.kept_until_ms),
@@ -306,7 +312,9 @@ impl Cache {
                     .collect();
                 let raw: Vec<Option<&[u8]>> =
                     entries.iter().map(|(_, b, _)| Some(&b[..])).collect();
-                let tags = engine.tags_hold_many(&raw).await?;
+                let tags = engine
+                    .tags_hold_many(&raw, Reader::Operator(PATIENCE))
+                    .await?;
                 let now = engine.sealer.clock.now_ms();
                 for ((key, _, header), holds) in entries.iter().zip(tags) {
                     if holds && now < header.kept_until_ms && key.starts_with(&full) {

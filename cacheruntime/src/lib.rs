@@ -53,6 +53,7 @@ mod outcome;
 mod params;
 mod policy;
 mod read;
+mod reader;
 mod refresh;
 mod secrets;
 #[cfg(feature = "metrics")]

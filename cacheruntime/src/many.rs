@@ -18,6 +18,7 @@ use crate::backend::Lookup;
 use crate::cache::Cache;
 use crate::engine::Answer;
 use crate::entry::{Accept, Source, UNTYPED};
+use crate::reader::Reader;
 use crate::{envelope, key, Error};
 
 impl Cache {
@@ -74,7 +75,7 @@ impl Cache {
         };
         // Entries with tags are served only while their tokens are current.
         let values: Vec<Option<&[u8]>> = found.iter().map(|l| l.value.as_deref()).collect();
-        let hold = match engine.tags_hold_many(&values).await {
+        let hold = match engine.tags_hold_many(&values, Reader::App).await {
             Ok(hold) => hold,
             Err(e) => {
                 for _ in keys {

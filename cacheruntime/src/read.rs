@@ -15,6 +15,7 @@ use crate::lock::HeldLock;
 use crate::memo::Memo;
 use crate::near::Near;
 use crate::policy::Policy;
+use crate::reader::Reader;
 use crate::site::Site;
 use crate::Error;
 
@@ -108,7 +109,7 @@ impl Engine {
                     .open_checked::<V>(&bytes, fp, policy, Source::Store(key))
                 {
                     Ok(Some((v, due))) => {
-                        if !fp.knows_tags() && !self.tags_hold(&bytes).await? {
+                        if !fp.knows_tags() && !self.tags_hold(&bytes, Reader::App).await? {
                             return Ok(Read::Miss(lookup.ticket));
                         }
                         if let Some(near) = &inner.near {

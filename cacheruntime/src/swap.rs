@@ -20,6 +20,7 @@ use crate::backend::{Lookup, Ticket};
 use crate::engine::Engine;
 use crate::entry::Accept;
 use crate::envelope::{self, Header};
+use crate::reader::Reader;
 use crate::Error;
 
 /// What an op decided from the live entry (if any).
@@ -77,7 +78,7 @@ impl Engine {
             }
         };
         let tags_hold = match &lookup.value {
-            Some(bytes) => self.tags_hold(bytes).await?,
+            Some(bytes) => self.tags_hold(bytes, Reader::App).await?,
             None => true,
         };
         Ok(Seen {

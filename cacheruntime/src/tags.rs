@@ -38,6 +38,7 @@ use crate::backends::MemoryBackend;
 use crate::cache::Cache;
 use crate::engine::Engine;
 use crate::envelope;
+use crate::reader::Reader;
 use crate::stamp::{recorded, Stamp};
 pub use crate::stamp::{MAX_TAGS, MAX_TAG_LEN};
 use crate::Error;
@@ -133,13 +134,28 @@ impl Engine {
     /// The current tokens of `tags` (in order), `None` for a missing one,
     /// each with the read that found it.
     async fn tokens(&self, tags: &[&str]) -> Result<Vec<(Option<u64>, Lookup)>, Error> {
+        self.tokens_for(tags, Reader::App).await
+    }
+
+    /// [`tokens`](Self::tokens), read for `reader`.
+    async fn tokens_for(
+        &self,
+        tags: &[&str],
+        reader: Reader,
+    ) -> Result<Vec<(Option<u64>, Lookup)>, Error> {
         if let Some(memory) = self.store.memory() {
             return Ok(self.tokens_local(memory, tags));
         }
         let keys: Vec<String> = tags.iter().map(|t| self.token_key(t)).collect();
         let refs: Vec<&str> = keys.iter().map(|k| &**k).collect();
         let backend = self.store.backend();
-        let found = self.guarded("get", || backend.get_many(&refs)).await?;
+        let found = match reader {
+            Reader::App => self.guarded("get", || backend.get_many(&refs)).await?,
+            Reader::Operator(patience) => {
+                self.operator_call("tag_tokens", patience, || backend.get_many(&refs))
+                    .await?
+            }
+        };
         Ok(found.into_iter().map(|l| (token_of(&l), l)).collect())
     }
 
@@ -284,13 +300,16 @@ impl Engine {
     /// entry without tags; for a tagged one, whether every token its
     /// section records is still the tag's token in the store. What the
     /// direct reads that do not know an entry's tags ask before serving it.
-    pub(crate) async fn tags_hold(&self, bytes: &[u8]) -> Result<bool, Error> {
+    pub(crate) async fn tags_hold(&self, bytes: &[u8], reader: Reader) -> Result<bool, Error> {
         match recorded_in(bytes) {
             Recorded::Untagged => Ok(true),
             Recorded::Malformed => Ok(false),
             Recorded::Tags(recorded) => {
                 let tags: Vec<&str> = recorded.iter().map(|(t, _)| *t).collect();
-                Ok(all_current(&recorded, &self.tokens(&tags).await?))
+                Ok(all_current(
+                    &recorded,
+                    &self.tokens_for(&tags, reader).await?,
+                ))
             }
         }
     }
@@ -301,6 +320,7 @@ impl Engine {
     pub(crate) async fn tags_hold_many(
         &self,
         entries: &[Option<&[u8]>],
+        reader: Reader,
     ) -> Result<Vec<bool>, Error> {
         let recorded: Vec<Recorded<'_>> = entries
             .iter()
@@ -319,7 +339,7 @@ impl Engine {
         let current = if tags.is_empty() {
             Vec::new()
         } else {
-            self.tokens(&tags).await?
+            self.tokens_for(&tags, reader).await?
         };
         let token = |tag: &str| {
             tags.binary_search(&tag)

@@ -88,6 +88,19 @@ pub async fn keys_and_inspect_show_live_entries_only(s: &Store) {
             f.expect(left > Duration::from_secs(1800), || {
                 format!("fresh for {left:?}")
             });
+            // Written when its TTL started (both from the writer's clock).
+            let lived = info
+                .written_at
+                .and_then(|w| info.fresh_until.duration_since(w).ok());
+            f.expect(
+                lived.is_some_and(|d| d <= LONG && d > Duration::from_secs(1800)),
+                || {
+                    format!(
+                        "written {:?}, fresh until {:?}",
+                        info.written_at, info.fresh_until
+                    )
+                },
+            );
         }
         other => f.fail(format!("B.inspect(ops:1) = {other:?}")),
     }

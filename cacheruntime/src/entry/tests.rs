@@ -35,6 +35,7 @@ fn get_of_i64_reads_counters_and_nothing_else_does() {
         stale_until_ms: 0,
         kept_until_ms: 0,
         compute_ms: 0,
+        written_ms: 0,
     };
     assert!(Accept::Direct(i64_fp).admits(&of(COUNTER), || None));
     let u64_fp = crate::envelope::fingerprint(std::any::type_name::<u64>(), 0);
@@ -56,6 +57,7 @@ fn tagged_entries_are_accepted_by_their_stamp_and_by_direct_reads_only() {
         stale_until_ms: 0,
         kept_until_ms: 0,
         compute_ms: 0,
+        written_ms: 0,
     };
     assert!(Accept::Stamped(covered).admits(&header, || Some(section)));
     assert!(!Accept::Stamped(covered + 1).admits(&header, || Some(section)));
