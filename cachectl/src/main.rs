@@ -31,6 +31,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use cacheruntime::inspect::Signature;
 use cacheruntime::{Cache, Error};
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -178,10 +179,26 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             let Some(entry) = cache.inspect(&key).await? else {
                 return not_found(json, &key);
             };
+            if matches!(entry.signature, Signature::Invalid | Signature::Missing) {
+                // What the application would refuse is not its value.
+                return Err(Failure(
+                    Exit::NotAnEntry,
+                    format!(
+                        "the entry under {key:?} is not signed with a current signing key \
+                         (CACHE_SIGNING_KEY), so the application refuses it; \
+                         `cachectl inspect` shows it"
+                    ),
+                ));
+            }
             if raw && !json {
                 let mut out = std::io::stdout().lock();
-                let written = out.write_all(&entry.payload).and_then(|()| out.flush());
-                written.map_err(|e| Failure(Exit::StoreFailed, format!("stdout: {e}")))?;
+                match out.write_all(&entry.payload).and_then(|()| out.flush()) {
+                    // `cachectl get --raw KEY | head -c 10`: the reader had enough.
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        return Err(Failure(Exit::StoreFailed, format!("stdout: {e}")));
+                    }
+                    _ => {}
+                }
             } else {
                 let hex: String = entry.payload.iter().map(|b| format!("{b:02x}")).collect();
                 let document = json!({ "key": key, "found": true, "payload_hex": hex });
@@ -239,19 +256,32 @@ async fn keys(
         bar
     };
     let mut examined = 0;
+    // One more than asked: whether the list is whole.
     let found = cache
-        .keys(prefix, limit, |n| {
+        .keys(prefix, limit.saturating_add(1), |n| {
             examined = n;
             bar.set_message(format!("{n} stored items examined"));
         })
         .await;
     bar.finish_and_clear();
-    let found = found?;
-    let document = json!({ "prefix": prefix, "keys": found, "examined": examined });
+    let mut found = found?;
+    let complete = found.len() <= limit;
+    found.truncate(limit);
+    let document = json!({
+        "prefix": prefix,
+        "keys": found,
+        "complete": complete,
+        "examined": examined,
+    });
     print(json, document, || {
         let shown: Vec<String> = found.iter().map(|k| output::shown(k)).collect();
         shown.join("\n")
     });
+    if !complete && !json {
+        eprintln!(
+            "cachectl: more keys under {prefix:?} than --limit {limit}: raise it to see them"
+        );
+    }
     Ok(())
 }
 

@@ -21,10 +21,10 @@ pub(crate) fn shown(key: &str) -> String {
 
 /// `info`: one `name: value` line each, warnings last.
 pub(crate) fn store_info(info: &StoreInfo) -> (String, Value) {
-    let mut human = format!("kind: {}\n", info.kind);
+    let mut human = format!("kind: {}\n", shown(&info.kind));
     let mut line = |name: &str, value: &Option<String>| {
         if let Some(value) = value {
-            let _ = writeln!(human, "{name}: {value}");
+            let _ = writeln!(human, "{name}: {}", shown(value));
         }
     };
     line("version", &info.version);
@@ -35,10 +35,10 @@ pub(crate) fn store_info(info: &StoreInfo) -> (String, Value) {
     line("eviction", &info.eviction);
     line("memory", &info.memory);
     for (name, value) in &info.details {
-        let _ = writeln!(human, "{name}: {value}");
+        let _ = writeln!(human, "{}: {}", shown(name), shown(value));
     }
     for warning in &info.warnings {
-        let _ = writeln!(human, "warning: {warning}");
+        let _ = writeln!(human, "warning: {}", shown(warning));
     }
     if info.warnings.is_empty() {
         human.push_str("warnings: none\n");
@@ -65,8 +65,15 @@ fn ms(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A time as RFC 3339; past what RFC 3339 writes (the year 9999: a
+/// deadline of an entry kept until evicted, or a damaged header), its
+/// milliseconds since the epoch.
 fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    let mut text = String::new();
+    match write!(text, "{}", humantime::format_rfc3339_millis(t)) {
+        Ok(()) => text,
+        Err(_) => format!("{} ms since the Unix epoch", ms(t)),
+    }
 }
 
 fn signature(s: Signature) -> &'static str {
@@ -75,6 +82,9 @@ fn signature(s: Signature) -> &'static str {
         Signature::Verified => "verified",
         Signature::Invalid => "INVALID (no signing key verifies it: a reader refuses it)",
         Signature::Unchecked => "signed, not checked (set CACHE_SIGNING_KEY to check it)",
+        Signature::Missing => {
+            "MISSING (unsigned, and the signing keys require one: a reader refuses it)"
+        }
         _ => "unknown",
     }
 }
@@ -124,7 +134,7 @@ pub(crate) fn inspected(key: &str, e: &EntryInfo) -> (String, Value) {
     );
     let _ = writeln!(human, "computed in: {} ms", e.compute_time.as_millis());
     for (tag, token) in &e.tags {
-        let _ = writeln!(human, "tag: {tag} (token {token:016x})");
+        let _ = writeln!(human, "tag: {} (token {token:016x})", shown(tag));
     }
     let document = json!({
         "key": key,

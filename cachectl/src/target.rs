@@ -42,13 +42,42 @@ pub(crate) async fn cache(url: Option<&str>, name: Option<&str>) -> Result<Cache
         return Err(in_process());
     }
     let keys = signing_keys(&keys_var).or_else(|| signing_keys("CACHE_SIGNING_KEY"));
-    let cache = Cache::from_url_signed(url, keys.unwrap_or_default()).await?;
+    let url = looking_only(url);
+    let cache = Cache::from_url_signed(&url, keys.unwrap_or_default()).await?;
     // Whatever the scheme's spelling (`memory://`, `mem://`, `none://`,
     // `disabled://`...): decided by the store the URL made.
     if matches!(cache.backend_name(), "memory" | "disabled") {
         return Err(in_process());
     }
     Ok(cache)
+}
+
+/// An operator's look at a SQL store creates nothing: not the table
+/// (`auto_create=false`), not a SQLite database file (`mode=rw`), so a
+/// mistyped path or table name is an error rather than an empty listing.
+/// Either parameter given in the URL is kept as given.
+fn looking_only(url: &str) -> String {
+    let Ok(parsed) = url::Url::parse(url) else {
+        // Not a URL: the library says what is wrong with it.
+        return url.to_owned();
+    };
+    let sqlite = parsed.scheme() == "sqlite";
+    if !sqlite && !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return url.to_owned();
+    }
+    let has = |name: &str| parsed.query_pairs().any(|(k, _)| k == name);
+    let mut added = Vec::new();
+    if !has("auto_create") {
+        added.push("auto_create=false");
+    }
+    if sqlite && !has("mode") {
+        added.push("mode=rw");
+    }
+    if added.is_empty() {
+        return url.to_owned();
+    }
+    let joint = if parsed.query().is_some() { '&' } else { '?' };
+    format!("{url}{joint}{}", added.join("&"))
 }
 
 /// The comma-separated keys of `var`, as the library reads them.
@@ -61,4 +90,25 @@ fn signing_keys(var: &str) -> Option<Vec<String>> {
         .map(str::to_owned)
         .collect();
     (!keys.is_empty()).then_some(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looking_only;
+
+    #[test]
+    fn sql_urls_are_opened_to_look_not_to_create() {
+        assert_eq!(
+            looking_only("sqlite:///var/cache/app.db"),
+            "sqlite:///var/cache/app.db?auto_create=false&mode=rw"
+        );
+        assert_eq!(
+            looking_only("postgres://u:p@127.0.0.1/app?table=c"),
+            "postgres://u:p@127.0.0.1/app?table=c&auto_create=false"
+        );
+        let given = "sqlite:///x.db?mode=rwc&auto_create=true";
+        assert_eq!(looking_only(given), given, "what the operator asked");
+        let redis = "redis://127.0.0.1:6379/0";
+        assert_eq!(looking_only(redis), redis);
+    }
 }

@@ -66,7 +66,12 @@ fn cachectl(url: &str, key: Option<&str>, args: &[&str], secrets: &[&str]) -> Ru
 /// Every command against the store at `url` (namespace `ops`), whose kind
 /// `info` names `kind`; `secrets` are the URL's.
 async fn every_command(url: &str, kind: &str, secrets: &[&str]) {
-    let app = Cache::from_url_signed(url, [SIGNING_KEY]).await.unwrap();
+    // The application's own handles: patient with a cold connection (every
+    // URL here has a query: `?namespace=ops`).
+    let patient = format!("{url}&op_timeout=5s");
+    let app = Cache::from_url_signed(&patient, [SIGNING_KEY])
+        .await
+        .unwrap();
     app.set("author:1:top", &vec![11u32, 12, 13], HOUR)
         .await
         .unwrap();
@@ -109,8 +114,19 @@ async fn every_command(url: &str, kind: &str, secrets: &[&str]) {
         listed,
         ["author:1:bio", "author:1:top", "author:2:top", "book:9"]
     );
+    assert_eq!(keys.json()["complete"], true);
     let one = run(&["keys", "author:", "--limit", "1", "--json"]);
     assert_eq!(one.json()["keys"].as_array().map(Vec::len), Some(1));
+    assert_eq!(one.json()["complete"], false, "two more were not listed");
+    let three = run(&["keys", "author:", "--limit", "3"]);
+    assert_eq!(three.stdout.lines().count(), 3);
+    assert!(three.stderr.is_empty(), "exactly all: {}", three.stderr);
+    let two = run(&["keys", "author:", "--limit", "2"]);
+    assert!(
+        two.stderr.contains("--limit"),
+        "says there are more: {}",
+        two.stderr
+    );
 
     let inspect = run(&["inspect", "author:1:bio", "--json"]);
     assert_eq!(inspect.code, 0, "{}", inspect.stderr);
@@ -148,6 +164,26 @@ async fn every_command(url: &str, kind: &str, secrets: &[&str]) {
         secrets,
     );
     assert_eq!(wrong.json()["signature"], "invalid");
+    // What the application refuses, `get` does not give as its value.
+    let refused = cachectl(
+        url,
+        Some("another-key-of-at-least-16-bytes"),
+        &["get", "author:1:bio"],
+        secrets,
+    );
+    assert_eq!(refused.code, 5, "{} / {}", refused.stdout, refused.stderr);
+    assert!(
+        !refused.stdout.contains("wrote books"),
+        "{}",
+        refused.stdout
+    );
+    // Unsigned under a key the application signs: refused too.
+    let unsigned = Cache::from_url(&patient).await.unwrap();
+    unsigned.set("author:9:bio", "forged", HOUR).await.unwrap();
+    let forged = run(&["inspect", "author:9:bio", "--json"]).json();
+    assert_eq!(forged["signature"], "missing", "{forged}");
+    assert_eq!(run(&["get", "author:9:bio"]).code, 5);
+    unsigned.delete("author:9:bio").await.unwrap();
     let human = run(&["inspect", "author:1:bio"]);
     assert!(
         human.stdout.contains("signature: verified"),
@@ -244,6 +280,24 @@ async fn sqlite() {
         dir.path().join("cache.db").display()
     );
     every_command(&url, "sqlite", &[]).await;
+    // A mistyped path or table is an error, and creates nothing: listing
+    // them as empty would tell the operator the cache is empty.
+    let missing = dir.path().join("typo.db");
+    let typo = format!("sqlite://{}", missing.display());
+    let run = cachectl(&typo, None, &["keys", "author:", "--json"], &[]);
+    assert_eq!(run.code, 3, "{} / {}", run.stdout, run.stderr);
+    assert!(!missing.exists(), "cachectl created {missing:?}");
+    let run = cachectl(
+        &format!("{url}&table=typo"),
+        None,
+        &["keys", "author:"],
+        &[],
+    );
+    assert_eq!(
+        run.code, 3,
+        "no table created: {} / {}",
+        run.stdout, run.stderr
+    );
 }
 
 #[tokio::test]

@@ -282,6 +282,12 @@ impl Sealer {
 
     /// Whether the signature ending `bytes` (stored under `key`) verifies
     /// with this cache's keys (operators' `Cache::inspect`).
+    /// Whether entries read from the store must carry a signature of ours
+    /// (signing keys, on a shared store).
+    pub(crate) fn requires_signature(&self) -> bool {
+        self.signer.is_some() && self.verify
+    }
+
     pub(crate) fn check_signature(&self, key: &str, bytes: &[u8]) -> crate::inspect::Signature {
         use crate::inspect::Signature;
         let Some(signer) = &self.signer else {

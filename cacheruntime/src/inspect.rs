@@ -93,6 +93,9 @@ pub enum Signature {
     /// Signed, but the cache has no key to check it with (set
     /// `CACHE_SIGNING_KEY`).
     Unchecked,
+    /// Stored without a signature, while the cache has signing keys: a
+    /// reading cache refuses it (as it refuses an invalid one).
+    Missing,
 }
 
 /// Where an entry stands against its deadlines, in [`EntryInfo`].
@@ -146,8 +149,12 @@ pub struct EntryInfo {
     pub payload: Bytes,
 }
 
+/// `ms` since the epoch, or the last second of 9999 where the platform's
+/// clock cannot hold it (an entry kept until evicted: `u64::MAX`).
 fn at(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
+    UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms))
+        .unwrap_or(UNIX_EPOCH + Duration::from_secs(253_402_300_799))
 }
 
 fn codec_name(id: u8) -> String {
@@ -218,6 +225,8 @@ impl Cache {
             let body = body.ok_or_else(|| Error::decode("signed entry shorter than its tag"))?;
             let check = engine.sealer.check_signature(&stored, &bytes);
             (&payload[..body], check)
+        } else if engine.sealer.requires_signature() {
+            (payload, Signature::Missing)
         } else {
             (payload, Signature::Unsigned)
         };

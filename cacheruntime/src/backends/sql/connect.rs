@@ -215,6 +215,9 @@ pub(super) fn connect_options(
                         .into(),
                 ));
             }
+            // `mode=rw`: the database file must exist (sqlx's meaning, kept
+            // rather than overridden below); by default it is created.
+            let create = !pairs.iter().any(|(k, v)| k == "mode" && v == "rw");
             let mut kept = Vec::new();
             for (name, value) in pairs {
                 let fine = match name.as_str() {
@@ -251,7 +254,7 @@ pub(super) fn connect_options(
             }
             let options = SqliteConnectOptions::from_str(&url)
                 .map_err(|e| invalid(format!("not a SQLite URL ({})", kind(&e))))?
-                .create_if_missing(true)
+                .create_if_missing(create)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5));
