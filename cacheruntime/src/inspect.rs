@@ -331,6 +331,14 @@ impl Cache {
                     }
                 }
             }
+            if page.next.is_some() && page.next == cursor {
+                // A store's scan that does not move on would walk forever.
+                return Err(Error::backend(
+                    backend.name(),
+                    "the store's scan gave back the cursor it was given: the walk \
+                     would not end",
+                ));
+            }
             cursor = page.next;
             if cursor.is_none() {
                 break;

@@ -58,16 +58,37 @@ fn key_of(name: &str) -> Option<String> {
     })
 }
 
-/// `SCAN`'s reply: the next cursor and the names.
-fn reply(value: Value) -> Result<(u64, Vec<String>), redis::RedisError> {
+/// `SCAN`'s reply: the next cursor and the names (bytes: a name that is
+/// not UTF-8 is no entry of ours, and is skipped rather than failing the
+/// page).
+fn reply(value: Value) -> Result<(u64, Vec<Vec<u8>>), redis::RedisError> {
     redis::from_redis_value(value).map_err(redis::RedisError::from)
 }
 
+/// The masters a Cluster's keys are on: those `CLUSTER NODES` lists with
+/// slots (a failed master whose slots went to its replica has none), with
+/// the slots they own, in the order of their ids.
+fn slot_owners(nodes: &str) -> Vec<(&str, String)> {
+    let mut owners: Vec<(&str, String)> = nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').filter(|f| !f.is_empty()).collect();
+            let master = fields.get(2)?.split(',').any(|flag| flag == "master");
+            let slots = fields.get(8..).unwrap_or_default().join(" ");
+            (master && !slots.is_empty()).then_some((fields[0], slots))
+        })
+        .collect();
+    owners.sort();
+    owners
+}
+
 impl RedisBackend {
-    /// One page. The cursor is `<master id>:<cursor>` (`-` for the one
-    /// server): a Cluster's masters are walked in the order of their ids,
-    /// and a master that left between two pages (a failover, a resharding)
-    /// ends the walk with an error rather than skipping its keys.
+    /// One page. The cursor is `<master id>/<shape>:<cursor>` (`-` for the
+    /// one server): a Cluster's slot-owning masters are walked in the order
+    /// of their ids, and `<shape>` is a hash of which master owns which
+    /// slots, so a change between two pages (a failover, a resharding, a
+    /// master joining or leaving) ends the walk with an error rather than
+    /// skipping or repeating keys.
     pub(super) async fn scan_page(
         &self,
         prefix: &str,
@@ -90,20 +111,27 @@ impl RedisBackend {
             .arg(COUNT);
         let (next, names) = match &mut conn {
             AnyConn::Cluster(cluster) => {
-                let masters = self.masters(cluster).await?;
+                let (masters, shape) = self.masters(cluster).await?;
+                let moved = || {
+                    Error::backend(
+                        NAME,
+                        "the Redis Cluster's slots moved during the listing (a failover, a \
+                         resharding, a master joining or leaving): list again",
+                    )
+                };
                 let here = match node {
                     None => 0,
-                    Some(id) => masters.iter().position(|m| m.id == id).ok_or_else(|| {
-                        Error::backend(
-                            NAME,
-                            format!(
-                                "the Redis Cluster master {id} left during the listing (a \
-                                 failover or a resharding): list again"
-                            ),
-                        )
-                    })?,
+                    Some(node) => {
+                        let (id, seen) = node.split_once('/').ok_or_else(|| bad_cursor(node))?;
+                        if seen != format!("{shape:016x}") {
+                            return Err(moved());
+                        }
+                        masters.iter().position(|m| m.id == id).ok_or_else(moved)?
+                    }
                 };
-                let master = &masters[here];
+                let master = masters.get(here).ok_or_else(|| {
+                    Error::backend(NAME, "no Redis Cluster master owns slots: nothing to list")
+                })?;
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                     host: master.host.clone(),
                     port: master.port,
@@ -115,13 +143,13 @@ impl RedisBackend {
                 let (next, names) = reply(value).map_err(|e| self.error(e))?;
                 let next = match (next, masters.get(here + 1)) {
                     (0, None) => None,
-                    (0, Some(after)) => Some(format!("{}:0", after.id)),
-                    (next, _) => Some(format!("{}:{next}", master.id)),
+                    (0, Some(after)) => Some(format!("{}/{shape:016x}:0", after.id)),
+                    (next, _) => Some(format!("{}/{shape:016x}:{next}", master.id)),
                 };
                 (next, names)
             }
             single => {
-                let (next, names): (u64, Vec<String>) =
+                let (next, names): (u64, Vec<Vec<u8>>) =
                     scan.query_async(single).await.map_err(|e| self.error(e))?;
                 ((next != 0).then(|| format!("-:{next}")), names)
             }
@@ -129,7 +157,8 @@ impl RedisBackend {
         let examined = names.len() as u64;
         let keys = names
             .iter()
-            .filter_map(|name| key_of(name))
+            .filter_map(|name| std::str::from_utf8(name).ok())
+            .filter_map(key_of)
             .filter(|key| key.starts_with(prefix))
             .collect();
         Ok(ScanPage::new(keys, next, examined))
@@ -138,14 +167,23 @@ impl RedisBackend {
     /// The Cluster's masters, by id: an error for one with no address yet
     /// (its keys could not be listed). A one-master Cluster lists itself
     /// without a host: the first configured node's stands in.
-    async fn masters(&self, cluster: &mut ClusterConnection) -> Result<Vec<Master>, Error> {
+    /// The slot-owning masters (by id) and the hash of who owns which slots.
+    async fn masters(&self, cluster: &mut ClusterConnection) -> Result<(Vec<Master>, u64), Error> {
         let listed: String = redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(cluster)
             .await
             .map_err(|e| self.error(e))?;
+        let owners = slot_owners(&listed);
+        let shape: String = owners
+            .iter()
+            .map(|(id, slots)| format!("{id} {slots}\n"))
+            .collect();
+        // FNV-1a: stable across processes, so a cursor outlives its process.
+        let shape = crate::envelope::fingerprint(&shape, 0);
         let mut masters = masters(&listed, self.seed_host.as_deref())
             .into_iter()
+            .filter(|(id, _)| owners.iter().any(|(owner, _)| owner == id))
             .map(|(id, master)| {
                 master.ok_or_else(|| {
                     Error::backend(
@@ -156,7 +194,7 @@ impl RedisBackend {
             })
             .collect::<Result<Vec<_>, _>>()?;
         masters.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(masters)
+        Ok((masters, shape))
     }
 
     /// Version, memory, eviction and the configuration warnings, from the
@@ -217,13 +255,37 @@ fn parse_cursor(cursor: &str) -> Result<(&str, u64), Error> {
     cursor
         .rsplit_once(':')
         .and_then(|(node, at)| Some((node, at.parse().ok()?)))
-        .ok_or_else(|| Error::Config(format!("{cursor:?} is not a cursor this store gave")))
+        .ok_or_else(|| bad_cursor(cursor))
+}
+
+fn bad_cursor(cursor: &str) -> Error {
+    Error::Config(format!("{cursor:?} is not a cursor this store gave"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backends::redis::keys::physical;
+
+    #[test]
+    fn a_cluster_is_walked_on_the_masters_that_own_slots() {
+        let nodes = "\
+07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@40002 master - 0 1426238316232 2 connected 5461-10922
+292f 127.0.0.1:30003@40003 myself,master - 0 0 3 connected 10923-16383 [77->-67ed]
+e7d1 127.0.0.1:30001@40001 master,fail - 1426238316232 0 1 disconnected
+07c4 127.0.0.1:30005@40005 master - 0 0 5 connected 0-5460
+";
+        assert_eq!(
+            slot_owners(nodes),
+            [
+                ("07c4", "0-5460".to_owned()),
+                ("292f", "10923-16383 [77->-67ed]".to_owned()),
+                ("67ed", "5461-10922".to_owned()),
+            ],
+            "the failed master without slots is not walked"
+        );
+    }
 
     #[test]
     fn entry_names_read_back_as_their_keys_and_match_their_prefix_patterns() {
