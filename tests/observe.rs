@@ -221,6 +221,23 @@ async fn a_stalled_store_shows_as_errors_timeouts_and_an_open_breaker() {
     assert!(stats.circuit_skips >= 1, "{stats:?}");
     assert_eq!(s.value("cache_breaker_open", &at), Some(1.0));
     proxy.resume();
+    // Dropped with its breaker open: the gauge goes back to 0 (no cache of
+    // the name is left to be open), the counts stay.
+    // (Its tasks may hold the engine a moment longer.)
+    drop(cache);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = scrape(&Cache::memory());
+        if s.value("cache_breaker_open", &at) != Some(1.0) {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "still open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(s.value("cache_breaker_open", &at), Some(0.0));
+    // (Operations in flight at the snapshot may have timed out since.)
+    let kept = s.value("cache_timeouts_total", &at).unwrap_or(0.0);
+    assert!(kept >= stats.timeouts as f64, "{kept} < {stats:?}");
 }
 
 #[tokio::test]
@@ -252,6 +269,35 @@ async fn near_hits_are_a_part_of_the_hits() {
     assert_eq!(near, stats.near_hits as f64, "{stats:?}");
     assert_eq!(hit + near, stats.hits as f64, "{stats:?}");
     assert!(stats.near_hits <= stats.hits, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_call_the_near_tier_answers_says_so_in_its_span() {
+    let server = RedisServer::start();
+    let cache = Cache::builder()
+        .backend(RedisBackend::new(RedisConfig::new(server.url())).unwrap())
+        .namespace("obs_near_span")
+        .near(1 << 20)
+        .build()
+        .unwrap();
+    let policy = Policy::new().ttl(Duration::from_secs(60));
+    let call = || cache.get_or_compute("near:span", &policy, || async { 1u8 });
+    // Until the near tier follows the server's notices and answers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cache.stats().near_hits == 0 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", cache.stats());
+        call().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (spans, _guard) = capture::install();
+    let before = cache.stats();
+    call().await;
+    let after = cache.stats();
+    assert_eq!(after.near_hits - before.near_hits, 1, "{after:?}");
+    let spans = spans.taken();
+    let calls: Vec<_> = spans.iter().filter(|s| s.name == "cache.call").collect();
+    assert_eq!(calls.len(), 1, "{spans:#?}");
+    assert_eq!(calls[0].field("result"), Some("near_hit"), "{:?}", calls[0]);
 }
 
 #[tokio::test]

@@ -38,9 +38,14 @@ pub(crate) struct Call<'p, V> {
     site: Option<&'static Site>,
     memo: Memo<V>,
     /// Where to say how the call was answered (as counted in the stats),
-    /// for a caller that reports it (the HTTP layer's `X-Cache`).
-    told: Option<&'p OnceLock<Answer>>,
+    /// for a caller that reports it (the HTTP layer's `X-Cache`, the
+    /// call's span).
+    told: Option<&'p Told>,
 }
+
+/// How a call was answered, and for a hit whether the near tier answered
+/// it: as the stats count it.
+pub(crate) type Told = OnceLock<(Answer, bool)>;
 
 impl<'p, V> Call<'p, V> {
     pub(crate) fn new(
@@ -67,7 +72,7 @@ impl<'p, V> Call<'p, V> {
 
     /// Says in `told` how the call was answered, exactly as it is counted.
     #[cfg(feature = "http")]
-    pub(crate) fn telling(self, told: &'p OnceLock<Answer>) -> Self {
+    pub(crate) fn telling(self, told: &'p Told) -> Self {
         Call {
             told: Some(told),
             ..self
@@ -153,10 +158,10 @@ impl Engine {
                     .answer(key, call, first, compute, refresh)
                     .instrument(span.clone())
                     .await;
-                if let Some(&answer) = told.get() {
-                    crate::spans::answered(&span, answer, false);
+                if let Some(&(answer, near)) = told.get() {
+                    crate::spans::answered(&span, answer, near);
                     if let Some(outer) = outer {
-                        let _ = outer.set(answer);
+                        let _ = outer.set((answer, near));
                     }
                 }
                 return out;
@@ -190,14 +195,14 @@ impl Engine {
         if let Some(site) = site {
             self.register(site);
         }
-        let tell = |answer| {
+        let tell = |answer, near| {
             if let Some(told) = told {
-                let _ = told.set(answer);
+                let _ = told.set((answer, near));
             }
         };
         if !inner.enabled() || key.is_empty() {
             self.tally(site, Answer::Miss);
-            tell(Answer::Miss);
+            tell(Answer::Miss, false);
             return self.computation(site, compute).await;
         }
         let mut compute = Some(compute);
@@ -214,7 +219,7 @@ impl Engine {
                     Answer::Hit => self.tally_hit(site, near),
                     _ => self.tally(site, answer),
                 }
-                tell(answer);
+                tell(answer, near);
             }
         };
         // On a shared store with locks, a key not read live lately is read

@@ -198,9 +198,12 @@ impl Cache {
 
     /// The entry under `key` (as a `#[cached]` key renders it, without the
     /// namespace), decoded: when it was written, deadlines, codec,
-    /// fingerprint, signature, tags and payload. `None` when there is no entry a `#[cached]` call could
-    /// still be answered with: absent, past its last deadline, deleted, or
-    /// invalidated (by prefix or by one of its tags). One past its TTL but
+    /// fingerprint, signature, tags and payload. `None` when the entry is
+    /// absent, past its last deadline, deleted, or invalidated (by prefix
+    /// or by one of its tags). An entry a call would still refuse is shown,
+    /// saying why: another type or version (its `fingerprint`), or a
+    /// signature that does not verify ([`Signature::Invalid`],
+    /// [`Signature::Missing`]). One past its TTL but
     /// inside its stale window (or kept for `stale_if_error`) is shown,
     /// with its [`Freshness`]. Something stored there that is not an entry
     /// of this crate (a lock, a tag's token) is a `Decode` error.
@@ -277,8 +280,9 @@ impl Cache {
     /// (key order on SQL, arbitrary on Redis and Memcached). `progress`
     /// hears how many stored names the walk has looked at so far. Keys
     /// longer than the stores take are listed as stored (shortened, with a
-    /// hash). For operators (`cachectl keys`): its cost grows with the
-    /// store's size.
+    /// hash); on Memcached, keys stored under a hashed name (over about 247
+    /// bytes, or with spaces or control characters) are not listed. For
+    /// operators (`cachectl keys`): its cost grows with the store's size.
     pub async fn keys(
         &self,
         prefix: &str,

@@ -208,11 +208,9 @@ impl Engine {
         match self.sealer.open_local(&entry, fp, memo, policy) {
             Ok(Some((v, Due::No))) => {
                 // Counted as a near hit where it is counted as the call's
-                // hit (here, or by the caller: `Read::Hit(_, true)`), so
-                // near hits stay a part of the hits.
+                // hit (here, or by the caller: `Read::Hit(_, true)`).
                 if HIT_IS_ANSWER {
-                    self.tally(site, Answer::Hit);
-                    near.hits.incr();
+                    self.tally_near_hit(site, &near.hits);
                     #[cfg(feature = "spans")]
                     if crate::spans::wanted() {
                         crate::spans::local_hit(self, site, key, true);

@@ -44,7 +44,7 @@ pub(crate) const MEMORY_BYTES: &str = "cache_memory_bytes";
 const COUNTERS: [(&str, &str); 14] = [
     (
         "cache_computations_total",
-        "Times a cached computation ran (misses that computed, refreshes).",
+        "Times a call's computation ran (misses that computed; background refreshes are cache_refreshes_total).",
     ),
     (
         "cache_coalesced_total",
@@ -152,6 +152,20 @@ type Label = (String, &'static str);
 /// maximum).
 static RETIRED: Mutex<BTreeMap<Label, Totals>> = Mutex::new(BTreeMap::new());
 
+/// What the last publication set: the counters' values per label (never
+/// lowered: a cache dropped between reading the live caches and retiring
+/// would otherwise be missing from one publication, a dip an exporter that
+/// stores the value reads as a reset), and the labels whose gauges were
+/// set (reset to 0 once no live cache has the label, rather than left at
+/// their last value). The lock also makes publications one at a time.
+#[derive(Default)]
+struct Published {
+    totals: BTreeMap<Label, Totals>,
+    gauges: BTreeMap<Label, Gauges>,
+}
+
+static PUBLISHED: Mutex<Option<Published>> = Mutex::new(None);
+
 /// How often the publishing thread copies the counters.
 const EVERY: Duration = Duration::from_secs(1);
 
@@ -168,7 +182,8 @@ impl Totals {
         let s = engine.stats();
         Totals {
             calls: [
-                s.hits - s.near_hits.min(s.hits),
+                // Exact: `hits` is the store's hits plus `near_hits`.
+                s.hits.saturating_sub(s.near_hits),
                 s.near_hits,
                 s.stale_hits,
                 s.misses,
@@ -198,11 +213,19 @@ impl Totals {
             *mine += theirs;
         }
     }
+
+    /// Each counter the greater of the two.
+    fn raise(&mut self, other: &Totals) {
+        let pairs = self.calls.iter_mut().zip(other.calls);
+        for (mine, theirs) in pairs.chain(self.counters.iter_mut().zip(other.counters)) {
+            *mine = (*mine).max(theirs);
+        }
+    }
 }
 
 /// The gauges of the caches under one label: the breaker open in any of
 /// them, and the bytes they hold in process.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Gauges {
     open: bool,
     memory: Option<u64>,
@@ -227,7 +250,9 @@ pub(crate) fn follow(engine: &Arc<Engine>) {
             .name("cacheruntime-metrics".into())
             .spawn(|| loop {
                 std::thread::sleep(EVERY);
-                publish_all();
+                // A recorder that panics loses one publication, not all
+                // the ones after it.
+                let _ = std::panic::catch_unwind(publish_all);
             });
         if let Err(e) = spawned {
             tracing::warn!(
@@ -270,6 +295,8 @@ impl Drop for Engine {
 /// rather than overwrite each other), their gauges, and every function's
 /// counters (summed over the functions of one name).
 pub(crate) fn publish_all() {
+    let mut published = PUBLISHED.lock().unwrap_or_else(|e| e.into_inner());
+    let published = published.get_or_insert_with(Published::default);
     describe();
     // The live ones first: a cache dropped after this is held here, and
     // one dropped before has retired (or is about to: then it is missing
@@ -299,7 +326,13 @@ pub(crate) fn publish_all() {
         }
     }
     drop(live);
-    for ((cache, store), t) in totals {
+    for (label, t) in totals {
+        let t = {
+            let high = published.totals.entry(label.clone()).or_default();
+            high.raise(&t);
+            *high
+        };
+        let (cache, store) = label;
         let labels = [("cache", cache), ("store", store.to_owned())];
         for (result, value) in ["hit", "near_hit", "stale", "miss"].iter().zip(t.calls) {
             let mut with = labels.to_vec();
@@ -310,6 +343,18 @@ pub(crate) fn publish_all() {
             counter!(*name, &labels).absolute(value);
         }
     }
+    // Labels no live cache has any more: their gauges go back to 0.
+    for (label, was) in &published.gauges {
+        if !gauges.contains_key(label) {
+            let zero = Gauges {
+                open: false,
+                memory: was.memory.map(|_| 0),
+                near: was.near.map(|_| 0),
+            };
+            gauges.insert(label.clone(), zero);
+        }
+    }
+    published.gauges.clone_from(&gauges);
     for ((cache, store), g) in gauges {
         let labels = [("cache", cache), ("store", store.to_owned())];
         gauge!(BREAKER_OPEN, &labels).set(if g.open { 1.0 } else { 0.0 });

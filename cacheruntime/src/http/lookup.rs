@@ -6,13 +6,11 @@
 //! entry, and a hit clones it (a reference count) instead of decoding.
 
 use std::future::Future;
-use std::sync::OnceLock;
 
 use super::layer::Settings;
 use super::page::Page;
-use crate::engine::Answer;
 use crate::entry::Accept;
-use crate::fetch::Call;
+use crate::fetch::{Call, Told};
 use crate::key;
 use crate::memo::Memo;
 use crate::read::Fast;
@@ -55,7 +53,7 @@ pub(crate) async fn fetch<E, F, Fut>(
     settings: &Settings,
     key: &str,
     first: Fast<Page>,
-    told: &OnceLock<Answer>,
+    told: &Told,
     compute: F,
 ) -> Result<Page, E>
 where

@@ -243,7 +243,7 @@ where
     match answer {
         Ok(page) => {
             let now = settings.cache.clock().now_ms();
-            let served = served(told.get());
+            let served = served(told.get().map(|(answer, _)| answer));
             Ok(page::respond(
                 &settings,
                 served,
