@@ -975,7 +975,7 @@ async fn damage(raw: &Raw, key: &str, how: Damage) {
         )
     });
     let (wrapper, mut env) = raw.split(&stored);
-    assert_eq!(env[0], 3, "format version 3 today");
+    assert_eq!(env[0], 2, "format version 2, the default, today");
     let env = match how {
         Damage::RandomEnvelope => random_bytes(64, 7),
         Damage::TruncatedHeader => env[..20].to_vec(),
@@ -1071,18 +1071,18 @@ async fn corrupt_entries(raw: Raw, cache: Cache) {
         assert_eq!(fails, expected, "{label}: decode_failures");
         counted += fails;
         let env = raw.envelope(&key).await.expect("rewritten");
-        assert_eq!(env[0], 3, "{label}: a valid envelope again");
+        assert_eq!(env[0], 2, "{label}: a valid envelope again");
     }
 
-    // An entry the previous release wrote (format 2: the header without
-    // its written-at) is a hit with its value: a rolling upgrade keeps
-    // the old release's entries.
-    let key = "c:previous".to_string();
+    // An entry of format 3 (the header and its written-at, which a cache
+    // asking for it writes) is a hit with its value, as format 2 is.
+    let key = "c:written_at".to_string();
     assert_eq!(call(key.clone(), false).await.unwrap(), val(&key, 0));
     let (wrapper, env) = raw.split(&raw.read_stored(&key).await.expect("stored"));
-    let mut old = [&env[..39], &env[47..]].concat();
-    old[0] = 2;
-    raw.write_stored(&key, &[wrapper, old].concat()).await;
+    let written_at = 1_764_700_000_000u64.to_le_bytes();
+    let mut newer = [&env[..39], &written_at[..], &env[39..]].concat();
+    newer[0] = 3;
+    raw.write_stored(&key, &[wrapper, newer].concat()).await;
     let (before, ran) = (cache.stats(), origin.computations.load(Ordering::SeqCst));
     assert_eq!(call(key.clone(), false).await.unwrap(), val(&key, 0));
     assert_eq!(origin.computations.load(Ordering::SeqCst), ran, "{name}");
@@ -1090,7 +1090,7 @@ async fn corrupt_entries(raw: Raw, cache: Cache) {
     assert_eq!(
         (after.hits - before.hits, after.decode_failures),
         (1, before.decode_failures),
-        "{name}: format 2"
+        "{name}: format 3"
     );
     calls += 2;
 

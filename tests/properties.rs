@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cacheruntime::codec::{BincodeCodec, Codec};
-use cacheruntime::envelope::{tag_section, Header, FLAG_TAGGED, HEADER_LEN};
+use cacheruntime::envelope::{tag_section, Header, FLAG_TAGGED, HEADER_LEN, PREVIOUS_VERSION};
 use cacheruntime::key::{escape, KeyBuilder};
 use cacheruntime::{cached, Cache};
 use proptest::prelude::*;
@@ -30,7 +30,13 @@ proptest! {
             } else {
                 0
             };
-            prop_assert_eq!(payload.len() + HEADER_LEN + section, bytes.len());
+            // Format 2's header lacks format 3's 8-byte written-at.
+            let header_len = match bytes[0] {
+                PREVIOUS_VERSION => HEADER_LEN - 8,
+                _ => HEADER_LEN,
+            };
+            prop_assert_eq!(header.written_ms.is_some(), header_len == HEADER_LEN);
+            prop_assert_eq!(payload.len() + header_len + section, bytes.len());
         }
     }
 

@@ -68,7 +68,7 @@ fn cachectl(url: &str, key: Option<&str>, args: &[&str], secrets: &[&str]) -> Ru
 async fn every_command(url: &str, kind: &str, secrets: &[&str]) {
     // The application's own handles: patient with a cold connection (every
     // URL here has a query: `?namespace=ops`).
-    let patient = format!("{url}&op_timeout=5s");
+    let patient = format!("{url}&op_timeout=5s&record_written_at=true");
     let app = Cache::from_url_signed(&patient, [SIGNING_KEY])
         .await
         .unwrap();
@@ -178,10 +178,14 @@ async fn every_command(url: &str, kind: &str, secrets: &[&str]) {
         refused.stdout
     );
     // Unsigned under a key the application signs: refused too.
-    let unsigned = Cache::from_url(&patient).await.unwrap();
+    // (In format 2, the default: no written-at.)
+    let unsigned = Cache::from_url(&format!("{url}&op_timeout=5s"))
+        .await
+        .unwrap();
     unsigned.set("author:9:bio", "forged", HOUR).await.unwrap();
     let forged = run(&["inspect", "author:9:bio", "--json"]).json();
     assert_eq!(forged["signature"], "missing", "{forged}");
+    assert!(forged["written_at"].is_null(), "{forged}");
     assert_eq!(run(&["get", "author:9:bio"]).code, 5);
     unsigned.delete("author:9:bio").await.unwrap();
     let human = run(&["inspect", "author:1:bio"]);

@@ -93,6 +93,8 @@ pub struct CacheBuilder {
     compression_level: Option<i32>,
     /// The envelope flags read (tests narrow it, see `read_flags_only`).
     known_flags: u8,
+    /// Entries are written in format 3, with their written-at.
+    record_written_at: bool,
     /// A near tier of this many bytes in front of a shared store.
     near: Option<u64>,
     near_check: Option<Duration>,
@@ -128,6 +130,7 @@ impl CacheBuilder {
             compress_above: None,
             compression_level: None,
             known_flags: crate::envelope::KNOWN_FLAGS,
+            record_written_at: false,
             near: None,
             near_check: None,
             near_ttl: None,
@@ -338,6 +341,19 @@ impl CacheBuilder {
         self
     }
 
+    /// Whether entries record when they were written (`cachectl inspect`
+    /// shows it): envelope format 3, 8 bytes more per entry. Off by
+    /// default, because a release before this one reads only format 2 and
+    /// takes a format-3 entry for an absent one: while such processes
+    /// share the store, their `add` could succeed over a live entry and
+    /// their `incr` restart a count. Turn it on once every process sharing
+    /// the store runs this release (or a later one); this release reads
+    /// both formats either way. URL: `?record_written_at=true`.
+    pub fn record_written_at(mut self, on: bool) -> Self {
+        self.record_written_at = on;
+        self
+    }
+
     /// Whether each call's span (feature `spans`) records the rendered key
     /// in its `key` field. Off by default: keys hold what the arguments
     /// hold (user ids, URLs), and spans often leave the process (an
@@ -432,6 +448,7 @@ impl CacheBuilder {
             compress_above: self.compress_above,
             compression_level: level,
             known_flags: self.known_flags,
+            record_written_at: self.record_written_at,
             near,
             #[cfg(feature = "spans")]
             trace_keys: self.trace_keys,

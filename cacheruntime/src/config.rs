@@ -91,6 +91,9 @@ pub(crate) async fn build(raw: &str, signing_keys: Vec<Vec<u8>>) -> Result<Cache
     if let Some(ttl) = common.near_ttl {
         builder = builder.near_ttl(ttl);
     }
+    if let Some(on) = common.record_written_at {
+        builder = builder.record_written_at(on);
+    }
     builder.build()
 }
 

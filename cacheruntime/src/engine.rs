@@ -105,6 +105,8 @@ pub(crate) struct Parts {
     pub(crate) compression_level: i32,
     /// The envelope flags this cache reads (tests narrow it).
     pub(crate) known_flags: u8,
+    /// Entries are written in format 3, with their written-at.
+    pub(crate) record_written_at: bool,
     /// The near tier in front of a shared store, if on (the store is then
     /// a [`NearBackend`](crate::near::NearBackend) around it).
     pub(crate) near: Option<Arc<Near>>,
@@ -220,6 +222,7 @@ impl Engine {
                     p.max_entry_bytes,
                 ),
                 known_flags: p.known_flags,
+                record_written_at: p.record_written_at,
             }),
             flights: Flights::default(),
             refreshing: dashmap::DashMap::new(),

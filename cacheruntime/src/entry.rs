@@ -114,6 +114,8 @@ pub(crate) struct SealerParts {
     pub(crate) compression: Compression,
     /// The envelope flags this cache reads (`KNOWN_FLAGS`, or fewer).
     pub(crate) known_flags: u8,
+    /// Entries are written in format 3 (with their written-at), not 2.
+    pub(crate) record_written_at: bool,
 }
 
 pub(crate) struct Sealer {
@@ -137,6 +139,8 @@ pub(crate) struct Sealer {
     /// The envelope flags read ([`envelope::KNOWN_FLAGS`], or fewer to
     /// behave as a build without a feature: tests).
     known_flags: u8,
+    /// The format entries are written in: 3 (with their written-at) or 2.
+    format: u8,
 }
 
 impl Sealer {
@@ -150,6 +154,7 @@ impl Sealer {
             max_ttl,
             compression,
             known_flags,
+            record_written_at,
         } = parts;
         Sealer {
             codec,
@@ -161,6 +166,11 @@ impl Sealer {
             signature_failures: Counter::default(),
             compression,
             known_flags: known_flags & envelope::KNOWN_FLAGS,
+            format: if record_written_at {
+                envelope::FORMAT_VERSION
+            } else {
+                envelope::PREVIOUS_VERSION
+            },
         }
     }
 
@@ -280,14 +290,14 @@ impl Sealer {
         Ok(Some((payload, Due::No, flags)))
     }
 
-    /// Whether the signature ending `bytes` (stored under `key`) verifies
-    /// with this cache's keys (operators' `Cache::inspect`).
     /// Whether entries read from the store must carry a signature of ours
     /// (signing keys, on a shared store).
     pub(crate) fn requires_signature(&self) -> bool {
         self.signer.is_some() && self.verify
     }
 
+    /// Whether the signature ending `bytes` (stored under `key`) verifies
+    /// with this cache's keys (operators' `Cache::inspect`).
     pub(crate) fn check_signature(&self, key: &str, bytes: &[u8]) -> crate::inspect::Signature {
         use crate::inspect::Signature;
         let Some(signer) = &self.signer else {
@@ -431,7 +441,7 @@ impl Sealer {
             kept_until_ms: fresh_until.saturating_add(kept_ms),
             ..*header
         }
-        .write(&mut out);
+        .write_as(&mut out, self.format);
         if let Some(section) = section {
             push_section(&mut out, section);
         }
@@ -509,9 +519,9 @@ impl Sealer {
             stale_until_ms: stale_until,
             kept_until_ms: kept_until,
             compute_ms,
-            written_ms: now,
+            written_ms: Some(now),
         }
-        .write(&mut out);
+        .write_as(&mut out, self.format);
         if let Some(stamp) = stamp {
             push_section(&mut out, stamp.section());
         }

@@ -30,9 +30,10 @@
 //! overwritten, never a wrong value: a flag changes how the payload reads,
 //! so an entry with an unknown one is never decoded. Format 2 (before
 //! `written at`: the same layout without it, the tag section at 39) is
-//! still read, so a rolling upgrade keeps the entries the old release
-//! wrote; its entries have no written-at (0). Format 1 (before `kept
-//! until`) is read as another format.
+//! read, and written unless a cache asks for `written at`
+//! (`CacheBuilder::record_written_at`): the release before this one reads
+//! only format 2, and would take a format-3 entry for an absent one.
+//! Format 1 (before `kept until`) is read as another format.
 //!
 //! Compression (bit 1) is known only to builds with the `compression`
 //! feature: a process built without it refuses compressed entries, as any
@@ -45,8 +46,10 @@ use crate::Error;
 pub const FORMAT_VERSION: u8 = 3;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 47;
-/// The format before `written at`, still read.
-const PREVIOUS_VERSION: u8 = 2;
+/// The format before `written at`: read, and written unless a cache asks
+/// for `written at` (`CacheBuilder::record_written_at`), since a release
+/// before this one reads only it.
+pub const PREVIOUS_VERSION: u8 = 2;
 /// Size of the fixed header of [`PREVIOUS_VERSION`] entries.
 const PREVIOUS_HEADER_LEN: usize = 39;
 /// Flag: the entry ends with an HMAC-SHA256 tag (see [`crate::signing`]).
@@ -84,16 +87,19 @@ pub struct Header {
     pub kept_until_ms: u64,
     /// How long the value took to compute.
     pub compute_ms: u32,
-    /// When the value was stored, wall-clock ms: 0 when the entry's format
-    /// (2) did not record it. Touching an entry keeps it.
-    pub written_ms: u64,
+    /// When the value was stored, wall-clock ms: `None` in format 2, which
+    /// does not record it. Touching an entry keeps it (in format 3).
+    pub written_ms: Option<u64>,
 }
 
 impl Header {
-    /// Writes the header to the front of `out` (which must be empty).
-    pub fn write(&self, out: &mut Vec<u8>) {
+    /// Writes the header to the front of `out` (which must be empty) in
+    /// `format`: [`FORMAT_VERSION`], or [`PREVIOUS_VERSION`] (without
+    /// `written at`).
+    pub fn write_as(&self, out: &mut Vec<u8>, format: u8) {
         debug_assert!(out.is_empty());
-        out.push(FORMAT_VERSION);
+        debug_assert!(format == FORMAT_VERSION || format == PREVIOUS_VERSION);
+        out.push(format);
         out.push(self.codec);
         out.push(self.flags);
         out.extend_from_slice(&self.fingerprint.to_le_bytes());
@@ -101,7 +107,9 @@ impl Header {
         out.extend_from_slice(&self.stale_until_ms.to_le_bytes());
         out.extend_from_slice(&self.kept_until_ms.to_le_bytes());
         out.extend_from_slice(&self.compute_ms.to_le_bytes());
-        out.extend_from_slice(&self.written_ms.to_le_bytes());
+        if format == FORMAT_VERSION {
+            out.extend_from_slice(&self.written_ms.unwrap_or(0).to_le_bytes());
+        }
     }
 
     /// Splits an entry into its header and payload (past the tag section,
@@ -133,7 +141,7 @@ impl Header {
             stale_until_ms: u64_at(19),
             kept_until_ms: u64_at(27),
             compute_ms: u32::from_le_bytes(bytes[35..39].try_into().unwrap()),
-            written_ms: if len == HEADER_LEN { u64_at(39) } else { 0 },
+            written_ms: (len == HEADER_LEN).then(|| u64_at(39)),
         };
         if header.stale_until_ms < header.fresh_until_ms
             || header.kept_until_ms < header.stale_until_ms
@@ -215,10 +223,10 @@ mod tests {
             stale_until_ms: 20,
             kept_until_ms: 30,
             compute_ms: 7,
-            written_ms: 5,
+            written_ms: Some(5),
         };
         let mut out = Vec::new();
-        h.write(&mut out);
+        h.write_as(&mut out, FORMAT_VERSION);
         out.extend_from_slice(b"xyz");
         let (back, payload) = Header::read(&out).unwrap();
         assert_eq!(back, h);
@@ -276,14 +284,25 @@ mod tests {
             stale_until_ms: 20,
             kept_until_ms: 30,
             compute_ms: 7,
-            written_ms: 5,
+            written_ms: Some(5),
         };
         let mut out = Vec::new();
-        h.write(&mut out);
+        h.write_as(&mut out, FORMAT_VERSION);
         out.extend_from_slice(&[3, 0, b'a', b'b', b'c', b'p', b'q']);
         let old = previous_format(&out);
         let (back, payload) = Header::read(&old).unwrap();
-        assert_eq!(back, Header { written_ms: 0, ..h });
+        assert_eq!(
+            back,
+            Header {
+                written_ms: None,
+                ..h
+            }
+        );
+        // What `write_as` writes in the previous format is that layout.
+        let mut written = Vec::new();
+        h.write_as(&mut written, PREVIOUS_VERSION);
+        written.extend_from_slice(&out[HEADER_LEN..]);
+        assert_eq!(written, old);
         assert_eq!(payload, b"pq");
         assert_eq!(tag_section(&old), Some(&b"abc"[..]));
         assert_eq!(tag_section(&out), Some(&b"abc"[..]));

@@ -261,7 +261,7 @@ impl Cache {
             compressed: header.flags & envelope::FLAG_COMPRESSED != 0,
             signature,
             tags,
-            written_at: (header.written_ms != 0).then(|| at(header.written_ms)),
+            written_at: header.written_ms.map(at),
             fresh_until: at(header.fresh_until_ms),
             stale_until: at(header.stale_until_ms),
             kept_until: at(header.kept_until_ms),

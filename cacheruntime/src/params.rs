@@ -200,11 +200,13 @@ impl<'a> CacheUrl<'a> {
             near: self.take_bytes("near")?,
             near_check: self.take_duration("near_check")?,
             near_ttl: self.take_duration("near_ttl")?,
+            record_written_at: self
+                .take_parsed::<bool>("record_written_at", "`true` or `false`")?,
         };
         match self.params.iter().find(|(_, _, used)| !used) {
             None => Ok(common),
             Some((k, _, _)) => Err(self.error(format!(
-                "unknown query parameter {}; `{}://` accepts {known}, namespace, default_ttl, op_timeout, max_entry_bytes, compress_above, compress_level, near, near_check, near_ttl",
+                "unknown query parameter {}; `{}://` accepts {known}, namespace, default_ttl, op_timeout, max_entry_bytes, compress_above, compress_level, near, near_check, near_ttl, record_written_at",
                 shown_name(k),
                 self.scheme
             ))),
@@ -227,6 +229,8 @@ pub(crate) struct Common {
     pub(crate) near: Option<u64>,
     pub(crate) near_check: Option<Duration>,
     pub(crate) near_ttl: Option<Duration>,
+    /// Entries record when they were written (format 3).
+    pub(crate) record_written_at: Option<bool>,
 }
 
 /// A parameter's name in backquotes, if it looks like one; otherwise not

@@ -17,7 +17,9 @@
 //!
 //! Query parameters every scheme accepts: `namespace`, `default_ttl`,
 //! `op_timeout` (durations: `300` seconds, or `"90s"`, `"10m"`, `"1h"`,
-//! `"250ms"`), `max_entry_bytes`, and with the `compression` feature
+//! `"250ms"`), `max_entry_bytes`, `record_written_at` (`true` or `false`;
+//! see [`CacheBuilder::record_written_at`](crate::CacheBuilder::record_written_at)),
+//! `near`, `near_check`, `near_ttl`, and with the `compression` feature
 //! `compress_above` (bytes) and `compress_level` (1 to 22; see
 //! [`CacheBuilder::compress_above`](crate::CacheBuilder::compress_above)),
 //! which without the feature are errors saying to enable it. Unknown

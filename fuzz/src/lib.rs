@@ -120,7 +120,10 @@ pub fn cache(slot: &Arc<Slot>, codec: AnyCodec, signed: bool, clock: &Clock) -> 
     let mut builder = Cache::builder()
         .backend(Arc::clone(slot))
         .codec(codec)
-        .clock(clock.clone());
+        .clock(clock.clone())
+        // Seeds of the newer format (the default writes format 2, which
+        // is format 3 less 8 bytes of its header).
+        .record_written_at(true);
     if signed {
         builder = builder.signing_keys([SIGNING_KEY]);
     }

@@ -35,7 +35,7 @@ fn get_of_i64_reads_counters_and_nothing_else_does() {
         stale_until_ms: 0,
         kept_until_ms: 0,
         compute_ms: 0,
-        written_ms: 0,
+        written_ms: None,
     };
     assert!(Accept::Direct(i64_fp).admits(&of(COUNTER), || None));
     let u64_fp = crate::envelope::fingerprint(std::any::type_name::<u64>(), 0);
@@ -57,7 +57,7 @@ fn tagged_entries_are_accepted_by_their_stamp_and_by_direct_reads_only() {
         stale_until_ms: 0,
         kept_until_ms: 0,
         compute_ms: 0,
-        written_ms: 0,
+        written_ms: None,
     };
     assert!(Accept::Stamped(covered).admits(&header, || Some(section)));
     assert!(!Accept::Stamped(covered + 1).admits(&header, || Some(section)));
@@ -99,6 +99,7 @@ fn signed_compressed_entries_round_trip_and_reseal() {
             max_ttl: None,
             compression: Compression::new(above, 3, 1 << 20),
             known_flags: known,
+            record_written_at: true,
         })
     };
     let (z, plain) = (sealer(Some(256), KNOWN_FLAGS), sealer(None, KNOWN_FLAGS));

@@ -67,14 +67,23 @@ fn reply(value: Value) -> Result<(u64, Vec<Vec<u8>>), redis::RedisError> {
 
 /// The masters a Cluster's keys are on: those `CLUSTER NODES` lists with
 /// slots (a failed master whose slots went to its replica has none), with
-/// the slots they own, in the order of their ids.
+/// the slots they own, in the order of their ids. A slot being migrated
+/// (`[77->-id]`, shown only by the node it leaves or joins, so not alike
+/// from every node) is left out: the walk notices the move once it is done.
 fn slot_owners(nodes: &str) -> Vec<(&str, String)> {
     let mut owners: Vec<(&str, String)> = nodes
         .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').filter(|f| !f.is_empty()).collect();
             let master = fields.get(2)?.split(',').any(|flag| flag == "master");
-            let slots = fields.get(8..).unwrap_or_default().join(" ");
+            let slots: Vec<&str> = fields
+                .get(8..)
+                .unwrap_or_default()
+                .iter()
+                .copied()
+                .filter(|f| !f.starts_with('['))
+                .collect();
+            let slots = slots.join(" ");
             (master && !slots.is_empty()).then_some((fields[0], slots))
         })
         .collect();
@@ -280,7 +289,7 @@ e7d1 127.0.0.1:30001@40001 master,fail - 1426238316232 0 1 disconnected
             slot_owners(nodes),
             [
                 ("07c4", "0-5460".to_owned()),
-                ("292f", "10923-16383 [77->-67ed]".to_owned()),
+                ("292f", "10923-16383".to_owned()),
                 ("67ed", "5461-10922".to_owned()),
             ],
             "the failed master without slots is not walked"
