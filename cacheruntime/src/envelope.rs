@@ -213,18 +213,23 @@ pub const fn fingerprint(type_name: &str, version: u32) -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn header_round_trips_and_rejects_garbage() {
-        let h = Header {
+    /// A header with every field set, with `flags`.
+    fn sample(flags: u8) -> Header {
+        Header {
             codec: 1,
-            flags: 0,
+            flags,
             fingerprint: 42,
             fresh_until_ms: 10,
             stale_until_ms: 20,
             kept_until_ms: 30,
             compute_ms: 7,
             written_ms: Some(5),
-        };
+        }
+    }
+
+    #[test]
+    fn header_round_trips_and_rejects_garbage() {
+        let h = sample(0);
         let mut out = Vec::new();
         h.write_as(&mut out, FORMAT_VERSION);
         out.extend_from_slice(b"xyz");
@@ -276,16 +281,7 @@ mod tests {
 
     #[test]
     fn entries_of_the_previous_format_read_with_no_written_at() {
-        let h = Header {
-            codec: 1,
-            flags: FLAG_TAGGED,
-            fingerprint: 42,
-            fresh_until_ms: 10,
-            stale_until_ms: 20,
-            kept_until_ms: 30,
-            compute_ms: 7,
-            written_ms: Some(5),
-        };
+        let h = sample(FLAG_TAGGED);
         let mut out = Vec::new();
         h.write_as(&mut out, FORMAT_VERSION);
         out.extend_from_slice(&[3, 0, b'a', b'b', b'c', b'p', b'q']);
