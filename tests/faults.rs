@@ -1308,8 +1308,11 @@ async fn raw_delete_memcached(raw: &Raw, keys: &[&str]) {
 
 /// The load tests' op timeout: generous, because they check correctness
 /// under concurrency (64 tasks, debug build) on machines whose CPUs the
-/// servers and other jobs share; the fault scenarios use 100 ms.
-const LOAD_OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// servers and other jobs share; the fault scenarios use 100 ms. (At 2 s,
+/// on a 2-core VM about half as fast as earlier ones, 1 to 9 PostgreSQL
+/// deletes in 30 s of this load timed out, at the landed a9db898 too: a
+/// latency outlier to look into, not what these tests check.)
+const LOAD_OP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One scenario at a time: each one's latency bounds and its 64-task load
 /// assume the machine is theirs (on two cores, a kill-and-restart next to
