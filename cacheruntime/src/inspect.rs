@@ -132,8 +132,10 @@ pub struct EntryInfo {
     pub signature: Signature,
     /// The tags the entry was stored with and the token each had.
     pub tags: Vec<(String, u64)>,
-    /// When the value was stored (a touch keeps it); `None` for an entry
-    /// the previous release wrote (format 2), which did not record it.
+    /// When the value was stored (a touch keeps it); `None` for an entry of
+    /// format 2 (what a cache writes unless it has
+    /// [`record_written_at`](crate::CacheBuilder::record_written_at)),
+    /// which does not record it.
     pub written_at: Option<SystemTime>,
     /// Fresh until this time.
     pub fresh_until: SystemTime,

@@ -158,13 +158,15 @@ static RETIRED: Mutex<BTreeMap<Label, Totals>> = Mutex::new(BTreeMap::new());
 /// stores the value reads as a reset), and the labels whose gauges were
 /// set (reset to 0 once no live cache has the label, rather than left at
 /// their last value). The lock also makes publications one at a time.
-#[derive(Default)]
 struct Published {
     totals: BTreeMap<Label, Totals>,
     gauges: BTreeMap<Label, Gauges>,
 }
 
-static PUBLISHED: Mutex<Option<Published>> = Mutex::new(None);
+static PUBLISHED: Mutex<Published> = Mutex::new(Published {
+    totals: BTreeMap::new(),
+    gauges: BTreeMap::new(),
+});
 
 /// How often the publishing thread copies the counters.
 const EVERY: Duration = Duration::from_secs(1);
@@ -208,17 +210,19 @@ impl Totals {
     }
 
     fn add(&mut self, other: &Totals) {
-        let pairs = self.calls.iter_mut().zip(other.calls);
-        for (mine, theirs) in pairs.chain(self.counters.iter_mut().zip(other.counters)) {
-            *mine += theirs;
-        }
+        self.merge(other, |mine, theirs| mine + theirs);
     }
 
     /// Each counter the greater of the two.
     fn raise(&mut self, other: &Totals) {
+        self.merge(other, u64::max);
+    }
+
+    /// Each counter `f` of its value here and in `other`.
+    fn merge(&mut self, other: &Totals, f: impl Fn(u64, u64) -> u64) {
         let pairs = self.calls.iter_mut().zip(other.calls);
         for (mine, theirs) in pairs.chain(self.counters.iter_mut().zip(other.counters)) {
-            *mine = (*mine).max(theirs);
+            *mine = f(*mine, theirs);
         }
     }
 }
@@ -296,7 +300,6 @@ impl Drop for Engine {
 /// counters (summed over the functions of one name).
 pub(crate) fn publish_all() {
     let mut published = PUBLISHED.lock().unwrap_or_else(|e| e.into_inner());
-    let published = published.get_or_insert_with(Published::default);
     describe();
     // The live ones first: a cache dropped after this is held here, and
     // one dropped before has retired (or is about to: then it is missing
