@@ -111,7 +111,7 @@ pub(crate) fn inspected(key: &str, e: &EntryInfo) -> (String, Value) {
     let _ = writeln!(human, "stored as: {}", shown(&e.stored_key));
     let _ = writeln!(human, "state: {}", freshness(e.freshness));
     let written = e.written_at.map_or_else(
-        || "not recorded (written by an older release)".to_owned(),
+        || "not recorded (format 2: the writing cache did not set record_written_at)".to_owned(),
         rfc3339,
     );
     let _ = writeln!(human, "written at: {written}");
