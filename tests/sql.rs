@@ -344,7 +344,11 @@ async fn postgres_stopped_mid_run_is_survived_and_used_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_entries_survive_a_process_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let url = sqlite_url(&dir, "persist.db");
+    // A generous op timeout: the test is about persistence, and each cache
+    // here opens its pool (and the first creates the tables) in its first
+    // calls, which took longer than the default 250 ms once beside the
+    // other tests on a 2-core VM.
+    let url = format!("{}?op_timeout=5s", sqlite_url(&dir, "persist.db"));
     {
         let cache = Cache::from_url(&url).await.unwrap();
         cache
@@ -411,7 +415,12 @@ async fn sqlite_serves_many_tasks_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_auto_create_the_exported_ddl_is_the_schema() {
     let pg = Postgres::start();
-    let url = format!("{}?auto_create=false&table=app_cache", pg.url());
+    // op_timeout as in `sqlite_entries_survive_a_process_restart`: the
+    // first calls after the DDL open connections.
+    let url = format!(
+        "{}?auto_create=false&table=app_cache&op_timeout=5s",
+        pg.url()
+    );
     let cache = Cache::from_url(&url).await.unwrap();
     assert_eq!(top_books(&cache, 8).await, Ok(vec![8, 108]), "fails open");
     let err = cache.get::<Vec<i64>>("x").await.unwrap_err().to_string();
