@@ -1405,11 +1405,9 @@ async fn mixed_load(name: &'static str, cache: Cache, secs: u64) -> String {
     line
 }
 
-/// A cache for the mixed load: the store's op timeout is generous (2 s), so
-/// an error under load is the store failing, not a slow machine's jitter.
-/// (At 1 s, one PostgreSQL `delete` in about 30,000 calls timed out on a
-/// slower 2-core VM, before and after the tags change alike: 64 tasks on 32
-/// connections, every delete and invalidation bumping one epoch row.)
+/// A cache for the mixed load: the store's op timeout is generous
+/// ([`LOAD_OP_TIMEOUT`]), so an error under load is the store failing, not
+/// a slow machine's jitter.
 fn load_cache(backend: impl cacheruntime::Backend) -> Cache {
     Cache::builder()
         .backend(backend)
