@@ -142,10 +142,12 @@ fn main() {
     }
     c.final_summary();
     // A million rows in a measuring run; 10,000 under `--quick` and in
-    // criterion's test mode (`cargo test` runs benches without `--bench`),
-    // which only check that the bench works.
+    // criterion's test mode (`cargo test` runs benches without `--bench`;
+    // `cargo bench -- --test` adds `--test`), which only check that the
+    // bench works.
     let args: Vec<String> = std::env::args().collect();
-    let measuring = args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--quick");
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    let measuring = has("--bench") && !has("--quick") && !has("--test");
     let rows = if measuring { 1_000_000 } else { 10_000 };
     let pg_url = format!("{}?sslmode=disable", pg.url());
     let invalidations = [
